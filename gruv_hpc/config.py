@@ -1,0 +1,188 @@
+"""Typed configs: dataclass defaults, then a file (TOML or JSON), then ``key=value`` overrides.
+
+Every field carries its help text in ``metadata["help"]`` (shown by ``gruv train --help-config``).
+An unknown key is an error that lists the valid keys.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    pass
+
+
+CELLS = ("lstm", "gru", "lstm-fused")
+
+
+def opt(default, help: str):
+    if isinstance(default, list):
+        return field(default_factory=lambda d=default: list(d), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    # model
+    cell: str = opt("lstm", "recurrent cell: lstm (the paper's peephole LSTM), gru, or lstm-fused (torch.nn.LSTM)")
+    hidden: int = opt(1024, "hidden size H (the paper goes up to 2048)")
+    layers: int = opt(1, "number of stacked recurrent layers (the paper uses 1)")
+    # data
+    data: str = opt("", "dataset directory made by `gruv preprocess`")
+    artists: list[str] = opt([], "artists of the dataset to train on; empty = all")
+    sample_rate: int | None = opt(None, "expected dataset sample rate; None = take the dataset's")
+    block_size: int | None = opt(None, "expected dataset block size; None = take the dataset's")
+    clip_blocks: int | None = opt(None, "expected blocks per clip; None = take the dataset's")
+    transform: str | None = opt(None, "expected feature transform (fft|rfft); None = take the dataset's")
+    feature_dim: int | None = opt(None, "feature dimension D; filled from the dataset")
+    # optimization
+    epochs: int = opt(2000, "epochs to train (the paper: 2000)")
+    batch_size: int = opt(5, "global batch size, split across ranks (the original code: 5)")
+    optimizer: str = opt("rmsprop", "rmsprop (the original code's), adam or sgd")
+    lr: float = opt(1e-3, "learning rate (the original code: 1e-3)")
+    grad_clip: float = opt(0.0, "clip the global gradient norm to this value; 0 = off")
+    seed: int = opt(0, "random seed; rank r uses seed + r for its own RNG")
+    limit_train_batches: int = opt(0, "stop each epoch after this many batches; 0 = the whole split")
+    # checkpoints and logging
+    ckpt_every_min: float = opt(10.0, "also checkpoint mid-epoch after this many minutes of training")
+    ckpt_every_epochs: int = opt(1, "checkpoint every N epochs (the last epoch always)")
+    keep_last: int = opt(3, "keep the newest K step checkpoints (plus the best on dev)")
+    log_every_steps: int = opt(20, "log train scalars to TensorBoard every N optimizer steps")
+    gen_every_epochs: int = opt(0, "log a generated clip to TensorBoard every N epochs; 0 = only at the end")
+    gen_seconds: float = opt(2.0, "seconds of seed for the TensorBoard audio sample; 0 = none")
+    # runtime
+    workers: int = opt(2, "DataLoader worker processes per rank")
+    device: str = opt("auto", "auto (cuda if available), cpu or cuda")
+    amp: bool = opt(True, "bf16 autocast and TF32 on CUDA (ignored on CPU)")
+
+    def validate(self) -> None:
+        if self.cell not in CELLS:
+            raise ConfigError(f"cell: {self.cell!r} is not one of {', '.join(CELLS)}")
+        if self.optimizer not in ("rmsprop", "adam", "sgd"):
+            raise ConfigError(f"optimizer: {self.optimizer!r} is not one of rmsprop, adam, sgd")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device: {self.device!r} is not one of auto, cpu, cuda")
+        for k in ("hidden", "layers", "epochs", "batch_size", "keep_last", "ckpt_every_epochs"):
+            if getattr(self, k) < 1:
+                raise ConfigError(f"{k}: must be >= 1, got {getattr(self, k)}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr: must be > 0, got {self.lr}")
+        if self.workers < 0:
+            raise ConfigError(f"workers: must be >= 0, got {self.workers}")
+
+
+# Keys that may change between a run's starts without making it a different run.
+RUNTIME_KEYS = {"data", "epochs", "workers", "device", "ckpt_every_min", "ckpt_every_epochs", "keep_last",
+                "log_every_steps", "gen_every_epochs", "gen_seconds"}
+
+
+def field_names(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def help_text(cls) -> str:
+    hints = typing.get_type_hints(cls)
+    lines = []
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        lines.append(f"  {f.name} ({_type_name(hints[f.name])}, default {default!r}): {f.metadata.get('help', '')}")
+    return "\n".join(lines)
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _coerce(cls, key: str, value, from_string: bool):
+    tp = typing.get_type_hints(cls)[key]
+    args = typing.get_args(tp)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), tp) if optional else tp
+    if from_string:
+        if optional and value.lower() in ("none", "null", ""):
+            return None
+        if typing.get_origin(base) is list:
+            return [s for s in (p.strip() for p in value.split(",")) if s]
+        if base is bool:
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{key}: may not be None")
+    try:
+        if typing.get_origin(base) is list:
+            if isinstance(value, str):
+                value = [value]
+            return [str(v) for v in value]
+        if base is bool and not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        if base is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return base(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected {_type_name(base)}, got {value!r}") from None
+
+
+def check_keys(cls, keys, source: str) -> None:
+    valid = field_names(cls)
+    unknown = [k for k in keys if k not in valid]
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(map(repr, unknown))} in {source}; valid keys: {', '.join(valid)}")
+
+
+def read_file(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        if path.suffix == ".json":
+            return json.loads(path.read_text())
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{path}: cannot parse ({e})") from None
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise ConfigError(f"override {item!r}: expected key=value")
+        out[k.strip()] = v.strip()
+    return out
+
+
+def build(cls, values: dict | None = None, overrides: dict[str, str] | None = None, source: str = "config"):
+    """defaults <- values (typed, e.g. from a file) <- overrides (strings from the command line)."""
+    kw = {}
+    values = values or {}
+    check_keys(cls, values, source)
+    for k, v in values.items():
+        kw[k] = _coerce(cls, k, v, from_string=False)
+    overrides = overrides or {}
+    check_keys(cls, overrides, "the command line")
+    for k, v in overrides.items():
+        kw[k] = _coerce(cls, k, v, from_string=True)
+    cfg = cls(**kw)
+    if hasattr(cfg, "validate"):
+        cfg.validate()
+    return cfg
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def diff(a: dict, b: dict, ignore=()) -> list[str]:
+    """Keys whose values differ, as 'key: a -> b' strings."""
+    keys = sorted((set(a) | set(b)) - set(ignore))
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]

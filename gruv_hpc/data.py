@@ -1,0 +1,87 @@
+"""Reading a dataset back: a torch Dataset of normalized (x, y) clips."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .manifest import DatasetError, check_params, clip_index, load_manifest, load_stats
+
+
+class ClipDataset(Dataset):
+    """(x, y) float32 normalized clips of shape (C, D); y is x shifted by one block.
+
+    HDF5 handles are opened lazily, per process (keyed by pid), so a DataLoader that forks its
+    workers never shares a handle across fork. Only the manifest and stats are read up front.
+    """
+
+    def __init__(self, data_dir: str | Path, split: str, artists: list[str] | None = None,
+                 expect: dict | None = None, normalize: bool = True):
+        self.data_dir = Path(data_dir)
+        self.manifest = load_manifest(self.data_dir)
+        if expect:
+            check_params(self.manifest, expect)
+        self.params = self.manifest["params"]
+        self.clip_blocks = self.params["clip_blocks"]
+        self.index = clip_index(self.data_dir, self.manifest, split, artists)
+        self.split = split
+        mean, std = load_stats(self.data_dir, self.manifest)
+        self.mean = mean.astype(np.float32)
+        self.inv_std = (1.0 / std).astype(np.float32)
+        self.normalize = normalize
+        self._files: dict[int, h5py.File] = {}
+        self._pid = None
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _shard(self, k: int) -> h5py.Dataset:
+        if self._pid != os.getpid():  # first use in this process (e.g. a freshly forked worker)
+            self._files, self._pid = {}, os.getpid()
+        f = self._files.get(k)
+        if f is None:
+            path = self.index.shard_files[k]
+            if not path.exists():
+                raise DatasetError(f"shard {path} is missing")
+            size = path.stat().st_size
+            if size != self.index.shard_bytes[k]:
+                raise DatasetError(f"shard {path} is truncated or was modified: {size} bytes, manifest says {self.index.shard_bytes[k]}")
+            try:
+                f = h5py.File(path, "r")
+                f["blocks"]
+            except (OSError, KeyError) as e:
+                raise DatasetError(f"shard {path} is corrupt: {e}") from e
+            self._files[k] = f
+        return f["blocks"]
+
+    def raw_blocks(self, i: int) -> np.ndarray:
+        """The C + 1 unnormalized feature blocks of clip i."""
+        k = int(self.index.shard_of_clip[i])
+        start = int(self.index.start_of_clip[i])
+        try:
+            blk = self._shard(k)[start: start + self.clip_blocks + 1]
+        except OSError as e:
+            raise DatasetError(f"shard {self.index.shard_files[k]} is corrupt: {e}") from e
+        if len(blk) != self.clip_blocks + 1:
+            raise DatasetError(f"shard {self.index.shard_files[k]} is truncated: clip at row {start} is incomplete")
+        return blk
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        blk = self.raw_blocks(i)
+        if self.normalize:
+            blk = (blk - self.mean) * self.inv_std
+        t = torch.from_numpy(np.ascontiguousarray(blk, dtype=np.float32))
+        return t[:-1], t[1:]
+
+    def denormalize(self, feats: np.ndarray) -> np.ndarray:
+        return feats / self.inv_std + self.mean
+
+    def __getstate__(self):
+        # Pickled into spawned workers: never carry open handles.
+        d = dict(self.__dict__)
+        d["_files"], d["_pid"] = {}, None
+        return d
