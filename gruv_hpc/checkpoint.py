@@ -1,53 +1,18 @@
-"""Run-directory layout and checkpoints, defined in one place.
-
-Every path the trainer, the Slurm launcher, generation and analysis use comes from ``RunPaths``:
-a requeued job cannot look for its checkpoint under another name than the one it was saved as.
+"""Checkpoints: atomic saves, rotation, loading the newest readable one.
 
 A checkpoint counts once ``os.replace`` has put it in place: it is written to a temp file in the
 same directory and fsynced first, so a kill at any moment leaves the previous one intact.
 """
 from __future__ import annotations
 
-import json
 import os
-import re
 import subprocess
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-STEP_RE = re.compile(r"^step_(\d{10})\.pt$")
-
-
-@dataclass(frozen=True)
-class RunPaths:
-    root: Path
-
-    def __init__(self, root):
-        object.__setattr__(self, "root", Path(root))
-
-    config = property(lambda s: s.root / "config.json")
-    metrics = property(lambda s: s.root / "metrics.jsonl")
-    done = property(lambda s: s.root / "done.json")
-    error = property(lambda s: s.root / "error.txt")
-    tb = property(lambda s: s.root / "tb")
-    ckpt_dir = property(lambda s: s.root / "checkpoints")
-    best = property(lambda s: s.root / "checkpoints" / "best.pt")
-
-    def step_ckpt(self, step: int) -> Path:
-        return self.ckpt_dir / f"step_{step:010d}.pt"
-
-    def step_ckpts(self) -> list[Path]:
-        """Step checkpoints, newest first."""
-        if not self.ckpt_dir.is_dir():
-            return []
-        return sorted((p for p in self.ckpt_dir.iterdir() if STEP_RE.match(p.name)), reverse=True)
-
-    def newest_ckpt_mtime(self) -> float | None:
-        c = self.step_ckpts()
-        return c[0].stat().st_mtime if c else None
+from .paths import RunPaths, read_jsonl  # noqa: F401  (re-exported)
 
 
 def _fsync_dir(d: Path) -> None:
@@ -124,16 +89,3 @@ def git_info() -> dict:
         return {"sha": sha.stdout.strip(), "dirty": bool(st.stdout.strip())}
     except (OSError, subprocess.TimeoutExpired):
         return {"sha": None, "dirty": None}
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Lines of a JSONL file; a torn last line (a kill mid-write) is ignored."""
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass
-    return out

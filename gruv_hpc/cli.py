@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 import warnings
+from pathlib import Path
 
-from .config import ConfigError
-from .manifest import DatasetError
+from .errors import ConfigError, GruvError
 
 
 def _preprocess(a) -> int:
@@ -57,6 +58,62 @@ def _train(a) -> int:
     return 0
 
 
+def _generate(a) -> int:
+    from .generate import generate
+    side = generate(a.run_dir, a.out, seed_seconds=a.seed_seconds, length_ratio=a.length_ratio, seed_from=a.seed_from,
+                    seed_index=a.seed_index, algorithm=a.algorithm, checkpoint=a.checkpoint, with_seed=a.with_seed,
+                    float32=a.float, normalize=a.normalize, device=a.device)
+    d = side["diagnostics"]
+    print(f"wrote {a.out}: {side['generated_s']:.2f} s generated from {side['seed']['seconds']:.2f} s of seed "
+          f"({side['algorithm']}, {side['wall_s']:.2f} s); clipped samples: {side['clipped_samples']}; "
+          f"flatness {d['flatness']:.3f} (seed {d['seed_flatness']:.3f}); loop onset: {d['loop_onset_step']}, "
+          f"loop fraction {d['loop_fraction']:.2f}; RMS {d['rms_db']:.1f} dBFS (seed {d['seed_rms_db']:.1f})")
+    return 0
+
+
+def _sweep(a) -> int:
+    from . import sweep
+    if a.sweep_cmd == "submit":
+        sweep.submit(a.sweep_file, a.out, executor=a.executor, dry_run=a.dry_run, overrides=a.overrides,
+                     max_parallel=a.max_parallel, progress=not a.quiet)
+        if not a.dry_run:
+            rows = sweep.status(a.out)
+            print(sweep.format_status(rows))
+        return 0
+    if a.sweep_cmd == "status":
+        while True:
+            rows = sweep.status(a.sweep_dir)
+            if a.json:
+                print(json.dumps({"runs": rows}, indent=1))
+            else:
+                print(sweep.format_status(rows), flush=True)
+            if not a.watch or all(r["state"] not in sweep.ACTIVE for r in rows):
+                return 0
+            time.sleep(a.interval)
+            print()
+    if a.sweep_cmd == "cancel":
+        sweep.cancel(a.sweep_dir, a.run)
+        return 0
+    if a.sweep_cmd == "wait":
+        rows = sweep.wait(a.sweep_dir, poll_s=a.interval)
+        print(sweep.format_status(rows))
+        return 0 if all(r["state"] == "COMPLETED" for r in rows) else 1
+    return 2
+
+
+def _tensorboard(a) -> int:
+    import shutil
+    import subprocess
+    runs = Path(a.sweep_dir) / "runs"
+    if not runs.is_dir():
+        raise ConfigError(f"{a.sweep_dir}: no runs/ directory; is it a sweep directory?")
+    spec = ",".join(f"{d.name}:{d / 'tb'}" for d in sorted(runs.iterdir()) if (d / "tb").is_dir())
+    exe = shutil.which("tensorboard") or "tensorboard"
+    cmd = [exe, "--logdir_spec", spec, "--host", a.host, "--port", str(a.port)]
+    print(" ".join(cmd), flush=True)
+    return subprocess.call(cmd)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gruv", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -93,14 +150,63 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--help-config", action="store_true", help="list every config key")
     tp.add_argument("overrides", nargs="*", metavar="key=value")
     tp.set_defaults(fn=_train)
+    gp = sub.add_parser("generate", help="generate audio from a trained run")
+    gp.add_argument("run_dir")
+    gp.add_argument("--out", required=True, help="output WAV; a .json sidecar is written beside it")
+    gp.add_argument("--seed-seconds", type=float, default=10.0)
+    gp.add_argument("--length-ratio", type=float, default=3.0, help="continuation length / seed length")
+    gp.add_argument("--seed-from", default="dev", help="dev (default), train, or an audio FILE")
+    gp.add_argument("--seed-index", type=int, default=0, help="clip index within the split")
+    gp.add_argument("--algorithm", choices=["stateful", "refeed"], default="stateful")
+    gp.add_argument("--checkpoint", default="best", help="best, last, or a checkpoint PATH")
+    gp.add_argument("--with-seed", action="store_true", help="prepend the seed audio")
+    gp.add_argument("--float", action="store_true", help="32-bit float WAV instead of 16-bit PCM")
+    gp.add_argument("--normalize", action="store_true", help="peak-normalize instead of clipping")
+    gp.add_argument("--device", default="cpu")
+    gp.set_defaults(fn=_generate)
+    sp = sub.add_parser("sweep", help="grid sweeps on Slurm (or locally)")
+    ssub = sp.add_subparsers(dest="sweep_cmd", required=True)
+    s1 = ssub.add_parser("submit", help="validate and submit a sweep file; resubmits what needs it")
+    s1.add_argument("sweep_file")
+    s1.add_argument("--out", required=True, help="sweep directory (SWEEP_DIR)")
+    s1.add_argument("--executor", choices=["auto", "slurm", "local", "debug"], default="auto")
+    s1.add_argument("--dry-run", action="store_true", help="print the runs and the sbatch script; submit nothing")
+    s1.add_argument("--max-parallel", type=int, default=2, help="local executor: runs at a time")
+    s1.add_argument("--quiet", action="store_true")
+    s1.add_argument("overrides", nargs="*", metavar="key=value", help="train keys, data=..., slurm.KEY=...")
+    s2 = ssub.add_parser("status", help="one row per run")
+    s2.add_argument("sweep_dir")
+    s2.add_argument("--json", action="store_true")
+    s2.add_argument("--watch", action="store_true", help="refresh until every run has ended")
+    s2.add_argument("--interval", type=float, default=10.0)
+    s3 = ssub.add_parser("cancel", help="cancel the sweep's jobs (or one run's)")
+    s3.add_argument("sweep_dir")
+    s3.add_argument("--run")
+    s4 = ssub.add_parser("wait", help="wait (with a progress bar) until every run has ended")
+    s4.add_argument("sweep_dir")
+    s4.add_argument("--interval", type=float, default=5.0)
+    sp.set_defaults(fn=_sweep)
+
+    tb = sub.add_parser("tensorboard", help="TensorBoard over every run of a sweep")
+    tb.add_argument("sweep_dir")
+    tb.add_argument("--host", default="127.0.0.1")
+    tb.add_argument("--port", type=int, default=6006)
+    tb.set_defaults(fn=_tensorboard)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may follow options (argparse stops filling a positional list at the first option).
+    if extra:
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = list(args.overrides) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.fn(args) or 0
-    except (DatasetError, ConfigError) as e:
+    except GruvError as e:
         print(f"gruv: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

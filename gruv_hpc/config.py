@@ -13,16 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-class ConfigError(ValueError):
-    pass
+from .errors import ConfigError  # noqa: F401  (re-exported)
 
 
 CELLS = ("lstm", "gru", "lstm-fused")
 
 
 def opt(default, help: str):
-    if isinstance(default, list):
-        return field(default_factory=lambda d=default: list(d), metadata={"help": help})
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help})
     return field(default=default, metadata={"help": help})
 
 
@@ -123,6 +122,10 @@ def _coerce(cls, key: str, value, from_string: bool):
             if isinstance(value, str):
                 value = [value]
             return [str(v) for v in value]
+        if base is dict:
+            if not isinstance(value, dict):
+                raise ValueError
+            return dict(value)
         if base is bool and not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true/false, got {value!r}")
         if base is int and isinstance(value, float) and not value.is_integer():

@@ -33,8 +33,7 @@ SHARD_DIR = "shards"
 PARAM_KEYS = ("sample_rate", "block_size", "clip_blocks", "transform", "feature_dim")
 
 
-class DatasetError(Exception):
-    """A dataset is missing, incomplete, corrupt, or does not match what was asked of it."""
+from .errors import DatasetError  # noqa: E402,F401  (re-exported)
 
 
 def sha256_file(path: str | Path, bufsize: int = 1 << 20) -> str:
@@ -118,6 +117,7 @@ class ClipIndex:
     shard_of_clip: np.ndarray  # int32, index into shard_files
     start_of_clip: np.ndarray  # int64, first block row
     song_of_clip: np.ndarray  # int64, song id
+    end_of_clip: np.ndarray  # int64, one past the last block row of the clip's segment
 
     def __len__(self) -> int:
         return len(self.start_of_clip)
@@ -139,7 +139,7 @@ def clip_index(data_dir: str | Path, manifest: dict, split: str, artists: list[s
         raise DatasetError(f"split must be 'train' or 'dev', not {split!r}")
     chosen = set(select_artists(manifest, artists))
     cb = manifest["params"]["clip_blocks"]
-    files, sizes, shard_ids, starts, songs = [], [], [], [], []
+    files, sizes, shard_ids, starts, songs, ends = [], [], [], [], [], []
     for shard in manifest["shards"]:
         if shard["split"] != split or shard["artist"] not in chosen:
             continue
@@ -150,5 +150,7 @@ def clip_index(data_dir: str | Path, manifest: dict, split: str, artists: list[s
             starts.append(offset + cb * np.arange(n_clips, dtype=np.int64))
             shard_ids.append(np.full(n_clips, k, np.int32))
             songs.append(np.full(n_clips, song_id, np.int64))
+            ends.append(np.full(n_clips, offset + n_clips * cb + 1, np.int64))
     cat = lambda xs, dt: np.concatenate(xs) if xs else np.zeros(0, dt)  # noqa: E731
-    return ClipIndex(files, sizes, cat(shard_ids, np.int32), cat(starts, np.int64), cat(songs, np.int64))
+    return ClipIndex(files, sizes, cat(shard_ids, np.int32), cat(starts, np.int64), cat(songs, np.int64),
+                     cat(ends, np.int64))

@@ -29,8 +29,7 @@ from .manifest import PARAM_KEYS, DatasetError, atomic_write_text, check_params,
 from .model import GRUVModel
 
 
-class TrainingError(RuntimeError):
-    pass
+from .errors import TrainingError  # noqa: E402,F401
 
 
 class StopFlag:
@@ -339,6 +338,9 @@ def _train(cfg: TrainConfig, paths: RunPaths, d: Dist, stop: StopFlag, on_epoch)
             writer.add_scalar("perf/peak_mem_mb", line["peak_mem_mb"], step)
             writer.add_scalar("epoch", epoch, step)
             writer.flush()
+            if cfg.gen_seconds > 0 and (epoch == cfg.epochs or (cfg.gen_every_epochs and epoch % cfg.gen_every_epochs == 0)):
+                from .generate import log_to_tensorboard
+                log_to_tensorboard(writer, model, cfg, step, d.device)
             print(f"epoch {epoch}/{cfg.epochs} train {train_loss:.5f} dev {dev_loss:.5f} "
                   f"({line['frames_per_s']:.0f} frames/s)", flush=True)
         if on_epoch:

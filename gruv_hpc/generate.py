@@ -1,0 +1,247 @@
+"""Music generation from a trained run, and numbers that describe the result.
+
+``refeed`` is the paper's algorithm: feed the whole sequence, append the last prediction, repeat
+(quadratic). ``stateful`` runs the seed once and then steps the recurrent state one block at a
+time (linear). The model is causal, so both give the same blocks.
+
+Unlike the original code, the continuation starts *after* the seed: no block of the output is a
+teacher-forced reconstruction of the seed.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .audio import load_mono, write_wav
+from .checkpoint import RunPaths, load_checkpoint, load_latest
+from .config import TrainConfig, build
+from .data import ClipDataset
+from .features import audio_to_blocks, blocks_to_features, features_to_blocks
+from .manifest import DatasetError
+from .model import GRUVModel
+
+
+from .errors import GenerationError  # noqa: E402
+
+
+@dataclass
+class LoadedRun:
+    model: GRUVModel
+    cfg: TrainConfig
+    ckpt_path: Path
+    epoch: int
+    mean: np.ndarray
+    std: np.ndarray
+
+
+def load_run(run_dir, checkpoint: str = "best", device="cpu") -> LoadedRun:
+    paths = RunPaths(run_dir)
+    if not paths.config.exists():
+        raise GenerationError(f"{run_dir}: not a run directory (no config.json)")
+    if checkpoint == "last":
+        state, path = load_latest(paths, map_location=device)
+    elif checkpoint == "best":
+        path = paths.best if paths.best.exists() else None
+        state = load_checkpoint(path, device) if path else None
+        if state is None:  # no dev improvement recorded yet: take the newest
+            state, path = load_latest(paths, map_location=device)
+    else:
+        path = Path(checkpoint)
+        if not path.exists():
+            raise GenerationError(f"checkpoint {path} does not exist")
+        state = load_checkpoint(path, device)
+    if state is None:
+        raise GenerationError(f"{run_dir}: no checkpoint to generate from (has training saved one yet?)")
+    cfg = build(TrainConfig, state["config"])
+    model = GRUVModel(cfg.feature_dim, cfg.hidden, cfg.cell, cfg.layers).to(device)
+    model.load_state_dict(state["model"])
+    model.eval()
+    ds = ClipDataset(cfg.data, "dev", cfg.artists, expect={"feature_dim": cfg.feature_dim})
+    return LoadedRun(model, cfg, path, state["epoch"], ds.mean.astype(np.float64), 1.0 / ds.inv_std.astype(np.float64))
+
+
+@torch.no_grad()
+def generate_stateful(model, seed: torch.Tensor, n: int) -> torch.Tensor:
+    """seed (T0, D) normalized -> the next n blocks (n, D). Linear in n."""
+    pred, state = model(seed.unsqueeze(0))
+    out = [pred[0, -1]]
+    for _ in range(n - 1):
+        pred, state = model(out[-1].view(1, 1, -1), state)
+        out.append(pred[0, -1])
+    return torch.stack(out)
+
+
+@torch.no_grad()
+def generate_refeed(model, seed: torch.Tensor, n: int) -> torch.Tensor:
+    """The paper's algorithm: re-run the whole sequence for every new block. Quadratic in n."""
+    seq = seed
+    for _ in range(n):
+        pred, _ = model(seq.unsqueeze(0))
+        seq = torch.cat([seq, pred[0, -1:]])
+    return seq[len(seed):]
+
+
+# ---------------------------------------------------------------------------------------------
+# Diagnostics
+
+def loop_stats(frames: np.ndarray, threshold: float = 0.95, min_run: int = 8) -> dict:
+    """Generation loops: step t is 'looping' when it is within cosine similarity ``threshold`` of
+    some earlier frame (any period, a fixed point included). A loop is ``min_run`` such steps in
+    a row. Returns the first loop's onset step (None if never) and the fraction of steps in loops."""
+    f = np.asarray(frames, dtype=np.float64)
+    f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    sim = f @ f.T
+    n = len(f)
+    looping = np.zeros(n, bool)
+    for t in range(1, n):
+        looping[t] = sim[t, :t].max() >= threshold
+    onset, in_loop, run = None, np.zeros(n, bool), 0
+    for t in range(n):
+        run = run + 1 if looping[t] else 0
+        if run >= min_run:
+            in_loop[t - run + 1: t + 1] = True
+            if onset is None:
+                onset = t - run + 1
+    return {"loop_onset_step": onset, "loop_fraction": float(in_loop.mean()) if n else 0.0,
+            "loop_threshold": threshold, "loop_min_run": min_run}
+
+
+def spectral_flatness(audio: np.ndarray, sample_rate: int, window_s: float = 0.25) -> float:
+    """Mean Wiener entropy over windows: ~1 for white noise, ~0 for a pure tone.
+
+    Each window's power spectrum is a Welch average (1024-sample segments), which removes the
+    periodogram's own variance; silent windows are left out."""
+    from scipy.signal import welch
+    w = max(1024, int(window_s * sample_rate))
+    blocks = audio_to_blocks(np.asarray(audio, np.float64), w)
+    if len(blocks) == 0:
+        blocks = np.asarray(audio, np.float64)[None]
+    _, p = welch(blocks, nperseg=min(1024, blocks.shape[1]), axis=-1)
+    p = p[:, 1:]  # drop DC
+    loud = p.mean(axis=1) > 1e-12
+    if not loud.any():
+        return float("nan")
+    p = p[loud] + 1e-20
+    return float(np.mean(np.exp(np.mean(np.log(p), axis=1)) / np.mean(p, axis=1)))
+
+
+def rms_db(audio: np.ndarray) -> float:
+    r = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if len(audio) else 0.0
+    return 20 * math.log10(r) if r > 0 else float("-inf")
+
+
+# ---------------------------------------------------------------------------------------------
+
+def seed_features(run: LoadedRun, source: str, index: int, seconds: float) -> tuple[np.ndarray, dict]:
+    """The seed as normalized features (T0, D), and a record of where it came from."""
+    cfg = run.cfg
+    n = int(round(seconds * cfg.sample_rate / cfg.block_size))
+    if n < 1:
+        raise GenerationError(f"seed of {seconds} s is shorter than one block ({cfg.block_size / cfg.sample_rate:.3f} s)")
+    if source in ("dev", "train"):
+        ds = ClipDataset(cfg.data, source, cfg.artists, normalize=False)
+        if len(ds) == 0:
+            raise GenerationError(f"the {source} split of {cfg.data} has no clips to seed from")
+        if not 0 <= index < len(ds):
+            raise GenerationError(f"seed index {index} is out of range: the {source} split has {len(ds)} clips")
+        start, end = int(ds.index.start_of_clip[index]), int(ds.index.end_of_clip[index])
+        if start + n > end:
+            raise GenerationError(f"clip {index} of the {source} split has only {end - start} blocks after it; "
+                                  f"a {seconds} s seed needs {n}")
+        ds.raw_blocks(index)  # validates the shard
+        raw = np.asarray(ds._shard(int(ds.index.shard_of_clip[index]))[start: start + n])
+        song = ds.manifest["songs"][int(ds.index.song_of_clip[index])]
+        info = {"source": source, "index": index, "song": song["path"], "artist": song["artist"],
+                "start_s": (start - _segment_offset(ds, index)) * cfg.block_size / cfg.sample_rate}
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise GenerationError(f"seed file {path} does not exist (and is not 'dev' or 'train')")
+        audio = load_mono(path, cfg.sample_rate)  # resampled and downmixed like the corpus
+        blocks = audio_to_blocks(audio, cfg.block_size)
+        if len(blocks) < 1:
+            raise GenerationError(f"seed file {path} is shorter than one block ({cfg.block_size / cfg.sample_rate:.3f} s)")
+        blocks = blocks[:n]
+        if len(blocks) < n:
+            n = len(blocks)
+        raw = blocks_to_features(blocks, cfg.transform)
+        info = {"source": str(path), "index": None}
+    feats = (raw - run.mean) / run.std
+    info["blocks"] = n
+    info["seconds"] = n * cfg.block_size / cfg.sample_rate
+    return feats.astype(np.float32), info
+
+
+def _segment_offset(ds: ClipDataset, index: int) -> int:
+    song = ds.index.song_of_clip[index]
+    same = np.nonzero((ds.index.song_of_clip == song) & (ds.index.shard_of_clip == ds.index.shard_of_clip[index]))[0]
+    return int(ds.index.start_of_clip[same].min())
+
+
+def to_audio(run: LoadedRun, feats: np.ndarray) -> np.ndarray:
+    raw = np.asarray(feats, np.float64) * run.std + run.mean
+    return features_to_blocks(raw, run.cfg.transform, run.cfg.block_size).reshape(-1)
+
+
+def generate(run_dir, out_wav, seed_seconds: float = 10.0, length_ratio: float = 3.0, seed_from: str = "dev",
+             seed_index: int = 0, algorithm: str = "stateful", checkpoint: str = "best", with_seed: bool = False,
+             float32: bool = False, normalize: bool = False, device: str = "cpu", run: LoadedRun | None = None) -> dict:
+    """Write OUT.wav and OUT.json (the sidecar); returns the sidecar dict."""
+    if length_ratio <= 0:
+        raise GenerationError(f"length ratio must be > 0, got {length_ratio}")
+    if algorithm not in ("stateful", "refeed"):
+        raise GenerationError(f"algorithm must be 'stateful' or 'refeed', not {algorithm!r}")
+    run = run or load_run(run_dir, checkpoint, device)
+    seed, info = seed_features(run, seed_from, seed_index, seed_seconds)
+    n = max(1, int(round(length_ratio * len(seed))))
+    t0 = time.time()
+    fn = generate_stateful if algorithm == "stateful" else generate_refeed
+    gen = fn(run.model, torch.from_numpy(seed).to(device), n).float().cpu().numpy()
+    wall = time.time() - t0
+    if not np.all(np.isfinite(gen)):
+        raise GenerationError(f"the model produced non-finite features (checkpoint {run.ckpt_path})")
+    sr = run.cfg.sample_rate
+    seed_audio, gen_audio = to_audio(run, seed), to_audio(run, gen)
+    audio = np.concatenate([seed_audio, gen_audio]) if with_seed else gen_audio
+    out_wav = Path(out_wav)
+    out_wav.parent.mkdir(parents=True, exist_ok=True)
+    clipped = write_wav(out_wav, audio, sr, float32=float32, peak=0.99 if normalize else 0.0)
+    loops = loop_stats(gen)
+    diag = {**loops, "loop_onset_s": None if loops["loop_onset_step"] is None else loops["loop_onset_step"] * run.cfg.block_size / sr,
+            "flatness": spectral_flatness(gen_audio, sr), "seed_flatness": spectral_flatness(seed_audio, sr),
+            "rms_db": rms_db(gen_audio), "seed_rms_db": rms_db(seed_audio)}
+    side = {"run": str(run_dir), "checkpoint": str(run.ckpt_path), "checkpoint_epoch": run.epoch, "cell": run.cfg.cell,
+            "hidden": run.cfg.hidden, "seed": info, "generated_blocks": n, "generated_s": n * run.cfg.block_size / sr,
+            "length_ratio": length_ratio, "with_seed": with_seed, "algorithm": algorithm, "wall_s": wall,
+            "sample_rate": sr, "format": "float32" if float32 else "pcm16", "peak_normalized": normalize,
+            "clipped_samples": clipped, "diagnostics": diag}
+    out_wav.with_suffix(".json").write_text(json.dumps(side, indent=1))
+    return side
+
+
+def log_to_tensorboard(writer, model, cfg: TrainConfig, step: int, device) -> None:
+    """A short generated clip (and its spectrogram) from the first dev clip, for TensorBoard."""
+    ds = ClipDataset(cfg.data, "dev", cfg.artists, normalize=False)
+    if len(ds) == 0 or cfg.gen_seconds <= 0:
+        return
+    run = LoadedRun(model, cfg, Path(""), 0, ds.mean.astype(np.float64), 1.0 / ds.inv_std.astype(np.float64))
+    try:
+        seed, _ = seed_features(run, "dev", 0, min(cfg.gen_seconds, cfg.clip_blocks * cfg.block_size / cfg.sample_rate))
+    except (GenerationError, DatasetError):
+        return
+    was_training = model.training
+    model.eval()
+    gen = generate_stateful(model, torch.from_numpy(seed).to(device), 2 * len(seed)).float().cpu().numpy()
+    model.train(was_training)
+    audio = np.clip(to_audio(run, gen), -1, 1)
+    writer.add_audio("generated/audio", torch.from_numpy(audio).unsqueeze(0), step, sample_rate=cfg.sample_rate)
+    from .features import magnitude_spectrum
+    mag = np.log1p(magnitude_spectrum(gen * run.std + run.mean, cfg.transform)).T[::-1]  # (freq, time), low at bottom
+    img = (mag - mag.min()) / max(mag.max() - mag.min(), 1e-9)
+    writer.add_image("generated/spectrogram", torch.from_numpy(img.copy()).unsqueeze(0).float(), step)
