@@ -114,6 +114,15 @@ def _tensorboard(a) -> int:
     return subprocess.call(cmd)
 
 
+def _analyze(a) -> int:
+    from .analysis.report import analyze
+    t = time.time()
+    print(f"analyzing {a.sweep_dir}")
+    analyze(a.sweep_dir, a.out, hidden=a.hidden, n_seeds=a.seeds, seed_seconds=a.seed_seconds, max_clips=a.max_clips)
+    print(f"report ({time.time() - t:.1f} s): {Path(a.out).resolve() / 'index.html'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gruv", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -186,6 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
     s4.add_argument("sweep_dir")
     s4.add_argument("--interval", type=float, default=5.0)
     sp.set_defaults(fn=_sweep)
+
+    an = sub.add_parser("analyze", help="figures, results table, generated audio and an HTML report for a sweep")
+    an.add_argument("sweep_dir")
+    an.add_argument("--out", required=True, help="report directory")
+    an.add_argument("--hidden", type=int, default=None, help="hidden size for figures 1 and 3 (default: largest)")
+    an.add_argument("--seeds", type=int, default=2, help="dev seeds per run for generated audio")
+    an.add_argument("--seed-seconds", type=float, default=10.0)
+    an.add_argument("--max-clips", type=int, default=64, help="dev clips averaged in figure 3")
+    an.set_defaults(fn=_analyze)
 
     tb = sub.add_parser("tensorboard", help="TensorBoard over every run of a sweep")
     tb.add_argument("sweep_dir")

@@ -105,6 +105,8 @@ def _name_part(key: str, value) -> str:
         return "+".join(value) if value else "all"
     if key in ("cell", "optimizer", "transform"):
         return str(value)
+    if key == "data":
+        return Path(value).name
     return f"{short.get(key, key)}{value}"
 
 
@@ -144,7 +146,7 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     for values in itertools.product(*(grid[k] for k in keys)):
         point = dict(zip(keys, values))
         cfg = build(TrainConfig, {**train, **point, "data": data}, cli_train, source=str(path))
-        name = "-".join(_name_part(k, cfg.__dict__[k]) for k in keys) or "run"
+        name = "-".join(_name_part(k, cfg.__dict__[k]) for k in keys).replace("/", "_") or "run"
         if name in seen:
             raise ConfigError(f"{path}: grid points {seen[name]} and {point} both get the run name {name!r}")
         seen[name] = point

@@ -180,7 +180,7 @@ def _train(cfg: TrainConfig, paths: RunPaths, d: Dist, stop: StopFlag, on_epoch)
         clean_temp(paths)
         if not paths.config.exists():
             paths.config.write_text(json.dumps({"config": to_dict(cfg), "git": git_info(), "world_size": d.world,
-                                                "torch": torch.__version__}, indent=1))
+                                                "device": d.device.type, "torch": torch.__version__}, indent=1))
 
     # Each rank its own seed offset; the data order comes from the sampler's (seed, epoch), not these.
     random.seed(cfg.seed + d.rank)

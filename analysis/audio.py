@@ -1,0 +1,63 @@
+"""Generated audio: every run's best checkpoint continues the same fixed dev seeds.
+
+Writes REPORT_DIR/audio/<run>/seed<K>.wav (the continuation), seed<K>_seed.wav (the seed itself),
+and a JSON sidecar per clip with the diagnostics (flatness, loops, RMS).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from gruv_hpc.analysis.common import RunInfo, cli, load_runs
+
+
+def seed_indices(n_clips: int, n_seeds: int) -> list[int]:
+    """Evenly spread over the dev split, the same for every run of an artist."""
+    if n_clips == 0:
+        return []
+    return sorted(set(np.linspace(0, n_clips - 1, min(n_seeds, n_clips)).astype(int).tolist()))
+
+
+def generate_audio(runs: list[RunInfo], out_dir, n_seeds: int = 2, seed_seconds: float = 10.0,
+                   length_ratio: float = 3.0) -> dict:
+    """Returns {run: {"clips": [...], mean diagnostics}}."""
+    from gruv_hpc.audio import write_wav
+    from gruv_hpc.data import ClipDataset
+    from gruv_hpc.generate import generate, load_run, seed_features, to_audio
+    out = Path(out_dir) / "audio"
+    result = {}
+    for run in runs:
+        if not run.has_checkpoint:
+            continue
+        lr = load_run(run.paths.root, "best")
+        cfg = lr.cfg
+        # A seed no longer than one clip always fits inside a dev clip's segment.
+        secs = min(seed_seconds, cfg.clip_blocks * cfg.block_size / cfg.sample_rate)
+        ds = ClipDataset(cfg.data, "dev", cfg.artists, normalize=False)
+        clips = []
+        for k in seed_indices(len(ds), n_seeds):
+            wav = out / run.name / f"seed{k}.wav"
+            side = generate(run.paths.root, wav, seed_seconds=secs, length_ratio=length_ratio, seed_from="dev",
+                            seed_index=k, run=lr)
+            seed, _ = seed_features(lr, "dev", k, secs)
+            seed_wav = out / run.name / f"seed{k}_seed.wav"
+            write_wav(seed_wav, to_audio(lr, seed), cfg.sample_rate)
+            clips.append({"seed_index": k, "wav": str(wav.relative_to(out_dir)), "seed_wav": str(seed_wav.relative_to(out_dir)),
+                          **side["diagnostics"], "clipped_samples": side["clipped_samples"]})
+        if not clips:
+            continue
+        mean = lambda key: float(np.mean([c[key] for c in clips if c[key] is not None])) if any(c[key] is not None for c in clips) else None  # noqa: E731
+        result[run.name] = {"clips": clips, "flatness": mean("flatness"), "seed_flatness": mean("seed_flatness"),
+                            "loop_onset_s": mean("loop_onset_s"), "loop_fraction": mean("loop_fraction"),
+                            "rms_db": mean("rms_db"), "seed_rms_db": mean("seed_rms_db")}
+    return result
+
+
+if __name__ == "__main__":
+    p = cli(__doc__)
+    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--seed-seconds", type=float, default=10.0)
+    a = p.parse_args()
+    for name, r in generate_audio(load_runs(a.sweep_dir), a.out, a.seeds, a.seed_seconds).items():
+        print(f"{name}: {len(r['clips'])} clips, flatness {r['flatness']:.3f}, loop fraction {r['loop_fraction']:.2f}")

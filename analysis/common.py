@@ -1,0 +1,80 @@
+"""What every analysis script shares: reading a sweep as training wrote it (never TensorBoard)."""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gruv_hpc.paths import RunPaths, read_jsonl
+from gruv_hpc.sweep import status
+
+
+@dataclass
+class RunInfo:
+    name: str
+    state: str
+    config: dict
+    grid: dict
+    paths: RunPaths
+    history: list[dict] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def artist(self) -> str:
+        return "+".join(self.config.get("artists") or []) or "all"
+
+    @property
+    def cell(self) -> str:
+        return self.config["cell"]
+
+    @property
+    def hidden(self) -> int:
+        return int(self.config["hidden"])
+
+    @property
+    def has_checkpoint(self) -> bool:
+        return bool(self.paths.step_ckpts()) or self.paths.best.exists()
+
+    @property
+    def best_dev(self) -> float | None:
+        devs = [h["dev_loss"] for h in self.history if h.get("dev_loss") is not None]
+        return min(devs) if devs else None
+
+
+def load_runs(sweep_dir) -> list[RunInfo]:
+    sweep_dir = Path(sweep_dir)
+    state = json.loads((sweep_dir / "sweep.json").read_text())
+    runs = []
+    for row in status(sweep_dir):
+        r = state["runs"][row["name"]]
+        paths = RunPaths(r.get("run_dir") or sweep_dir / "runs" / row["name"])
+        runs.append(RunInfo(row["name"], row["state"], r["config"], r.get("grid", {}), paths, read_jsonl(paths.metrics),
+                            row.get("error")))
+    return runs
+
+
+def with_metrics(runs: list[RunInfo]) -> list[RunInfo]:
+    return [r for r in runs if r.history]
+
+
+def cli(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("sweep_dir")
+    p.add_argument("--out", required=True, help="report directory")
+    return p
+
+
+def save_fig(fig, out_dir: Path, stem: str) -> list[str]:
+    """PNG for the page, PDF for papers."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = []
+    for ext in ("png", "pdf"):
+        fig.savefig(out_dir / f"{stem}.{ext}", dpi=130, bbox_inches="tight")
+        files.append(f"{stem}.{ext}")
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    return files
+
+
+CELL_COLORS = {"lstm": "tab:blue", "gru": "tab:red", "lstm-fused": "tab:green"}

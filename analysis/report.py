@@ -1,0 +1,104 @@
+"""`gruv analyze SWEEP_DIR --out REPORT_DIR`: every analysis stage, then an offline index.html."""
+from __future__ import annotations
+
+import html
+import json
+import time
+from pathlib import Path
+
+from gruv_hpc.analysis.audio import generate_audio
+from gruv_hpc.analysis.claims import claims
+from gruv_hpc.analysis.collect import COLUMNS, collect
+from gruv_hpc.analysis.common import cli, load_runs
+from gruv_hpc.analysis.fig1_loss import fig1
+from gruv_hpc.analysis.fig2_hidden import fig2
+from gruv_hpc.analysis.fig3_spectrogram import fig3
+
+
+def analyze(sweep_dir, out_dir, hidden: int | None = None, n_seeds: int = 2, seed_seconds: float = 10.0,
+            max_clips: int = 64, log=print) -> dict:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    timings = {}
+
+    def stage(name, fn, *args, **kw):
+        t = time.time()
+        res = fn(*args, **kw)
+        timings[name] = time.time() - t
+        log(f"  {name}: {timings[name]:.2f} s")
+        return res
+
+    runs = stage("load", load_runs, sweep_dir)
+    f1 = stage("fig1", fig1, runs, out, hidden)
+    f2 = stage("fig2", fig2, runs, out)
+    f3 = stage("fig3", fig3, runs, out, hidden, max_clips)
+    audio = stage("audio", generate_audio, runs, out, n_seeds, seed_seconds)
+    rows = stage("collect", collect, sweep_dir, out, audio, runs)
+    table = stage("claims", claims, rows, f3.get("band"))
+    summary = {"runs": rows, "claims": table, "fig1": f1, "fig2": f2, "fig3": {k: v for k, v in f3.items()}, "audio": audio,
+               "timings_s": timings}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    stage("html", write_html, out, runs, rows, table, f1, f2, f3, audio)
+    return summary
+
+
+def _fmt(v):
+    if v is None or v == "":
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return html.escape(str(v))
+
+
+def write_html(out: Path, runs, rows, table, f1, f2, f3, audio) -> Path:
+    e = html.escape
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>GRUV sweep report</title>",
+             "<style>body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}table{border-collapse:collapse;font-size:13px}"
+             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}th{background:#eee}img{max-width:100%}"
+             ".bad{color:#b00}audio{width:260px}</style></head><body>",
+             "<h1>GRUV sweep report</h1>"]
+    missing = [r for r in rows if r["state"] != "COMPLETED"]
+    if missing:
+        parts.append("<h2>Runs not completed</h2><ul>")
+        for r in missing:
+            parts.append(f"<li class='bad'>{e(r['name'])}: {e(r['state'])} (epoch {r['epochs_done']}/{r['epochs']})"
+                         f"{' – ' + e(r['error']) if r['error'] else ''}</li>")
+        parts.append("</ul>")
+    parts.append("<h2>The paper's claims against this sweep</h2><table><tr><th>claim</th><th>answer</th><th>evidence</th></tr>")
+    for c in table:
+        parts.append(f"<tr><td style='text-align:left'>{e(c['claim'])}</td><td>{e(c['answer'])}</td>"
+                     f"<td style='text-align:left'>{e(c['evidence'])}</td></tr>")
+    parts.append("</table>")
+    for title, data in (("Figure 1: train and dev loss", f1), ("Figure 2: dev loss against hidden size", f2),
+                        ("Figure 3: mean spectrogram of dev next-block predictions", f3)):
+        if data.get("files"):
+            png = next(f for f in data["files"] if f.endswith(".png"))
+            pdf = next(f for f in data["files"] if f.endswith(".pdf"))
+            parts.append(f"<h2>{e(title)}</h2><img src='{e(png)}' alt='{e(title)}'><p><a href='{e(pdf)}'>PDF</a></p>")
+    parts.append("<h2>Results</h2><p><a href='results.csv'>results.csv</a></p><table><tr>" +
+                 "".join(f"<th>{e(c)}</th>" for c in COLUMNS if c != "error") + "</tr>")
+    for r in rows:
+        parts.append("<tr>" + "".join(f"<td>{_fmt(r[c])}</td>" for c in COLUMNS if c != "error") + "</tr>")
+    parts.append("</table><h2>Generated audio</h2><p>Each continuation starts where its seed (a dev clip the model never "
+                 "trained on) ends; it is 3&times; the seed's length.</p><table><tr><th>run</th><th>seed</th><th>seed audio</th>"
+                 "<th>generated</th><th>flatness</th><th>loop onset (s)</th><th>loop fraction</th><th>RMS (dBFS)</th></tr>")
+    for name, a in audio.items():
+        for c in a["clips"]:
+            parts.append(f"<tr><td>{e(name)}</td><td>{c['seed_index']}</td>"
+                         f"<td><audio controls preload='none' src='{e(c['seed_wav'])}'></audio></td>"
+                         f"<td><audio controls preload='none' src='{e(c['wav'])}'></audio></td>"
+                         f"<td>{_fmt(c['flatness'])}</td><td>{_fmt(c['loop_onset_s'])}</td><td>{_fmt(c['loop_fraction'])}</td>"
+                         f"<td>{_fmt(c['rms_db'])}</td></tr>")
+    parts.append("</table></body></html>")
+    path = out / "index.html"
+    path.write_text("\n".join(parts))
+    return path
+
+
+if __name__ == "__main__":
+    p = cli(__doc__)
+    p.add_argument("--hidden", type=int, default=None)
+    p.add_argument("--seeds", type=int, default=2)
+    a = p.parse_args()
+    analyze(a.sweep_dir, a.out, a.hidden, a.seeds)
+    print(f"report: {Path(a.out) / 'index.html'}")
