@@ -232,7 +232,7 @@ def _train(cfg: TrainConfig, paths: RunPaths, d: Dist, stop: StopFlag, on_epoch)
     writer = None
     if d.is_main:
         from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(paths.tb), purge_step=step if state is not None else None)
+        writer = SummaryWriter(str(paths.tb), purge_step=step + 1 if state is not None else None)
         _write_hparams(writer, cfg)
 
     def checkpoint(is_best=False):

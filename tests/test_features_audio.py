@@ -1,0 +1,112 @@
+import numpy as np
+import pytest
+import soundfile as sf
+
+from gruv_hpc.audio import AudioError, load_mono, resample, to_pcm, write_wav
+from gruv_hpc.features import (audio_to_blocks, blocks_to_features, feature_dim, features_to_blocks,
+                               magnitude_spectrum)
+
+
+@pytest.mark.parametrize("transform", ["fft", "rfft"])
+@pytest.mark.parametrize("n", [11025, 64, 63])
+def test_round_trip(transform, n):
+    rng = np.random.default_rng(0)
+    audio = rng.uniform(-1, 1, n * 5).astype(np.float32)
+    feats = blocks_to_features(audio_to_blocks(audio, n), transform)
+    assert feats.shape == (5, feature_dim(transform, n)) and feats.dtype == np.float32
+    back = features_to_blocks(feats, transform, n).reshape(-1)
+    assert np.max(np.abs(back - audio)) <= 1e-5
+
+
+def test_paper_feature_layout():
+    n = 11025
+    x = np.sin(2 * np.pi * 441 * np.arange(n) / 44100).astype(np.float32)  # 441 Hz = bin 110
+    f = blocks_to_features(x[None], "fft")[0]
+    assert f.shape == (2 * n,)
+    spec = np.fft.fft(x.astype(np.float64))
+    np.testing.assert_allclose(f[:n], spec.real, atol=2e-2)
+    np.testing.assert_allclose(f[n:], spec.imag, atol=2e-2)
+    assert feature_dim("rfft", n) == 2 * (n // 2 + 1)
+    mag = magnitude_spectrum(f[None], "fft")[0]
+    assert mag.shape == (n // 2 + 1,) and int(np.argmax(mag)) == 110
+
+
+def test_wrong_feature_size_is_an_error():
+    with pytest.raises(ValueError, match="values per block"):
+        features_to_blocks(np.zeros((2, 10)), "fft", 64)
+
+
+def tone(sr, seconds=1.0, hz=1000.0, amp=0.5):
+    return (amp * np.sin(2 * np.pi * hz * np.arange(int(sr * seconds)) / sr)).astype(np.float32)
+
+
+@pytest.mark.parametrize("fmt,subtype,ext,tol", [
+    ("WAV", "PCM_U8", "wav", 1e-2), ("WAV", "PCM_16", "wav", 1e-4), ("WAV", "PCM_24", "wav", 1e-6),
+    ("WAV", "PCM_32", "wav", 1e-6), ("WAV", "FLOAT", "wav", 1e-7), ("FLAC", "PCM_16", "flac", 1e-4),
+    ("FLAC", "PCM_24", "flac", 1e-6), ("AIFF", "PCM_16", "aiff", 1e-4), ("OGG", "VORBIS", "ogg", None),
+    ("MP3", "MPEG_LAYER_III", "mp3", None),
+])
+def test_decode_formats(tmp_path, fmt, subtype, ext, tol):
+    x = tone(44100)
+    p = tmp_path / f"t.{ext}"
+    sf.write(p, x, 44100, format=fmt, subtype=subtype)
+    y = load_mono(p, 44100)
+    if tol is not None:  # lossless: sample-exact up to the format's quantization
+        assert len(y) == len(x)
+        assert np.max(np.abs(y - x)) <= tol * 2
+    else:  # lossy codecs: the tone survives (the original code's 32-bit bug gave white noise)
+        m = min(len(x), len(y))
+        spec = np.abs(np.fft.rfft(y[:m]))
+        freq = np.argmax(spec) * 44100 / m
+        assert abs(freq - 1000) < 5
+        assert 0.3 < np.max(np.abs(y)) < 0.7
+
+
+def test_32bit_int_wav_is_not_noise(tmp_path):
+    x = tone(44100)
+    sf.write(tmp_path / "t.wav", x, 44100, subtype="PCM_32")
+    y = load_mono(tmp_path / "t.wav", 44100)
+    assert np.corrcoef(x, y)[0, 1] > 0.9999
+
+
+def test_stereo_downmix(tmp_path):
+    x = tone(44100)
+    sf.write(tmp_path / "s.wav", np.stack([x, 0.5 * x], 1), 44100, subtype="FLOAT")
+    y = load_mono(tmp_path / "s.wav", 44100)
+    np.testing.assert_allclose(y, 0.75 * x, atol=1e-6)
+
+
+@pytest.mark.parametrize("sr", [22050, 48000])
+def test_resample_known_tone(tmp_path, sr):
+    x = tone(sr, seconds=2.0, hz=1000.0, amp=0.5)
+    sf.write(tmp_path / "r.wav", x, sr, subtype="FLOAT")
+    y = load_mono(tmp_path / "r.wav", 44100)
+    assert abs(len(y) - 2 * 44100) <= 1
+    mid = y[4410:-4410]  # away from the filter's edges
+    ref = tone(44100, seconds=2.0, hz=1000.0, amp=0.5)[4410:-4410]
+    assert np.max(np.abs(mid - ref)) < 1e-2
+    assert abs(np.sqrt(np.mean(mid**2)) - 0.5 / np.sqrt(2)) < 1e-3
+
+
+def test_resample_identity():
+    x = tone(100)
+    assert resample(x, 100, 100) is not None and np.array_equal(resample(x, 100, 100), x)
+
+
+def test_corrupt_file_error_names_file(tmp_path):
+    p = tmp_path / "broken.wav"
+    p.write_bytes(b"RIFF\x00\x00garbage" * 10)
+    with pytest.raises(AudioError, match="broken.wav"):
+        load_mono(p, 44100)
+
+
+def test_pcm_never_wraps_and_reports_clipping(tmp_path):
+    x = np.array([0.0, 0.5, 1.5, -2.0, np.nan, -0.25], np.float32)
+    y, clipped = to_pcm(x)
+    assert clipped == 3 and y.max() <= 1 and y.min() >= -1
+    p = tmp_path / "c.wav"
+    assert write_wav(p, x, 8000) == 3
+    back, sr = sf.read(p, dtype="float32")
+    assert sr == 8000 and back[2] > 0.99 and back[3] < -0.99  # clipped, not wrapped to the other sign
+    y, clipped = to_pcm(x, peak=0.9)
+    assert clipped == 1 and abs(np.max(np.abs(y)) - 0.9) < 1e-6  # only the NaN counts

@@ -1,0 +1,244 @@
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from gruv_hpc.checkpoint import load_checkpoint, load_latest, save_checkpoint
+from gruv_hpc.config import ConfigError, TrainConfig, build, parse_overrides, read_file
+from gruv_hpc.errors import DatasetError, TrainingError
+from gruv_hpc.paths import RunPaths, read_jsonl
+from gruv_hpc.train import StopFlag, main
+
+
+def weights(run_dir, which="last"):
+    p = RunPaths(run_dir)
+    st = load_checkpoint(p.step_ckpts()[0]) if which == "last" else load_checkpoint(p.best)
+    return st["model"]
+
+
+def assert_bitwise_equal(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs"
+
+
+def test_config_precedence_and_unknown_keys(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('hidden = 64\ncell = "gru"\nartists = ["a", "b"]\n')
+    cfg = build(TrainConfig, read_file(f), parse_overrides(["hidden=32", "lr=0.01", "amp=false"]))
+    assert (cfg.hidden, cfg.cell, cfg.artists, cfg.lr, cfg.amp) == (32, "gru", ["a", "b"], 0.01, False)
+    assert cfg.epochs == 2000 and cfg.optimizer == "rmsprop" and cfg.batch_size == 5
+    with pytest.raises(ConfigError, match="hiden.*valid keys: cell, hidden"):
+        build(TrainConfig, {}, {"hiden": "3"})
+    f.write_text("nope = 1\n")
+    with pytest.raises(ConfigError, match=r"nope.*c\.toml"):
+        build(TrainConfig, read_file(f), source=str(f))
+    with pytest.raises(ConfigError, match="hidden: expected int"):
+        build(TrainConfig, {}, {"hidden": "big"})
+    with pytest.raises(ConfigError, match="cell"):
+        build(TrainConfig, {}, {"cell": "transformer"})
+
+
+def test_loss_decreases_and_outputs(data, tmp_path):
+    run = tmp_path / "r"
+    res = main(tiny_config(data, epochs=4, hidden=16, limit_train_batches=0), run)
+    assert res["status"] == "done"
+    hist = read_jsonl(run / "metrics.jsonl")
+    assert [h["epoch"] for h in hist] == [1, 2, 3, 4]
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+    assert hist[-1]["dev_loss"] < hist[0]["dev_loss"]
+    for k in ("step", "train_loss", "dev_loss", "lr", "grad_norm", "frames_per_s", "wall", "peak_mem_mb"):
+        assert k in hist[0]
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["config"]["feature_dim"] == 128 and cfg["config"]["block_size"] == 64  # resolved from the dataset
+    assert "sha" in cfg["git"] and "dirty" in cfg["git"]
+    done = json.loads((run / "done.json").read_text())
+    assert done["final"]["epoch"] == 4
+    st = load_checkpoint(RunPaths(run).step_ckpts()[0])
+    for k in ("model", "optimizer", "epoch", "step", "rng", "pos", "best_dev", "config", "git", "history"):
+        assert k in st
+    assert len(RunPaths(run).step_ckpts()) == 3  # keep_last
+    assert RunPaths(run).best.exists()
+
+
+def test_bitwise_resume_at_epoch_boundary(data, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    main(tiny_config(data, epochs=3), a)
+    main(tiny_config(data, epochs=1), b)  # "interrupted" after epoch 1 ...
+    assert len(read_jsonl(b / "metrics.jsonl")) == 1
+    main(tiny_config(data, epochs=3), b)  # ... and resumed, without any flag
+    assert_bitwise_equal(weights(a), weights(b))
+    ha, hb = read_jsonl(a / "metrics.jsonl"), read_jsonl(b / "metrics.jsonl")
+    assert [h["train_loss"] for h in ha] == [h["train_loss"] for h in hb]
+    assert [h["dev_loss"] for h in ha] == [h["dev_loss"] for h in hb]
+
+
+class StopAfter(StopFlag):
+    """Requests a stop at the n-th check, i.e. between two optimizer steps, mid-epoch."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.n = n
+
+    @property
+    def requested(self):
+        self.n -= 1
+        return self.n < 0
+
+    @requested.setter
+    def requested(self, v):
+        pass
+
+
+def test_bitwise_resume_mid_epoch_after_stop(data, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    main(tiny_config(data, epochs=2), a)
+    res = main(tiny_config(data, epochs=2), b, stop=StopAfter(17))
+    assert res["status"] == "stopped" and res["pos"] == 5  # 12 batches per epoch: stopped in epoch 2
+    assert not (b / "done.json").exists()
+    main(tiny_config(data, epochs=2), b)
+    assert_bitwise_equal(weights(a), weights(b))
+    assert [h["train_loss"] for h in read_jsonl(a / "metrics.jsonl")] == [h["train_loss"] for h in read_jsonl(b / "metrics.jsonl")]
+
+
+def test_corrupt_newest_checkpoint_falls_back(data, tmp_path):
+    run = tmp_path / "r"
+    main(tiny_config(data, epochs=2), run)
+    ckpts = RunPaths(run).step_ckpts()
+    with open(ckpts[0], "r+b") as f:
+        f.truncate(100)
+    with pytest.warns(UserWarning, match=ckpts[0].name):
+        st, path = load_latest(RunPaths(run))
+    assert path == ckpts[1] and st["epoch"] == 1
+    with pytest.warns(UserWarning):
+        res = main(tiny_config(data, epochs=2), run)  # resumes from epoch 1 and finishes
+    assert res["status"] == "done" and read_jsonl(run / "metrics.jsonl")[-1]["epoch"] == 2
+
+
+def test_checkpoint_atomic_under_sigkill(tmp_path):
+    """Kill the process while it is writing checkpoints: every checkpoint under its final name loads."""
+    run = tmp_path / "r"
+    code = textwrap.dedent(f"""
+        import torch, sys
+        from gruv_hpc.checkpoint import save_checkpoint
+        from gruv_hpc.paths import RunPaths
+        p = RunPaths({str(run)!r})
+        big = torch.randn(4_000_000)
+        for step in range(1, 10_000):
+            save_checkpoint(p, {{"model": {{"w": big + step}}, "step": step}}, step, keep_last=3, is_best=step % 2 == 1)
+            print(step, flush=True)
+    """)
+    for trial in range(4):
+        p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        p.stdout.readline()  # at least one checkpoint exists
+        time.sleep(0.05 + 0.07 * trial)
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+        p.stdout.close()
+        paths = RunPaths(run)
+        for c in paths.step_ckpts():
+            st = load_checkpoint(c)
+            assert float(st["model"]["w"][0] - st["model"]["w"][1]) == pytest.approx(0, abs=10)  # loads whole
+        st, path = load_latest(paths)
+        assert st is not None and path == paths.step_ckpts()[0]
+        assert load_checkpoint(paths.best)["step"] % 2 == 1
+
+
+def test_checkpoint_cannot_run_code(tmp_path):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+    p = tmp_path / "step_0000000001.pt"
+    torch.save({"model": Evil()}, p)
+    with pytest.raises(pickle.UnpicklingError):
+        load_checkpoint(p)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, monkeypatch):
+    run = tmp_path / "r"
+    main(tiny_config(data, epochs=1), run)
+    before = {p.name: p.read_bytes() for p in RunPaths(run).ckpt_dir.iterdir()}
+    real = torch.nn.functional.mse_loss
+    monkeypatch.setattr(torch.nn.functional, "mse_loss", lambda a, b, **kw: real(a, b, **kw) * float("nan"))
+    with pytest.raises(TrainingError, match="nan"):
+        main(tiny_config(data, epochs=3), run)
+    after = {p.name: p.read_bytes() for p in RunPaths(run).ckpt_dir.iterdir()}
+    assert before == after  # no NaN checkpoint, the good one untouched
+    assert "TrainingError" in (run / "error.txt").read_text()
+    st, _ = load_latest(RunPaths(run))
+    assert all(torch.isfinite(v).all() for v in st["model"].values())
+
+
+def test_dataset_and_run_dir_mismatches(data, tmp_path):
+    with pytest.raises(DatasetError, match="block_size"):
+        main(tiny_config(data, block_size=11025), tmp_path / "r0")
+    run = tmp_path / "r"
+    main(tiny_config(data, epochs=1, hidden=8), run)
+    with pytest.raises(ConfigError, match="hidden: 8 -> 16"):
+        main(tiny_config(data, epochs=1, hidden=16), run)
+    res = main(tiny_config(data, epochs=2, hidden=8), run)  # more epochs is the same run, extended
+    assert res["epoch"] == 2
+
+
+def test_tensorboard_scalars_hparams_and_purge(data, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    run = tmp_path / "r"
+    main(tiny_config(data, epochs=1), run)
+    main(tiny_config(data, epochs=2, gen_seconds=0.1), run)  # resumed: purge_step keeps curves from doubling back
+    ea = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0})
+    ea.Reload()
+    tags = ea.Tags()["scalars"]
+    for t in ("loss/train", "loss/dev", "loss/best_dev", "opt/lr", "opt/grad_norm", "perf/frames_per_s"):
+        assert t in tags
+    dev = ea.Scalars("loss/dev")
+    hist = read_jsonl(run / "metrics.jsonl")
+    assert [e.step for e in dev] == [h["step"] for h in hist]
+    assert [round(e.value, 5) for e in dev] == [round(h["dev_loss"], 5) for h in hist]
+    assert "generated/audio" in ea.Tags()["audio"]
+    import glob
+    raw = b"".join(open(f, "rb").read() for f in glob.glob(str(run / "tb" / "events.*")))
+    assert b"_hparams_/session_start_info" in raw and b"hidden" in raw
+
+
+DDP_WORKER = textwrap.dedent("""
+    import os, sys, torch
+    from conftest import tiny_config
+    from gruv_hpc.train import main
+    rank, world, data, run = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[5])
+    torch.set_num_threads(1)
+    main(tiny_config(data, epochs=2, batch_size=4, limit_train_batches=0), run)
+""")
+
+
+def test_ddp_two_processes_equal_one(data, tmp_path):
+    import random
+    port = str(random.randint(20000, 40000))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    one = subprocess.run([sys.executable, "-c", DDP_WORKER, "0", "1", str(data), str(tmp_path / "one"), port],
+                         env=env, capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr
+    procs = [subprocess.Popen([sys.executable, "-c", DDP_WORKER, str(r), "2", str(data), str(tmp_path / "two"), port],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k
+    # only rank 0 wrote: one metrics line per epoch, one event file
+    assert len(read_jsonl(tmp_path / "two" / "metrics.jsonl")) == 2
+    assert len(list((tmp_path / "two" / "tb").glob("events.*"))) == 1
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["world_size"] == 2
