@@ -145,7 +145,9 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     keys = list(grid)
     for values in itertools.product(*(grid[k] for k in keys)):
         point = dict(zip(keys, values))
-        cfg = build(TrainConfig, {**train, **point, "data": data}, cli_train, source=str(path))
+        values = {**train, "data": data, **point}
+        values["data"] = str(Path(values["data"]).expanduser().resolve())  # jobs run from another directory
+        cfg = build(TrainConfig, values, cli_train, source=str(path))
         name = "-".join(_name_part(k, cfg.__dict__[k]) for k in keys).replace("/", "_") or "run"
         if name in seen:
             raise ConfigError(f"{path}: grid points {seen[name]} and {point} both get the run name {name!r}")
@@ -482,9 +484,11 @@ def status(sweep_dir) -> list[dict]:
         raise GruvError(f"{sweep_dir}: no sweep.json; nothing was submitted there")
     slurm_ids = []
     for r in state["runs"].values():
-        if r.get("jobs") and r["jobs"][-1]["executor"] == "slurm" and not RunPaths(r["run_dir"]).done.exists():
+        if r.get("jobs") and r["jobs"][-1]["executor"] == "slurm":
             slurm_ids.append(r["jobs"][-1]["job_id"])
-    sacct = sacct_states(slurm_ids)  # one call; none at all when every run is done
+    # One sacct call for the whole sweep. Without Slurm it returns nothing, and runs that are
+    # done still read as COMPLETED from their run directories.
+    sacct = sacct_states(slurm_ids)
     rows = []
     now = time.time()
     for name, r in state["runs"].items():

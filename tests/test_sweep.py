@@ -1,0 +1,214 @@
+"""Sweeps on the real local Slurm cluster (slurm/cluster.sh): no mocked sbatch."""
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from gruv_hpc import sweep
+from gruv_hpc.checkpoint import load_checkpoint
+from gruv_hpc.errors import ConfigError, DatasetError
+from gruv_hpc.paths import RunPaths, read_jsonl
+
+pytestmark = pytest.mark.slurm
+
+SMOKE = Path(__file__).parent.parent / "jobs" / "smoke.toml"
+
+
+def write_sweep(path: Path, data, train: dict, grid: dict, slurm: dict | None = None) -> Path:
+    def val(v):
+        return json.dumps(v)
+    lines = [f"data = {val(str(data))}", "[train]"] + [f"{k} = {val(v)}" for k, v in train.items()]
+    lines += ["[grid]"] + [f"{k} = {val(v)}" for k, v in grid.items()]
+    lines += ["[slurm]"] + [f"{k} = {val(v)}" for k, v in {"time_min": 10, "cpus_per_task": 1, "mem_gb": 1.0,
+                                                          "signal_delay_s": 30, **(slurm or {})}.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def job_of(sweep_dir, name):
+    return json.loads((Path(sweep_dir) / "sweep.json").read_text())["runs"][name]["jobs"][-1]["job_id"]
+
+
+def wait_done(sweep_dir, timeout=240):
+    rows = sweep.wait(sweep_dir, poll_s=1, progress=False, timeout_s=timeout)
+    return {r["name"]: r for r in rows}
+
+
+@pytest.fixture(scope="module")
+def smoke(data, tmp_path_factory):
+    d = tmp_path_factory.mktemp("smoke") / "sweep"
+    res = sweep.submit(SMOKE, d, executor="slurm", overrides=[f"data={data}"], out=lambda *a: None)
+    assert len(res["submitted"]) == 4
+    return d, wait_done(d)
+
+
+def test_smoke_grid_completes_as_one_array(smoke, data):
+    d, rows = smoke
+    assert set(rows) == {"lstm-h8", "lstm-h16", "gru-h8", "gru-h16"}
+    ids = {r["job_id"].split("_")[0] for r in rows.values()}
+    assert len(ids) == 1 and all("_" in r["job_id"] for r in rows.values())  # one job array
+    for r in rows.values():
+        assert r["state"] == "COMPLETED", r
+        assert r["epoch"] == r["epochs"] == 2 and r["dev_loss"] is not None and r["best_dev_loss"] is not None
+        assert r["ckpt_age_s"] is not None and r["requeues"] == 0
+    state = json.loads((d / "sweep.json").read_text())
+    assert state["runs"]["gru-h16"]["config"]["cell"] == "gru" and (d / "sweep.toml").exists()
+    out = []
+    res = sweep.submit(SMOKE, d, executor="slurm", overrides=[f"data={data}"], out=out.append)
+    assert res["submitted"] == [] and "nothing to submit" in out
+    assert len(state["submissions"]) == 1 and len(json.loads((d / "sweep.json").read_text())["submissions"]) == 2
+    # the status command prints JSON with Slurm's state names
+    r = subprocess.run([sys.executable, "-m", "gruv_hpc.cli", "sweep", "status", str(d), "--json"], capture_output=True, text=True)
+    assert {x["state"] for x in json.loads(r.stdout)["runs"]} == {"COMPLETED"}
+
+
+def test_changed_config_is_refused(smoke, data):
+    d, _ = smoke
+    with pytest.raises(ConfigError, match="lstm-h8.*lr"):
+        sweep.submit(SMOKE, d, executor="slurm", overrides=[f"data={data}", "lr=0.5"], out=lambda *a: None)
+
+
+def test_validation_before_queueing(data, tmp_path):
+    f = write_sweep(tmp_path / "s.toml", data, {"epochs": 1}, {"artists": [["aurora"], ["nobody"]]})
+    with pytest.raises(DatasetError, match="nobody"):
+        sweep.submit(f, tmp_path / "sw", executor="slurm")
+    f = write_sweep(tmp_path / "s.toml", data, {"epochs": 1, "hiden": 3}, {"cell": ["lstm"]})
+    with pytest.raises(ConfigError, match="hiden"):
+        sweep.submit(f, tmp_path / "sw", executor="slurm")
+    f = write_sweep(tmp_path / "s.toml", data, {"epochs": 1, "batch_size": 5}, {"cell": ["lstm"]}, {"tasks_per_node": 2})
+    with pytest.raises(ConfigError, match="divisible"):
+        sweep.submit(f, tmp_path / "sw", executor="slurm")
+    assert not (tmp_path / "sw" / "sweep.json").exists()
+
+
+def test_dry_run_prints_runs_and_sbatch(data, tmp_path, capsys):
+    f = write_sweep(tmp_path / "s.toml", data, {"epochs": 1}, {"cell": ["lstm", "gru"], "hidden": [4, 8]})
+    out = []
+    sweep.submit(f, tmp_path / "sw", dry_run=True, out=out.append)
+    text = "\n".join(out)
+    assert "lstm-h4" in text and "gru-h8" in text and "#SBATCH --array=0-3" in text and "#SBATCH --signal=USR2@30" in text
+    assert not (tmp_path / "sw" / "sweep.json").exists()
+
+
+def test_two_task_ddp_job(data, tmp_path):
+    f = write_sweep(tmp_path / "s.toml", data, {"epochs": 2, "batch_size": 4, "workers": 0, "gen_seconds": 0.0, "hidden": 8},
+                    {"cell": ["lstm"]}, {"tasks_per_node": 2})
+    d = tmp_path / "sw"
+    sweep.submit(f, d, executor="slurm", out=lambda *a: None)
+    rows = wait_done(d)
+    assert rows["lstm"]["state"] == "COMPLETED", rows
+    run = RunPaths(d / "runs" / "lstm")
+    assert json.loads(run.config.read_text())["world_size"] == 2
+    assert [h["epoch"] for h in read_jsonl(run.metrics)] == [1, 2]  # one writer
+    assert len(list(run.tb.glob("events.*"))) == 1
+
+
+def test_preemption_requeues_resumes_and_matches_uninterrupted(data, tmp_path):
+    train = {"epochs": 40, "batch_size": 4, "workers": 0, "gen_seconds": 0.0, "hidden": 8}
+    fa = write_sweep(tmp_path / "a.toml", data, train, {"cell": ["lstm"]})
+    a, b = tmp_path / "preempted", tmp_path / "straight"
+    sweep.submit(fa, a, executor="slurm", out=lambda *x: None)
+    sweep.submit(fa, b, executor="slurm", out=lambda *x: None)
+    run = RunPaths(a / "runs" / "lstm")
+    for _ in range(600):
+        if run.step_ckpts():
+            break
+        time.sleep(0.1)
+    assert run.step_ckpts(), "no first checkpoint"
+    jid = job_of(a, "lstm")
+    t0 = time.time()
+    subprocess.run(["scancel", "--signal=USR2", jid], check=True)
+    rows = wait_done(a)
+    assert rows["lstm"]["state"] == "COMPLETED" and rows["lstm"]["requeues"] >= 1
+    for _ in range(60):  # done.json lands a moment before Slurm sees the job end
+        dup = subprocess.run(["sacct", "-n", "-X", "--duplicates", "-j", jid, "-o", "State"], capture_output=True, text=True).stdout.split()
+        if dup and dup[-1] == "COMPLETED":
+            break
+        time.sleep(0.5)
+    assert "REQUEUED" in dup and dup[-1] == "COMPLETED"
+    log = "".join(p.read_text() for p in (a / "logs").glob(f"{jid}_0_log.out"))
+    assert "resumed from" in log
+    assert wait_done(b)["lstm"]["state"] == "COMPLETED"
+    wa = load_checkpoint(RunPaths(a / "runs" / "lstm").step_ckpts()[0])["model"]
+    wb = load_checkpoint(RunPaths(b / "runs" / "lstm").step_ckpts()[0])["model"]
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    assert [h["dev_loss"] for h in read_jsonl(run.metrics)] == [h["dev_loss"] for h in read_jsonl(RunPaths(b / "runs" / "lstm").metrics)]
+    print(f"signal -> completed after requeue: {time.time() - t0:.1f} s")
+
+
+def test_failed_run_shows_traceback_and_only_it_is_resubmitted(data, tmp_path):
+    bad = tmp_path / "baddata"
+    shutil.copytree(data, bad)
+    f = write_sweep(tmp_path / "s.toml", data, {"epochs": 1, "batch_size": 4, "workers": 0, "gen_seconds": 0.0, "hidden": 8},
+                    {"data": [str(data), str(bad)]})
+    d = tmp_path / "sw"
+    sweep.submit(f, d, executor="slurm", out=lambda *a: None)
+    (bad / "manifest.json").rename(bad / "manifest.away")  # planted after validation
+    rows = wait_done(d)
+    good, badrun = rows[data.name], rows["baddata"]
+    assert good["state"] == "COMPLETED"
+    assert badrun["state"] == "FAILED" and "manifest" in badrun["error"] and "DatasetError" in badrun["error"]
+    text = sweep.format_status(list(rows.values()))
+    assert "| " in text and "DatasetError" in text
+    (bad / "manifest.away").rename(bad / "manifest.json")
+    res = sweep.submit(f, d, executor="slurm", out=lambda *a: None)
+    assert res["submitted"] == ["baddata"] and res["skipped"] == {data.name: "done"}
+    assert wait_done(d)["baddata"]["state"] == "COMPLETED"
+
+
+def test_cancel(data, tmp_path):
+    f = write_sweep(tmp_path / "s.toml", data, {"epochs": 100000, "batch_size": 4, "workers": 0, "gen_seconds": 0.0, "hidden": 8},
+                    {"cell": ["lstm"]})
+    d = tmp_path / "sw"
+    sweep.submit(f, d, executor="slurm", out=lambda *a: None)
+    for _ in range(300):
+        if sweep.status(d)[0]["state"] == "RUNNING":
+            break
+        time.sleep(0.2)
+    assert sweep.cancel(d, out=lambda *a: None) == ["lstm"]
+    rows = wait_done(d, timeout=60)
+    assert rows["lstm"]["state"] == "CANCELLED"
+    res = sweep.submit(f, d, executor="slurm", out=lambda *a: None)  # a cancelled run is resubmitted ...
+    assert res["submitted"] == ["lstm"]
+    sweep.cancel(d, "lstm", out=lambda *a: None)  # ... and cancelled again, by name
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_tensorboard_server_lists_every_run(smoke):
+    d, rows = smoke
+    port = _free_port()
+    p = subprocess.Popen([sys.executable, "-m", "gruv_hpc.cli", "tensorboard", str(d), "--port", str(port)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        tags = None
+        for _ in range(120):
+            try:
+                runs = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/data/runs", timeout=2))
+                tags = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugin/scalars/tags", timeout=5))
+                if {t.split("/")[0] for t in tags} >= set(rows):  # TensorBoard names them "<run>/."
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        assert tags is not None, "tensorboard did not answer"
+        assert {r.split("/")[0] for r in runs} >= set(rows)
+        for tb_run, t in tags.items():
+            assert {"loss/train", "loss/dev"} <= set(t), tb_run
+        hp = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugins_listing", timeout=5))
+        assert "hparams" in hp
+    finally:
+        p.terminate()
+        p.wait(timeout=20)
