@@ -20,7 +20,7 @@ class ClipDataset(Dataset):
     """
 
     def __init__(self, data_dir: str | Path, split: str, artists: list[str] | None = None,
-                 expect: dict | None = None, normalize: bool = True):
+                 expect: dict | None = None, normalize: bool = True, as_blocks: bool = False):
         self.data_dir = Path(data_dir)
         self.manifest = load_manifest(self.data_dir)
         if expect:
@@ -33,6 +33,9 @@ class ClipDataset(Dataset):
         self.mean = mean.astype(np.float32)
         self.inv_std = (1.0 / std).astype(np.float32)
         self.normalize = normalize
+        # as_blocks: items are the raw (C + 1, D) windows; the training loop normalizes whole
+        # batches on its device and slices x and y out of them (no copy of the shared C blocks).
+        self.as_blocks = as_blocks
         self._files: dict[int, h5py.File] = {}
         self._pid = None
 
@@ -70,8 +73,10 @@ class ClipDataset(Dataset):
             raise DatasetError(f"shard {self.index.shard_files[k]} is truncated: clip at row {start} is incomplete")
         return blk
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int):
         blk = self.raw_blocks(i)
+        if self.as_blocks:
+            return torch.from_numpy(blk)
         if self.normalize:
             blk = (blk - self.mean) * self.inv_std
         t = torch.from_numpy(np.ascontiguousarray(blk, dtype=np.float32))
@@ -79,6 +84,10 @@ class ClipDataset(Dataset):
 
     def denormalize(self, feats: np.ndarray) -> np.ndarray:
         return feats / self.inv_std + self.mean
+
+    def normalizer(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, 1/std) as tensors, for normalizing raw batches on ``device``."""
+        return torch.from_numpy(self.mean).to(device), torch.from_numpy(self.inv_std).to(device)
 
     def __getstate__(self):
         # Pickled into spawned workers: never carry open handles.

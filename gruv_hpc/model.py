@@ -191,9 +191,13 @@ class GRUVModel(nn.Module):
 
     def forward(self, x, state=None):
         """x: (B, T, D) -> predictions (B, T, D) of the next block, and the final recurrent state."""
-        z = self.inp(x)
+        h, state = self.recur(self.inp(x), state)
+        return self.out(h), state
+
+    def recur(self, z, state=None):
+        """The recurrent layers alone: (B, T, H) -> top layer's hidden sequence, new state."""
         new_state = []
         for k, rnn in enumerate(self.rnns):
             z, s = rnn(z, None if state is None else state[k])
             new_state.append(s)
-        return self.out(z), new_state
+        return z, new_state

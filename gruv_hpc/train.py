@@ -187,8 +187,14 @@ def _train(cfg: TrainConfig, paths: RunPaths, d: Dist, stop: StopFlag, on_epoch)
     np.random.seed(cfg.seed + d.rank)
     torch.manual_seed(cfg.seed + d.rank)
 
-    train_set = ClipDataset(cfg.data, "train", cfg.artists)
-    dev_set = ClipDataset(cfg.data, "dev", cfg.artists)
+    train_set = ClipDataset(cfg.data, "train", cfg.artists, as_blocks=True)
+    dev_set = ClipDataset(cfg.data, "dev", cfg.artists, as_blocks=True)
+    mean, inv_std = train_set.normalizer(d.device)
+
+    def to_xy(blk):
+        """Raw (B, C + 1, D) windows -> normalized x = blocks 0..C-1, y = blocks 1..C (views)."""
+        blk = blk.to(d.device, non_blocking=True).sub_(mean).mul_(inv_std)
+        return blk[:, :-1], blk[:, 1:]
     if len(train_set) == 0:
         raise DatasetError(f"{cfg.data}: the train split has no clips for artists {cfg.artists or 'all'}")
     if cfg.batch_size % d.world:
@@ -280,7 +286,7 @@ def _train(cfg: TrainConfig, paths: RunPaths, d: Dist, stop: StopFlag, on_epoch)
         model.train()
         t0, frames = time.time(), 0
         grad_norm = torch.zeros((), device=d.device)
-        for x, y in train_loader:
+        for blk in train_loader:
             if pos >= steps_per_epoch:
                 break
             if stop_agreed():
@@ -290,7 +296,7 @@ def _train(cfg: TrainConfig, paths: RunPaths, d: Dist, stop: StopFlag, on_epoch)
                     checkpoint()
                     writer.close()
                 return {"status": "stopped", "epoch": epoch, "step": step, "pos": pos}
-            x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
+            x, y = to_xy(blk)
             with amp:
                 pred, _ = ddp(x)
             loss = torch.nn.functional.mse_loss(pred.float(), y)  # eq. 1, in normalized units
@@ -313,7 +319,7 @@ def _train(cfg: TrainConfig, paths: RunPaths, d: Dist, stop: StopFlag, on_epoch)
         epoch_time = time.time() - t0
         train_time += epoch_time
 
-        dev_loss = evaluate(model, dev_loader, d, amp)  # unwrapped: ranks may see unequal batch counts
+        dev_loss = evaluate(model, dev_loader, d, amp, to_xy)  # unwrapped: ranks may see unequal batch counts
         train_loss = _mean_across_ranks(loss_sum / max(loss_n, 1), d)
         epoch, pos = epoch + 1, 0
         is_best = dev_loss < best_dev
@@ -354,12 +360,12 @@ def _train(cfg: TrainConfig, paths: RunPaths, d: Dist, stop: StopFlag, on_epoch)
 
 
 @torch.no_grad()
-def evaluate(model, loader, d: Dist, amp) -> float:
+def evaluate(model, loader, d: Dist, amp, to_xy) -> float:
     """Mean L2 loss over every dev clip (each counted once across ranks)."""
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=d.device)
-    for x, y in loader:
-        x, y = x.to(d.device), y.to(d.device)
+    for blk in loader:
+        x, y = to_xy(blk)
         with amp:
             pred, _ = model(x)
         total[0] += torch.nn.functional.mse_loss(pred.float(), y, reduction="sum").double() / y[0].numel()
