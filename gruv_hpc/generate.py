@@ -22,12 +22,12 @@ from .audio import load_mono, write_wav
 from .checkpoint import RunPaths, load_checkpoint, load_latest
 from .config import TrainConfig, build
 from .data import ClipDataset
+from .errors import GenerationError
 from .features import audio_to_blocks, blocks_to_features, features_to_blocks
 from .manifest import DatasetError
 from .model import GRUVModel
 
 
-from .errors import GenerationError  # noqa: E402
 
 
 @dataclass

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import DatasetError  # noqa: F401  (re-exported)
 FORMAT = "gruv-hpc-spectral"
 VERSION = 1
 MANIFEST = "manifest.json"
@@ -33,7 +34,6 @@ SHARD_DIR = "shards"
 PARAM_KEYS = ("sample_rate", "block_size", "clip_blocks", "transform", "feature_dim")
 
 
-from .errors import DatasetError  # noqa: E402,F401  (re-exported)
 
 
 def sha256_file(path: str | Path, bufsize: int = 1 << 20) -> str:

@@ -429,7 +429,7 @@ def submit(sweep_file, sweep_dir, executor: str = "auto", dry_run: bool = False,
 def _submit_slurm(todo: list[Run], sweep: Sweep, sweep_dir: Path):
     from .launcher import TrainJob
     jobs = []
-    limit = max(1, max_array_size() - 1)
+    limit = max(1, max_array_size())  # task indices 0 .. MaxArraySize - 1
     for i in range(0, len(todo), limit):
         chunk = todo[i:i + limit]
         ex = _executor("slurm", sweep_dir, sweep.slurm, len(chunk), sweep.path.stem)

@@ -25,11 +25,11 @@ from torch.utils.data import DataLoader, DistributedSampler
 from .checkpoint import RunPaths, clean_temp, git_info, load_latest, save_checkpoint
 from .config import RUNTIME_KEYS, ConfigError, TrainConfig, diff, to_dict
 from .data import ClipDataset
+from .errors import TrainingError
 from .manifest import PARAM_KEYS, DatasetError, atomic_write_text, check_params, load_manifest
 from .model import GRUVModel
 
 
-from .errors import TrainingError  # noqa: E402,F401
 
 
 class StopFlag:
@@ -178,9 +178,9 @@ def _train(cfg: TrainConfig, paths: RunPaths, d: Dist, stop: StopFlag, on_epoch)
         paths.root.mkdir(parents=True, exist_ok=True)
         paths.error.unlink(missing_ok=True)
         clean_temp(paths)
-        if not paths.config.exists():
-            paths.config.write_text(json.dumps({"config": to_dict(cfg), "git": git_info(), "world_size": d.world,
-                                                "device": d.device.type, "torch": torch.__version__}, indent=1))
+        if not paths.config.exists():  # atomic: other ranks read it in check_run_dir
+            atomic_write_text(paths.config, json.dumps({"config": to_dict(cfg), "git": git_info(), "world_size": d.world,
+                                                       "device": d.device.type, "torch": torch.__version__}, indent=1))
 
     # Each rank its own seed offset; the data order comes from the sampler's (seed, epoch), not these.
     random.seed(cfg.seed + d.rank)

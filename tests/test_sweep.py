@@ -97,6 +97,19 @@ def test_dry_run_prints_runs_and_sbatch(data, tmp_path, capsys):
     assert not (tmp_path / "sw" / "sweep.json").exists()
 
 
+def test_grid_larger_than_max_array_size_is_split(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep, "max_array_size", lambda: 3)
+    f = write_sweep(tmp_path / "s.toml", data, {"epochs": 1, "workers": 0, "gen_seconds": 0.0}, {"hidden": [2, 3, 4, 5]})
+    d = tmp_path / "sw"
+    res = sweep.submit(f, d, executor="slurm", out=lambda *a: None)
+    ids = [job_of(d, n) for n in res["submitted"]]
+    arrays = {}
+    for j in ids:
+        arrays.setdefault(j.split("_")[0], []).append(j)
+    assert sorted(len(v) for v in arrays.values()) == [1, 3]
+    sweep.cancel(d, out=lambda *a: None)
+
+
 def test_two_task_ddp_job(data, tmp_path):
     f = write_sweep(tmp_path / "s.toml", data, {"epochs": 2, "batch_size": 4, "workers": 0, "gen_seconds": 0.0, "hidden": 8},
                     {"cell": ["lstm"]}, {"tasks_per_node": 2})
