@@ -54,24 +54,38 @@ class ClipDataset(Dataset):
             if size != self.index.shard_bytes[k]:
                 raise DatasetError(f"shard {path} is truncated or was modified: {size} bytes, manifest says {self.index.shard_bytes[k]}")
             try:
-                f = h5py.File(path, "r")
+                # No chunk cache: every read is a whole clip, straight into its destination buffer.
+                f = h5py.File(path, "r", rdcc_nbytes=0)
                 f["blocks"]
             except (OSError, KeyError) as e:
                 raise DatasetError(f"shard {path} is corrupt: {e}") from e
             self._files[k] = f
         return f["blocks"]
 
-    def raw_blocks(self, i: int) -> np.ndarray:
-        """The C + 1 unnormalized feature blocks of clip i."""
+    def raw_blocks(self, i: int, out: np.ndarray | None = None) -> np.ndarray:
+        """The C + 1 unnormalized feature blocks of clip i (read straight into ``out`` if given)."""
         k = int(self.index.shard_of_clip[i])
-        start = int(self.index.start_of_clip[i])
+        start, n = int(self.index.start_of_clip[i]), self.clip_blocks + 1
         try:
-            blk = self._shard(k)[start: start + self.clip_blocks + 1]
+            ds = self._shard(k)
+            if start + n > ds.shape[0]:
+                raise DatasetError(f"shard {self.index.shard_files[k]} is truncated: clip at row {start} is incomplete")
+            if out is None:
+                return ds[start: start + n]
+            ds.read_direct(out, source_sel=np.s_[start: start + n])
+            return out
         except OSError as e:
             raise DatasetError(f"shard {self.index.shard_files[k]} is corrupt: {e}") from e
-        if len(blk) != self.clip_blocks + 1:
-            raise DatasetError(f"shard {self.index.shard_files[k]} is truncated: clip at row {start} is incomplete")
-        return blk
+
+    def __getitems__(self, idxs: list[int]):
+        """A whole batch at once (DataLoader uses this): with as_blocks, one (B, C + 1, D) tensor
+        read directly into its final buffer, with no per-item tensors and no collate copy."""
+        if not self.as_blocks:
+            return [self[i] for i in idxs]
+        out = np.empty((len(idxs), self.clip_blocks + 1, self.params["feature_dim"]), np.float32)
+        for k, i in enumerate(idxs):
+            self.raw_blocks(int(i), out[k])
+        return torch.from_numpy(out)
 
     def __getitem__(self, i: int):
         blk = self.raw_blocks(i)
@@ -86,8 +100,13 @@ class ClipDataset(Dataset):
         return feats / self.inv_std + self.mean
 
     def normalizer(self, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean, 1/std) as tensors, for normalizing raw batches on ``device``."""
-        return torch.from_numpy(self.mean).to(device), torch.from_numpy(self.inv_std).to(device)
+        """(mean / std, 1 / std) as tensors: raw * (1/std) - mean/std normalizes in one pass on ``device``."""
+        return torch.from_numpy(self.mean * self.inv_std).to(device), torch.from_numpy(self.inv_std).to(device)
+
+
+def batch_collate(batch):
+    """collate_fn for as_blocks datasets: __getitems__ already returned the stacked batch."""
+    return batch
 
     def __getstate__(self):
         # Pickled into spawned workers: never carry open handles.

@@ -25,66 +25,68 @@ from .config import CELLS  # noqa: F401  (re-exported)
 
 
 class PeepholeLSTMFunction(torch.autograd.Function):
-    """Peephole LSTM recurrence over precomputed input projections.
+    """Peephole LSTM recurrence over precomputed input projections, in a gate-major layout.
 
-    xp: (T, B, 4H), gate order [i, f, c, o]; u: (4H, H); v: (3, H) = [V_i, V_f, V_o]; h0, c0: (B, H).
-    Returns hs (T, B, H), h_T, c_T.
+    xp: (T, 4, B, H), gates [i, f, c, o]; u: (4, H, H) with u[k] = U_k; v: (3, H) = [V_i, V_f, V_o];
+    h0, c0: (B, H). Returns hs (T, B, H), h_T, c_T. Gate-major buffers keep every per-step
+    pointwise op on contiguous (B, H) slices, which is most of the per-step cost at small B.
     """
 
     @staticmethod
     def forward(ctx, xp, u, v, h0, c0):
-        T, B, H4 = xp.shape
-        H = H4 // 4
-        ut = u.t()
-        vif = v[:2].unsqueeze(0)  # (1, 2, H)
-        vo = v[2]
-        gates = torch.empty(T, B, 4, H, dtype=xp.dtype, device=xp.device)  # i, f, c~, o after nonlinearity
-        cs = torch.empty(T + 1, B, H, dtype=xp.dtype, device=xp.device)
-        hs = torch.empty(T + 1, B, H, dtype=xp.dtype, device=xp.device)
+        T, _, B, H = xp.shape
+        kw = dict(dtype=xp.dtype, device=xp.device)
+        ut = u.transpose(1, 2)
+        vif = v[:2].unsqueeze(1)  # (2, 1, H)
+        gates = torch.empty(T, 4, B, H, **kw)  # i, f, c~, o after their nonlinearity
+        cs, hs = torch.empty(T + 1, B, H, **kw), torch.empty(T + 1, B, H, **kw)
+        tcs = torch.empty(T, B, H, **kw)  # tanh(c_t), reused by the backward
+        g = torch.empty(4, B, H, **kw)
         cs[0], hs[0] = c0, h0
         for t in range(T):
-            g = torch.addmm(xp[t], hs[t], ut).view(B, 4, H)
+            torch.baddbmm(xp[t], hs[t].expand(4, B, H), ut, out=g)
             gt = gates[t]
-            torch.addcmul(g[:, :2], vif, cs[t].unsqueeze(1), out=gt[:, :2]).sigmoid_()  # i, f peek at c_{t-1}
-            torch.tanh(g[:, 2], out=gt[:, 2])
+            torch.addcmul(g[:2], vif, cs[t], out=gt[:2]).sigmoid_()  # i, f peek at c_{t-1}
+            torch.tanh(g[2], out=gt[2])
             c = cs[t + 1]
-            torch.mul(gt[:, 1], cs[t], out=c).addcmul_(gt[:, 0], gt[:, 2])
-            torch.addcmul(g[:, 3], vo, c, out=gt[:, 3]).sigmoid_()  # o peeks at c_t
-            torch.mul(gt[:, 3], torch.tanh(c), out=hs[t + 1])
-        ctx.save_for_backward(u, v, gates, cs, hs)
+            torch.mul(gt[1], cs[t], out=c).addcmul_(gt[0], gt[2])
+            torch.addcmul(g[3], v[2], c, out=gt[3]).sigmoid_()  # o peeks at c_t
+            torch.mul(gt[3], torch.tanh(c, out=tcs[t]), out=hs[t + 1])
+        ctx.save_for_backward(u, v, gates, cs, hs, tcs)
         return hs[1:], hs[T].clone(), cs[T].clone()
 
     @staticmethod
     def backward(ctx, d_hs, d_hT, d_cT):
-        u, v, gates, cs, hs = ctx.saved_tensors
-        T, B, _, H = gates.shape
-        i, f, ct, o = gates.unbind(2)
+        u, v, gates, cs, hs, tc = ctx.saved_tensors
+        T, _, B, H = gates.shape
+        kw = dict(dtype=gates.dtype, device=gates.device)
+        i, f, ct, o = gates.unbind(1)
         c_prev, c = cs[:-1], cs[1:]
-        tc = torch.tanh(c)
         # Every local derivative, for all timesteps at once; the loop below only chains them.
-        so = o * (1 - o)
-        A = tc * so                                   # dL/dgo = dh * A
+        A = tc * o * (1 - o)                          # dL/dgo = dh * A
         E = o * (1 - tc * tc) + A * v[2]              # dc += dh * E  (through tanh(c) and o's peephole)
         K = torch.stack([ct * i * (1 - i),            # dgi = dc * K_i
                          c_prev * f * (1 - f),        # dgf = dc * K_f
-                         i * (1 - ct * ct)], dim=2)   # dgc = dc * K_c
-        F = f + K[:, :, 0] * v[0] + K[:, :, 1] * v[1]  # dc_prev = dc * F
-        dG = torch.empty(T, B, 4, H, dtype=gates.dtype, device=gates.device)
-        d_hs = d_hs if d_hs is not None else torch.zeros(T, B, H, dtype=gates.dtype, device=gates.device)
-        dh_next = d_hT.clone() if d_hT is not None else torch.zeros(B, H, dtype=gates.dtype, device=gates.device)
-        dc = d_cT.clone() if d_cT is not None else torch.zeros(B, H, dtype=gates.dtype, device=gates.device)
+                         i * (1 - ct * ct)], dim=1)   # dgc = dc * K_c
+        F = f + K[:, 0] * v[0] + K[:, 1] * v[1]       # dc_prev = dc * F
+        dG = torch.empty(T, 4, B, H, **kw)
+        d_hs = d_hs if d_hs is not None else torch.zeros(T, B, H, **kw)
+        dh_next = d_hT.clone() if d_hT is not None else torch.zeros(B, H, **kw)
+        dc = d_cT.clone() if d_cT is not None else torch.zeros(B, H, **kw)
+        tmp = torch.empty(4, B, H, **kw)
         for t in range(T - 1, -1, -1):
             dh = dh_next.add_(d_hs[t])
             dc.addcmul_(dh, E[t])
-            torch.mul(dc.unsqueeze(1), K[t], out=dG[t, :, :3])
-            torch.mul(dh, A[t], out=dG[t, :, 3])
+            torch.mul(dc, K[t], out=dG[t, :3])
+            torch.mul(dh, A[t], out=dG[t, 3])
             dc.mul_(F[t])
-            dh_next = torch.mm(dG[t].view(B, 4 * H), u)
-        dGf = dG.view(T * B, 4 * H)
-        du = dGf.t().mm(hs[:-1].reshape(T * B, H))
-        dv = torch.stack([(dG[:, :, 0] * c_prev).sum((0, 1)), (dG[:, :, 1] * c_prev).sum((0, 1)),
-                          (dG[:, :, 3] * c).sum((0, 1))])
-        return dG.view(T, B, 4 * H), du, dv, dh_next, dc
+            dh_next = torch.bmm(dG[t], u, out=tmp).sum(0)
+        # dU_k = sum_t dG_k(t)^T h_{t-1}: one batched matmul over all timesteps
+        dGk = dG.transpose(0, 1).reshape(4, T * B, H)
+        du = torch.bmm(dGk.transpose(1, 2), hs[:-1].reshape(1, T * B, H).expand(4, T * B, H))
+        dv = torch.stack([(dG[:, 0] * c_prev).sum((0, 1)), (dG[:, 1] * c_prev).sum((0, 1)),
+                          (dG[:, 3] * c).sum((0, 1))])
+        return dG, du, dv, dh_next, dc
 
 
 class PeepholeLSTM(nn.Module):
@@ -107,14 +109,16 @@ class PeepholeLSTM(nn.Module):
         if state is None:
             z = x.new_zeros(B, self.hidden)
             state = (z, z)
-        xp = self.w(x).transpose(0, 1)  # (T, B, 4H), one matmul for every timestep
+        xp = self.w(x)  # (B, T, 4H): one matmul for every timestep
         if self.fused_backward:
-            dtype = torch.float32 if xp.dtype == torch.bfloat16 else xp.dtype
+            B, T, H = x.shape[0], x.shape[1], self.hidden
+            dtype = torch.float32 if xp.dtype == torch.bfloat16 else xp.dtype  # the recurrence stays fp32
+            xp = xp.view(B, T, 4, H).permute(1, 2, 0, 3).to(dtype).contiguous()  # (T, 4, B, H)
             with torch.autocast(x.device.type, enabled=False):
-                hs, h, c = PeepholeLSTMFunction.apply(xp.to(dtype), self.u.to(dtype), self.v.to(dtype),
+                hs, h, c = PeepholeLSTMFunction.apply(xp, self.u.view(4, H, H).to(dtype), self.v.to(dtype),
                                                       state[0].to(dtype), state[1].to(dtype))
             return hs.transpose(0, 1), (h, c)
-        return self._eager(xp, state)
+        return self._eager(xp.transpose(0, 1), state)
 
     def _eager(self, xp, state):
         """Plain autograd fallback (and the reference the fused version is tested against)."""

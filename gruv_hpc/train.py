@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from .checkpoint import RunPaths, clean_temp, git_info, load_latest, save_checkpoint
 from .config import RUNTIME_KEYS, ConfigError, TrainConfig, diff, to_dict
-from .data import ClipDataset
+from .data import ClipDataset, batch_collate
 from .errors import TrainingError
 from .manifest import PARAM_KEYS, DatasetError, atomic_write_text, check_params, load_manifest
 from .model import GRUVModel
@@ -189,11 +189,13 @@ def _train(cfg: TrainConfig, paths: RunPaths, d: Dist, stop: StopFlag, on_epoch)
 
     train_set = ClipDataset(cfg.data, "train", cfg.artists, as_blocks=True)
     dev_set = ClipDataset(cfg.data, "dev", cfg.artists, as_blocks=True)
-    mean, inv_std = train_set.normalizer(d.device)
+    neg_mean_scaled, inv_std = train_set.normalizer(d.device)
+    neg_mean_scaled = -neg_mean_scaled
 
     def to_xy(blk):
         """Raw (B, C + 1, D) windows -> normalized x = blocks 0..C-1, y = blocks 1..C (views)."""
-        blk = blk.to(d.device, non_blocking=True).sub_(mean).mul_(inv_std)
+        blk = blk.to(d.device, non_blocking=True)
+        blk = torch.addcmul(neg_mean_scaled, blk, inv_std, out=blk)  # (raw - mean) / std, in place
         return blk[:, :-1], blk[:, 1:]
     if len(train_set) == 0:
         raise DatasetError(f"{cfg.data}: the train split has no clips for artists {cfg.artists or 'all'}")
@@ -201,7 +203,8 @@ def _train(cfg: TrainConfig, paths: RunPaths, d: Dist, stop: StopFlag, on_epoch)
         raise ConfigError(f"batch_size: {cfg.batch_size} is not divisible by the world size {d.world}")
     local_bs = cfg.batch_size // d.world
     sampler = ResumableSampler(train_set, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed, drop_last=True)
-    loader_kw = dict(num_workers=cfg.workers, pin_memory=d.device.type == "cuda", persistent_workers=cfg.workers > 0)
+    loader_kw = dict(num_workers=cfg.workers, pin_memory=d.device.type == "cuda", persistent_workers=cfg.workers > 0,
+                     collate_fn=batch_collate)
     train_loader = DataLoader(train_set, batch_size=local_bs, sampler=sampler, drop_last=True, **loader_kw)
     # Dev: every clip exactly once across ranks (DistributedSampler would pad with repeats).
     dev_loader = DataLoader(torch.utils.data.Subset(dev_set, range(d.rank, len(dev_set), d.world)),
@@ -284,7 +287,7 @@ def _train(cfg: TrainConfig, paths: RunPaths, d: Dist, stop: StopFlag, on_epoch)
         sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank and on resume
         sampler.skip = pos * local_bs
         model.train()
-        t0, frames = time.time(), 0
+        t0, epoch_time, frames = time.time(), 0.0, 0  # epoch_time: training only, checkpoint writes excluded
         grad_norm = torch.zeros((), device=d.device)
         for blk in train_loader:
             if pos >= steps_per_epoch:
@@ -311,13 +314,11 @@ def _train(cfg: TrainConfig, paths: RunPaths, d: Dist, stop: StopFlag, on_epoch)
                 flush_loss()
             if d.is_main and time.time() - last_ckpt > cfg.ckpt_every_min * 60 and pos < steps_per_epoch:
                 flush_loss()
-                train_time += time.time() - t0
-                t0 = time.time()
+                train_time, epoch_time = train_time + time.time() - t0, epoch_time + time.time() - t0
                 checkpoint()
-                last_ckpt = time.time()
+                last_ckpt = t0 = time.time()
         flush_loss()
-        epoch_time = time.time() - t0
-        train_time += epoch_time
+        train_time, epoch_time = train_time + time.time() - t0, epoch_time + time.time() - t0
 
         dev_loss = evaluate(model, dev_loader, d, amp, to_xy)  # unwrapped: ranks may see unequal batch counts
         train_loss = _mean_across_ranks(loss_sum / max(loss_n, 1), d)

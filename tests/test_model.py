@@ -88,7 +88,7 @@ def test_gru_matches_paper_equations():
 def test_fused_lstm_function_gradcheck():
     torch.manual_seed(0)
     T, B, H = 4, 2, 3
-    args = [torch.randn(T, B, 4 * H), torch.randn(4 * H, H), torch.randn(3, H), torch.randn(B, H), torch.randn(B, H)]
+    args = [torch.randn(T, 4, B, H), torch.randn(4, H, H), torch.randn(3, H), torch.randn(B, H), torch.randn(B, H)]
     args = [a.double().requires_grad_() for a in args]
     # every output carries gradient: the sequence, h_T and c_T
     f = lambda *a: tuple(o for o in PeepholeLSTMFunction.apply(*a))  # noqa: E731
