@@ -20,34 +20,55 @@ import torch
 from gruv_hpc.model import GRU, GRUVModel, PeepholeLSTM
 
 
+DEVICE = torch.device("cpu")
+
+
+def _sync():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def flops_per_frame(cell: str, dim: int, hidden: int) -> float:
+    """Forward + backward (x3) multiply-adds (x2) of one block-step."""
+    rec = {"lstm": 8, "lstm-fused": 8, "gru": 6}[cell] * hidden * hidden
+    return 3 * 2 * (2 * dim * hidden + rec)
+
+
 def bare_loop(cell: str, dim: int, hidden: int, batch: int, T: int, steps: int, warmup: int = 2) -> float:
     torch.manual_seed(0)
-    model = GRUVModel(dim, hidden, cell)
+    model = GRUVModel(dim, hidden, cell).to(DEVICE)
     opt = torch.optim.RMSprop(model.parameters(), lr=1e-3, alpha=0.9, eps=1e-7)
-    x, y = torch.randn(batch, T, dim), torch.randn(batch, T, dim)
+    x, y = torch.randn(batch, T, dim, device=DEVICE), torch.randn(batch, T, dim, device=DEVICE)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=DEVICE.type == "cuda")
     for i in range(warmup + steps):
         if i == warmup:
+            _sync()
             t0 = time.perf_counter()
-        pred, _ = model(x)
-        loss = torch.nn.functional.mse_loss(pred, y)
+        with amp:
+            pred, _ = model(x)
+        loss = torch.nn.functional.mse_loss(pred.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
         opt.step()
+    _sync()
     return steps * batch * T / (time.perf_counter() - t0)
 
 
 def layer_alone(layer, B: int, T: int, H: int, n: int = 30) -> float:
-    x = torch.randn(B, T, H, requires_grad=True)
+    layer = layer.to(DEVICE)
+    x = torch.randn(B, T, H, requires_grad=True, device=DEVICE)
 
     def step():
         y = layer(x)[0]
         y.sum().backward()
     for _ in range(5):
         step()
+    _sync()
     t0 = time.perf_counter()
     for _ in range(n):
         step()
+    _sync()
     return n * B * T / (time.perf_counter() - t0)
 
 
@@ -64,6 +85,7 @@ def gruv_loop(hidden: int, batch: int, steps: int, work: Path, workers: int) -> 
         preprocess(parse_sources([f"a={work / 'corpus' / 'aurora'}", f"b={work / 'corpus' / 'circuit'}"]), data,
                    PreprocessConfig(), progress=False)
     cfg = build(TrainConfig, dict(data=str(data), hidden=hidden, cell="lstm", batch_size=batch, epochs=3, workers=workers,
+                                  device=DEVICE.type,
                                   limit_train_batches=steps, gen_seconds=0.0, log_every_steps=5))
     run = work / f"run-{time.time_ns()}"
     main(cfg, run)
@@ -78,9 +100,15 @@ def main():
     p.add_argument("--steps", type=int, default=16, help="steps per measured epoch (two are measured)")
     p.add_argument("--dim", type=int, default=22050)
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers of the gruv loop (0: in the training process)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (cuda: bf16 autocast and TF32, as in training)")
     a = p.parse_args()
+    global DEVICE
+    DEVICE = torch.device("cuda" if a.device == "cuda" or (a.device == "auto" and torch.cuda.is_available()) else "cpu")
+    if DEVICE.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     T, res = 40, {}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {DEVICE}"
+          + (f" ({torch.cuda.get_device_name()})" if DEVICE.type == "cuda" else ""))
     # Bare loop before and after the gruv loop (the machine's speed drifts); same number of steps.
     bare = [bare_loop("lstm", a.dim, a.hidden, a.batch, T, 2 * a.steps)]
     with tempfile.TemporaryDirectory() as tmp:
@@ -91,8 +119,11 @@ def main():
           f"bare loop {res['bare_lstm']:.0f} frames/s -> x{res['gruv_loop'] / res['bare_lstm']:.3f}")
     res["bare_lstm_fused"] = bare_loop("lstm-fused", a.dim, a.hidden, a.batch, T, a.steps)
     res["bare_gru"] = bare_loop("gru", a.dim, a.hidden, a.batch, T, a.steps)
+    for cell in ("lstm", "lstm_fused", "gru"):
+        res[f"tflops_{cell}"] = res[f"bare_{cell}"] * flops_per_frame(cell.replace("_", "-"), a.dim, a.hidden) / 1e12
     print(f"2. whole model: lstm {res['bare_lstm']:.0f}, lstm-fused {res['bare_lstm_fused']:.0f}, gru {res['bare_gru']:.0f} "
           f"frames/s -> lstm/lstm-fused x{res['bare_lstm'] / res['bare_lstm_fused']:.3f}")
+    print(f"   achieved: lstm {res['tflops_lstm']:.3f}, lstm-fused {res['tflops_lstm_fused']:.3f}, gru {res['tflops_gru']:.3f} TFLOP/s")
     H, B = a.hidden, a.batch
     torch.manual_seed(0)
     res["layer_lstm"] = layer_alone(PeepholeLSTM(H, H), B, T, H)
