@@ -1,5 +1,4 @@
 import json
-import math
 import os
 import signal
 import subprocess
@@ -12,7 +11,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from gruv_hpc.checkpoint import load_checkpoint, load_latest, save_checkpoint
+from gruv_hpc.checkpoint import load_checkpoint, load_latest
 from gruv_hpc.config import ConfigError, TrainConfig, build, parse_overrides, read_file
 from gruv_hpc.errors import DatasetError, TrainingError
 from gruv_hpc.paths import RunPaths, read_jsonl
