@@ -100,8 +100,8 @@ class ClipDataset(Dataset):
         return feats / self.inv_std + self.mean
 
     def normalizer(self, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean / std, 1 / std) as tensors: raw * (1/std) - mean/std normalizes in one pass on ``device``."""
-        return torch.from_numpy(self.mean * self.inv_std).to(device), torch.from_numpy(self.inv_std).to(device)
+        """(shift, scale) on ``device`` with raw * scale + shift = (raw - mean) / std: one fused pass."""
+        return torch.from_numpy(-self.mean * self.inv_std).to(device), torch.from_numpy(self.inv_std).to(device)
 
 
 def batch_collate(batch):

@@ -302,7 +302,7 @@ def _parse_sacct(stdout: str, res: dict) -> None:
 # ---------------------------------------------------------------------------------------------
 # Submission
 
-def _executor(kind: str, sweep_dir: Path, slurm: SlurmConfig, n_runs: int, name: str):
+def _executor(kind: str, sweep_dir: Path, slurm: SlurmConfig, name: str):
     import submitit
     folder = sweep_dir / "logs"
     if kind == "slurm":
@@ -387,7 +387,8 @@ def submit(sweep_file, sweep_dir, executor: str = "auto", dry_run: bool = False,
     sweep = load_sweep(sweep_file, overrides)
     sweep_dir = Path(sweep_dir).resolve()
     if dry_run:
-        validate(sweep, sweep_dir) if Path(sweep.data).exists() else None
+        if Path(sweep.data).exists():  # a dry run also works away from the data (e.g. on a laptop)
+            validate(sweep, sweep_dir)
         for run in sweep.runs:
             out(f"{run.name}: {json.dumps(run.grid)}")
         out(f"# {len(sweep.runs)} runs; the sbatch script of the job array:")
@@ -432,7 +433,7 @@ def _submit_slurm(todo: list[Run], sweep: Sweep, sweep_dir: Path):
     limit = max(1, max_array_size())  # task indices 0 .. MaxArraySize - 1
     for i in range(0, len(todo), limit):
         chunk = todo[i:i + limit]
-        ex = _executor("slurm", sweep_dir, sweep.slurm, len(chunk), sweep.path.stem)
+        ex = _executor("slurm", sweep_dir, sweep.slurm, sweep.path.stem)
         with ex.batch():  # one sbatch call per array
             for run in chunk:
                 jobs.append(ex.submit(TrainJob(str(run_dir(sweep_dir, run.name)), run.config)))
@@ -445,7 +446,7 @@ def _run_locally(todo, sweep, sweep_dir, kind, state, sub, max_parallel, progres
 
     from .launcher import TrainJob
     threads = max(1, (os.cpu_count() or 1) // max(1, max_parallel))
-    ex = _executor(kind, sweep_dir, sweep.slurm, len(todo), sweep.path.stem)
+    ex = _executor(kind, sweep_dir, sweep.slurm, sweep.path.stem)
     pending, running, failed = list(todo), [], []
     bar = tqdm(total=len(todo), unit="run", desc="sweep", disable=not progress)
     while pending or running:

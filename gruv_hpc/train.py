@@ -97,7 +97,7 @@ def setup_distributed(cfg: TrainConfig) -> Dist:
     return Dist(rank, world, local, device)
 
 
-def resolve_config(cfg: TrainConfig) -> tuple[TrainConfig, dict]:
+def resolve_config(cfg: TrainConfig) -> TrainConfig:
     """Fill the dataset parameters the config left open; refuse ones that differ."""
     if not cfg.data:
         raise ConfigError("data: no dataset given (gruv train --data DATA_DIR, or data=... )")
@@ -105,7 +105,7 @@ def resolve_config(cfg: TrainConfig) -> tuple[TrainConfig, dict]:
     check_params(manifest, {k: getattr(cfg, k) for k in PARAM_KEYS})
     for k in PARAM_KEYS:
         setattr(cfg, k, manifest["params"][k])
-    return cfg, manifest
+    return cfg
 
 
 def check_run_dir(paths: RunPaths, cfg: TrainConfig) -> None:
@@ -156,14 +156,14 @@ def make_optimizer(cfg: TrainConfig, params):
     return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9)
 
 
-def main(cfg: TrainConfig, run_dir: str | Path, stop: StopFlag | None = None, on_epoch=None) -> dict:
+def main(cfg: TrainConfig, run_dir: str | Path, stop: StopFlag | None = None) -> dict:
     """Train (or resume) the run in ``run_dir``. Returns a status dict:
     {"status": "done"|"stopped", "epoch": ..., ...}. Raises on errors (and records them in error.txt)."""
     stop = stop or StopFlag()
     d = setup_distributed(cfg)
     paths = RunPaths(run_dir)
     try:
-        return _train(cfg, paths, d, stop, on_epoch)
+        return _train(cfg, paths, d, stop)
     except BaseException as e:
         if d.is_main and not isinstance(e, KeyboardInterrupt):
             paths.root.mkdir(parents=True, exist_ok=True)
@@ -171,15 +171,16 @@ def main(cfg: TrainConfig, run_dir: str | Path, stop: StopFlag | None = None, on
         raise
 
 
-def _train(cfg: TrainConfig, paths: RunPaths, d: Dist, stop: StopFlag, on_epoch) -> dict:
-    cfg, manifest = resolve_config(cfg)
+def _train(cfg: TrainConfig, paths: RunPaths, d: Dist, stop: StopFlag) -> dict:
+    cfg = resolve_config(cfg)
     check_run_dir(paths, cfg)
+    git = git_info()
     if d.is_main:
         paths.root.mkdir(parents=True, exist_ok=True)
         paths.error.unlink(missing_ok=True)
         clean_temp(paths)
         if not paths.config.exists():  # atomic: other ranks read it in check_run_dir
-            atomic_write_text(paths.config, json.dumps({"config": to_dict(cfg), "git": git_info(), "world_size": d.world,
+            atomic_write_text(paths.config, json.dumps({"config": to_dict(cfg), "git": git, "world_size": d.world,
                                                        "device": d.device.type, "torch": torch.__version__}, indent=1))
 
     # Each rank its own seed offset; the data order comes from the sampler's (seed, epoch), not these.
@@ -189,14 +190,6 @@ def _train(cfg: TrainConfig, paths: RunPaths, d: Dist, stop: StopFlag, on_epoch)
 
     train_set = ClipDataset(cfg.data, "train", cfg.artists, as_blocks=True)
     dev_set = ClipDataset(cfg.data, "dev", cfg.artists, as_blocks=True)
-    neg_mean_scaled, inv_std = train_set.normalizer(d.device)
-    neg_mean_scaled = -neg_mean_scaled
-
-    def to_xy(blk):
-        """Raw (B, C + 1, D) windows -> normalized x = blocks 0..C-1, y = blocks 1..C (views)."""
-        blk = blk.to(d.device, non_blocking=True)
-        blk = torch.addcmul(neg_mean_scaled, blk, inv_std, out=blk)  # (raw - mean) / std, in place
-        return blk[:, :-1], blk[:, 1:]
     if len(train_set) == 0:
         raise DatasetError(f"{cfg.data}: the train split has no clips for artists {cfg.artists or 'all'}")
     if cfg.batch_size % d.world:
@@ -214,6 +207,13 @@ def _train(cfg: TrainConfig, paths: RunPaths, d: Dist, stop: StopFlag, on_epoch)
         steps_per_epoch = min(steps_per_epoch, cfg.limit_train_batches)
     if steps_per_epoch == 0:
         raise DatasetError(f"{cfg.data}: {len(train_set)} train clips give no full batch of {cfg.batch_size}")
+    shift, scale = train_set.normalizer(d.device)
+
+    def to_xy(blk):
+        """Raw (B, C + 1, D) windows -> normalized x = blocks 0..C-1, y = blocks 1..C (views)."""
+        blk = blk.to(d.device, non_blocking=True)
+        blk = torch.addcmul(shift, blk, scale, out=blk)  # (raw - mean) / std in one pass, in place
+        return blk[:, :-1], blk[:, 1:]
 
     model = GRUVModel(cfg.feature_dim, cfg.hidden, cfg.cell, cfg.layers).to(d.device)
     optimizer = make_optimizer(cfg, model.parameters())
@@ -252,7 +252,7 @@ def _train(cfg: TrainConfig, paths: RunPaths, d: Dist, stop: StopFlag, on_epoch)
                                 f"The last good checkpoint stays in {paths.ckpt_dir}")
         st = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
               "pos": pos, "best_dev": best_dev, "history": history, "loss_sum": loss_sum, "loss_n": loss_n,
-              "train_time": train_time, "rng": _rng_state(), "config": to_dict(cfg), "git": git_info(),
+              "train_time": train_time, "rng": _rng_state(), "config": to_dict(cfg), "git": git,
               "world_size": d.world}
         save_checkpoint(paths, st, step, cfg.keep_last, is_best)
 
@@ -350,8 +350,6 @@ def _train(cfg: TrainConfig, paths: RunPaths, d: Dist, stop: StopFlag, on_epoch)
                 log_to_tensorboard(writer, model, cfg, step, d.device)
             print(f"epoch {epoch}/{cfg.epochs} train {train_loss:.5f} dev {dev_loss:.5f} "
                   f"({line['frames_per_s']:.0f} frames/s)", flush=True)
-        if on_epoch:
-            on_epoch(model, line, writer)
 
     final = history[-1] if history else {}
     if d.is_main:
