@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -54,7 +55,8 @@ def _train(a) -> int:
     cfg = build(TrainConfig, values, overrides, source=a.config or "config")
     from .train import main as train_main
     res = train_main(cfg, a.run_dir)
-    print(json.dumps(res))
+    if int(os.environ.get("RANK", "0")) == 0:  # one summary line, not one per rank
+        print(json.dumps(res))
     return 0
 
 

@@ -123,6 +123,18 @@ def test_two_task_ddp_job(data, tmp_path):
     assert len(list(run.tb.glob("events.*"))) == 1
 
 
+def test_gruv_train_under_plain_srun(data, tmp_path):
+    """`gruv train` needs no launcher: under srun it reads rank and world size from Slurm."""
+    run = tmp_path / "run"
+    r = subprocess.run(["srun", "--ntasks=2", "--cpus-per-task=1", "--mem-per-cpu=1G", sys.executable, "-m", "gruv_hpc.cli",
+                        "train", "--data", str(data), "--run-dir", str(run), "hidden=8", "epochs=1", "batch_size=4",
+                        "workers=0", "gen_seconds=0"], capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((run / "config.json").read_text())["world_size"] == 2
+    assert r.stdout.count('"status": "done"') == 1  # rank 0 reports
+    assert [h["epoch"] for h in read_jsonl(run / "metrics.jsonl")] == [1]
+
+
 def test_preemption_requeues_resumes_and_matches_uninterrupted(data, tmp_path):
     train = {"epochs": 40, "batch_size": 4, "workers": 0, "gen_seconds": 0.0, "hidden": 8}
     fa = write_sweep(tmp_path / "a.toml", data, train, {"cell": ["lstm"]})
