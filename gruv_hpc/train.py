@@ -163,12 +163,19 @@ def main(cfg: TrainConfig, run_dir: str | Path, stop: StopFlag | None = None) ->
     d = setup_distributed(cfg)
     paths = RunPaths(run_dir)
     try:
-        return _train(cfg, paths, d, stop)
+        result = _train(cfg, paths, d, stop)
     except BaseException as e:
         if d.is_main and not isinstance(e, KeyboardInterrupt):
             paths.root.mkdir(parents=True, exist_ok=True)
             paths.error.write_text(traceback.format_exc())
         raise
+    if d.world > 1 and dist.is_initialized():
+        # Wait until rank 0 has written its last checkpoint and logs, then tear the group down on
+        # every rank together: a rank that exits while a peer's gloo connection is still open can
+        # abort that peer ("terminate called without an active exception").
+        dist.barrier()
+        dist.destroy_process_group()
+    return result
 
 
 def _train(cfg: TrainConfig, paths: RunPaths, d: Dist, stop: StopFlag) -> dict:
