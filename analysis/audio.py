@@ -22,9 +22,8 @@ def seed_indices(n_clips: int, n_seeds: int) -> list[int]:
 def generate_audio(runs: list[RunInfo], out_dir, n_seeds: int = 2, seed_seconds: float = 10.0,
                    length_ratio: float = 3.0) -> dict:
     """Returns {run: {"clips": [...], mean diagnostics}}."""
-    from gruv_hpc.audio import write_wav
     from gruv_hpc.data import ClipDataset
-    from gruv_hpc.generate import generate, load_run, seed_features, to_audio
+    from gruv_hpc.generate import generate, load_run
     out = Path(out_dir) / "audio"
     result = {}
     for run in runs:
@@ -37,12 +36,9 @@ def generate_audio(runs: list[RunInfo], out_dir, n_seeds: int = 2, seed_seconds:
         ds = ClipDataset(cfg.data, "dev", cfg.artists, normalize=False)
         clips = []
         for k in seed_indices(len(ds), n_seeds):
-            wav = out / run.name / f"seed{k}.wav"
+            wav, seed_wav = out / run.name / f"seed{k}.wav", out / run.name / f"seed{k}_seed.wav"
             side = generate(run.paths.root, wav, seed_seconds=secs, length_ratio=length_ratio, seed_from="dev",
-                            seed_index=k, run=lr)
-            seed, _ = seed_features(lr, "dev", k, secs)
-            seed_wav = out / run.name / f"seed{k}_seed.wav"
-            write_wav(seed_wav, to_audio(lr, seed), cfg.sample_rate)
+                            seed_index=k, run=lr, seed_out=seed_wav)
             clips.append({"seed_index": k, "wav": str(wav.relative_to(out_dir)), "seed_wav": str(seed_wav.relative_to(out_dir)),
                           **side["diagnostics"], "clipped_samples": side["clipped_samples"]})
         if not clips:

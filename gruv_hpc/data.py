@@ -62,10 +62,11 @@ class ClipDataset(Dataset):
             self._files[k] = f
         return f["blocks"]
 
-    def raw_blocks(self, i: int, out: np.ndarray | None = None) -> np.ndarray:
-        """The C + 1 unnormalized feature blocks of clip i (read straight into ``out`` if given)."""
+    def raw_blocks(self, i: int, out: np.ndarray | None = None, n: int | None = None) -> np.ndarray:
+        """The unnormalized feature blocks of clip i: its C + 1, or ``n`` from the clip's start
+        (read straight into ``out`` if given)."""
         k = int(self.index.shard_of_clip[i])
-        start, n = int(self.index.start_of_clip[i]), self.clip_blocks + 1
+        start, n = int(self.index.start_of_clip[i]), n or self.clip_blocks + 1
         try:
             ds = self._shard(k)
             if start + n > ds.shape[0]:

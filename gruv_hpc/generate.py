@@ -163,8 +163,7 @@ def seed_features(run: LoadedRun, source: str, index: int, seconds: float) -> tu
         if start + n > end:
             raise GenerationError(f"clip {index} of the {source} split has only {end - start} blocks after it; "
                                   f"a {seconds} s seed needs {n}")
-        ds.raw_blocks(index)  # validates the shard
-        raw = np.asarray(ds._shard(int(ds.index.shard_of_clip[index]))[start: start + n])
+        raw = ds.raw_blocks(index, n=n)
         song = ds.manifest["songs"][int(ds.index.song_of_clip[index])]
         info = {"source": source, "index": index, "song": song["path"], "artist": song["artist"],
                 "start_s": (start - _segment_offset(ds, index)) * cfg.block_size / cfg.sample_rate}
@@ -200,8 +199,10 @@ def to_audio(run: LoadedRun, feats: np.ndarray) -> np.ndarray:
 
 def generate(run_dir, out_wav, seed_seconds: float = 10.0, length_ratio: float = 3.0, seed_from: str = "dev",
              seed_index: int = 0, algorithm: str = "stateful", checkpoint: str = "best", with_seed: bool = False,
-             float32: bool = False, normalize: bool = False, device: str = "cpu", run: LoadedRun | None = None) -> dict:
-    """Write OUT.wav and OUT.json (the sidecar); returns the sidecar dict."""
+             float32: bool = False, normalize: bool = False, device: str = "cpu", run: LoadedRun | None = None,
+             seed_out=None) -> dict:
+    """Write OUT.wav and OUT.json (the sidecar), and the seed alone to ``seed_out`` if given;
+    returns the sidecar dict."""
     if length_ratio <= 0:
         raise GenerationError(f"length ratio must be > 0, got {length_ratio}")
     if algorithm not in ("stateful", "refeed"):
@@ -221,6 +222,8 @@ def generate(run_dir, out_wav, seed_seconds: float = 10.0, length_ratio: float =
     out_wav = Path(out_wav)
     out_wav.parent.mkdir(parents=True, exist_ok=True)
     clipped = write_wav(out_wav, audio, sr, float32=float32, peak=0.99 if normalize else 0.0)
+    if seed_out is not None:
+        write_wav(seed_out, seed_audio, sr, float32=float32)
     loops = loop_stats(gen)
     diag = {**loops, "loop_onset_s": None if loops["loop_onset_step"] is None else loops["loop_onset_step"] * run.cfg.block_size / sr,
             "flatness": spectral_flatness(gen_audio, sr), "seed_flatness": spectral_flatness(seed_audio, sr),
