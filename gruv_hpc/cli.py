@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -14,10 +15,10 @@ from .errors import ConfigError, GruvError
 
 
 def _preprocess(a) -> int:
-    from .preprocess import PreprocessConfig, parse_sources, preprocess
-    cfg = PreprocessConfig(sample_rate=a.sample_rate, block_size=a.block_size, clip_blocks=a.clip_blocks,
-                           transform=a.transform, dev_fraction=a.dev_fraction, seed=a.seed,
-                           shard_mb=a.shard_mb, shard_clips=a.shard_clips)
+    from .config import PreprocessConfig, build
+    from .preprocess import parse_sources, preprocess
+    cfg = build(PreprocessConfig, {f.name: getattr(a, f.name) for f in dataclasses.fields(PreprocessConfig)},
+                source="the command line")
     warnings.simplefilter("always")
     warnings.formatwarning = lambda msg, *args, **kw: f"warning: {msg}\n"
     m = preprocess(parse_sources(a.sources), a.out, cfg, overwrite=a.overwrite, progress=not a.quiet)
@@ -125,6 +126,20 @@ def _analyze(a) -> int:
     return 0
 
 
+def add_config_options(p: argparse.ArgumentParser, cls) -> None:
+    """One --option per field of a config dataclass, with its type, default and help taken from
+    the dataclass: the CLI never repeats a default."""
+    import typing
+
+    from .config import TRANSFORMS
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        kw = {"choices": TRANSFORMS} if f.name == "transform" else {}
+        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=tp, default=f.default,
+                       help=f"{f.metadata.get('help', '')} (default: {f.default})", **kw)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gruv", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -132,14 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     pp = sub.add_parser("preprocess", help="audio folders -> sharded HDF5 spectral dataset")
     pp.add_argument("sources", nargs="+", metavar="ARTIST=DIR")
     pp.add_argument("--out", required=True, help="dataset directory (DATA_DIR)")
-    pp.add_argument("--sample-rate", type=int, default=44100)
-    pp.add_argument("--block-size", type=int, default=11025, help="samples per block (N)")
-    pp.add_argument("--clip-blocks", type=int, default=40, help="blocks per clip")
-    pp.add_argument("--transform", choices=["fft", "rfft"], default="fft")
-    pp.add_argument("--dev-fraction", type=float, default=0.2)
-    pp.add_argument("--seed", type=int, default=0, help="seed of the song-level split")
-    pp.add_argument("--shard-mb", type=float, default=512.0, help="max shard size in MiB")
-    pp.add_argument("--shard-clips", type=int, default=0, help="max clips per shard (0: size bound only)")
+    from .config import PreprocessConfig
+    add_config_options(pp, PreprocessConfig)
     pp.add_argument("--overwrite", action="store_true", help="replace a dataset with other parameters")
     pp.add_argument("--quiet", action="store_true", help="no progress bar")
     pp.set_defaults(fn=_preprocess)

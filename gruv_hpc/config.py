@@ -1,12 +1,20 @@
-"""Typed configs: dataclass defaults, then a file (TOML or JSON), then ``key=value`` overrides.
+"""Typed configs, one dataclass per concern: ``TrainConfig`` (a run), ``SlurmConfig`` (its jobs'
+resources), ``PreprocessConfig`` (a dataset). Each is built the same way: dataclass defaults, then
+a file (TOML or JSON), then ``key=value`` overrides (``build``).
 
-Every field carries its help text in ``metadata["help"]`` (shown by ``gruv train --help-config``).
-An unknown key is an error that lists the valid keys.
+Every field carries its help text in ``metadata["help"]`` (shown by ``gruv train --help-config``
+and by the CLI's ``--help``). An unknown key is an error that lists the valid keys.
+
+``resolve`` turns a TrainConfig and a dataset manifest into the config a run trains with; the
+sweep's validation on the login node and the training job call the same function.
+
+This module imports neither torch nor numpy.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -66,13 +74,91 @@ class TrainConfig:
             raise ConfigError(f"optimizer: {self.optimizer!r} is not one of rmsprop, adam, sgd")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device: {self.device!r} is not one of auto, cpu, cuda")
-        for k in ("hidden", "layers", "epochs", "batch_size", "keep_last", "ckpt_every_epochs"):
+        for k in ("hidden", "layers", "epochs", "batch_size", "keep_last", "ckpt_every_epochs", "log_every_steps"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"{k}: must be >= 1, got {getattr(self, k)}")
-        if self.lr <= 0:
-            raise ConfigError(f"lr: must be > 0, got {self.lr}")
-        if self.workers < 0:
-            raise ConfigError(f"workers: must be >= 0, got {self.workers}")
+        for k in ("seed", "limit_train_batches", "gen_every_epochs", "workers"):
+            if getattr(self, k) < 0:
+                raise ConfigError(f"{k}: must be >= 0, got {getattr(self, k)}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"lr: must be a finite number > 0, got {self.lr}")
+        for k in ("grad_clip", "ckpt_every_min", "gen_seconds"):
+            v = getattr(self, k)
+            if not (math.isfinite(v) and v >= 0):
+                raise ConfigError(f"{k}: must be a finite number >= 0, got {v}")
+
+
+@dataclass
+class SlurmConfig:
+    partition: str | None = opt(None, "Slurm partition")
+    account: str | None = opt(None, "Slurm account to charge")
+    qos: str | None = opt(None, "quality of service")
+    constraint: str | None = opt(None, "node feature constraint (e.g. a100)")
+    time_min: int = opt(1440, "time limit per job, in minutes; longer runs requeue and resume")
+    nodes: int = opt(1, "nodes per run")
+    gpus_per_node: int = opt(0, "GPUs per node (one task per GPU)")
+    tasks_per_node: int = opt(1, "tasks (training processes) per node")
+    cpus_per_task: int = opt(2, "CPUs per task (DataLoader workers + 1)")
+    mem_gb: float = opt(4.0, "memory per node, GB")
+    array_parallelism: int = opt(64, "at most this many runs of one array at a time")
+    signal_delay_s: int = opt(120, "USR2 this many seconds before the time limit: time to checkpoint")
+    max_num_timeout: int = opt(1000, "requeues allowed on time limit/preemption (long runs cross many limits)")
+    requeue: bool = opt(True, "let Slurm requeue the job on node failure or preemption")
+    setup: list[str] = opt([], "shell lines run before training (module load, conda activate ...)")
+    additional: dict = opt({}, "extra sbatch parameters, e.g. {exclude = 'node7'}")
+
+    def validate(self) -> None:
+        for k in ("nodes", "tasks_per_node", "cpus_per_task", "array_parallelism", "time_min"):
+            if getattr(self, k) < 1:
+                raise ConfigError(f"slurm.{k}: must be >= 1, got {getattr(self, k)}")
+        if self.gpus_per_node < 0 or not (math.isfinite(self.mem_gb) and self.mem_gb > 0):
+            raise ConfigError("slurm.gpus_per_node must be >= 0 and slurm.mem_gb > 0")
+        if self.gpus_per_node and self.tasks_per_node != self.gpus_per_node:
+            raise ConfigError(f"slurm.tasks_per_node ({self.tasks_per_node}) must equal slurm.gpus_per_node "
+                              f"({self.gpus_per_node}): one training process per GPU")
+        if self.signal_delay_s >= self.time_min * 60:
+            raise ConfigError(f"slurm.signal_delay_s ({self.signal_delay_s}) must be shorter than the time limit")
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.tasks_per_node
+
+
+TRANSFORMS = ("fft", "rfft")
+
+
+@dataclass
+class PreprocessConfig:
+    sample_rate: int = opt(44100, "target sample rate (Hz); every song is resampled to it")
+    block_size: int = opt(11025, "samples per block N (11025 = 0.25 s at 44.1 kHz, the paper's)")
+    clip_blocks: int = opt(40, "blocks per training clip (40 = 10 s, the paper's)")
+    transform: str = opt("fft", "fft ([Re|Im] of the full DFT, 2N values, the paper's) or rfft (the non-redundant half)")
+    dev_fraction: float = opt(0.2, "fraction of each artist's songs held out as the dev split")
+    seed: int = opt(0, "seed of the song-level train/dev split")
+    shard_mb: float = opt(512.0, "upper bound of one shard's size, MiB")
+    shard_clips: int = opt(0, "upper bound of clips per shard (0: the size bound only)")
+
+    def validate(self) -> None:
+        if self.transform not in TRANSFORMS:
+            raise ConfigError(f"transform: {self.transform!r} is not one of {', '.join(TRANSFORMS)}")
+        for k, lo in (("sample_rate", 1), ("block_size", 2), ("clip_blocks", 1)):
+            if getattr(self, k) < lo:
+                raise ConfigError(f"{k}: must be >= {lo}, got {getattr(self, k)}")
+        if not (math.isfinite(self.dev_fraction) and 0 <= self.dev_fraction < 1):
+            raise ConfigError(f"dev_fraction: must be in [0, 1), got {self.dev_fraction}")
+        if not (math.isfinite(self.shard_mb) and self.shard_mb > 0):
+            raise ConfigError(f"shard_mb: must be a finite number > 0, got {self.shard_mb}")
+        if self.shard_clips < 0:
+            raise ConfigError(f"shard_clips: must be >= 0, got {self.shard_clips}")
+
+    def params(self) -> dict:
+        """The parameters a dataset records in its manifest (and a run can pin)."""
+        from .features import feature_dim
+        return {
+            "sample_rate": self.sample_rate, "block_size": self.block_size, "clip_blocks": self.clip_blocks,
+            "transform": self.transform, "feature_dim": feature_dim(self.transform, self.block_size),
+            "dev_fraction": self.dev_fraction, "seed": self.seed,
+        }
 
 
 # Keys that may change between a run's starts without making it a different run.
@@ -183,6 +269,24 @@ def build(cls, values: dict | None = None, overrides: dict[str, str] | None = No
 
 def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def resolve(cfg: TrainConfig, manifest: dict, world_size: int = 1, gpus: int | None = None,
+            source: str = "config") -> TrainConfig:
+    """The config a run trains with, from the config asked for and the dataset's manifest.
+
+    Dataset parameters the config left open (None) are filled in; one it pins to another value is
+    refused by name, and so is an artist the dataset lacks. ``world_size`` is the number of
+    training processes the batch is split over; ``gpus`` the GPUs a process will see (None: not
+    known here). Pure: returns a new config and never changes ``cfg``."""
+    from .manifest import PARAM_KEYS, check_params, select_artists
+    check_params(manifest, {k: getattr(cfg, k) for k in PARAM_KEYS}, source=source)
+    select_artists(manifest, cfg.artists)
+    if cfg.batch_size % world_size:
+        raise ConfigError(f"batch_size: {cfg.batch_size} is not divisible by the {world_size} training processes")
+    if cfg.device == "cuda" and gpus == 0:
+        raise ConfigError("device: 'cuda' is asked for, but no GPU is visible")
+    return dataclasses.replace(cfg, **{k: manifest["params"][k] for k in PARAM_KEYS})
 
 
 def diff(a: dict, b: dict, ignore=()) -> list[str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.fft
 
-TRANSFORMS = ("fft", "rfft")
+from .config import TRANSFORMS
 
 
 def feature_dim(transform: str, block_size: int) -> int:

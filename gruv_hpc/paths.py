@@ -1,8 +1,8 @@
-"""The run-directory layout, defined in one place (and importable without torch).
+"""The run-directory and sweep-directory layouts, defined in one place (importable without torch).
 
 Every path the trainer, the Slurm launcher, generation, status and analysis use comes from
-``RunPaths``: a requeued job cannot look for its checkpoint under another name than the one it
-was saved as.
+``RunPaths`` or ``SweepPaths``: a requeued job cannot look for its checkpoint under another name
+than the one it was saved as, and no module spells ``sweep.json`` itself.
 """
 from __future__ import annotations
 
@@ -41,6 +41,25 @@ class RunPaths:
     def newest_ckpt_mtime(self) -> float | None:
         c = self.step_ckpts()
         return c[0].stat().st_mtime if c else None
+
+
+@dataclass(frozen=True)
+class SweepPaths:
+    """SWEEP_DIR: ``sweep.json`` (the state: each run's config and jobs), ``sweep.toml`` (the file
+    as last submitted), ``runs/<name>/`` (run directories), ``logs/`` (submitit's job folder)."""
+    root: Path
+
+    def __init__(self, root):
+        object.__setattr__(self, "root", Path(root))
+
+    state = property(lambda s: s.root / "sweep.json")
+    spec = property(lambda s: s.root / "sweep.toml")
+    runs = property(lambda s: s.root / "runs")
+    logs = property(lambda s: s.root / "logs")
+    lock = property(lambda s: s.root / ".lock")
+
+    def run(self, name: str) -> RunPaths:
+        return RunPaths(self.runs / name)
 
 
 def read_jsonl(path: Path) -> list[dict]:

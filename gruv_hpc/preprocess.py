@@ -12,7 +12,6 @@ import shutil
 import time
 import warnings
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -21,38 +20,12 @@ from tqdm import tqdm
 
 from . import __version__
 from .audio import AudioError, load_mono
-from .features import audio_to_blocks, blocks_to_features, feature_dim
-from .manifest import (FORMAT, MANIFEST, SHARD_DIR, STATS, VERSION, DatasetError, atomic_write_text,
-                       chunk_rows, sha256_file)
+from .features import audio_to_blocks, blocks_to_features
+from .config import PreprocessConfig
+from .fsio import atomic_write_text
+from .manifest import FORMAT, MANIFEST, SHARD_DIR, STATS, VERSION, DatasetError, chunk_rows, sha256_file
 
 BATCH_BLOCKS = 64  # blocks transformed per FFT call: big enough to amortize, small enough for cache
-
-
-@dataclass
-class PreprocessConfig:
-    sample_rate: int = 44100
-    """Target sample rate (Hz); every song is resampled to it."""
-    block_size: int = 11025
-    """Samples per block (N). 11025 = 0.25 s at 44.1 kHz, the paper's choice."""
-    clip_blocks: int = 40
-    """Blocks per training clip (10 s in the paper)."""
-    transform: str = "fft"
-    """'fft' ([Re|Im] of the full DFT, 2N values, the paper's) or 'rfft' (non-redundant half)."""
-    dev_fraction: float = 0.2
-    """Fraction of each artist's songs held out as the dev split."""
-    seed: int = 0
-    """Seed of the song-level train/dev split."""
-    shard_mb: float = 512.0
-    """Upper bound of one shard's size in MiB."""
-    shard_clips: int = 0
-    """Upper bound of clips per shard (0 = only the size bound)."""
-
-    def params(self) -> dict:
-        return {
-            "sample_rate": self.sample_rate, "block_size": self.block_size, "clip_blocks": self.clip_blocks,
-            "transform": self.transform, "feature_dim": feature_dim(self.transform, self.block_size),
-            "dev_fraction": self.dev_fraction, "seed": self.seed,
-        }
 
 
 class RunningStats:
@@ -197,11 +170,7 @@ def _prepare_out(out: Path, params: dict, overwrite: bool) -> None:
 def preprocess(sources: dict[str, Path], out: str | Path, cfg: PreprocessConfig, overwrite: bool = False,
                progress: bool = True) -> dict:
     """Build the dataset; returns the manifest. Raises DatasetError when nothing usable was found."""
-    from .features import TRANSFORMS
-    if cfg.transform not in TRANSFORMS:
-        raise DatasetError(f"unknown transform {cfg.transform!r}; valid: {', '.join(TRANSFORMS)}")
-    if cfg.block_size < 2 or cfg.clip_blocks < 1 or cfg.sample_rate < 1:
-        raise DatasetError("block_size must be >= 2, clip_blocks >= 1, sample_rate >= 1")
+    cfg.validate()
     out = Path(out)
     params = cfg.params()
     dim = params["feature_dim"]

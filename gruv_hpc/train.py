@@ -26,7 +26,8 @@ from .checkpoint import RunPaths, clean_temp, git_info, load_latest, save_checkp
 from .config import RUNTIME_KEYS, ConfigError, TrainConfig, diff, to_dict
 from .data import ClipDataset, batch_collate
 from .errors import TrainingError
-from .manifest import PARAM_KEYS, DatasetError, atomic_write_text, check_params, load_manifest
+from .fsio import atomic_write_text
+from .manifest import PARAM_KEYS, DatasetError, check_params, load_manifest
 from .model import GRUVModel
 
 
