@@ -17,7 +17,9 @@ from pathlib import Path
 
 import torch
 
+from gruv_hpc.config import TrainConfig
 from gruv_hpc.model import GRU, GRUVModel, PeepholeLSTM
+from gruv_hpc.train import make_optimizer
 
 
 DEVICE = torch.device("cpu")
@@ -37,7 +39,7 @@ def flops_per_frame(cell: str, dim: int, hidden: int) -> float:
 def bare_loop(cell: str, dim: int, hidden: int, batch: int, T: int, steps: int, warmup: int = 2) -> float:
     torch.manual_seed(0)
     model = GRUVModel(dim, hidden, cell).to(DEVICE)
-    opt = torch.optim.RMSprop(model.parameters(), lr=1e-3, alpha=0.9, eps=1e-7)
+    opt = make_optimizer(TrainConfig(), model.parameters())  # the training default: RMSprop as in the paper's code
     x, y = torch.randn(batch, T, dim, device=DEVICE), torch.randn(batch, T, dim, device=DEVICE)
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=DEVICE.type == "cuda")
     for i in range(warmup + steps):
@@ -75,8 +77,8 @@ def layer_alone(layer, B: int, T: int, H: int, n: int = 30) -> float:
 def gruv_loop(hidden: int, batch: int, steps: int, work: Path, workers: int) -> float:
     """frames/s of train.main's own epochs (training time only, evaluation excluded), after a warm-up epoch.
     Each epoch is ``steps`` optimizer steps, data loading from the HDF5 shards included."""
-    from gruv_hpc.config import TrainConfig, build
-    from gruv_hpc.preprocess import PreprocessConfig, parse_sources, preprocess
+    from gruv_hpc.config import PreprocessConfig, build
+    from gruv_hpc.preprocess import parse_sources, preprocess
     from gruv_hpc.synth import make_corpus
     from gruv_hpc.train import main
     data = work / "data"

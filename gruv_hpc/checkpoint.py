@@ -1,4 +1,4 @@
-"""Checkpoints: atomic saves, rotation, loading the newest readable one.
+"""Checkpoints: when to save, atomic saves, rotation, ``best.pt``, loading the newest readable one.
 
 A checkpoint counts once ``os.replace`` has put it in place: it is written to a temp file in the
 same directory and fsynced first, so a kill at any moment leaves the previous one intact.
@@ -6,55 +6,75 @@ same directory and fsynced first, so a kill at any moment leaves the previous on
 from __future__ import annotations
 
 import os
+import random
 import subprocess
+import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from .paths import RunPaths, read_jsonl  # noqa: F401  (re-exported)
-
-
-def _fsync_dir(d: Path) -> None:
-    fd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+from .fsio import atomic_write, temp_name
+from .paths import RunPaths
 
 
 def atomic_torch_save(obj, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def save_checkpoint(paths: RunPaths, state: dict, step: int, keep_last: int, is_best: bool) -> Path:
-    """Write step_<step>.pt atomically, point best.pt at it if it is the best, drop old ones."""
-    path = paths.step_ckpt(step)
-    atomic_torch_save(state, path)
-    if is_best:
-        # A hard link: no second copy of a multi-GB file, and rotation cannot delete the best.
-        tmp = paths.best.with_name(f".best.pt.tmp{os.getpid()}")
-        tmp.unlink(missing_ok=True)
-        try:
-            os.link(path, tmp)
-        except OSError:  # filesystems without hard links
-            atomic_torch_save(state, tmp)
-        os.replace(tmp, paths.best)
-    for old in paths.step_ckpts()[keep_last:]:
-        old.unlink(missing_ok=True)
-    return path
+    atomic_write(path, lambda f: torch.save(obj, f), mode="wb")
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:
     # weights_only: a checkpoint is data; unpickling it must not be able to run code.
     return torch.load(path, map_location=map_location, weights_only=True)
+
+
+class Checkpointer:
+    """Owns a run's checkpoints: the save policy (every ``ckpt_every_epochs`` epochs, the last
+    epoch, a new best on dev, every ``ckpt_every_min`` minutes mid-epoch, a stop request), the
+    writes (rank 0 only), rotation to the newest ``keep_last`` plus ``best.pt``, and loading."""
+
+    def __init__(self, paths: RunPaths, every_epochs: int, every_min: float, keep_last: int, enabled: bool = True):
+        self.paths, self.every_epochs, self.every_s, self.keep_last = paths, every_epochs, every_min * 60, keep_last
+        self.enabled = enabled
+        self.last_save = time.time()
+
+    def due_mid_epoch(self) -> bool:
+        return time.time() - self.last_save > self.every_s
+
+    def due_at_epoch_end(self, epoch: int, last_epoch: int, is_best: bool) -> bool:
+        return epoch % self.every_epochs == 0 or epoch == last_epoch or is_best
+
+    def save(self, state: dict, step: int, is_best: bool = False) -> Path | None:
+        """Write step_<step>.pt atomically, point best.pt at it if it is the best, drop old ones."""
+        self.last_save = time.time()
+        if not self.enabled:
+            return None
+        paths = self.paths
+        path = paths.step_ckpt(step)
+        atomic_torch_save(state, path)
+        if is_best:
+            # A hard link: no second copy of a multi-GB file, and rotation cannot delete the best.
+            tmp = temp_name(paths.best)
+            tmp.unlink(missing_ok=True)
+            try:
+                os.link(path, tmp)
+            except OSError:  # filesystems without hard links
+                atomic_torch_save(state, tmp)
+            os.replace(tmp, paths.best)
+        for old in paths.step_ckpts()[self.keep_last:]:
+            old.unlink(missing_ok=True)
+        self.last_save = time.time()
+        return path
+
+    def load_latest(self, map_location="cpu") -> tuple[dict | None, Path | None]:
+        return load_latest(self.paths, map_location)
+
+    def clean_temp(self) -> None:
+        """Remove temp files left by a save that was killed."""
+        if self.enabled and self.paths.ckpt_dir.is_dir():
+            for p in self.paths.ckpt_dir.glob(".*.tmp*"):
+                p.unlink(missing_ok=True)
 
 
 def load_latest(paths: RunPaths, map_location="cpu") -> tuple[dict | None, Path | None]:
@@ -70,11 +90,36 @@ def load_latest(paths: RunPaths, map_location="cpu") -> tuple[dict | None, Path 
     return None, None
 
 
-def clean_temp(paths: RunPaths) -> None:
-    """Remove temp files left by a save that was killed."""
-    if paths.ckpt_dir.is_dir():
-        for p in paths.ckpt_dir.glob(".*.tmp*"):
-            p.unlink(missing_ok=True)
+# ---------------------------------------------------------------------------------------------
+# RNG state, as plain tensors and numbers (a weights_only checkpoint holds no numpy objects)
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    st = {"python": random.getstate(), "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
+                                                  int(np_state[2]), int(np_state[3]), float(np_state[4])],
+          "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def set_rng_state(st: dict) -> None:
+    random.setstate(_tuplify(st["python"]))
+    n = st["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _tuplify(x):
+    return tuple(_tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
 def git_info() -> dict:

@@ -19,8 +19,6 @@ def _preprocess(a) -> int:
     from .preprocess import parse_sources, preprocess
     cfg = build(PreprocessConfig, {f.name: getattr(a, f.name) for f in dataclasses.fields(PreprocessConfig)},
                 source="the command line")
-    warnings.simplefilter("always")
-    warnings.formatwarning = lambda msg, *args, **kw: f"warning: {msg}\n"
     m = preprocess(parse_sources(a.sources), a.out, cfg, overwrite=a.overwrite, progress=not a.quiet)
     s = m["summary"]
     print(f"dataset {a.out}: {s['songs']} songs, {s['hours']:.3f} h of audio, {s['clips']} clips "
@@ -54,7 +52,9 @@ def _train(a) -> int:
     if a.data:
         overrides["data"] = a.data
     cfg = build(TrainConfig, values, overrides, source=a.config or "config")
+    from . import distributed
     from .train import main as train_main
+    distributed.export_env()  # side effect, stated: under plain srun, torchrun's variables from Slurm's
     res = train_main(cfg, a.run_dir)
     if int(os.environ.get("RANK", "0")) == 0:  # one summary line, not one per rank
         print(json.dumps(res))
@@ -225,6 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Process-wide, and stated here at the entry point: warnings (a skipped file, a corrupt
+    # checkpoint) print as one plain line each, every time, without the source line behind them.
+    warnings.simplefilter("always")
+    warnings.formatwarning = lambda msg, *args, **kw: f"warning: {msg}\n"
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may follow options (argparse stops filling a positional list at the first option).

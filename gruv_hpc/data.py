@@ -42,6 +42,12 @@ class ClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
+    def __getstate__(self):
+        # Pickled into spawn/forkserver DataLoader workers: never carry open HDF5 handles.
+        d = dict(self.__dict__)
+        d["_files"], d["_pid"] = {}, None
+        return d
+
     def _shard(self, k: int) -> h5py.Dataset:
         if self._pid != os.getpid():  # first use in this process (e.g. a freshly forked worker)
             self._files, self._pid = {}, os.getpid()
@@ -97,9 +103,6 @@ class ClipDataset(Dataset):
         t = torch.from_numpy(np.ascontiguousarray(blk, dtype=np.float32))
         return t[:-1], t[1:]
 
-    def denormalize(self, feats: np.ndarray) -> np.ndarray:
-        return feats / self.inv_std + self.mean
-
     def normalizer(self, device) -> tuple[torch.Tensor, torch.Tensor]:
         """(shift, scale) on ``device`` with raw * scale + shift = (raw - mean) / std: one fused pass."""
         return torch.from_numpy(-self.mean * self.inv_std).to(device), torch.from_numpy(self.inv_std).to(device)
@@ -108,9 +111,3 @@ class ClipDataset(Dataset):
 def batch_collate(batch):
     """collate_fn for as_blocks datasets: __getitems__ already returned the stacked batch."""
     return batch
-
-    def __getstate__(self):
-        # Pickled into spawned workers: never carry open handles.
-        d = dict(self.__dict__)
-        d["_files"], d["_pid"] = {}, None
-        return d

@@ -24,7 +24,7 @@ from .config import TrainConfig, build
 from .data import ClipDataset
 from .errors import GenerationError
 from .features import audio_to_blocks, blocks_to_features, features_to_blocks
-from .manifest import DatasetError
+from .manifest import DatasetError, load_manifest, load_stats
 from .model import GRUVModel
 
 
@@ -62,8 +62,21 @@ def load_run(run_dir, checkpoint: str = "best", device="cpu") -> LoadedRun:
     model = GRUVModel(cfg.feature_dim, cfg.hidden, cfg.cell, cfg.layers).to(device)
     model.load_state_dict(state["model"])
     model.eval()
-    ds = ClipDataset(cfg.data, "dev", cfg.artists, expect={"feature_dim": cfg.feature_dim})
-    return LoadedRun(model, cfg, path, state["epoch"], ds.mean.astype(np.float64), 1.0 / ds.inv_std.astype(np.float64))
+    mean, std = run_stats(cfg)
+    return LoadedRun(model, cfg, path, _epoch(state), mean, std)
+
+
+def _epoch(state: dict) -> int:
+    return state["train"]["epoch"] if "train" in state else state["epoch"]
+
+
+def run_stats(cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The normalization statistics the run trained with (float64 mean and std)."""
+    manifest = load_manifest(cfg.data)
+    if manifest["params"]["feature_dim"] != cfg.feature_dim:
+        raise GenerationError(f"dataset {cfg.data} has feature_dim {manifest['params']['feature_dim']}, "
+                              f"the run was trained with {cfg.feature_dim}")
+    return load_stats(cfg.data, manifest)
 
 
 @torch.no_grad()
@@ -239,10 +252,9 @@ def generate(run_dir, out_wav, seed_seconds: float = 10.0, length_ratio: float =
 
 def log_to_tensorboard(writer, model, cfg: TrainConfig, step: int, device) -> None:
     """A short generated clip (and its spectrogram) from the first dev clip, for TensorBoard."""
-    ds = ClipDataset(cfg.data, "dev", cfg.artists, normalize=False)
-    if len(ds) == 0 or cfg.gen_seconds <= 0:
+    if cfg.gen_seconds <= 0:
         return
-    run = LoadedRun(model, cfg, Path(""), 0, ds.mean.astype(np.float64), 1.0 / ds.inv_std.astype(np.float64))
+    run = LoadedRun(model, cfg, Path(""), 0, *run_stats(cfg))
     try:
         seed, _ = seed_features(run, "dev", 0, min(cfg.gen_seconds, cfg.clip_blocks * cfg.block_size / cfg.sample_rate))
     except (GenerationError, DatasetError):

@@ -1,10 +1,11 @@
 """The Slurm job: a thin submitit Checkpointable around ``train.main`` (DINO/MAE style).
 
-On the timeout/preemption signal (USR2, ``signal_delay_s`` before the end) the handler only sets
-a flag. The training loop sees it between two optimizer steps, writes a consistent checkpoint, and
-returns; then submitit's own handler requeues the job. The requeued job calls ``train.main``
-again, which resumes from the newest checkpoint in the run directory: the run directory is the
-only state, so ``checkpoint()`` needs nothing but the same arguments.
+On the timeout/preemption signal (USR2 by default, ``signal_delay_s`` before the end; submitit's
+``SUBMITIT_PREEMPT_SIGNAL`` names another) the handler only sets a flag. The training loop sees it
+between two optimizer steps, writes a consistent checkpoint, and returns; then submitit's own
+handler requeues the job. The requeued job calls ``train.main`` again, which resumes from the
+newest checkpoint in the run directory: the run directory is the only state, so ``checkpoint()``
+needs nothing but the same arguments.
 """
 from __future__ import annotations
 
@@ -13,6 +14,12 @@ import signal
 import time
 
 import submitit
+
+
+def preempt_signal() -> signal.Signals:
+    """The signal submitit answers with checkpoint-and-requeue: its own reading of
+    SUBMITIT_PREEMPT_SIGNAL (default USR2), so that both handlers agree on it."""
+    return getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG)
 
 
 class TrainJob(submitit.helpers.Checkpointable):
@@ -24,19 +31,20 @@ class TrainJob(submitit.helpers.Checkpointable):
     def __call__(self) -> dict:
         import torch
 
+        from . import distributed
         from .config import TrainConfig, build
         from .train import StopFlag, main
 
         env = submitit.JobEnvironment()
-        if env.num_tasks > 1 and "RANK" not in os.environ:
-            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        distributed.export_env()  # side effect, stated: torchrun's variables from Slurm's, for every task
         threads = self.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0"))
         if threads:
             torch.set_num_threads(threads)
 
         stop = StopFlag()
-        requeue = signal.getsignal(signal.SIGUSR2)  # submitit's checkpoint-and-requeue handler
-        signal.signal(signal.SIGUSR2, lambda signum, frame: stop.request())
+        sig = preempt_signal()
+        requeue = signal.getsignal(sig)  # submitit's checkpoint-and-requeue handler
+        signal.signal(sig, lambda signum, frame: stop.request())
         cfg = build(TrainConfig, self.config)
         result = main(cfg, self.run_dir, stop=stop)
         if result["status"] == "stopped":
@@ -46,7 +54,7 @@ class TrainJob(submitit.helpers.Checkpointable):
                 while True:
                     time.sleep(60)
             if callable(requeue):
-                requeue(signal.SIGUSR2, None)  # checkpoint() -> requeue -> exit
+                requeue(sig, None)  # checkpoint() -> requeue -> exit
             raise RuntimeError("training stopped on request but no requeue handler was installed")
         return result
 

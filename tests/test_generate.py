@@ -114,3 +114,12 @@ def test_cli_generate(trained_run, tmp_path):
                  "--algorithm", "refeed", "--checkpoint", "last"]) == 0
     assert json.loads((tmp_path / "c.json").read_text())["algorithm"] == "refeed"
     assert main(["generate", str(trained_run), "--out", str(tmp_path / "d.wav"), "--length-ratio", "-1"]) == 2
+
+
+def test_cli_generate_non_audio_seed_is_one_line(trained_run, tmp_path, capsys):
+    from gruv_hpc.cli import main
+    bad = tmp_path / "bad.wav"
+    bad.write_text("this is not audio")
+    assert main(["generate", str(trained_run), "--out", str(tmp_path / "o.wav"), "--seed-from", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.wav" in err and "Traceback" not in err

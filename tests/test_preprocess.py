@@ -223,6 +223,23 @@ def test_dataloader_workers_open_files_after_fork(data):
     assert ds._files == {}  # the parent never opened a shard
 
 
+def test_dataloader_spawn_workers_get_no_open_handles(data):
+    """spawn/forkserver pickle the dataset into each worker: an open h5py handle must not travel."""
+    import torch
+
+    from gruv_hpc.data import batch_collate
+    ds = ClipDataset(data, "train", as_blocks=True)
+    first = ds[0]  # the parent opens a shard
+    assert ds._files
+    dl = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=1, multiprocessing_context="spawn",
+                                     collate_fn=batch_collate)
+    batches = list(dl)
+    assert sum(b.shape[0] for b in batches) == len(ds)
+    assert torch.equal(batches[0][0], first)
+    assert ds._files  # the parent's own handle is still open and usable
+    assert torch.equal(ds[0], first)
+
+
 def _peak_rss_mb(args) -> float:
     code = ("import resource, sys; from gruv_hpc.cli import main; main(sys.argv[1:]); "
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")

@@ -1,0 +1,103 @@
+"""The distributed environment, set up in one place: one process per GPU (or per CPU rank).
+
+A run starts unchanged as one process, under torchrun, under plain ``srun``, or as a submitit job
+with several tasks. torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT;
+under Slurm, ``export_env`` derives the same variables from Slurm's. It writes ``os.environ``, so
+only entry points call it (``gruv train`` and the Slurm launcher), and say so.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+def master_port(job_id: int) -> int:
+    """The rendezvous port of a Slurm job: the same on every node of the job and across its
+    requeues, different for neighbouring jobs (array tasks have job ids of their own)."""
+    return 20000 + job_id % 20000
+
+
+def export_env(env=os.environ) -> None:
+    """Under Slurm with several tasks (and no torchrun), set torchrun's variables from Slurm's."""
+    if "RANK" in env or "SLURM_PROCID" not in env or int(env.get("SLURM_NTASKS", "1")) <= 1:
+        return
+    env["RANK"], env["WORLD_SIZE"] = env["SLURM_PROCID"], env["SLURM_NTASKS"]
+    env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+    if "MASTER_ADDR" not in env:
+        nodes = subprocess.run(["scontrol", "show", "hostnames", env["SLURM_JOB_NODELIST"]],
+                               capture_output=True, text=True, check=True).stdout.split()
+        env["MASTER_ADDR"] = nodes[0]
+    env.setdefault("MASTER_PORT", str(master_port(int(env.get("SLURM_JOB_ID", "0")))))
+
+
+@dataclass
+class Dist:
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the only process with side effects (files, TensorBoard, stdout)."""
+        return self.rank == 0
+
+    def any(self, *flags: bool) -> list[bool]:
+        """Each flag OR-ed over the ranks: one small all-reduce (and a sync) per call."""
+        if self.world == 1:
+            return list(flags)
+        t = torch.tensor([float(f) for f in flags], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return [bool(v) for v in t.tolist()]
+
+    def mean(self, v: float) -> float:
+        if self.world == 1:
+            return v
+        t = torch.tensor([v], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return float(t.item()) / self.world
+
+    def all_reduce_(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            dist.all_reduce(t)
+        return t
+
+    def gather(self, obj) -> list:
+        """Every rank's ``obj``, in rank order, on every rank (picklable objects)."""
+        if self.world == 1:
+            return [obj]
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+
+def setup(device: str = "auto", tf32: bool = True) -> Dist:
+    """Read the rank from the environment, pick the device, start the process group.
+    NCCL on GPUs, gloo on CPUs."""
+    env = os.environ
+    rank, world, local = int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        torch.cuda.set_device(local % torch.cuda.device_count())
+        dev = torch.device("cuda", torch.cuda.current_device())
+        if tf32:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+    else:
+        dev = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world)
+    return Dist(rank, world, local, dev)
+
+
+def teardown(d: Dist) -> None:
+    """Wait for every rank, then tear the group down on all of them together: a rank that exits
+    while a peer's gloo connection is still open can abort that peer ("terminate called without
+    an active exception")."""
+    if d.world > 1 and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
