@@ -28,6 +28,7 @@ class RunPaths:
     tb = property(lambda s: s.root / "tb")
     ckpt_dir = property(lambda s: s.root / "checkpoints")
     best = property(lambda s: s.root / "checkpoints" / "best.pt")
+    lock = property(lambda s: s.root / ".lock")  # held by the one process that trains this run
 
     def step_ckpt(self, step: int) -> Path:
         return self.ckpt_dir / f"step_{step:010d}.pt"
