@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .fsio import atomic_write, temp_name
-from .paths import RunPaths
+from .paths import RunPaths, ckpt_step
 
 
 def atomic_torch_save(obj, path: Path) -> None:
@@ -62,32 +62,109 @@ class Checkpointer:
             except OSError:  # filesystems without hard links
                 atomic_torch_save(state, tmp)
             os.replace(tmp, paths.best)
-        for old in paths.step_ckpts()[self.keep_last:]:
-            old.unlink(missing_ok=True)
+        self._rotate(step)
         self.last_save = time.time()
         return path
 
+    def _rotate(self, step: int) -> None:
+        """Keep the newest ``keep_last`` checkpoints up to ``step`` (the one just written, so it is
+        always kept). A checkpoint beyond ``step`` belongs to no timeline of this run (the run
+        resumed from an older one because it did not load): it is set aside, never kept in a slot."""
+        kept = 0
+        for p in self.paths.step_ckpts():  # newest first
+            if ckpt_step(p) > step:
+                self._set_aside(p, f"newer than the step {step} this run resumed to")
+            elif kept < self.keep_last:
+                kept += 1
+            else:
+                p.unlink(missing_ok=True)
+
+    def _set_aside(self, p: Path, why: str) -> None:
+        dest = self.paths.unreadable / p.name
+        dest.parent.mkdir(exist_ok=True)
+        k = 1
+        while dest.exists():
+            dest, k = self.paths.unreadable / f"{p.stem}.{k}{p.suffix}", k + 1
+        os.replace(p, dest)
+        warnings.warn(f"checkpoint {p} set aside as {dest}: {why}", stacklevel=3)
+
     def load_latest(self, map_location="cpu") -> tuple[dict | None, Path | None]:
-        return load_latest(self.paths, map_location)
+        """The newest checkpoint that loads. Rank 0 sets each unreadable one aside (into
+        checkpoints/unreadable/, never deleted), so it can never take a rotation slot."""
+        for p in self.paths.step_ckpts():
+            try:
+                return _load_run_checkpoint(p, map_location), p
+            except Exception as e:  # truncated zip, bad pickle, ...: fall back to the previous one
+                warnings.warn(f"checkpoint {p} is unreadable ({type(e).__name__}: {e}); trying the previous one",
+                              stacklevel=2)
+                if self.enabled:
+                    self._set_aside(p, "unreadable")
+        return None, None
+
+    def unreadable(self) -> list[Path]:
+        return sorted(self.paths.unreadable.glob("*.pt")) if self.paths.unreadable.is_dir() else []
 
     def clean_temp(self) -> None:
-        """Remove temp files left by a save that was killed."""
-        if self.enabled and self.paths.ckpt_dir.is_dir():
-            for p in self.paths.ckpt_dir.glob(".*.tmp*"):
-                p.unlink(missing_ok=True)
+        """Remove temp files left by a save that was killed. Only stale ones: the caller holds the
+        run directory's lock, and a temp file whose writer is still alive here is left alone."""
+        if not (self.enabled and self.paths.ckpt_dir.is_dir()):
+            return
+        for p in self.paths.ckpt_dir.glob(".*.tmp*"):
+            pid = p.name.rpartition(".tmp")[2]
+            if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+                continue
+            p.unlink(missing_ok=True)
+
+    def discard(self) -> Path | None:
+        """Start over (resume=never): move checkpoints, metrics, TensorBoard files and the done
+        marker into discarded-<time>/ in the run directory. Nothing is deleted."""
+        paths = self.paths
+        old = [p for p in (paths.ckpt_dir, paths.tb, paths.metrics, paths.done) if p.exists()]
+        if not (self.enabled and old):
+            return None
+        dest = paths.discarded(time.strftime("%Y%m%d-%H%M%S"))
+        dest.mkdir()
+        for p in old:
+            os.replace(p, dest / p.name)
+        return dest
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def _load_run_checkpoint(p: Path, map_location) -> dict:
+    state = load_checkpoint(p, map_location)
+    if not isinstance(state, dict) or "model" not in state:
+        raise ValueError("not a gruv checkpoint")
+    return state
 
 
 def load_latest(paths: RunPaths, map_location="cpu") -> tuple[dict | None, Path | None]:
-    """The newest checkpoint that loads; a corrupt one is reported and skipped."""
+    """The newest checkpoint that loads, for readers (generation, analysis): nothing is moved."""
     for p in paths.step_ckpts():
         try:
-            state = load_checkpoint(p, map_location)
-            if not isinstance(state, dict) or "model" not in state:
-                raise ValueError("not a gruv checkpoint")
-            return state, p
+            return _load_run_checkpoint(p, map_location), p
         except Exception as e:  # truncated zip, bad pickle, ...: fall back to the previous one
             warnings.warn(f"checkpoint {p} is unreadable ({type(e).__name__}: {e}); trying the previous one", stacklevel=2)
     return None, None
+
+
+def load_best(paths: RunPaths, map_location="cpu") -> tuple[dict | None, Path | None]:
+    """best.pt, or the newest checkpoint that loads when there is none or it does not load."""
+    if paths.best.exists():
+        try:
+            return _load_run_checkpoint(paths.best, map_location), paths.best
+        except Exception as e:
+            warnings.warn(f"{paths.best} is unreadable ({type(e).__name__}: {e}); using the newest readable "
+                          "checkpoint instead", stacklevel=2)
+    return load_latest(paths, map_location)
 
 
 # ---------------------------------------------------------------------------------------------

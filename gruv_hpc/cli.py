@@ -53,12 +53,17 @@ def _train(a) -> int:
         overrides["data"] = a.data
     cfg = build(TrainConfig, values, overrides, source=a.config or "config")
     from . import distributed
+    from .train import EXIT_STOPPED, StopFlag
     from .train import main as train_main
     distributed.export_env()  # side effect, stated: under plain srun, torchrun's variables from Slurm's
-    res = train_main(cfg, a.run_dir)
+    # TERM, INT, HUP and the preemption signal stop at the next step boundary with a checkpoint.
+    res = train_main(cfg, a.run_dir, stop=StopFlag().install())
     if int(os.environ.get("RANK", "0")) == 0:  # one summary line, not one per rank
         print(json.dumps(res))
-    return 0
+        if res["status"] == "stopped":
+            print(f"gruv: stopped by {res['signal']} at epoch {res['epoch'] + 1}, step {res['step']}; the checkpoint "
+                  f"is written. Run the same command again to resume.", file=sys.stderr)
+    return EXIT_STOPPED if res["status"] == "stopped" else 0
 
 
 def _generate(a) -> int:

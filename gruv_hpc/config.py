@@ -25,6 +25,7 @@ from .errors import ConfigError  # noqa: F401  (re-exported)
 
 
 CELLS = ("lstm", "gru", "lstm-fused")
+RESUME = ("auto", "require", "never")
 
 
 def opt(default, help: str):
@@ -66,6 +67,9 @@ class TrainConfig:
     workers: int = opt(2, "DataLoader worker processes per rank")
     device: str = opt("auto", "auto (cuda if available), cpu or cuda")
     amp: bool = opt(True, "bf16 autocast and TF32 on CUDA (ignored on CPU)")
+    resume: str = opt("auto", "auto: resume from the newest readable checkpoint, else start; require: a readable "
+                              "checkpoint must exist; never: start over (old checkpoints, metrics and TensorBoard "
+                              "files are moved to discarded-<time>/ in the run directory, never deleted)")
 
     def validate(self) -> None:
         if self.cell not in CELLS:
@@ -74,6 +78,8 @@ class TrainConfig:
             raise ConfigError(f"optimizer: {self.optimizer!r} is not one of rmsprop, adam, sgd")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device: {self.device!r} is not one of auto, cpu, cuda")
+        if self.resume not in RESUME:
+            raise ConfigError(f"resume: {self.resume!r} is not one of {', '.join(RESUME)}")
         for k in ("hidden", "layers", "epochs", "batch_size", "keep_last", "ckpt_every_epochs", "log_every_steps"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"{k}: must be >= 1, got {getattr(self, k)}")
@@ -162,7 +168,7 @@ class PreprocessConfig:
 
 
 # Keys that may change between a run's starts without making it a different run.
-RUNTIME_KEYS = {"data", "epochs", "workers", "device", "ckpt_every_min", "ckpt_every_epochs", "keep_last",
+RUNTIME_KEYS = {"data", "epochs", "workers", "device", "resume", "ckpt_every_min", "ckpt_every_epochs", "keep_last",
                 "log_every_steps", "gen_every_epochs", "gen_seconds"}
 
 

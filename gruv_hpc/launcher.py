@@ -16,12 +16,6 @@ import time
 import submitit
 
 
-def preempt_signal() -> signal.Signals:
-    """The signal submitit answers with checkpoint-and-requeue: its own reading of
-    SUBMITIT_PREEMPT_SIGNAL (default USR2), so that both handlers agree on it."""
-    return getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG)
-
-
 class TrainJob(submitit.helpers.Checkpointable):
     def __init__(self, run_dir: str, config: dict, threads: int = 0):
         self.run_dir = run_dir
@@ -33,7 +27,8 @@ class TrainJob(submitit.helpers.Checkpointable):
 
         from . import distributed
         from .config import TrainConfig, build
-        from .train import StopFlag, main
+        from .errors import TrainingError
+        from .train import StopFlag, main, preempt_signal, stop_signals
 
         env = submitit.JobEnvironment()
         distributed.export_env()  # side effect, stated: torchrun's variables from Slurm's, for every task
@@ -41,10 +36,9 @@ class TrainJob(submitit.helpers.Checkpointable):
         if threads:
             torch.set_num_threads(threads)
 
-        stop = StopFlag()
         sig = preempt_signal()
         requeue = signal.getsignal(sig)  # submitit's checkpoint-and-requeue handler
-        signal.signal(sig, lambda signum, frame: stop.request())
+        stop = StopFlag().install(stop_signals())  # every stop signal, the preemption one included
         cfg = build(TrainConfig, self.config)
         result = main(cfg, self.run_dir, stop=stop)
         if result["status"] == "stopped":
@@ -53,9 +47,11 @@ class TrainJob(submitit.helpers.Checkpointable):
                 # write a 'success' result for a run that is not finished.
                 while True:
                     time.sleep(60)
-            if callable(requeue):
+            if result["signal"] == sig.name and callable(requeue):
                 requeue(sig, None)  # checkpoint() -> requeue -> exit
-            raise RuntimeError("training stopped on request but no requeue handler was installed")
+            # Cancelled (TERM, INT, HUP): the checkpoint is written; resubmitting resumes.
+            raise TrainingError(f"stopped by {result['signal']} at step {result['step']} with a checkpoint; "
+                                "resubmit to resume")
         return result
 
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:

@@ -142,3 +142,13 @@ def clip_index(data_dir: str | Path, manifest: dict, split: str, artists: list[s
     cat = lambda xs, dt: np.concatenate(xs) if xs else np.zeros(0, dt)  # noqa: E731
     return ClipIndex(files, sizes, cat(shard_ids, np.int32), cat(starts, np.int64), cat(songs, np.int64),
                      cat(ends, np.int64))
+
+
+def dataset_id(manifest: dict) -> str:
+    """The identity of a dataset's content, not of its path: a hash over its parameters, songs
+    (artist, content hash, split) and shards (content hash). A dataset moved elsewhere keeps it;
+    another corpus, or the same corpus split or stored differently, gets another."""
+    ident = {"params": manifest["params"], "artists": manifest["artists"],
+             "songs": [[s["artist"], s["sha256"], s["split"]] for s in manifest["songs"] if not s.get("skipped")],
+             "shards": [sh["sha256"] for sh in manifest["shards"]]}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]

@@ -14,6 +14,10 @@ from pathlib import Path
 STEP_RE = re.compile(r"^step_(\d{10})\.pt$")
 
 
+def ckpt_step(path: Path) -> int:
+    return int(STEP_RE.match(path.name).group(1))
+
+
 @dataclass(frozen=True)
 class RunPaths:
     root: Path
@@ -29,6 +33,13 @@ class RunPaths:
     ckpt_dir = property(lambda s: s.root / "checkpoints")
     best = property(lambda s: s.root / "checkpoints" / "best.pt")
     lock = property(lambda s: s.root / ".lock")  # held by the one process that trains this run
+    # Disk blocks set aside while there is space, so that the reason of a failure can still be
+    # written into error.txt when the disk is full (see train.record_error).
+    error_reserve = property(lambda s: s.root / ".error.reserve")
+    unreadable = property(lambda s: s.root / "checkpoints" / "unreadable")  # set aside, never deleted
+
+    def discarded(self, stamp: str) -> Path:
+        return self.root / f"discarded-{stamp}"
 
     def step_ckpt(self, step: int) -> Path:
         return self.ckpt_dir / f"step_{step:010d}.pt"

@@ -7,10 +7,13 @@ checkpoint in RUN_DIR: a requeued job just starts again. Only rank 0 writes anyt
 """
 from __future__ import annotations
 
+import dataclasses
+import errno
 import json
 import math
 import os
 import resource
+import signal
 import time
 import traceback
 import warnings
@@ -28,20 +31,59 @@ from .data import ClipDataset, batch_collate
 from .distributed import Dist
 from .errors import TrainingError
 from .fsio import atomic_write_json, dumps
-from .manifest import DatasetError, load_manifest
+from .lock import Lock, LockedError
+from .manifest import DatasetError, dataset_id, load_manifest
 from .model import GRUVModel
 from .paths import RunPaths
 
 
+# Exit status of a run stopped by a signal after writing its checkpoint: sysexits' EX_TEMPFAIL,
+# "temporary failure, try again" (running the same command again resumes).
+EXIT_STOPPED = 75
+
+
+def preempt_signal() -> signal.Signals:
+    """The preemption signal: USR2, or what SUBMITIT_PREEMPT_SIGNAL names (as submitit reads it)."""
+    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
+    sig = getattr(signal, "SIG" + name, None)
+    if sig is None:
+        raise ConfigError(f"SUBMITIT_PREEMPT_SIGNAL={name!r} is not a signal name (e.g. USR2)")
+    return sig
+
+
+def stop_signals() -> list[signal.Signals]:
+    """What a job is told to stop with: TERM (scancel, srun, torchrun, kill), INT (Ctrl-C), HUP
+    (a closed terminal) and the preemption signal (Slurm's --signal, submitit's requeue)."""
+    return list(dict.fromkeys([signal.SIGTERM, signal.SIGINT, signal.SIGHUP, preempt_signal()]))
+
+
 class StopFlag:
     """Set from a signal handler; the loop checks it between optimizer steps, never inside one,
-    so the checkpoint it then writes is always a consistent (model, optimizer, position) state."""
+    so the checkpoint it then writes is always a consistent (model, optimizer, position) state.
+    A second signal of the same kind is passed on to the handler that was there before (a second
+    Ctrl-C aborts at once)."""
 
     def __init__(self):
         self.requested = False
+        self.signal: str | None = None
+        self._previous: dict = {}
 
-    def request(self, *_):
+    def request(self, signum=None, frame=None):
+        if signum is not None and self.signal == signal.Signals(signum).name:
+            previous = self._previous.get(signum, signal.SIG_DFL)
+            signal.signal(signum, previous)
+            if callable(previous):
+                previous(signum, frame)
+            else:
+                os.kill(os.getpid(), signum)
+            return
         self.requested = True
+        self.signal = signal.Signals(signum).name if signum is not None else "request"
+
+    def install(self, signals=None) -> "StopFlag":
+        for sig in signals or stop_signals():
+            self._previous[sig] = signal.signal(sig, self.request)
+        return self
 
 
 @dataclass
@@ -259,11 +301,24 @@ class Trainer:
             set_rng_state(mine["rng"])
 
     def resume(self) -> Path | None:
-        """Load the newest loadable checkpoint of the run directory, if any."""
+        """Load the newest loadable checkpoint of the run directory, as ``cfg.resume`` says."""
+        if self.cfg.resume == "never":
+            moved = self.ckpt.discard()
+            if moved:
+                print(f"resume=never: the run starts over; its old files are in {moved}", flush=True)
+            return None
         sd, path = self.ckpt.load_latest(map_location=self.d.device)
         if sd is not None:
             self.load_state_dict(sd)
-        return path
+            return path
+        unreadable = self.ckpt.unreadable()
+        if unreadable or self.cfg.resume == "require":
+            # Starting over silently would throw away the run's history (and metrics.jsonl with it).
+            why = (f"none of its {len(unreadable)} checkpoint(s) loads (set aside in {self.paths.unreadable})"
+                   if unreadable else "it has no checkpoint, and resume=require")
+            raise TrainingError(f"{self.paths.root}: {why}. To start this run over, pass resume=never "
+                                "(its old files are moved aside, not deleted)")
+        return None
 
     def save(self, is_best: bool = False) -> None:
         """Checkpoint now (between two steps). Collective; rank 0 writes."""
@@ -384,14 +439,88 @@ def _upgrade_v1(sd: dict) -> dict:
 # ---------------------------------------------------------------------------------------------
 # The run
 
-def check_run_dir(paths: RunPaths, cfg: TrainConfig) -> None:
-    """A run directory belongs to one config; never silently mix two runs."""
-    if paths.config.exists():
-        old = json.loads(paths.config.read_text())["config"]
-        d = diff(old, to_dict(cfg), ignore=RUNTIME_KEYS)
-        if d:
-            raise ConfigError(f"{paths.root} holds a run with another config ({'; '.join(d)}); "
-                              "use a new run directory")
+def check_run_dir(paths: RunPaths, cfg: TrainConfig, dataset: dict) -> dict | None:
+    """A run directory belongs to one config and one dataset; never silently mix two runs.
+    Returns what config.json holds (None for a new run)."""
+    if not paths.config.exists():
+        return None
+    old = json.loads(paths.config.read_text())
+    d = diff(old["config"], to_dict(cfg), ignore=RUNTIME_KEYS)
+    if d:
+        raise ConfigError(f"{paths.root} holds a run with another config ({'; '.join(d)}); "
+                          "use a new run directory")
+    was = old.get("dataset") or {}
+    if was.get("id") and was["id"] != dataset["id"]:
+        raise DatasetError(f"{paths.root} was trained on dataset {was['id']} ({was.get('path')}), but {cfg.data} "
+                           f"is dataset {dataset['id']} (other songs, split or storage); resuming on it would mix "
+                           "two datasets in one run. Use a new run directory, or the dataset it was trained on")
+    return old
+
+
+def record_start(paths: RunPaths, cfg: TrainConfig, dataset: dict, old: dict | None, d: Dist) -> None:
+    """config.json: the resolved config, the dataset's identity and where the code came from, plus
+    one line per start (a requeue, a resume with more epochs or a moved dataset)."""
+    start = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "git": git_info(), "world_size": d.world,
+             "device": d.device.type, "torch": torch.__version__, "host": os.uname().nodename,
+             "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
+    rec = {"config": to_dict(cfg), "dataset": dataset, "git": (old or start)["git"], "world_size": d.world,
+           "device": d.device.type, "torch": torch.__version__, "starts": [*(old or {}).get("starts", []), start]}
+    atomic_write_json(paths.config, rec)
+
+
+def record_error(paths: RunPaths, text: str) -> None:
+    """error.txt, even on a full disk: the text goes into blocks reserved while there was space,
+    which are then renamed into place (see reserve_error_space)."""
+    data = text.encode()[-60_000:]
+    try:
+        fd = os.open(paths.error_reserve, os.O_WRONLY)
+    except OSError:
+        fd = None
+    try:
+        if fd is not None:
+            os.pwrite(fd, data, 0)
+            os.ftruncate(fd, len(data))
+            os.fsync(fd)
+            os.close(fd)
+            fd = None
+            os.replace(paths.error_reserve, paths.error)
+        else:
+            paths.error.write_bytes(data)
+    except OSError:
+        pass  # nothing more can be done; the exception itself still reaches the caller
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def reserve_error_space(paths: RunPaths, size: int = 64 * 1024) -> None:
+    if paths.error_reserve.exists():
+        return
+    try:
+        fd = os.open(paths.error_reserve, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            os.posix_fallocate(fd, 0, size)
+        finally:
+            os.close(fd)
+    except OSError:
+        paths.error_reserve.unlink(missing_ok=True)
+
+
+def _lock_run_dir(paths: RunPaths, d: Dist) -> Lock | None:
+    """Rank 0 takes the run directory's lock; if it is held (an old copy of a requeued job is
+    still running, or someone started the run twice) every rank stops before writing anything."""
+    lock, err = (Lock(paths.lock, f"run directory {paths.root}"), None) if d.is_main else (None, None)
+    if lock:
+        try:
+            lock.acquire()
+        except LockedError as e:
+            err = e
+    if d.any(err is not None)[0]:
+        raise err or LockedError(f"run directory {paths.root} is in use (rank 0 could not lock it)")
+    return lock
+
+
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
 
 def main(cfg: TrainConfig, run_dir: str | Path, stop: StopFlag | None = None) -> dict:
@@ -399,31 +528,39 @@ def main(cfg: TrainConfig, run_dir: str | Path, stop: StopFlag | None = None) ->
     {"status": "done"|"stopped", "epoch": ..., ...}. Raises on errors (and records them in error.txt)."""
     paths = RunPaths(run_dir)
     is_main = int(os.environ.get("RANK", "0")) == 0
-    d = None
+    d = lock = None
     try:
         if not cfg.data:
             raise ConfigError("data: no dataset given (gruv train --data DATA_DIR, or data=... )")
+        cfg = dataclasses.replace(cfg, data=str(Path(cfg.data).expanduser().resolve()))  # jobs run from elsewhere
+        manifest = load_manifest(cfg.data)
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        cfg = resolve(cfg, load_manifest(cfg.data), world, gpus=torch.cuda.device_count())
+        cfg = resolve(cfg, manifest, world, gpus=torch.cuda.device_count())
         d = distributed.setup(cfg.device, tf32=cfg.amp)
-        result = _train(cfg, paths, d, stop or StopFlag())
+        lock = _lock_run_dir(paths, d)
+        result = _train(cfg, {"id": dataset_id(manifest), "path": cfg.data}, paths, d, stop or StopFlag())
+    except LockedError:
+        raise  # the run directory is another process's: write nothing into it
     except BaseException as e:
-        if is_main and not isinstance(e, KeyboardInterrupt):
-            paths.root.mkdir(parents=True, exist_ok=True)
-            paths.error.write_text(traceback.format_exc())
+        if is_main and not isinstance(e, KeyboardInterrupt) and paths.root.is_dir():
+            record_error(paths, traceback.format_exc())
+        if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
+            raise TrainingError(f"cannot write {e.filename or paths.root}: {e.strerror}. The last good "
+                                f"checkpoint stays in {paths.ckpt_dir}; the reason is in {paths.error}") from e
         raise
+    finally:
+        if lock:
+            lock.release()
     distributed.teardown(d)
     return result
 
 
-def _train(cfg: TrainConfig, paths: RunPaths, d: Dist, stop: StopFlag) -> dict:
-    check_run_dir(paths, cfg)
+def _train(cfg: TrainConfig, dataset: dict, paths: RunPaths, d: Dist, stop: StopFlag) -> dict:
+    old = check_run_dir(paths, cfg, dataset)
     if d.is_main:
-        paths.root.mkdir(parents=True, exist_ok=True)
         paths.error.unlink(missing_ok=True)
-        if not paths.config.exists():  # atomic: other ranks read it in check_run_dir
-            atomic_write_json(paths.config, {"config": to_dict(cfg), "git": git_info(), "world_size": d.world,
-                                             "device": d.device.type, "torch": torch.__version__})
+        reserve_error_space(paths)
+        record_start(paths, cfg, dataset, old, d)
     # Each rank its own seed offset; the data order comes from the sampler's (seed, epoch), not these.
     seed_everything(cfg.seed + d.rank)
     t = Trainer(cfg, paths, d, stop)
@@ -436,7 +573,7 @@ def _train(cfg: TrainConfig, paths: RunPaths, d: Dist, stop: StopFlag) -> dict:
             stats = t.train_epoch()
             if stats is None:  # stopped on request, between two steps: save, and let the caller requeue
                 t.save()
-                return {"status": "stopped", "epoch": st.epoch, "step": st.step, "pos": st.pos}
+                return {"status": "stopped", "signal": stop.signal, "epoch": st.epoch, "step": st.step, "pos": st.pos}
             line, is_best = t.end_epoch(stats, t.evaluate())
             if t.ckpt.due_at_epoch_end(st.epoch, cfg.epochs, is_best):
                 t.save(is_best)

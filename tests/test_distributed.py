@@ -33,7 +33,7 @@ def test_setup_does_not_write_the_environment():
 
 
 def test_preemption_signal_follows_submitit_setting():
-    code = "from gruv_hpc.launcher import preempt_signal; print(preempt_signal().name)"
+    code = "from gruv_hpc.train import preempt_signal; print(preempt_signal().name)"
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path)}
     run = lambda e: subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, check=True).stdout.strip()  # noqa: E731
     assert run(env) == "SIGUSR2"

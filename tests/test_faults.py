@@ -1,0 +1,222 @@
+"""Nothing lost, nothing mixed: training runs against signals, a second writer, corrupt
+checkpoints, another dataset, a full disk and bad values (issue: datasets, runs and sweeps
+survive mistakes, races, signals and bad input)."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import preprocess_tiny, tiny_config
+from gruv_hpc.checkpoint import load_checkpoint
+from gruv_hpc.errors import DatasetError, TrainingError
+from gruv_hpc.paths import RunPaths, read_jsonl
+from gruv_hpc.train import EXIT_STOPPED, main
+
+
+def gruv(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "gruv_hpc.cli", *map(str, args)], capture_output=True, text=True, **kw)
+
+
+def start_train(data, run, *overrides):
+    return subprocess.Popen([sys.executable, "-m", "gruv_hpc.cli", "train", "--data", str(data), "--run-dir", str(run),
+                             "hidden=8", "batch_size=4", "workers=0", "gen_seconds=0", "log_every_steps=5",
+                             "ckpt_every_epochs=1000", *overrides],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_epoch(run, n=1, timeout=120):
+    t = time.time()
+    while len(read_jsonl(Path(run) / "metrics.jsonl")) < n:
+        assert time.time() - t < timeout, "training did not get going"
+        time.sleep(0.05)
+
+
+# --- 4. a stop signal, whoever sends it, stops at a step boundary with a checkpoint -----------------
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT", "SIGHUP", "SIGUSR2"])
+def test_stop_signal_writes_checkpoint_and_exits_distinctly(data, tmp_path, sig):
+    run = tmp_path / "r"
+    p = start_train(data, run, "epochs=100000")
+    wait_for_epoch(run)
+    os.kill(p.pid, getattr(signal, sig))
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == EXIT_STOPPED, err
+    res = json.loads(out.strip().splitlines()[-1])
+    assert res["status"] == "stopped" and res["signal"] == sig
+    assert sig in err and "resume" in err and "Traceback" not in err
+    # The checkpoint is the state at the step the run stopped at: nothing but the step in flight is lost
+    # (ckpt_every_epochs=1000: without the stop, the newest checkpoint would be epoch 1's best).
+    newest = RunPaths(run).step_ckpts()[0]
+    st = load_checkpoint(newest)
+    assert st["train"]["step"] == res["step"] and st["train"]["pos"] == res["pos"]
+    assert res["step"] > read_jsonl(run / "metrics.jsonl")[0]["step"]
+    again = gruv("train", "--data", data, "--run-dir", run, "hidden=8", "batch_size=4", "workers=0", "gen_seconds=0",
+                 "log_every_steps=5", f"epochs={res['epoch'] + 1}")
+    assert again.returncode == 0, again.stderr
+    assert f"resumed from {newest}" in again.stdout and f"batch {res['pos']} of the epoch" in again.stdout
+
+
+def test_second_signal_aborts(data, tmp_path):
+    """Ctrl-C twice: the second one is not ignored."""
+    p = start_train(data, tmp_path / "r", "epochs=100000", "ckpt_every_min=1e-9")  # a save at every step: slow
+    wait_for_epoch(tmp_path / "r")
+    p.send_signal(signal.SIGINT)
+    p.send_signal(signal.SIGINT)
+    p.communicate(timeout=60)
+    assert p.returncode in (EXIT_STOPPED, 130)
+
+
+# --- 2. one writer per run directory -------------------------------------------------------------
+
+def test_second_writer_on_a_run_dir_is_refused(data, tmp_path):
+    run = tmp_path / "r"
+    first = start_train(data, run, "epochs=100000")
+    try:
+        wait_for_epoch(run)
+        before = (run / "metrics.jsonl").read_text()
+        second = gruv("train", "--data", data, "--run-dir", run, "hidden=8", "batch_size=4", "workers=0", "epochs=100000",
+                      "gen_seconds=0", "log_every_steps=5", "ckpt_every_epochs=1000", timeout=120)
+        assert second.returncode == 2
+        assert f"pid {first.pid}" in second.stderr and "in use" in second.stderr and "Traceback" not in second.stderr
+        assert first.poll() is None  # the first one trains on, its files untouched by the second
+        assert (run / "metrics.jsonl").read_text().startswith(before)
+        assert not (run / "error.txt").exists()
+        assert len(list((run / "tb").glob("events.*"))) == 1
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=60)
+    assert first.returncode == EXIT_STOPPED
+
+
+# --- 5. corrupt checkpoints and rotation -----------------------------------------------------------
+
+def _corrupt(p: Path):
+    with open(p, "r+b") as f:
+        f.truncate(64)
+
+
+def test_all_checkpoints_corrupt_needs_an_explicit_choice(data, tmp_path):
+    run = tmp_path / "r"
+    main(tiny_config(data, epochs=3), run)
+    paths = RunPaths(run)
+    for c in paths.step_ckpts():
+        _corrupt(c)
+    metrics = (run / "metrics.jsonl").read_text()
+    with pytest.warns(UserWarning), pytest.raises(TrainingError, match="resume=never"):
+        main(tiny_config(data, epochs=4), run)
+    assert (run / "metrics.jsonl").read_text() == metrics  # not cut back to nothing
+    assert len(list(paths.unreadable.glob("*.pt"))) == 3 and not paths.step_ckpts()  # set aside, not deleted
+    with pytest.raises(TrainingError, match="resume=never"):  # and not forgotten on the next start
+        main(tiny_config(data, epochs=4), run)
+    res = main(tiny_config(data, epochs=2, resume="never"), run)
+    assert res["status"] == "done" and [h["epoch"] for h in read_jsonl(run / "metrics.jsonl")] == [1, 2]
+    moved = list(run.glob("discarded-*"))
+    assert len(moved) == 1 and len(list((moved[0] / "checkpoints" / "unreadable").glob("*.pt"))) == 3
+    assert (moved[0] / "metrics.jsonl").read_text() == metrics
+
+
+def test_resume_require(data, tmp_path):
+    with pytest.raises(TrainingError, match="no checkpoint"):
+        main(tiny_config(data, epochs=1, resume="require"), tmp_path / "r")
+
+
+def test_rotation_never_drops_the_newest_valid_checkpoint(data, tmp_path):
+    run = tmp_path / "r"
+    main(tiny_config(data, epochs=2), run)
+    paths = RunPaths(run)
+    newest = paths.step_ckpts()[0]
+    _corrupt(newest)
+    shutil.copy(paths.step_ckpts()[1], paths.ckpt_dir / "step_9999999999.pt")  # a leftover from elsewhere
+    _corrupt(paths.ckpt_dir / "step_9999999999.pt")
+    with pytest.warns(UserWarning):
+        main(tiny_config(data, epochs=5), run)  # resumes from epoch 1, trains 4 more, keep_last=3
+    steps = [p.name for p in paths.step_ckpts()]
+    assert len(steps) == 3 and "step_9999999999.pt" not in steps
+    for p in paths.step_ckpts():
+        load_checkpoint(p)  # every kept one loads
+    assert load_checkpoint(paths.step_ckpts()[0])["train"]["epoch"] == 5
+    assert {p.name for p in paths.unreadable.iterdir()} == {"step_9999999999.pt", newest.name}
+
+
+# --- 7. one run, one dataset -----------------------------------------------------------------------
+
+def test_resume_on_another_dataset_is_refused_and_a_moved_one_is_not(corpus, data, tmp_path):
+    run = tmp_path / "r"
+    main(tiny_config(data, epochs=1), run)
+    other = tmp_path / "other"
+    preprocess_tiny(corpus, other, seed=7)  # same parameters, another split
+    with pytest.raises(DatasetError, match="another|mix"):
+        main(tiny_config(other, epochs=2), run)
+    moved = tmp_path / "moved"
+    shutil.copytree(data, moved)
+    assert main(tiny_config(moved, epochs=2), run)["status"] == "done"
+    rec = json.loads((run / "config.json").read_text())
+    assert rec["dataset"]["path"] == str(moved) and len(rec["starts"]) == 2
+
+
+def test_relative_data_path_is_stored_absolute(data, tmp_path, monkeypatch):
+    monkeypatch.chdir(data.parent)
+    main(tiny_config(Path(data.name), epochs=1), tmp_path / "r")
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())["config"]
+    assert cfg["data"] == str(data.resolve())
+    assert load_checkpoint(RunPaths(tmp_path / "r").step_ckpts()[0])["config"]["data"] == str(data.resolve())
+
+
+# --- 11. bad values: one line naming the key, non-zero exit ---------------------------------------
+
+@pytest.mark.parametrize("kv", ["lr=nan", "seed=-5", "log_every_steps=0", "limit_train_batches=-1", "grad_clip=-1",
+                                "ckpt_every_min=-1", "resume=sometimes"])
+def test_bad_train_values(data, tmp_path, kv):
+    r = gruv("train", "--data", data, "--run-dir", tmp_path / "r", kv)
+    assert r.returncode == 2 and kv.split("=")[0] in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_metrics_jsonl_is_strict_json(data, tmp_path, monkeypatch):
+    """An empty dev split gives a NaN dev loss: it is written as null, never as NaN."""
+    import gruv_hpc.train as train
+    monkeypatch.setattr(train.Trainer, "evaluate", lambda self: float("nan"))
+    main(tiny_config(data, epochs=1), tmp_path / "r")
+    line = (tmp_path / "r" / "metrics.jsonl").read_text()
+    assert "NaN" not in line and json.loads(line, parse_constant=lambda c: pytest.fail(c))["dev_loss"] is None
+
+
+# --- a full disk ----------------------------------------------------------------------------------
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    d = tmp_path / "disk"
+    d.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(d)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()})")
+    yield d
+    subprocess.run(["umount", "-l", str(d)])
+
+
+def test_full_disk_keeps_last_checkpoint_and_says_why(data, tiny_disk):
+    run = tiny_disk / "r"
+    main(tiny_config(data, epochs=1), run)
+    good = {p.name: p.read_bytes() for p in RunPaths(run).step_ckpts()}
+    with open(tiny_disk / "filler", "wb") as f:  # fill the disk to the last block
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    r = gruv("train", "--data", data, "--run-dir", run, "hidden=8", "batch_size=4", "workers=0", "epochs=3",
+             "gen_seconds=0", "log_every_steps=5", "limit_train_batches=12")
+    assert r.returncode == 2 and "No space left on device" in r.stderr and "Traceback" not in r.stderr
+    assert "No space left on device" in (run / "error.txt").read_text()  # the reason, not an empty file
+    for name, blob in good.items():
+        assert (RunPaths(run).ckpt_dir / name).read_bytes() == blob
+    assert not list(RunPaths(run).ckpt_dir.glob(".*tmp*"))  # no temp file left filling the disk
+    assert torch.load(RunPaths(run).step_ckpts()[0], weights_only=True)["train"]["epoch"] == 1
