@@ -23,13 +23,18 @@ def generate_audio(runs: list[RunInfo], out_dir, n_seeds: int = 2, seed_seconds:
                    length_ratio: float = 3.0) -> dict:
     """Returns {run: {"clips": [...], mean diagnostics}}."""
     from gruv_hpc.data import ClipDataset
+    from gruv_hpc.errors import GruvError
     from gruv_hpc.generate import generate, load_run
     out = Path(out_dir) / "audio"
     result = {}
     for run in runs:
         if not run.has_checkpoint:
             continue
-        lr = load_run(run.paths.root, "best")
+        try:
+            lr = load_run(run.paths.root, "best")  # best.pt, or the newest readable checkpoint
+        except GruvError as e:  # this run cannot be read: say so in the report, analyse the others
+            result[run.name] = {"clips": [], "error": str(e)}
+            continue
         cfg = lr.cfg
         # A seed no longer than one clip always fits inside a dev clip's segment.
         secs = min(seed_seconds, cfg.clip_blocks * cfg.block_size / cfg.sample_rate)

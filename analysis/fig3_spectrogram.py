@@ -58,6 +58,7 @@ def fig3(runs: list[RunInfo], out_dir, hidden: int | None = None, max_clips: int
     import matplotlib.pyplot as plt
 
     from gruv_hpc.data import ClipDataset
+    from gruv_hpc.errors import GruvError
     from gruv_hpc.features import bin_frequencies
     usable = [r for r in runs if r.has_checkpoint]
     if not usable:
@@ -81,7 +82,11 @@ def fig3(runs: list[RunInfo], out_dir, hidden: int | None = None, max_clips: int
             run = next((r for r in chosen if r.artist == artist and r.cell == cell), None)
             if run is None:
                 continue
-            m = predicted_mean_magnitude(run, ds, max_clips)
+            try:
+                m = predicted_mean_magnitude(run, ds, max_clips)
+            except GruvError as e:  # an unreadable run: its panel says so, the others are drawn
+                data.setdefault("errors", {})[run.name] = str(e)
+                continue
             arrays[f"{artist}/{cell}"] = m
             frac, band = band_fraction(panels[0][1], m, freqs)
             data["band"][f"{artist}/{cell}"] = {"in_band_energy": frac, "band_hz": band}

@@ -64,6 +64,11 @@ def write_html(out: Path, runs, rows, table, f1, f2, f3, audio) -> Path:
             parts.append(f"<li class='bad'>{e(r['name'])}: {e(r['state'])} (epoch {r['epochs_done']}/{r['epochs']})"
                          f"{' – ' + e(r['error']) if r['error'] else ''}</li>")
         parts.append("</ul>")
+    unreadable = {**(f3.get("errors") or {}), **{n: a["error"] for n, a in audio.items() if a.get("error")}}
+    if unreadable:
+        parts.append("<h2>Runs that could not be analysed</h2><ul>")
+        parts.extend(f"<li class='bad'>{e(n)}: {e(msg)}</li>" for n, msg in sorted(unreadable.items()))
+        parts.append("</ul>")
     parts.append("<h2>The paper's claims against this sweep</h2><table><tr><th>claim</th><th>answer</th><th>evidence</th></tr>")
     for c in table:
         parts.append(f"<tr><td style='text-align:left'>{e(c['claim'])}</td><td>{e(c['answer'])}</td>"

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .audio import load_mono, write_wav
-from .checkpoint import RunPaths, load_checkpoint, load_latest
+from .checkpoint import RunPaths, load_best, load_checkpoint, load_latest
 from .config import TrainConfig, build
 from .data import ClipDataset
 from .errors import GenerationError
@@ -41,29 +41,44 @@ class LoadedRun:
 
 
 def load_run(run_dir, checkpoint: str = "best", device="cpu") -> LoadedRun:
+    """A run's model and statistics. ``checkpoint``: best (best.pt, or the newest readable one
+    with a warning when it is missing or unreadable), last (the newest readable), or a PATH."""
     paths = RunPaths(run_dir)
     if not paths.config.exists():
         raise GenerationError(f"{run_dir}: not a run directory (no config.json)")
+    device = check_device(device)
     if checkpoint == "last":
         state, path = load_latest(paths, map_location=device)
     elif checkpoint == "best":
-        path = paths.best if paths.best.exists() else None
-        state = load_checkpoint(path, device) if path else None
-        if state is None:  # no dev improvement recorded yet: take the newest
-            state, path = load_latest(paths, map_location=device)
+        state, path = load_best(paths, map_location=device)
     else:
         path = Path(checkpoint)
-        if not path.exists():
+        if not path.is_file():
             raise GenerationError(f"checkpoint {path} does not exist")
-        state = load_checkpoint(path, device)
+        try:
+            state = load_checkpoint(path, device)
+        except Exception as e:
+            raise GenerationError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e})") from None
     if state is None:
-        raise GenerationError(f"{run_dir}: no checkpoint to generate from (has training saved one yet?)")
-    cfg = build(TrainConfig, state["config"])
+        raise GenerationError(f"{run_dir}: no readable checkpoint to generate from (has training saved one yet?)")
+    # The dataset's newest known place: config.json follows a moved dataset, the checkpoint does not.
+    data = json.loads(paths.config.read_text()).get("config", {}).get("data") or state["config"]["data"]
+    cfg = build(TrainConfig, {**state["config"], "data": data})
     model = GRUVModel(cfg.feature_dim, cfg.hidden, cfg.cell, cfg.layers).to(device)
     model.load_state_dict(state["model"])
     model.eval()
     mean, std = run_stats(cfg)
     return LoadedRun(model, cfg, path, _epoch(state), mean, std)
+
+
+def check_device(device: str) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise GenerationError(f"--device {device!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise GenerationError(f"--device {device}: no GPU is visible")
+    return dev
 
 
 def _epoch(state: dict) -> int:
@@ -116,13 +131,17 @@ def loop_stats(frames: np.ndarray, threshold: float = 0.95, min_run: int = 8) ->
     """Generation loops: step t is 'looping' when it is within cosine similarity ``threshold`` of
     some earlier frame (any period, a fixed point included). A loop is ``min_run`` such steps in
     a row. Returns the first loop's onset step (None if never) and the fraction of steps in loops."""
-    f = np.asarray(frames, dtype=np.float64)
+    n = len(frames)
+    # Unit frames in float32, and the similarities a block of rows at a time: memory stays linear in
+    # the length (a whole n x n matrix is 1 GB at --length-ratio 150).
+    f = np.asarray(frames, dtype=np.float32)
     f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
-    sim = f @ f.T
-    n = len(f)
     looping = np.zeros(n, bool)
-    for t in range(1, n):
-        looping[t] = sim[t, :t].max() >= threshold
+    for a in range(0, n, 256):
+        b = min(n, a + 256)
+        sim = f[a:b] @ f[:b].T  # rows a..b-1 against every frame up to b-1
+        sim[np.arange(b)[None, :] >= np.arange(a, b)[:, None]] = -np.inf  # only earlier frames count
+        looping[a:b] = sim.max(axis=1) >= threshold
     onset, in_loop, run = None, np.zeros(n, bool), 0
     for t in range(n):
         run = run + 1 if looping[t] else 0
@@ -184,6 +203,8 @@ def seed_features(run: LoadedRun, source: str, index: int, seconds: float) -> tu
         path = Path(source)
         if not path.exists():
             raise GenerationError(f"seed file {path} does not exist (and is not 'dev' or 'train')")
+        if not path.is_file():  # a FIFO or a device would block the decoder for ever
+            raise GenerationError(f"seed file {path} is not a regular file")
         audio = load_mono(path, cfg.sample_rate)  # resampled and downmixed like the corpus
         blocks = audio_to_blocks(audio, cfg.block_size)
         if len(blocks) < 1:
@@ -216,11 +237,17 @@ def generate(run_dir, out_wav, seed_seconds: float = 10.0, length_ratio: float =
              seed_out=None) -> dict:
     """Write OUT.wav and OUT.json (the sidecar), and the seed alone to ``seed_out`` if given;
     returns the sidecar dict."""
-    if length_ratio <= 0:
-        raise GenerationError(f"length ratio must be > 0, got {length_ratio}")
+    if not (math.isfinite(length_ratio) and length_ratio > 0):
+        raise GenerationError(f"length ratio must be a finite number > 0, got {length_ratio}")
+    if not (math.isfinite(seed_seconds) and seed_seconds > 0):
+        raise GenerationError(f"seed seconds must be a finite number > 0, got {seed_seconds}")
     if algorithm not in ("stateful", "refeed"):
         raise GenerationError(f"algorithm must be 'stateful' or 'refeed', not {algorithm!r}")
+    out_wav = Path(out_wav)
+    if out_wav.is_dir() or out_wav.suffix.lower() != ".wav":
+        raise GenerationError(f"--out {out_wav}: give a file name ending in .wav")
     run = run or load_run(run_dir, checkpoint, device)
+    device = check_device(device)
     seed, info = seed_features(run, seed_from, seed_index, seed_seconds)
     n = max(1, int(round(length_ratio * len(seed))))
     t0 = time.time()
@@ -232,7 +259,6 @@ def generate(run_dir, out_wav, seed_seconds: float = 10.0, length_ratio: float =
     sr = run.cfg.sample_rate
     seed_audio, gen_audio = to_audio(run, seed), to_audio(run, gen)
     audio = np.concatenate([seed_audio, gen_audio]) if with_seed else gen_audio
-    out_wav = Path(out_wav)
     out_wav.parent.mkdir(parents=True, exist_ok=True)
     clipped = write_wav(out_wav, audio, sr, float32=float32, peak=0.99 if normalize else 0.0)
     if seed_out is not None:

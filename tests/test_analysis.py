@@ -167,3 +167,28 @@ def test_resubmitting_a_finished_local_sweep_submits_nothing(demo):
     f = sw / "sweep.toml"
     res = sweep.submit(f, sw, executor="local", out=lambda *a: None)
     assert res["submitted"] == [] and len(res["skipped"]) == 8
+
+
+def test_unreadable_runs_are_reported_and_the_others_analysed(demo, tmp_path):
+    """One run whose checkpoints are all unreadable, one whose best.pt alone is: the report names
+    the first, the second falls back to its newest readable checkpoint, the rest are analysed."""
+    from gruv_hpc.analysis.report import analyze
+    sw, _ = demo
+    part = tmp_path / "sweep"
+    shutil.copytree(sw, part)
+    state = json.loads((part / "sweep.json").read_text())
+    for r in state["runs"].values():
+        r["run_dir"] = r["run_dir"].replace(str(sw), str(part))
+    (part / "sweep.json").write_text(json.dumps(state))
+    for p in (part / "runs" / "aurora-gru-h4" / "checkpoints").glob("*.pt"):
+        p.write_bytes(b"not a checkpoint")
+    best = part / "runs" / "aurora-lstm-h4" / "checkpoints" / "best.pt"
+    best.unlink()  # a hard link: replace it, do not write through it into the step checkpoint
+    best.write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="best.pt is unreadable"):
+        summary = analyze(part, tmp_path / "rep", n_seeds=1, seed_seconds=0.32, log=lambda *a: None)
+    assert "aurora-gru-h4" in summary["audio"] and summary["audio"]["aurora-gru-h4"]["error"]
+    assert summary["audio"]["aurora-lstm-h4"]["clips"]  # fell back, generated
+    assert len([n for n, a in summary["audio"].items() if a["clips"]]) == 7
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert "could not be analysed" in page and "aurora-gru-h4" in page

@@ -220,3 +220,60 @@ def test_full_disk_keeps_last_checkpoint_and_says_why(data, tiny_disk):
         assert (RunPaths(run).ckpt_dir / name).read_bytes() == blob
     assert not list(RunPaths(run).ckpt_dir.glob(".*tmp*"))  # no temp file left filling the disk
     assert torch.load(RunPaths(run).step_ckpts()[0], weights_only=True)["train"]["epoch"] == 1
+
+
+# --- 6, 11. generation: a fallback for an unreadable best.pt, one-line errors -------------------
+
+def test_generate_falls_back_from_an_unreadable_best(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    best = RunPaths(run).best
+    best.unlink()
+    best.write_bytes(b"\0" * 100)
+    r = gruv("generate", run, "--out", tmp_path / "g.wav", "--seed-seconds", "0.2")
+    assert r.returncode == 0, r.stderr
+    assert "best.pt is unreadable" in r.stderr and "Traceback" not in r.stderr
+    side = json.loads((tmp_path / "g.json").read_text())
+    assert side["checkpoint"] == str(RunPaths(run).step_ckpts()[0])
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--out", "{tmp}"], "--out"),
+    (["--out", "{tmp}/g.mp3"], ".wav"),
+    (["--out", "{tmp}/g.wav", "--device", "foo"], "foo"),
+    (["--out", "{tmp}/g.wav", "--seed-seconds", "nan"], "seed seconds"),
+    (["--out", "{tmp}/g.wav", "--length-ratio", "nan"], "length ratio"),
+    (["--out", "{tmp}/g.wav", "--checkpoint", "{tmp}/none.pt"], "none.pt"),
+])
+def test_generate_bad_arguments(trained_run, tmp_path, args, needle):
+    r = gruv("generate", trained_run, *[a.format(tmp=tmp_path) for a in args])
+    assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_generate_refuses_a_fifo_seed(trained_run, tmp_path):
+    fifo = tmp_path / "seed.wav"
+    os.mkfifo(fifo)
+    r = gruv("generate", trained_run, "--out", tmp_path / "g.wav", "--seed-from", fifo, timeout=60)
+    assert r.returncode == 2 and "not a regular file" in r.stderr
+
+
+def test_loop_stats_memory_is_linear(tmp_path):
+    """The loop diagnostics of a long generation: same answer as the n x n reference, bounded memory."""
+    import tracemalloc
+
+    import numpy as np
+
+    from gruv_hpc.generate import loop_stats
+    rng = np.random.default_rng(0)
+    frames = rng.standard_normal((3000, 16))
+    frames[2000:2300] = np.tile(frames[1990:2000], (30, 1))  # a loop of period 10
+    f = frames / np.linalg.norm(frames, axis=1, keepdims=True)
+    sim = f @ f.T  # the reference: every earlier frame, all at once
+    ref = np.array([False] + [sim[t, :t].max() >= 0.95 for t in range(1, len(f))])
+    tracemalloc.start()
+    got = loop_stats(frames)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert got["loop_onset_step"] == int(np.argmax(ref)) == 2000
+    assert got["loop_fraction"] == pytest.approx(300 / 3000)
+    assert peak < 3000 * 3000 * 8 / 4  # well under the n x n matrix (72 MB)
