@@ -240,12 +240,14 @@ class RunLogger:
 
 def _write_hparams(writer, cfg: TrainConfig) -> None:
     """Write the run's hparams into its own event file, so the HParams dashboard lists one row
-    per run (add_hparams would make a separate sub-run) with the loss tags as its metrics."""
+    per run (add_hparams would make a separate sub-run). Only the session summaries are written,
+    no experiment summary: TensorBoard then builds the experiment from every run's values and
+    marks the hparams that differ between runs (the grid's axes) as differing."""
     from torch.utils.tensorboard.summary import hparams
     hp = {k: (",".join(v) if isinstance(v, list) else v) for k, v in to_dict(cfg).items()
           if k not in RUNTIME_KEYS and v is not None}
-    exp, ssi, sei = hparams(hp, {"loss/dev": 0, "loss/train": 0, "loss/best_dev": 0})
-    for s in (exp, ssi, sei):
+    _, ssi, sei = hparams(hp, {"loss/dev": 0, "loss/train": 0, "loss/best_dev": 0})
+    for s in (ssi, sei):
         writer.file_writer.add_summary(s)
 
 
