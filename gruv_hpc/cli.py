@@ -107,10 +107,11 @@ def _sweep(a) -> int:
 def _tensorboard(a) -> int:
     import shutil
     import subprocess
-    runs = Path(a.sweep_dir) / "runs"
+    from .paths import RunPaths, SweepPaths
+    runs = SweepPaths(a.sweep_dir).runs
     if not runs.is_dir():
-        raise ConfigError(f"{a.sweep_dir}: no runs/ directory; is it a sweep directory?")
-    spec = ",".join(f"{d.name}:{d / 'tb'}" for d in sorted(runs.iterdir()) if (d / "tb").is_dir())
+        raise ConfigError(f"{a.sweep_dir}: no {runs.name}/ directory; is it a sweep directory?")
+    spec = ",".join(f"{d.name}:{RunPaths(d).tb}" for d in sorted(runs.iterdir()) if RunPaths(d).tb.is_dir())
     exe = shutil.which("tensorboard") or "tensorboard"
     cmd = [exe, "--logdir_spec", spec, "--host", a.host, "--port", str(a.port)]
     print(" ".join(cmd), flush=True)

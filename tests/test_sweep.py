@@ -98,7 +98,7 @@ def test_dry_run_prints_runs_and_sbatch(data, tmp_path, capsys):
 
 
 def test_grid_larger_than_max_array_size_is_split(data, tmp_path, monkeypatch):
-    monkeypatch.setattr(sweep, "max_array_size", lambda: 3)
+    monkeypatch.setattr(sweep.slurm, "max_array_size", lambda: 3)
     f = write_sweep(tmp_path / "s.toml", data, {"epochs": 1, "workers": 0, "gen_seconds": 0.0}, {"hidden": [2, 3, 4, 5]})
     d = tmp_path / "sw"
     res = sweep.submit(f, d, executor="slurm", out=lambda *a: None)
