@@ -16,20 +16,11 @@ from gruv_hpc.checkpoint import load_checkpoint
 from gruv_hpc.errors import ConfigError, DatasetError
 from gruv_hpc.paths import RunPaths, read_jsonl
 
+from conftest import write_sweep
+
 pytestmark = pytest.mark.slurm
 
 SMOKE = Path(__file__).parent.parent / "jobs" / "smoke.toml"
-
-
-def write_sweep(path: Path, data, train: dict, grid: dict, slurm: dict | None = None) -> Path:
-    def val(v):
-        return json.dumps(v)
-    lines = [f"data = {val(str(data))}", "[train]"] + [f"{k} = {val(v)}" for k, v in train.items()]
-    lines += ["[grid]"] + [f"{k} = {val(v)}" for k, v in grid.items()]
-    lines += ["[slurm]"] + [f"{k} = {val(v)}" for k, v in {"time_min": 10, "cpus_per_task": 1, "mem_gb": 1.0,
-                                                          "signal_delay_s": 30, **(slurm or {})}.items()]
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def job_of(sweep_dir, name):

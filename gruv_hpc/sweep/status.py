@@ -13,12 +13,37 @@ from .slurm import ACTIVE
 from .state import JobRecord, SweepState, load_state
 
 
-def _pid_alive(pid) -> bool:
+def job_state(job: JobRecord | None, infos: dict[str, slurm.JobInfo]) -> str | None:
+    """What is known of a run's last job: its Slurm state (from ``infos``), RUNNING for a local job
+    whose process lives, None when nothing is (never submitted, or gone). Planning, status and
+    cancel all ask here whether a job may still be running."""
+    if job is None:
+        return None
+    if job.executor == "slurm":
+        info = infos.get(job.job_id)
+        return info.state if info else None
+    return "RUNNING" if _pid_alive(job.pid) else None
+
+
+def run_state(paths: RunPaths, job: JobRecord | None, infos: dict[str, slurm.JobInfo]) -> str:
+    if paths.done.exists():
+        return "COMPLETED"
+    st = job_state(job, infos)
+    if st == "COMPLETED":
+        return "FAILED"  # the job ended but training did not finish (e.g. an error result)
+    if st:
+        return st
+    if job is None:
+        return "NOT_SUBMITTED"
+    return "FAILED" if paths.error.exists() else "UNKNOWN"
+
+
+def _pid_alive(pid: int | None) -> bool:
     if not pid:
         return False
     try:
-        os.kill(int(pid), 0)
-    except (OSError, ValueError):
+        os.kill(pid, 0)
+    except OSError:
         return False
     try:  # a zombie or a recycled pid is not our job
         return "submitit" in Path(f"/proc/{pid}/cmdline").read_text()
@@ -45,20 +70,7 @@ def status(sweep_dir) -> list[dict]:
         last = hist[-1] if hist else {}
         job = r.job
         info = infos.get(job.job_id) if job and job.executor == "slurm" else None
-        if paths.done.exists():
-            st = "COMPLETED"
-        elif info:
-            st = info.state
-        elif job is None:
-            st = "NOT_SUBMITTED"
-        elif paths.error.exists():
-            st = "FAILED"
-        elif job.executor != "slurm" and _pid_alive(job.pid):
-            st = "RUNNING"
-        else:
-            st = "UNKNOWN"
-        if st == "COMPLETED" and not paths.done.exists():
-            st = "FAILED"  # the job ended but training did not finish (e.g. an error result)
+        st = run_state(paths, job, infos)
         mt = paths.newest_ckpt_mtime()
         row = {"name": name, "state": st, "job_id": job.job_id if job else None,
                "epoch": last.get("epoch", 0), "epochs": r.config.get("epochs"),
@@ -115,10 +127,10 @@ def cancel(sweep_dir, run: str | None = None, out=print) -> list[str]:
         job = state.runs[name].job
         if job is None:
             continue
-        if job.executor == "slurm":
+        if job.executor == "slurm":  # whatever its state: scancel of an ended job does nothing
             slurm_ids.append(job.job_id)
             cancelled.append(name)
-        elif _pid_alive(job.pid):
+        elif job_state(job, {}) in ACTIVE:
             os.kill(job.pid, signal.SIGKILL)  # checkpoints are atomic: a kill loses nothing saved
             cancelled.append(name)
     slurm.scancel(slurm_ids)

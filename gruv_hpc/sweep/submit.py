@@ -18,7 +18,7 @@ from . import slurm
 from .slurm import ACTIVE
 from .spec import Run, Sweep, load_sweep, validate
 from .state import JobRecord, RunRecord, SweepState, load_state, submit_lock
-from .status import _pid_alive, slurm_infos
+from .status import run_state, slurm_infos
 
 
 def _executor(kind: str, paths: SweepPaths, cfg: SlurmConfig, name: str):
@@ -70,17 +70,14 @@ def plan(sweep: Sweep, state: SweepState) -> tuple[list[Run], dict[str, str]]:
             if d:
                 raise ConfigError(f"run {run.name} in {state.paths.root} was submitted with another config "
                                   f"({'; '.join(d)}); use a new sweep directory, or restore the old values")
-        if state.paths.run(run.name).done.exists():
+        job = old.job if old else None
+        st = run_state(state.run_paths(run.name), job, infos)
+        if st == "COMPLETED":
             skipped[run.name] = "done"
-            continue
-        last = old.job if old else None
-        if last:
-            st = (infos[last.job_id].state if last.job_id in infos else None) if last.executor == "slurm" else \
-                ("RUNNING" if _pid_alive(last.pid) else None)
-            if st in ACTIVE:
-                skipped[run.name] = f"job {last.job_id} is {st}"
-                continue
-        todo.append(run)
+        elif st in ACTIVE:
+            skipped[run.name] = f"job {job.job_id} is {st}"
+        else:
+            todo.append(run)
     return todo, skipped
 
 
@@ -156,7 +153,7 @@ def _run_locally(todo, sweep, paths, kind, state, sub, max_parallel, progress, o
         while pending and len(running) < max(1, max_parallel):
             run = pending.pop(0)
             job = ex.submit(TrainJob(str(paths.run(run.name).root), run.config, threads=threads))
-            pid = getattr(getattr(job, "_process", None), "pid", None)
+            pid = int(job.job_id) if kind == "local" else None  # a LocalJob's id is its process's pid
             state.runs[run.name].jobs.append(JobRecord(str(job.job_id), kind, time.time(), pid))
             sub["job_ids"].append(str(job.job_id))
             state.save()
