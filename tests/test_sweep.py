@@ -13,7 +13,7 @@ import torch
 
 from gruv_hpc import sweep
 from gruv_hpc.checkpoint import load_checkpoint
-from gruv_hpc.errors import ConfigError, DatasetError
+from gruv_hpc.errors import ConfigError
 from gruv_hpc.paths import RunPaths, read_jsonl
 
 from conftest import write_sweep
@@ -64,19 +64,6 @@ def test_changed_config_is_refused(smoke, data):
     d, _ = smoke
     with pytest.raises(ConfigError, match="lstm-h8.*lr"):
         sweep.submit(SMOKE, d, executor="slurm", overrides=[f"data={data}", "lr=0.5"], out=lambda *a: None)
-
-
-def test_validation_before_queueing(data, tmp_path):
-    f = write_sweep(tmp_path / "s.toml", data, {"epochs": 1}, {"artists": [["aurora"], ["nobody"]]})
-    with pytest.raises(DatasetError, match="nobody"):
-        sweep.submit(f, tmp_path / "sw", executor="slurm")
-    f = write_sweep(tmp_path / "s.toml", data, {"epochs": 1, "hiden": 3}, {"cell": ["lstm"]})
-    with pytest.raises(ConfigError, match="hiden"):
-        sweep.submit(f, tmp_path / "sw", executor="slurm")
-    f = write_sweep(tmp_path / "s.toml", data, {"epochs": 1, "batch_size": 5}, {"cell": ["lstm"]}, {"tasks_per_node": 2})
-    with pytest.raises(ConfigError, match="divisible"):
-        sweep.submit(f, tmp_path / "sw", executor="slurm")
-    assert not (tmp_path / "sw" / "sweep.json").exists()
 
 
 def test_dry_run_prints_runs_and_sbatch(data, tmp_path, capsys):

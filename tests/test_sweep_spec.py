@@ -3,8 +3,11 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 
 from gruv_hpc import sweep
+from gruv_hpc.errors import ConfigError, DatasetError
 from gruv_hpc.sweep import JobRecord, RunRecord
 
 from conftest import write_sweep
@@ -36,3 +39,48 @@ def test_plan_and_status_agree_on_a_live_local_job(tmp_path):
     todo, skipped = sweep.plan(sw, sweep.load_state(d))
     assert [r.name for r in todo] == ["lstm"] and skipped == {"gru": "done"}
     assert {r["name"]: r["state"] for r in sweep.status(d)} == {"lstm": "UNKNOWN", "gru": "COMPLETED"}
+
+
+def test_validation_before_queueing(data, tmp_path):
+    """Refused before anything is queued (so no cluster is needed), each error naming its run."""
+    f = write_sweep(tmp_path / "s.toml", data, {"epochs": 1}, {"artists": [["aurora"], ["nobody"]]})
+    with pytest.raises(DatasetError, match="^run nobody: artist.*nobody"):
+        sweep.submit(f, tmp_path / "sw", executor="slurm")
+    f = write_sweep(tmp_path / "s.toml", data, {"epochs": 1, "hiden": 3}, {"cell": ["lstm"]})
+    with pytest.raises(ConfigError, match="hiden"):
+        sweep.submit(f, tmp_path / "sw", executor="slurm")
+    f = write_sweep(tmp_path / "s.toml", data, {"epochs": 1, "batch_size": 5}, {"cell": ["lstm"]}, {"tasks_per_node": 2})
+    with pytest.raises(ConfigError, match="^run lstm: batch_size: 5 is not divisible by the 2"):
+        sweep.submit(f, tmp_path / "sw", executor="slurm")
+    f = write_sweep(tmp_path / "s.toml", data, {"epochs": 1, "sample_rate": 16000}, {"cell": ["lstm"]})
+    with pytest.raises(DatasetError, match="^run lstm: dataset parameter 'sample_rate' is 8000"):
+        sweep.submit(f, tmp_path / "sw", executor="slurm")
+    assert not (tmp_path / "sw" / "sweep.json").exists()
+
+
+def test_validation_resolves_dataset_parameters(data, tmp_path):
+    f = write_sweep(tmp_path / "s.toml", data, {"epochs": 1}, {"cell": ["lstm", "gru"]})
+    sw = sweep.load_sweep(f)
+    assert sw.runs[0].config["feature_dim"] is None
+    sweep.validate(sw, tmp_path / "sw", "local")
+    assert {(r.config["sample_rate"], r.config["block_size"], r.config["feature_dim"]) for r in sw.runs} == {(8000, 64, 128)}
+
+
+def test_world_size_and_gpus_depend_on_the_executor(data, tmp_path):
+    """Only Slurm splits the batch over slurm.nodes x slurm.tasks_per_node processes and knows the
+    GPUs; the local and debug executors run one process on whatever the machine has."""
+    quiet = dict(dry_run=True, out=lambda *a: None)
+    f = write_sweep(tmp_path / "s.toml", data, {"epochs": 1, "batch_size": 5}, {"cell": ["lstm"]}, {"tasks_per_node": 2})
+    with pytest.raises(ConfigError, match="divisible"):
+        sweep.submit(f, tmp_path / "sw", executor="slurm", **quiet)
+    for kind in ("local", "debug"):
+        sweep.submit(f, tmp_path / "sw", executor=kind, **quiet)
+    f = write_sweep(tmp_path / "s.toml", data, {"epochs": 1, "device": "cuda"}, {"cell": ["lstm"]})
+    with pytest.raises(ConfigError, match="^run lstm: device: 'cuda'"):
+        sweep.submit(f, tmp_path / "sw", executor="slurm", **quiet)
+    sweep.submit(f, tmp_path / "sw", executor="local", **quiet)  # whether this machine has one is not known here
+    f = write_sweep(tmp_path / "s.toml", data, {"epochs": 1, "device": "cuda"}, {"cell": ["lstm"]},
+                    {"gpus_per_node": 1, "tasks_per_node": 1})
+    sweep.submit(f, tmp_path / "sw", executor="slurm", **quiet)
+    with pytest.raises(ConfigError, match="executor must be"):
+        sweep.submit(f, tmp_path / "sw", executor="pbs", **quiet)

@@ -19,9 +19,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import SlurmConfig, TrainConfig, build, check_keys, parse_overrides, read_file, to_dict
+from ..config import SlurmConfig, TrainConfig, build, check_keys, parse_overrides, read_file, resolve, to_dict
 from ..errors import ConfigError, GruvError
-from ..manifest import PARAM_KEYS, DatasetError, check_params, load_manifest, select_artists
 
 
 @dataclass
@@ -103,24 +102,21 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     return Sweep(path, text, data, train, grid, scfg, runs)
 
 
-def validate(sweep: Sweep, sweep_dir: Path) -> None:
-    """Everything that can be checked on the login node, before anything is queued."""
+def validate(sweep: Sweep, sweep_dir: Path, executor: str) -> None:
+    """Everything that can be checked on the login node, before anything is queued: each run's
+    config against the dataset (config.resolve, as the job will), and a writable SWEEP_DIR.
+
+    ``executor`` is the kind that will run the jobs: only on Slurm is a batch split over
+    slurm.nodes x slurm.tasks_per_node processes and are the GPUs known (slurm.gpus_per_node);
+    submitit's local and debug executors run one process on whatever this machine has."""
+    from ..manifest import load_manifest  # numpy: not for `gruv sweep status`
     manifest = load_manifest(sweep.data)
+    world, gpus = (sweep.slurm.world_size, sweep.slurm.gpus_per_node) if executor == "slurm" else (1, None)
     for run in sweep.runs:
-        cfg = run.cfg
         try:
-            check_params(manifest, {k: getattr(cfg, k) for k in PARAM_KEYS}, source=f"run {run.name}")
-            select_artists(manifest, cfg.artists)
-        except DatasetError as e:
-            raise DatasetError(f"run {run.name}: {e}") from None
-        for k in PARAM_KEYS:
-            run.config[k] = manifest["params"][k]
-        ws = sweep.slurm.world_size
-        if cfg.batch_size % ws:
-            raise ConfigError(f"run {run.name}: batch_size {cfg.batch_size} is not divisible by the "
-                              f"{ws} training processes (slurm.nodes x slurm.tasks_per_node)")
-        if cfg.device == "cuda" and sweep.slurm.gpus_per_node == 0:
-            raise ConfigError(f"run {run.name}: device = 'cuda' but slurm.gpus_per_node = 0")
+            run.config = to_dict(resolve(run.cfg, manifest, world_size=world, gpus=gpus))
+        except GruvError as e:  # a DatasetError or a ConfigError, named after the run
+            raise type(e)(f"run {run.name}: {e}") from None
     try:
         sweep_dir.mkdir(parents=True, exist_ok=True)
         probe = sweep_dir / f".write-test-{os.getpid()}"

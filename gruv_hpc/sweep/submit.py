@@ -21,6 +21,15 @@ from .state import JobRecord, RunRecord, SweepState, load_state, submit_lock
 from .status import run_state, slurm_infos
 
 
+def executor_kind(executor: str) -> str:
+    """The executor that will run the jobs; auto: Slurm where a cluster answers, else local."""
+    if executor == "auto":
+        return "slurm" if slurm.slurm_available() else "local"
+    if executor not in ("slurm", "local", "debug"):
+        raise ConfigError(f"executor must be auto, slurm, local or debug, not {executor!r}")
+    return executor
+
+
 def _executor(kind: str, paths: SweepPaths, cfg: SlurmConfig, name: str):
     import submitit
     if kind == "slurm":
@@ -41,9 +50,7 @@ def _executor(kind: str, paths: SweepPaths, cfg: SlurmConfig, name: str):
         ex = submitit.LocalExecutor(folder=paths.logs, max_num_timeout=cfg.max_num_timeout)
         ex.update_parameters(timeout_min=cfg.time_min, tasks_per_node=1, gpus_per_node=0)
         return ex
-    if kind == "debug":
-        return submitit.DebugExecutor(folder=paths.logs)
-    raise ConfigError(f"executor must be auto, slurm, local or debug, not {kind!r}")
+    return submitit.DebugExecutor(folder=paths.logs)
 
 
 def sbatch_preview(sweep: Sweep, paths: SweepPaths) -> str:
@@ -86,16 +93,16 @@ def submit(sweep_file, sweep_dir, executor: str = "auto", dry_run: bool = False,
     """Validate, then submit what needs submitting. Returns {"submitted": [...], "skipped": {...}}."""
     sweep = load_sweep(sweep_file, overrides)
     paths = SweepPaths(Path(sweep_dir).resolve())
+    kind = executor_kind(executor)
     if dry_run:
         if Path(sweep.data).exists():  # a dry run also works away from the data (e.g. on a laptop)
-            validate(sweep, paths.root)
+            validate(sweep, paths.root, kind)
         for run in sweep.runs:
             out(f"{run.name}: {json.dumps(run.grid)}")
         out(f"# {len(sweep.runs)} runs; the sbatch script of the job array:")
         out(sbatch_preview(sweep, paths))
         return {"submitted": [], "skipped": {}, "runs": [r.name for r in sweep.runs]}
-    validate(sweep, paths.root)
-    kind = executor if executor != "auto" else ("slurm" if slurm.slurm_available() else "local")
+    validate(sweep, paths.root, kind)
     with submit_lock(paths.root):
         state = load_state(paths.root)
         todo, skipped = plan(sweep, state)
