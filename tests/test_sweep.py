@@ -14,7 +14,7 @@ import torch
 from gruv_hpc import sweep
 from gruv_hpc.checkpoint import load_checkpoint
 from gruv_hpc.errors import ConfigError
-from gruv_hpc.paths import RunPaths, read_jsonl
+from gruv_hpc.paths import RunPaths, SweepPaths, read_jsonl
 
 from conftest import write_sweep
 
@@ -66,13 +66,30 @@ def test_changed_config_is_refused(smoke, data):
         sweep.submit(SMOKE, d, executor="slurm", overrides=[f"data={data}", "lr=0.5"], out=lambda *a: None)
 
 
-def test_dry_run_prints_runs_and_sbatch(data, tmp_path, capsys):
-    f = write_sweep(tmp_path / "s.toml", data, {"epochs": 1}, {"cell": ["lstm", "gru"], "hidden": [4, 8]})
-    out = []
-    sweep.submit(f, tmp_path / "sw", dry_run=True, out=out.append)
-    text = "\n".join(out)
-    assert "lstm-h4" in text and "gru-h8" in text and "#SBATCH --array=0-3" in text and "#SBATCH --signal=USR2@30" in text
-    assert not (tmp_path / "sw" / "sweep.json").exists()
+def test_dry_run_prints_the_scripts_that_are_submitted(data, tmp_path, monkeypatch):
+    """--dry-run renders the sbatch scripts without submitting; they must be the very files
+    submitit then writes and sends (one job array of 2 runs and one plain job here)."""
+    monkeypatch.setattr(sweep.slurm, "max_array_size", lambda: 2)
+    f = write_sweep(tmp_path / "s.toml", data, {"epochs": 1, "workers": 0, "gen_seconds": 0.0}, {"hidden": [2, 3, 4]},
+                    {"setup": ["echo set up"]})
+    f.write_text(f.read_text() + 'additional = {comment = "dry run"}\n')  # (last table: [slurm])
+    d = tmp_path / "sw"
+    printed = []
+    dry = sweep.submit(f, d, executor="slurm", dry_run=True, out=printed.append)
+    assert len(dry["scripts"]) == 2 and not (d / "sweep.json").exists()
+    res = sweep.submit(f, d, executor="slurm", out=lambda *a: None)
+    try:
+        assert res["submitted"] == dry["todo"] == ["h2", "h3", "h4"]
+        bases = list(dict.fromkeys(job_of(d, n).split("_")[0] for n in res["submitted"]))
+        sent = [(SweepPaths(d).logs / f"{b}_submission.sh").read_text() for b in bases]
+        assert sent == dry["scripts"]
+        assert "#SBATCH --array=0-1%2" in sent[0] and "--array" not in sent[1]
+        for script in sent:
+            assert script in "\n".join(printed)
+        again = sweep.submit(f, d, executor="slurm", dry_run=True, out=lambda *a: None)  # nothing left to do
+        assert again["scripts"] == [] and set(again["skipped"]) == {"h2", "h3", "h4"}
+    finally:
+        sweep.cancel(d, out=lambda *a: None)
 
 
 def test_grid_larger_than_max_array_size_is_split(data, tmp_path, monkeypatch):

@@ -84,3 +84,55 @@ def test_world_size_and_gpus_depend_on_the_executor(data, tmp_path):
     sweep.submit(f, tmp_path / "sw", executor="slurm", **quiet)
     with pytest.raises(ConfigError, match="executor must be"):
         sweep.submit(f, tmp_path / "sw", executor="pbs", **quiet)
+
+
+def test_dry_run_prints_runs_and_sbatch(data, tmp_path):
+    f = write_sweep(tmp_path / "s.toml", data, {"epochs": 1}, {"cell": ["lstm", "gru"], "hidden": [4, 8]})
+    out = []
+    res = sweep.submit(f, tmp_path / "sw", executor="slurm", dry_run=True, out=out.append)
+    text = "\n".join(out)
+    assert "lstm-h4" in text and "gru-h8" in text and "#SBATCH --array=0-3%4" in text and "#SBATCH --signal=USR2@30" in text
+    assert res["scripts"] == [res["scripts"][0]] and res["scripts"][0] in text
+    assert not (tmp_path / "sw" / "sweep.json").exists()
+    out = []
+    res = sweep.submit(f, tmp_path / "sw", executor="local", dry_run=True, out=out.append)
+    assert res["scripts"] == [] and "#SBATCH" not in "\n".join(out) and "4 run(s) for the local executor" in out[-1]
+
+
+def test_dry_run_submits_what_a_submission_would(tmp_path, monkeypatch):
+    """Only the runs still to do, in MaxArraySize chunks: an array of 3 and a plain job of 1 here."""
+    monkeypatch.setattr(sweep.slurm, "max_array_size", lambda: 3)
+    f = write_sweep(tmp_path / "s.toml", tmp_path / "nodata", {"epochs": 1}, {"hidden": [2, 3, 4, 5, 6]}, {"array_parallelism": 2})
+    d = tmp_path / "sw"
+    _record(sweep.load_sweep(f), d)
+    (d / "runs" / "h3").mkdir(parents=True)
+    (d / "runs" / "h3" / "done.json").write_text("{}")
+    out = []
+    res = sweep.submit(f, d, executor="slurm", dry_run=True, out=out.append)
+    assert res["todo"] == ["h2", "h4", "h5", "h6"] and res["skipped"] == {"h3": "done"} and "skip h3: done" in out
+    first, second = res["scripts"]
+    assert "#SBATCH --array=0-2%2" in first and "_%A_%a_" not in second and "--array" not in second
+    assert "%A_%a_0_log.out" in first and "%j_0_log.out" in second
+    for script in (first, second):
+        assert f"-u -m submitit.core._submit {d / 'logs'}" in script and "#SBATCH --job-name=s" in script
+
+
+def test_sbatch_parameters_of_a_slurm_config():
+    from gruv_hpc.config import SlurmConfig
+    from gruv_hpc.sweep.slurm import sbatch_parameters, sbatch_script
+    cfg = SlurmConfig(partition="gpu", account="proj", time_min=90, nodes=2, gpus_per_node=4, tasks_per_node=4,
+                      cpus_per_task=8, mem_gb=1.5, array_parallelism=3, signal_delay_s=60,
+                      setup=["module load cuda"], additional={"exclude": "node7"})
+    p = sbatch_parameters(cfg, "grid")
+    assert p == dict(job_name="grid", time=90, nodes=2, ntasks_per_node=4, cpus_per_task=8, mem="1536MB",
+                     array_parallelism=3, signal_delay_s=60, setup=["module load cuda"],
+                     additional_parameters={"requeue": True, "exclude": "node7"}, gpus_per_node=4, partition="gpu",
+                     account="proj")
+    lines = sbatch_script(p, "/x/logs", 10).splitlines()
+    for want in ("#SBATCH --array=0-9%3", "#SBATCH --gpus-per-node=4", "#SBATCH --mem=1536MB", "#SBATCH --nodes=2",
+                 "#SBATCH --ntasks-per-node=4", "#SBATCH --partition=gpu", "#SBATCH --account=proj", "#SBATCH --requeue",
+                 "#SBATCH --exclude=node7", "#SBATCH --signal=USR2@60", "#SBATCH --time=90", "module load cuda"):
+        assert want in lines, want
+    p = sbatch_parameters(SlurmConfig(requeue=False), "grid")
+    assert p["additional_parameters"] == {} and not {"gpus_per_node", "partition", "account", "qos", "constraint"} & set(p)
+    assert "#SBATCH --requeue" not in sbatch_script(p, "/x/logs", 1)

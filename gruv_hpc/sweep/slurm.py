@@ -1,4 +1,5 @@
-"""Talking to Slurm: pure parsers of its commands' output, and the thin calls that produce it.
+"""Talking to Slurm: pure parsers of its commands' output, the thin calls that produce it, and
+the sbatch parameters of a sweep's jobs.
 
 The parsers take the text and return data; tests feed them recorded output
 (tests/test_slurm_parsers.py). The calls are one per question, whatever the size of the sweep,
@@ -6,9 +7,14 @@ and answer "nothing known" rather than fail where Slurm is missing or slow.
 """
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import SlurmConfig
 
 # Slurm job states in which a job may still run (or run again): its run must not be resubmitted.
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "REQUEUE_HOLD",
@@ -125,3 +131,36 @@ def job_states(job_ids: list[str]) -> dict[str, JobInfo]:
 def scancel(job_ids: list[str]) -> None:
     if job_ids:
         subprocess.run(["scancel", *job_ids], check=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# sbatch parameters: the real submission and --dry-run both take them from here
+
+def sbatch_parameters(cfg: SlurmConfig, job_name: str) -> dict:
+    """A SlurmConfig as submitit.SlurmExecutor parameters (sbatch options, by submitit's names)."""
+    params = dict(job_name=job_name, time=cfg.time_min, nodes=cfg.nodes, ntasks_per_node=cfg.tasks_per_node,
+                  cpus_per_task=cfg.cpus_per_task, mem=f"{int(cfg.mem_gb * 1024)}MB",
+                  array_parallelism=cfg.array_parallelism, signal_delay_s=cfg.signal_delay_s, setup=list(cfg.setup),
+                  additional_parameters={**({"requeue": True} if cfg.requeue else {}), **cfg.additional})
+    if cfg.gpus_per_node:
+        params["gpus_per_node"] = cfg.gpus_per_node
+    for k in ("partition", "account", "qos", "constraint"):
+        if getattr(cfg, k):
+            params[k] = getattr(cfg, k)
+    return params
+
+
+def sbatch_script(params: dict, folder: Path, n_jobs: int) -> str:
+    """The script submitit's SlurmExecutor(folder) with ``params`` sends to sbatch for ``n_jobs``
+    jobs submitted in one ``executor.batch()``: a job array, or a plain job when n_jobs is 1.
+
+    submitit has no public way to render it without submitting, and its SlurmExecutor cannot
+    even be built where srun is missing (a dry run on a laptop). So this calls its private
+    _make_sbatch_string with what SlurmExecutor passes it (its _submitit_command_str, and
+    map_count for an array); tests/test_sweep.py checks the result against the file a real
+    submission saved."""
+    from submitit.slurm.slurm import _make_sbatch_string
+    folder = Path(folder).expanduser().absolute()
+    command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
+    array = {"map_count": n_jobs} if n_jobs > 1 else {}
+    return _make_sbatch_string(command=command, folder=folder, **params, **array)

@@ -6,7 +6,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -30,40 +29,13 @@ def executor_kind(executor: str) -> str:
     return executor
 
 
-def _executor(kind: str, paths: SweepPaths, cfg: SlurmConfig, name: str):
+def _local_executor(kind: str, paths: SweepPaths, cfg: SlurmConfig):
     import submitit
-    if kind == "slurm":
-        ex = submitit.SlurmExecutor(folder=paths.logs, max_num_timeout=cfg.max_num_timeout)
-        params = dict(job_name=name, time=cfg.time_min, nodes=cfg.nodes, ntasks_per_node=cfg.tasks_per_node,
-                      cpus_per_task=cfg.cpus_per_task, mem=f"{int(cfg.mem_gb * 1024)}MB",
-                      array_parallelism=cfg.array_parallelism, signal_delay_s=cfg.signal_delay_s,
-                      setup=list(cfg.setup), additional_parameters={**({"requeue": True} if cfg.requeue else {}),
-                                                                    **cfg.additional})
-        if cfg.gpus_per_node:
-            params["gpus_per_node"] = cfg.gpus_per_node
-        for k in ("partition", "account", "qos", "constraint"):
-            if getattr(cfg, k):
-                params[k] = getattr(cfg, k)
-        ex.update_parameters(**params)
-        return ex
-    if kind == "local":
-        ex = submitit.LocalExecutor(folder=paths.logs, max_num_timeout=cfg.max_num_timeout)
-        ex.update_parameters(timeout_min=cfg.time_min, tasks_per_node=1, gpus_per_node=0)
-        return ex
-    return submitit.DebugExecutor(folder=paths.logs)
-
-
-def sbatch_preview(sweep: Sweep, paths: SweepPaths) -> str:
-    from submitit.slurm.slurm import _make_sbatch_string
-    s = sweep.slurm
-    kw = dict(job_name=sweep.path.stem, time=s.time_min, nodes=s.nodes, ntasks_per_node=s.tasks_per_node,
-              cpus_per_task=s.cpus_per_task, mem=f"{int(s.mem_gb * 1024)}MB", array_parallelism=s.array_parallelism,
-              signal_delay_s=s.signal_delay_s, setup=list(s.setup), map_count=len(sweep.runs),
-              additional_parameters={**({"requeue": True} if s.requeue else {}), **s.additional},
-              gpus_per_node=s.gpus_per_node or None, partition=s.partition, account=s.account, qos=s.qos,
-              constraint=s.constraint)
-    return _make_sbatch_string(command=f"{sys.executable} -u -m submitit.core._submit {paths.logs}",
-                               folder=paths.logs, **kw)
+    if kind == "debug":
+        return submitit.DebugExecutor(folder=paths.logs)
+    ex = submitit.LocalExecutor(folder=paths.logs, max_num_timeout=cfg.max_num_timeout)
+    ex.update_parameters(timeout_min=cfg.time_min, tasks_per_node=1, gpus_per_node=0)
+    return ex
 
 
 def plan(sweep: Sweep, state: SweepState) -> tuple[list[Run], dict[str, str]]:
@@ -88,6 +60,12 @@ def plan(sweep: Sweep, state: SweepState) -> tuple[list[Run], dict[str, str]]:
     return todo, skipped
 
 
+def job_arrays(todo: list[Run]) -> list[list[Run]]:
+    """The runs of each Slurm job array: one array per MaxArraySize runs (task ids 0 .. MaxArraySize - 1)."""
+    limit = max(1, slurm.max_array_size())
+    return [todo[i:i + limit] for i in range(0, len(todo), limit)]
+
+
 def submit(sweep_file, sweep_dir, executor: str = "auto", dry_run: bool = False, overrides=(), max_parallel: int = 2,
            progress: bool = True, out=print) -> dict:
     """Validate, then submit what needs submitting. Returns {"submitted": [...], "skipped": {...}}."""
@@ -95,13 +73,7 @@ def submit(sweep_file, sweep_dir, executor: str = "auto", dry_run: bool = False,
     paths = SweepPaths(Path(sweep_dir).resolve())
     kind = executor_kind(executor)
     if dry_run:
-        if Path(sweep.data).exists():  # a dry run also works away from the data (e.g. on a laptop)
-            validate(sweep, paths.root, kind)
-        for run in sweep.runs:
-            out(f"{run.name}: {json.dumps(run.grid)}")
-        out(f"# {len(sweep.runs)} runs; the sbatch script of the job array:")
-        out(sbatch_preview(sweep, paths))
-        return {"submitted": [], "skipped": {}, "runs": [r.name for r in sweep.runs]}
+        return _dry_run(sweep, paths, kind, max_parallel, out)
     validate(sweep, paths.root, kind)
     with submit_lock(paths.root):
         state = load_state(paths.root)
@@ -122,7 +94,7 @@ def submit(sweep_file, sweep_dir, executor: str = "auto", dry_run: bool = False,
             out("nothing to submit")
             return {"submitted": [], "skipped": skipped, "executor": kind}
         if kind == "slurm":
-            jobs = _submit_slurm(todo, sweep, paths)
+            jobs = _submit_slurm(job_arrays(todo), sweep, paths)
             for run, job in zip(todo, jobs):
                 state.runs[run.name].jobs.append(JobRecord(job.job_id, kind, time.time()))
                 sub["job_ids"].append(job.job_id)
@@ -134,15 +106,41 @@ def submit(sweep_file, sweep_dir, executor: str = "auto", dry_run: bool = False,
     return {"submitted": [r.name for r in todo], "skipped": skipped, "executor": kind}
 
 
-def _submit_slurm(todo: list[Run], sweep: Sweep, paths: SweepPaths):
+def _dry_run(sweep: Sweep, paths: SweepPaths, kind: str, max_parallel: int, out) -> dict:
+    """What submit() would do, down to the sbatch scripts; changes nothing."""
+    if Path(sweep.data).exists():  # a dry run also works away from the data (e.g. on a laptop)
+        validate(sweep, paths.root, kind)
+    todo, skipped = plan(sweep, load_state(paths.root))
+    for run in sweep.runs:
+        out(f"{run.name}: {json.dumps(run.grid)}")
+    for name, why in skipped.items():
+        out(f"skip {name}: {why}")
+    scripts = []
+    if kind == "slurm" and todo:
+        params = slurm.sbatch_parameters(sweep.slurm, sweep.path.stem)
+        arrays = job_arrays(todo)
+        for i, runs in enumerate(arrays):
+            scripts.append(slurm.sbatch_script(params, paths.logs, len(runs)))
+            out(f"# sbatch script {i + 1} of {len(arrays)}: {len(runs)} run(s), {runs[0].name} .. {runs[-1].name}")
+            out(scripts[-1])
+    elif todo:
+        out(f"# {len(todo)} run(s) for the {kind} executor, at most {max_parallel} at a time; no sbatch script")
+    else:
+        out("nothing to submit")
+    return {"submitted": [], "skipped": skipped, "runs": [r.name for r in sweep.runs], "todo": [r.name for r in todo],
+            "executor": kind, "scripts": scripts}
+
+
+def _submit_slurm(arrays: list[list[Run]], sweep: Sweep, paths: SweepPaths):
+    import submitit
+
     from ..launcher import TrainJob
+    ex = submitit.SlurmExecutor(folder=paths.logs, max_num_timeout=sweep.slurm.max_num_timeout)
+    ex.update_parameters(**slurm.sbatch_parameters(sweep.slurm, sweep.path.stem))
     jobs = []
-    limit = max(1, slurm.max_array_size())  # task indices 0 .. MaxArraySize - 1
-    for i in range(0, len(todo), limit):
-        chunk = todo[i:i + limit]
-        ex = _executor("slurm", paths, sweep.slurm, sweep.path.stem)
+    for runs in arrays:
         with ex.batch():  # one sbatch call per array
-            for run in chunk:
+            for run in runs:
                 jobs.append(ex.submit(TrainJob(str(paths.run(run.name).root), run.config)))
     return jobs
 
@@ -153,7 +151,7 @@ def _run_locally(todo, sweep, paths, kind, state, sub, max_parallel, progress, o
 
     from ..launcher import TrainJob
     threads = max(1, (os.cpu_count() or 1) // max(1, max_parallel))
-    ex = _executor(kind, paths, sweep.slurm, sweep.path.stem)
+    ex = _local_executor(kind, paths, sweep.slurm)
     pending, running, failed = list(todo), [], []
     bar = tqdm(total=len(todo), unit="run", desc="sweep", disable=not progress)
     while pending or running:
