@@ -1,4 +1,5 @@
 """Sweeps without a cluster: the sweep file, validation, the state file, planning, status, dry runs."""
+import json
 import subprocess
 import sys
 import time
@@ -7,8 +8,9 @@ import pytest
 
 
 from gruv_hpc import sweep
-from gruv_hpc.errors import ConfigError, DatasetError
+from gruv_hpc.errors import ConfigError, DatasetError, GruvError
 from gruv_hpc.sweep import JobRecord, RunRecord
+from gruv_hpc.sweep.slurm import JobInfo
 
 from conftest import write_sweep
 
@@ -136,3 +138,73 @@ def test_sbatch_parameters_of_a_slurm_config():
     p = sbatch_parameters(SlurmConfig(requeue=False), "grid")
     assert p["additional_parameters"] == {} and not {"gpus_per_node", "partition", "account", "qos", "constraint"} & set(p)
     assert "#SBATCH --requeue" not in sbatch_script(p, "/x/logs", 1)
+
+
+def test_sweep_file_top_level_keys(tmp_path):
+    f = tmp_path / "s.toml"
+    f.write_text('name = "paper"\ndata = "d"\n[grid]\ncell = ["lstm"]\n')
+    with pytest.raises(ConfigError, match=r"unknown top-level key\(s\) name; valid: data, train, grid, slurm$"):
+        sweep.load_sweep(f)
+    f.write_text('data = "d"\n[grid]\ncell = ["lstm", "gru"]\n')
+    assert [r.name for r in sweep.load_sweep(f).runs] == ["lstm", "gru"]
+
+
+# sweep.json as the code before the sweep package wrote it: it must still load.
+OLD_STATE = {"version": 1, "runs": {
+    "lstm": {"config": {"cell": "lstm", "epochs": 2}, "grid": {"cell": "lstm"},
+             "jobs": [{"job_id": "41_0", "executor": "slurm", "submitted": 1.5}], "run_dir": "/old/runs/lstm"},
+    "gru": {"config": {"cell": "gru", "epochs": 2}, "grid": {"cell": "gru"},
+            "jobs": [{"job_id": "4242", "executor": "local", "submitted": 2.5, "pid": 4242},
+                     {"job_id": "DEBUG_1", "executor": "debug", "submitted": 3.5, "pid": None}], "run_dir": "/old/runs/gru"}},
+    "submissions": [{"time": 1.0, "executor": "slurm", "runs": ["lstm"], "job_ids": ["41_0"], "overrides": [],
+                     "file": "s.toml", "file_sha256": "ab"}],
+    "slurm": {"partition": None, "time_min": 10}}
+
+
+def test_state_file_round_trip(tmp_path):
+    (tmp_path / "sweep.json").write_text(json.dumps(OLD_STATE))
+    state = sweep.load_state(tmp_path)
+    assert state.runs["lstm"].job == JobRecord("41_0", "slurm", 1.5)
+    assert [j.pid for j in state.runs["gru"].jobs] == [4242, None]
+    assert state.run_paths("gru").root.as_posix() == "/old/runs/gru" and state.submissions == OLD_STATE["submissions"]
+    state.save()
+    again = json.loads((tmp_path / "sweep.json").read_text())
+    OLD_STATE["runs"]["gru"]["jobs"][1].pop("pid")  # a job without a pid is written without the key
+    assert again == OLD_STATE
+    assert sweep.load_state(tmp_path / "none").runs == {}  # nothing submitted yet
+
+
+@pytest.mark.parametrize("text", ['{"version": 1, "runs": {"a": {"con', "", '{"runs": []}', '{"runs": {"a": {}}}', "[1]"])
+def test_corrupt_state_file_is_named(tmp_path, text):
+    (tmp_path / "sweep.json").write_text(text)
+    with pytest.raises(GruvError, match=str(tmp_path / "sweep.json")):
+        sweep.load_state(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "gruv_hpc.cli", "sweep", "status", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and f"{tmp_path / 'sweep.json'}" in r.stderr
+
+
+def test_wait_asks_slurm_once_per_poll(tmp_path, monkeypatch):
+    f = write_sweep(tmp_path / "s.toml", tmp_path / "nodata", {"epochs": 1}, {"cell": ["lstm"]})
+    _record(sweep.load_sweep(f), tmp_path / "sw", lambda r: JobRecord("7_0", "slurm", time.time()))
+    answers = [{"7_0": JobInfo("PENDING")}, {"7_0": JobInfo("RUNNING")}, {"7_0": JobInfo("CANCELLED", 0, "0:0")}]
+    calls = []
+    monkeypatch.setattr(sweep.slurm, "job_states", lambda ids: calls.append(ids) or answers[len(calls) - 1])
+    rows = sweep.wait(tmp_path / "sw", poll_s=0, progress=False)
+    assert rows[0]["state"] == "CANCELLED" and calls == [["7_0"]] * 3
+    calls.clear()
+    answers[0] = answers[2]
+    sweep.wait(tmp_path / "sw", poll_s=0, progress=False)
+    assert len(calls) == 1  # an ended sweep: one status, one sacct call
+
+
+def test_format_status():
+    rows = [dict(name="aurora-lstm-h8", state="RUNNING", job_id="41_0", epoch=3, epochs=10, train_loss=0.5, dev_loss=0.25,
+                 best_dev_loss=0.2, ckpt_age_s=30.0, requeues=1, error=None),
+            dict(name="aurora-gru-h8", state="FAILED", job_id="41_1", epoch=0, epochs=10, train_loss=None, dev_loss=None,
+                 best_dev_loss=None, ckpt_age_s=7300.0, requeues=0, error="Traceback\nValueError: bad")]
+    text = sweep.format_status(rows)
+    lines = text.splitlines()
+    assert lines[0].split() == ["run", "state", "job", "epoch", "train", "dev", "best", "dev", "ckpt", "age", "requeues"]
+    assert lines[1].split() == ["aurora-lstm-h8", "RUNNING", "41_0", "3/10", "0.5000", "0.2500", "0.2000", "30s", "1"]
+    assert lines[2].split() == ["aurora-gru-h8", "FAILED", "41_1", "0/10", "-", "-", "-", "2.0h", "0"]
+    assert lines[3:5] == ["    | Traceback", "    | ValueError: bad"] and lines[-1] == "1 FAILED, 1 RUNNING"

@@ -22,6 +22,8 @@ from pathlib import Path
 from ..config import SlurmConfig, TrainConfig, build, check_keys, parse_overrides, read_file, resolve, to_dict
 from ..errors import ConfigError, GruvError
 
+TOP_KEYS = ("data", "train", "grid", "slurm")
+
 
 @dataclass
 class Run:
@@ -39,8 +41,6 @@ class Sweep:
     path: Path
     text: str
     data: str
-    train: dict
-    grid: dict
     slurm: SlurmConfig
     runs: list[Run]
 
@@ -61,9 +61,9 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     path = Path(path)
     raw = read_file(path)
     text = path.read_text()
-    unknown = set(raw) - {"data", "train", "grid", "slurm", "name"}
+    unknown = set(raw) - set(TOP_KEYS)
     if unknown:
-        raise ConfigError(f"{path}: unknown top-level key(s) {', '.join(sorted(unknown))}; valid: data, train, grid, slurm")
+        raise ConfigError(f"{path}: unknown top-level key(s) {', '.join(sorted(unknown))}; valid: {', '.join(TOP_KEYS)}")
     data, train, grid, slurm = raw.get("data", ""), dict(raw.get("train", {})), dict(raw.get("grid", {})), dict(raw.get("slurm", {}))
     check_keys(TrainConfig, train, f"{path} [train]")
     check_keys(TrainConfig, grid, f"{path} [grid]")
@@ -99,7 +99,7 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
             raise ConfigError(f"{path}: grid points {seen[name]} and {point} both get the run name {name!r}")
         seen[name] = point
         runs.append(Run(name, point, to_dict(cfg)))
-    return Sweep(path, text, data, train, grid, scfg, runs)
+    return Sweep(path, text, data, scfg, runs)
 
 
 def validate(sweep: Sweep, sweep_dir: Path, executor: str) -> None:

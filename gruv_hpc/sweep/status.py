@@ -144,7 +144,6 @@ def wait(sweep_dir, poll_s: float = 5.0, progress: bool = True, timeout_s: float
     rows = status(sweep_dir)
     bar = tqdm(total=len(rows), unit="run", desc="waiting", disable=not progress)
     while True:
-        rows = status(sweep_dir)
         finished = sum(r["state"] not in ACTIVE for r in rows)
         bar.n = finished
         bar.set_postfix(running=sum(r["state"] == "RUNNING" for r in rows))
@@ -153,3 +152,4 @@ def wait(sweep_dir, poll_s: float = 5.0, progress: bool = True, timeout_s: float
             bar.close()
             return rows
         time.sleep(poll_s)
+        rows = status(sweep_dir)
