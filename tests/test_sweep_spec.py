@@ -208,3 +208,21 @@ def test_format_status():
     assert lines[1].split() == ["aurora-lstm-h8", "RUNNING", "41_0", "3/10", "0.5000", "0.2500", "0.2000", "30s", "1"]
     assert lines[2].split() == ["aurora-gru-h8", "FAILED", "41_1", "0/10", "-", "-", "-", "2.0h", "0"]
     assert lines[3:5] == ["    | Traceback", "    | ValueError: bad"] and lines[-1] == "1 FAILED, 1 RUNNING"
+
+
+def test_local_job_liveness():
+    """A local job lives while its process does: not once it is a zombie, and already while it is
+    still in exec (its /proc cmdline is empty for a moment: status right after a submission)."""
+    from gruv_hpc.sweep.status import job_state
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    for _ in range(30):
+        p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "submitit"])
+        try:
+            assert job_state(JobRecord(str(p.pid), "local", 0.0, p.pid), {}) == "RUNNING"
+        finally:
+            p.kill()
+            p.wait()
+    time.sleep(0.5)  # it has exited, and nobody has waited for it
+    assert job_state(JobRecord(str(zombie.pid), "local", 0.0, zombie.pid), {}) is None
+    zombie.wait()
+    assert job_state(JobRecord("1", "local", 0.0, None), {}) is None and job_state(None, {}) is None

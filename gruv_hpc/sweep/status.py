@@ -26,6 +26,7 @@ def job_state(job: JobRecord | None, infos: dict[str, slurm.JobInfo]) -> str | N
 
 
 def run_state(paths: RunPaths, job: JobRecord | None, infos: dict[str, slurm.JobInfo]) -> str:
+    """A run's state: done.json says COMPLETED, else its last job's state, else its error marker."""
     if paths.done.exists():
         return "COMPLETED"
     st = job_state(job, infos)
@@ -45,9 +46,13 @@ def _pid_alive(pid: int | None) -> bool:
         os.kill(pid, 0)
     except OSError:
         return False
-    try:  # a zombie or a recycled pid is not our job
-        return "submitit" in Path(f"/proc/{pid}/cmdline").read_text()
-    except OSError:
+    proc = Path(f"/proc/{pid}")
+    try:
+        cmdline = (proc / "cmdline").read_bytes()
+        if not cmdline:  # a zombie, or a process caught in exec (its new argv not set yet)
+            return (proc / "stat").read_text().rpartition(")")[2].split()[0] != "Z"
+        return b"submitit" in cmdline  # a recycled pid is not our job
+    except (OSError, IndexError):
         return True
 
 
