@@ -15,11 +15,7 @@ step "1/4 synthetic corpus"
 step "2/4 preprocess (paper features: 44.1 kHz, 0.25 s blocks, [Re|Im] of the DFT)"
 [ -f "$OUT/data/manifest.json" ] || gruv preprocess aurora="$OUT/corpus/aurora" circuit="$OUT/corpus/circuit" --out "$OUT/data"
 step "3/4 sweep: jobs/demo.toml (executor: $EXECUTOR)"
-gruv sweep submit jobs/demo.toml --out "$OUT/sweep" --executor "$EXECUTOR" data="$OUT/data"
-if [ "$(python3 -c "import json,sys; s=json.load(open('$OUT/sweep/sweep.json')); print(s['submissions'][-1]['executor'])")" = slurm ]; then
-  gruv sweep wait "$OUT/sweep"
-fi
-gruv sweep status "$OUT/sweep"
+gruv sweep submit jobs/demo.toml --out "$OUT/sweep" --executor "$EXECUTOR" --wait data="$OUT/data"
 step "4/4 analysis"
 gruv analyze "$OUT/sweep" --out "$OUT/report"
 echo

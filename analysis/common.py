@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gruv_hpc.paths import RunPaths, read_jsonl
-from gruv_hpc.sweep import status
+from gruv_hpc.sweep import load_state, status
 
 
 @dataclass
@@ -43,14 +42,11 @@ class RunInfo:
 
 
 def load_runs(sweep_dir) -> list[RunInfo]:
-    sweep_dir = Path(sweep_dir)
-    state = json.loads((sweep_dir / "sweep.json").read_text())
+    state = load_state(sweep_dir)
     runs = []
     for row in status(sweep_dir):
-        r = state["runs"][row["name"]]
-        paths = RunPaths(r.get("run_dir") or sweep_dir / "runs" / row["name"])
-        runs.append(RunInfo(row["name"], row["state"], r["config"], r.get("grid", {}), paths, read_jsonl(paths.metrics),
-                            row.get("error")))
+        r, paths = state.runs[row["name"]], state.run_paths(row["name"])
+        runs.append(RunInfo(row["name"], row["state"], r.config, r.grid, paths, read_jsonl(paths.metrics), row.get("error")))
     return runs
 
 

@@ -22,7 +22,7 @@ def sh(*cmd) -> str:
 
 def main():
     from gruv_hpc import sweep
-    from gruv_hpc.paths import RunPaths
+    from gruv_hpc.paths import SweepPaths
     from gruv_hpc.preprocess import PreprocessConfig, parse_sources, preprocess
     from gruv_hpc.synth import make_corpus
     if not sweep.slurm_available():
@@ -54,9 +54,9 @@ signal_delay_s = 30
                         "--executor", "slurm", "--quiet"], capture_output=True, text=True)
     t_submit = time.perf_counter() - t
     assert r.returncode == 0, r.stderr
-    state = json.loads((work / "sw" / "sweep.json").read_text())
-    arrays = {j["jobs"][-1]["job_id"].split("_")[0] for j in state["runs"].values()}
-    print(f"1. validate + submit {len(state['runs'])} runs: {t_submit:.2f} s (wall, whole command) as {len(arrays)} job array(s)")
+    state = sweep.load_state(work / "sw")
+    arrays = {r.job.job_id.split("_")[0] for r in state.runs.values()}
+    print(f"1. validate + submit {len(state.runs)} runs: {t_submit:.2f} s (wall, whole command) as {len(arrays)} job array(s)")
     t = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "gruv_hpc.cli", "sweep", "status", str(work / "sw"), "--json"],
                        capture_output=True, text=True, check=True)
@@ -70,15 +70,15 @@ signal_delay_s = 30
     r = subprocess.run([sys.executable, "-m", "gruv_hpc.cli", "sweep", "submit", str(grid), "--out", str(work / "one"),
                         "--executor", "slurm", "--quiet", "cell=lstm", "hidden=4", "seed=0"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    state = json.loads((work / "one" / "sweep.json").read_text())
-    name = next(iter(state["runs"]))
-    jid = state["runs"][name]["jobs"][-1]["job_id"]
-    run = RunPaths(work / "one" / "runs" / name)
+    state = sweep.load_state(work / "one")
+    name = next(iter(state.runs))
+    jid = state.runs[name].job.job_id
+    run = state.run_paths(name)
     for _ in range(1200):
         if run.step_ckpts():
             break
         time.sleep(0.05)
-    log = work / "one" / "logs" / f"{jid}_0_log.out"
+    log = SweepPaths(work / "one").logs / f"{jid}_0_log.out"
     before = log.read_text().count("resumed from") if log.exists() else 0
     t = time.perf_counter()
     subprocess.run(["scancel", "--signal=USR2", jid])  # (exits non-zero for array tasks, yet signals them)

@@ -84,10 +84,11 @@ def _sweep(a) -> int:
     if a.sweep_cmd == "submit":
         sweep.submit(a.sweep_file, a.out, executor=a.executor, dry_run=a.dry_run, overrides=a.overrides,
                      max_parallel=a.max_parallel, progress=not a.quiet)
-        if not a.dry_run:
-            rows = sweep.status(a.out)
-            print(sweep.format_status(rows))
-        return 0
+        if a.dry_run:
+            return 0
+        rows = sweep.wait(a.out, progress=not a.quiet) if a.wait else sweep.status(a.out)
+        print(sweep.format_status(rows))
+        return 0 if not a.wait or all(r["state"] == "COMPLETED" for r in rows) else 1
     if a.sweep_cmd == "status":
         while True:
             rows = sweep.status(a.sweep_dir)
@@ -112,10 +113,11 @@ def _sweep(a) -> int:
 def _tensorboard(a) -> int:
     import shutil
     import subprocess
-    runs = Path(a.sweep_dir) / "runs"
+    from .paths import RunPaths, SweepPaths
+    runs = SweepPaths(a.sweep_dir).runs
     if not runs.is_dir():
-        raise ConfigError(f"{a.sweep_dir}: no runs/ directory; is it a sweep directory?")
-    spec = ",".join(f"{d.name}:{d / 'tb'}" for d in sorted(runs.iterdir()) if (d / "tb").is_dir())
+        raise ConfigError(f"{a.sweep_dir}: no {runs.name}/ directory; is it a sweep directory?")
+    spec = ",".join(f"{d.name}:{RunPaths(d).tb}" for d in sorted(runs.iterdir()) if RunPaths(d).tb.is_dir())
     exe = shutil.which("tensorboard") or "tensorboard"
     cmd = [exe, "--logdir_spec", spec, "--host", a.host, "--port", str(a.port)]
     print(" ".join(cmd), flush=True)
@@ -197,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     s1.add_argument("--executor", choices=["auto", "slurm", "local", "debug"], default="auto")
     s1.add_argument("--dry-run", action="store_true", help="print the runs and the sbatch script; submit nothing")
     s1.add_argument("--max-parallel", type=int, default=2, help="local executor: runs at a time")
+    s1.add_argument("--wait", action="store_true", help="then wait until every run has ended, as `gruv sweep wait` "
+                    "(local runs have ended when submit returns); exit 1 unless all completed")
     s1.add_argument("--quiet", action="store_true")
     s1.add_argument("overrides", nargs="*", metavar="key=value", help="train keys, data=..., slurm.KEY=...")
     s2 = ssub.add_parser("status", help="one row per run")

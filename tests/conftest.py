@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny synthetic corpus and dataset (8 kHz, 64-sample blocks, 8-block clips)."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -61,3 +62,15 @@ def trained_run(data, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "lstm"
     main(tiny_config(data, epochs=3, hidden=12), run)
     return run
+
+
+def write_sweep(path: Path, data, train: dict, grid: dict, slurm: dict | None = None) -> Path:
+    """A sweep file with small Slurm resources (the local cluster has 2 cores)."""
+    def val(v):
+        return json.dumps(v)
+    lines = [f"data = {val(str(data))}", "[train]"] + [f"{k} = {val(v)}" for k, v in train.items()]
+    lines += ["[grid]"] + [f"{k} = {val(v)}" for k, v in grid.items()]
+    lines += ["[slurm]"] + [f"{k} = {val(v)}" for k, v in {"time_min": 10, "cpus_per_task": 1, "mem_gb": 1.0,
+                                                          "signal_delay_s": 30, **(slurm or {})}.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path

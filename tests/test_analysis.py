@@ -39,8 +39,9 @@ def demo(data, tmp_path_factory):
     f.write_text(DEMO.format(data=data))
     sw, rep = root / "sweep", root / "report"
     r = subprocess.run([sys.executable, "-m", "gruv_hpc.cli", "sweep", "submit", str(f), "--out", str(sw), "--executor", "local",
-                        "--max-parallel", "2", "--quiet"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+                        "--max-parallel", "2", "--quiet", "--wait"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr  # (--wait: 0 only if every run completed)
+    assert r.stdout.count("8 COMPLETED") == 1, r.stdout
     r = subprocess.run([sys.executable, "-m", "gruv_hpc.cli", "analyze", str(sw), "--out", str(rep), "--seed-seconds", "0.32"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

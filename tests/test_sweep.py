@@ -13,23 +13,14 @@ import torch
 
 from gruv_hpc import sweep
 from gruv_hpc.checkpoint import load_checkpoint
-from gruv_hpc.errors import ConfigError, DatasetError
-from gruv_hpc.paths import RunPaths, read_jsonl
+from gruv_hpc.errors import ConfigError
+from gruv_hpc.paths import RunPaths, SweepPaths, read_jsonl
+
+from conftest import write_sweep
 
 pytestmark = pytest.mark.slurm
 
 SMOKE = Path(__file__).parent.parent / "jobs" / "smoke.toml"
-
-
-def write_sweep(path: Path, data, train: dict, grid: dict, slurm: dict | None = None) -> Path:
-    def val(v):
-        return json.dumps(v)
-    lines = [f"data = {val(str(data))}", "[train]"] + [f"{k} = {val(v)}" for k, v in train.items()]
-    lines += ["[grid]"] + [f"{k} = {val(v)}" for k, v in grid.items()]
-    lines += ["[slurm]"] + [f"{k} = {val(v)}" for k, v in {"time_min": 10, "cpus_per_task": 1, "mem_gb": 1.0,
-                                                          "signal_delay_s": 30, **(slurm or {})}.items()]
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def job_of(sweep_dir, name):
@@ -75,30 +66,34 @@ def test_changed_config_is_refused(smoke, data):
         sweep.submit(SMOKE, d, executor="slurm", overrides=[f"data={data}", "lr=0.5"], out=lambda *a: None)
 
 
-def test_validation_before_queueing(data, tmp_path):
-    f = write_sweep(tmp_path / "s.toml", data, {"epochs": 1}, {"artists": [["aurora"], ["nobody"]]})
-    with pytest.raises(DatasetError, match="nobody"):
-        sweep.submit(f, tmp_path / "sw", executor="slurm")
-    f = write_sweep(tmp_path / "s.toml", data, {"epochs": 1, "hiden": 3}, {"cell": ["lstm"]})
-    with pytest.raises(ConfigError, match="hiden"):
-        sweep.submit(f, tmp_path / "sw", executor="slurm")
-    f = write_sweep(tmp_path / "s.toml", data, {"epochs": 1, "batch_size": 5}, {"cell": ["lstm"]}, {"tasks_per_node": 2})
-    with pytest.raises(ConfigError, match="divisible"):
-        sweep.submit(f, tmp_path / "sw", executor="slurm")
-    assert not (tmp_path / "sw" / "sweep.json").exists()
-
-
-def test_dry_run_prints_runs_and_sbatch(data, tmp_path, capsys):
-    f = write_sweep(tmp_path / "s.toml", data, {"epochs": 1}, {"cell": ["lstm", "gru"], "hidden": [4, 8]})
-    out = []
-    sweep.submit(f, tmp_path / "sw", dry_run=True, out=out.append)
-    text = "\n".join(out)
-    assert "lstm-h4" in text and "gru-h8" in text and "#SBATCH --array=0-3" in text and "#SBATCH --signal=USR2@30" in text
-    assert not (tmp_path / "sw" / "sweep.json").exists()
+def test_dry_run_prints_the_scripts_that_are_submitted(data, tmp_path, monkeypatch):
+    """--dry-run renders the sbatch scripts without submitting; they must be the very files
+    submitit then writes and sends (one job array of 2 runs and one plain job here)."""
+    monkeypatch.setattr(sweep.slurm, "max_array_size", lambda: 2)
+    f = write_sweep(tmp_path / "s.toml", data, {"epochs": 1, "workers": 0, "gen_seconds": 0.0}, {"hidden": [2, 3, 4]},
+                    {"setup": ["echo set up"]})
+    f.write_text(f.read_text() + 'additional = {comment = "dry run"}\n')  # (last table: [slurm])
+    d = tmp_path / "sw"
+    printed = []
+    dry = sweep.submit(f, d, executor="slurm", dry_run=True, out=printed.append)
+    assert len(dry["scripts"]) == 2 and not (d / "sweep.json").exists()
+    res = sweep.submit(f, d, executor="slurm", out=lambda *a: None)
+    try:
+        assert res["submitted"] == dry["todo"] == ["h2", "h3", "h4"]
+        bases = list(dict.fromkeys(job_of(d, n).split("_")[0] for n in res["submitted"]))
+        sent = [(SweepPaths(d).logs / f"{b}_submission.sh").read_text() for b in bases]
+        assert sent == dry["scripts"]
+        assert "#SBATCH --array=0-1%2" in sent[0] and "--array" not in sent[1]
+        for script in sent:
+            assert script in "\n".join(printed)
+        again = sweep.submit(f, d, executor="slurm", dry_run=True, out=lambda *a: None)  # nothing left to do
+        assert again["scripts"] == [] and set(again["skipped"]) == {"h2", "h3", "h4"}
+    finally:
+        sweep.cancel(d, out=lambda *a: None)
 
 
 def test_grid_larger_than_max_array_size_is_split(data, tmp_path, monkeypatch):
-    monkeypatch.setattr(sweep, "max_array_size", lambda: 3)
+    monkeypatch.setattr(sweep.slurm, "max_array_size", lambda: 3)
     f = write_sweep(tmp_path / "s.toml", data, {"epochs": 1, "workers": 0, "gen_seconds": 0.0}, {"hidden": [2, 3, 4, 5]})
     d = tmp_path / "sw"
     res = sweep.submit(f, d, executor="slurm", out=lambda *a: None)

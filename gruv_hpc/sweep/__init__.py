@@ -1,0 +1,19 @@
+"""Grid sweeps: a sweep file expanded into runs, submitted as Slurm job arrays (or run locally),
+then status, cancel and wait. No module here imports torch: ``gruv sweep status`` starts fast.
+
+- ``spec``: the sweep file (runs and their names) and its validation before anything is queued;
+- ``state``: SWEEP_DIR/sweep.json (typed records, atomic writes) and the submit lock;
+- ``slurm``: parsers of sacct/squeue/scontrol output and the calls that produce it;
+- ``submit``: which runs need a job, and their submission through submitit;
+- ``status``: one row per run, cancel, wait.
+
+SWEEP_DIR's layout is ``gruv_hpc.paths.SweepPaths``.
+"""
+from .slurm import ACTIVE, slurm_available
+from .spec import Run, Sweep, load_sweep, validate
+from .state import JobRecord, RunRecord, SweepState, load_state
+from .status import cancel, format_status, status, wait
+from .submit import plan, submit
+
+__all__ = ["ACTIVE", "JobRecord", "Run", "RunRecord", "Sweep", "SweepState", "cancel", "format_status", "load_state",
+           "load_sweep", "plan", "slurm_available", "status", "submit", "validate", "wait"]

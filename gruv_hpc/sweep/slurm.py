@@ -1,0 +1,166 @@
+"""Talking to Slurm: pure parsers of its commands' output, the thin calls that produce it, and
+the sbatch parameters of a sweep's jobs.
+
+The parsers take the text and return data; tests feed them recorded output
+(tests/test_slurm_parsers.py). The calls are one per question, whatever the size of the sweep,
+and answer "nothing known" rather than fail where Slurm is missing or slow.
+"""
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import SlurmConfig
+
+# Slurm job states in which a job may still run (or run again): its run must not be resubmitted.
+ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "REQUEUE_HOLD",
+          "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "STOPPED"}
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    state: str  # COMPLETED, CANCELLED, RUNNING ... ("CANCELLED by 0" is CANCELLED)
+    requeues: int = 0  # REQUEUED rows before the current one
+    exit_code: str = ""  # "0:0", "1:0", "0:15" ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsers
+
+def expand_array_id(jid: str) -> list[str]:
+    """'123_[0-3,7%2]' -> ['123_0', ..., '123_3', '123_7'] (the pending tasks of an array, as sacct
+    and squeue show them); any other id is returned as is."""
+    if "_[" not in jid:
+        return [jid]
+    base, rng = jid.split("_[", 1)
+    rng = rng.rstrip("]").split("%")[0]
+    out = []
+    for part in rng.split(","):
+        a, _, b = part.partition("-")
+        out.extend(f"{base}_{i}" for i in range(int(a), int(b or a) + 1))
+    return out
+
+
+def parse_sacct(stdout: str) -> dict[str, JobInfo]:
+    """``sacct -n -P -X --duplicates -o JobID,State,ExitCode`` -> {job_id: JobInfo}.
+
+    With --duplicates a requeued job has one row per start, oldest first, each but the last in
+    state REQUEUED: the last row is the current state, the others count the requeues."""
+    res: dict[str, JobInfo] = {}
+    for line in stdout.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) < 3 or not parts[0]:
+            continue
+        state = (parts[1].split() or ["UNKNOWN"])[0]
+        for j in expand_array_id(parts[0]):
+            before = res[j].requeues if j in res else 0
+            res[j] = JobInfo(state, before + (state == "REQUEUED"), parts[2])
+    return res
+
+
+def parse_squeue(stdout: str) -> dict[str, str]:
+    """``squeue -h -o '%i|%T'`` -> {job_id: state}."""
+    res = {}
+    for line in stdout.splitlines():
+        jid, sep, state = line.strip().partition("|")
+        if sep and jid:
+            for j in expand_array_id(jid):
+                res[j] = state.strip()
+    return res
+
+
+def parse_max_array_size(config_text: str) -> int | None:
+    """MaxArraySize from ``scontrol show config`` (None if it is not there)."""
+    for line in config_text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() == "MaxArraySize":
+            try:
+                return int(value.strip())
+            except ValueError:
+                return None
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Calls
+
+def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess | None:
+    if not shutil.which(cmd[0]):
+        return None
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def slurm_available() -> bool:
+    if not shutil.which("sbatch"):
+        return False
+    r = _run(["sinfo", "-h", "-o", "%P"], timeout=10)
+    return r is not None and r.returncode == 0
+
+
+def max_array_size() -> int:
+    r = _run(["scontrol", "show", "config"], timeout=10)
+    n = parse_max_array_size(r.stdout) if r else None
+    return 1001 if n is None else n  # Slurm's default
+
+
+def job_states(job_ids: list[str]) -> dict[str, JobInfo]:
+    """{job_id: JobInfo} from a single sacct call; jobs it does not know yet come from squeue."""
+    if not job_ids:
+        return {}
+    r = _run(["sacct", "-n", "-P", "-X", "--duplicates", "-j", ",".join(sorted({j.split("_")[0] for j in job_ids})),
+              "-o", "JobID,State,ExitCode"], timeout=30)
+    if r is None:
+        return {}
+    res = parse_sacct(r.stdout) if r.returncode == 0 else {}
+    missing = sorted({j.split("_")[0] for j in job_ids if j not in res})
+    if missing:
+        # Just-submitted jobs can take a moment to reach the accounting database.
+        q = _run(["squeue", "-h", "-j", ",".join(missing), "-o", "%i|%T"], timeout=30)
+        for j, state in parse_squeue(q.stdout if q else "").items():
+            res.setdefault(j, JobInfo(state))
+    return res
+
+
+def scancel(job_ids: list[str]) -> None:
+    if job_ids:
+        subprocess.run(["scancel", *job_ids], check=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# sbatch parameters: the real submission and --dry-run both take them from here
+
+def sbatch_parameters(cfg: SlurmConfig, job_name: str) -> dict:
+    """A SlurmConfig as submitit.SlurmExecutor parameters (sbatch options, by submitit's names)."""
+    params = dict(job_name=job_name, time=cfg.time_min, nodes=cfg.nodes, ntasks_per_node=cfg.tasks_per_node,
+                  cpus_per_task=cfg.cpus_per_task, mem=f"{int(cfg.mem_gb * 1024)}MB",
+                  array_parallelism=cfg.array_parallelism, signal_delay_s=cfg.signal_delay_s, setup=list(cfg.setup),
+                  additional_parameters={**({"requeue": True} if cfg.requeue else {}), **cfg.additional})
+    if cfg.gpus_per_node:
+        params["gpus_per_node"] = cfg.gpus_per_node
+    for k in ("partition", "account", "qos", "constraint"):
+        if getattr(cfg, k):
+            params[k] = getattr(cfg, k)
+    return params
+
+
+def sbatch_script(params: dict, folder: Path, n_jobs: int) -> str:
+    """The script submitit's SlurmExecutor(folder) with ``params`` sends to sbatch for ``n_jobs``
+    jobs submitted in one ``executor.batch()``: a job array, or a plain job when n_jobs is 1.
+
+    submitit has no public way to render it without submitting, and its SlurmExecutor cannot
+    even be built where srun is missing (a dry run on a laptop). So this calls its private
+    _make_sbatch_string with what SlurmExecutor passes it (its _submitit_command_str, and
+    map_count for an array); tests/test_sweep.py checks the result against the file a real
+    submission saved."""
+    from submitit.slurm.slurm import _make_sbatch_string
+    folder = Path(folder).expanduser().absolute()
+    command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
+    array = {"map_count": n_jobs} if n_jobs > 1 else {}
+    return _make_sbatch_string(command=command, folder=folder, **params, **array)

@@ -1,0 +1,126 @@
+"""The sweep file: parsed, overridden from the command line, expanded into named runs, validated.
+
+A sweep file (TOML)::
+
+    data = "data/corpus"            # the dataset; overridable like any key (data=...)
+    [train]                         # base TrainConfig
+    epochs = 2000
+    [grid]                          # crossed; run names come from these values
+    artists = [["aurora"], ["circuit"]]
+    cell = ["lstm", "gru"]
+    hidden = [256, 512]
+    [slurm]                         # SlurmConfig
+    partition = "gpu"
+"""
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import SlurmConfig, TrainConfig, build, check_keys, parse_overrides, read_file, resolve, to_dict
+from ..errors import ConfigError, GruvError
+
+TOP_KEYS = ("data", "train", "grid", "slurm")
+
+
+@dataclass
+class Run:
+    name: str
+    grid: dict
+    config: dict  # resolved TrainConfig as a dict
+
+    @property
+    def cfg(self) -> TrainConfig:
+        return build(TrainConfig, self.config)
+
+
+@dataclass
+class Sweep:
+    path: Path
+    text: str
+    data: str
+    slurm: SlurmConfig
+    runs: list[Run]
+
+
+def _name_part(key: str, value) -> str:
+    short = {"hidden": "h", "layers": "l", "batch_size": "b", "lr": "lr", "seed": "s", "epochs": "e"}
+    if key == "artists":
+        return "+".join(value) if value else "all"
+    if key in ("cell", "optimizer", "transform"):
+        return str(value)
+    if key == "data":
+        return Path(value).name
+    return f"{short.get(key, key)}{value}"
+
+
+def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
+    """Parse, override, expand and type-check a sweep file (no dataset access yet)."""
+    path = Path(path)
+    raw = read_file(path)
+    text = path.read_text()
+    unknown = set(raw) - set(TOP_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level key(s) {', '.join(sorted(unknown))}; valid: {', '.join(TOP_KEYS)}")
+    data, train, grid, slurm = raw.get("data", ""), dict(raw.get("train", {})), dict(raw.get("grid", {})), dict(raw.get("slurm", {}))
+    check_keys(TrainConfig, train, f"{path} [train]")
+    check_keys(TrainConfig, grid, f"{path} [grid]")
+    check_keys(SlurmConfig, slurm, f"{path} [slurm]")
+    for k, v in grid.items():
+        if not isinstance(v, list) or not v:
+            raise ConfigError(f"{path} [grid] {k}: expected a non-empty list of values")
+    cli_train, cli_slurm = {}, {}
+    for k, v in parse_overrides(list(overrides)).items():
+        if k == "data":
+            data = v
+        elif k.startswith("slurm."):
+            cli_slurm[k[6:]] = v
+        else:
+            cli_train[k] = v
+    if not data:
+        raise ConfigError(f"{path}: no dataset: set data = \"DATA_DIR\" in the file or data=... on the command line")
+    data = str(Path(data).expanduser().resolve())
+    check_keys(TrainConfig, cli_train, "the command line")
+    for k in cli_train:
+        if k in grid:  # a command-line value pins a grid key (the run name keeps showing it)
+            grid[k] = grid[k][:1]
+    scfg = build(SlurmConfig, slurm, cli_slurm, source=f"{path} [slurm]")
+    runs, seen = [], {}
+    keys = list(grid)
+    for values in itertools.product(*(grid[k] for k in keys)):
+        point = dict(zip(keys, values))
+        values = {**train, "data": data, **point}
+        values["data"] = str(Path(values["data"]).expanduser().resolve())  # jobs run from another directory
+        cfg = build(TrainConfig, values, cli_train, source=str(path))
+        name = "-".join(_name_part(k, cfg.__dict__[k]) for k in keys).replace("/", "_") or "run"
+        if name in seen:
+            raise ConfigError(f"{path}: grid points {seen[name]} and {point} both get the run name {name!r}")
+        seen[name] = point
+        runs.append(Run(name, point, to_dict(cfg)))
+    return Sweep(path, text, data, scfg, runs)
+
+
+def validate(sweep: Sweep, sweep_dir: Path, executor: str) -> None:
+    """Everything that can be checked on the login node, before anything is queued: each run's
+    config against the dataset (config.resolve, as the job will), and a writable SWEEP_DIR.
+
+    ``executor`` is the kind that will run the jobs: only on Slurm is a batch split over
+    slurm.nodes x slurm.tasks_per_node processes and are the GPUs known (slurm.gpus_per_node);
+    submitit's local and debug executors run one process on whatever this machine has."""
+    from ..manifest import load_manifest  # numpy: not for `gruv sweep status`
+    manifest = load_manifest(sweep.data)
+    world, gpus = (sweep.slurm.world_size, sweep.slurm.gpus_per_node) if executor == "slurm" else (1, None)
+    for run in sweep.runs:
+        try:
+            run.config = to_dict(resolve(run.cfg, manifest, world_size=world, gpus=gpus))
+        except GruvError as e:  # a DatasetError or a ConfigError, named after the run
+            raise type(e)(f"run {run.name}: {e}") from None
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        probe = sweep_dir / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise GruvError(f"sweep directory {sweep_dir} is not writable: {e}") from None

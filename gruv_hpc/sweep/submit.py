@@ -1,0 +1,179 @@
+"""Submitting a sweep: which runs need a job now (and why the others do not), then the jobs,
+as Slurm job arrays (one sbatch call per array) or through submitit's local/debug executors."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+from ..config import RUNTIME_KEYS, SlurmConfig, diff
+from ..errors import ConfigError
+from ..fsio import atomic_write_text
+from ..paths import SweepPaths
+from . import slurm
+from .slurm import ACTIVE
+from .spec import Run, Sweep, load_sweep, validate
+from .state import JobRecord, RunRecord, SweepState, load_state, submit_lock
+from .status import run_state, slurm_infos
+
+
+def executor_kind(executor: str) -> str:
+    """The executor that will run the jobs; auto: Slurm where a cluster answers, else local."""
+    if executor == "auto":
+        return "slurm" if slurm.slurm_available() else "local"
+    if executor not in ("slurm", "local", "debug"):
+        raise ConfigError(f"executor must be auto, slurm, local or debug, not {executor!r}")
+    return executor
+
+
+def _local_executor(kind: str, paths: SweepPaths, cfg: SlurmConfig):
+    import submitit
+    if kind == "debug":
+        return submitit.DebugExecutor(folder=paths.logs)
+    ex = submitit.LocalExecutor(folder=paths.logs, max_num_timeout=cfg.max_num_timeout)
+    ex.update_parameters(timeout_min=cfg.time_min, tasks_per_node=1, gpus_per_node=0)
+    return ex
+
+
+def plan(sweep: Sweep, state: SweepState) -> tuple[list[Run], dict[str, str]]:
+    """Which runs to submit now, and why each other run is left alone."""
+    infos = slurm_infos(state)
+    todo, skipped = [], {}
+    for run in sweep.runs:
+        old = state.runs.get(run.name)
+        if old:
+            d = diff(old.config, run.config, ignore=RUNTIME_KEYS)
+            if d:
+                raise ConfigError(f"run {run.name} in {state.paths.root} was submitted with another config "
+                                  f"({'; '.join(d)}); use a new sweep directory, or restore the old values")
+        job = old.job if old else None
+        st = run_state(state.run_paths(run.name), job, infos)
+        if st == "COMPLETED":
+            skipped[run.name] = "done"
+        elif st in ACTIVE:
+            skipped[run.name] = f"job {job.job_id} is {st}"
+        else:
+            todo.append(run)
+    return todo, skipped
+
+
+def job_arrays(todo: list[Run]) -> list[list[Run]]:
+    """The runs of each Slurm job array: one array per MaxArraySize runs (task ids 0 .. MaxArraySize - 1)."""
+    limit = max(1, slurm.max_array_size())
+    return [todo[i:i + limit] for i in range(0, len(todo), limit)]
+
+
+def submit(sweep_file, sweep_dir, executor: str = "auto", dry_run: bool = False, overrides=(), max_parallel: int = 2,
+           progress: bool = True, out=print) -> dict:
+    """Validate, then submit what needs submitting. Returns {"submitted": [...], "skipped": {...}}."""
+    sweep = load_sweep(sweep_file, overrides)
+    paths = SweepPaths(Path(sweep_dir).resolve())
+    kind = executor_kind(executor)
+    if dry_run:
+        return _dry_run(sweep, paths, kind, max_parallel, out)
+    validate(sweep, paths.root, kind)
+    with submit_lock(paths.root):
+        state = load_state(paths.root)
+        todo, skipped = plan(sweep, state)
+        for name, why in skipped.items():
+            out(f"skip {name}: {why}")
+        atomic_write_text(paths.spec, sweep.text)
+        for run in sweep.runs:
+            rec = state.runs.setdefault(run.name, RunRecord(run.config, run.grid))
+            rec.config = {**rec.config, **{k: run.config[k] for k in RUNTIME_KEYS}}
+            rec.run_dir = str(paths.run(run.name).root)
+        sub = {"time": time.time(), "executor": kind, "runs": [r.name for r in todo], "job_ids": [],
+               "overrides": list(overrides), "file": str(sweep.path), "file_sha256": hashlib.sha256(sweep.text.encode()).hexdigest()}
+        state.submissions.append(sub)
+        state.slurm = dataclasses.asdict(sweep.slurm)
+        state.save()
+        if not todo:
+            out("nothing to submit")
+            return {"submitted": [], "skipped": skipped, "executor": kind}
+        if kind == "slurm":
+            jobs = _submit_slurm(job_arrays(todo), sweep, paths)
+            for run, job in zip(todo, jobs):
+                state.runs[run.name].jobs.append(JobRecord(job.job_id, kind, time.time()))
+                sub["job_ids"].append(job.job_id)
+            state.save()
+            arrays = sorted({j.job_id.split("_")[0] for j in jobs})
+            out(f"submitted {len(todo)} run(s) as {len(arrays)} job array(s): {', '.join(arrays)}")
+        else:
+            _run_locally(todo, sweep, paths, kind, state, sub, max_parallel, progress, out)
+    return {"submitted": [r.name for r in todo], "skipped": skipped, "executor": kind}
+
+
+def _dry_run(sweep: Sweep, paths: SweepPaths, kind: str, max_parallel: int, out) -> dict:
+    """What submit() would do, down to the sbatch scripts; changes nothing."""
+    if Path(sweep.data).exists():  # a dry run also works away from the data (e.g. on a laptop)
+        validate(sweep, paths.root, kind)
+    todo, skipped = plan(sweep, load_state(paths.root))
+    for run in sweep.runs:
+        out(f"{run.name}: {json.dumps(run.grid)}")
+    for name, why in skipped.items():
+        out(f"skip {name}: {why}")
+    scripts = []
+    if kind == "slurm" and todo:
+        params = slurm.sbatch_parameters(sweep.slurm, sweep.path.stem)
+        arrays = job_arrays(todo)
+        for i, runs in enumerate(arrays):
+            scripts.append(slurm.sbatch_script(params, paths.logs, len(runs)))
+            out(f"# sbatch script {i + 1} of {len(arrays)}: {len(runs)} run(s), {runs[0].name} .. {runs[-1].name}")
+            out(scripts[-1])
+    elif todo:
+        out(f"# {len(todo)} run(s) for the {kind} executor, at most {max_parallel} at a time; no sbatch script")
+    else:
+        out("nothing to submit")
+    return {"submitted": [], "skipped": skipped, "runs": [r.name for r in sweep.runs], "todo": [r.name for r in todo],
+            "executor": kind, "scripts": scripts}
+
+
+def _submit_slurm(arrays: list[list[Run]], sweep: Sweep, paths: SweepPaths):
+    import submitit
+
+    from ..launcher import TrainJob
+    ex = submitit.SlurmExecutor(folder=paths.logs, max_num_timeout=sweep.slurm.max_num_timeout)
+    ex.update_parameters(**slurm.sbatch_parameters(sweep.slurm, sweep.path.stem))
+    jobs = []
+    for runs in arrays:
+        with ex.batch():  # one sbatch call per array
+            for run in runs:
+                jobs.append(ex.submit(TrainJob(str(paths.run(run.name).root), run.config)))
+    return jobs
+
+
+def _run_locally(todo, sweep, paths, kind, state, sub, max_parallel, progress, out) -> None:
+    """submitit's local executor, at most ``max_parallel`` runs at a time; blocks until all end."""
+    from tqdm import tqdm
+
+    from ..launcher import TrainJob
+    threads = max(1, (os.cpu_count() or 1) // max(1, max_parallel))
+    ex = _local_executor(kind, paths, sweep.slurm)
+    pending, running, failed = list(todo), [], []
+    bar = tqdm(total=len(todo), unit="run", desc="sweep", disable=not progress)
+    while pending or running:
+        while pending and len(running) < max(1, max_parallel):
+            run = pending.pop(0)
+            job = ex.submit(TrainJob(str(paths.run(run.name).root), run.config, threads=threads))
+            pid = int(job.job_id) if kind == "local" else None  # a LocalJob's id is its process's pid
+            state.runs[run.name].jobs.append(JobRecord(str(job.job_id), kind, time.time(), pid))
+            sub["job_ids"].append(str(job.job_id))
+            state.save()
+            running.append((run, job))
+            if kind == "debug":
+                break
+        time.sleep(0.2 if kind != "debug" else 0)
+        for run, job in list(running):
+            if job.done():
+                running.remove((run, job))
+                try:
+                    job.result()
+                except Exception as e:  # noqa: BLE001 - reported, the other runs go on
+                    failed.append(run.name)
+                    out(f"run {run.name} failed: {str(e).strip().splitlines()[-1] if str(e).strip() else e}")
+                bar.update(1)
+        bar.set_postfix(running=len(running), failed=len(failed))
+    bar.close()
