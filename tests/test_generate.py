@@ -75,7 +75,7 @@ def test_bad_inputs(trained_run, tmp_path):
     empty = tmp_path / "empty_run"
     empty.mkdir()
     shutil.copy(trained_run / "config.json", empty / "config.json")
-    with pytest.raises(GenerationError, match="no checkpoint"):
+    with pytest.raises(GenerationError, match="no readable checkpoint"):
         generate(empty, tmp_path / "x.wav")
     with pytest.raises(GenerationError, match="not a run directory"):
         generate(tmp_path / "nothing", tmp_path / "x.wav")
