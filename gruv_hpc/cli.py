@@ -82,13 +82,15 @@ def _generate(a) -> int:
 def _sweep(a) -> int:
     from . import sweep
     if a.sweep_cmd == "submit":
-        sweep.submit(a.sweep_file, a.out, executor=a.executor, dry_run=a.dry_run, overrides=a.overrides,
-                     max_parallel=a.max_parallel, progress=not a.quiet)
+        res = sweep.submit(a.sweep_file, a.out, executor=a.executor, dry_run=a.dry_run, overrides=a.overrides,
+                           max_parallel=a.max_parallel, progress=not a.quiet)
         if a.dry_run:
             return 0
         rows = sweep.wait(a.out, progress=not a.quiet) if a.wait else sweep.status(a.out)
         print(sweep.format_status(rows))
-        return 0 if not a.wait or all(r["state"] == "COMPLETED" for r in rows) else 1
+        if a.wait:
+            return 0 if all(r["state"] == "COMPLETED" for r in rows) else 1
+        return 1 if res.get("failed") else 0  # a local submission has waited for its runs
     if a.sweep_cmd == "status":
         while True:
             rows = sweep.status(a.sweep_dir)
@@ -250,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args) or 0
     except GruvError as e:
         print(f"gruv: error: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "exit_code", 2)
     except KeyboardInterrupt:
         print("gruv: interrupted", file=sys.stderr)
         return 130

@@ -29,6 +29,7 @@ class RunPaths:
     metrics = property(lambda s: s.root / "metrics.jsonl")
     done = property(lambda s: s.root / "done.json")
     error = property(lambda s: s.root / "error.txt")
+    cancelled = property(lambda s: s.root / "cancelled.json")  # a user stopped it (gruv sweep cancel, Ctrl-C)
     tb = property(lambda s: s.root / "tb")
     ckpt_dir = property(lambda s: s.root / "checkpoints")
     best = property(lambda s: s.root / "checkpoints" / "best.pt")
@@ -49,6 +50,13 @@ class RunPaths:
         if not self.ckpt_dir.is_dir():
             return []
         return sorted((p for p in self.ckpt_dir.iterdir() if STEP_RE.match(p.name)), reverse=True)
+
+    def done_epochs(self) -> int | None:
+        """The epoch a finished training reached (done.json), None when it has not finished."""
+        try:
+            return int(json.loads(self.done.read_text())["final"].get("epoch", 0))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
 
     def newest_ckpt_mtime(self) -> float | None:
         c = self.step_ckpts()

@@ -544,7 +544,11 @@ def main(cfg: TrainConfig, run_dir: str | Path, stop: StopFlag | None = None) ->
     except LockedError:
         raise  # the run directory is another process's: write nothing into it
     except BaseException as e:
-        if is_main and not isinstance(e, KeyboardInterrupt) and paths.root.is_dir():
+        if is_main and not isinstance(e, KeyboardInterrupt):
+            try:
+                paths.root.mkdir(parents=True, exist_ok=True)
+            except OSError:
+                pass
             record_error(paths, traceback.format_exc())
         if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
             raise TrainingError(f"cannot write {e.filename or paths.root}: {e.strerror}. The last good "
@@ -561,6 +565,10 @@ def _train(cfg: TrainConfig, dataset: dict, paths: RunPaths, d: Dist, stop: Stop
     old = check_run_dir(paths, cfg, dataset)
     if d.is_main:
         paths.error.unlink(missing_ok=True)
+        paths.cancelled.unlink(missing_ok=True)
+        done = paths.done_epochs()
+        if done is not None and done < cfg.epochs:
+            paths.done.unlink()  # finished an earlier, lower target: it is not done with this one
         reserve_error_space(paths)
         record_start(paths, cfg, dataset, old, d)
     # Each rank its own seed offset; the data order comes from the sampler's (seed, epoch), not these.

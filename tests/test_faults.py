@@ -278,3 +278,102 @@ def test_loop_stats_memory_is_linear(tmp_path):
     assert got["loop_onset_step"] == int(np.argmax(ref)) == 2000
     assert got["loop_fraction"] == pytest.approx(300 / 3000)
     assert peak < 3000 * 3000 * 8 / 4  # well under the n x n matrix (72 MB)
+
+
+# --- 3, 8. local sweeps: cancel, Ctrl-C, raised epochs, exit codes ---------------------------------
+
+from conftest import write_sweep  # noqa: E402
+
+from gruv_hpc import sweep  # noqa: E402
+
+LONG = {"epochs": 100000, "batch_size": 4, "workers": 0, "gen_seconds": 0.0, "hidden": 8, "log_every_steps": 5,
+        "ckpt_every_epochs": 1000}
+
+
+def start_local_sweep(f, d, *extra):
+    # its own session, as a terminal's foreground job: a Ctrl-C reaches its whole process group
+    return subprocess.Popen([sys.executable, "-m", "gruv_hpc.cli", "sweep", "submit", str(f), "--out", str(d),
+                             "--executor", "local", "--quiet", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def wait_state(d, name, want, timeout=120):
+    t, rows = time.time(), None
+    while True:
+        if (Path(d) / "sweep.json").exists():
+            rows = {r["name"]: r for r in sweep.status(d)}
+            if rows[name]["state"] == want:
+                return rows
+        assert time.time() - t < timeout, rows
+        time.sleep(0.2)
+
+
+def group_alive(pgid) -> list[int]:
+    out = subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in out]
+
+
+def test_local_cancel_stops_the_training_process(data, tmp_path):
+    f = write_sweep(tmp_path / "s.toml", data, LONG, {"cell": ["lstm", "gru"]})
+    d = tmp_path / "sw"
+    p = start_local_sweep(f, d, "--max-parallel", "1")
+    try:
+        rows = wait_state(d, "lstm", "RUNNING")
+        assert rows["gru"]["state"] == "PENDING"  # queued by the live local submission, not NOT_SUBMITTED
+        wait_for_epoch(d / "runs" / "lstm")
+        assert sorted(sweep.cancel(d, out=lambda *a: None)) == ["gru", "lstm"]
+        out, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 1 and "Traceback" not in err
+    assert group_alive(p.pid) == []  # no orphan training on
+    rows = {r["name"]: r for r in sweep.status(d)}
+    assert rows["lstm"]["state"] == "CANCELLED" and rows["gru"]["state"] == "CANCELLED"
+    st = load_checkpoint(RunPaths(d / "runs" / "lstm").step_ckpts()[0])  # stopped with a checkpoint
+    assert st["train"]["step"] >= read_jsonl(d / "runs" / "lstm" / "metrics.jsonl")[-1]["step"]
+    assert not (d / "runs" / "gru" / "checkpoints").exists()  # never started
+
+
+def test_ctrl_c_on_a_local_submission(data, tmp_path):
+    f = write_sweep(tmp_path / "s.toml", data, LONG, {"cell": ["lstm", "gru"]})
+    d = tmp_path / "sw"
+    p = start_local_sweep(f, d, "--max-parallel", "2")
+    try:
+        wait_state(d, "gru", "RUNNING")
+        wait_for_epoch(d / "runs" / "lstm")
+        wait_for_epoch(d / "runs" / "gru")
+        os.killpg(p.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
+        out, err = p.communicate(timeout=180)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 130 and "Traceback" not in err, err
+    assert f"Resume with: gruv sweep submit {f} --out {d}" in err
+    assert group_alive(p.pid) == []
+    for name in ("lstm", "gru"):
+        paths = RunPaths(d / "runs" / name)
+        st = load_checkpoint(paths.step_ckpts()[0])  # the stop's own checkpoint, at a step boundary
+        assert st["train"]["step"] >= read_jsonl(paths.metrics)[-1]["step"]
+        assert not paths.error.exists()
+    assert {r["state"] for r in sweep.status(d)} == {"CANCELLED"}
+
+
+def test_raising_epochs_continues_finished_runs(data, tmp_path):
+    train = {**LONG, "epochs": 1, "limit_train_batches": 5}
+    f = write_sweep(tmp_path / "s.toml", data, train, {"cell": ["lstm"]})
+    d = tmp_path / "sw"
+    assert gruv("sweep", "submit", f, "--out", d, "--executor", "local", "--quiet").returncode == 0
+    r = gruv("sweep", "submit", f, "--out", d, "--executor", "local", "--quiet", "epochs=2")
+    assert r.returncode == 0, r.stderr
+    assert "nothing to submit" not in r.stdout
+    row = sweep.status(d)[0]
+    assert row["state"] == "COMPLETED" and row["epoch"] == row["epochs"] == 2
+    assert [h["epoch"] for h in read_jsonl(d / "runs" / "lstm" / "metrics.jsonl")] == [1, 2]
+
+
+def test_local_submission_of_failing_runs_exits_nonzero(data, tmp_path):
+    f = write_sweep(tmp_path / "s.toml", data, {**LONG, "epochs": 1, "device": "cuda"}, {"cell": ["lstm"]})
+    r = gruv("sweep", "submit", f, "--out", tmp_path / "sw", "--executor", "local", "--quiet")
+    assert r.returncode == 1 and "failed" in r.stdout
+    assert sweep.status(tmp_path / "sw")[0]["state"] == "FAILED"

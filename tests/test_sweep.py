@@ -201,6 +201,36 @@ def test_cancel(data, tmp_path):
     sweep.cancel(d, "lstm", out=lambda *a: None)  # ... and cancelled again, by name
 
 
+def test_second_copy_of_a_running_jobs_run_is_refused(data, tmp_path):
+    """A requeued job whose old copy still runs: the second copy stops at once, naming the first."""
+    f = write_sweep(tmp_path / "s.toml", data, {"epochs": 100000, "batch_size": 4, "workers": 0, "gen_seconds": 0.0,
+                                                 "hidden": 8}, {"cell": ["lstm"]})
+    d = tmp_path / "sw"
+    sweep.submit(f, d, executor="slurm", out=lambda *a: None)
+    run = RunPaths(d / "runs" / "lstm")
+    for _ in range(600):
+        if run.metrics.exists() and read_jsonl(run.metrics):
+            break
+        time.sleep(0.1)
+    jid = job_of(d, "lstm")
+    try:
+        cfg = json.loads(run.config.read_text())["config"]
+        r = subprocess.run(["srun", "--ntasks=1", "--cpus-per-task=1", "--mem-per-cpu=1G", sys.executable, "-m",
+                            "gruv_hpc.cli", "train", "--run-dir", str(run.root), "--data", cfg["data"],
+                            *(f"{k}={v}" for k, v in cfg.items() if k in ("hidden", "batch_size", "epochs", "workers",
+                                                                          "gen_seconds"))],
+                           capture_output=True, text=True, timeout=240)
+        assert r.returncode == 2, r.stderr
+        assert "in use" in r.stderr and f"Slurm job {jid}" in r.stderr and "Traceback" not in r.stderr
+        assert sweep.status(d)[0]["state"] == "RUNNING"  # the first copy trains on
+        assert not run.error.exists()
+    finally:
+        sweep.cancel(d, out=lambda *a: None)
+    assert wait_done(d, timeout=90)["lstm"]["state"] == "CANCELLED"
+    st = load_checkpoint(run.step_ckpts()[0])  # scancel's TERM: stopped at a step boundary, checkpointed
+    assert st["train"]["step"] >= read_jsonl(run.metrics)[-1]["step"]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

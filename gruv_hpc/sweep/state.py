@@ -11,14 +11,13 @@ or a report may read it while a submission rewrites it. The format (version 1)::
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import json
 from dataclasses import dataclass, field
 
 from ..errors import GruvError
 from ..fsio import atomic_write_json
+from ..lock import Lock
 from ..paths import RunPaths, SweepPaths
 
 VERSION = 1
@@ -93,15 +92,9 @@ def load_state(sweep_dir) -> SweepState:
         raise GruvError(f"{paths.state}: not a sweep state file ({type(e).__name__}: {e})") from None
 
 
-@contextlib.contextmanager
-def submit_lock(sweep_dir):
-    """One submission per sweep directory at a time; a second one fails at once instead of waiting.
-
-    A plain flock, released when the file closes, so a killed submitter leaves no stale lock."""
-    path = SweepPaths(sweep_dir).lock
-    with open(path, "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise GruvError(f"another gruv command is submitting to {path.parent}") from None
-        yield
+def submit_lock(sweep_dir) -> Lock:
+    """One submission per sweep directory at a time; a second one fails at once, told which
+    process holds it (gruv_hpc.lock: a killed submitter leaves no stale lock). A local submission
+    holds it until its runs end; ``gruv sweep cancel`` does not need it."""
+    paths = SweepPaths(sweep_dir)
+    return Lock(paths.lock, f"sweep {paths.root} (a submission)")

@@ -3,14 +3,21 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
 from ..errors import GruvError
+from ..fsio import atomic_write_json
 from ..paths import RunPaths, read_jsonl
 from . import slurm
 from .slurm import ACTIVE
 from .state import JobRecord, SweepState, load_state
+
+
+# Every state a row can show: Slurm's own, and ours for runs Slurm does not know.
+STATES = (*ACTIVE, "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
+          "BOOT_FAIL", "DEADLINE", "UNKNOWN", "NOT_SUBMITTED")
 
 
 def job_state(job: JobRecord | None, infos: dict[str, slurm.JobInfo]) -> str | None:
@@ -25,18 +32,45 @@ def job_state(job: JobRecord | None, infos: dict[str, slurm.JobInfo]) -> str | N
     return "RUNNING" if _pid_alive(job.pid) else None
 
 
-def run_state(paths: RunPaths, job: JobRecord | None, infos: dict[str, slurm.JobInfo]) -> str:
-    """A run's state: done.json says COMPLETED, else its last job's state, else its error marker."""
-    if paths.done.exists():
+def run_state(paths: RunPaths, job: JobRecord | None, infos: dict[str, slurm.JobInfo], epochs: int,
+              queued: bool = False) -> str:
+    """A run's state against its current target of ``epochs``: COMPLETED once done.json says it
+    got there (a run done with a lower target is not done), else its last job's state, else its
+    markers (cancelled.json, error.txt). ``queued``: a live local submission will start it."""
+    done = paths.done_epochs()
+    if done is not None and done >= epochs:
         return "COMPLETED"
     st = job_state(job, infos)
     if st == "COMPLETED":
         return "FAILED"  # the job ended but training did not finish (e.g. an error result)
     if st:
         return st
+    if queued:
+        return "PENDING"
+    if paths.cancelled.exists():
+        return "CANCELLED"
     if job is None:
         return "NOT_SUBMITTED"
     return "FAILED" if paths.error.exists() else "UNKNOWN"
+
+
+def local_queue(state: SweepState) -> set[str]:
+    """The runs a live local submission (it blocks until its runs end) has yet to start."""
+    sub = state.submissions[-1] if state.submissions else None
+    if not sub or sub.get("executor") == "slurm" or sub.get("host") != socket.gethostname() \
+            or not _alive(sub.get("pid")):
+        return set()
+    started = {n for n in sub.get("runs", []) if state.runs.get(n) and state.runs[n].job
+               and state.runs[n].job.submitted >= sub["time"]}
+    return set(sub.get("runs", [])) - started
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+        return True
+    except (OSError, TypeError, ValueError):
+        return False
 
 
 def _pid_alive(pid: int | None) -> bool:
@@ -67,6 +101,7 @@ def status(sweep_dir) -> list[dict]:
     if not state.runs:
         raise GruvError(f"{sweep_dir}: no {state.paths.state.name}; nothing was submitted there")
     infos = slurm_infos(state)
+    queue = local_queue(state)
     rows = []
     now = time.time()
     for name, r in state.runs.items():
@@ -75,7 +110,7 @@ def status(sweep_dir) -> list[dict]:
         last = hist[-1] if hist else {}
         job = r.job
         info = infos.get(job.job_id) if job and job.executor == "slurm" else None
-        st = run_state(paths, job, infos)
+        st = run_state(paths, job, infos, r.config.get("epochs", 0), queued=name in queue)
         mt = paths.newest_ckpt_mtime()
         row = {"name": name, "state": st, "job_id": job.job_id if job else None,
                "epoch": last.get("epoch", 0), "epochs": r.config.get("epochs"),
@@ -109,10 +144,12 @@ def format_status(rows: list[dict]) -> str:
             return "-"
         return f"{s:.0f}s" if s < 120 else (f"{s / 60:.0f}m" if s < 7200 else f"{s / 3600:.1f}h")
 
-    head = f"{'run':<28} {'state':<11} {'job':<14} {'epoch':>11} {'train':>8} {'dev':>8} {'best dev':>8} {'ckpt age':>8} {'requeues':>8}"
+    w = max([28, *(len(r["name"]) for r in rows)])
+    sw = max(len(s) for s in STATES)  # every state fits its column
+    head = f"{'run':<{w}} {'state':<{sw}} {'job':<14} {'epoch':>11} {'train':>8} {'dev':>8} {'best dev':>8} {'ckpt age':>8} {'requeues':>8}"
     out = [head]
     for r in rows:
-        out.append(f"{r['name']:<28} {r['state']:<11} {str(r['job_id'] or '-'):<14} {str(r['epoch']) + '/' + str(r['epochs']):>11} "
+        out.append(f"{r['name']:<{w}} {r['state']:<{sw}} {str(r['job_id'] or '-'):<14} {str(r['epoch']) + '/' + str(r['epochs']):>11} "
                    f"{f(r['train_loss']):>8} {f(r['dev_loss']):>8} {f(r['best_dev_loss']):>8} {age(r['ckpt_age_s']):>8} {r['requeues']:>8}")
         if r["error"]:
             out.extend("    | " + ln for ln in r["error"].splitlines())
@@ -124,23 +161,83 @@ def format_status(rows: list[dict]) -> str:
 
 
 def cancel(sweep_dir, run: str | None = None, out=print) -> list[str]:
+    """Cancel the sweep's jobs (or one run's). Slurm jobs through scancel. A local run is marked
+    cancelled (cancelled.json: a live local submission will not start a queued one) and, when it
+    is running, stopped the way Slurm stops a job: TERM first (it checkpoints at the next step
+    boundary), then KILL for whatever of its process tree is left after a grace time."""
     state = load_state(sweep_dir)
+    if not state.runs:
+        raise GruvError(f"{sweep_dir}: no {state.paths.state.name}; nothing was submitted there")
     if run and run not in state.runs:
         raise GruvError(f"no run {run!r} in {sweep_dir}; runs: {', '.join(state.runs)}")
-    slurm_ids, cancelled = [], []
+    queue = local_queue(state)
+    slurm_ids, cancelled, running = [], [], []
     for name in [run] if run else list(state.runs):
         job = state.runs[name].job
-        if job is None:
-            continue
-        if job.executor == "slurm":  # whatever its state: scancel of an ended job does nothing
+        if job is not None and job.executor == "slurm":  # whatever its state: scancel of an ended job does nothing
             slurm_ids.append(job.job_id)
             cancelled.append(name)
-        elif job_state(job, {}) in ACTIVE:
-            os.kill(job.pid, signal.SIGKILL)  # checkpoints are atomic: a kill loses nothing saved
+        elif name in queue or job_state(job, {}) in ACTIVE:
+            mark_cancelled(state.run_paths(name), "gruv sweep cancel")
             cancelled.append(name)
+            if job_state(job, {}) in ACTIVE:
+                running.append(job)
     slurm.scancel(slurm_ids)
+    for job in running:
+        stop_local_job(job)
     out(f"cancelled {len(cancelled)} run(s): {', '.join(cancelled) or '-'}")
     return cancelled
+
+
+STOP_GRACE_S = 120  # a checkpoint of the paper's largest model takes seconds to write
+
+
+def mark_cancelled(paths: RunPaths, by: str) -> None:
+    paths.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(paths.cancelled, {"time": time.time(), "by": by})
+
+
+def stop_local_job(job: JobRecord, grace_s: float = STOP_GRACE_S) -> None:
+    """TERM to submitit's local controller, which passes it on to the training process (that one
+    checkpoints and exits); after ``grace_s`` the job's whole process tree is killed."""
+    tree = _process_tree(job.pid)
+    try:
+        os.kill(job.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.time() + grace_s
+    while time.time() < deadline and any(_alive(p) and not _zombie(p) for p in tree):
+        time.sleep(0.2)
+    for p in tree:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants, from /proc (a killed parent must not leave orphans training on)."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rpartition(")")[2].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def wait(sweep_dir, poll_s: float = 5.0, progress: bool = True, timeout_s: float | None = None) -> list[dict]:

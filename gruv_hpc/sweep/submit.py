@@ -6,18 +6,20 @@ import dataclasses
 import hashlib
 import json
 import os
+import signal
+import socket
 import time
 from pathlib import Path
 
 from ..config import RUNTIME_KEYS, SlurmConfig, diff
-from ..errors import ConfigError
+from ..errors import ConfigError, GruvError
 from ..fsio import atomic_write_text
 from ..paths import SweepPaths
 from . import slurm
 from .slurm import ACTIVE
 from .spec import Run, Sweep, load_sweep, validate
 from .state import JobRecord, RunRecord, SweepState, load_state, submit_lock
-from .status import run_state, slurm_infos
+from .status import mark_cancelled, run_state, slurm_infos, stop_local_job
 
 
 def executor_kind(executor: str) -> str:
@@ -50,7 +52,7 @@ def plan(sweep: Sweep, state: SweepState) -> tuple[list[Run], dict[str, str]]:
                 raise ConfigError(f"run {run.name} in {state.paths.root} was submitted with another config "
                                   f"({'; '.join(d)}); use a new sweep directory, or restore the old values")
         job = old.job if old else None
-        st = run_state(state.run_paths(run.name), job, infos)
+        st = run_state(state.run_paths(run.name), job, infos, run.config["epochs"])
         if st == "COMPLETED":
             skipped[run.name] = "done"
         elif st in ACTIVE:
@@ -86,6 +88,7 @@ def submit(sweep_file, sweep_dir, executor: str = "auto", dry_run: bool = False,
             rec.config = {**rec.config, **{k: run.config[k] for k in RUNTIME_KEYS}}
             rec.run_dir = str(paths.run(run.name).root)
         sub = {"time": time.time(), "executor": kind, "runs": [r.name for r in todo], "job_ids": [],
+               "host": socket.gethostname(), "pid": os.getpid(),
                "overrides": list(overrides), "file": str(sweep.path), "file_sha256": hashlib.sha256(sweep.text.encode()).hexdigest()}
         state.submissions.append(sub)
         state.slurm = dataclasses.asdict(sweep.slurm)
@@ -93,6 +96,9 @@ def submit(sweep_file, sweep_dir, executor: str = "auto", dry_run: bool = False,
         if not todo:
             out("nothing to submit")
             return {"submitted": [], "skipped": skipped, "executor": kind}
+        for run in todo:
+            paths.run(run.name).cancelled.unlink(missing_ok=True)  # resubmitted: no longer cancelled
+        failed: list[str] = []
         if kind == "slurm":
             jobs = _submit_slurm(job_arrays(todo), sweep, paths)
             for run, job in zip(todo, jobs):
@@ -102,8 +108,8 @@ def submit(sweep_file, sweep_dir, executor: str = "auto", dry_run: bool = False,
             arrays = sorted({j.job_id.split("_")[0] for j in jobs})
             out(f"submitted {len(todo)} run(s) as {len(arrays)} job array(s): {', '.join(arrays)}")
         else:
-            _run_locally(todo, sweep, paths, kind, state, sub, max_parallel, progress, out)
-    return {"submitted": [r.name for r in todo], "skipped": skipped, "executor": kind}
+            failed = _run_locally(todo, sweep, paths, kind, state, sub, max_parallel, progress, out)
+    return {"submitted": [r.name for r in todo], "skipped": skipped, "executor": kind, "failed": failed}
 
 
 def _dry_run(sweep: Sweep, paths: SweepPaths, kind: str, max_parallel: int, out) -> dict:
@@ -145,35 +151,85 @@ def _submit_slurm(arrays: list[list[Run]], sweep: Sweep, paths: SweepPaths):
     return jobs
 
 
-def _run_locally(todo, sweep, paths, kind, state, sub, max_parallel, progress, out) -> None:
-    """submitit's local executor, at most ``max_parallel`` runs at a time; blocks until all end."""
+def _run_locally(todo, sweep, paths, kind, state, sub, max_parallel, progress, out) -> list[str]:
+    """submitit's local executor, at most ``max_parallel`` runs at a time; blocks until all end.
+    Returns the runs that failed. Ctrl-C (or TERM) stops every running run at its next step
+    boundary with a checkpoint, marks the rest cancelled, and says how to resume."""
     from tqdm import tqdm
 
     from ..launcher import TrainJob
     threads = max(1, (os.cpu_count() or 1) // max(1, max_parallel))
     ex = _local_executor(kind, paths, sweep.slurm)
     pending, running, failed = list(todo), [], []
+    out(f"running {len(todo)} run(s) here, {max_parallel} at a time; this command returns when they end "
+        f"(Ctrl-C stops them with a checkpoint). From another terminal: gruv sweep status {paths.root}")
     bar = tqdm(total=len(todo), unit="run", desc="sweep", disable=not progress)
-    while pending or running:
-        while pending and len(running) < max(1, max_parallel):
-            run = pending.pop(0)
-            job = ex.submit(TrainJob(str(paths.run(run.name).root), run.config, threads=threads))
-            pid = int(job.job_id) if kind == "local" else None  # a LocalJob's id is its process's pid
-            state.runs[run.name].jobs.append(JobRecord(str(job.job_id), kind, time.time(), pid))
-            sub["job_ids"].append(str(job.job_id))
-            state.save()
-            running.append((run, job))
-            if kind == "debug":
-                break
-        time.sleep(0.2 if kind != "debug" else 0)
-        for run, job in list(running):
-            if job.done():
-                running.remove((run, job))
-                try:
-                    job.result()
-                except Exception as e:  # noqa: BLE001 - reported, the other runs go on
+    term = signal.signal(signal.SIGTERM, _raise_interrupt)  # gruv sweep cancel or kill: as Ctrl-C
+    try:
+        while pending or running:
+            while pending and len(running) < max(1, max_parallel):
+                run = pending.pop(0)
+                rp = paths.run(run.name)
+                if rp.cancelled.exists() and rp.cancelled.stat().st_mtime >= sub["time"]:
+                    out(f"run {run.name}: cancelled before it started")
                     failed.append(run.name)
-                    out(f"run {run.name} failed: {str(e).strip().splitlines()[-1] if str(e).strip() else e}")
-                bar.update(1)
-        bar.set_postfix(running=len(running), failed=len(failed))
+                    bar.update(1)
+                    continue
+                rp.cancelled.unlink(missing_ok=True)
+                job = _submit_ignoring_sigint(ex, TrainJob(str(rp.root), run.config, threads=threads))
+                pid = int(job.job_id) if kind == "local" else None  # a LocalJob's id is its process's pid
+                state.runs[run.name].jobs.append(JobRecord(str(job.job_id), kind, time.time(), pid))
+                sub["job_ids"].append(str(job.job_id))
+                state.save()
+                running.append((run, job))
+                if kind == "debug":
+                    break
+            time.sleep(0.2 if kind != "debug" else 0)
+            for run, job in list(running):
+                if job.done():
+                    running.remove((run, job))
+                    try:
+                        job.result()
+                    except Exception as e:  # noqa: BLE001 - reported, the other runs go on
+                        failed.append(run.name)
+                        out(f"run {run.name} failed: {str(e).strip().splitlines()[-1] if str(e).strip() else e}")
+                    bar.update(1)
+            bar.set_postfix(running=len(running), failed=len(failed))
+    except KeyboardInterrupt:
+        bar.close()
+        _stop_all(running, pending, paths, out)
+        raise SweepInterrupted(f"stopped; {len(running)} run(s) checkpointed, {len(pending)} not started. "
+                               f"Resume with: gruv sweep submit {sweep.path} --out {paths.root}") from None
+    finally:
+        signal.signal(signal.SIGTERM, term)
     bar.close()
+    return failed
+
+
+class SweepInterrupted(GruvError):
+    exit_code = 130
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _submit_ignoring_sigint(ex, job_fn):
+    """Start a local job with SIGINT ignored, which its processes inherit: a Ctrl-C in this
+    terminal then reaches the training process (it stops at a step boundary and checkpoints)
+    but not submitit's controller, whose own handling would kill the training mid-checkpoint."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return ex.submit(job_fn)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _stop_all(running, pending, paths: SweepPaths, out) -> None:
+    out(f"stopping {len(running)} running run(s) at their next step, with a checkpoint ...")
+    for run, _ in running:
+        mark_cancelled(paths.run(run.name), "Ctrl-C on gruv sweep submit")
+    for run in pending:
+        mark_cancelled(paths.run(run.name), "Ctrl-C on gruv sweep submit")
+    for run, job in running:
+        stop_local_job(JobRecord(str(job.job_id), "local", 0.0, int(job.job_id)))
