@@ -377,3 +377,8 @@ def test_local_submission_of_failing_runs_exits_nonzero(data, tmp_path):
     r = gruv("sweep", "submit", f, "--out", tmp_path / "sw", "--executor", "local", "--quiet")
     assert r.returncode == 1 and "failed" in r.stdout
     assert sweep.status(tmp_path / "sw")[0]["state"] == "FAILED"
+
+
+def test_analyze_a_directory_that_is_not_a_sweep(tmp_path):
+    r = gruv("analyze", tmp_path, "--out", tmp_path / "rep")
+    assert r.returncode == 2 and "not a sweep directory" in r.stderr and "Traceback" not in r.stderr

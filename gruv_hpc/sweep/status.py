@@ -99,7 +99,7 @@ def slurm_infos(state: SweepState) -> dict[str, slurm.JobInfo]:
 def status(sweep_dir) -> list[dict]:
     state = load_state(sweep_dir)
     if not state.runs:
-        raise GruvError(f"{sweep_dir}: no {state.paths.state.name}; nothing was submitted there")
+        raise GruvError(f"{sweep_dir}: not a sweep directory (no {state.paths.state.name}: nothing was submitted there)")
     infos = slurm_infos(state)
     queue = local_queue(state)
     rows = []
@@ -167,7 +167,7 @@ def cancel(sweep_dir, run: str | None = None, out=print) -> list[str]:
     boundary), then KILL for whatever of its process tree is left after a grace time."""
     state = load_state(sweep_dir)
     if not state.runs:
-        raise GruvError(f"{sweep_dir}: no {state.paths.state.name}; nothing was submitted there")
+        raise GruvError(f"{sweep_dir}: not a sweep directory (no {state.paths.state.name}: nothing was submitted there)")
     if run and run not in state.runs:
         raise GruvError(f"no run {run!r} in {sweep_dir}; runs: {', '.join(state.runs)}")
     queue = local_queue(state)
