@@ -129,14 +129,21 @@ def test_fig3_truth_equals_direct_computation(demo, data):
     assert z["freqs"][-1] == 4000.0  # Hz, up to Nyquist
 
 
-def test_partial_sweep_with_failed_and_running_runs(demo, tmp_path):
-    from gruv_hpc.analysis.report import analyze
-    sw, _ = demo
-    part = tmp_path / "sweep"
+def copy_sweep(sw, part):
+    """A copy of a sweep directory whose state points at the copy's own run directories."""
     shutil.copytree(sw, part)
     state = json.loads((part / "sweep.json").read_text())
     for r in state["runs"].values():
         r["run_dir"] = r["run_dir"].replace(str(sw), str(part))
+    (part / "sweep.json").write_text(json.dumps(state))
+    return state
+
+
+def test_partial_sweep_with_failed_and_running_runs(demo, tmp_path):
+    from gruv_hpc.analysis.report import analyze
+    sw, _ = demo
+    part = tmp_path / "sweep"
+    state = copy_sweep(sw, part)
     failed, running = part / "runs" / "circuit-gru-h4", part / "runs" / "aurora-lstm-h8"
     (failed / "done.json").unlink()
     (failed / "error.txt").write_text("Traceback...\nRuntimeError: CUDA out of memory\n")
@@ -176,11 +183,7 @@ def test_unreadable_runs_are_reported_and_the_others_analysed(demo, tmp_path):
     from gruv_hpc.analysis.report import analyze
     sw, _ = demo
     part = tmp_path / "sweep"
-    shutil.copytree(sw, part)
-    state = json.loads((part / "sweep.json").read_text())
-    for r in state["runs"].values():
-        r["run_dir"] = r["run_dir"].replace(str(sw), str(part))
-    (part / "sweep.json").write_text(json.dumps(state))
+    copy_sweep(sw, part)
     for p in (part / "runs" / "aurora-gru-h4" / "checkpoints").glob("*.pt"):
         p.write_bytes(b"not a checkpoint")
     best = part / "runs" / "aurora-lstm-h4" / "checkpoints" / "best.pt"
