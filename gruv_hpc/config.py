@@ -25,6 +25,7 @@ from .errors import ConfigError  # noqa: F401  (re-exported)
 
 
 CELLS = ("lstm", "gru", "lstm-fused")
+DATA_ON_DEVICE = ("auto", "true", "false")
 
 
 def opt(default, help: str):
@@ -66,6 +67,9 @@ class TrainConfig:
     workers: int = opt(2, "DataLoader worker processes per rank")
     device: str = opt("auto", "auto (cuda if available), cpu or cuda")
     amp: bool = opt(True, "bf16 autocast and TF32 on CUDA (ignored on CPU)")
+    data_on_device: str = opt("auto", "keep the train and dev clips in device memory and batch by on-device gathers "
+                              "(no DataLoader): auto (when they fit in 25% of free GPU memory, or on the CPU of "
+                              "available RAM shared by the ranks), true, or false (stream from the HDF5 shards)")
 
     def validate(self) -> None:
         if self.cell not in CELLS:
@@ -74,6 +78,9 @@ class TrainConfig:
             raise ConfigError(f"optimizer: {self.optimizer!r} is not one of rmsprop, adam, sgd")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device: {self.device!r} is not one of auto, cpu, cuda")
+        self.data_on_device = str(self.data_on_device).lower()  # a TOML boolean arrives as "True"
+        if self.data_on_device not in DATA_ON_DEVICE:
+            raise ConfigError(f"data_on_device: {self.data_on_device!r} is not one of {', '.join(DATA_ON_DEVICE)}")
         for k in ("hidden", "layers", "epochs", "batch_size", "keep_last", "ckpt_every_epochs", "log_every_steps"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"{k}: must be >= 1, got {getattr(self, k)}")
@@ -163,7 +170,7 @@ class PreprocessConfig:
 
 # Keys that may change between a run's starts without making it a different run.
 RUNTIME_KEYS = {"data", "epochs", "workers", "device", "ckpt_every_min", "ckpt_every_epochs", "keep_last",
-                "log_every_steps", "gen_every_epochs", "gen_seconds"}
+                "log_every_steps", "gen_every_epochs", "gen_seconds", "data_on_device"}
 
 
 def field_names(cls) -> list[str]:
