@@ -303,7 +303,8 @@ class GraphedRecurrence:
         if n < 2:
             return None
         try:
-            e = _GraphEntry(xp, u, v, h0, c0, alias_u, capture)
+            with torch.no_grad():  # the fixed buffers are never part of an autograd graph
+                e = _GraphEntry(xp, u, v, h0, c0, alias_u, capture)
         except Exception as err:
             self.fail(err)
             return None
