@@ -15,7 +15,7 @@ export PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 missing=()
-for m in soundfile cffi pycparser; do
+for m in soundfile cffi pycparser typing_extensions; do
   "$PY" -c "import $m" >/dev/null 2>&1 || missing+=("$m")
 done
 if [ ${#missing[@]} -gt 0 ]; then
