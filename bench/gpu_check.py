@@ -102,8 +102,11 @@ def step_env(mode: dict, work: Path, c: Checks) -> None:
     import platform
 
     import torch
+
+    import gruv_hpc
     f = c.figures
-    f.update(python=platform.python_version(), torch=torch.__version__, cuda=torch.version.cuda,
+    f.update(gruv_hpc=str(Path(gruv_hpc.__file__).parent), python=platform.python_version(), torch=torch.__version__,
+             cuda=torch.version.cuda,
              cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
              cpus=os.cpu_count(), gpus=torch.cuda.device_count())
     for mod in ("numpy", "scipy", "h5py", "soundfile", "cffi", "tensorboard", "triton"):
