@@ -58,6 +58,9 @@ MODES = {
         timeouts=dict(env=60, tests=120, dataset=60, run=90, generate=60, bench_train_h256=90, bench_data=60)),
 }
 MIN_STEP_S = 15  # a step is not started with less time than this left in the budget
+# A dry run of the CUDA mode's shapes on a machine without a GPU: GPU_CHECK_DEVICE=cpu (slow, partial).
+if os.environ.get("GPU_CHECK_DEVICE"):
+    MODES["cuda"]["device"] = os.environ["GPU_CHECK_DEVICE"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -88,8 +88,9 @@ class ResidentClips:
         return self.data.numel() * self.data.element_size()
 
     def gather(self, pos: torch.Tensor) -> torch.Tensor:
-        """A new (len(pos), C + 1, W) tensor (the caller may normalize it in place)."""
-        return torch.index_select(self.data, 0, pos)
+        """A new (len(pos), C + 1, W) tensor (the caller may normalize it in place). Advanced
+        indexing: on the CPU it copies whole rows, ~4x faster than index_select here."""
+        return self.data[pos]
 
 
 class ResidentLoader:
