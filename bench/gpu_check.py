@@ -353,6 +353,12 @@ def orchestrate(a) -> int:
         env["GRUV_CUDA_TESTS_ON_CPU"] = "1"
         env.setdefault("OMP_NUM_THREADS", "1")  # tiny shapes: threads only contend
     only = set(a.only.split(",")) if a.only else None
+    if only:  # what the chosen steps read, when an earlier run in --work did not leave it
+        if "generate" in only and not (work / "runs" / "a" / "done.json").exists():
+            only.add("run")
+        if only & {"run", "bench_train_paper", "bench_train_h256", "bench_data"} \
+                and not (work / "data" / "manifest.json").exists():
+            only.add("dataset")
     t_start = time.time()
     report = {"mode": mode_name, "ok": False, "budget_s": budget, "work": str(work), "steps": {}, "figures": {}}
     print(f"gpu_check ({mode_name}): work dir {work}, budget {budget} s", flush=True)

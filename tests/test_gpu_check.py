@@ -39,7 +39,12 @@ def test_gpu_check_cpu_mode_passes(tmp_path):
 
 
 def test_a_failing_step_is_recorded_and_the_rest_run(tmp_path):
-    p, r = gpu_check(tmp_path, "--only", "generate,env", timeout=120)  # no run to generate from
+    (tmp_path / "work" / "data").mkdir(parents=True)
+    (tmp_path / "work" / "data" / "manifest.json").write_text("{}")  # a broken dataset
+    p, r = gpu_check(tmp_path, "--only", "env,bench_data", timeout=120)
     assert p.returncode == 1 and not r["ok"]
-    assert r["steps"]["env"]["ok"] and not r["steps"]["generate"]["ok"]
-    assert "FileNotFoundError" in r["steps"]["generate"]["error"] or "GenerationError" in r["steps"]["generate"]["error"]
+    assert list(r["steps"]) == ["env", "bench_data"]
+    assert r["steps"]["env"]["ok"] and not r["steps"]["bench_data"]["ok"]
+    assert r["steps"]["bench_data"]["error"] == "exit code 1"
+    saved = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert "DatasetError" in saved["steps"]["bench_data"]["tail"]
