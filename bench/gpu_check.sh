@@ -14,6 +14,7 @@ PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
+[ -d .pydeps ] && export PYTHONPATH="$PWD/.pydeps:$PYTHONPATH"  # installed by an earlier run
 missing=()
 for m in soundfile cffi pycparser typing_extensions; do
   "$PY" -c "import $m" >/dev/null 2>&1 || missing+=("$m")
@@ -35,7 +36,7 @@ for name in sys.argv[1:]:
     print(f"gpu_check: unpacked {wheels[-1]}")
 PYEOF
     fi
-    export PYTHONPATH="$PWD/.pydeps:$PYTHONPATH"
+    case ":$PYTHONPATH:" in *":$PWD/.pydeps:"*) ;; *) export PYTHONPATH="$PWD/.pydeps:$PYTHONPATH" ;; esac
   else
     echo "gpu_check: WARNING: ${missing[*]} missing and no wheels in .whl/ (carry it): the steps that read or write audio will fail"
   fi
