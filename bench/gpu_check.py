@@ -6,7 +6,8 @@ Steps, each in its own process under its own time limit (and all under ``--budge
 step is recorded and the next one runs; the exit code is 0 only when every step passed:
 
   env                versions, the device, its memory
-  tests              pytest tests/test_cuda.py (GRUV_REQUIRE_CUDA=1: a skip is a failure)
+  tests              pytest tests/test_cuda.py (GRUV_REQUIRE_CUDA=1: a skip is a failure), and the
+                     model's CPU tests (test_recurrence.py, test_model.py) under the node's torch
   dataset            a synthetic corpus, preprocessed with the paper's parameters
   run                2 epochs on the device (resident data), resumed for a 3rd (streamed);
                      a second run streamed from the start, compared with the first
@@ -45,6 +46,8 @@ MODES = {
     "cuda": dict(
         device="cuda", budget=390, songs=6, song_s=(40, 45), pre={}, hidden=256, batch=5, limit=0, workers=2,
         seed_s=10.0,
+        # the CUDA tests, and the model's CPU tests under this machine's torch (CI has another)
+        tests=["tests/test_cuda.py", "tests/test_recurrence.py", "tests/test_model.py"],
         bench_train={"bench_train_paper": ["--hidden", "2048", "--batch", "5", "--steps", "8", "--workers", "2"],
                      "bench_train_h256": ["--hidden", "256", "--batch", "5", "--steps", "8", "--workers", "2"]},
         bench_data=["--batch", "5", "--step-ms", "5", "--seconds", "2", "--workers", "0", "1", "2"],
@@ -52,7 +55,7 @@ MODES = {
                       bench_train_h256=120, bench_data=120)),
     "cpu": dict(
         device="cpu", budget=150, songs=3, song_s=(3, 4), pre=dict(sample_rate=8000, block_size=64, clip_blocks=8),
-        hidden=8, batch=4, limit=6, workers=0, seed_s=0.32,
+        hidden=8, batch=4, limit=6, workers=0, seed_s=0.32, tests=["tests/test_cuda.py"],
         bench_train={"bench_train_h256": ["--hidden", "16", "--batch", "4", "--steps", "2", "--layer-iters", "3"]},
         bench_data=["--batch", "4", "--step-ms", "5", "--seconds", "0.2", "--workers", "0", "1"],
         timeouts=dict(env=60, tests=120, dataset=60, run=90, generate=60, bench_train_h256=90, bench_data=60)),
@@ -308,7 +311,7 @@ def plan(mode_name: str, mode: dict, work: Path, py: str) -> list[tuple[str, lis
     me = [py, str(Path(__file__).resolve()), "--work", str(work)] + (["--cpu"] if mode_name == "cpu" else [])
     data = str(work / "data")
     steps = [("env", me + ["--step", "env"], []),
-             ("tests", [py, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/test_cuda.py",
+             ("tests", [py, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *mode["tests"],
                         "--junitxml", str(work / "results" / "tests.xml")], []),
              ("dataset", me + ["--step", "dataset"], []),
              ("run", me + ["--step", "run"], ["dataset"]),
