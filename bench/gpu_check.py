@@ -206,14 +206,20 @@ def step_run(mode: dict, work: Path, c: Checks) -> None:
     wa = next(st["model"] for st in map(load_checkpoint, RunPaths(a).step_ckpts()) if st["train"]["epoch"] == 2)
     wb = load_checkpoint(RunPaths(b).step_ckpts()[0])["model"]
     diff = max(float((wa[k].double() - wb[k].double()).abs().max()) for k in wa)
-    scale = max(float(v.abs().max()) for v in wa.values())
-    hb = read_jsonl(b / "metrics.jsonl")
-    f.update(resident_vs_stream_max_abs_diff=diff, resident_vs_stream_bitwise=all(torch.equal(wa[k], wb[k]) for k in wa),
-             resident_vs_stream_losses_equal=[(h["train_loss"], h["dev_loss"]) for h in hb]
-             == [(h["train_loss"], h["dev_loss"]) for h in first])
-    tol = 0.0 if mode["device"] == "cpu" else 1e-3 * scale
-    c.check(f"resident vs streaming: weights after 2 epochs within {tol:.2g}", diff <= tol,
-            f"max abs diff {diff:.3g}, bitwise {f['resident_vs_stream_bitwise']}")
+    rel = math.sqrt(sum(float((wa[k].double() - wb[k].double()).pow(2).sum()) for k in wa)
+                    / sum(float(v.double().pow(2).sum()) for v in wa.values()))
+    la = [v for h in first for v in (h["train_loss"], h["dev_loss"])]
+    lb = [v for h in read_jsonl(b / "metrics.jsonl") for v in (h["train_loss"], h["dev_loss"])]
+    loss_rel = max(abs(x - y) / abs(x) for x, y in zip(la, lb)) if len(la) == len(lb) else math.inf
+    bitwise = all(torch.equal(wa[k], wb[k]) for k in wa)
+    f.update(resident_vs_stream_max_abs_diff=diff, resident_vs_stream_rel_l2=rel, resident_vs_stream_loss_rel=loss_rel,
+             resident_vs_stream_bitwise=bitwise, resident_vs_stream_losses_equal=la == lb)
+    if mode["device"] == "cpu":  # the same batches: bitwise on the CPU
+        c.check("resident vs streaming: bitwise equal weights and losses after 2 epochs", bitwise and la == lb)
+    else:  # on the GPU: reported bitwise or not; a different batch would differ by far more than this
+        c.check("resident vs streaming: losses within 1e-3 and weights within 1e-3 (relative L2) after 2 epochs",
+                loss_rel <= 1e-3 and rel <= 1e-3,
+                f"bitwise {bitwise}, max abs diff {diff:.3g}, relative L2 {rel:.3g}, losses {loss_rel:.3g}")
 
 
 def step_generate(mode: dict, work: Path, c: Checks) -> None:

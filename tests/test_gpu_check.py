@@ -26,7 +26,7 @@ def test_gpu_check_cpu_mode_passes(tmp_path):
     assert list(r["steps"]) == ["env", "tests", "dataset", "run", "generate", "bench_train_h256", "bench_data"]
     f = r["figures"]
     assert f["tests"]["passed"] == f["tests"]["tests"] > 0
-    assert f["run"]["epochs"] == [1, 2, 3] and f["run"]["resident_vs_stream_bitwise"]
+    assert f["run"]["epochs"] == [1, 2, 3] and f["run"]["resident_vs_stream_bitwise"] and f["run"]["resident_vs_stream_rel_l2"] == 0
     assert all(r["steps"]["run"]["checks"].values()) and len(r["steps"]["run"]["checks"]) >= 8
     assert f["generate"]["max_abs_diff"] <= 1e-3
     for k in ("gruv_loop", "bare_lstm", "bare_lstm_fused", "tflops_lstm", "affine_tflops", "layer_lstm_graph",
