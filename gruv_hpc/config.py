@@ -26,6 +26,7 @@ from .errors import ConfigError  # noqa: F401  (re-exported)
 
 CELLS = ("lstm", "gru", "lstm-fused")
 RESUME = ("auto", "require", "never")
+DATA_ON_DEVICE = ("auto", "true", "false")
 
 
 def opt(default, help: str):
@@ -70,6 +71,9 @@ class TrainConfig:
     resume: str = opt("auto", "auto: resume from the newest readable checkpoint, else start; require: a readable "
                               "checkpoint must exist; never: start over (old checkpoints, metrics and TensorBoard "
                               "files are moved to discarded-<time>/ in the run directory, never deleted)")
+    data_on_device: str = opt("auto", "keep the train and dev clips in device memory and batch by on-device gathers "
+                              "(no DataLoader): auto (when they fit in 25% of free GPU memory, or on the CPU of "
+                              "available RAM shared by the ranks), true, or false (stream from the HDF5 shards)")
 
     def validate(self) -> None:
         if self.cell not in CELLS:
@@ -80,6 +84,9 @@ class TrainConfig:
             raise ConfigError(f"device: {self.device!r} is not one of auto, cpu, cuda")
         if self.resume not in RESUME:
             raise ConfigError(f"resume: {self.resume!r} is not one of {', '.join(RESUME)}")
+        self.data_on_device = str(self.data_on_device).lower()  # a TOML boolean arrives as "True"
+        if self.data_on_device not in DATA_ON_DEVICE:
+            raise ConfigError(f"data_on_device: {self.data_on_device!r} is not one of {', '.join(DATA_ON_DEVICE)}")
         for k in ("hidden", "layers", "epochs", "batch_size", "keep_last", "ckpt_every_epochs", "log_every_steps"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"{k}: must be >= 1, got {getattr(self, k)}")
@@ -169,7 +176,7 @@ class PreprocessConfig:
 
 # Keys that may change between a run's starts without making it a different run.
 RUNTIME_KEYS = {"data", "epochs", "workers", "device", "resume", "ckpt_every_min", "ckpt_every_epochs", "keep_last",
-                "log_every_steps", "gen_every_epochs", "gen_seconds"}
+                "log_every_steps", "gen_every_epochs", "gen_seconds", "data_on_device"}
 
 
 def field_names(cls) -> list[str]:

@@ -24,7 +24,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
 
-from . import distributed
+from . import distributed, resident
 from .checkpoint import Checkpointer, git_info, rng_state, seed_everything, set_rng_state
 from .config import RUNTIME_KEYS, ConfigError, TrainConfig, diff, resolve, to_dict
 from .data import ClipDataset, batch_collate
@@ -159,6 +159,10 @@ class Data:
         return blk[:, :-1], blk[:, 1:]
 
 
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
 def build_data(cfg: TrainConfig, d: Dist) -> Data:
     train_set = ClipDataset(cfg.data, "train", cfg.artists, as_blocks=True)
     dev_set = ClipDataset(cfg.data, "dev", cfg.artists, as_blocks=True)
@@ -166,12 +170,18 @@ def build_data(cfg: TrainConfig, d: Dist) -> Data:
         raise DatasetError(f"{cfg.data}: the train split has no clips for artists {cfg.artists or 'all'}")
     local_bs = cfg.batch_size // d.world
     sampler = ResumableSampler(train_set, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed, drop_last=True)
-    kw = dict(num_workers=cfg.workers, pin_memory=d.device.type == "cuda", persistent_workers=cfg.workers > 0,
-              collate_fn=batch_collate)
-    train_loader = DataLoader(train_set, batch_size=local_bs, sampler=sampler, drop_last=True, **kw)
     # Dev: every clip exactly once across ranks (DistributedSampler would pad with repeats).
-    dev_loader = DataLoader(torch.utils.data.Subset(dev_set, range(d.rank, len(dev_set), d.world)),
-                            batch_size=local_bs, shuffle=False, **kw)
+    dev_indices = range(d.rank, len(dev_set), d.world)
+    # The same batches either way: resident in device memory, or streamed by a DataLoader.
+    loaders = resident.build_loaders(cfg.data_on_device, d.device, d.world, train_set, dev_set, dev_indices, sampler,
+                                     local_bs, cfg.workers, log=_log if d.is_main else lambda _: None)
+    if loaders:
+        train_loader, dev_loader = loaders
+    else:
+        kw = dict(num_workers=cfg.workers, pin_memory=d.device.type == "cuda", persistent_workers=cfg.workers > 0,
+                  collate_fn=batch_collate)
+        train_loader = DataLoader(train_set, batch_size=local_bs, sampler=sampler, drop_last=True, **kw)
+        dev_loader = DataLoader(torch.utils.data.Subset(dev_set, dev_indices), batch_size=local_bs, shuffle=False, **kw)
     steps = len(sampler) // local_bs
     if cfg.limit_train_batches:
         steps = min(steps, cfg.limit_train_batches)

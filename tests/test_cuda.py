@@ -1,0 +1,159 @@
+"""The CUDA paths: every cell forward and backward against a CPU float64 reference, gradcheck of
+the peephole recurrence (eager Function and CUDA graphs) in float64 on the GPU, bf16 autocast
+against float32, a checkpoint from the GPU loaded on the CPU, the resident dataset on the GPU.
+
+Marked ``cuda``; skipped without a GPU (CI has none). ``GRUV_REQUIRE_CUDA=1`` (bench/gpu_check.sh)
+turns the skip into a failure; ``GRUV_CUDA_TESTS_ON_CPU=1`` (``gpu_check.sh --cpu``) runs the same
+tests on the CPU instead, so that they cannot rot where no GPU is. Tolerances are stated per test.
+"""
+import os
+
+import pytest
+import torch
+
+from gruv_hpc import model as M
+from gruv_hpc.model import GRUVModel, GraphedRecurrence, PeepholeLSTMFunction
+
+pytestmark = pytest.mark.cuda
+
+BF16_REL_TOL = 0.02  # |loss_bf16 - loss_fp32| / loss_fp32 under bf16 autocast (bf16 keeps 8 significant bits)
+
+
+@pytest.fixture
+def dev(monkeypatch):
+    if torch.cuda.is_available():
+        d = torch.device("cuda", torch.cuda.current_device())
+    elif os.environ.get("GRUV_CUDA_TESTS_ON_CPU") == "1":
+        d = torch.device("cpu")
+    elif os.environ.get("GRUV_REQUIRE_CUDA") == "1":
+        pytest.fail("GRUV_REQUIRE_CUDA=1 but torch sees no GPU")
+    else:
+        pytest.skip("no GPU")
+    # Reference precision: plain fp32 matmuls (no TF32) on the GPU while comparing with float64.
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(M, "_graphs_failed", False)
+    monkeypatch.delenv(M.RECURRENCE_ENV, raising=False)
+    return d
+
+
+def _grads(m):
+    return {n: p.grad.detach().double().cpu() for n, p in m.named_parameters()}
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "lstm-fused"])
+def test_cell_on_device_matches_cpu_float64(dev, cell):
+    """fp32 on the device vs float64 on the CPU: outputs and every gradient within 1e-4 (relative
+    to the largest value), three steps with the same weights (the graph path captures at the second)."""
+    torch.manual_seed(0)
+    ref = GRUVModel(dim=24, hidden=16, cell=cell, layers=2).double()
+    with torch.no_grad():
+        for n, p in ref.named_parameters():
+            if n.endswith(".v"):
+                p.normal_()  # make the peepholes matter
+    m = GRUVModel(dim=24, hidden=16, cell=cell, layers=2).to(dev)
+    m.load_state_dict({k: v.float() for k, v in ref.state_dict().items()})
+    x, y = torch.randn(3, 12, 24, dtype=torch.float64), torch.randn(3, 12, 24, dtype=torch.float64)
+    ref.zero_grad()
+    pr, _ = ref(x)
+    torch.nn.functional.mse_loss(pr, y).backward()
+    gr = _grads(ref)
+    for _ in range(3):
+        m.zero_grad()
+        pm, _ = m(x.float().to(dev))
+        torch.nn.functional.mse_loss(pm, y.float().to(dev)).backward()
+        assert (pm.double().cpu() - pr).abs().max() <= 1e-4 * pr.abs().max()
+        for n, g in _grads(m).items():
+            assert (g - gr[n]).abs().max() <= 1e-4 * max(gr[n].abs().max(), 1e-3), n
+    if cell == "lstm" and dev.type == "cuda":
+        assert all(r.graphs.captures == 1 for r in m.rnns)  # the CUDA graph path ran, one graph per layer
+
+
+def _fn_args(dev, T=5, B=2, H=3):
+    torch.manual_seed(0)
+    args = [torch.randn(T, 4, B, H), torch.randn(4, H, H), torch.randn(3, H), torch.randn(B, H), torch.randn(B, H)]
+    return [a.double().to(dev).requires_grad_() for a in args]
+
+
+def test_peephole_function_gradcheck_on_device(dev):
+    assert torch.autograd.gradcheck(lambda *a: tuple(PeepholeLSTMFunction.apply(*a)), _fn_args(dev))
+
+
+def test_graphed_recurrence_gradcheck_and_equality_on_device(dev):
+    """The graph path (captured on CUDA), float64: gradcheck replays the same graph with new inputs;
+    its outputs and gradients equal the eager Function's within 1e-12."""
+    runner = GraphedRecurrence(min_steps=1)
+    args = _fn_args(dev)
+    assert torch.autograd.gradcheck(lambda *a: tuple(runner(*a)), args)
+    assert runner.captures == 1
+    outs = []
+    for f in (lambda *a: PeepholeLSTMFunction.apply(*a), runner):
+        hs, h, c = f(*args)
+        grads = torch.autograd.grad(hs.pow(2).sum() + h.sum() + c.sum(), args)
+        outs.append([hs, h, c, *grads])
+    for a, b in zip(*outs):
+        assert (a - b).abs().max() <= 1e-12
+
+
+def test_bf16_autocast_loss_close_to_fp32(dev):
+    """The training step's loss under bf16 autocast within BF16_REL_TOL of the fp32 loss, for every cell."""
+    for cell in ("lstm", "gru", "lstm-fused"):
+        torch.manual_seed(0)
+        m = GRUVModel(dim=64, hidden=32, cell=cell).to(dev)
+        x, y = torch.randn(4, 20, 64, device=dev), torch.randn(4, 20, 64, device=dev)
+        with torch.no_grad():
+            ref = torch.nn.functional.mse_loss(m(x)[0].float(), y)
+            with torch.autocast(dev.type, dtype=torch.bfloat16):
+                pred, _ = m(x)
+            low = torch.nn.functional.mse_loss(pred.float(), y)
+        assert pred.dtype == torch.bfloat16
+        assert abs(low.item() - ref.item()) <= BF16_REL_TOL * ref.item(), (cell, low.item(), ref.item())
+
+
+def test_checkpoint_from_device_loads_on_cpu(dev, tmp_path):
+    """A model and optimizer trained a step on the device, saved, loaded with map_location=cpu: equal."""
+    from gruv_hpc.checkpoint import Checkpointer
+    from gruv_hpc.paths import RunPaths
+    from gruv_hpc.train import make_optimizer
+    from gruv_hpc.config import TrainConfig
+    torch.manual_seed(0)
+    m = GRUVModel(dim=32, hidden=16).to(dev)
+    opt = make_optimizer(TrainConfig(), m.parameters())
+    x = torch.randn(2, 10, 32, device=dev)
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        pred, _ = m(x)
+    torch.nn.functional.mse_loss(pred.float(), x).backward()
+    opt.step()
+    ck = Checkpointer(RunPaths(tmp_path), every_epochs=1, every_min=10, keep_last=2)
+    ck.save({"model": m.state_dict(), "optimizer": opt.state_dict()}, step=1)
+    st, path = ck.load_latest(map_location="cpu")
+    assert path is not None
+    for k, v in m.state_dict().items():
+        assert st["model"][k].device.type == "cpu" and torch.equal(st["model"][k], v.cpu()), k
+    for k, s in opt.state_dict()["state"].items():
+        for name, t in s.items():
+            assert torch.equal(st["optimizer"]["state"][k][name], t.cpu()), (k, name)
+    cpu_model = GRUVModel(dim=32, hidden=16)
+    cpu_model.load_state_dict(st["model"])
+    with torch.no_grad():
+        assert (cpu_model(x.cpu())[0] - m(x)[0].cpu()).abs().max() <= 1e-4
+
+
+def test_resident_batches_on_device_equal_streaming(dev, data):
+    """The resident clips on the device give the very batches the DataLoader streams."""
+    from torch.utils.data import DataLoader
+    from gruv_hpc import resident
+    from gruv_hpc.data import ClipDataset, batch_collate
+    from gruv_hpc.train import ResumableSampler
+    train, dev_set = ClipDataset(data, "train", as_blocks=True), ClipDataset(data, "dev", as_blocks=True)
+    s1, s2 = (ResumableSampler(train, num_replicas=1, rank=0, shuffle=True, seed=0, drop_last=True) for _ in range(2))
+    tr, dv = resident.build_loaders("true", dev, 1, train, dev_set, range(len(dev_set)), s1, 4, log=lambda _: None)
+    assert tr.clips.data.device == dev
+    for s in (s1, s2):
+        s.set_epoch(3)
+        s.skip = 4
+    ref = DataLoader(train, batch_size=4, sampler=s2, drop_last=True, collate_fn=batch_collate)
+    got = list(tr)
+    assert len(got) == len(ref) > 0
+    for a, b in zip(got, ref):
+        assert a.device == dev and torch.equal(a.cpu(), b)

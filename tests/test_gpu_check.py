@@ -1,0 +1,50 @@
+"""bench/gpu_check.sh --cpu: the GPU check's every step, on the CPU at tiny shapes, so that the
+script a GPU node runs once cannot rot where there is no GPU."""
+import json
+import os
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def gpu_check(tmp_path, *args, timeout=240):
+    env = {**os.environ, "OUT": str(tmp_path / "out")}
+    p = subprocess.run(["bash", "bench/gpu_check.sh", "--cpu", "--work", str(tmp_path / "work"), *args], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=timeout)
+    last = p.stdout.strip().splitlines()[-1]
+    assert last.startswith("GPU_CHECK_JSON "), p.stdout[-3000:] + p.stderr[-3000:]
+    report = json.loads(last.removeprefix("GPU_CHECK_JSON "))
+    assert json.loads((tmp_path / "out" / "gpu_check.json").read_text())["steps"].keys() == report["steps"].keys()
+    return p, report
+
+
+def test_gpu_check_cpu_mode_passes(tmp_path):
+    p, r = gpu_check(tmp_path)
+    assert p.returncode == 0, p.stdout[-5000:]
+    assert r["ok"] and r["mode"] == "cpu"
+    assert list(r["steps"]) == ["env", "tests", "dataset", "run", "generate", "bench_train_h256", "bench_data"]
+    f = r["figures"]
+    assert f["tests"]["passed"] == f["tests"]["tests"] > 0
+    assert f["run"]["epochs"] == [1, 2, 3] and f["run"]["resident_vs_stream_bitwise"] and f["run"]["resident_vs_stream_rel_l2"] == 0
+    assert all(r["steps"]["run"]["checks"].values()) and len(r["steps"]["run"]["checks"]) >= 8
+    assert f["generate"]["max_abs_diff"] <= 1e-3
+    for k in ("gruv_loop", "bare_lstm", "bare_lstm_fused", "tflops_lstm", "affine_tflops", "layer_lstm_graph",
+              "layer_lstm_function", "layer_torch_lstm"):
+        assert f["bench_train_h256"][k] > 0, k
+    for k in ("stream_w0", "stream_w1", "resident"):
+        assert f["bench_data"][k]["clips_per_s"] > 0, k
+    assert f["bench_data"]["need"]["clips_per_s"] == 4 / 0.005
+    assert (tmp_path / "out" / "gpu_check_logs" / "run.log").read_text()
+
+
+def test_a_failing_step_is_recorded_and_the_rest_run(tmp_path):
+    (tmp_path / "work" / "data").mkdir(parents=True)
+    (tmp_path / "work" / "data" / "manifest.json").write_text("{}")  # a broken dataset
+    p, r = gpu_check(tmp_path, "--only", "env,bench_data", timeout=120)
+    assert p.returncode == 1 and not r["ok"]
+    assert list(r["steps"]) == ["env", "bench_data"]
+    assert r["steps"]["env"]["ok"] and not r["steps"]["bench_data"]["ok"]
+    assert r["steps"]["bench_data"]["error"] == "exit code 1"
+    saved = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert "DatasetError" in saved["steps"]["bench_data"]["tail"]
