@@ -31,7 +31,7 @@ def test_plan_and_status_agree_on_a_live_local_job(tmp_path):
     try:
         _record(sw, d, lambda r: JobRecord(str(sleeper.pid), "local", time.time(), sleeper.pid))
         (d / "runs" / "gru").mkdir(parents=True)
-        (d / "runs" / "gru" / "done.json").write_text("{}")
+        (d / "runs" / "gru" / "done.json").write_text('{"final": {"epoch": 1}}')
         todo, skipped = sweep.plan(sw, sweep.load_state(d))
         assert todo == [] and skipped == {"lstm": f"job {sleeper.pid} is RUNNING", "gru": "done"}
         assert {r["name"]: r["state"] for r in sweep.status(d)} == {"lstm": "RUNNING", "gru": "COMPLETED"}
@@ -108,7 +108,7 @@ def test_dry_run_submits_what_a_submission_would(tmp_path, monkeypatch):
     d = tmp_path / "sw"
     _record(sweep.load_sweep(f), d)
     (d / "runs" / "h3").mkdir(parents=True)
-    (d / "runs" / "h3" / "done.json").write_text("{}")
+    (d / "runs" / "h3" / "done.json").write_text('{"final": {"epoch": 1}}')
     out = []
     res = sweep.submit(f, d, executor="slurm", dry_run=True, out=out.append)
     assert res["todo"] == ["h2", "h4", "h5", "h6"] and res["skipped"] == {"h3": "done"} and "skip h3: done" in out
