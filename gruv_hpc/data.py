@@ -37,8 +37,8 @@ class Normalizer:
     """Stored rows (..., S) of any float dtype -> normalized model features (..., D), float32,
     on one device. Normalizing comes first, in the stored space (S values, not D): a mirrored
     feature is +-1 times a stored value, so its (x - mean) / std is +-1 times the stored value's.
-    The expansion is then a few contiguous copies (``expansion_runs``): on a CPU as numpy views
-    (a reversed view costs nothing there, unlike a gather or ``torch.flip``)."""
+    The expansion is then a few contiguous copies (``expansion_runs``): on a CPU from numpy views
+    (a reversed view costs nothing there, unlike a gather or ``torch.flip``), on a GPU in torch."""
 
     def __init__(self, index: np.ndarray, sign: np.ndarray, mean: np.ndarray, std: np.ndarray, device="cpu"):
         """index, sign: ``features.expansion``; mean, std: of the D features (``load_stats``)."""
@@ -50,22 +50,30 @@ class Normalizer:
         self.shift = torch.from_numpy((-mean[d_of_stored] / std[d_of_stored]).astype(np.float32)).to(self.device)
         self.runs, self.dim = expansion_runs(index, sign), len(index)
 
+    CPU_ROWS = 16  # rows normalized at a time on a CPU: they stay in cache for the copies that follow
+
     def __call__(self, stored: torch.Tensor) -> torch.Tensor:
         lead, s = stored.shape[:-1], stored.shape[-1]
         stored = stored.reshape(-1, s)
         if stored.device.type == "cpu":
-            # numpy's buffers: a large one gets huge pages, so a fresh batch costs few page faults
-            norm = np.empty(stored.shape, np.float32)
-            torch.addcmul(self.shift, stored, self.scale, out=torch.from_numpy(norm))
-            out = torch.from_numpy(self.expand_numpy(norm))
-        else:
-            # float16 is cast here, after the transfer: it moved half the bytes
-            out = self.expand_torch(torch.addcmul(self.shift, stored.float(), self.scale))
-        return out.view(*lead, self.dim)
+            # numpy throughout: single-threaded ops on cached rows, where many small multi-threaded
+            # torch ops would wait on each other whenever the cores are busy; its large buffers get
+            # huge pages, so a fresh batch costs few page faults.
+            st, scale, shift = stored.numpy(), self.scale.numpy(), self.shift.numpy()
+            out = np.empty((len(st), self.dim), np.float32)
+            rows = np.empty((self.CPU_ROWS, s), np.float32)
+            for r0 in range(0, len(st), self.CPU_ROWS):
+                r = rows[: min(self.CPU_ROWS, len(st) - r0)]
+                np.multiply(st[r0: r0 + len(r)], scale, out=r)
+                np.add(r, shift, out=r)
+                self.expand_numpy(r, out[r0: r0 + len(r)])
+            return torch.from_numpy(out).view(*lead, self.dim)
+        # float16 is cast here, after the transfer: it moved half the bytes
+        return self.expand_torch(torch.addcmul(self.shift, stored.float(), self.scale)).view(*lead, self.dim)
 
-    def expand_numpy(self, a: np.ndarray) -> np.ndarray:
-        """(R, S) -> (R, D) float32, each run one copy from a (reversed) view."""
-        o = np.empty((a.shape[0], self.dim), np.float32)
+    def expand_numpy(self, a: np.ndarray, o: np.ndarray | None = None) -> np.ndarray:
+        """(R, S) -> (R, D) float32 (into ``o`` if given), each run one copy from a (reversed) view."""
+        o = np.empty((a.shape[0], self.dim), np.float32) if o is None else o
         for d0, d1, s0, step, sg in self.runs:
             n = d1 - d0
             src = a[:, s0: s0 + n] if step == 1 else a[:, s0 - n + 1: s0 + 1][:, ::-1]
@@ -91,8 +99,9 @@ class ClipDataset(Dataset):
     """(x, y) float32 normalized clips of shape (C, D); y is x shifted by one block.
 
     Normalized with the train statistics of the artists it is built for (all when ``artists`` is
-    empty), whichever split it serves. HDF5 handles are opened lazily, per process (keyed by pid), so a DataLoader that forks its
-    workers never shares a handle across fork. Only the manifest and stats are read up front.
+    empty), whichever split it serves. HDF5 handles are opened lazily, per process (keyed by pid),
+    so a DataLoader that forks its workers never shares a handle across fork. Only the manifest and
+    stats are read up front.
     """
 
     def __init__(self, data_dir: str | Path, split: str, artists: list[str] | None = None,

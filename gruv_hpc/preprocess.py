@@ -654,10 +654,12 @@ def _check_replace(out: Path, p: Plan, overwrite: bool) -> None:
     diffs = [f"{k}: {old['params'].get(k)!r} -> {p.params.get(k)!r}" for k in p.params if old["params"].get(k) != p.params[k]]
     if old.get("artists") != p.artists:
         diffs.append(f"artists: {old.get('artists')} -> {p.artists}")
-    key = lambda s: (s["artist"], s["relpath"], s["bytes"], s["split"], s["holdout"])  # noqa: E731
-    before, after = {key(s) for s in old["songs"]}, {key(s) for s in p.songs}
+    before, after = ({(s["artist"], s["relpath"]): (s["bytes"], s["split"], s["holdout"]) for s in songs}
+                     for songs in (old["songs"], p.songs))
     if before != after:
-        diffs.append(f"songs: {len(before - after)} gone or changed, {len(after - before)} new or changed")
+        changed = sum(before[k] != after[k] for k in before.keys() & after.keys())
+        diffs.append(f"songs: {len(before.keys() - after.keys())} gone, {len(after.keys() - before.keys())} new, "
+                     f"{changed} changed in size or split")
     if diffs:
         raise DatasetError(f"{out} already holds a dataset with other parameters or songs ({'; '.join(diffs)}); "
                            "pass --overwrite to replace it")

@@ -359,7 +359,7 @@ def test_replacing_a_dataset_needs_overwrite_and_other_files_are_never_deleted(c
     preprocess_tiny(corpus, ds)  # the same songs and parameters: simply rebuilt
     before = digest(ds)
     aurora_only = parse_sources([f"aurora={corpus / 'aurora'}"])
-    with pytest.raises(DatasetError, match=r"other parameters or songs \(artists: .*songs: 3 gone.*--overwrite"):
+    with pytest.raises(DatasetError, match=r"other parameters or songs \(artists: .*songs: 3 gone, 0 new, 0 changed.*--overwrite"):
         preprocess(aurora_only, ds, PreprocessConfig(**TINY), progress=False)
     assert digest(ds) == before
     # A folder of the user's own is never written into, --overwrite or not.
