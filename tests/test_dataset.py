@@ -280,3 +280,9 @@ def test_version_1_dataset_is_refused_with_what_to_do(data, tmp_path):
     for fn in (lambda: load_manifest(old), lambda: ClipDataset(old, "train")):
         with pytest.raises(DatasetError, match=r"v1/manifest.json: dataset format version 1.*gruv preprocess"):
             fn()
+    # gruv preprocess rebuilds it when asked to
+    srcs = parse_sources([f"aurora={m['sources']['aurora']}"])
+    with pytest.raises(DatasetError, match="format version 1; pass --overwrite"):
+        preprocess(srcs, old, PreprocessConfig(**TINY), progress=False)
+    preprocess(srcs, old, PreprocessConfig(**TINY), overwrite=True, progress=False)
+    assert load_manifest(old)["version"] == 2
