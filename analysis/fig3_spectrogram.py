@@ -14,12 +14,12 @@ from gruv_hpc.analysis.common import RunInfo, cli, load_runs, save_fig
 
 
 def truth_mean_magnitude(ds, max_clips: int | None = None) -> np.ndarray:
-    """Mean |Y| over the dev clips: (C, F), computed from the raw (unnormalized) shard blocks."""
+    """Mean |Y| over the dev clips: (C, F), computed from the raw (unnormalized) features."""
     from gruv_hpc.features import magnitude_spectrum
     n = len(ds) if max_clips is None else min(len(ds), max_clips)
     acc = None
     for i in range(n):
-        m = magnitude_spectrum(ds.raw_blocks(i)[1:].astype(np.float64), ds.params["transform"])
+        m = magnitude_spectrum(ds.features(i)[1:].astype(np.float64), ds.params["transform"])
         acc = m if acc is None else acc + m
     return acc / n
 

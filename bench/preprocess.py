@@ -1,11 +1,14 @@
 """Preprocessing throughput and memory: seconds of audio per wall-second on one core, peak RSS,
-and how peak RSS changes when the corpus is 4x longer.
+how peak RSS changes when the corpus is 4x longer, bytes stored per audio second for each
+``--dtype``, and float16's round-trip error.
 
     python bench/preprocess.py [--minutes 10]
 
 Each measurement is a fresh `gruv preprocess` process pinned to one core (taskset), with the
 BLAS/OpenMP pools at one thread; throughput is the tool's own wall time (decode, resample, FFT,
-HDF5 writes, checksums), RSS is the process's ru_maxrss.
+HDF5 writes, checksums), RSS is the process's ru_maxrss. Bytes per audio second are the shards'
+bytes over the seconds of audio preprocessed. The float16 error is the relative RMS error of the
+audio that the stored features give back (features -> inverse FFT), against the decoded song.
 """
 from __future__ import annotations
 
@@ -38,15 +41,16 @@ def make_wav_corpus(root: Path, minutes: float, song_s: float = 60.0, seed: int 
     return n * song_s
 
 
-def run(corpus: Path, out: Path) -> dict:
+def run(corpus: Path, out: Path, *extra: str) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     code = ("import json, resource, sys; from gruv_hpc.cli import main; main(sys.argv[1:]); "
             "m = json.load(open(sys.argv[-1] + '/manifest.json')); "
             "print(json.dumps({'wall_s': m['summary']['wall_s'], 'hours': m['summary']['hours'], "
+            "'bytes_per_audio_s': m['summary']['bytes_per_audio_s'], "
             "'rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))")
     # --out DIR comes last: the snippet reads the manifest from sys.argv[-1]
     cmd = [sys.executable, "-c", code, "preprocess", f"a={corpus / 'a'}", f"b={corpus / 'b'}", "--quiet", "--overwrite",
-           "--out", str(out)]
+           *extra, "--out", str(out)]
     if shutil.which("taskset"):
         cmd = ["taskset", "-c", "0", *cmd]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -55,6 +59,28 @@ def run(corpus: Path, out: Path) -> dict:
     res = json.loads(r.stdout.strip().splitlines()[-1])
     res["x_realtime"] = res["hours"] * 3600 / res["wall_s"]
     return res
+
+
+def round_trip_error(data: Path) -> float:
+    """Relative RMS error of the audio the dataset's features give back, over every clip."""
+    from gruv_hpc.audio import load_mono
+    from gruv_hpc.data import ClipDataset
+    from gruv_hpc.features import audio_to_blocks, features_to_blocks
+    err = ref = 0.0
+    for split in ("train", "dev"):
+        ds = ClipDataset(data, split, normalize=False)
+        p = ds.params
+        songs = {}
+        for i in range(len(ds)):
+            sid = int(ds.index.song_of_clip[i])
+            if sid not in songs:
+                songs = {sid: audio_to_blocks(load_mono(ds.manifest["songs"][sid]["path"], p["sample_rate"]), p["block_size"])}
+            k = int(ds.index.clip_of_song[i]) * p["clip_blocks"]
+            truth = songs[sid][k: k + p["clip_blocks"] + 1].astype(np.float64)
+            back = features_to_blocks(ds.features(i), p["transform"], p["block_size"]).astype(np.float64)
+            err += float(np.sum((back - truth) ** 2))
+            ref += float(np.sum(truth**2))
+    return float(np.sqrt(err / ref))
 
 
 def main():
@@ -74,7 +100,12 @@ def main():
               f"on one core; peak RSS {r['rss_mb']:.0f} MiB", flush=True)
     grow = results["4x"]["rss_mb"] / results["1x"]["rss_mb"]
     print(f"peak RSS with a 4x longer corpus: x{grow:.2f} ({results['1x']['rss_mb']:.0f} -> {results['4x']['rss_mb']:.0f} MiB)")
-    print(json.dumps({"preprocess": results, "rss_growth_4x": grow}))
+    results["float16"] = run(work / "corpus-1x", work / "data-f16", "--dtype", "float16")
+    errors = {"float32": round_trip_error(work / "data-1x"), "float16": round_trip_error(work / "data-f16")}
+    for dtype, r in (("float32", results["1x"]), ("float16", results["float16"])):
+        print(f"{dtype}: {r['bytes_per_audio_s'] / 1000:.1f} KB per audio second; audio back from the stored features: "
+              f"relative RMS error {errors[dtype]:.1e}")
+    print(json.dumps({"preprocess": results, "rss_growth_4x": grow, "round_trip_error": errors}))
     if not a.workdir:
         shutil.rmtree(work, ignore_errors=True)
 

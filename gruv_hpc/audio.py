@@ -19,6 +19,15 @@ class AudioError(GruvError):
     """A file could not be decoded; the message names the file and the reason."""
 
 
+def probe(path: str | Path):
+    """The header of an audio file (soundfile's info: samplerate, frames, channels, format),
+    without decoding it. Raises AudioError for anything soundfile cannot open."""
+    try:
+        return sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError, OSError) as e:
+        raise AudioError(f"{path}: not audio soundfile can read ({getattr(e, 'error_string', None) or e})") from e
+
+
 def load_mono(path: str | Path, sample_rate: int, chunk_frames: int = 1 << 18) -> np.ndarray:
     """Decode any soundfile-supported file to mono float32 at ``sample_rate``.
 

@@ -16,16 +16,25 @@ from .errors import ConfigError, GruvError
 
 def _preprocess(a) -> int:
     from .config import PreprocessConfig, build
-    from .preprocess import parse_sources, preprocess
+    from .preprocess import format_split, parse_sources, plan, preprocess
     cfg = build(PreprocessConfig, {f.name: getattr(a, f.name) for f in dataclasses.fields(PreprocessConfig)},
                 source="the command line")
-    m = preprocess(parse_sources(a.sources), a.out, cfg, overwrite=a.overwrite, progress=not a.quiet)
+    sources = parse_sources(a.sources)
+    if a.print_split:
+        sys.stdout.write(format_split(plan(sources, cfg, a.split_file)))
+        return 0
+    if not a.out:
+        raise ConfigError("--out is required (except with --print-split)")
+    m = preprocess(sources, a.out, cfg, overwrite=a.overwrite, progress=not a.quiet, split_file=a.split_file)
     s = m["summary"]
     print(f"dataset {a.out}: {s['songs']} songs, {s['hours']:.3f} h of audio, {s['clips']} clips "
           f"({s['train_clips']} train / {s['dev_clips']} dev), {len(m['shards'])} shards, "
+          f"{s['bytes_per_audio_s'] / 1000:.0f} KB per audio second, "
           f"{s['wall_s']:.1f} s ({s['hours'] * 3600 / max(s['wall_s'], 1e-9):.0f}x realtime)")
     if s["skipped"]:
         print(f"skipped {s['skipped']} file(s):")
+        for r in m["excluded"]:
+            print(f"  {r['path']}: {r['reason']}")
         for song in m["songs"]:
             if song["skipped"]:
                 print(f"  {song['path']}: {song['skipped']}")
@@ -140,11 +149,12 @@ def add_config_options(p: argparse.ArgumentParser, cls) -> None:
     the dataclass: the CLI never repeats a default."""
     import typing
 
-    from .config import TRANSFORMS
+    from .config import DTYPES, TRANSFORMS
+    choices = {"transform": TRANSFORMS, "dtype": DTYPES}
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
-        kw = {"choices": TRANSFORMS} if f.name == "transform" else {}
+        kw = {"choices": choices[f.name]} if f.name in choices else {}
         p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=tp, default=f.default,
                        help=f"{f.metadata.get('help', '')} (default: {f.default})", **kw)
 
@@ -155,10 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     pp = sub.add_parser("preprocess", help="audio folders -> sharded HDF5 spectral dataset")
     pp.add_argument("sources", nargs="+", metavar="ARTIST=DIR")
-    pp.add_argument("--out", required=True, help="dataset directory (DATA_DIR)")
+    pp.add_argument("--out", help="dataset directory (DATA_DIR)")
     from .config import PreprocessConfig
     add_config_options(pp, PreprocessConfig)
-    pp.add_argument("--overwrite", action="store_true", help="replace a dataset with other parameters")
+    pp.add_argument("--split-file", help="take the train/dev split from FILE: one line per song, "
+                    "ARTIST<TAB>PATH relative to the artist's folder<TAB>train|dev ('#' comments)")
+    pp.add_argument("--print-split", action="store_true",
+                    help="print the split in the --split-file format and stop (reads file headers only, writes nothing)")
+    pp.add_argument("--overwrite", action="store_true", help="replace a dataset with other songs or parameters")
     pp.add_argument("--quiet", action="store_true", help="no progress bar")
     pp.set_defaults(fn=_preprocess)
 

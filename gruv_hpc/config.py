@@ -138,6 +138,7 @@ class SlurmConfig:
 
 
 TRANSFORMS = ("fft", "rfft")
+DTYPES = ("float32", "float16")
 
 
 @dataclass
@@ -150,10 +151,13 @@ class PreprocessConfig:
     seed: int = opt(0, "seed of the song-level train/dev split")
     shard_mb: float = opt(512.0, "upper bound of one shard's size, MiB")
     shard_clips: int = opt(0, "upper bound of clips per shard (0: the size bound only)")
+    dtype: str = opt("float32", "stored value type: float32, or float16 (half the bytes; read back as float32)")
 
     def validate(self) -> None:
         if self.transform not in TRANSFORMS:
             raise ConfigError(f"transform: {self.transform!r} is not one of {', '.join(TRANSFORMS)}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
         for k, lo in (("sample_rate", 1), ("block_size", 2), ("clip_blocks", 1)):
             if getattr(self, k) < lo:
                 raise ConfigError(f"{k}: must be >= {lo}, got {getattr(self, k)}")
@@ -166,10 +170,11 @@ class PreprocessConfig:
 
     def params(self) -> dict:
         """The parameters a dataset records in its manifest (and a run can pin)."""
-        from .features import feature_dim
+        from .features import feature_dim, storage_dim
         return {
             "sample_rate": self.sample_rate, "block_size": self.block_size, "clip_blocks": self.clip_blocks,
             "transform": self.transform, "feature_dim": feature_dim(self.transform, self.block_size),
+            "storage_dim": storage_dim(self.block_size), "dtype": self.dtype,
             "dev_fraction": self.dev_fraction, "seed": self.seed,
         }
 

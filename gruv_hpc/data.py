@@ -1,4 +1,9 @@
-"""Reading a dataset back: a torch Dataset of normalized (x, y) clips."""
+"""Reading a dataset back: a torch Dataset of normalized (x, y) clips.
+
+Shards hold the stored half of each block's spectrum (S values, float32 or float16); the model
+sees D features (2N for ``fft``). ``Normalizer`` normalizes a whole batch in the stored space and
+expands it to D on the training device, so only the stored bytes are read and moved.
+"""
 from __future__ import annotations
 
 import os
@@ -9,14 +14,94 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .manifest import DatasetError, check_params, clip_index, load_manifest, load_stats
+from .features import expansion
+from .manifest import DatasetError, check_params, clip_index, load_manifest, load_stats, select_artists
+
+
+def expansion_runs(index: np.ndarray, sign: np.ndarray) -> list[tuple[int, int, int, int, int]]:
+    """``expansion`` as a few runs (d0, d1, s0, step, sign): features[d0:d1] = sign *
+    stored[s0], stored[s0 + step], ... (step +-1; sign 0: zeros). The full DFT's layout is five
+    runs: Re up, Re mirrored, Im of DC, Im up, Im mirrored and negated."""
+    runs, d, n = [], 0, len(index)
+    while d < n:
+        e, sg = d + 1, int(sign[d])
+        step = int(index[e] - index[d]) if e < n and sign[e] == sg and abs(int(index[e]) - int(index[d])) == 1 else 1
+        while e < n and sign[e] == sg and (sg == 0 or index[e] - index[e - 1] == step):
+            e += 1
+        runs.append((d, e, int(index[d]), step, sg))
+        d = e
+    return runs
+
+
+class Normalizer:
+    """Stored rows (..., S) of any float dtype -> normalized model features (..., D), float32,
+    on one device. Normalizing comes first, in the stored space (S values, not D): a mirrored
+    feature is +-1 times a stored value, so its (x - mean) / std is +-1 times the stored value's.
+    The expansion is then a few contiguous copies (``expansion_runs``): on a CPU from numpy views
+    (a reversed view costs nothing there, unlike a gather or ``torch.flip``), on a GPU in torch."""
+
+    def __init__(self, index: np.ndarray, sign: np.ndarray, mean: np.ndarray, std: np.ndarray, device="cpu"):
+        """index, sign: ``features.expansion``; mean, std: of the D features (``load_stats``)."""
+        up = np.nonzero(sign > 0)[0]
+        d_of_stored = np.empty(int(index.max()) + 1, np.int64)
+        d_of_stored[index[up]] = up  # every stored value is some feature with sign +1
+        self.device = torch.device(device)
+        self.scale = torch.from_numpy((1.0 / std[d_of_stored]).astype(np.float32)).to(self.device)
+        self.shift = torch.from_numpy((-mean[d_of_stored] / std[d_of_stored]).astype(np.float32)).to(self.device)
+        self.runs, self.dim = expansion_runs(index, sign), len(index)
+
+    CPU_ROWS = 16  # rows normalized at a time on a CPU: they stay in cache for the copies that follow
+
+    def __call__(self, stored: torch.Tensor) -> torch.Tensor:
+        lead, s = stored.shape[:-1], stored.shape[-1]
+        stored = stored.reshape(-1, s)
+        if stored.device.type == "cpu":
+            # numpy throughout: single-threaded ops on cached rows, where many small multi-threaded
+            # torch ops would wait on each other whenever the cores are busy; its large buffers get
+            # huge pages, so a fresh batch costs few page faults.
+            st, scale, shift = stored.numpy(), self.scale.numpy(), self.shift.numpy()
+            out = np.empty((len(st), self.dim), np.float32)
+            rows = np.empty((self.CPU_ROWS, s), np.float32)
+            for r0 in range(0, len(st), self.CPU_ROWS):
+                r = rows[: min(self.CPU_ROWS, len(st) - r0)]
+                np.multiply(st[r0: r0 + len(r)], scale, out=r)
+                np.add(r, shift, out=r)
+                self.expand_numpy(r, out[r0: r0 + len(r)])
+            return torch.from_numpy(out).view(*lead, self.dim)
+        # float16 is cast here, after the transfer: it moved half the bytes
+        return self.expand_torch(torch.addcmul(self.shift, stored.float(), self.scale)).view(*lead, self.dim)
+
+    def expand_numpy(self, a: np.ndarray, o: np.ndarray | None = None) -> np.ndarray:
+        """(R, S) -> (R, D) float32 (into ``o`` if given), each run one copy from a (reversed) view."""
+        o = np.empty((a.shape[0], self.dim), np.float32) if o is None else o
+        for d0, d1, s0, step, sg in self.runs:
+            n = d1 - d0
+            src = a[:, s0: s0 + n] if step == 1 else a[:, s0 - n + 1: s0 + 1][:, ::-1]
+            if sg == 0:
+                o[:, d0:d1] = 0
+            elif sg > 0:
+                o[:, d0:d1] = src
+            else:
+                np.negative(src, out=o[:, d0:d1])
+        return o
+
+    def expand_torch(self, t: torch.Tensor) -> torch.Tensor:
+        """(R, S) -> (R, D) on t's device (a GPU's flip is cheap)."""
+        o = torch.empty(t.shape[0], self.dim, device=t.device)
+        for d0, d1, s0, step, sg in self.runs:
+            n = d1 - d0
+            src = t[:, s0: s0 + n] if step == 1 else t[:, s0 - n + 1: s0 + 1].flip(1)
+            o[:, d0:d1] = src if sg > 0 else -src if sg < 0 else 0
+        return o
 
 
 class ClipDataset(Dataset):
     """(x, y) float32 normalized clips of shape (C, D); y is x shifted by one block.
 
-    HDF5 handles are opened lazily, per process (keyed by pid), so a DataLoader that forks its
-    workers never shares a handle across fork. Only the manifest and stats are read up front.
+    Normalized with the train statistics of the artists it is built for (all when ``artists`` is
+    empty), whichever split it serves. HDF5 handles are opened lazily, per process (keyed by pid),
+    so a DataLoader that forks its workers never shares a handle across fork. Only the manifest and
+    stats are read up front.
     """
 
     def __init__(self, data_dir: str | Path, split: str, artists: list[str] | None = None,
@@ -27,14 +112,15 @@ class ClipDataset(Dataset):
             check_params(self.manifest, expect)
         self.params = self.manifest["params"]
         self.clip_blocks = self.params["clip_blocks"]
-        self.index = clip_index(self.data_dir, self.manifest, split, artists)
+        self.artists = select_artists(self.manifest, artists)
+        self.index = clip_index(self.data_dir, self.manifest, split, self.artists)
         self.split = split
-        mean, std = load_stats(self.data_dir, self.manifest)
-        self.mean = mean.astype(np.float32)
-        self.inv_std = (1.0 / std).astype(np.float32)
+        self.mean, self.std = load_stats(self.data_dir, self.manifest, self.artists)  # float64, (D,)
+        self.expand_index, self.sign = expansion(self.params["transform"], self.params["block_size"])
+        self._cpu_normalizer = None
         self.normalize = normalize
-        # as_blocks: items are the raw (C + 1, D) windows; the training loop normalizes whole
-        # batches on its device and slices x and y out of them (no copy of the shared C blocks).
+        # as_blocks: items are the stored (C + 1, S) windows; the training loop expands and
+        # normalizes whole batches on its device (Normalizer) and slices x and y out of them.
         self.as_blocks = as_blocks
         self._files: dict[int, h5py.File] = {}
         self._pid = None
@@ -69,8 +155,8 @@ class ClipDataset(Dataset):
         return f["blocks"]
 
     def raw_blocks(self, i: int, out: np.ndarray | None = None, n: int | None = None) -> np.ndarray:
-        """The unnormalized feature blocks of clip i: its C + 1, or ``n`` from the clip's start
-        (read straight into ``out`` if given)."""
+        """The stored rows of clip i, (n, S) in the stored dtype: its C + 1, or ``n`` from the
+        clip's start (read straight into ``out`` if given)."""
         k = int(self.index.shard_of_clip[i])
         start, n = int(self.index.start_of_clip[i]), n or self.clip_blocks + 1
         try:
@@ -89,23 +175,30 @@ class ClipDataset(Dataset):
         read directly into its final buffer, with no per-item tensors and no collate copy."""
         if not self.as_blocks:
             return [self[i] for i in idxs]
-        out = np.empty((len(idxs), self.clip_blocks + 1, self.params["feature_dim"]), np.float32)
+        out = np.empty((len(idxs), self.clip_blocks + 1, self.params["storage_dim"]), self.params["dtype"])
         for k, i in enumerate(idxs):
             self.raw_blocks(int(i), out[k])
         return torch.from_numpy(out)
 
+    def features(self, i: int, n: int | None = None) -> np.ndarray:
+        """The unnormalized model features of clip i, (n, D) float32: its C + 1 blocks, or ``n``
+        from the clip's start."""
+        return np.take(self.raw_blocks(i, n=n).astype(np.float32), self.expand_index, axis=-1) * self.sign
+
     def __getitem__(self, i: int):
-        blk = self.raw_blocks(i)
         if self.as_blocks:
-            return torch.from_numpy(blk)
+            return torch.from_numpy(self.raw_blocks(i))
         if self.normalize:
-            blk = (blk - self.mean) * self.inv_std
-        t = torch.from_numpy(np.ascontiguousarray(blk, dtype=np.float32))
+            if self._cpu_normalizer is None:
+                self._cpu_normalizer = self.normalizer("cpu")
+            t = self._cpu_normalizer(torch.from_numpy(self.raw_blocks(i)))
+        else:
+            t = torch.from_numpy(self.features(i))
         return t[:-1], t[1:]
 
-    def normalizer(self, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(shift, scale) on ``device`` with raw * scale + shift = (raw - mean) / std: one fused pass."""
-        return torch.from_numpy(-self.mean * self.inv_std).to(device), torch.from_numpy(self.inv_std).to(device)
+    def normalizer(self, device) -> Normalizer:
+        """Normalizes and expands batches of stored rows (as_blocks items) on ``device``."""
+        return Normalizer(self.expand_index, self.sign, self.mean, self.std, device)
 
 
 def batch_collate(batch):

@@ -86,12 +86,13 @@ def _epoch(state: dict) -> int:
 
 
 def run_stats(cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
-    """The normalization statistics the run trained with (float64 mean and std)."""
+    """The normalization statistics the run trained with (float64 mean and std): those of the
+    train split of the run's artists (all when it names none)."""
     manifest = load_manifest(cfg.data)
     if manifest["params"]["feature_dim"] != cfg.feature_dim:
         raise GenerationError(f"dataset {cfg.data} has feature_dim {manifest['params']['feature_dim']}, "
                               f"the run was trained with {cfg.feature_dim}")
-    return load_stats(cfg.data, manifest)
+    return load_stats(cfg.data, manifest, cfg.artists)
 
 
 @torch.no_grad()
@@ -195,10 +196,10 @@ def seed_features(run: LoadedRun, source: str, index: int, seconds: float) -> tu
         if start + n > end:
             raise GenerationError(f"clip {index} of the {source} split has only {end - start} blocks after it; "
                                   f"a {seconds} s seed needs {n}")
-        raw = ds.raw_blocks(index, n=n)
+        raw = ds.features(index, n=n)
         song = ds.manifest["songs"][int(ds.index.song_of_clip[index])]
         info = {"source": source, "index": index, "song": song["path"], "artist": song["artist"],
-                "start_s": (start - _segment_offset(ds, index)) * cfg.block_size / cfg.sample_rate}
+                "start_s": int(ds.index.clip_of_song[index]) * cfg.clip_blocks * cfg.block_size / cfg.sample_rate}
     else:
         path = Path(source)
         if not path.exists():

@@ -1,16 +1,26 @@
 """The on-disk dataset format, in one place: manifest, shard layout, normalization stats.
 
-A dataset directory holds::
+A dataset directory (format version 2) holds::
 
     manifest.json           written last; a directory without it is not a (complete) dataset
-    stats.npz               per-dimension mean/std of the *train* split, float64
-    shards/<artist>-<split>-<k>.h5
+    stats.npz               per-artist moments of the *train* split, float64 (see below)
+    shards/<artist>-<split>-<task>-<k>.h5
 
-Each shard holds one split of one artist. Its ``blocks`` dataset (n, D) float32 stores each
-song's block sequence once; clip ``k`` of a segment is the window ``blocks[o + k*C : o + k*C + C + 1]``
-(x = the first C blocks, y = the last C: the target at step t is block t + 1). Storing windows
-instead of separate x and y halves the bytes. Segments start on a chunk boundary and the chunk
-height divides C, so reading one clip touches only about one clip's bytes.
+Each shard holds one split of one artist. Its ``blocks`` dataset (n, S) stores each song's block
+sequence once, as the stored half of the spectrum (``features.blocks_to_stored``: S = N values
+per block, ``params.storage_dim``, in ``params.dtype``, float32 or float16); the model's features
+(``params.feature_dim`` = D values, 2N for ``fft``) are a gather with signs over it
+(``features.expansion``), done by whoever reads. Clip ``k`` of a segment is the window
+``blocks[o + k*C : o + k*C + C + 1]`` (x = the first C blocks, y = the last C: the target at step
+t is block t + 1). Segments start on a chunk boundary and the chunk height divides C, so reading
+one clip touches only about one clip's bytes. A segment is ``[song id, first row, clips, first
+clip of the song]``.
+
+``stats.npz`` holds, for each artist (``artists``, in manifest order), the count, mean and M2
+(sum of squared deviations) of its train blocks over the S stored values: ``count`` (A,) int64,
+``mean`` and ``m2`` (A, S) float64. The statistics of any selection of artists are their exact
+pooled moments (``load_stats``), so a run normalizes with the statistics of the artists it trains
+on, whatever else the dataset holds.
 
 This module does not import torch, so the CLI's data commands start fast.
 """
@@ -25,7 +35,7 @@ import numpy as np
 
 from .errors import DatasetError  # noqa: F401  (re-exported)
 FORMAT = "gruv-hpc-spectral"
-VERSION = 1
+VERSION = 2
 MANIFEST = "manifest.json"
 STATS = "stats.npz"
 SHARD_DIR = "shards"
@@ -33,6 +43,44 @@ SHARD_DIR = "shards"
 PARAM_KEYS = ("sample_rate", "block_size", "clip_blocks", "transform", "feature_dim")
 
 
+def aside_path(data_dir: str | Path) -> Path:
+    """Where ``gruv preprocess`` moves the dataset it replaces, for the moment of the swap."""
+    data_dir = Path(data_dir)
+    return data_dir.with_name(f".{data_dir.name}.old")
+
+
+class RunningStats:
+    """Per-dimension count, mean and M2, streamed in float64 (Chan et al.'s parallel update).
+
+    ``combine`` is the same update with another set of moments, so moments of parts (songs,
+    tasks, artists) pool exactly into those of the whole."""
+
+    def __init__(self, dim: int, n: int = 0, mean: np.ndarray | None = None, m2: np.ndarray | None = None):
+        self.n = int(n)
+        self.mean = np.zeros(dim) if mean is None else np.array(mean, dtype=np.float64)
+        self.m2 = np.zeros(dim) if m2 is None else np.array(m2, dtype=np.float64)
+
+    def update(self, x: np.ndarray) -> None:
+        if len(x) == 0:
+            return
+        x = x.astype(np.float64)
+        mb = x.mean(axis=0)
+        self.combine(RunningStats(len(mb), len(x), mb, ((x - mb) ** 2).sum(axis=0)))
+
+    def combine(self, other: "RunningStats") -> None:
+        if other.n == 0:
+            return
+        n = self.n + other.n
+        delta = other.mean - self.mean
+        self.mean += delta * (other.n / n)
+        self.m2 += other.m2 + delta**2 * (self.n * other.n / n)
+        self.n = n
+
+    def std(self) -> np.ndarray:
+        std = np.sqrt(self.m2 / max(self.n, 1))
+        # Dimensions that never vary would divide by ~0.
+        floor = 1e-6 * float(std.max()) if self.n else 1.0
+        return np.where(std > floor, std, 1.0)
 
 
 def sha256_file(path: str | Path, bufsize: int = 1 << 20) -> str:
@@ -43,12 +91,11 @@ def sha256_file(path: str | Path, bufsize: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def chunk_rows(clip_blocks: int, feature_dim: int, max_bytes: int = 512 * 1024) -> int:
+def chunk_rows(clip_blocks: int, row_bytes: int, max_bytes: int = 512 * 1024) -> int:
     """The largest divisor of clip_blocks whose chunk fits in max_bytes (at least 1)."""
-    row = feature_dim * 4
     best = 1
     for r in range(1, clip_blocks + 1):
-        if clip_blocks % r == 0 and r * row <= max_bytes:
+        if clip_blocks % r == 0 and r * row_bytes <= max_bytes:
             best = r
     return best
 
@@ -57,6 +104,10 @@ def load_manifest(data_dir: str | Path) -> dict:
     data_dir = Path(data_dir)
     path = data_dir / MANIFEST
     if not data_dir.is_dir():
+        if aside_path(data_dir).is_dir():
+            raise DatasetError(f"{data_dir}: dataset directory does not exist, but {aside_path(data_dir)} does: a "
+                               "`gruv preprocess` stopped while swapping datasets; run it again (it puts the previous "
+                               "dataset back), or rename that directory back")
         raise DatasetError(f"{data_dir}: dataset directory does not exist")
     if not path.exists():
         raise DatasetError(f"{path}: no manifest; {data_dir} is not a dataset, or its preprocessing did not finish")
@@ -67,7 +118,8 @@ def load_manifest(data_dir: str | Path) -> dict:
     if m.get("format") != FORMAT:
         raise DatasetError(f"{path}: format is {m.get('format')!r}, expected {FORMAT!r}")
     if m.get("version") != VERSION:
-        raise DatasetError(f"{path}: format version {m.get('version')!r}, this gruv-hpc reads version {VERSION}")
+        raise DatasetError(f"{path}: dataset format version {m.get('version')!r}, this gruv-hpc reads version {VERSION}; "
+                           f"re-run `gruv preprocess ... --out {data_dir} --overwrite` to rebuild it")
     for key in ("params", "songs", "shards", "stats", "artists"):
         if key not in m:
             raise DatasetError(f"{path}: missing key {key!r}")
@@ -83,16 +135,38 @@ def check_params(manifest: dict, wanted: dict, source: str = "config") -> None:
             raise DatasetError(f"dataset parameter {key!r} is {have!r}, but the {source} asks for {want!r}")
 
 
-def load_stats(data_dir: str | Path, manifest: dict) -> tuple[np.ndarray, np.ndarray]:
+def artist_moments(data_dir: str | Path, manifest: dict) -> dict[str, RunningStats]:
+    """Each artist's train moments over the stored values, as written by ``gruv preprocess``."""
     path = Path(data_dir) / manifest["stats"]["file"]
     try:
         with np.load(path) as z:
-            mean, std = z["mean"], z["std"]
+            artists, count, mean, m2 = list(z["artists"]), z["count"], z["mean"], z["m2"]
     except (OSError, KeyError, ValueError) as e:
         raise DatasetError(f"{path}: cannot read normalization stats ({e})") from e
-    d = manifest["params"]["feature_dim"]
-    if mean.shape != (d,) or std.shape != (d,):
-        raise DatasetError(f"{path}: stats have shape {mean.shape}, expected ({d},)")
+    s = manifest["params"]["storage_dim"]
+    if artists != manifest["artists"] or count.shape != (len(artists),) or mean.shape != (len(artists), s) \
+            or m2.shape != mean.shape:
+        raise DatasetError(f"{path}: stats hold artists {artists} with mean shape {mean.shape}; the manifest expects "
+                           f"{manifest['artists']} and ({len(manifest['artists'])}, {s})")
+    return {a: RunningStats(s, int(count[i]), mean[i], m2[i]) for i, a in enumerate(artists)}
+
+
+def load_stats(data_dir: str | Path, manifest: dict, artists: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std), float64, over the model's D features: the train statistics of ``artists``
+    (None or empty: all), pooled exactly from the per-artist moments."""
+    from .features import expansion
+    chosen = select_artists(manifest, artists)
+    per_artist = artist_moments(data_dir, manifest)
+    pooled = RunningStats(manifest["params"]["storage_dim"])
+    for a in chosen:
+        pooled.combine(per_artist[a])
+    if pooled.n == 0:
+        raise DatasetError(f"{Path(data_dir) / manifest['stats']['file']}: no train blocks for {', '.join(chosen)}")
+    idx, sign = expansion(manifest["params"]["transform"], manifest["params"]["block_size"])
+    # A mirrored value is the stored one times +-1: same variance, mean times the sign. Values that
+    # are always zero (sign 0) get mean 0 and std 1, as the std floor gives any constant value.
+    mean = pooled.mean[idx] * sign
+    std = np.where(sign != 0, pooled.std()[idx], 1.0)
     return mean, std
 
 
@@ -105,6 +179,7 @@ class ClipIndex:
     shard_of_clip: np.ndarray  # int32, index into shard_files
     start_of_clip: np.ndarray  # int64, first block row
     song_of_clip: np.ndarray  # int64, song id
+    clip_of_song: np.ndarray  # int64, which clip of its song (0 = the song's first)
     end_of_clip: np.ndarray  # int64, one past the last block row of the clip's segment
 
     def __len__(self) -> int:
@@ -127,21 +202,23 @@ def clip_index(data_dir: str | Path, manifest: dict, split: str, artists: list[s
         raise DatasetError(f"split must be 'train' or 'dev', not {split!r}")
     chosen = set(select_artists(manifest, artists))
     cb = manifest["params"]["clip_blocks"]
-    files, sizes, shard_ids, starts, songs, ends = [], [], [], [], [], []
+    files, sizes, shard_ids, starts, songs, nth, ends = [], [], [], [], [], [], []
     for shard in manifest["shards"]:
         if shard["split"] != split or shard["artist"] not in chosen:
             continue
         k = len(files)
         files.append(Path(data_dir) / shard["file"])
         sizes.append(shard["bytes"])
-        for song_id, offset, n_clips in shard["segments"]:
+        for song_id, offset, n_clips, first_clip in shard["segments"]:
             starts.append(offset + cb * np.arange(n_clips, dtype=np.int64))
             shard_ids.append(np.full(n_clips, k, np.int32))
             songs.append(np.full(n_clips, song_id, np.int64))
+            nth.append(first_clip + np.arange(n_clips, dtype=np.int64))
             ends.append(np.full(n_clips, offset + n_clips * cb + 1, np.int64))
     cat = lambda xs, dt: np.concatenate(xs) if xs else np.zeros(0, dt)  # noqa: E731
     return ClipIndex(files, sizes, cat(shard_ids, np.int32), cat(starts, np.int64), cat(songs, np.int64),
-                     cat(ends, np.int64))
+                     cat(nth, np.int64), cat(ends, np.int64))
+
 
 
 def dataset_id(manifest: dict) -> str:

@@ -1,17 +1,42 @@
-"""Corpus folders -> sharded HDF5 spectral dataset (``gruv preprocess``).
+"""Corpus folders -> sharded HDF5 spectral dataset (``gruv preprocess``), in three steps:
 
-Songs are decoded, transformed and written one at a time, in batches of blocks, so peak memory
-depends on the longest song, never on the corpus. Shards are written under a temporary name and
-renamed when complete; stats and the manifest are written last, so an interrupted run never
-leaves a directory that reads as a complete dataset.
+``plan``
+    List each artist folder, probe every file's header (no decoding), decide the split. Cheap:
+    everything that can be refused is refused here, before any heavy work. ``gruv preprocess
+    --print-split`` prints the plan's split and stops.
+``run_task(plan, i, n, staging)``
+    Decode, transform and write task ``i`` of ``n``'s share of the songs (a contiguous run of the
+    plan) into shards of its own, and its own per-artist train moments, in the staging directory.
+    Tasks write disjoint files, so N of them can run at once (processes, a Slurm job array).
+``merge(staging, out)``
+    Check every task's output, pool the moments exactly, write the stats and the manifest last,
+    then swap the staging directory into place.
+
+Serial ``preprocess`` = plan + one task + merge, in this process, under a lock on ``out``.
+
+The dataset is built in ``.<name>.staging-<pid>`` beside ``out`` (same filesystem) and swapped in
+by two renames (``out`` -> ``.<name>.old``, staging -> ``out``) before the old one is removed, so
+a failed or interrupted run never touches a finished dataset. A crash between the two renames
+leaves ``out`` missing and the old dataset in ``.<name>.old``: the next run (which holds the lock)
+puts it back first; ``load_manifest`` points at it meanwhile. Leftover staging directories are
+removed by the next run.
+
+Songs are decoded and written one at a time, in batches of blocks, so peak memory depends on the
+longest song, never on the corpus.
 """
 from __future__ import annotations
 
+import errno
+import io
 import json
+import math
+import os
 import shutil
+import stat
 import time
 import warnings
 import zlib
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import h5py
@@ -19,97 +44,39 @@ import numpy as np
 from tqdm import tqdm
 
 from . import __version__
-from .audio import AudioError, load_mono
-from .features import audio_to_blocks, blocks_to_features
+from .audio import AudioError, load_mono, probe
 from .config import PreprocessConfig
-from .fsio import atomic_write_text
-from .manifest import FORMAT, MANIFEST, SHARD_DIR, STATS, VERSION, DatasetError, chunk_rows, sha256_file
+from .features import audio_to_blocks, blocks_to_stored
+from .fsio import atomic_write, atomic_write_text, fsync_dir
+from .lock import Lock
+from .manifest import (FORMAT, MANIFEST, SHARD_DIR, STATS, VERSION, DatasetError, RunningStats, aside_path, chunk_rows,
+                       sha256_file)
+
+__all__ = ["PreprocessConfig", "RunningStats", "Plan", "plan", "run_task", "merge", "preprocess", "parse_sources",
+           "format_split", "read_split_file", "assign_splits"]
 
 BATCH_BLOCKS = 64  # blocks transformed per FFT call: big enough to amortize, small enough for cache
+TASK_DIR = "tasks"
+PLAN = "plan.json"
+FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
-class RunningStats:
-    """Per-dimension mean/variance, streamed in float64 (Chan et al.'s parallel update)."""
+# ---------------------------------------------------------------------------------------------
+# Plan: what goes where, decided before any heavy work
 
-    def __init__(self, dim: int):
-        self.n = 0
-        self.mean = np.zeros(dim)
-        self.m2 = np.zeros(dim)
+@dataclass
+class Plan:
+    config: dict             # the PreprocessConfig, every field
+    params: dict             # what the manifest records (PreprocessConfig.params)
+    sources: dict            # artist -> its folder (absolute)
+    songs: list              # the split, song id = position: artist, relpath, path, bytes, split, holdout, ...
+    excluded: list           # files that never entered the split: artist, relpath, path, reason
+    split_from: str          # "seed", or the split file it was read from
+    started: float           # when planning began (for the summary's wall time)
 
-    def update(self, x: np.ndarray) -> None:
-        if len(x) == 0:
-            return
-        x = x.astype(np.float64)
-        nb = len(x)
-        mb = x.mean(axis=0)
-        m2b = ((x - mb) ** 2).sum(axis=0)
-        n = self.n + nb
-        delta = mb - self.mean
-        self.mean += delta * (nb / n)
-        self.m2 += m2b + delta**2 * (self.n * nb / n)
-        self.n = n
-
-    def std(self) -> np.ndarray:
-        std = np.sqrt(self.m2 / max(self.n, 1))
-        # Dimensions that never vary (the imaginary part of the DC bin) would divide by ~0.
-        floor = 1e-6 * float(std.max()) if self.n else 1.0
-        return np.where(std > floor, std, 1.0)
-
-
-class ShardWriter:
-    """Appends song segments to numbered shards of one (artist, split), renaming each when closed."""
-
-    def __init__(self, out: Path, artist: str, split: str, cfg: PreprocessConfig, dim: int):
-        self.out, self.artist, self.split, self.cfg, self.dim = out, artist, split, cfg, dim
-        self.rows = chunk_rows(cfg.clip_blocks, dim)
-        clip_bytes = (cfg.clip_blocks + 1) * dim * 4
-        cap = max(1, int(cfg.shard_mb * 2**20 // clip_bytes))
-        self.capacity = min(cap, cfg.shard_clips) if cfg.shard_clips > 0 else cap
-        self.records: list[dict] = []
-        self.file = None
-        self.k = 0
-
-    def _open(self):
-        name = f"{self.artist}-{self.split}-{self.k:04d}.h5"
-        self.final = self.out / SHARD_DIR / name
-        self.tmp = self.final.with_name(name + ".partial")
-        self.file = h5py.File(self.tmp, "w")
-        self.blocks = self.file.create_dataset(
-            "blocks", shape=(0, self.dim), maxshape=(None, self.dim), dtype="f4", chunks=(self.rows, self.dim))
-        self.segments: list[tuple[int, int, int]] = []
-        self.clips = 0
-
-    def room(self) -> int:
-        if self.file is None:
-            self._open()
-        return self.capacity - self.clips
-
-    def add_segment(self, song_id: int, n_clips: int) -> h5py.Dataset:
-        """Reserve rows for ``n_clips`` clips (n*C + 1 blocks); returns (dataset, first row)."""
-        assert 0 < n_clips <= self.room()
-        start = -(-self.blocks.shape[0] // self.rows) * self.rows  # align to a chunk boundary
-        n = n_clips * self.cfg.clip_blocks + 1
-        self.blocks.resize(start + n, axis=0)
-        self.segments.append((song_id, start, n_clips))
-        self.clips += n_clips
-        return self.blocks, start
-
-    def close(self) -> None:
-        if self.file is None:
-            return
-        self.file.create_dataset("segments", data=np.array(self.segments, dtype=np.int64).reshape(-1, 3))
-        self.file.attrs.update({"format": FORMAT, "version": VERSION, "artist": self.artist, "split": self.split,
-                                "clip_blocks": self.cfg.clip_blocks, "feature_dim": self.dim})
-        n_blocks = self.blocks.shape[0]
-        self.file.close()
-        self.file = None
-        self.tmp.replace(self.final)
-        self.records.append({
-            "file": f"{SHARD_DIR}/{self.final.name}", "artist": self.artist, "split": self.split,
-            "clips": self.clips, "blocks": n_blocks, "bytes": self.final.stat().st_size,
-            "sha256": sha256_file(self.final), "segments": [list(s) for s in self.segments],
-        })
-        self.k += 1
+    @property
+    def artists(self) -> list[str]:
+        return list(self.sources)
 
 
 def parse_sources(specs: list[str]) -> dict[str, Path]:
@@ -120,8 +87,8 @@ def parse_sources(specs: list[str]) -> dict[str, Path]:
             raise DatasetError(f"source {spec!r}: expected ARTIST=DIR")
         if artist in sources:
             raise DatasetError(f"artist {artist!r} is given twice")
-        if any(c in artist for c in "/\\ ") or artist.startswith("."):
-            raise DatasetError(f"artist name {artist!r} must not contain '/', '\\' or spaces")
+        if any(c in artist for c in "/\\ \t") or artist.startswith("."):
+            raise DatasetError(f"artist name {artist!r} must not contain '/', '\\', spaces or tabs")
         path = Path(d)
         if not path.is_dir():
             raise DatasetError(f"source {spec!r}: {d} is not a directory")
@@ -131,13 +98,52 @@ def parse_sources(specs: list[str]) -> dict[str, Path]:
     return sources
 
 
-def list_songs(root: Path) -> list[Path]:
-    """Every non-hidden file under root, sorted; what is not audio is found out (and recorded) later."""
-    return sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def walk(root: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    """(relative paths of the regular files under root, sorted; [(relative path, reason)] for
+    entries that are not taken). Hidden entries are ignored. A symlink to a file is taken; a
+    symlinked folder is not followed (a cycle, or a corpus counted twice); a FIFO, socket or
+    device is never opened (reading a FIFO would wait forever)."""
+    files, other = [], []
+    pending = [""]
+    while pending:
+        rel_dir = pending.pop()
+        try:
+            entries = list(os.scandir(root / rel_dir))
+        except OSError as e:
+            other.append((rel_dir, f"cannot list this folder ({e.strerror})"))
+            continue
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            rel = f"{rel_dir}/{e.name}" if rel_dir else e.name
+            try:
+                mode = os.stat(e.path).st_mode  # follows a symlink
+            except OSError:
+                other.append((rel, "broken symbolic link" if e.is_symlink() else "cannot stat"))
+                continue
+            if stat.S_ISDIR(mode):
+                if e.is_symlink():
+                    other.append((rel, "symbolic link to a folder: not followed"))
+                else:
+                    pending.append(rel)
+            elif stat.S_ISREG(mode):
+                files.append(rel)
+            else:
+                other.append((rel, f"{_kind(mode)}: not opened"))
+    return sorted(files), sorted(other)
 
 
 def assign_splits(n: int, artist: str, cfg: PreprocessConfig) -> list[str]:
-    """Song-level, deterministic split: a seeded permutation per artist, dev_fraction of songs to dev."""
+    """Song-level, deterministic split of an artist's n songs (in relative-path order): a
+    permutation seeded by the artist's name and the seed, dev_fraction of the songs to dev."""
     rng = np.random.default_rng([cfg.seed, zlib.crc32(artist.encode())])
     n_dev = int(round(cfg.dev_fraction * n))
     if n >= 2 and cfg.dev_fraction > 0:
@@ -148,119 +154,551 @@ def assign_splits(n: int, artist: str, cfg: PreprocessConfig) -> list[str]:
     return splits
 
 
-def _prepare_out(out: Path, params: dict, overwrite: bool) -> None:
-    if out.exists() and any(out.iterdir()):
-        mpath = out / MANIFEST
-        if mpath.exists():
-            old = json.loads(mpath.read_text()).get("params", {})
-            diff = [k for k in params if old.get(k) != params[k]]
-            if diff and not overwrite:
-                raise DatasetError(
-                    f"{out} already holds a dataset with other parameters ({', '.join(f'{k}: {old.get(k)!r} -> {params[k]!r}' for k in diff)}); "
-                    "pass --overwrite to replace it")
-        elif not overwrite and any(p.name not in (SHARD_DIR, STATS) for p in out.iterdir()):
-            raise DatasetError(f"{out} is not empty and holds no gruv dataset; pass --overwrite to write into it")
-        # The manifest goes first: from here on the directory does not read as complete.
-        mpath.unlink(missing_ok=True)
-        shutil.rmtree(out / SHARD_DIR, ignore_errors=True)
-        (out / STATS).unlink(missing_ok=True)
-    (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+def read_split_file(path: str | Path, artists: list[str]) -> dict[tuple[str, str], str]:
+    """{(artist, relative path): split} from a split file (the format ``format_split`` writes)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetError(f"split file {path}: cannot read it ({e})") from None
+    out: dict[tuple[str, str], str] = {}
+    for no, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        parts = line.split("\t")
+        if len(parts) != 3:
+            raise DatasetError(f"{path}:{no}: expected ARTIST<TAB>PATH<TAB>train|dev, got {line!r}")
+        artist, rel, split = parts[0], parts[1], parts[2].strip()
+        if artist not in artists:
+            raise DatasetError(f"{path}:{no}: artist {artist!r} is not one of the sources ({', '.join(artists)})")
+        if split not in ("train", "dev"):
+            raise DatasetError(f"{path}:{no}: split {split!r} is neither train nor dev")
+        if (artist, rel) in out:
+            raise DatasetError(f"{path}:{no}: {artist}\t{rel} is listed twice")
+        out[(artist, rel)] = split
+    return out
 
 
-def preprocess(sources: dict[str, Path], out: str | Path, cfg: PreprocessConfig, overwrite: bool = False,
-               progress: bool = True) -> dict:
-    """Build the dataset; returns the manifest. Raises DatasetError when nothing usable was found."""
+def _expected_clips(info, cfg: PreprocessConfig) -> int | None:
+    """Clips of a file going by its header; None where the header's length is only an estimate (MP3)."""
+    if info.format == "MPEG" or info.frames <= 0 or info.samplerate <= 0:
+        return None
+    g = math.gcd(info.samplerate, cfg.sample_rate)
+    up, down = cfg.sample_rate // g, info.samplerate // g
+    n = info.frames if up == down else -(-info.frames * up // down)  # resample_poly's output length
+    return (n // cfg.block_size - 1) // cfg.clip_blocks
+
+
+def plan(sources: dict[str, Path], cfg: PreprocessConfig, split_file: str | Path | None = None) -> Plan:
+    """List, probe and split; reads file headers only. Raises DatasetError for what cannot work."""
     cfg.validate()
-    out = Path(out)
-    params = cfg.params()
-    dim = params["feature_dim"]
-    _prepare_out(out, params, overwrite)
-
-    plan = []
+    started = time.time()
+    pinned = read_split_file(split_file, list(sources)) if split_file else None
+    songs, excluded = [], []
+    per_artist: dict[str, list[dict]] = {}
+    by_file: dict[str, dict] = {}
+    min_s = (cfg.clip_blocks + 1) * cfg.block_size / cfg.sample_rate
     for artist, root in sources.items():
-        files = list_songs(root)
-        for path, split in zip(files, assign_splits(len(files), artist, cfg)):
-            plan.append((artist, path, split))
-    if not plan:
-        raise DatasetError(f"no files found under {', '.join(str(p) for p in sources.values())}")
+        root = Path(os.path.abspath(root))
+        files, other = walk(root)
+        for rel, reason in other:
+            excluded.append({"artist": artist, "relpath": rel, "path": str(root / rel), "reason": reason})
+        mine = per_artist.setdefault(artist, [])
+        for rel in files:
+            path = root / rel
+            rec = {"artist": artist, "relpath": rel, "path": str(path)}
+            real = os.path.realpath(path)
+            if real in by_file:
+                first = by_file[real]
+                if first["artist"] != artist:
+                    raise DatasetError(f"{path} (artist {artist}) and {first['path']} (artist {first['artist']}) are "
+                                       "the same file; a song may belong to one artist only")
+                excluded.append({**rec, "reason": f"the same file as {first['relpath']}"})
+                continue
+            try:
+                info = probe(path)
+            except AudioError as e:
+                excluded.append({**rec, "reason": str(e).removeprefix(f"{path}: ")})
+                continue
+            clips = _expected_clips(info, cfg)
+            if clips is not None and clips < 1:
+                excluded.append({**rec, "reason": f"shorter than one clip: {info.frames / info.samplerate:.2f} s, "
+                                                  f"needs {min_s:.2f} s"})
+                continue
+            rec.update(bytes=os.stat(path).st_size, native_rate=info.samplerate,
+                       est_s=info.frames / info.samplerate if info.samplerate > 0 else 0.0)
+            by_file[real] = rec
+            mine.append(rec)
+    for rec in excluded:
+        warnings.warn(f"skipping {rec['path']}: {rec['reason']}", stacklevel=2)
+    if not any(per_artist.values()):
+        if not excluded:
+            raise DatasetError(f"no files found under {', '.join(str(p) for p in sources.values())}")
+        raise DatasetError("every file was skipped; no dataset written. Reasons:\n" +
+                           "\n".join(f"  {r['path']}: {r['reason']}" for r in excluded))
+    for artist, recs in per_artist.items():
+        if not recs:
+            raise DatasetError(f"artist {artist}: no usable audio under {sources[artist]}" +
+                               "".join(f"\n  {r['path']}: {r['reason']}" for r in excluded if r["artist"] == artist))
+    _refuse_copies_across_artists(per_artist)
 
-    stats = RunningStats(dim)
+    if pinned is not None:
+        planned = {(r["artist"], r["relpath"]) for recs in per_artist.values() for r in recs}
+        why = {(r["artist"], r["relpath"]): r["reason"] for r in excluded}
+        extra = [k for k in pinned if k not in planned]
+        if extra:
+            a, rel = extra[0]
+            what = f"is not a song: {why[(a, rel)]}" if (a, rel) in why else "is not found"
+            raise DatasetError(f"split file {split_file}: {a}\t{rel} {what} (under {sources[a]})"
+                               + (f"; and {len(extra) - 1} more such line(s)" if len(extra) > 1 else ""))
+        missing = [k for k in sorted(planned) if k not in pinned]
+        if missing:
+            raise DatasetError(f"split file {split_file} has no line for {len(missing)} song(s), e.g. "
+                               + ", ".join(f"{a}\t{rel}" for a, rel in missing[:3]))
+    for artist, recs in per_artist.items():
+        splits = [pinned[(artist, r["relpath"])] for r in recs] if pinned else assign_splits(len(recs), artist, cfg)
+        if "train" not in splits:
+            raise DatasetError(f"artist {artist}: no song in the train split"
+                               + (f" of split file {split_file}" if pinned else ""))
+        for r, s in zip(recs, splits):
+            r["split"], r["holdout"] = s, False
+        if len(recs) == 1 and cfg.dev_fraction > 0:
+            recs[0]["holdout"] = True
+            warnings.warn(f"artist {artist} has one song ({recs[0]['path']}): the last {cfg.dev_fraction:.0%} of its "
+                          "clips are held out as its dev split", stacklevel=2)
+        for r in recs:
+            if r["native_rate"] < cfg.sample_rate:
+                warnings.warn(f"{r['path']}: native sample rate {r['native_rate']} Hz is below the dataset's "
+                              f"{cfg.sample_rate} Hz: its spectrum above {r['native_rate'] / 2:.0f} Hz is empty, and "
+                              "stored all the same", stacklevel=2)
+            songs.append({"id": len(songs), **r})
+    return Plan(asdict(cfg), cfg.params(), {a: str(Path(os.path.abspath(p))) for a, p in sources.items()}, songs, excluded,
+                str(Path(split_file).resolve()) if split_file else "seed", started)
+
+
+def _refuse_copies_across_artists(per_artist: dict[str, list[dict]]) -> None:
+    """The same content under two artists would put one song in both artists' data. Only files
+    whose size matches a file of another artist are hashed, so this costs (almost) nothing."""
+    by_size: dict[int, list[dict]] = {}
+    for recs in per_artist.values():
+        for r in recs:
+            by_size.setdefault(r["bytes"], []).append(r)
+    for group in by_size.values():
+        if len({r["artist"] for r in group}) < 2:
+            continue
+        seen: dict[str, dict] = {}
+        for r in group:
+            h = sha256_file(r["path"])
+            o = seen.setdefault(h, r)
+            if o["artist"] != r["artist"]:
+                raise DatasetError(f"{r['path']} (artist {r['artist']}) and {o['path']} (artist {o['artist']}) have "
+                                   "the same content; a song may belong to one artist only")
+
+
+def format_split(p: Plan) -> str:
+    """The split as a split file: one ``artist<TAB>path<TAB>train|dev`` line per song."""
+    lines = ["# gruv split file: ARTIST<TAB>PATH (relative to the artist's folder)<TAB>train|dev",
+             f"# split from {p.split_from}; seed {p.params['seed']}, dev fraction {p.params['dev_fraction']}"]
+    for s in p.songs:
+        lines.append(f"{s['artist']}\t{s['relpath']}\t{s['split']}")
+        if s["holdout"]:
+            lines.append(f"# ({s['artist']} has one song: the last {p.params['dev_fraction']:.0%} of its clips are dev)")
+    for r in p.excluded:
+        lines.append(f"# excluded: {r['artist']}\t{r['relpath']}: {r['reason']}")
+    return "\n".join(lines) + "\n"
+
+
+def task_songs(p: Plan, task: int, n_tasks: int) -> list[dict]:
+    """Task ``task``'s share: a contiguous run of songs, of about 1/n_tasks of the audio."""
+    dur = np.array([max(s["est_s"], 1e-3) for s in p.songs])
+    mid = (np.cumsum(dur) - dur / 2) / dur.sum()
+    return [s for s, m in zip(p.songs, mid) if task <= m * n_tasks < task + 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# A task: decode, transform, write
+
+class _WriteGuard(io.FileIO):
+    """The file HDF5 writes a shard through. HDF5 does not survive a failed write (closing the
+    file afterwards crashes the process), so a failed write is recorded here and reported to
+    HDF5 as done; the writer checks ``error`` after each write and gives up cleanly."""
+
+    error: OSError | None = None
+
+    def write(self, b) -> int:
+        if self.error is None:
+            try:
+                return super().write(b)
+            except OSError as e:
+                self.error = e
+        return memoryview(b).nbytes
+
+
+class ShardWriter:
+    """Appends song segments to numbered shards of one (artist, split), renaming each when closed."""
+
+    def __init__(self, staging: Path, task: int, artist: str, split: str, cfg: PreprocessConfig, dim: int):
+        self.staging, self.task, self.artist, self.split, self.cfg, self.dim = staging, task, artist, split, cfg, dim
+        itemsize = np.dtype(cfg.dtype).itemsize
+        self.rows = chunk_rows(cfg.clip_blocks, dim * itemsize)
+        clip_bytes = (cfg.clip_blocks + 1) * dim * itemsize
+        cap = max(1, int(cfg.shard_mb * 2**20 // clip_bytes))
+        self.capacity = min(cap, cfg.shard_clips) if cfg.shard_clips > 0 else cap
+        self.records: list[dict] = []
+        self.file = self.raw = None
+        self.k = 0
+
+    def _open(self):
+        name = f"{self.artist}-{self.split}-{self.task:03d}-{self.k:04d}.h5"
+        self.final = self.staging / SHARD_DIR / name
+        self.tmp = self.final.with_name(name + ".partial")
+        self.raw = _WriteGuard(self.tmp, "w+")
+        self.file = h5py.File(self.raw, "w")
+        self.blocks = self.file.create_dataset(
+            "blocks", shape=(0, self.dim), maxshape=(None, self.dim), dtype=self.cfg.dtype, chunks=(self.rows, self.dim))
+        self.segments: list[tuple[int, int, int, int]] = []
+        self.clips = 0
+
+    def check(self) -> None:
+        if self.raw is not None and self.raw.error is not None:
+            e = self.raw.error
+            raise OSError(e.errno, e.strerror, str(self.tmp))
+
+    def room(self) -> int:
+        if self.file is None:
+            self._open()
+        return self.capacity - self.clips
+
+    def add_segment(self, song_id: int, n_clips: int, first_clip: int) -> tuple[h5py.Dataset, int]:
+        """Reserve rows for ``n_clips`` clips (n*C + 1 blocks); returns (dataset, first row)."""
+        assert 0 < n_clips <= self.room()
+        start = -(-self.blocks.shape[0] // self.rows) * self.rows  # align to a chunk boundary
+        n = n_clips * self.cfg.clip_blocks + 1
+        self.blocks.resize(start + n, axis=0)
+        self.segments.append((song_id, start, n_clips, first_clip))
+        self.clips += n_clips
+        return self.blocks, start
+
+    def close(self) -> None:
+        if self.file is None:
+            return
+        self.file.create_dataset("segments", data=np.array(self.segments, dtype=np.int64).reshape(-1, 4))
+        self.file.attrs.update({"format": FORMAT, "version": VERSION, "artist": self.artist, "split": self.split,
+                                "clip_blocks": self.cfg.clip_blocks, "storage_dim": self.dim})
+        n_blocks = self.blocks.shape[0]
+        self.file.close()
+        self.file = None
+        self.check()
+        self.raw.flush()
+        os.fsync(self.raw.fileno())
+        self.raw.close()
+        self.raw = None
+        self.tmp.replace(self.final)
+        self.records.append({
+            "file": f"{SHARD_DIR}/{self.final.name}", "artist": self.artist, "split": self.split,
+            "clips": self.clips, "blocks": n_blocks, "bytes": self.final.stat().st_size,
+            "sha256": sha256_file(self.final), "segments": [list(s) for s in self.segments],
+        })
+        self.k += 1
+
+    def abort(self) -> None:
+        """Drop the shard being written (after an error)."""
+        if self.file is not None:
+            try:
+                self.file.close()  # safe: a failed write never reached HDF5 (see _WriteGuard)
+            except Exception:  # noqa: BLE001 - the original error is what gets reported
+                pass
+            self.file = None
+        if self.raw is not None:
+            self.raw.close()
+            self.raw = None
+            self.tmp.unlink(missing_ok=True)
+
+
+def _task_name(task: int, n_tasks: int) -> str:
+    return f"task-{task:04d}-of-{n_tasks:04d}"
+
+
+def _write_moments(path: Path, artists: list[str], moments: dict[str, RunningStats]) -> None:
+    def write(f):
+        np.savez(f, artists=np.array(artists), count=np.array([moments[a].n for a in artists], np.int64),
+                 mean=np.stack([moments[a].mean for a in artists]), m2=np.stack([moments[a].m2 for a in artists]))
+    atomic_write(path, write, mode="wb")
+
+
+def run_task(p: Plan, task: int, n_tasks: int, staging: str | Path, progress: bool = False) -> dict:
+    """Decode, transform and write task ``task`` of ``n_tasks``'s songs into ``staging``: its
+    shards (``shards/<artist>-<split>-<task>-<k>.h5``), then its per-artist train moments and its
+    record (``tasks/task-<i>-of-<n>.npz`` / ``.json``), each written atomically, the record last:
+    a task is done when its record exists. Returns the record."""
+    staging = Path(staging)
+    cfg = PreprocessConfig(**p.config)
+    dim = p.params["storage_dim"]
+    (staging / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+    (staging / TASK_DIR).mkdir(exist_ok=True)
+    moments = {a: RunningStats(dim) for a in p.artists}
     writers: dict[tuple[str, str], ShardWriter] = {}
     all_writers: list[ShardWriter] = []
-    songs = []
-    t0, audio_s = time.time(), 0.0
-    min_blocks = cfg.clip_blocks + 1
-    bar = tqdm(plan, unit="song", disable=not progress, desc="preprocess")
-    for song_id, (artist, path, split) in enumerate(bar):
-        rec = {"id": song_id, "artist": artist, "path": str(path), "split": split, "sha256": None,
-               "duration_s": None, "clips": 0, "skipped": None}
-        songs.append(rec)
-        try:
-            rec["sha256"] = sha256_file(path)
-            audio = load_mono(path, cfg.sample_rate)
-        except (AudioError, OSError) as e:
-            rec["skipped"] = str(e)
-            warnings.warn(f"skipping {path}: {e}", stacklevel=1)
-            continue
-        rec["duration_s"] = len(audio) / cfg.sample_rate
-        blocks = audio_to_blocks(audio, cfg.block_size)
-        n_clips = (len(blocks) - 1) // cfg.clip_blocks
-        if n_clips < 1:
-            rec["skipped"] = (f"shorter than one clip: {rec['duration_s']:.2f} s, needs "
-                              f"{min_blocks * cfg.block_size / cfg.sample_rate:.2f} s")
-            warnings.warn(f"skipping {path}: {rec['skipped']}", stacklevel=1)
-            continue
-        rec["clips"] = n_clips
-        key = (artist, split)
-        if key not in writers:
-            # Songs come artist by artist: close the previous artist's shards as soon as we move on.
-            for k in [k for k in writers if k[0] != artist]:
-                writers.pop(k).close()
-            writers[key] = ShardWriter(out, artist, split, cfg, dim)
-            all_writers.append(writers[key])
-        w = writers[key]
-        done = 0
-        while done < n_clips:
-            if w.room() == 0:
-                w.close()
-            take = min(w.room(), n_clips - done)
-            ds, row = w.add_segment(song_id, take)
-            b0, b1 = done * cfg.clip_blocks, (done + take) * cfg.clip_blocks + 1
-            for s in range(b0, b1, BATCH_BLOCKS):
-                e = min(s + BATCH_BLOCKS, b1)
-                feats = blocks_to_features(blocks[s:e], cfg.transform)
-                ds[row + s - b0: row + e - b0] = feats
-                if split == "train":
-                    # The boundary block shared by two segments is counted once.
-                    stats.update(feats[1:] if (s == b0 and done > 0) else feats)
-            done += take
-        audio_s += rec["duration_s"]
-        bar.set_postfix(hours=f"{audio_s / 3600:.2f}")
-    bar.close()
-    for w in writers.values():
-        w.close()
-    shards = [r for w in all_writers for r in w.records]
+    results = []
+    C = cfg.clip_blocks
+    mine = task_songs(p, task, n_tasks)
+    try:
+        for song in tqdm(mine, unit="song", disable=not progress, desc=f"preprocess {task + 1}/{n_tasks}"):
+            res = {"id": song["id"], "sha256": None, "duration_s": None, "clips": 0, "dev_clips": 0, "skipped": None}
+            results.append(res)
+            path, artist = Path(song["path"]), song["artist"]
+            try:
+                res["sha256"] = sha256_file(path)
+                audio = load_mono(path, cfg.sample_rate)
+            except (AudioError, OSError) as e:
+                res["skipped"] = str(e).removeprefix(f"{path}: ")
+                warnings.warn(f"skipping {path}: {res['skipped']}", stacklevel=2)
+                continue
+            res["duration_s"] = len(audio) / cfg.sample_rate
+            blocks = audio_to_blocks(audio, cfg.block_size)
+            n_clips = (len(blocks) - 1) // C
+            if n_clips < 1:
+                res["skipped"] = (f"shorter than one clip: {res['duration_s']:.2f} s, needs "
+                                  f"{(C + 1) * cfg.block_size / cfg.sample_rate:.2f} s")
+            elif cfg.dtype == "float16" and cfg.block_size * float(np.abs(audio).max()) >= FLOAT16_MAX:
+                res["skipped"] = (f"samples up to {float(np.abs(audio).max()):.2f}: its spectrum could exceed float16's "
+                                  "range; use --dtype float32")
+            if res["skipped"]:
+                warnings.warn(f"skipping {path}: {res['skipped']}", stacklevel=2)
+                continue
+            res["clips"] = n_clips
+            if song["holdout"]:
+                res["dev_clips"] = max(1, int(round(cfg.dev_fraction * n_clips))) if n_clips >= 2 else 0
+                if res["dev_clips"] == 0:
+                    warnings.warn(f"artist {artist}: its one song {path} has one clip; no dev clip is held out",
+                                  stacklevel=2)
+            n_train = n_clips - res["dev_clips"] if song["split"] == "train" else 0
+            parts = [(song["split"], 0, n_clips)] if not res["dev_clips"] else \
+                [("train", 0, n_train), ("dev", n_train, n_clips)]
+            if not any(k[0] == artist for k in writers):
+                # Songs come artist by artist: close the previous artist's shards as soon as we move on.
+                for k in list(writers):
+                    writers.pop(k).close()
+            for split, c0, c1 in parts:
+                key = (artist, split)
+                if key not in writers:
+                    writers[key] = ShardWriter(staging, task, artist, split, cfg, dim)
+                    all_writers.append(writers[key])
+                w = writers[key]
+                done = c0
+                while done < c1:
+                    if w.room() == 0:
+                        w.close()
+                    take = min(w.room(), c1 - done)
+                    ds, row = w.add_segment(song["id"], take, done)
+                    b0, b1 = done * C, (done + take) * C + 1
+                    for s in range(b0, b1, BATCH_BLOCKS):
+                        e = min(s + BATCH_BLOCKS, b1)
+                        stored = blocks_to_stored(blocks[s:e]).astype(cfg.dtype, copy=False)
+                        ds[row + s - b0: row + e - b0] = stored
+                        w.check()
+                        if split == "train":
+                            # The boundary block shared by two segments is counted once.
+                            moments[artist].update(stored[1:] if (s == b0 and done > 0) else stored)
+                    done += take
+        for w in list(writers.values()):
+            w.close()
+    except BaseException:
+        for w in all_writers:
+            w.abort()
+        raise
+    name = _task_name(task, n_tasks)
+    _write_moments(staging / TASK_DIR / f"{name}.npz", p.artists, moments)
+    record = {"task": task, "n_tasks": n_tasks, "songs": results, "shards": [r for w in all_writers for r in w.records],
+              "moments": f"{TASK_DIR}/{name}.npz"}
+    atomic_write_text(staging / TASK_DIR / f"{name}.json", json.dumps(record, indent=1))
+    return record
 
+
+# ---------------------------------------------------------------------------------------------
+# Merge: check, pool, write the manifest last, swap in
+
+def write_plan(p: Plan, staging: Path, n_tasks: int) -> None:
+    staging.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(staging / PLAN, json.dumps({**asdict(p), "n_tasks": n_tasks}, indent=1))
+
+
+def read_plan(staging: Path) -> tuple[Plan, int]:
+    d = json.loads((staging / PLAN).read_text())
+    n_tasks = d.pop("n_tasks")
+    return Plan(**d), n_tasks
+
+
+def merge(staging: str | Path, out: str | Path) -> dict:
+    """Check every task's output in ``staging``, pool their moments, write ``stats.npz`` and then
+    ``manifest.json``, and swap the staging directory into place as ``out``. Returns the manifest."""
+    staging, out = Path(staging), Path(out)
+    p, n_tasks = read_plan(staging)
+    dim = p.params["storage_dim"]
+    moments = {a: RunningStats(dim) for a in p.artists}
+    results: dict[int, dict] = {}
+    shards = []
+    for t in range(n_tasks):
+        name = _task_name(t, n_tasks)
+        rec_path = staging / TASK_DIR / f"{name}.json"
+        if not rec_path.exists():
+            raise DatasetError(f"{rec_path}: task {t} of {n_tasks} has not finished")
+        rec = json.loads(rec_path.read_text())
+        want = [s["id"] for s in task_songs(p, t, n_tasks)]
+        if [r["id"] for r in rec["songs"]] != want:
+            raise DatasetError(f"{rec_path}: the task's songs are not the plan's (was the plan changed?)")
+        for sh in rec["shards"]:
+            f = staging / sh["file"]
+            if not f.exists() or f.stat().st_size != sh["bytes"]:
+                raise DatasetError(f"{f}: missing, or not the size task {t} recorded ({sh['bytes']} bytes)")
+        with np.load(staging / rec["moments"]) as z:
+            if list(z["artists"]) != p.artists:
+                raise DatasetError(f"{staging / rec['moments']}: moments of artists {list(z['artists'])}, not {p.artists}")
+            for i, a in enumerate(p.artists):
+                moments[a].combine(RunningStats(dim, int(z["count"][i]), z["mean"][i], z["m2"][i]))
+        results.update({r["id"]: r for r in rec["songs"]})
+        shards += rec["shards"]
+
+    songs = [{k: v for k, v in {**s, **results[s["id"]]}.items() if k != "est_s"} for s in p.songs]
     used = [s for s in songs if not s["skipped"]]
     if not used:
         raise DatasetError("every file was skipped; no dataset written. Reasons:\n" +
-                           "\n".join(f"  {s['path']}: {s['skipped']}" for s in songs))
-    if stats.n == 0:
-        raise DatasetError("no song landed in the train split; add songs or lower dev_fraction")
-    tmp = out / f".{STATS}.tmp.npz"
-    np.savez(tmp, mean=stats.mean, std=stats.std(), count=np.array(stats.n))
-    tmp.replace(out / STATS)
+                           "\n".join(f"  {r['path']}: {r['reason']}" for r in p.excluded) +
+                           "".join(f"\n  {s['path']}: {s['skipped']}" for s in songs))
+    for a in p.artists:
+        if moments[a].n == 0:
+            raise DatasetError(f"artist {a}: no train blocks; its train songs were all skipped:" +
+                               "".join(f"\n  {s['path']}: {s['skipped']}" for s in songs
+                                       if s["artist"] == a and s["split"] == "train"))
+    _write_moments(staging / STATS, p.artists, moments)
+    hours = sum(s["duration_s"] for s in used) / 3600
+    total_bytes = sum(sh["bytes"] for sh in shards)
+    dev = sum(s["clips"] if s["split"] == "dev" else s["dev_clips"] for s in used)
     manifest = {
         "format": FORMAT, "version": VERSION, "tool_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "params": params, "artists": list(sources),
-        "stats": {"file": STATS, "blocks": int(stats.n), "sha256": sha256_file(out / STATS)},
-        "songs": songs, "shards": shards,
+        "params": p.params, "artists": p.artists, "sources": p.sources, "split_from": p.split_from,
+        "stats": {"file": STATS, "layout": "per artist: count, mean, m2 of the train blocks' stored values, float64",
+                  "blocks": {a: moments[a].n for a in p.artists}, "sha256": sha256_file(staging / STATS)},
+        "songs": songs, "excluded": p.excluded, "shards": shards,
         "summary": {
-            "songs": len(used), "skipped": len(songs) - len(used), "clips": sum(s["clips"] for s in used),
-            "train_clips": sum(s["clips"] for s in used if s["split"] == "train"),
-            "dev_clips": sum(s["clips"] for s in used if s["split"] == "dev"),
-            "hours": audio_s / 3600, "wall_s": time.time() - t0,
+            "songs": len(used), "skipped": len(songs) - len(used) + len(p.excluded),
+            "clips": sum(s["clips"] for s in used), "train_clips": sum(s["clips"] for s in used) - dev, "dev_clips": dev,
+            "hours": hours, "bytes": total_bytes, "bytes_per_audio_s": total_bytes / max(hours * 3600, 1e-9),
+            "tasks": n_tasks, "wall_s": time.time() - p.started,
         },
     }
-    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1))
+    atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=1))
+    shutil.rmtree(staging / TASK_DIR)
+    (staging / PLAN).unlink()
+    fsync_dir(staging)
+    _swap_in(staging, out)
     return manifest
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Two renames: a crash between them leaves out missing and the old dataset aside (see _recover)."""
+    old = aside_path(out)
+    if out.exists():
+        os.rename(out, old)
+    os.rename(staging, out)
+    fsync_dir(out.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _recover(out: Path) -> None:
+    """Undo what a crashed run left beside ``out``. Only called with the lock held."""
+    old = aside_path(out)
+    if old.is_dir():
+        if out.exists():
+            shutil.rmtree(old)  # the crash came after the new dataset was in place
+        else:
+            os.rename(old, out)  # ... or before: put the previous dataset back
+            warnings.warn(f"{out}: put back the dataset an interrupted run had moved aside", stacklevel=3)
+    for d in out.parent.glob(f".{out.name}.staging-*"):
+        shutil.rmtree(d, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Serial preprocessing: plan + one task + merge, under a lock
+
+def _check_out(out: str | Path) -> Path:
+    out = Path(os.path.abspath(out))
+    if out.is_symlink() and out.is_dir():
+        out = out.resolve()  # the swap renames directories, never a link
+    for p in (out, *out.parents):
+        if p.exists() or p.is_symlink():
+            if not p.is_dir():
+                raise DatasetError(f"--out {out}: {p} is a file" if p == out else
+                                   f"--out {out}: {p} is a file, so nothing can be made under it")
+            break
+    return out
+
+
+def _check_replace(out: Path, p: Plan, overwrite: bool) -> None:
+    """What ``out`` holds may be replaced: nothing, or a dataset of the same songs and parameters,
+    or any dataset with ``overwrite``. A folder of other files is never written into."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    mpath = out / MANIFEST
+    try:
+        old = json.loads(mpath.read_text())
+        assert old.get("format") == FORMAT
+    except (OSError, ValueError, AssertionError):
+        raise DatasetError(f"{out} is not empty and holds no gruv dataset ({mpath} is missing or not one); gruv "
+                           "preprocess never deletes files it did not write: choose another --out") from None
+    if overwrite:
+        return
+    if old.get("version") != VERSION:
+        raise DatasetError(f"{out} holds a dataset of format version {old.get('version')!r}; pass --overwrite to "
+                           f"rebuild it in version {VERSION}")
+    diffs = [f"{k}: {old['params'].get(k)!r} -> {p.params.get(k)!r}" for k in p.params if old["params"].get(k) != p.params[k]]
+    if old.get("artists") != p.artists:
+        diffs.append(f"artists: {old.get('artists')} -> {p.artists}")
+    before, after = ({(s["artist"], s["relpath"]): (s["bytes"], s["split"], s["holdout"]) for s in songs}
+                     for songs in (old["songs"], p.songs))
+    if before != after:
+        changed = sum(before[k] != after[k] for k in before.keys() & after.keys())
+        diffs.append(f"songs: {len(before.keys() - after.keys())} gone, {len(after.keys() - before.keys())} new, "
+                     f"{changed} changed in size or split")
+    if diffs:
+        raise DatasetError(f"{out} already holds a dataset with other parameters or songs ({'; '.join(diffs)}); "
+                           "pass --overwrite to replace it")
+
+
+def lock_path(out: Path) -> Path:
+    return out.with_name(f".{out.name}.lock")
+
+
+def preprocess(sources: dict[str, Path], out: str | Path, cfg: PreprocessConfig, overwrite: bool = False,
+               progress: bool = True, split_file: str | Path | None = None) -> dict:
+    """Build the dataset in ``out``; returns the manifest. Raises DatasetError when nothing usable
+    was found, or when ``out`` holds something that may not be replaced; ``out`` is then untouched.
+    Rebuilding with the same songs and parameters simply rebuilds it."""
+    cfg.validate()
+    out = _check_out(out)
+    lock = Lock(lock_path(out), f"dataset {out}")
+    try:
+        lock.acquire()
+    except OSError as e:
+        raise DatasetError(f"cannot lock {lock.path}: {e.strerror}") from None
+    try:
+        _recover(out)
+        p = plan(sources, cfg, split_file)
+        _check_replace(out, p, overwrite)
+        staging = out.with_name(f".{out.name}.staging-{os.getpid()}")
+        try:
+            write_plan(p, staging, 1)
+            run_task(p, 0, 1, staging, progress)
+            return merge(staging, out)
+        except BaseException as e:
+            shutil.rmtree(staging, ignore_errors=True)
+            _recover(out)
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DatasetError(f"{e.filename or staging}: {e.strerror}; nothing was written (the staging directory "
+                                   f"is removed{', the dataset in ' + str(out) + ' is as it was' if out.exists() else ''})"
+                                   ) from None
+            if isinstance(e, OSError):
+                raise DatasetError(f"{e.filename or staging}: {e.strerror or e}; nothing was written") from None
+            raise
+    finally:
+        lock.release()

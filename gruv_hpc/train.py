@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from . import distributed, resident
 from .checkpoint import Checkpointer, git_info, rng_state, seed_everything, set_rng_state
 from .config import RUNTIME_KEYS, ConfigError, TrainConfig, diff, resolve, to_dict
-from .data import ClipDataset, batch_collate
+from .data import ClipDataset, Normalizer, batch_collate
 from .distributed import Dist
 from .errors import TrainingError
 from .fsio import atomic_write_json, dumps
@@ -149,13 +149,11 @@ class Data:
     sampler: ResumableSampler
     local_bs: int
     steps_per_epoch: int
-    shift: torch.Tensor
-    scale: torch.Tensor
+    normalize: Normalizer
 
     def to_xy(self, blk: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw (B, C + 1, D) windows -> normalized x = blocks 0..C-1, y = blocks 1..C (views)."""
-        blk = blk.to(device, non_blocking=True)
-        blk = torch.addcmul(self.shift, blk, self.scale, out=blk)  # (raw - mean) / std in one pass, in place
+        """Stored (B, C + 1, S) windows -> normalized x = blocks 0..C-1, y = blocks 1..C (views)."""
+        blk = self.normalize(blk.to(device, non_blocking=True))  # (B, C + 1, D), expanded on the device
         return blk[:, :-1], blk[:, 1:]
 
 
@@ -187,8 +185,7 @@ def build_data(cfg: TrainConfig, d: Dist) -> Data:
         steps = min(steps, cfg.limit_train_batches)
     if steps == 0:
         raise DatasetError(f"{cfg.data}: {len(train_set)} train clips give no full batch of {cfg.batch_size}")
-    shift, scale = train_set.normalizer(d.device)
-    return Data(train_loader, dev_loader, sampler, local_bs, steps, shift, scale)
+    return Data(train_loader, dev_loader, sampler, local_bs, steps, train_set.normalizer(d.device))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,8 +3,8 @@ import pytest
 import soundfile as sf
 
 from gruv_hpc.audio import AudioError, load_mono, resample, to_pcm, write_wav
-from gruv_hpc.features import (audio_to_blocks, blocks_to_features, feature_dim, features_to_blocks,
-                               magnitude_spectrum)
+from gruv_hpc.features import (audio_to_blocks, blocks_to_features, blocks_to_stored, expansion, feature_dim,
+                               features_to_blocks, magnitude_spectrum, storage_dim, stored_to_features)
 
 
 @pytest.mark.parametrize("transform", ["fft", "rfft"])
@@ -29,6 +29,26 @@ def test_paper_feature_layout():
     assert feature_dim("rfft", n) == 2 * (n // 2 + 1)
     mag = magnitude_spectrum(f[None], "fft")[0]
     assert mag.shape == (n // 2 + 1,) and int(np.argmax(mag)) == 110
+
+
+@pytest.mark.parametrize("n", [11025, 64, 63, 2, 3])
+def test_stored_half_expands_to_either_feature_layout(n):
+    """N stored values per block give the fft and rfft features exactly; nothing stored is redundant."""
+    rng = np.random.default_rng(1)
+    blocks = rng.uniform(-1, 1, (7, n)).astype(np.float32)
+    stored = blocks_to_stored(blocks)
+    assert stored.shape == (7, storage_dim(n)) == (7, n) and stored.dtype == np.float32
+    for transform in ("fft", "rfft"):
+        want = blocks_to_features(blocks, transform)
+        np.testing.assert_allclose(stored_to_features(stored, transform, n), want, rtol=1e-6, atol=1e-4)
+        idx, sign = expansion(transform, n)
+        assert idx.shape == sign.shape == (feature_dim(transform, n),)
+        assert set(np.unique(sign)) <= {-1.0, 0.0, 1.0}
+        assert np.all(want[:, sign == 0] == 0)  # Im of DC (and of Nyquist for even n) is always 0
+        assert set(idx[sign != 0]) == set(range(n))  # every stored value is used
+    # the paper's N: 2N = 22050 features from 11025 stored values
+    if n == 11025:
+        assert feature_dim("fft", n) == 2 * storage_dim(n)
 
 
 def test_wrong_feature_size_is_an_error():

@@ -14,9 +14,9 @@ import soundfile as sf
 from conftest import TINY, preprocess_tiny
 from gruv_hpc.data import ClipDataset
 from gruv_hpc.errors import DatasetError
-from gruv_hpc.features import audio_to_blocks, blocks_to_features
+from gruv_hpc.features import audio_to_blocks, blocks_to_features, blocks_to_stored
 from gruv_hpc.manifest import check_params, load_manifest
-from gruv_hpc.preprocess import PreprocessConfig, assign_splits, parse_sources, preprocess
+from gruv_hpc.preprocess import PreprocessConfig, assign_splits, parse_sources, plan, preprocess
 
 ASC = Path("/usr/share/games/asc/music")
 
@@ -26,16 +26,17 @@ def test_manifest_records_everything(data, corpus):
     p = m["params"]
     assert p["sample_rate"] == 8000 and p["block_size"] == 64 and p["clip_blocks"] == 8
     assert p["transform"] == "fft" and p["feature_dim"] == 128 and "seed" in p
+    assert p["storage_dim"] == 64 and p["dtype"] == "float32"  # the stored half: N values per block
     assert m["artists"] == ["aurora", "circuit"]
-    assert len(m["songs"]) == 6
+    assert len(m["songs"]) == 6 and m["excluded"] == []
     for s in m["songs"]:
         assert s["sha256"] and s["duration_s"] > 5 and s["split"] in ("train", "dev") and s["skipped"] is None
-        assert Path(s["path"]).exists()
+        assert Path(s["path"]).exists() and Path(s["path"]) == corpus / s["artist"] / s["relpath"]
     for sh in m["shards"]:
         f = data / sh["file"]
         assert f.exists() and f.stat().st_size == sh["bytes"]
         with h5py.File(f) as h:
-            assert h["blocks"].shape == (sh["blocks"], 128)
+            assert h["blocks"].shape == (sh["blocks"], 64) and h["blocks"].dtype == np.float32
             assert h.attrs["artist"] == sh["artist"] and h.attrs["split"] == sh["split"]
             assert h["blocks"].chunks[0] in (1, 2, 4, 8)  # divides the clip length
     assert (data / m["stats"]["file"]).exists()
@@ -69,35 +70,42 @@ def test_clips_are_windows_over_songs(data, corpus):
     song = m["songs"][int(ds.index.song_of_clip[i])]
     same = np.nonzero(ds.index.song_of_clip == ds.index.song_of_clip[i])[0]
     k = int(np.searchsorted(same, i))
+    assert ds.index.clip_of_song[i] == k
     audio = load_mono(song["path"], 8000)
     blocks = audio_to_blocks(audio, 64)[k * 8: k * 8 + 9]
-    expect = blocks_to_features(blocks, "fft")
-    np.testing.assert_allclose(ds.raw_blocks(i), expect, atol=1e-4)
+    np.testing.assert_allclose(ds.features(i), blocks_to_features(blocks, "fft"), atol=1e-4)
+    np.testing.assert_allclose(ds.raw_blocks(i), blocks_to_stored(blocks), atol=1e-4)
     x, y = ClipDataset(data, "train")[i]
     assert x.shape == (8, 128) and y.shape == (8, 128)
     assert np.array_equal(x[1:].numpy(), y[:-1].numpy())
 
 
-def test_stats_come_from_train_only(data):
+def stored_blocks(data, split, artist):
+    """Every stored block of one artist's split, read straight from the shards (float64)."""
+    m = load_manifest(data)
+    out = []
+    for sh in m["shards"]:
+        if sh["split"] != split or sh["artist"] != artist:
+            continue
+        with h5py.File(data / sh["file"]) as h:
+            for _, off, n, first_clip in sh["segments"]:
+                # a song continued from another shard shares its boundary block: count it once
+                skip = 1 if first_clip > 0 and split == "train" else 0
+                out.append(h["blocks"][off + skip: off + n * 8 + 1].astype(np.float64))
+    return np.concatenate(out)
+
+
+def test_stats_come_from_each_artists_train_split_only(data):
     m = load_manifest(data)
     with np.load(data / "stats.npz") as z:
-        mean, std = z["mean"], z["std"]
-    def all_blocks(split):
-        out = []
-        for sh in m["shards"]:
-            if sh["split"] != split:
-                continue
-            with h5py.File(data / sh["file"]) as h:
-                for _, off, n in sh["segments"]:
-                    out.append(h["blocks"][off: off + n * 8 + 1].astype(np.float64))
-        return np.concatenate(out)
-    train = all_blocks("train")
-    np.testing.assert_allclose(mean, train.mean(0), rtol=1e-6, atol=1e-6)
-    ref = train.std(0)
-    ok = ref > 1e-6 * ref.max()
-    np.testing.assert_allclose(std[ok], ref[ok], rtol=1e-5)
-    both = np.concatenate([train, all_blocks("dev")])
-    assert not np.allclose(mean, both.mean(0), atol=1e-6)  # dev would have changed them
+        assert list(z["artists"]) == ["aurora", "circuit"]
+        for i, artist in enumerate(m["artists"]):
+            train = stored_blocks(data, "train", artist)
+            assert z["count"][i] == len(train) == m["stats"]["blocks"][artist]
+            np.testing.assert_allclose(z["mean"][i], train.mean(0), rtol=1e-12, atol=1e-9)
+            np.testing.assert_allclose(z["m2"][i], ((train - train.mean(0)) ** 2).sum(0), rtol=1e-9, atol=1e-6)
+            both = np.concatenate([train, stored_blocks(data, "dev", artist)])
+            assert not np.allclose(z["mean"][i], both.mean(0), atol=1e-6)  # dev would have changed them
     x, _ = ClipDataset(data, "train")[0]
     assert abs(float(x.mean())) < 3  # normalized
 
@@ -116,8 +124,11 @@ def test_shard_size_bound(corpus, tmp_path):
 def test_rfft_dataset(corpus, tmp_path):
     m = preprocess_tiny(corpus, tmp_path / "ds", transform="rfft")
     assert m["params"]["feature_dim"] == 2 * 33
-    x, y = ClipDataset(tmp_path / "ds", "dev")[0]
+    ds = ClipDataset(tmp_path / "ds", "dev", normalize=False)
+    x, y = ds[0]
     assert x.shape == (8, 66)
+    np.testing.assert_allclose(ds.features(0), blocks_to_features(np.fft.irfft(
+        ds.features(0)[:, :33] + 1j * ds.features(0)[:, 33:], n=64), "rfft"), atol=1e-3)
 
 
 def test_param_mismatch_names_the_parameter(data):
@@ -139,10 +150,12 @@ def test_bad_files_are_skipped_and_recorded(corpus, tmp_path):
     sf.write(src / "a" / "short.wav", np.zeros(100, np.float32), 8000)
     with pytest.warns(UserWarning) as w:
         m = preprocess(parse_sources([f"a={src / 'a'}"]), tmp_path / "ds", PreprocessConfig(**TINY), progress=False)
-    skipped = {Path(s["path"]).name: s["skipped"] for s in m["songs"] if s["skipped"]}
+    # Found out from the header, before the split: none of them took a place in it.
+    skipped = {Path(s["path"]).name: s["reason"] for s in m["excluded"]}
+    assert all(not s["skipped"] for s in m["songs"]) and len(m["songs"]) == 3
     assert set(skipped) == {"corrupt.wav", "notes.txt", "short.wav"}
     assert "shorter than one clip" in skipped["short.wav"]
-    assert "corrupt.wav" in skipped["corrupt.wav"]
+    assert "not audio" in skipped["corrupt.wav"]
     assert any("notes.txt" in str(x.message) for x in w)
     assert m["summary"]["songs"] == 3
 
@@ -184,20 +197,22 @@ def test_interrupted_run_never_reads_as_complete(corpus, tmp_path):
     out = tmp_path / "ds"
     p = subprocess.Popen([sys.executable, "-m", "gruv_hpc.cli", "preprocess", f"a={big / 'aurora'}", f"c={big / 'circuit'}",
                           "--out", str(out), "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    staging = tmp_path / f".ds.staging-{p.pid}"
     for _ in range(400):
-        if (out / "shards").exists() and any((out / "shards").iterdir()):
+        if (staging / "shards").exists() and any((staging / "shards").iterdir()):
             break
         time.sleep(0.01)
     p.send_signal(signal.SIGKILL)
     p.wait()
-    assert not (out / "manifest.json").exists()
-    with pytest.raises(DatasetError, match="did not finish"):
+    assert not out.exists()  # everything happened in the staging directory
+    with pytest.raises(DatasetError, match="does not exist"):
         load_manifest(out)
     # A rerun cleans up and completes.
     r = subprocess.run([sys.executable, "-m", "gruv_hpc.cli", "preprocess", f"a={big / 'aurora'}", f"c={big / 'circuit'}",
                         "--out", str(out), "--quiet"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert not list(out.rglob("*.partial"))
+    assert sorted(x.name for x in tmp_path.iterdir()) == [".ds.lock", "big", "ds"]  # the leftover is gone
     assert len(ClipDataset(out, "train")) > 0
 
 
@@ -294,8 +309,219 @@ def test_real_recorded_music_asc(tmp_path):
         assert s["clips"] == (int(s["duration_s"] * 44100) // 11025 - 1) // 40
     ds = ClipDataset(tmp_path / "ds", "train", normalize=False)
     assert len(ds) > 0
-    blk = ds.raw_blocks(0)
+    assert ds.raw_blocks(0).shape == (41, 11025)
+    blk = ds.features(0)
     assert blk.shape == (41, 22050) and np.all(np.isfinite(blk))
     audio = np.concatenate([np.fft.ifft(b[:11025] + 1j * b[11025:]).real for b in blk[:4]])
     rms = np.sqrt(np.mean(audio**2))
     assert 1e-3 < rms < 1.0  # real music, neither silence nor garbage
+
+
+# ---------------------------------------------------------------------------------------------
+# Nothing lost: a finished dataset, the user's files, a full disk
+
+TINY_FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "gruv_hpc.cli", "preprocess", *map(str, args), "--quiet", *TINY_FLAGS],
+                          capture_output=True, text=True)
+
+
+def digest(d: Path) -> dict:
+    """Every file under d with its content hash: what a reader of the dataset would see."""
+    import hashlib
+    return {p.relative_to(d).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def one_line_error(r) -> str:
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    err = [x for x in r.stderr.splitlines() if not x.startswith("warning: ")]
+    assert len(err) == 1 and err[0].startswith("gruv: error: ") and "Traceback" not in r.stderr, r.stderr
+    return err[0]
+
+
+def test_failed_rerun_never_destroys_a_finished_dataset(corpus, tmp_path):
+    ds = tmp_path / "ds"
+    preprocess_tiny(corpus, ds)
+    before = digest(ds)
+    (tmp_path / "empty").mkdir()
+    for extra in ([], ["--overwrite"]):
+        r = cli(f"aurora={tmp_path / 'empty'}", "--out", ds, *extra)
+        assert "no files found" in one_line_error(r)
+        assert digest(ds) == before
+    assert len(ClipDataset(ds, "train")) > 0
+
+
+def test_replacing_a_dataset_needs_overwrite_and_other_files_are_never_deleted(corpus, tmp_path):
+    ds = tmp_path / "ds"
+    preprocess_tiny(corpus, ds)
+    preprocess_tiny(corpus, ds)  # the same songs and parameters: simply rebuilt
+    before = digest(ds)
+    aurora_only = parse_sources([f"aurora={corpus / 'aurora'}"])
+    with pytest.raises(DatasetError, match=r"other parameters or songs \(artists: .*songs: 3 gone, 0 new, 0 changed.*--overwrite"):
+        preprocess(aurora_only, ds, PreprocessConfig(**TINY), progress=False)
+    assert digest(ds) == before
+    # A folder of the user's own is never written into, --overwrite or not.
+    mine = tmp_path / "mine"
+    (mine / "shards").mkdir(parents=True)
+    (mine / "shards" / "keep.h5").write_text("mine")
+    (mine / "stats.npz").write_text("mine too")
+    for overwrite in (False, True):
+        with pytest.raises(DatasetError, match="holds no gruv dataset"):
+            preprocess(aurora_only, mine, PreprocessConfig(**TINY), overwrite=overwrite, progress=False)
+    assert digest(mine) == {"shards/keep.h5": digest(mine)["shards/keep.h5"], "stats.npz": digest(mine)["stats.npz"]}
+    assert (mine / "shards" / "keep.h5").read_text() == "mine" and (mine / "stats.npz").read_text() == "mine too"
+
+
+def test_a_crash_between_the_swaps_renames_is_recovered(corpus, tmp_path):
+    ds = tmp_path / "ds"
+    preprocess_tiny(corpus, ds)
+    before = digest(ds)
+    os.rename(ds, tmp_path / ".ds.old")  # killed between "ds -> .ds.old" and "staging -> ds"
+    (tmp_path / ".ds.staging-999999" / "shards").mkdir(parents=True)
+    with pytest.raises(DatasetError, match=r"\.ds\.old does.*run it again"):
+        load_manifest(ds)
+    # The next run puts the previous dataset back before anything else (here it is then refused).
+    with pytest.warns(UserWarning, match="put back"), pytest.raises(DatasetError, match="--overwrite"):
+        preprocess(parse_sources([f"aurora={corpus / 'aurora'}"]), ds, PreprocessConfig(**TINY), progress=False)
+    assert digest(ds) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".ds.lock", "ds"]
+
+
+def test_a_second_writer_is_refused_naming_the_first(corpus, tmp_path):
+    out = tmp_path / "ds"
+    # The first run stops itself once it holds the lock and has made its staging directory.
+    code = ("import os, signal, sys; import gruv_hpc.preprocess as P; run = P.run_task\n"
+            "def stopped(*a, **k):\n    os.kill(os.getpid(), signal.SIGSTOP); return run(*a, **k)\n"
+            "P.run_task = stopped; from gruv_hpc.cli import main; sys.exit(main(sys.argv[1:]))")
+    first = subprocess.Popen([sys.executable, "-c", code, "preprocess", f"a={corpus / 'aurora'}", "--out", str(out),
+                              "--quiet", *TINY_FLAGS], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, status = os.waitpid(first.pid, os.WUNTRACED)
+        assert os.WIFSTOPPED(status)
+        staging = tmp_path / f".ds.staging-{first.pid}"
+        assert staging.is_dir()
+        r = cli(f"a={corpus / 'aurora'}", "--out", out)
+        err = one_line_error(r)
+        assert f"pid {first.pid}" in err and "in use" in err and str(out) in err
+        assert staging.is_dir() and not out.exists()  # the second run touched nothing
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert len(ClipDataset(out, "train")) > 0 and not staging.exists()
+
+
+def test_junk_takes_no_place_in_the_split_and_one_song_still_has_dev_clips(corpus, tmp_path):
+    """One song plus a cover.jpg: every seed gives a dataset with train and dev clips."""
+    src = tmp_path / "one"
+    src.mkdir()
+    song = sorted((corpus / "aurora").iterdir())[0]
+    (src / song.name).write_bytes(song.read_bytes())
+    (src / "cover.jpg").write_bytes(b"\xff\xd8\xff\xe0" + os.urandom(2000))
+    for seed in range(4):
+        with pytest.warns(UserWarning, match="has one song"):
+            m = preprocess(parse_sources([f"a={src}"]), tmp_path / f"ds{seed}", PreprocessConfig(**TINY, seed=seed),
+                           progress=False)
+        assert [e["relpath"] for e in m["excluded"]] == ["cover.jpg"] and "not audio" in m["excluded"][0]["reason"]
+        (s,) = m["songs"]
+        assert s["split"] == "train" and s["holdout"] and s["dev_clips"] == round(0.2 * s["clips"]) >= 1
+        train, dev = (ClipDataset(tmp_path / f"ds{seed}", split) for split in ("train", "dev"))
+        assert list(dev.index.clip_of_song) == list(range(s["clips"] - s["dev_clips"], s["clips"]))  # the last 20%
+        assert list(train.index.clip_of_song) == list(range(s["clips"] - s["dev_clips"]))
+        assert m["summary"]["dev_clips"] == s["dev_clips"] and m["summary"]["train_clips"] == len(train)
+
+
+def test_the_same_file_under_two_artists_is_refused(corpus, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    songs = sorted((corpus / "aurora").iterdir())
+    for p in songs:
+        (a / p.name).write_bytes(p.read_bytes())
+    (b / "copy.wav").write_bytes(songs[1].read_bytes())  # the same content under another name
+    with pytest.raises(DatasetError, match=r"copy.wav \(artist b\) and .*aurora_01.wav \(artist a\) have the same content"):
+        plan(parse_sources([f"a={a}", f"b={b}"]), PreprocessConfig(**TINY))
+    (b / "copy.wav").unlink()
+    (b / "link.wav").symlink_to(a / songs[2].name)  # the same file through a link
+    with pytest.raises(DatasetError, match=r"link.wav \(artist b\) and .*aurora_02.wav \(artist a\) are the same file"):
+        plan(parse_sources([f"a={a}", f"b={b}"]), PreprocessConfig(**TINY))
+
+
+def test_fifos_broken_links_and_linked_folders_are_recorded_and_never_opened(corpus, tmp_path):
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    for p in sorted((corpus / "aurora").iterdir()):
+        (src / "sub" / p.name).write_bytes(p.read_bytes())
+    os.mkfifo(src / "pipe.wav")
+    (src / "gone.wav").symlink_to(tmp_path / "nowhere.wav")
+    (src / "elsewhere").symlink_to(corpus / "circuit")
+    # In a child with a time limit: opening the FIFO would wait forever.
+    r = subprocess.run([sys.executable, "-m", "gruv_hpc.cli", "preprocess", f"a={src}", "--out", str(tmp_path / "ds"),
+                        "--quiet", *TINY_FLAGS], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    m = load_manifest(tmp_path / "ds")
+    reasons = {e["relpath"]: e["reason"] for e in m["excluded"]}
+    assert reasons == {"pipe.wav": "a FIFO: not opened", "gone.wav": "broken symbolic link",
+                       "elsewhere": "symbolic link to a folder: not followed"}
+    assert sorted(s["relpath"] for s in m["songs"]) == [f"sub/{p.name}" for p in sorted((corpus / "aurora").iterdir())]
+    for name in reasons:
+        assert name in r.stderr and name in r.stdout  # warned while running, listed in the summary
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--out", "FILE"], "FILE is a file"),
+    (["--out", "FILE/ds"], "FILE is a file, so nothing can be made under it"),
+    (["--dev-fraction", "nan"], "dev_fraction"),
+    (["--dev-fraction", "1.5"], "dev_fraction"),
+    (["--dev-fraction", "-1"], "dev_fraction"),
+    (["--shard-mb", "0"], "shard_mb"),
+])
+def test_bad_options_are_one_line_errors(corpus, tmp_path, args, match):
+    f = tmp_path / "FILE"
+    f.write_text("a file")
+    args = [a.replace("FILE", str(f)) for a in args]
+    if "--out" not in args:
+        args += ["--out", str(tmp_path / "ds")]
+    r = subprocess.run([sys.executable, "-m", "gruv_hpc.cli", "preprocess", f"a={corpus / 'aurora'}", "--quiet", *args],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and match.replace("FILE", str(f)) in lines[0], r.stderr
+    assert f.read_text() == "a file" and not (tmp_path / "ds").exists()
+
+
+def test_a_full_disk_leaves_nothing_behind(corpus, tmp_path):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a 2 MiB tmpfs here ({r.stderr.strip()})")
+    try:
+        ds = mnt / "ds"
+        assert cli(f"aurora={corpus / 'aurora'}", "--out", ds).returncode == 0  # ~0.8 MiB
+        before = digest(ds)
+        # Both artists need ~1.7 MiB more beside it: the disk fills up while writing.
+        r = cli(f"aurora={corpus / 'aurora'}", f"circuit={corpus / 'circuit'}", "--out", ds, "--overwrite")
+        err = one_line_error(r)
+        assert "No space left on device" in err and ".ds.staging-" in err
+        assert digest(ds) == before and len(ClipDataset(ds, "train")) > 0
+        assert sorted(os.listdir(mnt)) == [".ds.lock", "ds"]
+        r = cli(f"aurora={corpus / 'aurora'}", f"circuit={corpus / 'circuit'}", "--out", mnt / "new")
+        assert "No space left on device" in one_line_error(r)
+        assert sorted(os.listdir(mnt)) == [".ds.lock", ".new.lock", "ds"]
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_a_song_below_the_dataset_rate_is_warned_about(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for k, sr in enumerate((4000, 8000)):
+        sf.write(src / f"s{k}.wav", (0.1 * rng.standard_normal(2 * sr)).astype(np.float32), sr)
+    with pytest.warns(UserWarning) as w:
+        preprocess(parse_sources([f"a={src}"]), tmp_path / "ds", PreprocessConfig(**TINY), progress=False)
+    low = [str(x.message) for x in w if "sample rate" in str(x.message)]
+    assert len(low) == 1 and "s0.wav" in low[0] and "4000 Hz" in low[0] and "8000 Hz" in low[0]
