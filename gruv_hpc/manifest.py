@@ -220,7 +220,6 @@ def clip_index(data_dir: str | Path, manifest: dict, split: str, artists: list[s
                      cat(nth, np.int64), cat(ends, np.int64))
 
 
-
 def dataset_id(manifest: dict) -> str:
     """The identity of a dataset's content, not of its path: a hash over its parameters, songs
     (artist, content hash, split) and shards (content hash). A dataset moved elsewhere keeps it;
