@@ -181,12 +181,13 @@ def rng_state() -> dict:
 
 
 def set_rng_state(st: dict) -> None:
+    # .cpu(): a checkpoint loaded with map_location="cuda" brings these tensors to the GPU too
     random.setstate(_tuplify(st["python"]))
     n = st["numpy"]
-    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
-    torch.set_rng_state(st["torch"])
+    np.random.set_state((n[0], n[1].cpu().numpy().astype(np.uint32), n[2], n[3], n[4]))
+    torch.set_rng_state(st["torch"].cpu())
     if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in st["cuda"]])
 
 
 def seed_everything(seed: int) -> None:
