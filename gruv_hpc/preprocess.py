@@ -16,7 +16,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from tqdm import tqdm
 
 from . import __version__
 from .audio import AudioError, load_mono
@@ -24,6 +23,7 @@ from .features import audio_to_blocks, blocks_to_features
 from .config import PreprocessConfig
 from .fsio import atomic_write_text
 from .manifest import FORMAT, MANIFEST, SHARD_DIR, STATS, VERSION, DatasetError, chunk_rows, sha256_file
+from .progress import progress as progress_bar
 
 BATCH_BLOCKS = 64  # blocks transformed per FFT call: big enough to amortize, small enough for cache
 
@@ -190,7 +190,7 @@ def preprocess(sources: dict[str, Path], out: str | Path, cfg: PreprocessConfig,
     songs = []
     t0, audio_s = time.time(), 0.0
     min_blocks = cfg.clip_blocks + 1
-    bar = tqdm(plan, unit="song", disable=not progress, desc="preprocess")
+    bar = progress_bar(plan, unit="song", disable=not progress, desc="preprocess")
     for song_id, (artist, path, split) in enumerate(bar):
         rec = {"id": song_id, "artist": artist, "path": str(path), "split": split, "sha256": None,
                "duration_s": None, "clips": 0, "skipped": None}

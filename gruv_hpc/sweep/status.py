@@ -241,10 +241,10 @@ def _zombie(pid: int) -> bool:
 
 
 def wait(sweep_dir, poll_s: float = 5.0, progress: bool = True, timeout_s: float | None = None) -> list[dict]:
-    from tqdm import tqdm
+    from ..progress import progress as progress_bar
     t0 = time.time()
     rows = status(sweep_dir)
-    bar = tqdm(total=len(rows), unit="run", desc="waiting", disable=not progress)
+    bar = progress_bar(total=len(rows), unit="run", desc="waiting", disable=not progress, interval_s=None)
     while True:
         finished = sum(r["state"] not in ACTIVE for r in rows)
         bar.n = finished

@@ -155,15 +155,14 @@ def _run_locally(todo, sweep, paths, kind, state, sub, max_parallel, progress, o
     """submitit's local executor, at most ``max_parallel`` runs at a time; blocks until all end.
     Returns the runs that failed. Ctrl-C (or TERM) stops every running run at its next step
     boundary with a checkpoint, marks the rest cancelled, and says how to resume."""
-    from tqdm import tqdm
-
     from ..launcher import TrainJob
+    from ..progress import progress as progress_bar
     threads = max(1, (os.cpu_count() or 1) // max(1, max_parallel))
     ex = _local_executor(kind, paths, sweep.slurm)
     pending, running, failed = list(todo), [], []
     out(f"running {len(todo)} run(s) here, {max_parallel} at a time; this command returns when they end "
         f"(Ctrl-C stops them with a checkpoint). From another terminal: gruv sweep status {paths.root}")
-    bar = tqdm(total=len(todo), unit="run", desc="sweep", disable=not progress)
+    bar = progress_bar(total=len(todo), unit="run", desc="sweep", disable=not progress, interval_s=None)
     term = signal.signal(signal.SIGTERM, _raise_interrupt)  # gruv sweep cancel or kill: as Ctrl-C
     try:
         while pending or running:
