@@ -105,6 +105,9 @@ def _sweep(a) -> int:
     if a.sweep_cmd == "cancel":
         sweep.cancel(a.sweep_dir, a.run)
         return 0
+    if a.sweep_cmd == "logs":
+        from .sweep.logs import show_logs
+        return show_logs(a.sweep_dir, a.run, err=a.err, follow=a.follow)
     if a.sweep_cmd == "wait":
         rows = sweep.wait(a.sweep_dir, poll_s=a.interval)
         print(sweep.format_status(rows))
@@ -216,6 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     s4 = ssub.add_parser("wait", help="wait (with a progress bar) until every run has ended")
     s4.add_argument("sweep_dir")
     s4.add_argument("--interval", type=float, default=5.0)
+    s5 = ssub.add_parser("logs", help="a run's job output (stdout, or --err), every attempt, oldest first")
+    s5.add_argument("sweep_dir")
+    s5.add_argument("run")
+    s5.add_argument("--err", action="store_true", help="stderr instead of stdout (tracebacks, warnings)")
+    s5.add_argument("--follow", "-f", action="store_true", help="keep printing the newest attempt's output "
+                    "until its job ends (or Ctrl-C)")
     sp.set_defaults(fn=_sweep)
 
     an = sub.add_parser("analyze", help="figures, results table, generated audio and an HTML report for a sweep")

@@ -39,3 +39,87 @@ def test_plain_progress_lines_at_an_interval_or_on_change(tmp_path):
     bar.close()
     assert [ln.split(",")[0] for ln in f.getvalue().splitlines()] == ["runs: 0/3 runs", "runs: 1/3 runs", "runs: 2/3 runs",
                                                                        "runs: 3/3 runs"]
+
+
+# --- gruv sweep logs --------------------------------------------------------------------------------
+
+def test_sweep_logs_shows_every_attempt(data, tmp_path):
+    import json
+
+    from conftest import write_sweep
+    f = write_sweep(tmp_path / "s.toml", data, {"epochs": 1, "batch_size": 4, "workers": 0, "gen_seconds": 0.0,
+                                                 "hidden": 8, "limit_train_batches": 3}, {"cell": ["lstm"]})
+    d = tmp_path / "sw"
+    assert gruv("sweep", "submit", f, "--out", d, "--executor", "local", "--quiet").returncode == 0
+    r = gruv("sweep", "submit", f, "--out", d, "--executor", "local", "--quiet", "epochs=2")  # a second attempt
+    assert r.returncode == 0, r.stderr
+    jobs = [j["job_id"] for j in json.loads((d / "sweep.json").read_text())["runs"]["lstm"]["jobs"]]
+    assert len(jobs) == 2
+    r = gruv("sweep", "logs", d, "lstm")
+    assert r.returncode == 0, r.stderr
+    heads = [ln for ln in r.stdout.splitlines() if ln.startswith("==> ")]
+    assert [h.split(":")[0] for h in heads] == ["==> attempt 1 of 2", "==> attempt 2 of 2"]
+    assert f"job {jobs[0]} (local)" in heads[0] and f"{jobs[1]}_0_log.out" in heads[1]
+    first, second = r.stdout.split(heads[1])
+    assert "epoch 1/1" in first and "resumed from" not in first
+    assert "resumed from" in second and "epoch 2/2" in second
+    err = gruv("sweep", "logs", d, "lstm", "--err")
+    assert err.returncode == 0 and f"{jobs[1]}_0_log.err" in err.stdout and "epoch 2/2" not in err.stdout
+    bad = gruv("sweep", "logs", d, "nope")
+    assert bad.returncode == 2 and "runs: lstm" in bad.stderr and "Traceback" not in bad.stderr
+    # status names the logs: every row in --json, and the table's footer
+    st = json.loads(gruv("sweep", "status", d, "--json").stdout)["runs"][0]
+    assert st["log"].endswith(f"logs/{jobs[1]}_0_log.out") and st["err_log"].endswith(".err")
+    assert f"gruv sweep logs {d} RUN" in gruv("sweep", "status", d).stdout
+
+
+def test_sweep_logs_follow_ends_with_the_job(data, tmp_path):
+    import time
+
+    from conftest import write_sweep
+    f = write_sweep(tmp_path / "s.toml", data, {"epochs": 3, "batch_size": 4, "workers": 0, "gen_seconds": 0.0,
+                                                 "hidden": 8, "limit_train_batches": 3}, {"cell": ["lstm", "gru"]})
+    d = tmp_path / "sw"
+    sub = subprocess.Popen([sys.executable, "-m", "gruv_hpc.cli", "sweep", "submit", str(f), "--out", str(d),
+                            "--executor", "local", "--quiet", "--max-parallel", "1"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while not (d / "sweep.json").exists():
+            assert sub.poll() is None, "the submission ended early"
+            time.sleep(0.1)
+        # gru waits behind lstm (one at a time): following it waits for its job, then its end
+        r = gruv("sweep", "logs", d, "gru", "--follow", timeout=300)
+    finally:
+        sub.wait(timeout=300)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert "queued" in r.stderr and r.stdout.count("==> attempt 1 of 1") == 1
+    assert "epoch 3/3" in r.stdout
+
+
+def test_sweep_logs_follow_stops_quietly_on_ctrl_c(data, tmp_path):
+    import signal
+    import time
+
+    from conftest import write_sweep
+    f = write_sweep(tmp_path / "s.toml", data, {"epochs": 100000, "batch_size": 4, "workers": 0, "gen_seconds": 0.0,
+                                                 "hidden": 8}, {"cell": ["lstm"]})
+    d = tmp_path / "sw"
+    sub = subprocess.Popen([sys.executable, "-m", "gruv_hpc.cli", "sweep", "submit", str(f), "--out", str(d),
+                            "--executor", "local", "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while not list((d / "runs" / "lstm").glob("metrics.jsonl")):
+            assert sub.poll() is None, "the submission ended early"
+            time.sleep(0.2)
+        p = subprocess.Popen([sys.executable, "-m", "gruv_hpc.cli", "sweep", "logs", str(d), "lstm", "-f"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        seen = ""
+        while "epoch 1/100000" not in seen:  # following a running job: its lines arrive
+            line = p.stdout.readline()
+            assert line, "gruv sweep logs --follow ended while the job runs"
+            seen += line
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+        assert p.returncode == 0 and "Traceback" not in err, err
+    finally:
+        assert gruv("sweep", "cancel", d).returncode == 0
+        sub.wait(timeout=200)
