@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from . import distributed
 from .checkpoint import Checkpointer, git_info, rng_state, seed_everything, set_rng_state
-from .config import RUNTIME_KEYS, ConfigError, TrainConfig, diff, resolve, to_dict
+from .config import RUNTIME_KEYS, ConfigError, TrainConfig, available_cpus, diff, resolve, resolve_workers, to_dict
 from .data import ClipDataset, batch_collate
 from .distributed import Dist
 from .errors import TrainingError
@@ -166,7 +166,12 @@ def build_data(cfg: TrainConfig, d: Dist) -> Data:
         raise DatasetError(f"{cfg.data}: the train split has no clips for artists {cfg.artists or 'all'}")
     local_bs = cfg.batch_size // d.world
     sampler = ResumableSampler(train_set, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed, drop_last=True)
-    kw = dict(num_workers=cfg.workers, pin_memory=d.device.type == "cuda", persistent_workers=cfg.workers > 0,
+    cpus = available_cpus()
+    workers = resolve_workers(cfg.workers, d.device.type, cpus)
+    if d.is_main:
+        print(f"data loading: workers={cfg.workers} -> {workers} per rank (device {d.device.type}, {cpus} CPUs "
+              f"per process)", flush=True)
+    kw = dict(num_workers=workers, pin_memory=d.device.type == "cuda", persistent_workers=workers > 0,
               collate_fn=batch_collate)
     train_loader = DataLoader(train_set, batch_size=local_bs, sampler=sampler, drop_last=True, **kw)
     # Dev: every clip exactly once across ranks (DistributedSampler would pad with repeats).

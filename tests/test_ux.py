@@ -123,3 +123,33 @@ def test_sweep_logs_follow_stops_quietly_on_ctrl_c(data, tmp_path):
     finally:
         assert gruv("sweep", "cancel", d).returncode == 0
         sub.wait(timeout=200)
+
+
+# --- workers = auto ----------------------------------------------------------------------------------
+
+def test_workers_auto_by_device_and_cpus(monkeypatch):
+    from gruv_hpc.config import TrainConfig, available_cpus, build, resolve_workers
+    assert build(TrainConfig).workers == "auto"
+    assert build(TrainConfig, {"workers": 3}).workers == 3 and build(TrainConfig, None, {"workers": "3"}).workers == 3
+    assert [resolve_workers("auto", dev, cpus) for dev, cpus in
+            [("cpu", 64), ("cuda", 2), ("cuda", 4), ("cuda", 5), ("cuda", 6), ("cuda", 32)]] == [0, 0, 0, 4, 4, 4]
+    assert resolve_workers(2, "cpu", 2) == 2  # a number is taken as it is
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+    assert available_cpus() == 1
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK")
+    import os
+    assert available_cpus() == len(os.sched_getaffinity(0))
+
+
+def test_bad_workers_is_one_line(data, tmp_path):
+    for v in ("-1", "lots", "1.5"):
+        r = gruv("train", "--data", data, "--run-dir", tmp_path / "r", f"workers={v}")
+        assert r.returncode == 2 and "workers" in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_training_says_how_many_workers_it_chose(data, tmp_path, capsys):
+    from conftest import tiny_config
+    from gruv_hpc.train import main
+    main(tiny_config(data, epochs=1, workers="auto", limit_train_batches=2), tmp_path / "r")
+    assert "data loading: workers=auto -> 0 per rank (device cpu," in capsys.readouterr().out
