@@ -153,3 +153,20 @@ def test_training_says_how_many_workers_it_chose(data, tmp_path, capsys):
     from gruv_hpc.train import main
     main(tiny_config(data, epochs=1, workers="auto", limit_train_batches=2), tmp_path / "r")
     assert "data loading: workers=auto -> 0 per rank (device cpu," in capsys.readouterr().out
+
+
+# --- --dry-run ---------------------------------------------------------------------------------------
+
+def test_dry_run_writes_nothing(data, tmp_path):
+    from conftest import write_sweep
+    f = write_sweep(tmp_path / "s.toml", data, {"epochs": 1, "workers": 0}, {"cell": ["lstm", "gru"]})
+    d = tmp_path / "new" / "sw"
+    r = gruv("sweep", "submit", f, "--out", d, "--executor", "slurm", "--dry-run")
+    assert r.returncode == 0 and "#SBATCH --array=0-1" in r.stdout, r.stderr
+    local = gruv("sweep", "submit", f, "--out", d, "--executor", "local", "--dry-run", "--max-parallel", "1")
+    assert local.returncode == 0 and "#SBATCH" not in local.stdout
+    assert "2 run(s) for the local executor, at most 1 at a time" in local.stdout and "foreground" in local.stdout
+    assert not (tmp_path / "new").exists()  # validated, and nothing made
+    (tmp_path / "file").write_text("")
+    bad = gruv("sweep", "submit", f, "--out", tmp_path / "file" / "sw", "--executor", "local", "--dry-run")
+    assert bad.returncode == 2 and "not a directory" in bad.stderr and len(bad.stderr.splitlines()) == 1
