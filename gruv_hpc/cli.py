@@ -67,15 +67,12 @@ def _train(a) -> int:
 
 
 def _generate(a) -> int:
-    from .generate import generate
+    from .generate import describe, generate
     side = generate(a.run_dir, a.out, seed_seconds=a.seed_seconds, length_ratio=a.length_ratio, seed_from=a.seed_from,
-                    seed_index=a.seed_index, algorithm=a.algorithm, checkpoint=a.checkpoint, with_seed=a.with_seed,
-                    float32=a.float, normalize=a.normalize, device=a.device)
-    d = side["diagnostics"]
+                    seed_index=a.seed_index, seed_start=a.seed_start, algorithm=a.algorithm, checkpoint=a.checkpoint,
+                    with_seed=a.with_seed, float32=a.float, normalize=a.normalize, device=a.device)
     print(f"wrote {a.out}: {side['generated_s']:.2f} s generated from {side['seed']['seconds']:.2f} s of seed "
-          f"({side['algorithm']}, {side['wall_s']:.2f} s); clipped samples: {side['clipped_samples']}; "
-          f"flatness {d['flatness']:.3f} (seed {d['seed_flatness']:.3f}); loop onset: {d['loop_onset_step']}, "
-          f"loop fraction {d['loop_fraction']:.2f}; RMS {d['rms_db']:.1f} dBFS (seed {d['seed_rms_db']:.1f})")
+          f"({side['algorithm']}, {side['wall_s']:.2f} s); {describe(side['diagnostics'], side['clipped_samples'])}")
     return 0
 
 
@@ -188,7 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     gp.add_argument("--seed-seconds", type=float, default=10.0)
     gp.add_argument("--length-ratio", type=float, default=3.0, help="continuation length / seed length")
     gp.add_argument("--seed-from", default="dev", help="dev (default), train, or an audio FILE")
-    gp.add_argument("--seed-index", type=int, default=0, help="clip index within the split")
+    gp.add_argument("--seed-index", type=int, default=None, help="dev/train seed: the clip's index in the split (default 0)")
+    gp.add_argument("--seed-start", type=float, default=None, metavar="SECONDS",
+                    help="seed file: where in it the seed starts (default 0)")
     gp.add_argument("--algorithm", choices=["stateful", "refeed"], default="stateful")
     gp.add_argument("--checkpoint", default="best", help="best, last, or a checkpoint PATH")
     gp.add_argument("--with-seed", action="store_true", help="prepend the seed audio")

@@ -170,3 +170,57 @@ def test_dry_run_writes_nothing(data, tmp_path):
     (tmp_path / "file").write_text("")
     bad = gruv("sweep", "submit", f, "--out", tmp_path / "file" / "sw", "--executor", "local", "--dry-run")
     assert bad.returncode == 2 and "not a directory" in bad.stderr and len(bad.stderr.splitlines()) == 1
+
+
+# --- gruv generate: a seed file's start, options that would be ignored, units -------------------------
+
+def test_seed_start_in_a_seed_file(trained_run, tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    from gruv_hpc.generate import generate
+    rng = np.random.default_rng(0)
+    audio = 0.3 * rng.standard_normal(8000).clip(-3, 3) / 3  # 1 s at the run's rate: no resampling
+    sf.write(tmp_path / "seed.wav", audio, 8000, subtype="FLOAT")
+    side = generate(trained_run, tmp_path / "g.wav", seed_seconds=0.16, length_ratio=1, seed_from=str(tmp_path / "seed.wav"),
+                    seed_start=0.25, seed_out=tmp_path / "s.wav")
+    got, _ = sf.read(tmp_path / "s.wav")
+    assert side["seed"]["start_s"] == 0.25 and len(got) == 20 * 64
+    np.testing.assert_allclose(got, audio[2000:2000 + 20 * 64], atol=2 / 32768)  # the seed is the file from 0.25 s
+    r = gruv("generate", trained_run, "--out", tmp_path / "x.wav", "--seed-from", tmp_path / "seed.wav", "--seed-start", "5")
+    assert r.returncode == 2 and "--seed-start 5 s" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_generate_refuses_options_it_would_ignore(trained_run, tmp_path):
+    import soundfile as sf
+    sf.write(tmp_path / "seed.wav", [0.1, -0.1] * 4000, 8000)
+    r = gruv("generate", trained_run, "--out", tmp_path / "a.wav", "--seed-from", tmp_path / "seed.wav", "--seed-index", "3")
+    assert r.returncode == 2 and "--seed-index" in r.stderr and "--seed-start" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "a.wav").exists()
+    for src in ("dev", "train"):
+        r = gruv("generate", trained_run, "--out", tmp_path / "b.wav", "--seed-from", src, "--seed-start", "1")
+        assert r.returncode == 2 and "--seed-start" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_generate_prints_the_loop_onset_in_seconds(trained_run, tmp_path):
+    import json
+    import re
+    r = gruv("generate", trained_run, "--out", tmp_path / "g.wav", "--seed-seconds", "0.32", "--seed-index", "1")
+    assert r.returncode == 0, r.stderr
+    side = json.loads((tmp_path / "g.json").read_text())
+    onset = side["diagnostics"]["loop_onset_s"]
+    if onset is None:
+        assert "no loop" in r.stdout
+    else:
+        assert re.search(rf"loops from {onset:.2f} s \(\d+% of it in loops\)", r.stdout), r.stdout
+    assert re.search(r"level -?\d+ dBFS, seed -?\d+ dBFS", r.stdout) and "loop onset:" not in r.stdout
+
+
+def test_describe_in_words():
+    from gruv_hpc.generate import describe
+    d = {"loop_onset_s": 0.75, "loop_fraction": 0.5, "rms_db": -38.2, "seed_rms_db": -20.4, "flatness": 0.01,
+         "seed_flatness": 0.2}
+    assert describe(d, 0) == "loops from 0.75 s (50% of it in loops); level -38 dBFS, seed -20 dBFS; " \
+                             "spectral flatness 0.010 (seed 0.200)"
+    d.update(loop_onset_s=None, rms_db=float("-inf"), flatness=float("nan"))
+    assert describe(d, 12) == "no loop; silent, seed -20 dBFS; clipped 12 samples"
