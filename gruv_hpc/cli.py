@@ -113,17 +113,8 @@ def _sweep(a) -> int:
 
 
 def _tensorboard(a) -> int:
-    import shutil
-    import subprocess
-    from .paths import RunPaths, SweepPaths
-    runs = SweepPaths(a.sweep_dir).runs
-    if not runs.is_dir():
-        raise ConfigError(f"{a.sweep_dir}: no {runs.name}/ directory; is it a sweep directory?")
-    spec = ",".join(f"{d.name}:{RunPaths(d).tb}" for d in sorted(runs.iterdir()) if RunPaths(d).tb.is_dir())
-    exe = shutil.which("tensorboard") or "tensorboard"
-    cmd = [exe, "--logdir_spec", spec, "--host", a.host, "--port", str(a.port)]
-    print(" ".join(cmd), flush=True)
-    return subprocess.call(cmd)
+    from .tbserver import serve
+    return serve(a.sweep_dir, a.host, a.port, out=lambda line: print(line, flush=True))
 
 
 def _analyze(a) -> int:
@@ -237,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     tb = sub.add_parser("tensorboard", help="TensorBoard over every run of a sweep")
     tb.add_argument("sweep_dir")
-    tb.add_argument("--host", default="127.0.0.1")
+    tb.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this node only; from a laptop, "
+                    "go through the ssh -L tunnel it prints)")
     tb.add_argument("--port", type=int, default=6006)
     tb.set_defaults(fn=_tensorboard)
     return p

@@ -263,6 +263,17 @@ def test_tensorboard_server_lists_every_run(smoke):
             assert {"loss/train", "loss/dev"} <= set(t), tb_run
         hp = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugins_listing", timeout=5))
         assert "hparams" in hp
+        # The HParams tab: the experiment TensorBoard builds from the runs' session summaries marks the
+        # grid's axes (cell, hidden) as differing, and a constant (lr) as not.
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/data/plugin/hparams/experiment",
+                                     data=json.dumps({"experimentName": ""}).encode(),
+                                     headers={"Content-Type": "application/json", "X-XSRF-Protected": "1"})
+        exp = json.load(urllib.request.urlopen(req, timeout=10))
+        infos = {h["name"]: h for h in exp["hparamInfos"]}
+        assert infos["cell"]["differs"] is True and set(infos["cell"]["domainDiscrete"]) == {"lstm", "gru"}
+        assert infos["hidden"]["differs"] is True
+        assert infos["lr"]["differs"] is False
+        assert {m["name"]["tag"] for m in exp["metricInfos"]} >= {"loss/dev", "loss/best_dev"}
     finally:
         p.terminate()
         p.wait(timeout=20)

@@ -224,3 +224,70 @@ def test_describe_in_words():
                              "spectral flatness 0.010 (seed 0.200)"
     d.update(loop_onset_s=None, rms_db=float("-inf"), flatness=float("nan"))
     assert describe(d, 12) == "no loop; silent, seed -20 dBFS; clipped 12 samples"
+
+
+# --- gruv tensorboard: the server lives and dies with the command ------------------------------------
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _answers(port: int) -> bool:
+    import json
+    import urllib.request
+    try:
+        return isinstance(json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/data/runs", timeout=2)), list)
+    except OSError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    from pathlib import Path
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP", "SIGKILL"])
+def test_stopping_gruv_tensorboard_stops_the_server(tmp_path, sig):
+    import signal
+    import time
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    from gruv_hpc.sweep.status import _process_tree
+    w = SummaryWriter(str(tmp_path / "sw" / "runs" / "a" / "tb"))
+    w.add_scalar("loss/dev", 1.0, 1)
+    w.close()
+    port = _free_port()
+    import os
+    import socket
+    env = {**os.environ, "SSH_CONNECTION": "10.0.0.9 50000 10.0.0.1 22"}  # as on a login node
+    p = subprocess.Popen([sys.executable, "-m", "gruv_hpc.cli", "tensorboard", str(tmp_path / "sw"), "--port", str(port)],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        while not _answers(port):
+            assert p.poll() is None, "gruv tensorboard ended before its server answered"
+            time.sleep(0.3)
+        tree = [pid for pid in _process_tree(p.pid) if pid != p.pid]
+        assert tree, "no server process under gruv"
+        p.send_signal(getattr(signal, sig))
+        p.wait(timeout=60)
+        deadline = time.time() + 60  # (a bound for a hang, not a timing: the server stops at once)
+        while any(_alive(pid) for pid in tree) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not [pid for pid in tree if _alive(pid)], "the TensorBoard server outlived gruv"
+        assert not _answers(port)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    out = p.stdout.read()
+    assert f"ssh -N -L {port}:localhost:{port} " in out and f"@{socket.gethostname()}" in out, out
+    assert f"http://localhost:{port}/" in out and "--host 0.0.0.0" in out
