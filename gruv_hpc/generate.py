@@ -299,7 +299,7 @@ def describe(diag: dict, clipped: int) -> str:
     if math.isfinite(diag["seed_rms_db"]):
         parts[-1] += f", seed {diag['seed_rms_db']:.0f} dBFS"
     if diag.get("flatness") is not None and math.isfinite(diag["flatness"]):
-        parts.append(f"spectral flatness {diag['flatness']:.3f} (seed {diag['seed_flatness']:.3f})")
+        parts.append(f"spectral flatness {diag['flatness']:.3g} (seed {diag['seed_flatness']:.3g})")
     if clipped:
         parts.append(f"clipped {clipped} samples")
     return "; ".join(parts)

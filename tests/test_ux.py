@@ -221,7 +221,7 @@ def test_describe_in_words():
     d = {"loop_onset_s": 0.75, "loop_fraction": 0.5, "rms_db": -38.2, "seed_rms_db": -20.4, "flatness": 0.01,
          "seed_flatness": 0.2}
     assert describe(d, 0) == "loops from 0.75 s (50% of it in loops); level -38 dBFS, seed -20 dBFS; " \
-                             "spectral flatness 0.010 (seed 0.200)"
+                             "spectral flatness 0.01 (seed 0.2)"
     d.update(loop_onset_s=None, rms_db=float("-inf"), flatness=float("nan"))
     assert describe(d, 12) == "no loop; silent, seed -20 dBFS; clipped 12 samples"
 
