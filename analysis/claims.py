@@ -93,7 +93,11 @@ def _evidence(c: dict, name_a: str, name_b: str) -> str:
 
 
 def _key(r: dict, *drop: str) -> tuple:
-    return tuple((k, r.get(k) or "") for k in ("artists", "cell", "hidden", "variant") if k not in drop)
+    """What makes two rows the same grid point (but for the seed and ``drop``), in an order that
+    sorts by artist, then numerically by hidden size."""
+    val = {"artists": r.get("artists") or "", "cell": r.get("cell") or "", "hidden": int(r.get("hidden") or 0),
+           "variant": r.get("variant") or ""}
+    return tuple(val[k] for k in ("artists", "hidden", "cell", "variant") if k not in drop)
 
 
 def _label(r: dict, *drop: str) -> str:
@@ -119,7 +123,7 @@ def _cells(rows: list[dict], key: str, a_cell: str, b_cell: str, expect: str) ->
     groups: dict[tuple, dict[str, list]] = {}
     for r in rows:
         groups.setdefault(_key(r, "cell"), {}).setdefault(r["cell"], []).append(r)
-    for k, by_cell in sorted(groups.items(), key=lambda kv: str(kv[0])):
+    for k, by_cell in sorted(groups.items()):
         if a_cell in by_cell and b_cell in by_cell:
             c = compare([r.get(key) for r in by_cell[a_cell]], [r.get(key) for r in by_cell[b_cell]], expect)
             out.append({"label": _label(by_cell[a_cell][0], "cell"), **c})
@@ -139,7 +143,7 @@ def claims(rows: list[dict], band: dict | None = None) -> list[dict]:
     for r in rows:
         series.setdefault(_key(r, "hidden"), {}).setdefault(int(r["hidden"]), []).append(r)
     comps, sizes = [], set()
-    for k, by_h in sorted(series.items(), key=lambda kv: str(kv[0])):
+    for k, by_h in sorted(series.items()):
         hs = sorted(h for h, rs in by_h.items() if finite(r.get("best_dev_loss") for r in rs))
         sizes.add(len(hs))
         for lo, hi in zip(hs, hs[1:]):
