@@ -130,10 +130,9 @@ def _cells(rows: list[dict], key: str, a_cell: str, b_cell: str, expect: str) ->
     return out
 
 
-def claims(rows: list[dict], band: dict | None = None) -> list[dict]:
+def claims(rows: list[dict]) -> list[dict]:
     """rows: results.csv rows (dicts: artists, cell, hidden, variant, seed, best_dev_loss,
-    flatness, in_band_energy); one per run, the seeds of a group as separate rows. ``band`` is
-    ignored (the in-band energy is read from the rows); it stays for older callers."""
+    flatness, in_band_energy); one per run, the seeds of a group as separate rows."""
     out = [_claim("The LSTM's dev loss is below the GRU's (paper: a little lower)",
                   "best dev loss, LSTM minus GRU, at each artist and hidden size (expected D < 0)",
                   _cells(rows, "best_dev_loss", "lstm", "gru", "<"), "LSTM", "GRU",
