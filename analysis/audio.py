@@ -1,7 +1,8 @@
 """Generated audio: every run's best checkpoint continues the same fixed dev seeds.
 
 Writes REPORT_DIR/audio/<run>/seed<K>.wav (the continuation), seed<K>_seed.wav (the seed itself),
-and a JSON sidecar per clip with the diagnostics (flatness, loops, RMS).
+a JSON sidecar per clip with the diagnostics (flatness, loops, RMS), and seed<K>.png: a small
+spectrogram of the seed followed by the continuation.
 """
 from __future__ import annotations
 
@@ -19,12 +20,43 @@ def seed_indices(n_clips: int, n_seeds: int) -> list[int]:
     return sorted(set(np.linspace(0, n_clips - 1, min(n_seeds, n_clips)).astype(int).tolist()))
 
 
+def spectrogram_png(seed: np.ndarray, continuation: np.ndarray, sample_rate: int, path: Path,
+                    width: int = 360, height: int = 90) -> None:
+    """Seed then continuation as one ``width`` x ``height`` image: dB over an 80 dB range, low
+    frequencies at the bottom, a white line where the continuation starts. Frames and bins are
+    averaged down to the image's size (a long clip costs no more than a short one), or repeated up
+    to it (a short clip is not a few pixels the page would blow up)."""
+    import matplotlib
+    from scipy.signal import spectrogram
+    audio = np.concatenate([seed, continuation]).astype(np.float64)
+    n = int(2 ** round(np.log2(max(64, 0.02 * sample_rate))))  # ~20 ms frames
+    _, _, p = spectrogram(audio, fs=sample_rate, nperseg=min(n, len(audio)), noverlap=0)
+
+    def pool(a, size, axis):
+        edges = np.linspace(0, a.shape[axis], min(size, a.shape[axis]) + 1).astype(int)
+        return np.add.reduceat(a, edges[:-1], axis=axis) / np.expand_dims(np.diff(edges), 1 - axis)
+
+    p = pool(pool(p, height, 0), width, 1)
+    p = p[np.linspace(0, p.shape[0] - 1, height).round().astype(int)][:, np.linspace(0, p.shape[1] - 1, width).round().astype(int)]
+    db = 10 * np.log10(p + 1e-20)
+    db = np.clip(db, db.max() - 80, None)
+    rgba = matplotlib.colormaps["magma"]((db - db.min()) / max(np.ptp(db), 1e-9))[::-1]
+    rgba[:, min(rgba.shape[1] - 1, int(round(len(seed) / len(audio) * rgba.shape[1])))] = 1.0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    matplotlib.pyplot.imsave(path, rgba)
+
+
 def generate_audio(runs: list[RunInfo], out_dir, n_seeds: int = 2, seed_seconds: float = 10.0,
                    length_ratio: float = 3.0) -> dict:
     """Returns {run: {"clips": [...], mean diagnostics}}."""
     from gruv_hpc.data import ClipDataset
     from gruv_hpc.errors import GruvError
-    from gruv_hpc.generate import generate, load_run
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401  (imsave)
+    import soundfile as sf
+
+    from gruv_hpc.generate import describe, generate, load_run
     out = Path(out_dir) / "audio"
     result = {}
     for run in runs:
@@ -44,8 +76,12 @@ def generate_audio(runs: list[RunInfo], out_dir, n_seeds: int = 2, seed_seconds:
             wav, seed_wav = out / run.name / f"seed{k}.wav", out / run.name / f"seed{k}_seed.wav"
             side = generate(run.paths.root, wav, seed_seconds=secs, length_ratio=length_ratio, seed_from="dev",
                             seed_index=k, run=lr, seed_out=seed_wav)
+            png = wav.with_suffix(".png")
+            spectrogram_png(sf.read(seed_wav)[0], sf.read(wav)[0], cfg.sample_rate, png)
             clips.append({"seed_index": k, "wav": str(wav.relative_to(out_dir)), "seed_wav": str(seed_wav.relative_to(out_dir)),
-                          **side["diagnostics"], "clipped_samples": side["clipped_samples"]})
+                          "png": str(png.relative_to(out_dir)), **side["diagnostics"],
+                          "clipped_samples": side["clipped_samples"],
+                          "words": describe(side["diagnostics"], side["clipped_samples"])})
         if not clips:
             continue
         mean = lambda key: float(np.mean([c[key] for c in clips if c[key] is not None])) if any(c[key] is not None for c in clips) else None  # noqa: E731

@@ -1,79 +1,168 @@
-"""The paper's claims against this sweep: computed from results, never asserted."""
+"""The paper's claims against this sweep, computed from its results and judged against the noise
+between seeds: a difference smaller than what another seed could give is no evidence either way.
+
+Each claim is a set of comparisons. A comparison sets side A, the runs of one group (runs that
+differ only in seed), against side B, a group that differs from it in the one thing the claim is
+about: the LSTM against the GRU at the same artist, hidden size and other grid values; or one
+hidden size against the next smaller one of the same artist and cell.
+
+The rule, for one comparison. Missing and NaN values are dropped (they never count); a
+comparison left with no value on a side is not made. With the n_A and n_B values left:
+
+- effect: D = mean(A) - mean(B); each claim states the sign it expects (e.g. D < 0: the
+  LSTM's dev loss is lower);
+- spread between seeds: the pooled standard deviation
+  s = sqrt(((n_A - 1) s_A^2 + (n_B - 1) s_B^2) / (n_A + n_B - 2)), with s_A, s_B the sample
+  standard deviations, and the standard error of D, se = s * sqrt(1/n_A + 1/n_B);
+- threshold: t * se, t the two-sided 95% quantile of Student's t with n_A + n_B - 2 degrees of
+  freedom: a pooled two-sample t-test at the 5% level (t = 4.30 for 2 seeds a side, 2.78 for 3,
+  2.31 for 5);
+- verdict: "one seed" when a side has fewer than 2 values (there is no spread to judge D by);
+  "within noise" when |D| <= t * se (a tie is this, never a "no"); otherwise "holds" when D has
+  the expected sign and "contradicts" when it has the other.
+
+A claim's verdict, over its N comparisons of which H hold and C contradict:
+"holds" when H > N/2 and C = 0; "does not hold" when C > N/2 and H = 0; "inconclusive"
+otherwise (differences within the noise, single seeds, mixed evidence, or nothing to compare,
+e.g. Figure 2's claim with one hidden size per cell; the table then says what is missing).
+"""
 from __future__ import annotations
 
 import json
+import math
 
-import numpy as np
+from gruv_hpc.analysis.common import cli, finite, mean_std
 
-from gruv_hpc.analysis.common import cli
-
-
-def _spearman(x, y) -> float:
-    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
-    if np.std(rx) == 0 or np.std(ry) == 0:
-        return 0.0
-    return float(np.corrcoef(rx, ry)[0, 1])
+HOLDS, NOT, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
 
 
-def _answer(k: int, n: int) -> str:
-    if n == 0:
-        return "n/a"
-    return "yes" if k == n else ("no" if k == 0 else f"partly ({k} of {n})")
+def compare(a, b, expect: str) -> dict:
+    """One comparison of values ``a`` against ``b`` (one per seed); ``expect``: "<" or ">", the
+    sign of mean(a) - mean(b) the claim predicts. The rule is the module's docstring."""
+    from scipy.stats import t as student_t
+    a, b = finite(a), finite(b)
+    ma, sa, na = mean_std(a)
+    mb, sb, nb = mean_std(b)
+    res = {"a_mean": ma, "a_std": sa, "n_a": na, "b_mean": mb, "b_std": sb, "n_b": nb,
+           "effect": None, "spread": None, "threshold": None, "verdict": None}
+    if not na or not nb:
+        return res
+    res["effect"] = d = ma - mb
+    if na < 2 or nb < 2:
+        res["verdict"] = "one seed"
+        return res
+    s = math.sqrt(((na - 1) * sa ** 2 + (nb - 1) * sb ** 2) / (na + nb - 2))
+    res["spread"] = s
+    res["threshold"] = thr = float(student_t.ppf(0.975, na + nb - 2)) * s * math.sqrt(1 / na + 1 / nb)
+    if abs(d) <= thr:
+        res["verdict"] = "within noise"
+    else:
+        res["verdict"] = "holds" if (d < 0) == (expect == "<") else "contradicts"
+    return res
 
 
-def claims(rows: list[dict], band: dict | None = None) -> list[dict]:
-    """rows: results.csv rows (dicts). band: fig3's in-band energy per artist/cell."""
-    done = [r for r in rows if r.get("best_dev_loss") is not None]
+def verdict(comparisons: list[dict]) -> tuple[str, str]:
+    """A claim's verdict over its comparisons, and the counts behind it."""
+    made = [c for c in comparisons if c["verdict"]]
+    n = len(made)
+    k = {v: sum(c["verdict"] == v for c in made) for v in ("holds", "contradicts", "within noise", "one seed")}
+    why = (f"{n} comparison(s): {k['holds']} hold, {k['contradicts']} contradict, {k['within noise']} within the noise "
+           f"between seeds, {k['one seed']} with one seed")
+    if k["holds"] > n / 2 and not k["contradicts"]:
+        return HOLDS, why
+    if k["contradicts"] > n / 2 and not k["holds"]:
+        return NOT, why
+    return INCONCLUSIVE, why
+
+
+def _num(v) -> str:
+    return "nan" if v is None else f"{v:.4g}"
+
+
+def _side(name: str, m, s) -> str:
+    return f"{name} {_num(m)}" + (f" ± {s:.2g}" if s is not None else "")
+
+
+def _evidence(c: dict, name_a: str, name_b: str) -> str:
+    seeds = "one seed each" if c["n_a"] == c["n_b"] == 1 else f"{c['n_a']} vs {c['n_b']} seeds"
+    text = (f"{c['label']}: {_side(name_a, c['a_mean'], c['a_std'])} vs {_side(name_b, c['b_mean'], c['b_std'])} "
+            f"({seeds}), D = {c['effect']:+.2g}")
+    if c["threshold"] is not None:
+        text += f", noise threshold {c['threshold']:.2g}"
+    return text + f": {c['verdict']}"
+
+
+def _key(r: dict, *drop: str) -> tuple:
+    """What makes two rows the same grid point (but for the seed and ``drop``), in an order that
+    sorts by artist, then numerically by hidden size."""
+    val = {"artists": r.get("artists") or "", "cell": r.get("cell") or "", "hidden": int(r.get("hidden") or 0),
+           "variant": r.get("variant") or ""}
+    return tuple(val[k] for k in ("artists", "hidden", "cell", "variant") if k not in drop)
+
+
+def _label(r: dict, *drop: str) -> str:
+    parts = [r["artists"]] + ([r["cell"].upper()] if "cell" not in drop else []) + \
+            ([f"H={r['hidden']}"] if "hidden" not in drop else []) + ([r["variant"]] if r.get("variant") else [])
+    return " ".join(str(p) for p in parts)
+
+
+def _claim(text: str, comparison: str, comps: list[dict], name_a: str, name_b: str, missing: str) -> dict:
+    comps = [c for c in comps if c["verdict"]]
+    if comps:
+        v, why = verdict(comps)
+    else:
+        v, why = INCONCLUSIVE, missing
+    lines = [_evidence(c, name_a, name_b) for c in comps]
+    return {"claim": text, "comparison": comparison, "verdict": v, "why": why, "comparisons": comps, "lines": lines,
+            "evidence": "; ".join(lines) or missing}
+
+
+def _cells(rows: list[dict], key: str, a_cell: str, b_cell: str, expect: str) -> list[dict]:
+    """Cell A against cell B at every (artist, hidden size, other grid values) where both ran."""
     out = []
-    # 1. LSTM below GRU, paired by (artist, hidden)
-    pairs = []
-    for r in done:
-        if r["cell"] != "lstm":
-            continue
-        g = next((x for x in done if x["cell"] == "gru" and x["artists"] == r["artists"] and x["hidden"] == r["hidden"]), None)
-        if g:
-            pairs.append((r["artists"], r["hidden"], r["best_dev_loss"], g["best_dev_loss"]))
-    k = sum(lstm < gru for _, _, lstm, gru in pairs)
-    out.append({"claim": "The LSTM's dev loss is below the GRU's (paper: a little lower)", "answer": _answer(k, len(pairs)),
-                "evidence": "; ".join(f"{a} H={h}: LSTM {lv:.4f} vs GRU {gv:.4f}" for a, h, lv, gv in pairs) or "no LSTM/GRU pair"})
-    # 2. dev loss falls with hidden size
-    groups = {}
-    for r in done:
-        groups.setdefault((r["artists"], r["cell"]), []).append((r["hidden"], r["best_dev_loss"]))
-    ev, k, n = [], 0, 0
-    for (a, c), pts in sorted(groups.items()):
-        if len({h for h, _ in pts}) < 2:
-            continue
-        pts.sort()
-        rho = _spearman([h for h, _ in pts], [v for _, v in pts])
-        n += 1
-        k += rho < 0
-        ev.append(f"{a}/{c}: " + ", ".join(f"H={h}: {v:.4f}" for h, v in pts) + f" (Spearman {rho:+.2f})")
-    out.append({"claim": "Dev loss falls as the hidden size grows", "answer": _answer(k, n),
-                "evidence": "; ".join(ev) or "fewer than two hidden sizes per cell"})
-    # 3. GRU output noisier (flatter) than LSTM
-    fpairs = []
-    for r in done:
-        if r["cell"] != "lstm" or r.get("flatness") is None:
-            continue
-        g = next((x for x in done if x["cell"] == "gru" and x["artists"] == r["artists"] and x["hidden"] == r["hidden"]
-                  and x.get("flatness") is not None), None)
-        if g:
-            fpairs.append((r["artists"], r["hidden"], r["flatness"], g["flatness"]))
-    k = sum(gf > lf for _, _, lf, gf in fpairs)
-    out.append({"claim": "The GRU's output is flatter (noisier) than the LSTM's (paper: GRU sounds like noise)",
-                "answer": _answer(k, len(fpairs)),
-                "evidence": "; ".join(f"{a} H={h}: spectral flatness LSTM {lf:.3f} vs GRU {gf:.3f}" for a, h, lf, gf in fpairs)
-                or "no generated audio for an LSTM/GRU pair"})
-    if band:
-        ks = [a for a in band if a.endswith("/gru")]
-        k = sum(band[a]["in_band_energy"] < band.get(a[:-4] + "/lstm", {}).get("in_band_energy", -1) for a in ks
-                if a[:-4] + "/lstm" in band)
-        n = sum(a[:-4] + "/lstm" in band for a in ks)
-        out.append({"claim": "More of the GRU's predicted energy lies outside the music's band (Figure 3)",
-                    "answer": _answer(k, n),
-                    "evidence": "; ".join(f"{a}: {v['in_band_energy']:.1%} of energy in {v['band_hz'][0]:.0f}-{v['band_hz'][1]:.0f} Hz"
-                                          for a, v in sorted(band.items()))})
+    groups: dict[tuple, dict[str, list]] = {}
+    for r in rows:
+        groups.setdefault(_key(r, "cell"), {}).setdefault(r["cell"], []).append(r)
+    for k, by_cell in sorted(groups.items()):
+        if a_cell in by_cell and b_cell in by_cell:
+            c = compare([r.get(key) for r in by_cell[a_cell]], [r.get(key) for r in by_cell[b_cell]], expect)
+            out.append({"label": _label(by_cell[a_cell][0], "cell"), **c})
+    return out
+
+
+def claims(rows: list[dict]) -> list[dict]:
+    """rows: results.csv rows (dicts: artists, cell, hidden, variant, seed, best_dev_loss,
+    flatness, in_band_energy); one per run, the seeds of a group as separate rows."""
+    out = [_claim("The LSTM's dev loss is below the GRU's (paper: a little lower)",
+                  "best dev loss, LSTM minus GRU, at each artist and hidden size (expected D < 0)",
+                  _cells(rows, "best_dev_loss", "lstm", "gru", "<"), "LSTM", "GRU",
+                  "no LSTM/GRU pair with a dev loss")]
+    # Dev loss against hidden size: each hidden size against the next smaller one.
+    series: dict[tuple, dict[int, list]] = {}
+    for r in rows:
+        series.setdefault(_key(r, "hidden"), {}).setdefault(int(r["hidden"]), []).append(r)
+    comps, sizes = [], set()
+    for k, by_h in sorted(series.items()):
+        hs = sorted(h for h, rs in by_h.items() if finite(r.get("best_dev_loss") for r in rs))
+        sizes.add(len(hs))
+        for lo, hi in zip(hs, hs[1:]):
+            c = compare([r.get("best_dev_loss") for r in by_h[hi]], [r.get("best_dev_loss") for r in by_h[lo]], "<")
+            first = by_h[hi][0]
+            comps.append({"label": f"{_label(first, 'hidden')} H={lo}->{hi}", **c})
+    missing = ("needs at least 2 hidden sizes per cell; this sweep has " +
+               (f"at most {max(sizes)} with a dev loss" if sizes else "no dev loss yet"))
+    out.append(_claim("Dev loss falls as the hidden size grows (Figure 2)",
+                      "best dev loss at each hidden size minus the next smaller one, per artist and cell (expected D < 0)",
+                      comps, "larger H", "smaller H", missing))
+    out.append(_claim("The GRU's output is flatter (noisier) than the LSTM's (paper: GRU sounds like noise)",
+                      "spectral flatness of generated audio, GRU minus LSTM, at each artist and hidden size (expected D > 0)",
+                      _cells(rows, "flatness", "gru", "lstm", ">"), "GRU", "LSTM",
+                      "no generated audio for an LSTM/GRU pair"))
+    if any(finite([r.get("in_band_energy")]) for r in rows):
+        out.append(_claim("More of the GRU's predicted energy lies outside the music's band (Figure 3)",
+                          "share of predicted energy inside the band that holds 95% of the true energy, GRU minus LSTM "
+                          "(expected D < 0)", _cells(rows, "in_band_energy", "gru", "lstm", "<"), "GRU", "LSTM",
+                          "no LSTM/GRU pair in Figure 3"))
     return out
 
 
@@ -81,8 +170,6 @@ if __name__ == "__main__":
     import csv
     from pathlib import Path
     a = cli(__doc__).parse_args()
-    p = Path(a.out) / "results.csv"
-    with open(p) as f:
-        rows = [{k: (float(v) if k in ("best_dev_loss", "flatness") and v else (int(v) if k == "hidden" else (v or None)))
-                 for k, v in r.items()} for r in csv.DictReader(f)]
+    with open(Path(a.out) / "results.csv") as f:
+        rows = list(csv.DictReader(f))
     print(json.dumps(claims(rows), indent=1))

@@ -1,15 +1,20 @@
-"""collect: the sweep as results.csv, one row per run (run on its own or through `gruv analyze`)."""
+"""collect: the sweep as results.csv, one row per run (run on its own or through `gruv analyze`),
+and the groups of runs that differ only in seed (mean and spread of each number; summary.json)."""
 from __future__ import annotations
 
 import csv
 import sys
 from pathlib import Path
 
-from gruv_hpc.analysis.common import RunInfo, cli, load_runs
+from gruv_hpc.analysis.common import RunInfo, cli, load_runs, mean_std
 
-COLUMNS = ["name", "artists", "cell", "hidden", "layers", "state", "epochs_done", "epochs", "final_train_loss",
-           "final_dev_loss", "best_train_loss", "best_dev_loss", "params", "device", "device_hours",
-           "flatness", "seed_flatness", "loop_onset_s", "loop_fraction", "rms_db", "seed_rms_db", "error"]
+COLUMNS = ["name", "group", "artists", "cell", "hidden", "layers", "seed", "variant", "state", "epochs_done", "epochs",
+           "final_train_loss", "final_dev_loss", "best_train_loss", "best_dev_loss", "params", "device", "device_hours",
+           "flatness", "seed_flatness", "loop_onset_s", "loop_fraction", "rms_db", "seed_rms_db", "in_band_energy",
+           "error"]
+# The numbers a group reports as mean and standard deviation over its seeds.
+GROUP_NUMBERS = ["final_dev_loss", "best_dev_loss", "best_train_loss", "flatness", "loop_fraction", "loop_onset_s",
+                 "rms_db", "in_band_energy"]
 
 
 def param_count(config: dict) -> int | None:
@@ -24,14 +29,15 @@ def param_count(config: dict) -> int | None:
     return sum(p.numel() for p in m.parameters())
 
 
-def row_for(run: RunInfo, diagnostics: dict | None = None) -> dict:
+def row_for(run: RunInfo, diagnostics: dict | None = None, band: dict | None = None) -> dict:
     import json
     h = run.history
     meta = json.loads(run.paths.config.read_text()) if run.paths.config.exists() else {}
     last = h[-1] if h else {}
     world = meta.get("world_size", 1)
-    row = {"name": run.name, "artists": run.artist, "cell": run.cell, "hidden": run.hidden,
-           "layers": run.config.get("layers", 1), "state": run.state, "epochs_done": last.get("epoch", 0),
+    row = {"name": run.name, "group": run.group, "artists": run.artist, "cell": run.cell, "hidden": run.hidden,
+           "layers": run.config.get("layers", 1), "seed": run.seed, "variant": run.variant, "state": run.state,
+           "epochs_done": last.get("epoch", 0),
            "epochs": run.config.get("epochs"), "final_train_loss": last.get("train_loss"),
            "final_dev_loss": last.get("dev_loss"),
            "best_train_loss": min((x["train_loss"] for x in h), default=None), "best_dev_loss": run.best_dev,
@@ -41,12 +47,32 @@ def row_for(run: RunInfo, diagnostics: dict | None = None) -> dict:
     d = (diagnostics or {}).get(run.name, {})
     for k in ("flatness", "seed_flatness", "loop_onset_s", "loop_fraction", "rms_db", "seed_rms_db"):
         row[k] = d.get(k)
+    row["in_band_energy"] = (band or {}).get(run.name, {}).get("in_band_energy")
     return row
 
 
-def collect(sweep_dir, out_dir, diagnostics: dict | None = None, runs: list[RunInfo] | None = None) -> list[dict]:
+def group_rows(rows: list[dict]) -> list[dict]:
+    """One row per group of runs that differ only in seed: its seeds, and for each number its
+    mean, its standard deviation between seeds (None with one seed) and how many runs had it."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["group"], []).append(r)
+    out = []
+    for name, rs in groups.items():
+        g = {"group": name, **{k: rs[0][k] for k in ("artists", "cell", "hidden", "layers", "variant")},
+             "n_seeds": len(rs), "seeds": sorted(r["seed"] for r in rs), "runs": [r["name"] for r in rs],
+             "states": sorted({r["state"] for r in rs})}
+        for k in GROUP_NUMBERS:
+            g[f"{k}_mean"], g[f"{k}_std"], g[f"{k}_n"] = mean_std(r[k] for r in rs)
+        out.append(g)
+    return out
+
+
+def collect(sweep_dir, out_dir, diagnostics: dict | None = None, runs: list[RunInfo] | None = None,
+            band: dict | None = None) -> list[dict]:
+    """``band``: Figure 3's in-band energy per run ({name: {"in_band_energy": ...}})."""
     runs = runs if runs is not None else load_runs(sweep_dir)
-    rows = [row_for(r, diagnostics) for r in runs]
+    rows = [row_for(r, diagnostics, band) for r in runs]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "results.csv", "w", newline="") as f:

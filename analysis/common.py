@@ -32,6 +32,23 @@ class RunInfo:
         return int(self.config["hidden"])
 
     @property
+    def seed(self) -> int:
+        return int(self.config.get("seed", 0))
+
+    @property
+    def variant(self) -> str:
+        """The run's other grid values (not artists, cell, hidden or seed), e.g. "lr0.01": runs are
+        compared only within one variant."""
+        from gruv_hpc.sweep.spec import _name_part
+        return "-".join(_name_part(k, v) for k, v in self.grid.items() if k not in ("artists", "cell", "hidden", "seed"))
+
+    @property
+    def group(self) -> str:
+        """The run's name without its seed: runs that differ only in seed form one group."""
+        from gruv_hpc.sweep.spec import _name_part
+        return "-".join(_name_part(k, v) for k, v in self.grid.items() if k != "seed") if "seed" in self.grid else self.name
+
+    @property
     def has_checkpoint(self) -> bool:
         return bool(self.paths.step_ckpts()) or self.paths.best.exists()
 
@@ -52,6 +69,29 @@ def load_runs(sweep_dir) -> list[RunInfo]:
 
 def with_metrics(runs: list[RunInfo]) -> list[RunInfo]:
     return [r for r in runs if r.history]
+
+
+def finite(values) -> list[float]:
+    """The numbers among ``values``: None and NaN (a missing or failed measurement) never count."""
+    import math
+    return [float(v) for v in values if v is not None and v != "" and math.isfinite(float(v))]
+
+
+def mean_std(values) -> tuple[float | None, float | None, int]:
+    """Mean, sample standard deviation (n - 1; None for one value) and count of the finite values."""
+    import statistics
+    v = finite(values)
+    if not v:
+        return None, None, 0
+    return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else None), len(v)
+
+
+def note(ax, text: str, data: dict) -> None:
+    """A panel with nothing to draw says why, instead of showing empty axes (and the figure's
+    data lists what it said, under "notes")."""
+    data.setdefault("notes", []).append(text.replace("\n", " "))
+    ax.set_axis_off()
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=10, color="0.35", transform=ax.transAxes)
 
 
 def cli(description: str) -> argparse.ArgumentParser:

@@ -1,34 +1,47 @@
-"""Figure 1: train and dev loss against epoch, GRU and LSTM, one panel per artist, at one hidden size."""
+"""Figure 1: train and dev loss against epoch, GRU and LSTM, one panel per artist, at one hidden size.
+Runs that differ only in seed share a colour: the spread between their curves is the noise."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from gruv_hpc.analysis.common import CELL_COLORS, RunInfo, cli, load_runs, save_fig, with_metrics
+from gruv_hpc.analysis.common import CELL_COLORS, RunInfo, cli, load_runs, note, save_fig, with_metrics
 
 
 def fig1(runs: list[RunInfo], out_dir, hidden: int | None = None) -> dict:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    runs = with_metrics(runs)
-    if not runs:
+    from matplotlib.ticker import MaxNLocator
+    if not with_metrics(runs):
         return {}
-    hidden = hidden or max(r.hidden for r in runs)
-    chosen = [r for r in runs if r.hidden == hidden]
-    artists = sorted({r.artist for r in chosen})
+    hidden = hidden or max(r.hidden for r in with_metrics(runs))
+    artists = sorted({r.artist for r in runs})  # every artist of the sweep gets its panel, drawn or not
+    chosen = [r for r in with_metrics(runs) if r.hidden == hidden]
     fig, axes = plt.subplots(1, len(artists), figsize=(5.5 * len(artists), 4), squeeze=False, layout="constrained")
     data: dict = {"hidden": hidden, "curves": {}}
     for ax, artist in zip(axes[0], artists):
-        for r in sorted((r for r in chosen if r.artist == artist), key=lambda r: r.cell):
+        mine = sorted((r for r in chosen if r.artist == artist), key=lambda r: (r.cell, r.seed))
+        if not mine:
+            note(ax, f"{artist}, H = {hidden}:\nno run with a finished epoch yet", data)
+            continue
+        labelled = set()
+        for r in mine:
             ep = [h["epoch"] for h in r.history]
             tr = [h["train_loss"] for h in r.history]
             dv = [h["dev_loss"] for h in r.history]
             c = CELL_COLORS.get(r.cell, None)
-            ax.plot(ep, tr, "--", color=c, label=f"{r.cell.upper()} train")
-            ax.plot(ep, dv, "-", color=c, label=f"{r.cell.upper()} dev")
-            data["curves"][r.name] = {"artist": artist, "cell": r.cell, "epoch": ep, "train": tr, "dev": dv}
-        ax.set_title(f"{artist}, H = {hidden}")
+            first = r.cell not in labelled
+            labelled.add(r.cell)
+            ax.plot(ep, tr, "--", color=c, alpha=0.8, label=f"{r.cell.upper()} train" if first else None)
+            ax.plot(ep, dv, "-", color=c, alpha=0.8, label=f"{r.cell.upper()} dev" if first else None)
+            data["curves"][r.name] = {"artist": artist, "cell": r.cell, "seed": r.seed, "epoch": ep, "train": tr, "dev": dv}
+        seeds = len({r.seed for r in mine})
+        ax.set_title(f"{artist}, H = {hidden}" + (f" ({seeds} seeds)" if seeds > 1 else ""))
+        if all(h["dev_loss"] is None for r in mine for h in r.history):
+            data.setdefault("notes", []).append(f"{artist}: no dev loss: the dev split has no clips")
+            ax.text(0.5, 0.95, "no dev loss: the dev split has no clips", ha="center", va="top", transform=ax.transAxes)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("L2 loss (normalized features, MSE)")
         ax.grid(alpha=0.3)
         ax.legend()

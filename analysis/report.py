@@ -8,7 +8,7 @@ from pathlib import Path
 
 from gruv_hpc.analysis.audio import generate_audio
 from gruv_hpc.analysis.claims import claims
-from gruv_hpc.analysis.collect import COLUMNS, collect
+from gruv_hpc.analysis.collect import collect, group_rows
 from gruv_hpc.analysis.common import cli, load_runs
 from gruv_hpc.analysis.fig1_loss import fig1
 from gruv_hpc.analysis.fig2_hidden import fig2
@@ -33,10 +33,11 @@ def analyze(sweep_dir, out_dir, hidden: int | None = None, n_seeds: int = 2, see
     f2 = stage("fig2", fig2, runs, out)
     f3 = stage("fig3", fig3, runs, out, hidden, max_clips)
     audio = stage("audio", generate_audio, runs, out, n_seeds, seed_seconds)
-    rows = stage("collect", collect, sweep_dir, out, audio, runs)
-    table = stage("claims", claims, rows, f3.get("band"))
-    summary = {"runs": rows, "claims": table, "fig1": f1, "fig2": f2, "fig3": {k: v for k, v in f3.items()}, "audio": audio,
-               "timings_s": timings}
+    rows = stage("collect", collect, sweep_dir, out, audio, runs, f3.get("band_runs"))
+    groups = group_rows(rows)
+    table = stage("claims", claims, rows)
+    summary = {"runs": rows, "groups": groups, "claims": table, "fig1": f1, "fig2": f2, "fig3": {k: v for k, v in f3.items()},
+               "audio": audio, "timings_s": timings}
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     stage("html", write_html, out, runs, rows, table, f1, f2, f3, audio)
     return summary
@@ -50,12 +51,20 @@ def _fmt(v):
     return html.escape(str(v))
 
 
+# The results table on the page: the columns to compare runs by; every column is in results.csv.
+PAGE_COLUMNS = ["name", "seed", "state", "epochs_done", "final_dev_loss", "best_dev_loss", "params", "device_hours",
+                "flatness", "loop_fraction", "rms_db", "in_band_energy"]
+VERDICT_CLASS = {"holds": "good", "does not hold": "bad", "inconclusive": "meh"}
+
+
 def write_html(out: Path, runs, rows, table, f1, f2, f3, audio) -> Path:
     e = html.escape
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>GRUV sweep report</title>",
              "<style>body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}table{border-collapse:collapse;font-size:13px}"
-             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}th{background:#eee}img{max-width:100%}"
-             ".bad{color:#b00}audio{width:260px}</style></head><body>",
+             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right;vertical-align:top}th{background:#eee;text-align:left}img{max-width:100%}"
+             ".scroll{overflow-x:auto;max-width:100%}.left{text-align:left}.bad{color:#b00}.good{color:#070}.meh{color:#875}"
+             "audio{width:240px}.spec{display:block;width:360px;height:90px}ul.cmp{margin:0;padding-left:1.2em}"
+             "</style></head><body>",
              "<h1>GRUV sweep report</h1>"]
     missing = [r for r in rows if r["state"] != "COMPLETED"]
     if missing:
@@ -69,32 +78,48 @@ def write_html(out: Path, runs, rows, table, f1, f2, f3, audio) -> Path:
         parts.append("<h2>Runs that could not be analysed</h2><ul>")
         parts.extend(f"<li class='bad'>{e(n)}: {e(msg)}</li>" for n, msg in sorted(unreadable.items()))
         parts.append("</ul>")
-    parts.append("<h2>The paper's claims against this sweep</h2><table><tr><th>claim</th><th>answer</th><th>evidence</th></tr>")
+    seeds = max((len({r["seed"] for r in rows if r["group"] == g}) for g in {r["group"] for r in rows}), default=0)
+    parts.append("<h2>The paper's claims against this sweep</h2>"
+                 f"<p>Each difference is judged against the spread between seeds ({seeds} seed{'s' if seeds != 1 else ''} per "
+                 "grid point here): "
+                 "D is the difference of the seed means, and it counts only beyond the noise threshold of a two-sample "
+                 "t-test at 5% (see <code>analysis/claims.py</code>). A difference within the noise, or one from a "
+                 "single seed, is inconclusive, never a “no”.</p>"
+                 "<div class='scroll'><table><tr><th>claim</th><th>verdict</th><th>comparison</th><th>evidence</th></tr>")
     for c in table:
-        parts.append(f"<tr><td style='text-align:left'>{e(c['claim'])}</td><td>{e(c['answer'])}</td>"
-                     f"<td style='text-align:left'>{e(c['evidence'])}</td></tr>")
-    parts.append("</table>")
-    for title, data in (("Figure 1: train and dev loss", f1), ("Figure 2: dev loss against hidden size", f2),
-                        ("Figure 3: mean spectrogram of dev next-block predictions", f3)):
+        items = "".join(f"<li>{e(x)}</li>" for x in c["lines"]) if c["lines"] else e(c["evidence"])
+        parts.append(f"<tr><td class='left'>{e(c['claim'])}</td>"
+                     f"<td class='left {VERDICT_CLASS.get(c['verdict'], '')}'><b>{e(c['verdict'])}</b><br>{e(c['why'])}</td>"
+                     f"<td class='left'>{e(c['comparison'])}</td><td class='left'><ul class='cmp'>{items}</ul></td></tr>")
+    parts.append("</table></div>")
+    for title, data, why in (("Figure 1: train and dev loss", f1, "finished an epoch"),
+                             ("Figure 2: dev loss against hidden size", f2, "a dev loss"),
+                             ("Figure 3: mean spectrogram of dev next-block predictions", f3, "a checkpoint")):
         if data.get("files"):
             png = next(f for f in data["files"] if f.endswith(".png"))
             pdf = next(f for f in data["files"] if f.endswith(".pdf"))
             parts.append(f"<h2>{e(title)}</h2><img src='{e(png)}' alt='{e(title)}'><p><a href='{e(pdf)}'>PDF</a></p>")
-    parts.append("<h2>Results</h2><p><a href='results.csv'>results.csv</a></p><table><tr>" +
-                 "".join(f"<th>{e(c)}</th>" for c in COLUMNS if c != "error") + "</tr>")
+        else:
+            parts.append(f"<h2>{e(title)}</h2><p>Nothing to draw yet: no run has {why}.</p>")
+    parts.append("<h2>Results</h2><p>One row per run; every column (grid values, losses, parameters, diagnostics) "
+                 "is in <a href='results.csv'>results.csv</a>, and the mean and spread of each group of seeds in "
+                 "<a href='summary.json'>summary.json</a> (<code>groups</code>).</p><div class='scroll'><table><tr>" +
+                 "".join(f"<th>{e(c)}</th>" for c in PAGE_COLUMNS) + "</tr>")
     for r in rows:
-        parts.append("<tr>" + "".join(f"<td>{_fmt(r[c])}</td>" for c in COLUMNS if c != "error") + "</tr>")
-    parts.append("</table><h2>Generated audio</h2><p>Each continuation starts where its seed (a dev clip the model never "
-                 "trained on) ends; it is 3&times; the seed's length.</p><table><tr><th>run</th><th>seed</th><th>seed audio</th>"
-                 "<th>generated</th><th>flatness</th><th>loop onset (s)</th><th>loop fraction</th><th>RMS (dBFS)</th></tr>")
+        parts.append("<tr>" + "".join(f"<td{' class=left' if c == 'name' else ''}>{_fmt(r[c])}</td>" for c in PAGE_COLUMNS)
+                     + "</tr>")
+    parts.append("</table></div><h2>Generated audio</h2><p>Each continuation starts where its seed (a dev clip the model "
+                 "never trained on) ends; it is 3&times; the seed's length. The spectrogram shows the seed, then (after "
+                 "the white line) the continuation, 0 Hz at the bottom.</p><div class='scroll'><table><tr><th>run</th>"
+                 "<th>seed clip</th><th>seed</th><th>continuation</th><th>spectrogram and diagnostics</th></tr>")
     for name, a in audio.items():
         for c in a["clips"]:
-            parts.append(f"<tr><td>{e(name)}</td><td>{c['seed_index']}</td>"
-                         f"<td><audio controls preload='none' src='{e(c['seed_wav'])}'></audio></td>"
-                         f"<td><audio controls preload='none' src='{e(c['wav'])}'></audio></td>"
-                         f"<td>{_fmt(c['flatness'])}</td><td>{_fmt(c['loop_onset_s'])}</td><td>{_fmt(c['loop_fraction'])}</td>"
-                         f"<td>{_fmt(c['rms_db'])}</td></tr>")
-    parts.append("</table></body></html>")
+            parts.append(f"<tr><td class='left'>{e(name)}</td><td>{c['seed_index']}</td>"
+                         f"<td><audio controls preload='metadata' src='{e(c['seed_wav'])}'></audio></td>"
+                         f"<td><audio controls preload='metadata' src='{e(c['wav'])}'></audio></td>"
+                         f"<td class='left'><img class='spec' src='{e(c['png'])}' alt='spectrogram of {e(name)}, seed "
+                         f"{c['seed_index']}'>{e(c['words'])}</td></tr>")
+    parts.append("</table></div></body></html>")
     path = out / "index.html"
     path.write_text("\n".join(parts))
     return path

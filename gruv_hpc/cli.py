@@ -76,15 +76,12 @@ def _train(a) -> int:
 
 
 def _generate(a) -> int:
-    from .generate import generate
+    from .generate import describe, generate
     side = generate(a.run_dir, a.out, seed_seconds=a.seed_seconds, length_ratio=a.length_ratio, seed_from=a.seed_from,
-                    seed_index=a.seed_index, algorithm=a.algorithm, checkpoint=a.checkpoint, with_seed=a.with_seed,
-                    float32=a.float, normalize=a.normalize, device=a.device)
-    d = side["diagnostics"]
+                    seed_index=a.seed_index, seed_start=a.seed_start, algorithm=a.algorithm, checkpoint=a.checkpoint,
+                    with_seed=a.with_seed, float32=a.float, normalize=a.normalize, device=a.device)
     print(f"wrote {a.out}: {side['generated_s']:.2f} s generated from {side['seed']['seconds']:.2f} s of seed "
-          f"({side['algorithm']}, {side['wall_s']:.2f} s); clipped samples: {side['clipped_samples']}; "
-          f"flatness {d['flatness']:.3f} (seed {d['seed_flatness']:.3f}); loop onset: {d['loop_onset_step']}, "
-          f"loop fraction {d['loop_fraction']:.2f}; RMS {d['rms_db']:.1f} dBFS (seed {d['seed_rms_db']:.1f})")
+          f"({side['algorithm']}, {side['wall_s']:.2f} s); {describe(side['diagnostics'], side['clipped_samples'])}")
     return 0
 
 
@@ -114,6 +111,9 @@ def _sweep(a) -> int:
     if a.sweep_cmd == "cancel":
         sweep.cancel(a.sweep_dir, a.run)
         return 0
+    if a.sweep_cmd == "logs":
+        from .sweep.logs import show_logs
+        return show_logs(a.sweep_dir, a.run, err=a.err, follow=a.follow)
     if a.sweep_cmd == "wait":
         rows = sweep.wait(a.sweep_dir, poll_s=a.interval)
         print(sweep.format_status(rows))
@@ -122,17 +122,8 @@ def _sweep(a) -> int:
 
 
 def _tensorboard(a) -> int:
-    import shutil
-    import subprocess
-    from .paths import RunPaths, SweepPaths
-    runs = SweepPaths(a.sweep_dir).runs
-    if not runs.is_dir():
-        raise ConfigError(f"{a.sweep_dir}: no {runs.name}/ directory; is it a sweep directory?")
-    spec = ",".join(f"{d.name}:{RunPaths(d).tb}" for d in sorted(runs.iterdir()) if RunPaths(d).tb.is_dir())
-    exe = shutil.which("tensorboard") or "tensorboard"
-    cmd = [exe, "--logdir_spec", spec, "--host", a.host, "--port", str(a.port)]
-    print(" ".join(cmd), flush=True)
-    return subprocess.call(cmd)
+    from .tbserver import serve
+    return serve(a.sweep_dir, a.host, a.port, out=lambda line: print(line, flush=True))
 
 
 def _analyze(a) -> int:
@@ -199,7 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     gp.add_argument("--seed-seconds", type=float, default=10.0)
     gp.add_argument("--length-ratio", type=float, default=3.0, help="continuation length / seed length")
     gp.add_argument("--seed-from", default="dev", help="dev (default), train, or an audio FILE")
-    gp.add_argument("--seed-index", type=int, default=0, help="clip index within the split")
+    gp.add_argument("--seed-index", type=int, default=None, help="dev/train seed: the clip's index in the split (default 0)")
+    gp.add_argument("--seed-start", type=float, default=None, metavar="SECONDS",
+                    help="seed file: where in it the seed starts (default 0)")
     gp.add_argument("--algorithm", choices=["stateful", "refeed"], default="stateful")
     gp.add_argument("--checkpoint", default="best", help="best, last, or a checkpoint PATH")
     gp.add_argument("--with-seed", action="store_true", help="prepend the seed audio")
@@ -230,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     s4 = ssub.add_parser("wait", help="wait (with a progress bar) until every run has ended")
     s4.add_argument("sweep_dir")
     s4.add_argument("--interval", type=float, default=5.0)
+    s5 = ssub.add_parser("logs", help="a run's job output (stdout, or --err), every attempt, oldest first")
+    s5.add_argument("sweep_dir")
+    s5.add_argument("run")
+    s5.add_argument("--err", action="store_true", help="stderr instead of stdout (tracebacks, warnings)")
+    s5.add_argument("--follow", "-f", action="store_true", help="keep printing the newest attempt's output "
+                    "until its job ends (or Ctrl-C)")
     sp.set_defaults(fn=_sweep)
 
     an = sub.add_parser("analyze", help="figures, results table, generated audio and an HTML report for a sweep")
@@ -243,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     tb = sub.add_parser("tensorboard", help="TensorBoard over every run of a sweep")
     tb.add_argument("sweep_dir")
-    tb.add_argument("--host", default="127.0.0.1")
+    tb.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this node only; from a laptop, "
+                    "go through the ssh -L tunnel it prints)")
     tb.add_argument("--port", type=int, default=6006)
     tb.set_defaults(fn=_tensorboard)
     return p

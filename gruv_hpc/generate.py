@@ -180,8 +180,9 @@ def rms_db(audio: np.ndarray) -> float:
 
 # ---------------------------------------------------------------------------------------------
 
-def seed_features(run: LoadedRun, source: str, index: int, seconds: float) -> tuple[np.ndarray, dict]:
-    """The seed as normalized features (T0, D), and a record of where it came from."""
+def seed_features(run: LoadedRun, source: str, index: int, seconds: float, start_s: float = 0.0) -> tuple[np.ndarray, dict]:
+    """The seed as normalized features (T0, D), and a record of where it came from. ``index``:
+    the clip of the dev/train split; ``start_s``: where in a seed file the seed starts."""
     cfg = run.cfg
     n = int(round(seconds * cfg.sample_rate / cfg.block_size))
     if n < 1:
@@ -207,14 +208,15 @@ def seed_features(run: LoadedRun, source: str, index: int, seconds: float) -> tu
         if not path.is_file():  # a FIFO or a device would block the decoder for ever
             raise GenerationError(f"seed file {path} is not a regular file")
         audio = load_mono(path, cfg.sample_rate)  # resampled and downmixed like the corpus
-        blocks = audio_to_blocks(audio, cfg.block_size)
+        blocks = audio_to_blocks(audio[int(round(start_s * cfg.sample_rate)):], cfg.block_size)
         if len(blocks) < 1:
-            raise GenerationError(f"seed file {path} is shorter than one block ({cfg.block_size / cfg.sample_rate:.3f} s)")
+            raise GenerationError(f"seed file {path} ({len(audio) / cfg.sample_rate:.2f} s) is shorter than one block "
+                                  f"({cfg.block_size / cfg.sample_rate:.3f} s) from --seed-start {start_s:g} s on")
         blocks = blocks[:n]
         if len(blocks) < n:
             n = len(blocks)
         raw = blocks_to_features(blocks, cfg.transform)
-        info = {"source": str(path), "index": None}
+        info = {"source": str(path), "index": None, "start_s": start_s}
     feats = (raw - run.mean) / run.std
     info["blocks"] = n
     info["seconds"] = n * cfg.block_size / cfg.sample_rate
@@ -233,11 +235,21 @@ def to_audio(run: LoadedRun, feats: np.ndarray) -> np.ndarray:
 
 
 def generate(run_dir, out_wav, seed_seconds: float = 10.0, length_ratio: float = 3.0, seed_from: str = "dev",
-             seed_index: int = 0, algorithm: str = "stateful", checkpoint: str = "best", with_seed: bool = False,
+             seed_index: int | None = None, algorithm: str = "stateful", checkpoint: str = "best", with_seed: bool = False,
              float32: bool = False, normalize: bool = False, device: str = "cpu", run: LoadedRun | None = None,
-             seed_out=None) -> dict:
+             seed_out=None, seed_start: float | None = None) -> dict:
     """Write OUT.wav and OUT.json (the sidecar), and the seed alone to ``seed_out`` if given;
-    returns the sidecar dict."""
+    returns the sidecar dict. ``seed_index`` (default 0) picks a clip of the dev/train split,
+    ``seed_start`` (seconds, default 0) a point in a seed file: each is refused with the other
+    source rather than ignored."""
+    split = seed_from in ("dev", "train")
+    if split and seed_start is not None:
+        raise GenerationError(f"--seed-start is for a seed file; with --seed-from {seed_from}, pick the clip with --seed-index")
+    if not split and seed_index is not None:
+        raise GenerationError("--seed-index picks a clip of the dev or train split; in a seed file, say where the "
+                              "seed starts with --seed-start SECONDS")
+    if seed_start is not None and not (math.isfinite(seed_start) and seed_start >= 0):
+        raise GenerationError(f"--seed-start must be a finite number of seconds >= 0, got {seed_start}")
     if not (math.isfinite(length_ratio) and length_ratio > 0):
         raise GenerationError(f"length ratio must be a finite number > 0, got {length_ratio}")
     if not (math.isfinite(seed_seconds) and seed_seconds > 0):
@@ -249,7 +261,7 @@ def generate(run_dir, out_wav, seed_seconds: float = 10.0, length_ratio: float =
         raise GenerationError(f"--out {out_wav}: give a file name ending in .wav")
     run = run or load_run(run_dir, checkpoint, device)
     device = check_device(device)
-    seed, info = seed_features(run, seed_from, seed_index, seed_seconds)
+    seed, info = seed_features(run, seed_from, seed_index or 0, seed_seconds, seed_start or 0.0)
     n = max(1, int(round(length_ratio * len(seed))))
     t0 = time.time()
     fn = generate_stateful if algorithm == "stateful" else generate_refeed
@@ -275,6 +287,23 @@ def generate(run_dir, out_wav, seed_seconds: float = 10.0, length_ratio: float =
             "clipped_samples": clipped, "diagnostics": diag}
     out_wav.with_suffix(".json").write_text(json.dumps(side, indent=1))
     return side
+
+
+def describe(diag: dict, clipped: int) -> str:
+    """A generated clip's diagnostics in words, with their units (the CLI and the report say the same)."""
+    parts = []
+    if diag.get("loop_onset_s") is None:
+        parts.append("no loop")
+    else:
+        parts.append(f"loops from {diag['loop_onset_s']:.2f} s ({diag['loop_fraction']:.0%} of it in loops)")
+    parts.append("silent" if not math.isfinite(diag["rms_db"]) else f"level {diag['rms_db']:.0f} dBFS")
+    if math.isfinite(diag["seed_rms_db"]):
+        parts[-1] += f", seed {diag['seed_rms_db']:.0f} dBFS"
+    if diag.get("flatness") is not None and math.isfinite(diag["flatness"]):
+        parts.append(f"spectral flatness {diag['flatness']:.3g} (seed {diag['seed_flatness']:.3g})")
+    if clipped:
+        parts.append(f"clipped {clipped} samples")
+    return "; ".join(parts)
 
 
 def log_to_tensorboard(writer, model, cfg: TrainConfig, step: int, device) -> None:

@@ -41,7 +41,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from tqdm import tqdm
 
 from . import __version__
 from .audio import AudioError, load_mono, probe
@@ -51,6 +50,7 @@ from .fsio import atomic_write, atomic_write_text, fsync_dir
 from .lock import Lock
 from .manifest import (FORMAT, MANIFEST, SHARD_DIR, STATS, VERSION, DatasetError, RunningStats, aside_path, chunk_rows,
                        sha256_file)
+from .progress import progress as progress_bar
 
 __all__ = ["PreprocessConfig", "RunningStats", "Plan", "plan", "run_task", "merge", "preprocess", "parse_sources",
            "format_split", "read_split_file", "assign_splits"]
@@ -443,7 +443,7 @@ def run_task(p: Plan, task: int, n_tasks: int, staging: str | Path, progress: bo
     C = cfg.clip_blocks
     mine = task_songs(p, task, n_tasks)
     try:
-        for song in tqdm(mine, unit="song", disable=not progress, desc=f"preprocess {task + 1}/{n_tasks}"):
+        for song in progress_bar(mine, unit="song", disable=not progress, desc=f"preprocess {task + 1}/{n_tasks}"):
             res = {"id": song["id"], "sha256": None, "duration_s": None, "clips": 0, "dev_clips": 0, "skipped": None}
             results.append(res)
             path, artist = Path(song["path"]), song["artist"]

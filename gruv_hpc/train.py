@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from . import distributed, resident
 from .checkpoint import Checkpointer, git_info, rng_state, seed_everything, set_rng_state
-from .config import RUNTIME_KEYS, ConfigError, TrainConfig, diff, resolve, to_dict
+from .config import RUNTIME_KEYS, ConfigError, TrainConfig, available_cpus, diff, resolve, resolve_workers, to_dict
 from .data import ClipDataset, Normalizer, batch_collate
 from .distributed import Dist
 from .errors import TrainingError
@@ -170,13 +170,17 @@ def build_data(cfg: TrainConfig, d: Dist) -> Data:
     sampler = ResumableSampler(train_set, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed, drop_last=True)
     # Dev: every clip exactly once across ranks (DistributedSampler would pad with repeats).
     dev_indices = range(d.rank, len(dev_set), d.world)
+    cpus = available_cpus()
+    workers = resolve_workers(cfg.workers, d.device.type, cpus)
+    log = _log if d.is_main else (lambda _: None)
+    log(f"data loading: workers={cfg.workers} -> {workers} per rank (device {d.device.type}, {cpus} CPUs per process)")
     # The same batches either way: resident in device memory, or streamed by a DataLoader.
     loaders = resident.build_loaders(cfg.data_on_device, d.device, d.world, train_set, dev_set, dev_indices, sampler,
-                                     local_bs, cfg.workers, log=_log if d.is_main else lambda _: None)
+                                     local_bs, workers, log=log)
     if loaders:
         train_loader, dev_loader = loaders
     else:
-        kw = dict(num_workers=cfg.workers, pin_memory=d.device.type == "cuda", persistent_workers=cfg.workers > 0,
+        kw = dict(num_workers=workers, pin_memory=d.device.type == "cuda", persistent_workers=workers > 0,
                   collate_fn=batch_collate)
         train_loader = DataLoader(train_set, batch_size=local_bs, sampler=sampler, drop_last=True, **kw)
         dev_loader = DataLoader(torch.utils.data.Subset(dev_set, dev_indices), batch_size=local_bs, shuffle=False, **kw)

@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages: the local cluster (slurm/cluster.sh install) and real recorded music for a test.
-pkgs="slurm-wlm slurmdbd munge mariadb-server asc-music"
+# Debian packages: the local cluster (slurm/cluster.sh install), real recorded music for a test, and
+# Chromium for the report's browser test.
+pkgs="slurm-wlm slurmdbd munge mariadb-server asc-music chromium"
 missing=$(for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
 if [ -n "$missing" ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
@@ -17,4 +18,4 @@ bash .ci/install.sh
 
 slurm/cluster.sh start
 trap 'slurm/cluster.sh stop' EXIT
-GRUV_REQUIRE_SLURM=1 python3 -m pytest tests "$@"
+GRUV_REQUIRE_SLURM=1 GRUV_REQUIRE_BROWSER=1 python3 -m pytest tests "$@"

@@ -39,9 +39,13 @@ def demo(data, tmp_path_factory):
     f.write_text(DEMO.format(data=data))
     sw, rep = root / "sweep", root / "report"
     r = subprocess.run([sys.executable, "-m", "gruv_hpc.cli", "sweep", "submit", str(f), "--out", str(sw), "--executor", "local",
-                        "--max-parallel", "2", "--quiet", "--wait"], capture_output=True, text=True)
+                        "--max-parallel", "2", "--wait"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr  # (--wait: 0 only if every run completed)
     assert r.stdout.count("8 COMPLETED") == 1, r.stdout
+    # Progress into a pipe (a Slurm log, nohup, CI): plain lines, one per change, no redrawn bar.
+    assert "\r" not in r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith(("sweep:", "waiting:"))]
+    assert 1 <= len(lines) <= 3 * 8 + 2 and "sweep: 8/8 runs" in r.stderr, r.stderr
     r = subprocess.run([sys.executable, "-m", "gruv_hpc.cli", "analyze", str(sw), "--out", str(rep), "--seed-seconds", "0.32"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
@@ -98,15 +102,18 @@ def test_figures_match_their_sources(demo):
     rows = read_csv(rep / "results.csv")
     for key, pts in summary["fig2"]["points"].items():  # Figure 2 = best dev losses in results.csv
         artist, cell = key.split("/")
-        for hidden, best in pts:
-            assert best == pytest.approx(float(rows[f"{artist}-{cell}-h{hidden}"]["best_dev_loss"]), rel=1e-12)
+        for p in pts:  # one seed here: the mean is the run's value, there is no spread
+            assert p["n"] == 1 and p["std"] is None and p["runs"] == [f"{artist}-{cell}-h{p['hidden']}"]
+            assert p["mean"] == pytest.approx(float(rows[p["runs"][0]]["best_dev_loss"]), rel=1e-12)
     assert summary["fig1"]["hidden"] == 8
     for name, curve in summary["fig1"]["curves"].items():  # Figure 1 = metrics.jsonl
         hist = read_jsonl(sw / "runs" / name / "metrics.jsonl")
         assert curve["train"] == [h["train_loss"] for h in hist] and curve["dev"] == [h["dev_loss"] for h in hist]
     claims = {c["claim"][:20]: c for c in summary["claims"]}
     lstm, gru = float(rows["aurora-lstm-h8"]["best_dev_loss"]), float(rows["aurora-gru-h8"]["best_dev_loss"])
-    assert f"LSTM {lstm:.4f} vs GRU {gru:.4f}" in claims["The LSTM's dev loss "]["evidence"]
+    c = claims["The LSTM's dev loss "]
+    assert f"aurora H=8: LSTM {lstm:.4g} vs GRU {gru:.4g} (one seed each), D = {lstm - gru:+.2g}: one seed" in c["evidence"]
+    assert c["verdict"] == "inconclusive"  # one seed: the noise between seeds is unknown
 
 
 def test_fig3_truth_equals_direct_computation(demo, data):
@@ -196,3 +203,186 @@ def test_unreadable_runs_are_reported_and_the_others_analysed(demo, tmp_path):
     assert len([n for n, a in summary["audio"].items() if a["clips"]]) == 7
     page = (tmp_path / "rep" / "index.html").read_text()
     assert "could not be analysed" in page and "aurora-gru-h4" in page
+
+
+# --- the report in a real browser ----------------------------------------------------------------------
+
+PROBE = """(async () => {
+  const wait = (a) => new Promise((done) => {
+    const info = () => done({src: a.getAttribute('src'), duration: a.duration, error: a.error && a.error.code});
+    if (a.readyState >= 1 || a.error) return info();
+    a.addEventListener('loadedmetadata', info, {once: true});
+    a.addEventListener('error', info, {once: true});
+    if (a.preload === 'none') { a.preload = 'metadata'; a.load(); }
+  });
+  const images = [...document.images].map((i) => ({src: i.getAttribute('src'), width: i.naturalWidth}));
+  const audio = await Promise.all([...document.querySelectorAll('audio')].map(wait));
+  return {images, audio};
+})()"""
+
+
+class Chromium:
+    """Headless Chromium driven through its DevTools protocol (one page, one websocket)."""
+
+    def __init__(self, exe, profile):
+        import websocket
+        self.proc = subprocess.Popen([exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                                      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                                      "--mute-audio", f"--user-data-dir={profile}", "--remote-debugging-port=0",
+                                      "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for line in self.proc.stderr:  # it says where it listens, then goes on logging to the pipe
+            if line.startswith("DevTools listening on "):
+                browser_ws = line.split(" on ", 1)[1].strip()
+                break
+        else:
+            raise RuntimeError(f"chromium exited ({self.proc.wait()}) without opening its DevTools port")
+        import threading
+        threading.Thread(target=self.proc.stderr.read, daemon=True).start()  # keep draining it
+        port = browser_ws.split("/")[2].split(":")[1]
+        import urllib.request
+        pages = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10))
+        page = next(p for p in pages if p["type"] == "page")
+        self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=30, suppress_origin=True)
+        self.next_id, self.events = 0, []
+
+    def call(self, method, **params):
+        self.next_id += 1
+        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv())
+            if msg.get("id") == self.next_id:
+                assert "error" not in msg, msg
+                return msg["result"]
+            self.events.append(msg)
+
+    def wait_event(self, method):
+        while not any(e.get("method") == method for e in self.events):
+            self.events.append(json.loads(self.ws.recv()))
+
+    def errors(self) -> list:
+        out = []
+        for e in self.events:
+            m, p = e.get("method"), e.get("params", {})
+            if m == "Runtime.exceptionThrown" or (m == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert")) \
+                    or (m == "Log.entryAdded" and p["entry"]["level"] == "error"):
+                out.append(e)
+        return out
+
+    def close(self):
+        try:
+            self.call("Browser.close")
+        except Exception:  # noqa: BLE001 - it may be gone already; it is killed below if not
+            pass
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.mark.browser
+def test_report_in_a_real_browser(demo, tmp_path):
+    """Opened from disk in headless Chromium: every image loads, every audio player reads the
+    duration soundfile reports, and the console stays free of errors."""
+    _, rep = demo
+    browser = Chromium(shutil.which("chromium") or shutil.which("chromium-browser"), tmp_path / "profile")
+    try:
+        for domain in ("Runtime", "Log", "Page"):
+            browser.call(f"{domain}.enable")
+        browser.call("Page.navigate", url=(rep / "index.html").resolve().as_uri())
+        browser.wait_event("Page.loadEventFired")
+        res = browser.call("Runtime.evaluate", expression=PROBE, awaitPromise=True, returnByValue=True)["result"]["value"]
+        errors = browser.errors()
+    finally:
+        browser.close()
+    page = (rep / "index.html").read_text()
+    assert len(res["images"]) == page.count("<img") >= 3 + 8 * 2  # 3 figures + a spectrogram per clip
+    assert [i for i in res["images"] if i["width"] == 0] == []
+    assert len(res["audio"]) == 8 * 2 * 2
+    for a in res["audio"]:
+        assert a["error"] is None, a
+        assert a["duration"] == pytest.approx(sf.info(rep / a["src"]).duration, abs=1e-3), a
+    assert errors == []
+
+
+# --- seeds: grouped, judged against their spread ----------------------------------------------------
+
+SEEDS = """
+data = "{data}"
+[train]
+epochs = 2
+batch_size = 4
+workers = 0
+gen_seconds = 0.0
+limit_train_batches = 6
+[grid]
+artists = [["aurora"]]
+cell = ["lstm", "gru"]
+hidden = [6]
+seed = [1, 2]
+"""
+
+
+def test_seeds_in_the_grid_are_grouped_and_judged(data, tmp_path):
+    f = tmp_path / "seeds.toml"
+    f.write_text(SEEDS.format(data=data))
+    sw, rep = tmp_path / "sweep", tmp_path / "report"
+    r = subprocess.run([sys.executable, "-m", "gruv_hpc.cli", "sweep", "submit", str(f), "--out", str(sw), "--executor", "local",
+                        "--quiet", "--wait"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    names = {"aurora-lstm-h6-s1", "aurora-lstm-h6-s2", "aurora-gru-h6-s1", "aurora-gru-h6-s2"}
+    assert {p.name for p in (sw / "runs").iterdir()} == names
+    r = subprocess.run([sys.executable, "-m", "gruv_hpc.cli", "analyze", str(sw), "--out", str(rep), "--seeds", "1",
+                        "--seed-seconds", "0.32"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rows = read_csv(rep / "results.csv")
+    assert set(rows) == names and {r["seed"] for r in rows.values()} == {"1", "2"}
+    assert {r["group"] for r in rows.values()} == {"aurora-lstm-h6", "aurora-gru-h6"}
+    lstm = [float(rows[f"aurora-lstm-h6-s{s}"]["best_dev_loss"]) for s in (1, 2)]
+    assert lstm[0] != lstm[1]  # the seed is used: two runs, two results
+    summary = json.loads((rep / "summary.json").read_text())
+    g = {x["group"]: x for x in summary["groups"]}["aurora-lstm-h6"]
+    assert g["n_seeds"] == 2 and g["seeds"] == [1, 2] and g["best_dev_loss_n"] == 2
+    assert g["best_dev_loss_mean"] == pytest.approx(np.mean(lstm)) and g["best_dev_loss_std"] == pytest.approx(np.std(lstm, ddof=1))
+    (pt,) = summary["fig2"]["points"]["aurora/lstm"]  # Figure 2's point: the mean, the spread as its error bar
+    assert pt["n"] == 2 and pt["mean"] == pytest.approx(np.mean(lstm)) and pt["std"] == pytest.approx(np.std(lstm, ddof=1))
+    claims = {c["claim"][:20]: c for c in summary["claims"]}
+    (cmp,) = claims["The LSTM's dev loss "]["comparisons"]
+    assert cmp["n_a"] == cmp["n_b"] == 2 and cmp["threshold"] > 0 and cmp["verdict"] in ("holds", "contradicts", "within noise")
+    assert claims["Dev loss falls as th"]["verdict"] == "inconclusive"
+    assert "needs at least 2 hidden sizes per cell" in claims["Dev loss falls as th"]["why"]
+    page = (rep / "index.html").read_text()
+    assert "2 seeds per grid point" in page and "(2 vs 2 seeds)" in page
+    for c in summary["claims"]:
+        assert f"<b>{c['verdict']}</b>" in page
+
+
+def test_panels_with_nothing_to_show_say_so(corpus, tmp_path):
+    """An artist without dev clips, a run without a finished epoch: a note, not blank axes."""
+    from conftest import preprocess_tiny
+    from gruv_hpc.analysis.common import RunInfo
+    from gruv_hpc.analysis.fig1_loss import fig1
+    from gruv_hpc.analysis.fig2_hidden import fig2
+    from gruv_hpc.analysis.fig3_spectrogram import fig3
+    from gruv_hpc.paths import RunPaths
+    nodev = tmp_path / "nodev"
+    preprocess_tiny(corpus, nodev, dev_fraction=0.0)
+
+    def run(name, artist, cell, history):
+        paths = RunPaths(tmp_path / "runs" / name)
+        paths.ckpt_dir.mkdir(parents=True)
+        paths.best.write_bytes(b"")  # a checkpoint is there (the dev split is empty: it is never read)
+        cfg = {"cell": cell, "hidden": 8, "artists": [artist], "data": str(nodev), "block_size": 64, "sample_rate": 8000}
+        return RunInfo(name, "COMPLETED", cfg, {}, paths, history)
+
+    hist = [{"epoch": e, "train_loss": 1.0 / e, "dev_loss": None} for e in (1, 2)]
+    runs = [run("a-lstm", "aurora", "lstm", hist), run("a-gru", "aurora", "gru", hist), run("c-lstm", "circuit", "lstm", [])]
+    f1, f2, f3 = fig1(runs, tmp_path / "r"), fig2(runs, tmp_path / "r"), fig3(runs, tmp_path / "r")
+    assert "circuit, H = 8: no run with a finished epoch yet" in f1["notes"]
+    assert "aurora: no dev loss: the dev split has no clips" in f1["notes"]
+    assert f2 == {}  # no run has a dev loss: no figure (the page says so)
+    assert f3["notes"] == ["aurora: the dev split has no clips, so there is nothing to predict",
+                           "circuit: the dev split has no clips, so there is nothing to predict"]
+    runs[0].history = [{"epoch": 1, "train_loss": 1.0, "dev_loss": 2.0}]
+    f2 = fig2(runs, tmp_path / "r")
+    assert f2["notes"] == ["circuit: no dev loss yet (no run has finished an epoch)"]

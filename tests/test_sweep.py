@@ -155,6 +155,9 @@ def test_preemption_requeues_resumes_and_matches_uninterrupted(data, tmp_path):
     assert "REQUEUED" in dup and dup[-1] == "COMPLETED"
     log = "".join(p.read_text() for p in (a / "logs").glob(f"{jid}_0_log.out"))
     assert "resumed from" in log
+    shown = subprocess.run([sys.executable, "-m", "gruv_hpc.cli", "sweep", "logs", str(a), "lstm"], capture_output=True,
+                           text=True)  # the requeued job's starts, one after the other in its one file
+    assert shown.returncode == 0 and "requeued" in shown.stdout.splitlines()[0] and log in shown.stdout
     assert wait_done(b)["lstm"]["state"] == "COMPLETED"
     wa = load_checkpoint(RunPaths(a / "runs" / "lstm").step_ckpts()[0])["model"]
     wb = load_checkpoint(RunPaths(b / "runs" / "lstm").step_ckpts()[0])["model"]
@@ -178,6 +181,7 @@ def test_failed_run_shows_traceback_and_only_it_is_resubmitted(data, tmp_path):
     assert badrun["state"] == "FAILED" and "manifest" in badrun["error"] and "DatasetError" in badrun["error"]
     text = sweep.format_status(list(rows.values()))
     assert "| " in text and "DatasetError" in text
+    assert f"log: {d / 'logs' / job_of(d, 'baddata')}_0_log.err" in text
     (bad / "manifest.away").rename(bad / "manifest.json")
     res = sweep.submit(f, d, executor="slurm", out=lambda *a: None)
     assert res["submitted"] == ["baddata"] and res["skipped"] == {data.name: "done"}
@@ -259,6 +263,17 @@ def test_tensorboard_server_lists_every_run(smoke):
             assert {"loss/train", "loss/dev"} <= set(t), tb_run
         hp = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugins_listing", timeout=5))
         assert "hparams" in hp
+        # The HParams tab: the experiment TensorBoard builds from the runs' session summaries marks the
+        # grid's axes (cell, hidden) as differing, and a constant (lr) as not.
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/data/plugin/hparams/experiment",
+                                     data=json.dumps({"experimentName": ""}).encode(),
+                                     headers={"Content-Type": "application/json", "X-XSRF-Protected": "1"})
+        exp = json.load(urllib.request.urlopen(req, timeout=10))
+        infos = {h["name"]: h for h in exp["hparamInfos"]}
+        assert infos["cell"]["differs"] is True and set(infos["cell"]["domainDiscrete"]) == {"lstm", "gru"}
+        assert infos["hidden"]["differs"] is True
+        assert infos["lr"]["differs"] is False
+        assert {m["name"]["tag"] for m in exp["metricInfos"]} >= {"loss/dev", "loss/best_dev"}
     finally:
         p.terminate()
         p.wait(timeout=20)

@@ -5,7 +5,8 @@ then status, cancel and wait. No module here imports torch: ``gruv sweep status`
 - ``state``: SWEEP_DIR/sweep.json (typed records, atomic writes) and the submit lock;
 - ``slurm``: parsers of sacct/squeue/scontrol output and the calls that produce it;
 - ``submit``: which runs need a job, and their submission through submitit;
-- ``status``: one row per run, cancel, wait.
+- ``status``: one row per run, cancel, wait;
+- ``logs``: a run's job output, every attempt (``gruv sweep logs``).
 
 SWEEP_DIR's layout is ``gruv_hpc.paths.SweepPaths``.
 """

@@ -102,9 +102,10 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     return Sweep(path, text, data, scfg, runs)
 
 
-def validate(sweep: Sweep, sweep_dir: Path, executor: str) -> None:
+def validate(sweep: Sweep, sweep_dir: Path, executor: str, create: bool = True) -> None:
     """Everything that can be checked on the login node, before anything is queued: each run's
-    config against the dataset (config.resolve, as the job will), and a writable SWEEP_DIR.
+    config against the dataset (config.resolve, as the job will), and a writable SWEEP_DIR
+    (``create=False``, for a dry run: one that could be made, and nothing written).
 
     ``executor`` is the kind that will run the jobs: only on Slurm is a batch split over
     slurm.nodes x slurm.tasks_per_node processes and are the GPUs known (slurm.gpus_per_node);
@@ -117,6 +118,9 @@ def validate(sweep: Sweep, sweep_dir: Path, executor: str) -> None:
             run.config = to_dict(resolve(run.cfg, manifest, world_size=world, gpus=gpus))
         except GruvError as e:  # a DatasetError or a ConfigError, named after the run
             raise type(e)(f"run {run.name}: {e}") from None
+    if not create:
+        _check_could_create(sweep_dir)
+        return
     try:
         sweep_dir.mkdir(parents=True, exist_ok=True)
         probe = sweep_dir / f".write-test-{os.getpid()}"
@@ -124,3 +128,14 @@ def validate(sweep: Sweep, sweep_dir: Path, executor: str) -> None:
         probe.unlink()
     except OSError as e:
         raise GruvError(f"sweep directory {sweep_dir} is not writable: {e}") from None
+
+
+def _check_could_create(sweep_dir: Path) -> None:
+    """SWEEP_DIR, or the nearest of its parents that exists, is a directory this user may write in."""
+    p = sweep_dir
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        raise GruvError(f"sweep directory {sweep_dir} cannot be made: {p} is not a directory")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise GruvError(f"sweep directory {sweep_dir} is not writable: no write permission on {p}")

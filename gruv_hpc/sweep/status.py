@@ -117,11 +117,19 @@ def status(sweep_dir) -> list[dict]:
                "train_loss": last.get("train_loss"), "dev_loss": last.get("dev_loss"),
                "best_dev_loss": last.get("best_dev_loss"), "ckpt_age_s": (now - mt) if mt else None,
                "requeues": info.requeues if info else 0, "submissions": len(r.jobs),
-               "run_dir": str(paths.root), "error": None}
+               "run_dir": str(paths.root), "log": log_path(state.paths.logs, job),
+               "err_log": log_path(state.paths.logs, job, err=True),
+               "error": None}
         if st in ("FAILED", "OUT_OF_MEMORY", "NODE_FAIL", "TIMEOUT", "UNKNOWN", "CANCELLED") or (paths.error.exists() and st not in ACTIVE):
             row["error"] = _error_tail(paths, state.paths.logs, job)
         rows.append(row)
     return rows
+
+
+def log_path(logs: Path, job: JobRecord | None, err: bool = False) -> str | None:
+    """Where submitit puts (or will put) the job's task-0 stdout or stderr: task 0 is the rank that
+    reports. ``gruv sweep logs`` shows every attempt's (sweep/logs.py)."""
+    return None if job is None else str(logs / f"{job.job_id}_0_log.{'err' if err else 'out'}")
 
 
 def _error_tail(paths: RunPaths, logs: Path, job: JobRecord | None, n: int = 6) -> str | None:
@@ -153,10 +161,15 @@ def format_status(rows: list[dict]) -> str:
                    f"{f(r['train_loss']):>8} {f(r['dev_loss']):>8} {f(r['best_dev_loss']):>8} {age(r['ckpt_age_s']):>8} {r['requeues']:>8}")
         if r["error"]:
             out.extend("    | " + ln for ln in r["error"].splitlines())
+            if r.get("err_log"):
+                out.append(f"    log: {r['err_log']}")
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
     out.append(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    logs = next((Path(r["log"]).parent for r in rows if r.get("log")), None)
+    if logs:
+        out.append(f"job logs in {logs}; one run's, every attempt: gruv sweep logs {logs.parent} RUN [--err] [--follow]")
     return "\n".join(out)
 
 
@@ -241,10 +254,10 @@ def _zombie(pid: int) -> bool:
 
 
 def wait(sweep_dir, poll_s: float = 5.0, progress: bool = True, timeout_s: float | None = None) -> list[dict]:
-    from tqdm import tqdm
+    from ..progress import progress as progress_bar
     t0 = time.time()
     rows = status(sweep_dir)
-    bar = tqdm(total=len(rows), unit="run", desc="waiting", disable=not progress)
+    bar = progress_bar(total=len(rows), unit="run", desc="waiting", disable=not progress, interval_s=None)
     while True:
         finished = sum(r["state"] not in ACTIVE for r in rows)
         bar.n = finished

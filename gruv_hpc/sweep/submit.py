@@ -115,7 +115,7 @@ def submit(sweep_file, sweep_dir, executor: str = "auto", dry_run: bool = False,
 def _dry_run(sweep: Sweep, paths: SweepPaths, kind: str, max_parallel: int, out) -> dict:
     """What submit() would do, down to the sbatch scripts; changes nothing."""
     if Path(sweep.data).exists():  # a dry run also works away from the data (e.g. on a laptop)
-        validate(sweep, paths.root, kind)
+        validate(sweep, paths.root, kind, create=False)
     todo, skipped = plan(sweep, load_state(paths.root))
     for run in sweep.runs:
         out(f"{run.name}: {json.dumps(run.grid)}")
@@ -130,7 +130,8 @@ def _dry_run(sweep: Sweep, paths: SweepPaths, kind: str, max_parallel: int, out)
             out(f"# sbatch script {i + 1} of {len(arrays)}: {len(runs)} run(s), {runs[0].name} .. {runs[-1].name}")
             out(scripts[-1])
     elif todo:
-        out(f"# {len(todo)} run(s) for the {kind} executor, at most {max_parallel} at a time; no sbatch script")
+        out(f"# {len(todo)} run(s) for the {kind} executor, at most {max_parallel} at a time, on this machine and in "
+            f"the foreground: the submission returns when they end; job logs in {paths.logs}; no sbatch script")
     else:
         out("nothing to submit")
     return {"submitted": [], "skipped": skipped, "runs": [r.name for r in sweep.runs], "todo": [r.name for r in todo],
@@ -155,15 +156,14 @@ def _run_locally(todo, sweep, paths, kind, state, sub, max_parallel, progress, o
     """submitit's local executor, at most ``max_parallel`` runs at a time; blocks until all end.
     Returns the runs that failed. Ctrl-C (or TERM) stops every running run at its next step
     boundary with a checkpoint, marks the rest cancelled, and says how to resume."""
-    from tqdm import tqdm
-
     from ..launcher import TrainJob
+    from ..progress import progress as progress_bar
     threads = max(1, (os.cpu_count() or 1) // max(1, max_parallel))
     ex = _local_executor(kind, paths, sweep.slurm)
     pending, running, failed = list(todo), [], []
     out(f"running {len(todo)} run(s) here, {max_parallel} at a time; this command returns when they end "
         f"(Ctrl-C stops them with a checkpoint). From another terminal: gruv sweep status {paths.root}")
-    bar = tqdm(total=len(todo), unit="run", desc="sweep", disable=not progress)
+    bar = progress_bar(total=len(todo), unit="run", desc="sweep", disable=not progress, interval_s=None)
     term = signal.signal(signal.SIGTERM, _raise_interrupt)  # gruv sweep cancel or kill: as Ctrl-C
     try:
         while pending or running:

@@ -1,0 +1,101 @@
+"""The claims table's verdicts (analysis/claims.py), on constructed results: no training needed."""
+import math
+
+import pytest
+from scipy.stats import ttest_ind
+
+from gruv_hpc.analysis.claims import claims, compare, verdict
+
+
+def rows_of(values: dict, key="best_dev_loss") -> list[dict]:
+    """{(artist, cell, hidden): [value per seed]} -> results rows, one per run."""
+    out = []
+    for (artist, cell, hidden), vals in values.items():
+        for seed, v in enumerate(vals):
+            out.append({"name": f"{artist}-{cell}-h{hidden}-s{seed}", "artists": artist, "cell": cell, "hidden": hidden,
+                        "variant": "", "seed": seed, key: v})
+    return out
+
+
+def by_claim(table):
+    return {c["claim"].split(" ")[1]: c for c in table}  # LSTM's / loss / GRU's / ...
+
+
+def lstm_vs_gru(lstm, gru, hidden=256):
+    return by_claim(claims(rows_of({("aurora", "lstm", hidden): lstm, ("aurora", "gru", hidden): gru})))["LSTM's"]
+
+
+def test_a_clear_difference_holds_and_its_reverse_does_not():
+    c = lstm_vs_gru([1.00, 1.01], [1.20, 1.21])
+    assert c["verdict"] == "holds" and c["comparisons"][0]["verdict"] == "holds"
+    assert c["comparisons"][0]["effect"] == pytest.approx(-0.2)
+    assert "aurora H=256: LSTM 1.005 ± 0.0071 vs GRU 1.205 ± 0.0071 (2 vs 2 seeds), D = -0.2, noise threshold 0.03: " \
+           "holds" in c["evidence"]
+    assert lstm_vs_gru([1.20, 1.21], [1.00, 1.01])["verdict"] == "does not hold"
+
+
+def test_the_real_music_case_is_inconclusive():
+    """LSTM 1.180 vs GRU 1.186: a difference smaller than the seeds' own spread is no evidence."""
+    c = lstm_vs_gru([1.176, 1.184], [1.181, 1.191])
+    assert c["verdict"] == "inconclusive" and c["comparisons"][0]["verdict"] == "within noise"
+    assert "within the noise" in c["why"]
+
+
+def test_a_tie_is_not_a_no():
+    table = by_claim(claims(rows_of({("a", "lstm", 8): [0.008, 0.009], ("a", "gru", 8): [0.009, 0.008]}, "flatness")))
+    assert table["GRU's"]["verdict"] == "inconclusive" and table["GRU's"]["comparisons"][0]["effect"] == 0
+    exact = compare([0.008, 0.008], [0.008, 0.008], ">")  # no spread at all, no difference either
+    assert exact["verdict"] == "within noise"
+
+
+def test_one_seed_is_inconclusive_whatever_the_difference():
+    c = lstm_vs_gru([1.0], [5.0])
+    assert c["verdict"] == "inconclusive" and c["comparisons"][0]["verdict"] == "one seed"
+    assert "(one seed each), D = -4: one seed" in c["evidence"]
+
+
+def test_nan_never_counts():
+    c = lstm_vs_gru([1.00, float("nan"), 1.01, None], [1.20, 1.21])
+    assert c["verdict"] == "holds" and c["comparisons"][0]["n_a"] == 2
+    none = lstm_vs_gru([float("nan"), None], [1.2, 1.21])  # nothing left on a side: no comparison at all
+    assert none["verdict"] == "inconclusive" and none["comparisons"] == [] and "no LSTM/GRU pair" in none["why"]
+
+
+def test_mixed_evidence_is_inconclusive():
+    rows = rows_of({("a", "lstm", 8): [1.0, 1.01], ("a", "gru", 8): [1.2, 1.21],
+                    ("b", "lstm", 8): [1.2, 1.21], ("b", "gru", 8): [1.0, 1.01]})
+    c = by_claim(claims(rows))["LSTM's"]
+    assert [x["verdict"] for x in c["comparisons"]] == ["holds", "contradicts"] and c["verdict"] == "inconclusive"
+    assert verdict([{"verdict": v} for v in ("holds", "holds", "within noise")])[0] == "holds"  # a majority, none against
+    assert verdict([{"verdict": v} for v in ("holds", "within noise", "one seed")])[0] == "inconclusive"  # not a majority
+    assert verdict([{"verdict": v} for v in ("contradicts", "contradicts", "one seed")])[0] == "does not hold"
+
+
+def test_figure_2_needs_two_hidden_sizes():
+    one = by_claim(claims(rows_of({("a", "lstm", 8): [1.0, 1.1], ("a", "gru", 8): [1.2, 1.3]})))["loss"]
+    assert one["verdict"] == "inconclusive" and "needs at least 2 hidden sizes per cell" in one["why"]
+    falls = by_claim(claims(rows_of({("a", "lstm", 8): [1.2, 1.21], ("a", "lstm", 16): [1.1, 1.11],
+                                     ("a", "lstm", 32): [1.0, 1.01]})))["loss"]
+    assert falls["verdict"] == "holds" and [c["label"] for c in falls["comparisons"]] == ["a LSTM H=8->16", "a LSTM H=16->32"]
+    rises = by_claim(claims(rows_of({("a", "gru", 8): [1.0, 1.01], ("a", "gru", 16): [1.2, 1.21]})))["loss"]
+    assert rises["verdict"] == "does not hold"
+
+
+def test_the_threshold_is_a_two_sample_t_test_at_5_percent():
+    """Decisive exactly when a pooled two-sample t-test rejects equal means at the 5% level."""
+    cases = [([1.0, 1.1], [1.3, 1.35]), ([1.0, 1.1, 1.05], [1.12, 1.2, 1.15]), ([0.5, 0.52, 0.49], [0.55, 0.6]),
+             ([2.0, 2.2], [2.1, 2.25]), ([1.0, 1.02, 0.98, 1.01], [1.03, 1.05, 1.02, 1.04])]
+    for a, b in cases:
+        c = compare(a, b, "<")
+        p = ttest_ind(a, b, equal_var=True).pvalue
+        assert (c["verdict"] in ("holds", "contradicts")) == (p < 0.05), (a, b, p, c)
+        n_a, n_b = len(a), len(b)
+        assert c["spread"] == pytest.approx(math.sqrt(((n_a - 1) * c["a_std"] ** 2 + (n_b - 1) * c["b_std"] ** 2) / (n_a + n_b - 2)))
+
+
+def test_figure_3_claim_from_every_seed():
+    rows = rows_of({("a", "lstm", 8): [0.95, 0.96], ("a", "gru", 8): [0.70, 0.72]}, "in_band_energy")
+    assert by_claim(claims(rows))["GRU's"]["claim"].startswith("The GRU's output")  # the flatness claim: no data
+    band = [c for c in claims(rows) if "Figure 3" in c["claim"]][0]
+    assert band["verdict"] == "holds"
+    assert not [c for c in claims(rows_of({("a", "lstm", 8): [1.0]})) if "Figure 3" in c["claim"]]  # no data: no row
