@@ -39,14 +39,14 @@ class RunInfo:
     def variant(self) -> str:
         """The run's other grid values (not artists, cell, hidden or seed), e.g. "lr0.01": runs are
         compared only within one variant."""
-        from gruv_hpc.sweep.spec import _name_part
-        return "-".join(_name_part(k, v) for k, v in self.grid.items() if k not in ("artists", "cell", "hidden", "seed"))
+        from gruv_hpc.sweep.spec import name_part
+        return "-".join(name_part(k, v) for k, v in self.grid.items() if k not in ("artists", "cell", "hidden", "seed"))
 
     @property
     def group(self) -> str:
         """The run's name without its seed: runs that differ only in seed form one group."""
-        from gruv_hpc.sweep.spec import _name_part
-        return "-".join(_name_part(k, v) for k, v in self.grid.items() if k != "seed") if "seed" in self.grid else self.name
+        from gruv_hpc.sweep.spec import name_part
+        return "-".join(name_part(k, v) for k, v in self.grid.items() if k != "seed") if "seed" in self.grid else self.name
 
     @property
     def has_checkpoint(self) -> bool:

@@ -45,7 +45,7 @@ class Sweep:
     runs: list[Run]
 
 
-def _name_part(key: str, value) -> str:
+def name_part(key: str, value) -> str:
     short = {"hidden": "h", "layers": "l", "batch_size": "b", "lr": "lr", "seed": "s", "epochs": "e"}
     if key == "artists":
         return "+".join(value) if value else "all"
@@ -94,7 +94,7 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
         values = {**train, "data": data, **point}
         values["data"] = str(Path(values["data"]).expanduser().resolve())  # jobs run from another directory
         cfg = build(TrainConfig, values, cli_train, source=str(path))
-        name = "-".join(_name_part(k, cfg.__dict__[k]) for k in keys).replace("/", "_") or "run"
+        name = "-".join(name_part(k, cfg.__dict__[k]) for k in keys).replace("/", "_") or "run"
         if name in seen:
             raise ConfigError(f"{path}: grid points {seen[name]} and {point} both get the run name {name!r}")
         seen[name] = point
