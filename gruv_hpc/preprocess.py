@@ -443,7 +443,8 @@ def run_task(p: Plan, task: int, n_tasks: int, staging: str | Path, progress: bo
     C = cfg.clip_blocks
     mine = task_songs(p, task, n_tasks)
     try:
-        for song in progress_bar(mine, unit="song", disable=not progress, desc=f"preprocess {task + 1}/{n_tasks}"):
+        desc = "preprocess" if n_tasks == 1 else f"preprocess task {task + 1}/{n_tasks}"
+        for song in progress_bar(mine, unit="song", disable=not progress, desc=desc):
             res = {"id": song["id"], "sha256": None, "duration_s": None, "clips": 0, "dev_clips": 0, "skipped": None}
             results.append(res)
             path, artist = Path(song["path"]), song["artist"]
