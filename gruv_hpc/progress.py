@@ -45,6 +45,7 @@ class PlainProgress:
         for x in self.iterable:
             yield x
             self.update(1)
+        self.close()  # as tqdm does: the last line once the iterable is exhausted
 
     def update(self, k: int = 1) -> None:
         self.n += k
