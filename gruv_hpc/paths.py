@@ -93,3 +93,20 @@ def read_jsonl(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             pass
     return out
+
+
+@dataclass(frozen=True)
+class BuildPaths:
+    """What a dataset build keeps beside its ``out`` directory (the same filesystem, so that the
+    finished dataset goes in by renames): ``.NAME.lock`` (flock of the one writer),
+    ``.NAME.staging/`` (the dataset being built: plan, task records, shards; resumed by the next
+    build of the same plan), ``.NAME.jobs/`` (submitit's folder for a Slurm build: job logs)."""
+    out: Path
+
+    def __init__(self, out):
+        object.__setattr__(self, "out", Path(out))
+
+    lock = property(lambda s: s.out.with_name(f".{s.out.name}.lock"))
+    staging = property(lambda s: s.out.with_name(f".{s.out.name}.staging"))
+    jobs = property(lambda s: s.out.with_name(f".{s.out.name}.jobs"))
+
