@@ -132,6 +132,24 @@ def _sweep(a) -> int:
     return 2
 
 
+def _pipeline(a) -> int:
+    from . import pipeline
+    if a.pipeline_cmd == "submit":
+        sub = pipeline.submit(a.pipeline_file, a.out, executor=a.executor, overrides=a.overrides,
+                              max_parallel=a.max_parallel, progress=not a.quiet)
+        if sub["executor"] == "slurm" and a.wait:
+            st = pipeline.wait(a.out, say=None if a.quiet else print)
+            print(pipeline.format_status(st))
+            return 0 if st["analysis"]["state"] == "COMPLETED" else 1
+        if sub["executor"] == "local":
+            print(pipeline.format_status(pipeline.status(a.out)))
+            return 1 if sub["train"].get("failed") else 0
+        return 0
+    st = pipeline.status(a.dir)
+    print(json.dumps(st, indent=1) if a.json else pipeline.format_status(st))
+    return 0
+
+
 def _tensorboard(a) -> int:
     import shutil
     import subprocess
@@ -261,6 +279,24 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--seed-seconds", type=float, default=10.0)
     an.add_argument("--max-clips", type=int, default=64, help="dev clips averaged in figure 3")
     an.set_defaults(fn=_analyze)
+
+    pl = sub.add_parser("pipeline", help="corpus -> dataset -> trained grid -> report in one submission")
+    plsub = pl.add_subparsers(dest="pipeline_cmd", required=True)
+    pl1 = plsub.add_parser("submit", help="submit (or run) every stage of a pipeline file; resubmitting resumes")
+    pl1.add_argument("pipeline_file")
+    pl1.add_argument("--out", required=True, help="pipeline directory: data/, sweep/, report/")
+    pl1.add_argument("--executor", choices=["auto", "slurm", "local"], default="auto",
+                     help="slurm: queue the three stages and return; local: run them here in order; auto: slurm "
+                     "where a cluster answers")
+    pl1.add_argument("--max-parallel", type=int, default=2, help="local executor: training runs at a time")
+    pl1.add_argument("--wait", action="store_true", help="slurm: then wait for the report (exit 1 without one)")
+    pl1.add_argument("--quiet", action="store_true")
+    pl1.add_argument("overrides", nargs="*", metavar="key=value", help="corpus.ARTIST=DIR, preprocess[.slurm].KEY=v, "
+                     "sweep.KEY=v, sweep.slurm.KEY=v, analysis[.slurm].KEY=v")
+    pl2 = plsub.add_parser("status", help="each stage: preprocess tasks and merge, runs by state, analysis and report")
+    pl2.add_argument("dir")
+    pl2.add_argument("--json", action="store_true")
+    pl.set_defaults(fn=_pipeline)
 
     tb = sub.add_parser("tensorboard", help="TensorBoard over every run of a sweep")
     tb.add_argument("sweep_dir")

@@ -278,10 +278,25 @@ def live_build(out: Path) -> dict | None:
         failed = [t for t, j in sub["tasks"].items() if state[j] != "COMPLETED"]
         if not failed:
             return {**sub, "live": "merge", "states": state}
-        slurm.scancel([sub["merge"]])
+        scancel_and_wait([sub["merge"]])
         warnings.warn(f"{out}: cancelled merge job {sub['merge']}: task(s) {', '.join(failed)} ended "
                       f"({', '.join(str(state[sub['tasks'][t]]) for t in failed)}), so it could never start", stacklevel=2)
     return None
+
+
+def scancel_and_wait(job_ids: list[str], timeout_s: float = 30.0) -> None:
+    """scancel, then wait until Slurm's accounting no longer lists the jobs as active: what reads
+    their state next (a sweep's plan, a status) must see them ended."""
+    from .sweep import slurm
+    if not job_ids:
+        return
+    slurm.scancel(job_ids)
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        infos = slurm.job_states(job_ids)
+        if not any(infos[j].state in slurm.ACTIVE for j in job_ids if j in infos):
+            return
+        time.sleep(0.5)
 
 
 def refuse_live_build(out: Path) -> None:
