@@ -12,6 +12,7 @@ import pytest
 from conftest import TINY
 from gruv_hpc import pipeline
 from gruv_hpc import sweep as sw
+from gruv_hpc.config import read_file
 from gruv_hpc.errors import ConfigError, DatasetError
 from gruv_hpc.manifest import load_manifest
 from gruv_hpc.paths import BuildPaths, PipelinePaths
@@ -106,6 +107,17 @@ def test_overrides_and_a_sweep_file(corpus, data, tmp_path):
     assert pl.sweep.data == str(tmp_path / "out" / "data")  # the sweep file's data is replaced
     assert pl.analysis.seeds == 0 and pl.analysis_slurm.cpus_per_task == 3
     assert pl.analysis_slurm.time_min == 10  # from the file; other keys from ANALYSIS_SLURM_DEFAULTS
+
+
+@pytest.mark.parametrize("name, runs", [("pipeline_demo.toml", 8), ("pipeline_paper.toml", 16)])
+def test_the_example_pipeline_files_load(tmp_path, monkeypatch, name, runs):
+    jobs = Path(__file__).parent.parent / "jobs"
+    monkeypatch.chdir(jobs.parent)  # (their relative paths are relative to the current directory)
+    raw = read_file(jobs / name)
+    dirs = [f"corpus.{a}={tmp_path}" for a in raw["corpus"]]
+    pl = pipeline.load_pipeline(jobs / name, tmp_path / "out", dirs)
+    assert len(pl.sweep.runs) == runs and pl.options.jobs >= 2 and pl.preprocess.block_size == 11025
+    assert pl.sweep.data == str(tmp_path / "out" / "data")
 
 
 def test_cli_errors_are_one_line(corpus, tmp_path):
