@@ -467,6 +467,11 @@ def status(out_dir) -> dict:
     pre = PJ.build_status(paths.data)
     if local_live and sub.get("stage") == "preprocess" and pre["state"] != "COMPLETED":
         pre["state"] = "RUNNING"
+    an_job = sub.get("analysis", {}).get("job")
+    merge = None if pre["merge_job"] else sub.get("preprocess", {}).get("merge")  # (gone with the staging)
+    infos = job_states([j for j in (an_job, merge) if j])
+    if merge:
+        pre["merge_job"], pre["merge_state"] = merge, infos[merge].state if merge in infos else None
 
     train = {"state": "NOT_SUBMITTED", "runs": 0, "by_state": {}}
     if sw.load_state(paths.sweep.root).runs:
@@ -478,11 +483,8 @@ def status(out_dir) -> dict:
         if local_live and sub.get("stage") == "train" and train["state"] not in ACTIVE:
             train["state"] = "RUNNING"
 
-    an = {"job": sub.get("analysis", {}).get("job"), "job_state": None, "report": str(paths.report_index),
-          "report_exists": paths.report_index.is_file(), "stale": None}
-    if an["job"]:
-        info = job_states([an["job"]]).get(an["job"])
-        an["job_state"] = info.state if info else None
+    an = {"job": an_job, "job_state": infos[an_job].state if an_job in infos else None,
+          "report": str(paths.report_index), "report_exists": paths.report_index.is_file(), "stale": None}
     an["stale"] = report_stale(paths)
     if an["job_state"] in ACTIVE:
         an["state"] = an["job_state"]
