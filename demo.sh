@@ -1,23 +1,24 @@
 #!/usr/bin/env bash
-# The demo, end to end: install, synthesize a two-artist corpus, preprocess it, train the
-# LSTM/GRU x artist x hidden grid (local executor, or Slurm when a cluster answers), analyze.
+# The demo, end to end: install, synthesize a two-artist corpus, then one pipeline
+# (jobs/pipeline_demo.toml): preprocess it in 2 tasks, train the LSTM/GRU x artist x hidden grid,
+# analyze; queued on Slurm when a cluster answers (and waited for), else run here.
 set -euo pipefail
 cd "$(dirname "$0")"
 OUT=${DEMO_OUT:-demo_out}
 EXECUTOR=${DEMO_EXECUTOR:-auto}
 t0=$(date +%s)
 
-bash .ci/install.sh
+# Installs unless this tree's package already imports with its dependencies (a rerun, PYTHONPATH=.).
+python3 -c "import os, sys, gruv_hpc, torch, h5py, soundfile, submitit
+sys.exit(os.path.realpath(gruv_hpc.__path__[0]) != os.path.realpath('gruv_hpc'))" 2>/dev/null \
+  && command -v gruv >/dev/null || bash .ci/install.sh
 step() { echo; echo "== $* ($(( $(date +%s) - t0 )) s)"; }
 
-step "1/4 synthetic corpus"
+step "1/2 synthetic corpus"
 [ -d "$OUT/corpus/circuit" ] || gruv corpus synth --out "$OUT/corpus"
-step "2/4 preprocess (paper features: 44.1 kHz, 0.25 s blocks, [Re|Im] of the DFT)"
-[ -f "$OUT/data/manifest.json" ] || gruv preprocess aurora="$OUT/corpus/aurora" circuit="$OUT/corpus/circuit" --out "$OUT/data"
-step "3/4 sweep: jobs/demo.toml (executor: $EXECUTOR)"
-gruv sweep submit jobs/demo.toml --out "$OUT/sweep" --executor "$EXECUTOR" --wait data="$OUT/data"
-step "4/4 analysis"
-gruv analyze "$OUT/sweep" --out "$OUT/report"
+step "2/2 pipeline: jobs/pipeline_demo.toml (executor: $EXECUTOR): preprocess, the grid of jobs/demo.toml, analysis"
+gruv pipeline submit jobs/pipeline_demo.toml --out "$OUT" --executor "$EXECUTOR" --wait \
+  corpus.aurora="$OUT/corpus/aurora" corpus.circuit="$OUT/corpus/circuit"
 echo
 echo "demo finished in $(( $(date +%s) - t0 )) s"
 echo "report:      $(realpath "$OUT/report/index.html")"

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import resample_poly
 
 from .errors import GruvError
 
@@ -57,6 +56,9 @@ def resample(audio: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     """Polyphase resampling (anti-aliased), exact rational ratio."""
     if sr_in == sr_out or len(audio) == 0:
         return audio.astype(np.float32, copy=False)
+    # Imported here: scipy.signal takes about a second to import, which every `gruv preprocess`
+    # (and each of its task processes) would pay, mostly for songs already at the target rate.
+    from scipy.signal import resample_poly
     g = math.gcd(sr_in, sr_out)
     return resample_poly(audio, sr_out // g, sr_in // g).astype(np.float32, copy=False)
 

@@ -15,22 +15,33 @@ from .errors import ConfigError, GruvError
 
 
 def _preprocess(a) -> int:
-    from .config import PreprocessConfig, build
-    from .preprocess import format_split, parse_sources, plan, preprocess
+    from .config import PreprocessConfig, build, parse_overrides
+    from .preprocess import format_split, parse_sources, plan
+    from .preprocess_jobs import build as build_dataset, read_slurm_file, slurm_config
     cfg = build(PreprocessConfig, {f.name: getattr(a, f.name) for f in dataclasses.fields(PreprocessConfig)},
                 source="the command line")
-    sources = parse_sources(a.sources)
+    sources = parse_sources([s for s in a.sources if not s.startswith("slurm.")])
     if a.print_split:
         sys.stdout.write(format_split(plan(sources, cfg, a.split_file)))
         return 0
     if not a.out:
         raise ConfigError("--out is required (except with --print-split)")
-    m = preprocess(sources, a.out, cfg, overwrite=a.overwrite, progress=not a.quiet, split_file=a.split_file)
+    scfg = slurm_config(read_slurm_file(a.slurm_config) if a.slurm_config else {},
+                        {k[6:]: v for k, v in parse_overrides([s for s in a.sources if s.startswith("slurm.")]).items()},
+                        source=f"{a.slurm_config} [slurm]" if a.slurm_config else "[slurm]")
+    res = build_dataset(sources, a.out, cfg, jobs=a.jobs, executor=a.executor, slurm=scfg, overwrite=a.overwrite,
+                        progress=not a.quiet, split_file=a.split_file, wait=a.wait)
+    if "manifest" not in res:
+        print(f"follow it with: squeue -u $USER; the dataset appears in {a.out} when merge job "
+              f"{res['submission']['merge']} ends")
+        return 0
+    m = res["manifest"]
     s = m["summary"]
     print(f"dataset {a.out}: {s['songs']} songs, {s['hours']:.3f} h of audio, {s['clips']} clips "
           f"({s['train_clips']} train / {s['dev_clips']} dev), {len(m['shards'])} shards, "
           f"{s['bytes_per_audio_s'] / 1000:.0f} KB per audio second, "
-          f"{s['wall_s']:.1f} s ({s['hours'] * 3600 / max(s['wall_s'], 1e-9):.0f}x realtime)")
+          f"{s['wall_s']:.1f} s ({s['hours'] * 3600 / max(s['wall_s'], 1e-9):.0f}x realtime"
+          + (f", {s['tasks']} tasks)" if s.get("tasks", 1) > 1 else ")"))
     if s["skipped"]:
         print(f"skipped {s['skipped']} file(s):")
         for r in m["excluded"]:
@@ -121,6 +132,24 @@ def _sweep(a) -> int:
     return 2
 
 
+def _pipeline(a) -> int:
+    from . import pipeline
+    if a.pipeline_cmd == "submit":
+        sub = pipeline.submit(a.pipeline_file, a.out, executor=a.executor, overrides=a.overrides,
+                              max_parallel=a.max_parallel, progress=not a.quiet)
+        if sub["executor"] == "slurm" and a.wait:
+            st = pipeline.wait(a.out, say=None if a.quiet else print)
+            print(pipeline.format_status(st))
+            return 0 if st["analysis"]["state"] == "COMPLETED" else 1
+        if sub["executor"] == "local":
+            print(pipeline.format_status(pipeline.status(a.out)))
+            return 1 if sub["train"].get("failed") else 0
+        return 0
+    st = pipeline.status(a.dir)
+    print(json.dumps(st, indent=1) if a.json else pipeline.format_status(st))
+    return 0
+
+
 def _tensorboard(a) -> int:
     from .tbserver import serve
     return serve(a.sweep_dir, a.host, a.port, out=lambda line: print(line, flush=True))
@@ -155,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     pp = sub.add_parser("preprocess", help="audio folders -> sharded HDF5 spectral dataset")
-    pp.add_argument("sources", nargs="+", metavar="ARTIST=DIR")
+    pp.add_argument("sources", nargs="+", metavar="ARTIST=DIR", help="one per artist; also slurm.KEY=value "
+                    "(resources of the Slurm jobs)")
     pp.add_argument("--out", help="dataset directory (DATA_DIR)")
     from .config import PreprocessConfig
     add_config_options(pp, PreprocessConfig)
@@ -165,6 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="print the split in the --split-file format and stop (reads file headers only, writes nothing)")
     pp.add_argument("--overwrite", action="store_true", help="replace a dataset with other songs or parameters")
     pp.add_argument("--quiet", action="store_true", help="no progress bar")
+    pp.add_argument("--jobs", type=int, default=1, help="split the songs into N tasks of about equal audio, run at "
+                    "once (the result is the same for any N); a rerun of the same command resumes, keeping finished "
+                    "tasks (default: 1)")
+    pp.add_argument("--executor", choices=["local", "slurm", "auto"], default="local",
+                    help="local: N processes here (default); slurm: a job array of N tasks and a merge job after "
+                    "them, then return (or --wait); auto: slurm where a cluster answers")
+    pp.add_argument("--slurm-config", metavar="FILE", help="Slurm resources of the jobs: the [slurm] table of FILE "
+                    "(or the whole file), keys as in a sweep's [slurm]; slurm.KEY=value overrides")
+    pp.add_argument("--wait", action="store_true", help="slurm: wait until the dataset is built")
     pp.set_defaults(fn=_preprocess)
 
     cp = sub.add_parser("corpus", help="corpus utilities")
@@ -240,6 +279,24 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--max-clips", type=int, default=64, help="dev clips averaged in figure 3")
     an.set_defaults(fn=_analyze)
 
+    pl = sub.add_parser("pipeline", help="corpus -> dataset -> trained grid -> report in one submission")
+    plsub = pl.add_subparsers(dest="pipeline_cmd", required=True)
+    pl1 = plsub.add_parser("submit", help="submit (or run) every stage of a pipeline file; resubmitting resumes")
+    pl1.add_argument("pipeline_file")
+    pl1.add_argument("--out", required=True, help="pipeline directory: data/, sweep/, report/")
+    pl1.add_argument("--executor", choices=["auto", "slurm", "local"], default="auto",
+                     help="slurm: queue the three stages and return; local: run them here in order; auto: slurm "
+                     "where a cluster answers")
+    pl1.add_argument("--max-parallel", type=int, default=2, help="local executor: training runs at a time")
+    pl1.add_argument("--wait", action="store_true", help="slurm: then wait for the report (exit 1 without one)")
+    pl1.add_argument("--quiet", action="store_true")
+    pl1.add_argument("overrides", nargs="*", metavar="key=value", help="corpus.ARTIST=DIR, preprocess[.slurm].KEY=v, "
+                     "sweep.KEY=v, sweep.slurm.KEY=v, analysis[.slurm].KEY=v")
+    pl2 = plsub.add_parser("status", help="each stage: preprocess tasks and merge, runs by state, analysis and report")
+    pl2.add_argument("dir")
+    pl2.add_argument("--json", action="store_true")
+    pl.set_defaults(fn=_pipeline)
+
     tb = sub.add_parser("tensorboard", help="TensorBoard over every run of a sweep")
     tb.add_argument("sweep_dir")
     tb.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this node only; from a laptop, "
@@ -256,10 +313,12 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = lambda msg, *args, **kw: f"warning: {msg}\n"
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    # key=value overrides may follow options (argparse stops filling a positional list at the first option).
+    # key=value overrides (and preprocess's ARTIST=DIR) may follow options (argparse stops filling a
+    # positional list at the first option).
+    listed = "overrides" if hasattr(args, "overrides") else "sources" if hasattr(args, "sources") else None
     if extra:
-        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
-            args.overrides = list(args.overrides) + extra
+        if listed and all("=" in e and not e.startswith("-") for e in extra):
+            setattr(args, listed, list(getattr(args, listed)) + extra)
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:

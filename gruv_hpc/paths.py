@@ -93,3 +93,42 @@ def read_jsonl(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             pass
     return out
+
+
+@dataclass(frozen=True)
+class BuildPaths:
+    """What a dataset build keeps beside its ``out`` directory (the same filesystem, so that the
+    finished dataset goes in by renames): ``.NAME.lock`` (flock of the one writer),
+    ``.NAME.staging/`` (the dataset being built: plan, task records, shards; resumed by the next
+    build of the same plan), ``.NAME.jobs/`` (submitit's folder for a Slurm build: job logs)."""
+    out: Path
+
+    def __init__(self, out):
+        object.__setattr__(self, "out", Path(out))
+
+    lock = property(lambda s: s.out.with_name(f".{s.out.name}.lock"))
+    staging = property(lambda s: s.out.with_name(f".{s.out.name}.staging"))
+    jobs = property(lambda s: s.out.with_name(f".{s.out.name}.jobs"))
+
+
+@dataclass(frozen=True)
+class PipelinePaths:
+    """A pipeline's DIR: ``data/`` (the dataset), ``sweep/`` (a sweep directory), ``report/`` (the
+    analysis), ``pipeline.json`` (each submission's stages and jobs), ``pipeline.toml`` (the file
+    as last submitted), ``logs/`` (submitit's folder for the preprocess and analysis jobs)."""
+    root: Path
+
+    def __init__(self, root):
+        object.__setattr__(self, "root", Path(root))
+
+    data = property(lambda s: s.root / "data")
+    sweep = property(lambda s: SweepPaths(s.root / "sweep"))
+    report = property(lambda s: s.root / "report")
+    report_index = property(lambda s: s.root / "report" / "index.html")
+    # The report is written here and renamed into place whole (a killed analysis leaves the old one).
+    report_staging = property(lambda s: s.root / ".report.staging")
+    report_aside = property(lambda s: s.root / ".report.old")
+    state = property(lambda s: s.root / "pipeline.json")
+    spec = property(lambda s: s.root / "pipeline.toml")
+    logs = property(lambda s: s.root / "logs")
+    lock = property(lambda s: s.root / ".lock")

@@ -12,14 +12,17 @@
     Check every task's output, pool the moments exactly, write the stats and the manifest last,
     then swap the staging directory into place.
 
-Serial ``preprocess`` = plan + one task + merge, in this process, under a lock on ``out``.
+Serial ``preprocess`` = plan + one task + merge, in this process, under a lock on ``out``;
+``gruv_hpc.preprocess_jobs`` runs the tasks as processes or a Slurm job array.
 
-The dataset is built in ``.<name>.staging-<pid>`` beside ``out`` (same filesystem) and swapped in
-by two renames (``out`` -> ``.<name>.old``, staging -> ``out``) before the old one is removed, so
-a failed or interrupted run never touches a finished dataset. A crash between the two renames
-leaves ``out`` missing and the old dataset in ``.<name>.old``: the next run (which holds the lock)
-puts it back first; ``load_manifest`` points at it meanwhile. Leftover staging directories are
-removed by the next run.
+The dataset is built in ``.<name>.staging`` beside ``out`` (same filesystem; ``paths.BuildPaths``)
+and swapped in by two renames (``out`` -> ``.<name>.old``, staging -> ``out``) before the old one
+is removed, so a failed or interrupted build never touches a finished dataset. A crash between the
+two renames leaves ``out`` missing and the old dataset in ``.<name>.old``: the next run (which
+holds the lock) puts it back first; ``load_manifest`` points at it meanwhile. The staging
+directory's name does not depend on who builds it, so a build that stopped (killed, a task failed)
+is resumed by the next build of the same plan: finished tasks are kept (``prepare_staging``). A
+build of another plan starts it afresh.
 
 Songs are decoded and written one at a time, in batches of blocks, so peak memory depends on the
 longest song, never on the corpus.
@@ -47,17 +50,21 @@ from .audio import AudioError, load_mono, probe
 from .config import PreprocessConfig
 from .features import audio_to_blocks, blocks_to_stored
 from .fsio import atomic_write, atomic_write_text, fsync_dir
-from .lock import Lock
+from .lock import Lock, LockedError
 from .manifest import (FORMAT, MANIFEST, SHARD_DIR, STATS, VERSION, DatasetError, RunningStats, aside_path, chunk_rows,
                        sha256_file)
+from .paths import BuildPaths
 from .progress import progress as progress_bar
 
 __all__ = ["PreprocessConfig", "RunningStats", "Plan", "plan", "run_task", "merge", "preprocess", "parse_sources",
-           "format_split", "read_split_file", "assign_splits"]
+           "format_split", "read_split_file", "assign_splits", "prepare_staging", "task_songs"]
 
 BATCH_BLOCKS = 64  # blocks transformed per FFT call: big enough to amortize, small enough for cache
+# In the staging directory, beside shards/: the plan, each task's record, moments and lock, and the
+# Slurm jobs of a build submitted to Slurm (gruv_hpc.preprocess_jobs).
 TASK_DIR = "tasks"
 PLAN = "plan.json"
+SUBMISSION = "submission.json"
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
@@ -278,21 +285,28 @@ def plan(sources: dict[str, Path], cfg: PreprocessConfig, split_file: str | Path
 
 def _refuse_copies_across_artists(per_artist: dict[str, list[dict]]) -> None:
     """The same content under two artists would put one song in both artists' data. Only files
-    whose size matches a file of another artist are hashed, so this costs (almost) nothing."""
-    by_size: dict[int, list[dict]] = {}
-    for recs in per_artist.values():
+    whose size matches a file of another artist are read, and only those whose first 64 KiB
+    match too are hashed whole, so this costs (almost) nothing, even for a corpus of clips of one
+    length (planning is the part of a parallel build that does not split)."""
+    def head(r):
+        with open(r["path"], "rb") as f:
+            return f.read(1 << 16)
+
+    def groups(recs, key):
+        out: dict = {}
         for r in recs:
-            by_size.setdefault(r["bytes"], []).append(r)
-    for group in by_size.values():
-        if len({r["artist"] for r in group}) < 2:
-            continue
-        seen: dict[str, dict] = {}
-        for r in group:
-            h = sha256_file(r["path"])
-            o = seen.setdefault(h, r)
-            if o["artist"] != r["artist"]:
-                raise DatasetError(f"{r['path']} (artist {r['artist']}) and {o['path']} (artist {o['artist']}) have "
-                                   "the same content; a song may belong to one artist only")
+            out.setdefault(key(r), []).append(r)
+        return [g for g in out.values() if len({r["artist"] for r in g}) > 1]
+
+    for same_size in groups([r for recs in per_artist.values() for r in recs], lambda r: r["bytes"]):
+        for group in groups(same_size, head):
+            seen: dict[str, dict] = {}
+            for r in group:
+                h = sha256_file(r["path"])
+                o = seen.setdefault(h, r)
+                if o["artist"] != r["artist"]:
+                    raise DatasetError(f"{r['path']} (artist {r['artist']}) and {o['path']} (artist {o['artist']}) "
+                                       "have the same content; a song may belong to one artist only")
 
 
 def format_split(p: Plan) -> str:
@@ -430,12 +444,22 @@ def run_task(p: Plan, task: int, n_tasks: int, staging: str | Path, progress: bo
     """Decode, transform and write task ``task`` of ``n_tasks``'s songs into ``staging``: its
     shards (``shards/<artist>-<split>-<task>-<k>.h5``), then its per-artist train moments and its
     record (``tasks/task-<i>-of-<n>.npz`` / ``.json``), each written atomically, the record last:
-    a task is done when its record exists. Returns the record."""
+    a task is done when its record exists. Returns the record. Holds the task's lock meanwhile; a
+    finished task is not redone, and an unfinished one starts by removing what it had left."""
     staging = Path(staging)
-    cfg = PreprocessConfig(**p.config)
-    dim = p.params["storage_dim"]
     (staging / SHARD_DIR).mkdir(parents=True, exist_ok=True)
     (staging / TASK_DIR).mkdir(exist_ok=True)
+    # A requeued Slurm task whose first copy still runs, or a rerun while orphans write: one writer per task.
+    with task_lock(staging, task, n_tasks):
+        if task_finished(staging, task, n_tasks):  # a requeued copy of a task that had finished
+            return json.loads((staging / TASK_DIR / f"{_task_name(task, n_tasks)}.json").read_text())
+        _clean_task(staging, task, n_tasks)  # what a killed copy left
+        return _run_task(p, task, n_tasks, staging, progress)
+
+
+def _run_task(p: Plan, task: int, n_tasks: int, staging: Path, progress: bool) -> dict:
+    cfg = PreprocessConfig(**p.config)
+    dim = p.params["storage_dim"]
     moments = {a: RunningStats(dim) for a in p.artists}
     writers: dict[tuple[str, str], ShardWriter] = {}
     all_writers: list[ShardWriter] = []
@@ -591,6 +615,7 @@ def merge(staging: str | Path, out: str | Path) -> dict:
     atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=1))
     shutil.rmtree(staging / TASK_DIR)
     (staging / PLAN).unlink()
+    (staging / SUBMISSION).unlink(missing_ok=True)
     fsync_dir(staging)
     _swap_in(staging, out)
     return manifest
@@ -607,7 +632,8 @@ def _swap_in(staging: Path, out: Path) -> None:
 
 
 def _recover(out: Path) -> None:
-    """Undo what a crashed run left beside ``out``. Only called with the lock held."""
+    """Undo what a crashed run left beside ``out``. Only called with the lock held. (The staging
+    directory stays: the next build of the same plan resumes it.)"""
     old = aside_path(out)
     if old.is_dir():
         if out.exists():
@@ -615,8 +641,98 @@ def _recover(out: Path) -> None:
         else:
             os.rename(old, out)  # ... or before: put the previous dataset back
             warnings.warn(f"{out}: put back the dataset an interrupted run had moved aside", stacklevel=3)
-    for d in out.parent.glob(f".{out.name}.staging-*"):
+    for d in out.parent.glob(f".{out.name}.staging-*"):  # named after their pid by earlier versions
         shutil.rmtree(d, ignore_errors=True)
+    staging = BuildPaths(out).staging
+    if (staging / MANIFEST).is_file() and not (staging / TASK_DIR).exists():
+        # merge wrote the manifest, then removed the task records: only its swap was left to do
+        (staging / PLAN).unlink(missing_ok=True)
+        (staging / SUBMISSION).unlink(missing_ok=True)
+        _swap_in(staging, out)
+        warnings.warn(f"{out}: put in place the dataset an interrupted merge had finished", stacklevel=3)
+
+
+# ---------------------------------------------------------------------------------------------
+# The staging directory across builds: resume the same plan, start another one afresh
+
+def task_lock(staging: Path, task: int, n_tasks: int) -> Lock:
+    return Lock(staging / TASK_DIR / f"{_task_name(task, n_tasks)}.lock", f"preprocess task {task} of {n_tasks} in {staging}")
+
+
+def _task_of_shard(name: str) -> int | None:
+    """The task that wrote ``<artist>-<split>-<task>-<k>.h5[.partial]`` (an artist may contain '-')."""
+    parts = name.removesuffix(".partial").removesuffix(".h5").rsplit("-", 3)
+    return int(parts[2]) if len(parts) == 4 and parts[2].isdigit() else None
+
+
+def task_finished(staging: Path, task: int, n_tasks: int) -> bool:
+    """The task's record exists, and so do its moments and its shards, at the sizes it recorded."""
+    name = _task_name(task, n_tasks)
+    try:
+        rec = json.loads((staging / TASK_DIR / f"{name}.json").read_text())
+        files = [(staging / sh["file"], sh["bytes"]) for sh in rec["shards"]]
+        return (staging / rec["moments"]).is_file() and all(f.is_file() and f.stat().st_size == n for f, n in files)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _clean_task(staging: Path, task: int, n_tasks: int) -> None:
+    """Remove whatever an unfinished task left: shards (finished or partial), moments, record, temp files."""
+    name = _task_name(task, n_tasks)
+    for f in (staging / SHARD_DIR).glob("*.h5*") if (staging / SHARD_DIR).is_dir() else ():
+        if _task_of_shard(f.name) == task:
+            f.unlink()
+    for f in (staging / TASK_DIR).glob(f"*{name}.*") if (staging / TASK_DIR).is_dir() else ():
+        if not f.name.endswith(".lock"):
+            f.unlink()
+
+
+def _refuse_live_tasks(staging: Path, tasks) -> None:
+    """A task whose lock is held is being written by a live process (see run_task): leave it alone."""
+    for lock in tasks:
+        try:
+            lock.acquire()
+        except LockedError as e:
+            raise DatasetError(f"{e}; wait for it, or stop it") from None
+        lock.release()
+
+
+def _same_plan(a: Plan, b: Plan) -> bool:
+    def key(p):
+        return json.loads(json.dumps({k: v for k, v in asdict(p).items() if k != "started"}))
+    return key(a) == key(b)
+
+
+def read_staging_plan(staging: Path) -> tuple[Plan, int] | None:
+    try:
+        return read_plan(staging)
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def prepare_staging(p: Plan, staging: Path, n_tasks: int) -> list[int]:
+    """Make ``staging`` the build of ``p`` in ``n_tasks`` tasks; returns the tasks still to run.
+    A staging directory of the same plan and task count keeps its finished tasks (each task
+    writes its files alone, and a task is finished when its record and what it lists exist);
+    what unfinished tasks left is removed. Any other staging directory is removed: it holds no
+    finished dataset. Either way a task some live process still writes is refused. Called with
+    the dataset lock held."""
+    old = read_staging_plan(staging) if staging.is_dir() else None
+    if old is not None and old[1] == n_tasks and _same_plan(old[0], p):
+        todo = [t for t in range(n_tasks) if not task_finished(staging, t, n_tasks)]
+        _refuse_live_tasks(staging, [task_lock(staging, t, n_tasks) for t in todo])
+        for t in todo:
+            _clean_task(staging, t, n_tasks)
+        return todo
+    if staging.is_dir():
+        locks = sorted((staging / TASK_DIR).glob("*.lock")) if (staging / TASK_DIR).is_dir() else []
+        _refuse_live_tasks(staging, [Lock(f, f"preprocess {f.stem} in {staging}") for f in locks])
+        if old is not None:
+            warnings.warn(f"{staging}: discarding the unfinished build of another plan"
+                          + (f" (in {old[1]} tasks)" if old[1] != n_tasks else ""), stacklevel=2)
+        shutil.rmtree(staging)
+    write_plan(p, staging, n_tasks)
+    return list(range(n_tasks))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -633,6 +749,26 @@ def _check_out(out: str | Path) -> Path:
                                    f"--out {out}: {p} is a file, so nothing can be made under it")
             break
     return out
+
+
+def dataset_diffs(out: Path, p: Plan) -> list[str] | None:
+    """How ``p`` differs from the dataset in ``out`` ([]: the same songs and parameters), or None
+    when ``out`` holds no complete dataset of this format version."""
+    try:
+        old = json.loads((out / MANIFEST).read_text())
+        assert old.get("format") == FORMAT and old.get("version") == VERSION
+    except (OSError, ValueError, AssertionError):
+        return None
+    diffs = [f"{k}: {old['params'].get(k)!r} -> {p.params.get(k)!r}" for k in p.params if old["params"].get(k) != p.params[k]]
+    if old.get("artists") != p.artists:
+        diffs.append(f"artists: {old.get('artists')} -> {p.artists}")
+    before, after = ({(s["artist"], s["relpath"]): (s["bytes"], s["split"], s["holdout"]) for s in songs}
+                     for songs in (old["songs"], p.songs))
+    if before != after:
+        changed = sum(before[k] != after[k] for k in before.keys() & after.keys())
+        diffs.append(f"songs: {len(before.keys() - after.keys())} gone, {len(after.keys() - before.keys())} new, "
+                     f"{changed} changed in size or split")
+    return diffs
 
 
 def _check_replace(out: Path, p: Plan, overwrite: bool) -> None:
@@ -652,54 +788,69 @@ def _check_replace(out: Path, p: Plan, overwrite: bool) -> None:
     if old.get("version") != VERSION:
         raise DatasetError(f"{out} holds a dataset of format version {old.get('version')!r}; pass --overwrite to "
                            f"rebuild it in version {VERSION}")
-    diffs = [f"{k}: {old['params'].get(k)!r} -> {p.params.get(k)!r}" for k in p.params if old["params"].get(k) != p.params[k]]
-    if old.get("artists") != p.artists:
-        diffs.append(f"artists: {old.get('artists')} -> {p.artists}")
-    before, after = ({(s["artist"], s["relpath"]): (s["bytes"], s["split"], s["holdout"]) for s in songs}
-                     for songs in (old["songs"], p.songs))
-    if before != after:
-        changed = sum(before[k] != after[k] for k in before.keys() & after.keys())
-        diffs.append(f"songs: {len(before.keys() - after.keys())} gone, {len(after.keys() - before.keys())} new, "
-                     f"{changed} changed in size or split")
+    diffs = dataset_diffs(out, p)
     if diffs:
         raise DatasetError(f"{out} already holds a dataset with other parameters or songs ({'; '.join(diffs)}); "
                            "pass --overwrite to replace it")
 
 
 def lock_path(out: Path) -> Path:
-    return out.with_name(f".{out.name}.lock")
+    return BuildPaths(out).lock
 
 
-def preprocess(sources: dict[str, Path], out: str | Path, cfg: PreprocessConfig, overwrite: bool = False,
-               progress: bool = True, split_file: str | Path | None = None) -> dict:
-    """Build the dataset in ``out``; returns the manifest. Raises DatasetError when nothing usable
-    was found, or when ``out`` holds something that may not be replaced; ``out`` is then untouched.
-    Rebuilding with the same songs and parameters simply rebuilds it."""
-    cfg.validate()
-    out = _check_out(out)
+def lock_dataset(out: Path) -> Lock:
     lock = Lock(lock_path(out), f"dataset {out}")
     try:
         lock.acquire()
     except OSError as e:
         raise DatasetError(f"cannot lock {lock.path}: {e.strerror}") from None
+    return lock
+
+
+def start_build(sources: dict[str, Path], out: Path, cfg: PreprocessConfig, jobs: int, overwrite: bool = False,
+                split_file: str | Path | None = None) -> tuple[Plan, Path, int, list[int]]:
+    """Everything before the tasks, with the dataset lock held: recover from a crash, plan, check
+    that ``out`` may be replaced, prepare the staging directory. Returns (plan, staging, number of
+    tasks, the tasks still to run); no more tasks than songs."""
+    _recover(out)
+    p = plan(sources, cfg, split_file)
+    _check_replace(out, p, overwrite)
+    n_tasks = max(1, min(jobs, len(p.songs)))
+    staging = BuildPaths(out).staging
+    return p, staging, n_tasks, prepare_staging(p, staging, n_tasks)
+
+
+def disk_error(e: OSError, out: Path, staging: Path) -> DatasetError:
+    """A build's OSError as one line. A full disk also removes the staging directory, to give
+    the space back (its finished tasks go with it)."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        shutil.rmtree(staging, ignore_errors=True)
+        return DatasetError(f"{e.filename or staging}: {e.strerror}; nothing was written (the staging directory "
+                            f"is removed{', the dataset in ' + str(out) + ' is as it was' if out.exists() else ''})")
+    return DatasetError(f"{e.filename or staging}: {e.strerror or e}; the dataset in {out} is as it was; finished "
+                        f"tasks are kept in {staging} for the next run")
+
+
+def preprocess(sources: dict[str, Path], out: str | Path, cfg: PreprocessConfig, overwrite: bool = False,
+               progress: bool = True, split_file: str | Path | None = None) -> dict:
+    """Build the dataset in ``out`` in this process; returns the manifest. Raises DatasetError when
+    nothing usable was found, or when ``out`` holds something that may not be replaced; ``out`` is
+    then untouched. Rebuilding with the same songs and parameters simply rebuilds it."""
+    cfg.validate()
+    out = _check_out(out)
+    from .preprocess_jobs import refuse_live_build  # (it imports this module)
+    lock = lock_dataset(out)
     try:
-        _recover(out)
-        p = plan(sources, cfg, split_file)
-        _check_replace(out, p, overwrite)
-        staging = out.with_name(f".{out.name}.staging-{os.getpid()}")
+        refuse_live_build(out)
+        p, staging, n_tasks, todo = start_build(sources, out, cfg, 1, overwrite, split_file)
         try:
-            write_plan(p, staging, 1)
-            run_task(p, 0, 1, staging, progress)
+            for t in todo:
+                run_task(p, t, n_tasks, staging, progress)
             return merge(staging, out)
         except BaseException as e:
-            shutil.rmtree(staging, ignore_errors=True)
             _recover(out)
-            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DatasetError(f"{e.filename or staging}: {e.strerror}; nothing was written (the staging directory "
-                                   f"is removed{', the dataset in ' + str(out) + ' is as it was' if out.exists() else ''})"
-                                   ) from None
             if isinstance(e, OSError):
-                raise DatasetError(f"{e.filename or staging}: {e.strerror or e}; nothing was written") from None
+                raise disk_error(e, out, staging) from None
             raise
     finally:
         lock.release()

@@ -43,6 +43,9 @@ class Sweep:
     data: str
     slurm: SlurmConfig
     runs: list[Run]
+    # A dataset not built yet (a pipeline queues training behind its preprocessing): validate
+    # against this manifest-like {"params": ..., "artists": ...} instead of reading one.
+    planned: dict | None = None
 
 
 def name_part(key: str, value) -> str:
@@ -60,17 +63,22 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     """Parse, override, expand and type-check a sweep file (no dataset access yet)."""
     path = Path(path)
     raw = read_file(path)
-    text = path.read_text()
+    return sweep_from_table(raw, path, path.read_text(), overrides)
+
+
+def sweep_from_table(raw: dict, path: Path, text: str, overrides: list[str] = (), where: str | None = None) -> Sweep:
+    """A sweep from the table of a sweep file (``where`` names it in errors; default: the file)."""
+    where = where or str(path)
     unknown = set(raw) - set(TOP_KEYS)
     if unknown:
-        raise ConfigError(f"{path}: unknown top-level key(s) {', '.join(sorted(unknown))}; valid: {', '.join(TOP_KEYS)}")
+        raise ConfigError(f"{where}: unknown top-level key(s) {', '.join(sorted(unknown))}; valid: {', '.join(TOP_KEYS)}")
     data, train, grid, slurm = raw.get("data", ""), dict(raw.get("train", {})), dict(raw.get("grid", {})), dict(raw.get("slurm", {}))
-    check_keys(TrainConfig, train, f"{path} [train]")
-    check_keys(TrainConfig, grid, f"{path} [grid]")
-    check_keys(SlurmConfig, slurm, f"{path} [slurm]")
+    check_keys(TrainConfig, train, f"{where} [train]")
+    check_keys(TrainConfig, grid, f"{where} [grid]")
+    check_keys(SlurmConfig, slurm, f"{where} [slurm]")
     for k, v in grid.items():
         if not isinstance(v, list) or not v:
-            raise ConfigError(f"{path} [grid] {k}: expected a non-empty list of values")
+            raise ConfigError(f"{where} [grid] {k}: expected a non-empty list of values")
     cli_train, cli_slurm = {}, {}
     for k, v in parse_overrides(list(overrides)).items():
         if k == "data":
@@ -80,23 +88,23 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
         else:
             cli_train[k] = v
     if not data:
-        raise ConfigError(f"{path}: no dataset: set data = \"DATA_DIR\" in the file or data=... on the command line")
+        raise ConfigError(f"{where}: no dataset: set data = \"DATA_DIR\" in the file or data=... on the command line")
     data = str(Path(data).expanduser().resolve())
     check_keys(TrainConfig, cli_train, "the command line")
     for k in cli_train:
         if k in grid:  # a command-line value pins a grid key (the run name keeps showing it)
             grid[k] = grid[k][:1]
-    scfg = build(SlurmConfig, slurm, cli_slurm, source=f"{path} [slurm]")
+    scfg = build(SlurmConfig, slurm, cli_slurm, source=f"{where} [slurm]")
     runs, seen = [], {}
     keys = list(grid)
     for values in itertools.product(*(grid[k] for k in keys)):
         point = dict(zip(keys, values))
         values = {**train, "data": data, **point}
         values["data"] = str(Path(values["data"]).expanduser().resolve())  # jobs run from another directory
-        cfg = build(TrainConfig, values, cli_train, source=str(path))
+        cfg = build(TrainConfig, values, cli_train, source=where)
         name = "-".join(name_part(k, cfg.__dict__[k]) for k in keys).replace("/", "_") or "run"
         if name in seen:
-            raise ConfigError(f"{path}: grid points {seen[name]} and {point} both get the run name {name!r}")
+            raise ConfigError(f"{where}: grid points {seen[name]} and {point} both get the run name {name!r}")
         seen[name] = point
         runs.append(Run(name, point, to_dict(cfg)))
     return Sweep(path, text, data, scfg, runs)
@@ -111,7 +119,7 @@ def validate(sweep: Sweep, sweep_dir: Path, executor: str, create: bool = True) 
     slurm.nodes x slurm.tasks_per_node processes and are the GPUs known (slurm.gpus_per_node);
     submitit's local and debug executors run one process on whatever this machine has."""
     from ..manifest import load_manifest  # numpy: not for `gruv sweep status`
-    manifest = load_manifest(sweep.data)
+    manifest = sweep.planned or load_manifest(sweep.data)
     world, gpus = (sweep.slurm.world_size, sweep.slurm.gpus_per_node) if executor == "slurm" else (1, None)
     for run in sweep.runs:
         try:

@@ -69,9 +69,10 @@ def job_arrays(todo: list[Run]) -> list[list[Run]]:
 
 
 def submit(sweep_file, sweep_dir, executor: str = "auto", dry_run: bool = False, overrides=(), max_parallel: int = 2,
-           progress: bool = True, out=print) -> dict:
-    """Validate, then submit what needs submitting. Returns {"submitted": [...], "skipped": {...}}."""
-    sweep = load_sweep(sweep_file, overrides)
+           progress: bool = True, out=print, dependency: str | None = None) -> dict:
+    """Validate, then submit what needs submitting. Returns {"submitted": [...], "skipped": {...}}.
+    ``sweep_file`` may be a loaded Sweep; ``dependency`` (Slurm's --dependency) holds its jobs back."""
+    sweep = sweep_file if isinstance(sweep_file, Sweep) else load_sweep(sweep_file, overrides)
     paths = SweepPaths(Path(sweep_dir).resolve())
     kind = executor_kind(executor)
     if dry_run:
@@ -100,7 +101,7 @@ def submit(sweep_file, sweep_dir, executor: str = "auto", dry_run: bool = False,
             paths.run(run.name).cancelled.unlink(missing_ok=True)  # resubmitted: no longer cancelled
         failed: list[str] = []
         if kind == "slurm":
-            jobs = _submit_slurm(job_arrays(todo), sweep, paths)
+            jobs = _submit_slurm(job_arrays(todo), sweep, paths, dependency)
             for run, job in zip(todo, jobs):
                 state.runs[run.name].jobs.append(JobRecord(job.job_id, kind, time.time()))
                 sub["job_ids"].append(job.job_id)
@@ -138,12 +139,12 @@ def _dry_run(sweep: Sweep, paths: SweepPaths, kind: str, max_parallel: int, out)
             "executor": kind, "scripts": scripts}
 
 
-def _submit_slurm(arrays: list[list[Run]], sweep: Sweep, paths: SweepPaths):
+def _submit_slurm(arrays: list[list[Run]], sweep: Sweep, paths: SweepPaths, dependency: str | None = None):
     import submitit
 
     from ..launcher import TrainJob
     ex = submitit.SlurmExecutor(folder=paths.logs, max_num_timeout=sweep.slurm.max_num_timeout)
-    ex.update_parameters(**slurm.sbatch_parameters(sweep.slurm, sweep.path.stem))
+    ex.update_parameters(**slurm.sbatch_parameters(sweep.slurm, sweep.path.stem), **({"dependency": dependency} if dependency else {}))
     jobs = []
     for runs in arrays:
         with ex.batch():  # one sbatch call per array

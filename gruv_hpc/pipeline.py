@@ -1,0 +1,555 @@
+"""``gruv pipeline submit PIPELINE.toml --out DIR``: corpus -> dataset -> trained grid -> report, in
+one submission. On Slurm the three stages are queued at once, each behind the one before:
+
+1. preprocess: the corpus into DIR/data, a job array of ``jobs`` tasks and a merge job
+   (``gruv_hpc.preprocess_jobs``);
+2. train: the sweep into DIR/sweep, its job arrays held by ``--dependency=afterok:<merge>``. The
+   dataset does not exist yet, so the sweep is validated against the *planned* one (its
+   parameters from the preprocess options, its artists from the plan); each training job
+   resolves its config against the real manifest when it starts, and records its identity;
+3. analysis: ``gruv analyze`` into DIR/report, one CPU job held by ``--dependency=afterany:<arrays>``.
+
+Then the user may log out: the report appears when the grid ends. With the local executor the
+same stages run in order, in the foreground.
+
+Resubmitting resumes: a complete dataset of the same plan is not rebuilt (a build in progress is
+waited for, a stopped one resumed); the sweep skips done and queued runs and resumes the others;
+the analysis runs again when a run trained since the report, or the report is missing. Jobs an
+earlier submission left waiting on a preprocessing that failed are cancelled first.
+
+The pipeline file (TOML; relative paths are relative to the current directory, as on the
+command line; ``jobs/pipeline_demo.toml`` is an annotated example)::
+
+    [corpus]                # ARTIST = "FOLDER", one per artist
+    [preprocess]            # PreprocessConfig keys, plus jobs and split_file
+    [preprocess.slurm]      # SlurmConfig of the preprocessing jobs
+    [sweep]                 # a sweep file's train/grid/slurm tables (no data: the dataset is DIR/data)
+    # or, at the top:  sweep = "SWEEP_FILE"   (its data key is replaced by DIR/data)
+    [analysis]              # hidden, seeds, seed_seconds, max_clips (as gruv analyze)
+    [analysis.slurm]        # SlurmConfig of the analysis job
+
+Overrides on the command line name the table: ``corpus.ARTIST=DIR``, ``preprocess.KEY=v``,
+``preprocess.slurm.KEY=v``, ``sweep.KEY=v`` (a train key) and ``sweep.slurm.KEY=v``,
+``analysis.KEY=v``, ``analysis.slurm.KEY=v``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import socket
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import preprocess_jobs as PJ
+from .config import PreprocessConfig, SlurmConfig, build, field_names, opt, parse_overrides, read_file
+from .errors import ConfigError, DatasetError, GruvError
+from .fsio import atomic_write_json, atomic_write_text
+from .lock import Lock
+from .paths import BuildPaths, PipelinePaths
+from .preprocess import _same_plan, dataset_diffs, parse_sources, plan, read_staging_plan
+
+TOP_KEYS = ("corpus", "preprocess", "sweep", "analysis")
+# gruv analyze needs one process, a little memory for the generated audio, and no GPU.
+ANALYSIS_SLURM_DEFAULTS = {"time_min": 60, "cpus_per_task": 2, "mem_gb": 4.0, "signal_delay_s": 60}
+VERSION = 1
+
+
+@dataclass
+class PreprocessOptions:
+    jobs: int = opt(1, "preprocessing tasks: the songs split into N parts of about equal audio, run at once")
+    split_file: str | None = opt(None, "take the train/dev split from this file (gruv preprocess --split-file)")
+
+    def validate(self) -> None:
+        if self.jobs < 1:
+            raise ConfigError(f"jobs: must be >= 1, got {self.jobs}")
+
+
+@dataclass
+class AnalysisConfig:
+    hidden: int | None = opt(None, "hidden size of figures 1 and 3; None = the largest")
+    seeds: int = opt(2, "dev seeds per run for the generated audio")
+    seed_seconds: float = opt(10.0, "seconds of each seed")
+    max_clips: int = opt(64, "dev clips averaged in figure 3")
+
+    def validate(self) -> None:
+        if self.hidden is not None and self.hidden < 1:
+            raise ConfigError(f"hidden: must be >= 1, got {self.hidden}")
+        if self.seeds < 0 or self.max_clips < 1:
+            raise ConfigError(f"seeds must be >= 0 and max_clips >= 1, got {self.seeds} and {self.max_clips}")
+        if not (math.isfinite(self.seed_seconds) and self.seed_seconds > 0):
+            raise ConfigError(f"seed_seconds: must be a finite number > 0, got {self.seed_seconds}")
+
+
+@dataclass
+class Pipeline:
+    path: Path
+    text: str
+    corpus: dict[str, Path]
+    preprocess: PreprocessConfig
+    options: PreprocessOptions
+    preprocess_slurm: SlurmConfig
+    sweep: object  # sweep.Sweep, its data = DIR/data
+    analysis: AnalysisConfig
+    analysis_slurm: SlurmConfig
+
+
+# ---------------------------------------------------------------------------------------------
+# The file
+
+OVERRIDE_PREFIXES = ("preprocess.slurm.", "analysis.slurm.", "corpus.", "preprocess.", "sweep.", "analysis.")
+
+
+def _overrides(items) -> dict:
+    groups: dict = {p: {} for p in OVERRIDE_PREFIXES}
+    for k, v in parse_overrides(list(items)).items():
+        prefix = next((p for p in OVERRIDE_PREFIXES if k.startswith(p) and len(k) > len(p)), None)
+        if prefix is None:
+            raise ConfigError(f"override {k}={v}: expected corpus.ARTIST, preprocess.KEY, preprocess.slurm.KEY, "
+                              "sweep.KEY (a train key, or slurm.KEY), analysis.KEY or analysis.slurm.KEY")
+        groups[prefix][k[len(prefix):]] = v
+    return groups
+
+
+def _table(raw: dict, key: str, where: str) -> dict:
+    v = raw.get(key, {})
+    if not isinstance(v, dict):
+        raise ConfigError(f"{where}: {key}: expected a table")
+    return dict(v)
+
+
+def load_pipeline(path: str | Path, root: str | Path, overrides=()) -> Pipeline:
+    """Parse, override and type-check a pipeline file for DIR ``root``. Reads the corpus folders'
+    names and the sweep file, nothing else: the dataset need not exist."""
+    path, paths = Path(path), PipelinePaths(root)
+    raw = read_file(path)
+    text = path.read_text()
+    unknown = sorted(set(raw) - set(TOP_KEYS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level key(s) {', '.join(unknown)}; valid: {', '.join(TOP_KEYS)}")
+    ov = _overrides(overrides)
+
+    corpus = {**_table(raw, "corpus", str(path)), **ov["corpus."]}
+    if not corpus:
+        raise ConfigError(f"{path} [corpus]: no artist; expected lines ARTIST = \"FOLDER\"")
+    for a, d in corpus.items():
+        if not isinstance(d, str):
+            raise ConfigError(f"{path} [corpus] {a}: expected a folder name, got {d!r}")
+    try:
+        sources = parse_sources([f"{a}={d}" for a, d in corpus.items()])
+    except DatasetError as e:
+        raise ConfigError(f"{path} [corpus]: {e}") from None
+
+    pre = _table(raw, "preprocess", str(path))
+    pre_slurm = _table(pre, "slurm", f"{path} [preprocess]")
+    pre.pop("slurm", None)
+    ours, theirs = field_names(PreprocessOptions), field_names(PreprocessConfig)
+    valid = [*theirs, *ours, "slurm"]
+    for keys, where in ((pre, f"{path} [preprocess]"), (ov["preprocess."], "the command line (preprocess.)")):
+        bad = [k for k in keys if k not in valid]
+        if bad:
+            raise ConfigError(f"unknown key(s) {', '.join(map(repr, bad))} in {where}; valid keys: {', '.join(valid)}")
+    pick = lambda d, names: {k: v for k, v in d.items() if k in names}  # noqa: E731
+    pcfg = build(PreprocessConfig, pick(pre, theirs), pick(ov["preprocess."], theirs), source=f"{path} [preprocess]")
+    popt = build(PreprocessOptions, pick(pre, ours), pick(ov["preprocess."], ours), source=f"{path} [preprocess]")
+    pslurm = PJ.slurm_config(pre_slurm, ov["preprocess.slurm."], source=f"{path} [preprocess.slurm]")
+
+    sweep = _load_sweep(raw, path, text, paths, ov)
+
+    an = _table(raw, "analysis", str(path))
+    an_slurm = _table(an, "slurm", f"{path} [analysis]")
+    an.pop("slurm", None)
+    acfg = build(AnalysisConfig, an, ov["analysis."], source=f"{path} [analysis]")
+    aslurm = build(SlurmConfig, {**ANALYSIS_SLURM_DEFAULTS, **an_slurm}, ov["analysis.slurm."],
+                   source=f"{path} [analysis.slurm]")
+    return Pipeline(path, text, sources, pcfg, popt, pslurm, sweep, acfg, aslurm)
+
+
+def _load_sweep(raw: dict, path: Path, text: str, paths: PipelinePaths, ov: dict):
+    from .sweep.spec import sweep_from_table
+    sw = raw.get("sweep")
+    if sw is None:
+        raise ConfigError(f"{path}: no sweep; give a [sweep] table (train, grid, slurm) or sweep = \"SWEEP_FILE\"")
+    if isinstance(sw, str):
+        file = Path(sw)
+        table = {k: v for k, v in read_file(file).items() if k != "data"}  # the dataset is the pipeline's
+        where, stext = str(file), file.read_text()
+    elif isinstance(sw, dict):
+        if "data" in sw:
+            raise ConfigError(f"{path} [sweep] data: the pipeline's dataset is {paths.data}; remove this key")
+        file, table, where, stext = path, dict(sw), f"{path} [sweep]", text
+    else:
+        raise ConfigError(f"{path}: sweep: expected a table or the name of a sweep file, got {sw!r}")
+    if "data" in ov["sweep."]:
+        raise ConfigError(f"sweep.data: the pipeline's dataset is {paths.data}; it cannot be overridden")
+    cli = [f"{k}={v}" for k, v in ov["sweep."].items()]
+    return sweep_from_table({**table, "data": str(paths.data)}, file, stext, cli, where)
+
+
+# ---------------------------------------------------------------------------------------------
+# State: DIR/pipeline.json, each submission's stages and jobs
+
+def load_state(paths: PipelinePaths) -> dict:
+    try:
+        st = json.loads(paths.state.read_text())
+    except FileNotFoundError:
+        return {"version": VERSION, "submissions": []}
+    except (OSError, ValueError) as e:
+        raise GruvError(f"{paths.state}: cannot read the pipeline state ({e})") from None
+    if not isinstance(st, dict) or not isinstance(st.get("submissions"), list):
+        raise GruvError(f"{paths.state}: not a pipeline state file")
+    return st
+
+
+def _save(paths: PipelinePaths, state: dict) -> None:
+    atomic_write_json(paths.state, state)
+
+
+def executor_kind(executor: str) -> str:
+    return PJ.executor_kind(executor)
+
+
+# ---------------------------------------------------------------------------------------------
+# Submit
+
+def submit(pipeline_file, out_dir, executor: str = "auto", overrides=(), max_parallel: int = 2, progress: bool = True,
+           say=print) -> dict:
+    """Validate everything, then submit (Slurm) or run (local) what is left to do. Returns the
+    submission's record, as pipeline.json keeps it."""
+    paths = PipelinePaths(Path(out_dir).expanduser().resolve())
+    pl = load_pipeline(pipeline_file, paths.root, overrides)
+    kind = executor_kind(executor)
+    try:
+        paths.root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise GruvError(f"--out {paths.root}: cannot make it ({e.strerror})") from None
+    with Lock(paths.lock, f"pipeline {paths.root} (a submission)"):
+        atomic_write_text(paths.spec, pl.text)
+        state = load_state(paths)
+        sub = {"time": time.time(), "executor": kind, "host": socket.gethostname(), "pid": os.getpid(),
+               "file": str(pl.path.resolve()), "overrides": list(overrides), "stage": "preprocess",
+               "preprocess": {}, "train": {}, "analysis": {}}
+        prev = state["submissions"][-1] if state["submissions"] else None
+        state["submissions"].append(sub)
+        if kind == "local":
+            return _run_local(pl, paths, state, sub, max_parallel, progress, say)
+        return _submit_slurm(pl, paths, state, sub, prev, say)
+
+
+def _preprocess_plan(pl: Pipeline, paths: PipelinePaths, kind: str) -> tuple[dict, dict | None]:
+    """What the preprocess stage will do, decided before anything is queued: ({"state": "complete"
+    (the dataset is built, of the same plan: nothing to do), "live" (a Slurm build of the same
+    plan runs: wait for it), or "build"}, the planned manifest when the dataset is not built yet)."""
+    out = paths.data
+    live = PJ.live_build(out)  # (cancels a merge job that can never start)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the build warns about skipped files itself
+        p = plan(pl.corpus, pl.preprocess, pl.options.split_file)
+    planned = {"params": p.params, "artists": p.artists}
+    if live:
+        staged = read_staging_plan(BuildPaths(out).staging)
+        ids = ", ".join([*live["tasks"].values(), live["merge"]])
+        if kind == "local" or staged is None or not _same_plan(staged[0], p):
+            raise DatasetError(f"{out} is being built by Slurm job(s) {ids}" + ("" if kind == "local" else
+                               " from other songs or parameters") + "; wait for them to end, or scancel them")
+        return {"state": "live", "tasks": live["tasks"], "array": live["array"], "merge": live["merge"]}, planned
+    diffs = dataset_diffs(out, p)
+    if diffs == []:
+        return {"state": "complete"}, None
+    if diffs:
+        raise DatasetError(f"{out} holds a dataset of other songs or parameters ({'; '.join(diffs)}), which the runs "
+                           f"in {paths.sweep.root} were trained on; submit this pipeline with another --out")
+    return {"state": "build"}, planned
+
+
+def _preprocess_run(pl: Pipeline, paths: PipelinePaths, pre: dict, kind: str, progress: bool, say) -> dict:
+    """Carry out ``_preprocess_plan``'s decision; returns the stage's record."""
+    out = paths.data
+    if pre["state"] == "live":
+        say(f"preprocess: in progress (merge job {pre['merge']}); training waits for it")
+        return pre
+    if pre["state"] == "complete":
+        say(f"preprocess: {out} is built from the same songs and parameters: skipped")
+        return pre
+    res = PJ.build(pl.corpus, out, pl.preprocess, jobs=pl.options.jobs, executor=kind, slurm=pl.preprocess_slurm,
+                   split_file=pl.options.split_file, progress=progress, wait=False, logs=paths.logs, say=say)
+    if kind == "local":
+        return {"state": "built", "tasks": res["tasks"], "ran": res["ran"]}
+    s = res["submission"]
+    return {"state": "submitted", "tasks": s["tasks"], "array": s["array"], "merge": s["merge"], "n_tasks": res["tasks"]}
+
+
+def _validate_sweep(pl: Pipeline, paths: PipelinePaths, kind: str, planned: dict | None) -> None:
+    """The sweep against the dataset as planned (or as built), before anything is queued."""
+    from . import sweep as sw
+    pl.sweep.planned = planned
+    sw.validate(pl.sweep, paths.sweep.root, kind)
+
+
+def _submit_slurm(pl: Pipeline, paths: PipelinePaths, state: dict, sub: dict, prev: dict | None, say) -> dict:
+    from . import sweep as sw
+    from .sweep.slurm import ACTIVE, job_states
+    from .sweep.status import slurm_infos
+    pre, planned = _preprocess_plan(pl, paths, "slurm")
+    _validate_sweep(pl, paths, "slurm", planned)
+    pre = sub["preprocess"] = _preprocess_run(pl, paths, pre, "slurm", False, say)
+    _save(paths, state)
+    _cancel_dead_dependents(prev, say)
+
+    dependency = f"afterok:{pre['merge']}" if pre.get("merge") else None
+    res = sw.submit(pl.sweep, paths.sweep.root, executor="slurm", progress=False, out=say, dependency=dependency)
+    sstate = sw.load_state(paths.sweep.root)
+    new_ids = [sstate.runs[n].job.job_id for n in res["submitted"]]
+    infos = slurm_infos(sstate)
+    live = sorted({r.job.job_id for r in sstate.runs.values() if r.job and r.job.executor == "slurm"
+                   and (r.job.job_id in new_ids or (infos.get(r.job.job_id) and infos[r.job.job_id].state in ACTIVE))})
+    sub["train"] = {"submitted": res["submitted"], "skipped": res["skipped"], "job_ids": new_ids,
+                    "dependency": dependency, "live": live}
+    sub["stage"] = "analysis"
+    _save(paths, state)
+
+    # Analysis: after every live training job (whatever their end), or the merge when nothing trains.
+    old = (prev or {}).get("analysis", {}).get("job") if (prev or {}).get("executor") == "slurm" else None
+    old_state = job_states([old]).get(old) if old else None
+    old_state = old_state.state if old_state else None
+    an = {"job": None}
+    if old_state == "RUNNING" and not res["submitted"]:
+        an.update(skipped=f"job {old} is RUNNING", job=old)
+    else:
+        if old_state in ACTIVE:
+            PJ.scancel_and_wait([old])  # it would analyse too early; a new one waits for the new runs
+        why = ("runs are training" if live else None) or report_stale(paths)
+        if why:
+            deps = [f"afterany:{':'.join(sorted({j.split('_')[0] for j in live}))}"] if live else []
+            if pre.get("merge"):
+                deps.append(f"afterok:{pre['merge']}")
+            an.update(job=_submit_analysis(pl, paths, ",".join(deps) or None), dependency=",".join(deps) or None, why=why)
+            say(f"analysis: job {an['job']}" + (f" after {an['dependency']}" if an["dependency"] else "")
+                + f"; the report will be {paths.report_index}")
+        else:
+            an["skipped"] = "the report is up to date"
+            say(f"analysis: the report is up to date: {paths.report_index}")
+    sub["analysis"] = an
+    sub["stage"] = "submitted"
+    _save(paths, state)
+    say(f"follow it with: gruv pipeline status {paths.root}")
+    return sub
+
+
+def _cancel_dead_dependents(prev: dict | None, say) -> None:
+    """Jobs an earlier submission queued behind a merge job that will never run (a task failed,
+    or the merge itself did) would wait forever, and hold their runs as PENDING: cancel them."""
+    from .sweep.slurm import ACTIVE, job_states
+    merge = (prev or {}).get("preprocess", {}).get("merge")
+    if not merge or prev.get("executor") != "slurm":
+        return
+    waiting = [*prev.get("train", {}).get("job_ids", []), *([prev["analysis"]["job"]] if prev.get("analysis", {}).get("job") else [])]
+    infos = job_states([merge, *waiting])
+    m = infos[merge].state if merge in infos else None
+    if m in ACTIVE or m == "COMPLETED" or m is None:
+        return
+    dead = [j for j in waiting if j in infos and infos[j].state == "PENDING"]
+    if dead:
+        PJ.scancel_and_wait(dead)
+        say(f"cancelled {len(dead)} job(s) left waiting on merge job {merge}, which ended {m}")
+
+
+def _submit_analysis(pl: Pipeline, paths: PipelinePaths, dependency: str | None) -> str:
+    import submitit
+
+    from .sweep.slurm import sbatch_parameters
+    ex = submitit.SlurmExecutor(folder=paths.logs, max_num_timeout=pl.analysis_slurm.max_num_timeout)
+    ex.update_parameters(**sbatch_parameters(pl.analysis_slurm, f"gruv-analyze-{paths.root.name}"),
+                         **({"dependency": dependency} if dependency else {}))
+    return ex.submit(AnalyzeJob(str(paths.root), asdict(pl.analysis))).job_id
+
+
+def _run_local(pl: Pipeline, paths: PipelinePaths, state: dict, sub: dict, max_parallel: int, progress: bool, say) -> dict:
+    """The three stages in order, in this process (the sweep's runs as local jobs)."""
+    from . import sweep as sw
+    pre, planned = _preprocess_plan(pl, paths, "local")
+    _validate_sweep(pl, paths, "local", planned)
+    _save(paths, state)
+    sub["preprocess"] = _preprocess_run(pl, paths, pre, "local", progress, say)
+    sub["stage"] = "train"
+    _save(paths, state)
+    pl.sweep.planned = None  # built: the sweep validates against the real manifest
+    res = sw.submit(pl.sweep, paths.sweep.root, executor="local", max_parallel=max_parallel, progress=progress, out=say)
+    sub["train"] = {"submitted": res["submitted"], "skipped": res["skipped"], "failed": res.get("failed", [])}
+    sub["stage"] = "analysis"
+    _save(paths, state)
+    why = report_stale(paths)
+    if why:
+        say(f"analysis ({why}) ...")
+        run_analysis(paths, pl.analysis, log=say)
+        sub["analysis"] = {"ran": True, "why": why}
+    else:
+        sub["analysis"] = {"skipped": "the report is up to date"}
+        say("analysis: the report is up to date")
+    say(f"report: {paths.report_index}")
+    sub["stage"] = "done"
+    _save(paths, state)
+    return sub
+
+
+# ---------------------------------------------------------------------------------------------
+# Analysis
+
+def report_stale(paths: PipelinePaths) -> str | None:
+    """Why the report must be made (again), or None: it is missing, or a run trained since."""
+    from .sweep import load_state as sweep_state
+    if not paths.report_index.is_file():
+        return "no report yet"
+    made = paths.report_index.stat().st_mtime
+    st = sweep_state(paths.sweep.root)
+    for name in st.runs:
+        rp = st.run_paths(name)
+        for f in (rp.done, rp.metrics):
+            if f.exists() and f.stat().st_mtime > made:
+                return f"run {name} trained since the report"
+    return None
+
+
+def run_analysis(paths: PipelinePaths, cfg: AnalysisConfig, log=print) -> dict:
+    """``gruv analyze DIR/sweep --out DIR/report``, written beside and renamed into place whole:
+    an analysis killed half-way leaves the previous report as it was."""
+    from .analysis.report import analyze
+    from .fsio import fsync_dir
+    report, staging, aside = paths.report, paths.report_staging, paths.report_aside
+    if aside.is_dir():  # a crash between the two renames below
+        if report.exists():
+            shutil.rmtree(aside)
+        else:
+            os.rename(aside, report)
+    shutil.rmtree(staging, ignore_errors=True)
+    summary = analyze(paths.sweep.root, staging, hidden=cfg.hidden, n_seeds=cfg.seeds, seed_seconds=cfg.seed_seconds,
+                      max_clips=cfg.max_clips, log=log)
+    if report.exists():
+        os.rename(report, aside)
+    os.rename(staging, report)
+    fsync_dir(paths.root)
+    shutil.rmtree(aside, ignore_errors=True)
+    return {"report": str(paths.report_index), "runs": len(summary.get("runs", [])), "timings_s": summary.get("timings_s")}
+
+
+class AnalyzeJob:
+    """Slurm job: the pipeline's analysis. Requeued (preemption), it starts over."""
+
+    def __init__(self, root: str, options: dict):
+        self.root, self.options = root, options
+
+    def __call__(self) -> dict:
+        return run_analysis(PipelinePaths(self.root), AnalysisConfig(**self.options))
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+        return submitit.helpers.DelayedSubmission(type(self)(self.root, self.options))
+
+
+# ---------------------------------------------------------------------------------------------
+# Status and wait
+
+def status(out_dir) -> dict:
+    """Each stage of the last submission: preprocess (tasks done/total, the merge job), train (the
+    sweep's runs by state), analysis (its job and the report)."""
+    from . import sweep as sw
+    from .sweep.slurm import ACTIVE, job_states
+    paths = PipelinePaths(Path(out_dir).expanduser().resolve())
+    state = load_state(paths)
+    if not state["submissions"]:
+        raise GruvError(f"{out_dir}: not a pipeline directory (no {paths.state.name}: nothing was submitted there)")
+    sub = state["submissions"][-1]
+    local_live = sub["executor"] == "local" and sub.get("stage") != "done" and _alive_here(sub)
+
+    pre = PJ.build_status(paths.data)
+    if local_live and sub.get("stage") == "preprocess" and pre["state"] != "COMPLETED":
+        pre["state"] = "RUNNING"
+    an_job = sub.get("analysis", {}).get("job")
+    merge = None if pre["merge_job"] else sub.get("preprocess", {}).get("merge")  # (gone with the staging)
+    infos = job_states([j for j in (an_job, merge) if j])
+    if merge:
+        pre["merge_job"], pre["merge_state"] = merge, infos[merge].state if merge in infos else None
+
+    train = {"state": "NOT_SUBMITTED", "runs": 0, "by_state": {}}
+    if sw.load_state(paths.sweep.root).runs:
+        rows = sw.status(paths.sweep.root)
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r["state"]] = counts.get(r["state"], 0) + 1
+        train = {"runs": len(rows), "by_state": counts, "state": _overall([r["state"] for r in rows])}
+        if local_live and sub.get("stage") == "train" and train["state"] not in ACTIVE:
+            train["state"] = "RUNNING"
+
+    an = {"job": an_job, "job_state": infos[an_job].state if an_job in infos else None,
+          "report": str(paths.report_index), "report_exists": paths.report_index.is_file(), "stale": None}
+    an["stale"] = report_stale(paths)
+    if an["job_state"] in ACTIVE:
+        an["state"] = an["job_state"]
+    elif local_live and sub.get("stage") == "analysis":
+        an["state"] = "RUNNING"
+    elif an["report_exists"] and not an["stale"]:
+        an["state"] = "COMPLETED"
+    elif an["job_state"]:
+        an["state"] = an["job_state"] if an["job_state"] != "COMPLETED" else "STALE"
+    else:
+        an["state"] = "STALE" if an["report_exists"] else "NOT_SUBMITTED"
+    return {"dir": str(paths.root), "executor": sub["executor"], "submitted": sub["time"],
+            "submissions": len(state["submissions"]), "preprocess": pre, "train": train, "analysis": an}
+
+
+def _overall(states: list[str]) -> str:
+    from .sweep.slurm import ACTIVE
+    if states and all(s == "COMPLETED" for s in states):
+        return "COMPLETED"
+    if "RUNNING" in states:
+        return "RUNNING"
+    if any(s in ACTIVE for s in states):
+        return "PENDING"
+    return "FAILED" if any(s in ("FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL") for s in states) \
+        else "INCOMPLETE"
+
+
+def _alive_here(sub: dict) -> bool:
+    if sub.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(sub["pid"]), 0)
+        return True
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def format_status(st: dict) -> str:
+    pre, train, an = st["preprocess"], st["train"], st["analysis"]
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(st["submitted"]))
+    merge = f"; merge job {pre['merge_job']} {pre['merge_state'] or '-'}" if pre.get("merge_job") else ""
+    runs = ", ".join(f"{n} {s}" for s, n in sorted(train["by_state"].items())) or "-"
+    job = f"job {an['job']} {an['job_state'] or '-'}; " if an["job"] else ""
+    report = an["report"] + ("" if an["report_exists"] else " (not yet)") + (f" ({an['stale']})" if an["report_exists"] and an["stale"] else "")
+    return "\n".join([
+        f"pipeline {st['dir']} (submission {st['submissions']}, {when}, {st['executor']})",
+        f"{'preprocess':<11} {pre['state']:<13} tasks {pre['tasks_done']}/{pre['tasks_total']} done{merge}; {pre['dataset']}",
+        f"{'train':<11} {train['state']:<13} {train['runs']} run(s): {runs}",
+        f"{'analysis':<11} {an['state']:<13} {job}report {report}",
+    ])
+
+
+def wait(out_dir, poll_s: float = 5.0, timeout_s: float | None = None, say=None) -> dict:
+    """Until no stage can change any more: the analysis ended, or the preprocessing failed (what
+    waits on it then never starts). Returns the last status."""
+    from .sweep.slurm import ACTIVE
+    t0, last = time.time(), None
+    while True:
+        st = status(out_dir)
+        line = (st["preprocess"]["state"], st["train"]["state"], st["analysis"]["state"])
+        if say and line != last:
+            say(f"preprocess {line[0]}, train {line[1]} {st['train']['by_state']}, analysis {line[2]}")
+            last = line
+        if st["analysis"]["state"] not in ACTIVE or st["preprocess"]["state"] == "FAILED":
+            return st
+        if timeout_s and time.time() - t0 > timeout_s:
+            return st
+        time.sleep(poll_s)

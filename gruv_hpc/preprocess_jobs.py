@@ -1,0 +1,382 @@
+"""``gruv preprocess --jobs N --executor local|slurm|auto``: the tasks of ``preprocess`` (plan ->
+run_task x N -> merge) as N local processes, or as one Slurm job array plus a merge job that
+starts when every task succeeded (``--dependency=afterok:<array>``).
+
+Resuming. The staging directory (``paths.BuildPaths``) is the state: the plan, and one record per
+finished task. A build of the same plan and task count keeps the finished tasks and runs only the
+others (``preprocess.prepare_staging``); a task preempted on Slurm is requeued alone and starts
+by removing what its killed copy left (``preprocess.run_task``).
+
+One build at a time. The dataset lock (flock) is held by a local build from start to end, by a
+Slurm submission while it plans and submits, and by the merge job; it cannot be held across
+Slurm jobs, so a submission also writes its job ids into the staging directory
+(``submission.json``), and every build first asks Slurm (one sacct call) whether those jobs still
+live: if so it is refused (``refuse_live_build``). A merge job left waiting on a task that failed
+can never start; it is cancelled there, and the next build resubmits the failed tasks only.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import socket
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from .config import PreprocessConfig, SlurmConfig, build as build_config, read_file
+from .errors import ConfigError, DatasetError, GruvError
+from .fsio import atomic_write_json
+from .lock import Lock, LockedError
+from .manifest import MANIFEST, load_manifest
+from .paths import BuildPaths
+from .preprocess import (PLAN, SUBMISSION, _check_out, _recover, disk_error, lock_dataset, merge, preprocess,
+                         read_plan, read_staging_plan, run_task, start_build, task_finished)
+
+# A preprocessing task decodes and transforms one song at a time, in one thread: one CPU, and
+# memory for the longest song (a 10-minute song takes about 1 GB).
+SLURM_DEFAULTS = {"time_min": 240, "cpus_per_task": 1, "mem_gb": 4.0, "signal_delay_s": 60}
+MERGE_LOCK_WAIT_S = 600  # the merge waits this long for a submission that holds the lock for seconds
+
+
+def executor_kind(executor: str) -> str:
+    """auto: Slurm where a cluster answers, else this machine."""
+    from .sweep.slurm import slurm_available
+    if executor == "auto":
+        return "slurm" if slurm_available() else "local"
+    if executor not in ("local", "slurm"):
+        raise ConfigError(f"--executor: {executor!r} is not one of auto, local, slurm")
+    return executor
+
+
+def slurm_config(values: dict | None = None, overrides: dict | None = None, source: str = "[slurm]") -> SlurmConfig:
+    """The resources of the preprocessing jobs: SLURM_DEFAULTS <- values (a [slurm] table) <- overrides."""
+    return build_config(SlurmConfig, {**SLURM_DEFAULTS, **(values or {})}, overrides, source=source)
+
+
+def read_slurm_file(path: str | Path) -> dict:
+    """A file's ``[slurm]`` table (a sweep or pipeline file), or the whole file when it has none."""
+    raw = read_file(path)
+    table = raw.get("slurm", raw)
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: slurm: expected a table of Slurm keys")
+    return dict(table)
+
+
+# ---------------------------------------------------------------------------------------------
+# The build: local processes, or a Slurm array + merge
+
+def build(sources: dict[str, Path], out: str | Path, cfg: PreprocessConfig, jobs: int = 1, executor: str = "local",
+          slurm: SlurmConfig | None = None, overwrite: bool = False, split_file: str | Path | None = None,
+          progress: bool = True, wait: bool = True, logs: str | Path | None = None, say=print) -> dict:
+    """Build ``out`` in ``jobs`` tasks. Returns {"executor", "tasks" (how many), "ran" (the tasks run
+    now), "manifest" (once built: locally, or on Slurm with ``wait``), "submission" (Slurm)}."""
+    cfg.validate()
+    if jobs < 1:
+        raise ConfigError(f"--jobs: must be >= 1, got {jobs}")
+    kind = executor_kind(executor)
+    out = _check_out(out)
+    if kind == "local" and jobs == 1:
+        return {"executor": "local", "tasks": 1, "ran": [0],
+                "manifest": preprocess(sources, out, cfg, overwrite=overwrite, progress=progress, split_file=split_file)}
+    lock = lock_dataset(out)
+    try:
+        refuse_live_build(out)
+        p, staging, n_tasks, todo = start_build(sources, out, cfg, jobs, overwrite, split_file)
+        if kind == "local":
+            try:
+                _run_local(p, staging, n_tasks, todo, progress, say)
+                return {"executor": "local", "tasks": n_tasks, "ran": todo, "manifest": merge(staging, out)}
+            except BaseException as e:
+                _recover(out)
+                if isinstance(e, OSError):
+                    raise disk_error(e, out, staging) from None
+                raise
+        sub = _submit_slurm(out, staging, n_tasks, todo, slurm or slurm_config(), Path(logs or BuildPaths(out).jobs))
+    finally:
+        lock.release()
+    done = n_tasks - len(todo)
+    say(f"preprocess {out}: {len(todo)} task(s) of {n_tasks} submitted" + (f" ({done} finished before)" if done else "")
+        + (f" as job array {sub['array']}" if sub["array"] else "") + f", merge job {sub['merge']} after them; "
+        f"job logs in {sub['logs']}")
+    res = {"executor": "slurm", "tasks": n_tasks, "ran": todo, "submission": sub}
+    if wait:
+        res["manifest"] = wait_build(out, sub)
+    return res
+
+
+def _run_local(p, staging: Path, n_tasks: int, todo: list[int], progress: bool, say) -> None:
+    """Each task in a process of its own, all at once; returns when all ended, raises if one failed
+    (the others finish first: their work is kept for the next run)."""
+    if not todo:
+        return
+    # fork: the children start with this process's modules imported (a fresh interpreter would
+    # take ~0.5 s to import numpy, scipy and h5py again).
+    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+    t0 = time.time()
+    if progress:
+        say(f"preprocess: {len(todo)} task(s) of {n_tasks} in {len(todo)} processes here"
+            + (f" ({n_tasks - len(todo)} finished before)" if len(todo) < n_tasks else ""))
+    procs = {}
+    try:
+        for t in todo:
+            procs[t] = ctx.Process(target=_task_process, args=(p, str(staging), t, n_tasks, os.getpid()),
+                                   name=f"gruv-preprocess-{t}")
+            procs[t].start()
+        pending = dict(procs)
+        while pending:
+            multiprocessing.connection.wait([pr.sentinel for pr in pending.values()])
+            for t, pr in list(pending.items()):
+                if pr.exitcode is not None:
+                    del pending[t]
+                    if progress and pr.exitcode == 0:
+                        say(f"preprocess: task {t} done ({len(procs) - len(pending)}/{len(procs)}, {time.time() - t0:.1f} s)")
+    except BaseException:
+        for pr in procs.values():
+            if pr.is_alive():
+                pr.terminate()
+        for pr in procs.values():
+            pr.join()
+        raise
+    failed = {t: pr.exitcode for t, pr in procs.items() if pr.exitcode != 0}
+    if failed:
+        raise DatasetError(f"preprocess task(s) {', '.join(map(str, failed))} of {n_tasks} failed (the reason is above); "
+                           f"the finished tasks are kept in {staging}: run the same command again to run the others")
+
+
+def _task_process(p, staging: str, task: int, n_tasks: int, parent: int) -> None:
+    _die_with_parent(parent)
+    try:
+        run_task(p, task, n_tasks, Path(staging))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except (GruvError, OSError) as e:
+        print(f"gruv: error: preprocess task {task}: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _die_with_parent(parent: int) -> None:
+    """A killed build must not leave tasks writing on: ask the kernel for TERM when the parent dies."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before the request
+        os._exit(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Slurm
+
+class TaskJob:
+    """Slurm job: one preprocessing task. Requeued after a preemption (submitit calls
+    ``checkpoint``), it starts the task over; a task that had finished is not redone."""
+
+    def __init__(self, staging: str, task: int):
+        self.staging, self.task = staging, task
+
+    def __call__(self) -> dict:
+        p, n_tasks = read_plan(Path(self.staging))
+        rec = run_task(p, self.task, n_tasks, Path(self.staging))
+        return {"task": self.task, "songs": len(rec["songs"]), "shards": len(rec["shards"])}
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+        return submitit.helpers.DelayedSubmission(type(self)(self.staging, self.task))
+
+
+class MergeJob:
+    """Slurm job: the merge, under the dataset lock (waiting for it a while: a submission holds it
+    for seconds). Requeued, it finishes what its killed copy began."""
+
+    def __init__(self, out: str):
+        self.out = out
+
+    def __call__(self) -> dict:
+        out = Path(self.out)
+        lock = Lock(BuildPaths(out).lock, f"dataset {out}")
+        deadline = time.time() + MERGE_LOCK_WAIT_S
+        while True:
+            try:
+                lock.acquire()
+                break
+            except LockedError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(2)
+        try:
+            _recover(out)  # (a killed copy's finished merge is swapped in here)
+            staging = BuildPaths(out).staging
+            m = merge(staging, out) if (staging / PLAN).exists() else load_manifest(out)
+        finally:
+            lock.release()
+        return {"dataset": str(out), **m["summary"]}
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+        return submitit.helpers.DelayedSubmission(type(self)(self.out))
+
+
+def _submit_slurm(out: Path, staging: Path, n_tasks: int, todo: list[int], scfg: SlurmConfig, logs: Path,
+                  dependency: str | None = None) -> dict:
+    """One sbatch for the unfinished tasks (a job array; a plain job for one), one for the merge
+    after them; the job ids go to the staging directory's submission.json."""
+    import submitit
+
+    from .sweep.slurm import sbatch_parameters
+    ex = submitit.SlurmExecutor(folder=logs, max_num_timeout=scfg.max_num_timeout)
+    ex.update_parameters(**sbatch_parameters(scfg, f"gruv-preprocess-{out.name}"), **({"dependency": dependency} if dependency else {}))
+    tasks = {}
+    if todo:
+        with ex.batch():
+            jobs = [ex.submit(TaskJob(str(staging), t)) for t in todo]
+        tasks = {str(t): j.job_id for t, j in zip(todo, jobs)}
+    array = jobs[0].job_id.split("_")[0] if todo else None
+    dep = f"afterok:{array}" if array else dependency
+    ex.update_parameters(job_name=f"gruv-merge-{out.name}", **({"dependency": dep} if dep else {}))
+    merge_job = ex.submit(MergeJob(str(out)))
+    sub = {"executor": "slurm", "time": time.time(), "host": socket.gethostname(), "pid": os.getpid(),
+           "n_tasks": n_tasks, "tasks": tasks, "array": array, "merge": merge_job.job_id, "logs": str(logs)}
+    atomic_write_json(staging / SUBMISSION, sub)
+    return sub
+
+
+def read_submission(staging: Path) -> dict | None:
+    try:
+        return json.loads((staging / SUBMISSION).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def job_log(sub: dict, job_id: str) -> Path:
+    """submitit's stderr file of a job (an array task's id is ARRAY_TASK)."""
+    return Path(sub["logs"]) / f"{job_id}_0_log.err"
+
+
+def live_build(out: Path) -> dict | None:
+    """The Slurm submission building ``out``'s staging directory, when one of its jobs may still
+    run: the submission with "live" = "tasks" or "merge". One sacct call. A merge job waiting on a
+    task that ended otherwise than COMPLETED can never start: it is cancelled, and None returned."""
+    from .sweep import slurm
+    sub = read_submission(BuildPaths(out).staging)
+    if not sub:
+        return None
+    ids = [*sub["tasks"].values(), sub["merge"]]
+    if not slurm.slurm_available():
+        raise DatasetError(f"{BuildPaths(out).staging / SUBMISSION} records Slurm jobs ({', '.join(ids)}) building {out}, "
+                           "and Slurm does not answer here; run this where it does (or remove that file if those "
+                           "jobs are gone)")
+    infos = slurm.job_states(ids)
+    state = {j: infos[j].state if j in infos else None for j in ids}
+    if any(state[j] in slurm.ACTIVE for j in sub["tasks"].values()):
+        return {**sub, "live": "tasks", "states": state}
+    if state[sub["merge"]] in slurm.ACTIVE:
+        failed = [t for t, j in sub["tasks"].items() if state[j] != "COMPLETED"]
+        if not failed:
+            return {**sub, "live": "merge", "states": state}
+        scancel_and_wait([sub["merge"]])
+        warnings.warn(f"{out}: cancelled merge job {sub['merge']}: task(s) {', '.join(failed)} ended "
+                      f"({', '.join(str(state[sub['tasks'][t]]) for t in failed)}), so it could never start", stacklevel=2)
+    return None
+
+
+def scancel_and_wait(job_ids: list[str], timeout_s: float = 30.0) -> None:
+    """scancel, then wait until Slurm's accounting no longer lists the jobs as active: what reads
+    their state next (a sweep's plan, a status) must see them ended."""
+    from .sweep import slurm
+    if not job_ids:
+        return
+    slurm.scancel(job_ids)
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        infos = slurm.job_states(job_ids)
+        if not any(infos[j].state in slurm.ACTIVE for j in job_ids if j in infos):
+            return
+        time.sleep(0.5)
+
+
+def refuse_live_build(out: Path) -> None:
+    live = live_build(out)
+    if live:
+        ids = [*live["tasks"].values(), live["merge"]]
+        raise DatasetError(f"{out} is being built by Slurm job(s) {', '.join(ids)} (submitted "
+                           f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(live['time']))} from {live['host']}); "
+                           f"wait for them to end, or scancel them")
+
+
+def wait_build(out: Path, sub: dict, poll_s: float = 2.0) -> dict:
+    """Wait for a Slurm build to end; returns the manifest, or raises naming the failed jobs' logs."""
+    from .sweep import slurm
+    ids = [*sub["tasks"].values(), sub["merge"]]
+    while True:
+        infos = slurm.job_states(ids)
+        state = {j: infos[j].state if j in infos else None for j in ids}
+        m = state[sub["merge"]]
+        if m is not None and m not in slurm.ACTIVE:
+            if m == "COMPLETED":
+                return load_manifest(out)
+            raise DatasetError(f"merge job {sub['merge']} of {out} ended {m}: see {job_log(sub, sub['merge'])}")
+        failed = {t: j for t, j in sub["tasks"].items() if state[j] is not None and state[j] not in slurm.ACTIVE
+                  and state[j] != "COMPLETED"}
+        if failed and not any(state[j] in slurm.ACTIVE for j in sub["tasks"].values()):
+            slurm.scancel([sub["merge"]])
+            raise DatasetError(f"preprocess task(s) {', '.join(failed)} of {out} ended otherwise than COMPLETED ("
+                               + "; ".join(f"job {j}: {state[j]}, see {job_log(sub, j)}" for j in failed.values())
+                               + "); run the same command again: only those tasks are submitted again")
+        time.sleep(poll_s)
+
+
+def build_status(out: str | Path) -> dict:
+    """Where a build of ``out`` stands: state, tasks done/total, the merge job and its state."""
+    out = Path(out)
+    staging = BuildPaths(out).staging
+    planned = read_staging_plan(staging) if staging.is_dir() else None
+    sub = read_submission(staging) if planned else None
+    res = {"dataset": str(out), "complete": (out / MANIFEST).is_file(), "tasks_done": 0, "tasks_total": 0,
+           "merge_job": None, "merge_state": None, "task_jobs": {}}
+    if planned:
+        n = planned[1]
+        res["tasks_total"], res["tasks_done"] = n, sum(task_finished(staging, t, n) for t in range(n))
+    elif res["complete"]:
+        try:
+            n = int(json.loads((out / MANIFEST).read_text())["summary"].get("tasks", 1))
+        except (OSError, ValueError, KeyError, TypeError):
+            n = 1
+        res["tasks_total"] = res["tasks_done"] = n
+    if sub:
+        from .sweep import slurm
+        infos = slurm.job_states([*sub["tasks"].values(), sub["merge"]])
+        res["merge_job"] = sub["merge"]
+        res["merge_state"] = infos[sub["merge"]].state if sub["merge"] in infos else None
+        res["task_jobs"] = {t: {"job_id": j, "state": infos[j].state if j in infos else None} for t, j in sub["tasks"].items()}
+    from .sweep.slurm import ACTIVE
+    tasks = [j["state"] for j in res["task_jobs"].values()]
+    states = tasks + [res["merge_state"]]
+    if not planned:
+        res["state"] = "COMPLETED" if res["complete"] else "NOT_STARTED"
+    elif "RUNNING" in states or (not sub and _held(BuildPaths(out).lock)):
+        res["state"] = "RUNNING"
+    elif any(s in ACTIVE for s in tasks) or (res["merge_state"] in ACTIVE and all(s == "COMPLETED" for s in tasks)):
+        res["state"] = "PENDING"
+    elif any(s and s not in ACTIVE and s != "COMPLETED" for s in states):
+        res["state"] = "FAILED"
+    else:
+        res["state"] = "INCOMPLETE"  # stopped; the next build of the same plan resumes it
+    return res
+
+
+def _held(lock_file: Path) -> bool:
+    """Whether a live process on this host holds the dataset lock, going by the holder it wrote (a
+    status must not take the lock itself: a build starting that moment would be refused)."""
+    h = Lock(lock_file, "").holder()
+    if not h or h.get("host") != socket.gethostname():
+        return bool(h) and h.get("host") != socket.gethostname()
+    try:
+        os.kill(int(h["pid"]), 0)
+        return True
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
