@@ -42,6 +42,18 @@ def peak_tflops(name: str | None) -> float | None:
     return None
 
 
+def _timed(step, warmup: int, n: int) -> float:
+    """Seconds for ``n`` calls of ``step`` after ``warmup`` untimed ones (the device synchronized)."""
+    for _ in range(warmup):
+        step()
+    _sync()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    _sync()
+    return time.perf_counter() - t0
+
+
 def _sync():
     if DEVICE.type == "cuda":
         torch.cuda.synchronize()
@@ -93,14 +105,7 @@ def affine_alone(dim: int, hidden: int, rows: int, n: int) -> float:
         with amp:
             y = out(inp(x))
         y.float().sum().backward()
-    for _ in range(3):
-        step()
-    _sync()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        step()
-    _sync()
-    return n * rows * affine_flops_per_frame(dim, hidden) / (time.perf_counter() - t0) / 1e12
+    return n * rows * affine_flops_per_frame(dim, hidden) / _timed(step, 3, n) / 1e12
 
 
 def layer_alone(layer, B: int, T: int, H: int, n: int = 30) -> float:
@@ -110,14 +115,7 @@ def layer_alone(layer, B: int, T: int, H: int, n: int = 30) -> float:
     def step():
         y = layer(x)[0]
         y.sum().backward()
-    for _ in range(5):
-        step()
-    _sync()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        step()
-    _sync()
-    return n * B * T / (time.perf_counter() - t0)
+    return n * B * T / _timed(step, 5, n)
 
 
 def make_dataset(work: Path, songs: int, song_s: tuple[float, float], block_size: int, sample_rate: int) -> Path:
