@@ -10,6 +10,8 @@ from gruv_hpc.analysis.audio import generate_audio
 from gruv_hpc.analysis.claims import claims
 from gruv_hpc.analysis.collect import collect, group_rows
 from gruv_hpc.analysis.common import cli, load_runs
+from gruv_hpc.errors import ConfigError
+from gruv_hpc.fsio import dumps
 from gruv_hpc.analysis.fig1_loss import fig1
 from gruv_hpc.analysis.fig2_hidden import fig2
 from gruv_hpc.analysis.fig3_spectrogram import fig3
@@ -29,6 +31,10 @@ def analyze(sweep_dir, out_dir, hidden: int | None = None, n_seeds: int = 2, see
         return res
 
     runs = stage("load", load_runs, sweep_dir)
+    sizes = sorted({r.hidden for r in runs})
+    if hidden is not None and hidden not in sizes:
+        raise ConfigError(f"--hidden {hidden}: no run of {sweep_dir} has that hidden size (it has: "
+                          f"{', '.join(map(str, sizes))})")
     f1 = stage("fig1", fig1, runs, out, hidden)
     f2 = stage("fig2", fig2, runs, out)
     f3 = stage("fig3", fig3, runs, out, hidden, max_clips)
@@ -38,7 +44,7 @@ def analyze(sweep_dir, out_dir, hidden: int | None = None, n_seeds: int = 2, see
     table = stage("claims", claims, rows)
     summary = {"runs": rows, "groups": groups, "claims": table, "fig1": f1, "fig2": f2, "fig3": {k: v for k, v in f3.items()},
                "audio": audio, "timings_s": timings}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    (out / "summary.json").write_text(dumps(json.loads(json.dumps(summary, default=str)), indent=1))  # strict JSON
     stage("html", write_html, out, runs, rows, table, f1, f2, f3, audio)
     return summary
 

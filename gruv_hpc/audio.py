@@ -9,10 +9,6 @@ import soundfile as sf
 
 from .errors import GruvError
 
-# Extensions we look for under a corpus folder. Anything soundfile can open would work;
-# this list only decides what a folder walk picks up (and what counts as "not audio").
-AUDIO_EXTENSIONS = {".wav", ".wave", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".aifc"}
-
 
 class AudioError(GruvError):
     """A file could not be decoded; the message names the file and the reason."""

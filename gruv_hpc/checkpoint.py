@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .fsio import atomic_write, temp_name
+from .lock import pid_alive
 from .paths import RunPaths, ckpt_step
 
 
@@ -91,15 +92,8 @@ class Checkpointer:
     def load_latest(self, map_location="cpu") -> tuple[dict | None, Path | None]:
         """The newest checkpoint that loads. Rank 0 sets each unreadable one aside (into
         checkpoints/unreadable/, never deleted), so it can never take a rotation slot."""
-        for p in self.paths.step_ckpts():
-            try:
-                return _load_run_checkpoint(p, map_location), p
-            except Exception as e:  # truncated zip, bad pickle, ...: fall back to the previous one
-                warnings.warn(f"checkpoint {p} is unreadable ({type(e).__name__}: {e}); trying the previous one",
-                              stacklevel=2)
-                if self.enabled:
-                    self._set_aside(p, "unreadable")
-        return None, None
+        return load_latest(self.paths, map_location,
+                           on_unreadable=(lambda p: self._set_aside(p, "unreadable")) if self.enabled else None)
 
     def unreadable(self) -> list[Path]:
         return sorted(self.paths.unreadable.glob("*.pt")) if self.paths.unreadable.is_dir() else []
@@ -111,7 +105,7 @@ class Checkpointer:
             return
         for p in self.paths.ckpt_dir.glob(".*.tmp*"):
             pid = p.name.rpartition(".tmp")[2]
-            if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+            if pid.isdigit() and int(pid) != os.getpid() and pid_alive(pid):
                 continue
             p.unlink(missing_ok=True)
 
@@ -129,16 +123,6 @@ class Checkpointer:
         return dest
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-
-
 def _load_run_checkpoint(p: Path, map_location) -> dict:
     state = load_checkpoint(p, map_location)
     if not isinstance(state, dict) or "model" not in state:
@@ -146,13 +130,16 @@ def _load_run_checkpoint(p: Path, map_location) -> dict:
     return state
 
 
-def load_latest(paths: RunPaths, map_location="cpu") -> tuple[dict | None, Path | None]:
-    """The newest checkpoint that loads, for readers (generation, analysis): nothing is moved."""
+def load_latest(paths: RunPaths, map_location="cpu", on_unreadable=None) -> tuple[dict | None, Path | None]:
+    """The newest checkpoint that loads (readers such as generation move nothing; the trainer's
+    ``on_unreadable`` sets a bad one aside)."""
     for p in paths.step_ckpts():
         try:
             return _load_run_checkpoint(p, map_location), p
         except Exception as e:  # truncated zip, bad pickle, ...: fall back to the previous one
-            warnings.warn(f"checkpoint {p} is unreadable ({type(e).__name__}: {e}); trying the previous one", stacklevel=2)
+            warnings.warn(f"checkpoint {p} is unreadable ({type(e).__name__}: {e}); trying the previous one", stacklevel=3)
+            if on_unreadable:
+                on_unreadable(p)
     return None, None
 
 

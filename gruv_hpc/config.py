@@ -86,7 +86,6 @@ class TrainConfig:
             raise ConfigError(f"device: {self.device!r} is not one of auto, cpu, cuda")
         if self.resume not in RESUME:
             raise ConfigError(f"resume: {self.resume!r} is not one of {', '.join(RESUME)}")
-        self.data_on_device = str(self.data_on_device).lower()  # a TOML boolean arrives as "True"
         if self.data_on_device not in DATA_ON_DEVICE:
             raise ConfigError(f"data_on_device: {self.data_on_device!r} is not one of {', '.join(DATA_ON_DEVICE)}")
         for k in ("hidden", "layers", "epochs", "batch_size", "keep_last", "ckpt_every_epochs", "log_every_steps"):
@@ -245,6 +244,8 @@ def _coerce(cls, key: str, value, from_string: bool):
             return dict(value)
         if base is bool and not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        if base is str and isinstance(value, bool):  # a TOML true for a string key such as data_on_device
+            return "true" if value else "false"
         if base is int and isinstance(value, float) and not value.is_integer():
             raise ValueError
         return base(value)
@@ -269,6 +270,14 @@ def read_file(path: str | Path) -> dict:
         raise ConfigError(f"{path}: config file not found") from None
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(f"{path}: cannot parse ({e})") from None
+
+
+def table(raw: dict, key: str, where: str) -> dict:
+    """``raw[key]`` as a dict (a TOML table), or a one-line error naming it."""
+    v = raw.get(key, {})
+    if not isinstance(v, dict):
+        raise ConfigError(f"{where}: {key}: expected a table, got {v!r}")
+    return dict(v)
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:

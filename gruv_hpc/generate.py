@@ -23,6 +23,7 @@ from .checkpoint import RunPaths, load_best, load_checkpoint, load_latest
 from .config import TrainConfig, build
 from .data import ClipDataset
 from .errors import GenerationError
+from .fsio import atomic_write_json
 from .features import audio_to_blocks, blocks_to_features, features_to_blocks
 from .manifest import DatasetError, load_manifest, load_stats
 from .model import GRUVModel
@@ -223,12 +224,6 @@ def seed_features(run: LoadedRun, source: str, index: int, seconds: float, start
     return feats.astype(np.float32), info
 
 
-def _segment_offset(ds: ClipDataset, index: int) -> int:
-    song = ds.index.song_of_clip[index]
-    same = np.nonzero((ds.index.song_of_clip == song) & (ds.index.shard_of_clip == ds.index.shard_of_clip[index]))[0]
-    return int(ds.index.start_of_clip[same].min())
-
-
 def to_audio(run: LoadedRun, feats: np.ndarray) -> np.ndarray:
     raw = np.asarray(feats, np.float64) * run.std + run.mean
     return features_to_blocks(raw, run.cfg.transform, run.cfg.block_size).reshape(-1)
@@ -285,7 +280,7 @@ def generate(run_dir, out_wav, seed_seconds: float = 10.0, length_ratio: float =
             "length_ratio": length_ratio, "with_seed": with_seed, "algorithm": algorithm, "wall_s": wall,
             "sample_rate": sr, "format": "float32" if float32 else "pcm16", "peak_normalized": normalize,
             "clipped_samples": clipped, "diagnostics": diag}
-    out_wav.with_suffix(".json").write_text(json.dumps(side, indent=1))
+    atomic_write_json(out_wav.with_suffix(".json"), side)  # strict JSON: a silent output's -inf dB is null
     return side
 
 

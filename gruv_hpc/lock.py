@@ -31,6 +31,21 @@ class LockedError(GruvError):
     """Another process holds the lock; the message names it."""
 
 
+def pid_alive(pid, host: str | None = None) -> bool:
+    """Whether process ``pid`` lives. ``host``: where it was recorded; a process of another host
+    cannot be checked from here and counts as not alive (callers that must be careful check the
+    host themselves)."""
+    if host is not None and host != socket.gethostname():
+        return False
+    try:
+        os.kill(int(pid), 0)
+        return True
+    except PermissionError:  # it exists, as another user's
+        return True
+    except (OSError, TypeError, ValueError):
+        return False
+
+
 def holder_info() -> dict:
     job = os.environ.get("SLURM_JOB_ID")
     if job and os.environ.get("SLURM_ARRAY_TASK_ID"):

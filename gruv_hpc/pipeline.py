@@ -40,15 +40,14 @@ import os
 import shutil
 import socket
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import preprocess_jobs as PJ
-from .config import PreprocessConfig, SlurmConfig, build, field_names, opt, parse_overrides, read_file
+from .config import PreprocessConfig, SlurmConfig, build, field_names, opt, parse_overrides, read_file, table
 from .errors import ConfigError, DatasetError, GruvError
 from .fsio import atomic_write_json, atomic_write_text
-from .lock import Lock
+from .lock import Lock, pid_alive
 from .paths import BuildPaths, PipelinePaths
 from .preprocess import _same_plan, dataset_diffs, parse_sources, plan, read_staging_plan
 
@@ -114,13 +113,6 @@ def _overrides(items) -> dict:
     return groups
 
 
-def _table(raw: dict, key: str, where: str) -> dict:
-    v = raw.get(key, {})
-    if not isinstance(v, dict):
-        raise ConfigError(f"{where}: {key}: expected a table")
-    return dict(v)
-
-
 def load_pipeline(path: str | Path, root: str | Path, overrides=()) -> Pipeline:
     """Parse, override and type-check a pipeline file for DIR ``root``. Reads the corpus folders'
     names and the sweep file, nothing else: the dataset need not exist."""
@@ -132,7 +124,7 @@ def load_pipeline(path: str | Path, root: str | Path, overrides=()) -> Pipeline:
         raise ConfigError(f"{path}: unknown top-level key(s) {', '.join(unknown)}; valid: {', '.join(TOP_KEYS)}")
     ov = _overrides(overrides)
 
-    corpus = {**_table(raw, "corpus", str(path)), **ov["corpus."]}
+    corpus = {**table(raw, "corpus", str(path)), **ov["corpus."]}
     if not corpus:
         raise ConfigError(f"{path} [corpus]: no artist; expected lines ARTIST = \"FOLDER\"")
     for a, d in corpus.items():
@@ -143,8 +135,8 @@ def load_pipeline(path: str | Path, root: str | Path, overrides=()) -> Pipeline:
     except DatasetError as e:
         raise ConfigError(f"{path} [corpus]: {e}") from None
 
-    pre = _table(raw, "preprocess", str(path))
-    pre_slurm = _table(pre, "slurm", f"{path} [preprocess]")
+    pre = table(raw, "preprocess", str(path))
+    pre_slurm = table(pre, "slurm", f"{path} [preprocess]")
     pre.pop("slurm", None)
     ours, theirs = field_names(PreprocessOptions), field_names(PreprocessConfig)
     valid = [*theirs, *ours, "slurm"]
@@ -159,8 +151,8 @@ def load_pipeline(path: str | Path, root: str | Path, overrides=()) -> Pipeline:
 
     sweep = _load_sweep(raw, path, text, paths, ov)
 
-    an = _table(raw, "analysis", str(path))
-    an_slurm = _table(an, "slurm", f"{path} [analysis]")
+    an = table(raw, "analysis", str(path))
+    an_slurm = table(an, "slurm", f"{path} [analysis]")
     an.pop("slurm", None)
     acfg = build(AnalysisConfig, an, ov["analysis."], source=f"{path} [analysis]")
     aslurm = build(SlurmConfig, {**ANALYSIS_SLURM_DEFAULTS, **an_slurm}, ov["analysis.slurm."],
@@ -245,9 +237,7 @@ def _preprocess_plan(pl: Pipeline, paths: PipelinePaths, kind: str) -> tuple[dic
     plan runs: wait for it), or "build"}, the planned manifest when the dataset is not built yet)."""
     out = paths.data
     live = PJ.live_build(out)  # (cancels a merge job that can never start)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the build warns about skipped files itself
-        p = plan(pl.corpus, pl.preprocess, pl.options.split_file)
+    p = plan(pl.corpus, pl.preprocess, pl.options.split_file)  # planned once: the build takes this plan
     planned = {"params": p.params, "artists": p.artists}
     if live:
         staged = read_staging_plan(BuildPaths(out).staging)
@@ -262,7 +252,7 @@ def _preprocess_plan(pl: Pipeline, paths: PipelinePaths, kind: str) -> tuple[dic
     if diffs:
         raise DatasetError(f"{out} holds a dataset of other songs or parameters ({'; '.join(diffs)}), which the runs "
                            f"in {paths.sweep.root} were trained on; submit this pipeline with another --out")
-    return {"state": "build"}, planned
+    return {"state": "build", "plan": p}, planned
 
 
 def _preprocess_run(pl: Pipeline, paths: PipelinePaths, pre: dict, kind: str, progress: bool, say) -> dict:
@@ -275,7 +265,8 @@ def _preprocess_run(pl: Pipeline, paths: PipelinePaths, pre: dict, kind: str, pr
         say(f"preprocess: {out} is built from the same songs and parameters: skipped")
         return pre
     res = PJ.build(pl.corpus, out, pl.preprocess, jobs=pl.options.jobs, executor=kind, slurm=pl.preprocess_slurm,
-                   split_file=pl.options.split_file, progress=progress, wait=False, logs=paths.logs, say=say)
+                   split_file=pl.options.split_file, progress=progress, wait=False, logs=paths.logs, say=say,
+                   planned=pre["plan"])
     if kind == "local":
         return {"state": "built", "tasks": res["tasks"], "ran": res["ran"]}
     s = res["submission"]
@@ -513,13 +504,7 @@ def _overall(states: list[str]) -> str:
 
 
 def _alive_here(sub: dict) -> bool:
-    if sub.get("host") != socket.gethostname():
-        return False
-    try:
-        os.kill(int(sub["pid"]), 0)
-        return True
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
+    return pid_alive(sub.get("pid"), sub.get("host"))
 
 
 def format_status(st: dict) -> str:

@@ -808,12 +808,12 @@ def lock_dataset(out: Path) -> Lock:
 
 
 def start_build(sources: dict[str, Path], out: Path, cfg: PreprocessConfig, jobs: int, overwrite: bool = False,
-                split_file: str | Path | None = None) -> tuple[Plan, Path, int, list[int]]:
+                split_file: str | Path | None = None, planned: Plan | None = None) -> tuple[Plan, Path, int, list[int]]:
     """Everything before the tasks, with the dataset lock held: recover from a crash, plan, check
     that ``out`` may be replaced, prepare the staging directory. Returns (plan, staging, number of
     tasks, the tasks still to run); no more tasks than songs."""
     _recover(out)
-    p = plan(sources, cfg, split_file)
+    p = planned or plan(sources, cfg, split_file)
     _check_replace(out, p, overwrite)
     n_tasks = max(1, min(jobs, len(p.songs)))
     staging = BuildPaths(out).staging
@@ -832,7 +832,7 @@ def disk_error(e: OSError, out: Path, staging: Path) -> DatasetError:
 
 
 def preprocess(sources: dict[str, Path], out: str | Path, cfg: PreprocessConfig, overwrite: bool = False,
-               progress: bool = True, split_file: str | Path | None = None) -> dict:
+               progress: bool = True, split_file: str | Path | None = None, planned: Plan | None = None) -> dict:
     """Build the dataset in ``out`` in this process; returns the manifest. Raises DatasetError when
     nothing usable was found, or when ``out`` holds something that may not be replaced; ``out`` is
     then untouched. Rebuilding with the same songs and parameters simply rebuilds it."""
@@ -842,7 +842,7 @@ def preprocess(sources: dict[str, Path], out: str | Path, cfg: PreprocessConfig,
     lock = lock_dataset(out)
     try:
         refuse_live_build(out)
-        p, staging, n_tasks, todo = start_build(sources, out, cfg, 1, overwrite, split_file)
+        p, staging, n_tasks, todo = start_build(sources, out, cfg, 1, overwrite, split_file, planned)
         try:
             for t in todo:
                 run_task(p, t, n_tasks, staging, progress)

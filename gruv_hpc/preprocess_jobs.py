@@ -30,10 +30,10 @@ from pathlib import Path
 from .config import PreprocessConfig, SlurmConfig, build as build_config, read_file
 from .errors import ConfigError, DatasetError, GruvError
 from .fsio import atomic_write_json
-from .lock import Lock, LockedError
+from .lock import Lock, LockedError, pid_alive
 from .manifest import MANIFEST, load_manifest
 from .paths import BuildPaths
-from .preprocess import (PLAN, SUBMISSION, _check_out, _recover, disk_error, lock_dataset, merge, preprocess,
+from .preprocess import (PLAN, SUBMISSION, Plan, _check_out, _recover, disk_error, lock_dataset, merge, preprocess,
                          read_plan, read_staging_plan, run_task, start_build, task_finished)
 
 # A preprocessing task decodes and transforms one song at a time, in one thread: one CPU, and
@@ -71,9 +71,11 @@ def read_slurm_file(path: str | Path) -> dict:
 
 def build(sources: dict[str, Path], out: str | Path, cfg: PreprocessConfig, jobs: int = 1, executor: str = "local",
           slurm: SlurmConfig | None = None, overwrite: bool = False, split_file: str | Path | None = None,
-          progress: bool = True, wait: bool = True, logs: str | Path | None = None, say=print) -> dict:
+          progress: bool = True, wait: bool = True, logs: str | Path | None = None, say=print,
+          planned: Plan | None = None) -> dict:
     """Build ``out`` in ``jobs`` tasks. Returns {"executor", "tasks" (how many), "ran" (the tasks run
-    now), "manifest" (once built: locally, or on Slurm with ``wait``), "submission" (Slurm)}."""
+    now), "manifest" (once built: locally, or on Slurm with ``wait``), "submission" (Slurm)}.
+    ``planned``: the plan of these sources and options when the caller made it already."""
     cfg.validate()
     if jobs < 1:
         raise ConfigError(f"--jobs: must be >= 1, got {jobs}")
@@ -81,11 +83,12 @@ def build(sources: dict[str, Path], out: str | Path, cfg: PreprocessConfig, jobs
     out = _check_out(out)
     if kind == "local" and jobs == 1:
         return {"executor": "local", "tasks": 1, "ran": [0],
-                "manifest": preprocess(sources, out, cfg, overwrite=overwrite, progress=progress, split_file=split_file)}
+                "manifest": preprocess(sources, out, cfg, overwrite=overwrite, progress=progress, split_file=split_file,
+                                       planned=planned)}
     lock = lock_dataset(out)
     try:
         refuse_live_build(out)
-        p, staging, n_tasks, todo = start_build(sources, out, cfg, jobs, overwrite, split_file)
+        p, staging, n_tasks, todo = start_build(sources, out, cfg, jobs, overwrite, split_file, planned)
         if kind == "local":
             try:
                 _run_local(p, staging, n_tasks, todo, progress, say)
@@ -375,8 +378,4 @@ def _held(lock_file: Path) -> bool:
     h = Lock(lock_file, "").holder()
     if not h or h.get("host") != socket.gethostname():
         return bool(h) and h.get("host") != socket.gethostname()
-    try:
-        os.kill(int(h["pid"]), 0)
-        return True
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
+    return pid_alive(h.get("pid"))

@@ -30,7 +30,7 @@ from .config import RUNTIME_KEYS, ConfigError, TrainConfig, available_cpus, diff
 from .data import ClipDataset, Normalizer, batch_collate
 from .distributed import Dist
 from .errors import TrainingError
-from .fsio import atomic_write_json, dumps
+from .fsio import atomic_write_json, atomic_write_text, dumps
 from .lock import Lock, LockedError
 from .manifest import DatasetError, dataset_id, load_manifest
 from .model import GRUVModel
@@ -205,7 +205,7 @@ class RunLogger:
         if not self.enabled:
             return
         # metrics.jsonl is rebuilt from the checkpoint: no line for work that was lost.
-        self.paths.metrics.write_text("".join(dumps(h) + "\n" for h in state.history))
+        atomic_write_text(self.paths.metrics, "".join(dumps(h) + "\n" for h in state.history))
         from torch.utils.tensorboard import SummaryWriter
         self.writer = SummaryWriter(str(self.paths.tb), purge_step=state.step + 1 if resumed_from else None)
         _write_hparams(self.writer, self.cfg)
@@ -272,7 +272,7 @@ def _peak_mem_mb(device) -> float:
 # The trainer: model, optimizer, data and state, and one epoch of training
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, paths: RunPaths, d: Dist, stop: StopFlag):
+    def __init__(self, cfg: TrainConfig, paths: RunPaths, d: Dist, stop: StopFlag, git: dict | None = None):
         self.cfg, self.paths, self.d, self.stop = cfg, paths, d, stop
         self.data = build_data(cfg, d)
         self.model = GRUVModel(cfg.feature_dim, cfg.hidden, cfg.cell, cfg.layers).to(d.device)
@@ -284,7 +284,7 @@ class Trainer:
         self.state = TrainState()
         self.ckpt = Checkpointer(paths, cfg.ckpt_every_epochs, cfg.ckpt_every_min, cfg.keep_last, enabled=d.is_main)
         self.log = RunLogger(paths, cfg, enabled=d.is_main)
-        self.git = git_info()
+        self.git = git
         # The train loss since the last flush, summed on the device: no sync per step.
         self._loss = torch.zeros((), device=d.device)
         self._loss_n = 0
@@ -400,8 +400,10 @@ class Trainer:
             loss = torch.nn.functional.mse_loss(pred.float(), y)  # eq. 1, in normalized units
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
-                                                       cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+            if cfg.grad_clip > 0:
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            elif st.pos + 1 == data.steps_per_epoch:  # logged once an epoch: no norm over every gradient per step
+                grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
             self.optimizer.step()
             self._loss += loss.detach()
             self._loss_n += 1
@@ -470,10 +472,10 @@ def check_run_dir(paths: RunPaths, cfg: TrainConfig, dataset: dict) -> dict | No
     return old
 
 
-def record_start(paths: RunPaths, cfg: TrainConfig, dataset: dict, old: dict | None, d: Dist) -> None:
+def record_start(paths: RunPaths, cfg: TrainConfig, dataset: dict, old: dict | None, d: Dist, git: dict) -> None:
     """config.json: the resolved config, the dataset's identity and where the code came from, plus
     one line per start (a requeue, a resume with more epochs or a moved dataset)."""
-    start = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "git": git_info(), "world_size": d.world,
+    start = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "git": git, "world_size": d.world,
              "device": d.device.type, "torch": torch.__version__, "host": os.uname().nodename,
              "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
     rec = {"config": to_dict(cfg), "dataset": dataset, "git": (old or start)["git"], "world_size": d.world,
@@ -574,17 +576,17 @@ def main(cfg: TrainConfig, run_dir: str | Path, stop: StopFlag | None = None) ->
 
 def _train(cfg: TrainConfig, dataset: dict, paths: RunPaths, d: Dist, stop: StopFlag) -> dict:
     old = check_run_dir(paths, cfg, dataset)
+    git = git_info() if d.is_main else None  # saved by rank 0 only
     if d.is_main:
         paths.error.unlink(missing_ok=True)
-        paths.cancelled.unlink(missing_ok=True)
         done = paths.done_epochs()
         if done is not None and done < cfg.epochs:
             paths.done.unlink()  # finished an earlier, lower target: it is not done with this one
         reserve_error_space(paths)
-        record_start(paths, cfg, dataset, old, d)
+        record_start(paths, cfg, dataset, old, d, git)
     # Each rank its own seed offset; the data order comes from the sampler's (seed, epoch), not these.
     seed_everything(cfg.seed + d.rank)
-    t = Trainer(cfg, paths, d, stop)
+    t = Trainer(cfg, paths, d, stop, git)
     t.ckpt.clean_temp()
     resumed_from = t.resume()  # from the run directory, never from a flag
     t.log.start(t.state, resumed_from)

@@ -35,9 +35,7 @@ def _header(i: int, n: int, job: JobRecord, path: Path | None, requeues: int) ->
 
 
 def _state(sweep_dir, name: str) -> SweepState:
-    state = load_state(sweep_dir)
-    if not state.runs:
-        raise GruvError(f"{sweep_dir}: not a sweep directory (no {state.paths.state.name}: nothing was submitted there)")
+    state = load_state(sweep_dir, must_exist=True)
     if name not in state.runs:
         raise GruvError(f"no run {name!r} in {sweep_dir}; runs: {', '.join(state.runs)}")
     return state

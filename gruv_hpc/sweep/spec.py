@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import SlurmConfig, TrainConfig, build, check_keys, parse_overrides, read_file, resolve, to_dict
+from ..config import SlurmConfig, TrainConfig, build, check_keys, parse_overrides, read_file, resolve, table, to_dict
 from ..errors import ConfigError, GruvError
 
 TOP_KEYS = ("data", "train", "grid", "slurm")
@@ -72,7 +72,7 @@ def sweep_from_table(raw: dict, path: Path, text: str, overrides: list[str] = ()
     unknown = set(raw) - set(TOP_KEYS)
     if unknown:
         raise ConfigError(f"{where}: unknown top-level key(s) {', '.join(sorted(unknown))}; valid: {', '.join(TOP_KEYS)}")
-    data, train, grid, slurm = raw.get("data", ""), dict(raw.get("train", {})), dict(raw.get("grid", {})), dict(raw.get("slurm", {}))
+    data, train, grid, slurm = raw.get("data", ""), table(raw, "train", where), table(raw, "grid", where), table(raw, "slurm", where)
     check_keys(TrainConfig, train, f"{where} [train]")
     check_keys(TrainConfig, grid, f"{where} [grid]")
     check_keys(SlurmConfig, slurm, f"{where} [slurm]")

@@ -53,8 +53,9 @@ class SweepState:
     version: int = VERSION
 
     def run_paths(self, name: str) -> RunPaths:
-        rec = self.runs.get(name)
-        return RunPaths(rec.run_dir) if rec and rec.run_dir else self.paths.run(name)
+        """Always SWEEP_DIR/runs/NAME, derived rather than read from the stored ``run_dir``: a sweep
+        directory moved or copied elsewhere reads its own runs, not the old place's."""
+        return self.paths.run(name)
 
     def save(self) -> None:
         runs = {name: {"config": r.config, "grid": r.grid, "jobs": [_job_json(j) for j in r.jobs], "run_dir": r.run_dir}
@@ -70,12 +71,15 @@ def _job_json(j: JobRecord) -> dict:
     return d
 
 
-def load_state(sweep_dir) -> SweepState:
-    """The sweep's state; an empty one where nothing was submitted yet."""
+def load_state(sweep_dir, must_exist: bool = False) -> SweepState:
+    """The sweep's state; an empty one where nothing was submitted yet (``must_exist``: an error
+    saying the directory is not a sweep's)."""
     paths = SweepPaths(sweep_dir)
     try:
         raw = json.loads(paths.state.read_text())
     except FileNotFoundError:
+        if must_exist:
+            raise GruvError(f"{paths.root}: not a sweep directory (no {paths.state.name}: nothing was submitted there)") from None
         return SweepState(paths)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise GruvError(f"{paths.state}: cannot read the sweep state ({e})") from None

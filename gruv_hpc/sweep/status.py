@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..errors import GruvError
 from ..fsio import atomic_write_json
+from ..lock import pid_alive
 from ..paths import RunPaths, read_jsonl
 from . import slurm
 from .slurm import ACTIVE
@@ -58,27 +59,15 @@ def local_queue(state: SweepState) -> set[str]:
     """The runs a live local submission (it blocks until its runs end) has yet to start."""
     sub = state.submissions[-1] if state.submissions else None
     if not sub or sub.get("executor") == "slurm" or sub.get("host") != socket.gethostname() \
-            or not _alive(sub.get("pid")):
+            or not pid_alive(sub.get("pid")):
         return set()
     started = {n for n in sub.get("runs", []) if state.runs.get(n) and state.runs[n].job
                and state.runs[n].job.submitted >= sub["time"]}
     return set(sub.get("runs", [])) - started
 
 
-def _alive(pid) -> bool:
-    try:
-        os.kill(int(pid), 0)
-        return True
-    except (OSError, TypeError, ValueError):
-        return False
-
-
 def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except OSError:
+    if not pid or not pid_alive(pid):
         return False
     proc = Path(f"/proc/{pid}")
     try:
@@ -97,9 +86,7 @@ def slurm_infos(state: SweepState) -> dict[str, slurm.JobInfo]:
 
 
 def status(sweep_dir) -> list[dict]:
-    state = load_state(sweep_dir)
-    if not state.runs:
-        raise GruvError(f"{sweep_dir}: not a sweep directory (no {state.paths.state.name}: nothing was submitted there)")
+    state = load_state(sweep_dir, must_exist=True)
     infos = slurm_infos(state)
     queue = local_queue(state)
     rows = []
@@ -178,9 +165,7 @@ def cancel(sweep_dir, run: str | None = None, out=print) -> list[str]:
     cancelled (cancelled.json: a live local submission will not start a queued one) and, when it
     is running, stopped the way Slurm stops a job: TERM first (it checkpoints at the next step
     boundary), then KILL for whatever of its process tree is left after a grace time."""
-    state = load_state(sweep_dir)
-    if not state.runs:
-        raise GruvError(f"{sweep_dir}: not a sweep directory (no {state.paths.state.name}: nothing was submitted there)")
+    state = load_state(sweep_dir, must_exist=True)
     if run and run not in state.runs:
         raise GruvError(f"no run {run!r} in {sweep_dir}; runs: {', '.join(state.runs)}")
     queue = local_queue(state)
@@ -196,8 +181,7 @@ def cancel(sweep_dir, run: str | None = None, out=print) -> list[str]:
             if job_state(job, {}) in ACTIVE:
                 running.append(job)
     slurm.scancel(slurm_ids)
-    for job in running:
-        stop_local_job(job)
+    stop_local_jobs([job.pid for job in running])
     out(f"cancelled {len(cancelled)} run(s): {', '.join(cancelled) or '-'}")
     return cancelled
 
@@ -210,16 +194,18 @@ def mark_cancelled(paths: RunPaths, by: str) -> None:
     atomic_write_json(paths.cancelled, {"time": time.time(), "by": by})
 
 
-def stop_local_job(job: JobRecord, grace_s: float = STOP_GRACE_S) -> None:
-    """TERM to submitit's local controller, which passes it on to the training process (that one
-    checkpoints and exits); after ``grace_s`` the job's whole process tree is killed."""
-    tree = _process_tree(job.pid)
-    try:
-        os.kill(job.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
+def stop_local_jobs(pids: list[int], grace_s: float = STOP_GRACE_S) -> None:
+    """TERM to each local job's submitit controller, which passes it on to its training process
+    (that one checkpoints and exits); after ``grace_s`` (one deadline for all of them) whatever is
+    left of their process trees is killed."""
+    tree = [p for pid in pids for p in _process_tree(pid)]
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
     deadline = time.time() + grace_s
-    while time.time() < deadline and any(_alive(p) and not _zombie(p) for p in tree):
+    while time.time() < deadline and any(pid_alive(p) and not _zombie(p) for p in tree):
         time.sleep(0.2)
     for p in tree:
         try:

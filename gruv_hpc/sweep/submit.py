@@ -11,7 +11,7 @@ import socket
 import time
 from pathlib import Path
 
-from ..config import RUNTIME_KEYS, SlurmConfig, diff
+from ..config import RUNTIME_KEYS, available_cpus, SlurmConfig, diff
 from ..errors import ConfigError, GruvError
 from ..fsio import atomic_write_text
 from ..paths import SweepPaths
@@ -19,7 +19,7 @@ from . import slurm
 from .slurm import ACTIVE
 from .spec import Run, Sweep, load_sweep, validate
 from .state import JobRecord, RunRecord, SweepState, load_state, submit_lock
-from .status import mark_cancelled, run_state, slurm_infos, stop_local_job
+from .status import mark_cancelled, run_state, slurm_infos, stop_local_jobs
 
 
 def executor_kind(executor: str) -> str:
@@ -159,7 +159,7 @@ def _run_locally(todo, sweep, paths, kind, state, sub, max_parallel, progress, o
     boundary with a checkpoint, marks the rest cancelled, and says how to resume."""
     from ..launcher import TrainJob
     from ..progress import progress as progress_bar
-    threads = max(1, (os.cpu_count() or 1) // max(1, max_parallel))
+    threads = max(1, available_cpus() // max(1, max_parallel))  # the allocation's CPUs, not the host's
     ex = _local_executor(kind, paths, sweep.slurm)
     pending, running, failed = list(todo), [], []
     out(f"running {len(todo)} run(s) here, {max_parallel} at a time; this command returns when they end "
@@ -232,5 +232,4 @@ def _stop_all(running, pending, paths: SweepPaths, out) -> None:
         mark_cancelled(paths.run(run.name), "Ctrl-C on gruv sweep submit")
     for run in pending:
         mark_cancelled(paths.run(run.name), "Ctrl-C on gruv sweep submit")
-    for run, job in running:
-        stop_local_job(JobRecord(str(job.job_id), "local", 0.0, int(job.job_id)))
+    stop_local_jobs([int(job.job_id) for _, job in running])  # a LocalJob's id is its controller's pid
