@@ -154,7 +154,7 @@ def test_planned_and_built_datasets_resolve_runs_alike(corpus, tmp_path):
     f = write(tmp_path / "p.toml", tiny_tables(corpus, **{"sweep.grid": {"artists": [["aurora"], ["circuit"]]}}))
     pl = pipeline.load_pipeline(f, out)
     pre, planned = pipeline._preprocess_plan(pl, PipelinePaths(out), "local")
-    assert pre == {"state": "build"} and planned["artists"] == ["aurora", "circuit"]
+    assert pre["state"] == "build" and planned["artists"] == ["aurora", "circuit"]
     pipeline._validate_sweep(pl, PipelinePaths(out), "local", planned)
     before = [r.config for r in pl.sweep.runs]
     pipeline._preprocess_run(pl, PipelinePaths(out), pre, "local", False, lambda *a: None)
