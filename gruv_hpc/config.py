@@ -77,6 +77,10 @@ class TrainConfig:
                               "(no DataLoader): auto (when they fit in 25% of free GPU memory, or on the CPU of "
                               "available RAM shared by the ranks), true, or false (stream from the HDF5 shards)")
 
+    def __post_init__(self):
+        if isinstance(self.data_on_device, str):  # "False" on a command line means false
+            self.data_on_device = self.data_on_device.lower()
+
     def validate(self) -> None:
         if self.cell not in CELLS:
             raise ConfigError(f"cell: {self.cell!r} is not one of {', '.join(CELLS)}")

@@ -166,7 +166,8 @@ def test_state_file_round_trip(tmp_path):
     state = sweep.load_state(tmp_path)
     assert state.runs["lstm"].job == JobRecord("41_0", "slurm", 1.5)
     assert [j.pid for j in state.runs["gru"].jobs] == [4242, None]
-    assert state.run_paths("gru").root.as_posix() == "/old/runs/gru" and state.submissions == OLD_STATE["submissions"]
+    # a run's directory is derived from where the sweep directory is now, not from the stored path
+    assert state.run_paths("gru").root == tmp_path / "runs" / "gru" and state.submissions == OLD_STATE["submissions"]
     state.save()
     again = json.loads((tmp_path / "sweep.json").read_text())
     OLD_STATE["runs"]["gru"]["jobs"][1].pop("pid")  # a job without a pid is written without the key
