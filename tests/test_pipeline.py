@@ -280,7 +280,12 @@ def test_slurm_pipeline_resumes_after_its_preprocessing_was_cancelled(corpus, tm
     assert again["preprocess"]["state"] == "submitted" and sorted(again["train"]["submitted"]) == ["gru", "lstm"]
     from gruv_hpc.sweep.slurm import job_states
     old = [first["preprocess"]["merge"], *first["train"]["job_ids"], first["analysis"]["job"]]
-    assert {job_states(old)[j].state for j in old} == {"CANCELLED"}
+    for _ in range(60):  # the accounting database can take a moment to list a job cancelled while pending
+        infos = job_states(old)
+        if {infos[j].state if j in infos else None for j in old} == {"CANCELLED"}:
+            break
+        time.sleep(0.5)
+    assert {infos[j].state if j in infos else None for j in old} == {"CANCELLED"}, infos
     st = pipeline.wait(out, poll_s=1, timeout_s=400)
     assert (st["preprocess"]["state"], st["train"]["state"], st["analysis"]["state"]) == ("COMPLETED",) * 3, st
     assert paths.report_index.is_file()
