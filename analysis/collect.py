@@ -9,7 +9,7 @@ from pathlib import Path
 from gruv_hpc.analysis.common import RunInfo, cli, load_runs, mean_std
 
 COLUMNS = ["name", "group", "artists", "cell", "hidden", "layers", "seed", "variant", "state", "epochs_done", "epochs",
-           "final_train_loss", "final_dev_loss", "best_train_loss", "best_dev_loss", "params", "device", "device_hours",
+           "final_train_loss", "final_dev_loss", "best_train_loss", "best_dev_loss", "baseline_dev_loss", "params", "device", "device_hours",
            "flatness", "seed_flatness", "loop_onset_s", "loop_fraction", "rms_db", "seed_rms_db", "in_band_energy",
            "error"]
 # The numbers a group reports as mean and standard deviation over its seeds.
@@ -29,7 +29,8 @@ def param_count(config: dict) -> int | None:
     return sum(p.numel() for p in m.parameters())
 
 
-def row_for(run: RunInfo, diagnostics: dict | None = None, band: dict | None = None) -> dict:
+def row_for(run: RunInfo, diagnostics: dict | None = None, band: dict | None = None, baseline: dict | None = None) -> dict:
+    """``baseline``: the dev loss of predicting the train mean, per artist (analysis/baseline.py)."""
     import json
     h = run.history
     meta = json.loads(run.paths.config.read_text()) if run.paths.config.exists() else {}
@@ -48,6 +49,7 @@ def row_for(run: RunInfo, diagnostics: dict | None = None, band: dict | None = N
     for k in ("flatness", "seed_flatness", "loop_onset_s", "loop_fraction", "rms_db", "seed_rms_db"):
         row[k] = d.get(k)
     row["in_band_energy"] = (band or {}).get(run.name, {}).get("in_band_energy")
+    row["baseline_dev_loss"] = (baseline or {}).get(run.artist, {}).get("dev_loss")
     return row
 
 
@@ -59,7 +61,7 @@ def group_rows(rows: list[dict]) -> list[dict]:
         groups.setdefault(r["group"], []).append(r)
     out = []
     for name, rs in groups.items():
-        g = {"group": name, **{k: rs[0][k] for k in ("artists", "cell", "hidden", "layers", "variant")},
+        g = {"group": name, **{k: rs[0][k] for k in ("artists", "cell", "hidden", "layers", "variant", "baseline_dev_loss")},
              "n_seeds": len(rs), "seeds": sorted(r["seed"] for r in rs), "runs": [r["name"] for r in rs],
              "states": sorted({r["state"] for r in rs})}
         for k in GROUP_NUMBERS:
@@ -69,10 +71,11 @@ def group_rows(rows: list[dict]) -> list[dict]:
 
 
 def collect(sweep_dir, out_dir, diagnostics: dict | None = None, runs: list[RunInfo] | None = None,
-            band: dict | None = None) -> list[dict]:
-    """``band``: Figure 3's in-band energy per run ({name: {"in_band_energy": ...}})."""
+            band: dict | None = None, baseline: dict | None = None) -> list[dict]:
+    """``band``: Figure 3's in-band energy per run ({name: {"in_band_energy": ...}}); ``baseline``:
+    analysis/baseline.py's floors per artist."""
     runs = runs if runs is not None else load_runs(sweep_dir)
-    rows = [row_for(r, diagnostics, band) for r in runs]
+    rows = [row_for(r, diagnostics, band, baseline) for r in runs]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "results.csv", "w", newline="") as f:
@@ -85,6 +88,8 @@ def collect(sweep_dir, out_dir, diagnostics: dict | None = None, runs: list[RunI
 
 if __name__ == "__main__":
     a = cli(__doc__).parse_args()
-    rows = collect(a.sweep_dir, a.out)
+    from gruv_hpc.analysis.baseline import baselines
+    runs = load_runs(a.sweep_dir)
+    rows = collect(a.sweep_dir, a.out, runs=runs, baseline=baselines(runs))
     print(f"wrote {Path(a.out) / 'results.csv'} ({len(rows)} runs)")
     sys.exit(0)

@@ -7,7 +7,8 @@ from pathlib import Path
 from gruv_hpc.analysis.common import CELL_COLORS, RunInfo, cli, load_runs, note, save_fig, with_metrics
 
 
-def fig1(runs: list[RunInfo], out_dir, hidden: int | None = None) -> dict:
+def fig1(runs: list[RunInfo], out_dir, hidden: int | None = None, baseline: dict | None = None) -> dict:
+    """``baseline``: {artist: {"dev_loss": ...}} (analysis/baseline.py), drawn as a dotted line."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -35,6 +36,10 @@ def fig1(runs: list[RunInfo], out_dir, hidden: int | None = None) -> dict:
             ax.plot(ep, tr, "--", color=c, alpha=0.8, label=f"{r.cell.upper()} train" if first else None)
             ax.plot(ep, dv, "-", color=c, alpha=0.8, label=f"{r.cell.upper()} dev" if first else None)
             data["curves"][r.name] = {"artist": artist, "cell": r.cell, "seed": r.seed, "epoch": ep, "train": tr, "dev": dv}
+        floor = (baseline or {}).get(artist, {}).get("dev_loss")
+        if floor is not None:
+            ax.axhline(floor, color="0.4", ls=":", label="dev, predicting the train mean")
+            data.setdefault("baseline", {})[artist] = floor
         seeds = len({r.seed for r in mine})
         ax.set_title(f"{artist}, H = {hidden}" + (f" ({seeds} seeds)" if seeds > 1 else ""))
         if all(h["dev_loss"] is None for r in mine for h in r.history):

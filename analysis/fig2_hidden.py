@@ -8,7 +8,8 @@ from pathlib import Path
 from gruv_hpc.analysis.common import CELL_COLORS, RunInfo, cli, load_runs, mean_std, note, save_fig
 
 
-def fig2(runs: list[RunInfo], out_dir) -> dict:
+def fig2(runs: list[RunInfo], out_dir, baseline: dict | None = None) -> dict:
+    """``baseline``: {artist: {"dev_loss": ...}} (analysis/baseline.py), drawn as a dotted line."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -37,6 +38,10 @@ def fig2(runs: list[RunInfo], out_dir) -> dict:
             ax.errorbar([p["hidden"] for p in pts], [p["mean"] for p in pts], yerr=[p["std"] or 0 for p in pts],
                         fmt="o-", capsize=4, color=CELL_COLORS.get(cell), label=label)
             data["points"][f"{artist}/{cell}" + (f"/{variant}" if variant else "")] = pts
+        floor = (baseline or {}).get(artist, {}).get("dev_loss")
+        if floor is not None:
+            ax.axhline(floor, color="0.4", ls=":", label="predicting the train mean")
+            data.setdefault("baseline", {})[artist] = floor
         hs = sorted({r.hidden for r in mine})
         ax.set_xscale("log", base=2)
         ax.set_xticks(hs)

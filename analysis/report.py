@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from gruv_hpc.analysis.audio import generate_audio
+from gruv_hpc.analysis.baseline import baselines
 from gruv_hpc.analysis.claims import claims
 from gruv_hpc.analysis.collect import collect, group_rows
 from gruv_hpc.analysis.common import cli, load_runs
@@ -35,17 +36,18 @@ def analyze(sweep_dir, out_dir, hidden: int | None = None, n_seeds: int = 2, see
     if hidden is not None and hidden not in sizes:
         raise ConfigError(f"--hidden {hidden}: no run of {sweep_dir} has that hidden size (it has: "
                           f"{', '.join(map(str, sizes))})")
-    f1 = stage("fig1", fig1, runs, out, hidden)
-    f2 = stage("fig2", fig2, runs, out)
+    floor = stage("baseline", baselines, runs)
+    f1 = stage("fig1", fig1, runs, out, hidden, floor)
+    f2 = stage("fig2", fig2, runs, out, floor)
     f3 = stage("fig3", fig3, runs, out, hidden, max_clips)
     audio = stage("audio", generate_audio, runs, out, n_seeds, seed_seconds)
-    rows = stage("collect", collect, sweep_dir, out, audio, runs, f3.get("band_runs"))
+    rows = stage("collect", collect, sweep_dir, out, audio, runs, f3.get("band_runs"), floor)
     groups = group_rows(rows)
     table = stage("claims", claims, rows)
-    summary = {"runs": rows, "groups": groups, "claims": table, "fig1": f1, "fig2": f2, "fig3": {k: v for k, v in f3.items()},
+    summary = {"runs": rows, "groups": groups, "claims": table, "baseline": floor, "fig1": f1, "fig2": f2, "fig3": {k: v for k, v in f3.items()},
                "audio": audio, "timings_s": timings}
     (out / "summary.json").write_text(dumps(json.loads(json.dumps(summary, default=str)), indent=1))  # strict JSON
-    stage("html", write_html, out, runs, rows, table, f1, f2, f3, audio)
+    stage("html", write_html, out, runs, rows, table, f1, f2, f3, audio, groups, floor)
     return summary
 
 
@@ -58,12 +60,37 @@ def _fmt(v):
 
 
 # The results table on the page: the columns to compare runs by; every column is in results.csv.
-PAGE_COLUMNS = ["name", "seed", "state", "epochs_done", "final_dev_loss", "best_dev_loss", "params", "device_hours",
-                "flatness", "loop_fraction", "rms_db", "in_band_energy"]
+PAGE_COLUMNS = ["name", "seed", "state", "epochs_done", "final_dev_loss", "best_dev_loss", "baseline_dev_loss", "params",
+                "device_hours", "flatness", "loop_fraction", "rms_db", "in_band_energy"]
 VERDICT_CLASS = {"holds": "good", "does not hold": "bad", "inconclusive": "meh"}
 
 
-def write_html(out: Path, runs, rows, table, f1, f2, f3, audio) -> Path:
+def baseline_html(groups: list[dict], floor: dict) -> str:
+    """The floor per artist, and the groups whose best dev loss does not go below it."""
+    e = html.escape
+    if not floor:
+        return ""
+    items = []
+    for artist, b in sorted(floor.items()):
+        if b.get("error"):
+            items.append(f"<li class='bad'>{e(artist)}: not computed: {e(b['error'])}</li>")
+        elif b.get("dev_loss") is None:
+            items.append(f"<li>{e(artist)}: the dev split has no clips</li>")
+        else:
+            mine = [g for g in groups if g["artists"] == artist and g["best_dev_loss_mean"] is not None]
+            above = [g["group"] for g in mine if g["best_dev_loss_mean"] >= b["dev_loss"]]
+            verdict = (f"<span class='bad'>not beaten by {len(above)} of {len(mine)} group(s): {e(', '.join(above))}</span>"
+                       if above else f"<span class='good'>every group ({len(mine)}) is below it</span>" if mine
+                       else "no group has a dev loss yet")
+            items.append(f"<li>{e(artist)}: {b['dev_loss']:.4g} over {b['dev_clips']} dev clips; {verdict}</li>")
+    return ("<h2>The floor: predicting the train mean</h2><p>A model that always predicts its artists' train mean has "
+            "this dev loss (the dotted line in Figures 1 and 2; column <code>baseline_dev_loss</code>). A best dev "
+            "loss (mean over seeds) at or above it means nothing learned carries over to unseen songs.</p><ul>"
+            + "".join(items) + "</ul>")
+
+
+def write_html(out: Path, runs, rows, table, f1, f2, f3, audio, groups: list[dict] | None = None,
+               floor: dict | None = None) -> Path:
     e = html.escape
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>GRUV sweep report</title>",
              "<style>body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}table{border-collapse:collapse;font-size:13px}"
@@ -98,6 +125,7 @@ def write_html(out: Path, runs, rows, table, f1, f2, f3, audio) -> Path:
                      f"<td class='left {VERDICT_CLASS.get(c['verdict'], '')}'><b>{e(c['verdict'])}</b><br>{e(c['why'])}</td>"
                      f"<td class='left'>{e(c['comparison'])}</td><td class='left'><ul class='cmp'>{items}</ul></td></tr>")
     parts.append("</table></div>")
+    parts.append(baseline_html(groups or [], floor or {}))
     for title, data, why in (("Figure 1: train and dev loss", f1, "finished an epoch"),
                              ("Figure 2: dev loss against hidden size", f2, "a dev loss"),
                              ("Figure 3: mean spectrogram of dev next-block predictions", f3, "a checkpoint")):

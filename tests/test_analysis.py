@@ -136,6 +136,52 @@ def test_fig3_truth_equals_direct_computation(demo, data):
     assert z["freqs"][-1] == 4000.0  # Hz, up to Nyquist
 
 
+
+def test_baseline_is_the_dev_loss_of_predicting_the_train_mean(demo, data):
+    """Computed here from the shards, with numpy: each dev clip's targets (blocks 1..C), normalized
+    by the artist's own train statistics, squared, averaged per clip, then over clips."""
+    from gruv_hpc.manifest import load_stats
+    _, rep = demo
+    summary = json.loads((rep / "summary.json").read_text())
+    rows = read_csv(rep / "results.csv")
+    m = json.loads((data / "manifest.json").read_text())
+    page = (rep / "index.html").read_text()
+    for artist in ("aurora", "circuit"):
+        clips = []
+        for sh in m["shards"]:
+            if sh["artist"] != artist or sh["split"] != "dev":
+                continue
+            with h5py.File(data / sh["file"]) as h:
+                for _, off, n, _ in sh["segments"]:
+                    clips += [stored_to_features(h["blocks"][off + 8 * k + 1: off + 8 * k + 9], "fft", 64).astype(np.float64)
+                              for k in range(n)]
+        mean, std = load_stats(data, m, [artist])
+        direct = np.mean([np.mean(((y - mean) / std) ** 2) for y in clips])
+        pooled_mean, pooled_std = load_stats(data, m, None)
+        pooled = np.mean([np.mean(((y - pooled_mean) / pooled_std) ** 2) for y in clips])
+        assert abs(pooled - direct) > 1e-3  # the test would see the wrong statistics
+        b = summary["baseline"][artist]
+        assert b["dev_clips"] == len(clips) and b["dev_loss"] == pytest.approx(direct, rel=1e-5)
+        assert summary["fig2"]["baseline"][artist] == b["dev_loss"] == summary["fig1"]["baseline"][artist]
+        for name, r in rows.items():
+            if r["artists"] == artist:
+                assert float(r["baseline_dev_loss"]) == pytest.approx(b["dev_loss"], rel=1e-12)
+        assert f"{artist}: {b['dev_loss']:.4g} over {len(clips)} dev clips" in page
+
+
+def test_floor_names_the_groups_that_do_not_beat_it():
+    from gruv_hpc.analysis.report import baseline_html
+    groups = [{"group": "a-lstm-h8", "artists": "a", "best_dev_loss_mean": 0.9},
+              {"group": "a-gru-h8", "artists": "a", "best_dev_loss_mean": 1.2},
+              {"group": "a-gru-h4", "artists": "a", "best_dev_loss_mean": None},
+              {"group": "b-lstm-h8", "artists": "b", "best_dev_loss_mean": 0.5}]
+    page = baseline_html(groups, {"a": {"dev_loss": 1.1, "dev_clips": 3}, "b": {"dev_loss": 0.7, "dev_clips": 2},
+                                  "c": {"dev_loss": None, "dev_clips": 0}, "d": {"error": "d/manifest.json: missing"}})
+    assert "a: 1.1 over 3 dev clips; <span class='bad'>not beaten by 1 of 2 group(s): a-gru-h8</span>" in page
+    assert "b: 0.7 over 2 dev clips; <span class='good'>every group (1) is below it</span>" in page
+    assert "c: the dev split has no clips" in page and "d: not computed: d/manifest.json: missing" in page
+    assert baseline_html(groups, {}) == ""
+
 def copy_sweep(sw, part):
     """A copy of a sweep directory whose state points at the copy's own run directories."""
     shutil.copytree(sw, part)
