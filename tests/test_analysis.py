@@ -116,25 +116,29 @@ def test_figures_match_their_sources(demo):
     assert c["verdict"] == "inconclusive"  # one seed: the noise between seeds is unknown
 
 
+def dev_targets(data, manifest: dict, artist: str) -> list[np.ndarray]:
+    """Every dev clip's targets (blocks 1..C, unnormalized features, float64), read straight from
+    the shards: the test fixture's clips are 8 blocks of 64 samples, fft features."""
+    clips = []
+    for sh in manifest["shards"]:
+        if sh["artist"] != artist or sh["split"] != "dev":
+            continue
+        with h5py.File(data / sh["file"]) as h:
+            for _, off, n, _ in sh["segments"]:
+                clips += [stored_to_features(h["blocks"][off + 8 * k + 1: off + 8 * k + 9], "fft", 64).astype(np.float64)
+                          for k in range(n)]
+    return clips
+
+
 def test_fig3_truth_equals_direct_computation(demo, data):
     _, rep = demo
     z = np.load(rep / "fig3_data.npz")
     m = json.loads((data / "manifest.json").read_text())
     for artist in ("aurora", "circuit"):
-        mags = []
-        for sh in m["shards"]:
-            if sh["artist"] != artist or sh["split"] != "dev":
-                continue
-            with h5py.File(data / sh["file"]) as h:
-                for _, off, n, _ in sh["segments"]:
-                    for k in range(n):
-                        y = stored_to_features(h["blocks"][off + 8 * k + 1: off + 8 * k + 9], "fft", 64)
-                        mags.append(magnitude_spectrum(y.astype(np.float64), "fft"))
-        direct = np.mean(mags[:64], axis=0)
+        direct = np.mean([magnitude_spectrum(y, "fft") for y in dev_targets(data, m, artist)[:64]], axis=0)
         np.testing.assert_allclose(z[f"{artist}/truth"], direct, rtol=1e-6)
         assert z[f"{artist}/lstm"].shape == direct.shape and z[f"{artist}/gru"].shape == direct.shape
     assert z["freqs"][-1] == 4000.0  # Hz, up to Nyquist
-
 
 
 def test_baseline_is_the_dev_loss_of_predicting_the_train_mean(demo, data):
@@ -147,14 +151,7 @@ def test_baseline_is_the_dev_loss_of_predicting_the_train_mean(demo, data):
     m = json.loads((data / "manifest.json").read_text())
     page = (rep / "index.html").read_text()
     for artist in ("aurora", "circuit"):
-        clips = []
-        for sh in m["shards"]:
-            if sh["artist"] != artist or sh["split"] != "dev":
-                continue
-            with h5py.File(data / sh["file"]) as h:
-                for _, off, n, _ in sh["segments"]:
-                    clips += [stored_to_features(h["blocks"][off + 8 * k + 1: off + 8 * k + 9], "fft", 64).astype(np.float64)
-                              for k in range(n)]
+        clips = dev_targets(data, m, artist)
         mean, std = load_stats(data, m, [artist])
         direct = np.mean([np.mean(((y - mean) / std) ** 2) for y in clips])
         pooled_mean, pooled_std = load_stats(data, m, None)
