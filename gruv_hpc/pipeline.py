@@ -349,12 +349,8 @@ def _cancel_dead_dependents(prev: dict | None, say) -> None:
 
 
 def _submit_analysis(pl: Pipeline, paths: PipelinePaths, dependency: str | None) -> str:
-    import submitit
-
-    from .sweep.slurm import sbatch_parameters
-    ex = submitit.SlurmExecutor(folder=paths.logs, max_num_timeout=pl.analysis_slurm.max_num_timeout)
-    ex.update_parameters(**sbatch_parameters(pl.analysis_slurm, f"gruv-analyze-{paths.root.name}"),
-                         **({"dependency": dependency} if dependency else {}))
+    from .sweep.slurm import executor
+    ex = executor(pl.analysis_slurm, paths.logs, f"gruv-analyze-{paths.root.name}", dependency)
     return ex.submit(AnalyzeJob(str(paths.root), asdict(pl.analysis))).job_id
 
 

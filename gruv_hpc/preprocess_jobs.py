@@ -228,11 +228,8 @@ def _submit_slurm(out: Path, staging: Path, n_tasks: int, todo: list[int], scfg:
                   dependency: str | None = None) -> dict:
     """One sbatch for the unfinished tasks (a job array; a plain job for one), one for the merge
     after them; the job ids go to the staging directory's submission.json."""
-    import submitit
-
-    from .sweep.slurm import sbatch_parameters
-    ex = submitit.SlurmExecutor(folder=logs, max_num_timeout=scfg.max_num_timeout)
-    ex.update_parameters(**sbatch_parameters(scfg, f"gruv-preprocess-{out.name}"), **({"dependency": dependency} if dependency else {}))
+    from .sweep.slurm import executor
+    ex = executor(scfg, logs, f"gruv-preprocess-{out.name}", dependency)
     tasks = {}
     if todo:
         with ex.batch():

@@ -150,6 +150,16 @@ def sbatch_parameters(cfg: SlurmConfig, job_name: str) -> dict:
     return params
 
 
+def executor(cfg: SlurmConfig, folder, job_name: str, dependency: str | None = None):
+    """submitit's SlurmExecutor with ``cfg``'s sbatch_parameters (those --dry-run prints) and an
+    optional ``--dependency``: every submission (a sweep's arrays, a build's tasks and merge, the
+    pipeline's analysis job) is configured here."""
+    import submitit
+    ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=cfg.max_num_timeout)
+    ex.update_parameters(**sbatch_parameters(cfg, job_name), **({"dependency": dependency} if dependency else {}))
+    return ex
+
+
 def sbatch_script(params: dict, folder: Path, n_jobs: int) -> str:
     """The script submitit's SlurmExecutor(folder) with ``params`` sends to sbatch for ``n_jobs``
     jobs submitted in one ``executor.batch()``: a job array, or a plain job when n_jobs is 1.

@@ -140,11 +140,8 @@ def _dry_run(sweep: Sweep, paths: SweepPaths, kind: str, max_parallel: int, out)
 
 
 def _submit_slurm(arrays: list[list[Run]], sweep: Sweep, paths: SweepPaths, dependency: str | None = None):
-    import submitit
-
     from ..launcher import TrainJob
-    ex = submitit.SlurmExecutor(folder=paths.logs, max_num_timeout=sweep.slurm.max_num_timeout)
-    ex.update_parameters(**slurm.sbatch_parameters(sweep.slurm, sweep.path.stem), **({"dependency": dependency} if dependency else {}))
+    ex = slurm.executor(sweep.slurm, paths.logs, sweep.path.stem, dependency)
     jobs = []
     for runs in arrays:
         with ex.batch():  # one sbatch call per array
