@@ -49,7 +49,7 @@ def spectrogram_png(seed: np.ndarray, continuation: np.ndarray, sample_rate: int
 def generate_audio(runs: list[RunInfo], out_dir, n_seeds: int = 2, seed_seconds: float = 10.0,
                    length_ratio: float = 3.0) -> dict:
     """Returns {run: {"clips": [...], mean diagnostics}}."""
-    from gruv_hpc.data import ClipDataset
+    from gruv_hpc.dataset.clips import ClipDataset
     from gruv_hpc.errors import GruvError
     import matplotlib
     matplotlib.use("Agg")

@@ -15,7 +15,7 @@ def mean_prediction_loss(data, artists: list[str] | None, split: str = "dev") ->
     """(loss of predicting the train mean on ``split``, clips): (None, 0) when it has no clips."""
     import torch
 
-    from gruv_hpc.data import ClipDataset
+    from gruv_hpc.dataset.clips import ClipDataset
     ds = ClipDataset(data, split, artists or None)
     total = torch.zeros((), dtype=torch.float64)
     for i in range(len(ds)):

@@ -21,7 +21,7 @@ def param_count(config: dict) -> int | None:
     """Exact, from the model itself built on the meta device (no memory, no weights)."""
     import torch
 
-    from gruv_hpc.model import GRUVModel
+    from gruv_hpc.training.model import GRUVModel
     if not config.get("feature_dim"):
         return None
     with torch.device("meta"):

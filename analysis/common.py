@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gruv_hpc.paths import RunPaths, read_jsonl
-from gruv_hpc.sweep import load_state, status
+from gruv_hpc.cluster.sweep import load_state, status
 
 
 @dataclass
@@ -39,13 +39,13 @@ class RunInfo:
     def variant(self) -> str:
         """The run's other grid values (not artists, cell, hidden or seed), e.g. "lr0.01": runs are
         compared only within one variant."""
-        from gruv_hpc.sweep.spec import name_part
+        from gruv_hpc.cluster.sweep.spec import name_part
         return "-".join(name_part(k, v) for k, v in self.grid.items() if k not in ("artists", "cell", "hidden", "seed"))
 
     @property
     def group(self) -> str:
         """The run's name without its seed: runs that differ only in seed form one group."""
-        from gruv_hpc.sweep.spec import name_part
+        from gruv_hpc.cluster.sweep.spec import name_part
         return "-".join(name_part(k, v) for k, v in self.grid.items() if k != "seed") if "seed" in self.grid else self.name
 
     @property

@@ -15,7 +15,7 @@ from gruv_hpc.analysis.common import RunInfo, cli, load_runs, note, save_fig
 
 def truth_mean_magnitude(ds, max_clips: int | None = None) -> np.ndarray:
     """Mean |Y| over the dev clips: (C, F), computed from the raw (unnormalized) features."""
-    from gruv_hpc.features import magnitude_spectrum
+    from gruv_hpc.dataset.transforms import magnitude_spectrum
     n = len(ds) if max_clips is None else min(len(ds), max_clips)
     acc = None
     for i in range(n):
@@ -27,7 +27,7 @@ def truth_mean_magnitude(ds, max_clips: int | None = None) -> np.ndarray:
 def predicted_mean_magnitude(run: RunInfo, ds, max_clips: int | None = None, batch: int = 8) -> np.ndarray:
     import torch
 
-    from gruv_hpc.features import magnitude_spectrum
+    from gruv_hpc.dataset.transforms import magnitude_spectrum
     from gruv_hpc.generate import load_run
     lr = load_run(run.paths.root, "best")
     n = len(ds) if max_clips is None else min(len(ds), max_clips)
@@ -57,9 +57,9 @@ def fig3(runs: list[RunInfo], out_dir, hidden: int | None = None, max_clips: int
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from gruv_hpc.data import ClipDataset
+    from gruv_hpc.dataset.clips import ClipDataset
     from gruv_hpc.errors import GruvError
-    from gruv_hpc.features import bin_frequencies
+    from gruv_hpc.dataset.transforms import bin_frequencies
     usable = [r for r in runs if r.has_checkpoint]
     if not usable:
         return {}

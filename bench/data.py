@@ -24,17 +24,18 @@ from pathlib import Path
 
 import torch
 
-from gruv_hpc.config import TrainConfig, build, resolve
-from gruv_hpc.distributed import Dist
-from gruv_hpc.manifest import load_manifest
-from gruv_hpc.train import build_data
+from gruv_hpc.training.config import TrainConfig, resolve
+from gruv_hpc.config import build
+from gruv_hpc.training.distributed import Dist
+from gruv_hpc.dataset.manifest import load_manifest
+from gruv_hpc.training.trainer import build_data
 
 
 def make_dataset(out: Path, songs: int, min_s: float, max_s: float, sample_rate: int, block_size: int,
                  clip_blocks: int) -> Path:
-    from gruv_hpc.config import PreprocessConfig
-    from gruv_hpc.preprocess import parse_sources, preprocess
-    from gruv_hpc.synth import make_corpus
+    from gruv_hpc.dataset.config import PreprocessConfig
+    from gruv_hpc.dataset.build import parse_sources, preprocess
+    from gruv_hpc.dataset.synth import make_corpus
     data = out / "data"
     if not (data / "manifest.json").exists():
         make_corpus(out / "corpus", songs_per_artist=songs, min_s=min_s, max_s=max_s, seed=0)

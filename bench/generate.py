@@ -14,7 +14,7 @@ import time
 import torch
 
 from gruv_hpc.generate import generate_refeed, generate_stateful
-from gruv_hpc.model import GRUVModel
+from gruv_hpc.training.model import GRUVModel
 
 
 def main():

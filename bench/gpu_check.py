@@ -138,9 +138,9 @@ def step_env(mode: dict, work: Path, c: Checks) -> None:
 
 
 def step_dataset(mode: dict, work: Path, c: Checks) -> None:
-    from gruv_hpc.config import PreprocessConfig
-    from gruv_hpc.preprocess import parse_sources, preprocess
-    from gruv_hpc.synth import make_corpus
+    from gruv_hpc.dataset.config import PreprocessConfig
+    from gruv_hpc.dataset.build import parse_sources, preprocess
+    from gruv_hpc.dataset.synth import make_corpus
     if (work / "data" / "manifest.json").exists():
         print(f"  reusing {work / 'data'}", flush=True)
         m = json.loads((work / "data" / "manifest.json").read_text())
@@ -160,7 +160,8 @@ def step_dataset(mode: dict, work: Path, c: Checks) -> None:
 
 
 def _run_cfg(mode: dict, work: Path, **kw):
-    from gruv_hpc.config import TrainConfig, build
+    from gruv_hpc.training.config import TrainConfig
+    from gruv_hpc.config import build
     base = dict(data=str(work / "data"), hidden=mode["hidden"], batch_size=mode["batch"], device=mode["device"],
                 workers=mode["workers"], gen_seconds=0.0, log_every_steps=5, limit_train_batches=mode["limit"], seed=0)
     return build(TrainConfig, {**base, **kw})
@@ -169,9 +170,9 @@ def _run_cfg(mode: dict, work: Path, **kw):
 def step_run(mode: dict, work: Path, c: Checks) -> None:
     import torch
 
-    from gruv_hpc.checkpoint import load_checkpoint
+    from gruv_hpc.training.checkpoint import load_checkpoint
     from gruv_hpc.paths import RunPaths, read_jsonl
-    from gruv_hpc.train import main
+    from gruv_hpc.training.trainer import main
     import shutil
     shutil.rmtree(work / "runs", ignore_errors=True)  # a rerun (--only run --work DIR) starts afresh
     a, b = work / "runs" / "a", work / "runs" / "b"

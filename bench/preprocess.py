@@ -38,7 +38,7 @@ SR = 44100
 
 def make_wav_corpus(root: Path, minutes: float, song_s: float = 60.0, seed: int = 0) -> float:
     """Noise-plus-tones songs as 16-bit WAV (the content does not change the cost)."""
-    from gruv_hpc.synth import aurora_song, circuit_song
+    from gruv_hpc.dataset.synth import aurora_song, circuit_song
     rng = np.random.default_rng(seed)
     n = max(2, int(round(minutes * 60 / song_s)))
     base = [aurora_song(song_s, rng), circuit_song(song_s, rng)]
@@ -86,9 +86,9 @@ def whole_command_s(corpus: Path, out: Path, jobs: int) -> float:
 
 def round_trip_error(data: Path) -> float:
     """Relative RMS error of the audio the dataset's features give back, over every clip."""
-    from gruv_hpc.audio import load_mono
-    from gruv_hpc.data import ClipDataset
-    from gruv_hpc.features import audio_to_blocks, features_to_blocks
+    from gruv_hpc.dataset.audio import load_mono
+    from gruv_hpc.dataset.clips import ClipDataset
+    from gruv_hpc.dataset.transforms import audio_to_blocks, features_to_blocks
     err = ref = 0.0
     for split in ("train", "dev"):
         ds = ClipDataset(data, split, normalize=False)

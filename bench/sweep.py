@@ -21,10 +21,10 @@ def sh(*cmd) -> str:
 
 
 def main():
-    from gruv_hpc import sweep
+    from gruv_hpc.cluster import sweep
     from gruv_hpc.paths import SweepPaths
-    from gruv_hpc.preprocess import PreprocessConfig, parse_sources, preprocess
-    from gruv_hpc.synth import make_corpus
+    from gruv_hpc.dataset.build import PreprocessConfig, parse_sources, preprocess
+    from gruv_hpc.dataset.synth import make_corpus
     if not sweep.slurm_available():
         raise SystemExit("no Slurm cluster answers: run slurm/cluster.sh start")
     work = Path(tempfile.mkdtemp(prefix="gruv-bench-sweep-"))

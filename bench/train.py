@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from gruv_hpc.config import TrainConfig
-from gruv_hpc.model import GRU, GRUVModel, PeepholeLSTM
-from gruv_hpc.train import make_optimizer
+from gruv_hpc.training.config import TrainConfig
+from gruv_hpc.training.model import GRU, GRUVModel, PeepholeLSTM
+from gruv_hpc.training.trainer import make_optimizer
 
 
 DEVICE = torch.device("cpu")
@@ -118,9 +118,9 @@ def layer_alone(layer, B: int, T: int, H: int, n: int = 30) -> float:
 
 
 def make_dataset(work: Path, songs: int, song_s: tuple[float, float], block_size: int, sample_rate: int) -> Path:
-    from gruv_hpc.config import PreprocessConfig
-    from gruv_hpc.preprocess import parse_sources, preprocess
-    from gruv_hpc.synth import make_corpus
+    from gruv_hpc.dataset.config import PreprocessConfig
+    from gruv_hpc.dataset.build import parse_sources, preprocess
+    from gruv_hpc.dataset.synth import make_corpus
     data = work / "data"
     if not (data / "manifest.json").exists():
         make_corpus(work / "corpus", songs_per_artist=songs, min_s=song_s[0], max_s=song_s[1], seed=0)
@@ -133,7 +133,7 @@ def gruv_loop(data: Path, hidden: int, batch: int, steps: int, work: Path, worke
     """frames/s of train.main's own epochs (training time only, evaluation excluded), after a warm-up epoch.
     Each epoch is ``steps`` optimizer steps, data loading from the HDF5 shards included."""
     from gruv_hpc.config import build
-    from gruv_hpc.train import main
+    from gruv_hpc.training.trainer import main
     cfg = build(TrainConfig, dict(data=str(data), hidden=hidden, cell="lstm", batch_size=batch, epochs=3, workers=workers,
                                   device=DEVICE.type, limit_train_batches=steps, gen_seconds=0.0, log_every_steps=5))
     run = work / f"run-{time.time_ns()}"

@@ -11,13 +11,14 @@ import time
 import warnings
 from pathlib import Path
 
-from .errors import ConfigError, GruvError
+from gruv_hpc.errors import ConfigError, GruvError
 
 
 def _preprocess(a) -> int:
-    from .config import PreprocessConfig, build, parse_overrides
-    from .preprocess import format_split, parse_sources, plan
-    from .preprocess_jobs import build as build_dataset, read_slurm_file, slurm_config
+    from gruv_hpc.dataset.config import PreprocessConfig
+    from gruv_hpc.config import build, parse_overrides
+    from gruv_hpc.dataset.build import format_split, parse_sources, plan
+    from gruv_hpc.cluster.preprocess import build as build_dataset, read_slurm_file, slurm_config
     cfg = build(PreprocessConfig, {f.name: getattr(a, f.name) for f in dataclasses.fields(PreprocessConfig)},
                 source="the command line")
     sources = parse_sources([s for s in a.sources if not s.startswith("slurm.")])
@@ -53,7 +54,7 @@ def _preprocess(a) -> int:
 
 
 def _corpus_synth(a) -> int:
-    from .synth import make_corpus
+    from gruv_hpc.dataset.synth import make_corpus
     made = make_corpus(a.out, songs_per_artist=a.songs, min_s=a.min_seconds, max_s=a.max_seconds, seed=a.seed)
     for artist, paths in made.items():
         print(f"{artist}: {len(paths)} songs in {a.out}/{artist}")
@@ -61,7 +62,8 @@ def _corpus_synth(a) -> int:
 
 
 def _train(a) -> int:
-    from .config import TrainConfig, build, help_text, parse_overrides, read_file
+    from gruv_hpc.training.config import TrainConfig
+    from gruv_hpc.config import build, help_text, parse_overrides, read_file
     if a.help_config:
         print("gruv train config keys:\n" + help_text(TrainConfig))
         return 0
@@ -72,9 +74,9 @@ def _train(a) -> int:
     if a.data:
         overrides["data"] = a.data
     cfg = build(TrainConfig, values, overrides, source=a.config or "config")
-    from . import distributed
-    from .train import EXIT_STOPPED, StopFlag
-    from .train import main as train_main
+    from gruv_hpc.training import distributed
+    from gruv_hpc.training.trainer import EXIT_STOPPED, StopFlag
+    from gruv_hpc.training.trainer import main as train_main
     distributed.export_env()  # side effect, stated: under plain srun, torchrun's variables from Slurm's
     # TERM, INT, HUP and the preemption signal stop at the next step boundary with a checkpoint.
     res = train_main(cfg, a.run_dir, stop=StopFlag().install())
@@ -87,7 +89,7 @@ def _train(a) -> int:
 
 
 def _generate(a) -> int:
-    from .generate import describe, generate
+    from gruv_hpc.generate import describe, generate
     side = generate(a.run_dir, a.out, seed_seconds=a.seed_seconds, length_ratio=a.length_ratio, seed_from=a.seed_from,
                     seed_index=a.seed_index, seed_start=a.seed_start, algorithm=a.algorithm, checkpoint=a.checkpoint,
                     with_seed=a.with_seed, float32=a.float, normalize=a.normalize, device=a.device)
@@ -97,7 +99,7 @@ def _generate(a) -> int:
 
 
 def _sweep(a) -> int:
-    from . import sweep
+    from gruv_hpc.cluster import sweep
     if a.sweep_cmd == "submit":
         res = sweep.submit(a.sweep_file, a.out, executor=a.executor, dry_run=a.dry_run, overrides=a.overrides,
                            max_parallel=a.max_parallel, progress=not a.quiet)
@@ -123,7 +125,7 @@ def _sweep(a) -> int:
         sweep.cancel(a.sweep_dir, a.run)
         return 0
     if a.sweep_cmd == "logs":
-        from .sweep.logs import show_logs
+        from gruv_hpc.cluster.sweep.logs import show_logs
         return show_logs(a.sweep_dir, a.run, err=a.err, follow=a.follow)
     if a.sweep_cmd == "wait":
         rows = sweep.wait(a.sweep_dir, poll_s=a.interval)
@@ -133,7 +135,7 @@ def _sweep(a) -> int:
 
 
 def _pipeline(a) -> int:
-    from . import pipeline
+    from gruv_hpc.cluster import pipeline
     if a.pipeline_cmd == "submit":
         sub = pipeline.submit(a.pipeline_file, a.out, executor=a.executor, overrides=a.overrides,
                               max_parallel=a.max_parallel, progress=not a.quiet)
@@ -151,12 +153,12 @@ def _pipeline(a) -> int:
 
 
 def _tensorboard(a) -> int:
-    from .tbserver import serve
+    from gruv_hpc.tbserver import serve
     return serve(a.sweep_dir, a.host, a.port, out=lambda line: print(line, flush=True))
 
 
 def _analyze(a) -> int:
-    from .analysis.report import analyze
+    from gruv_hpc.analysis.report import analyze
     t = time.time()
     print(f"analyzing {a.sweep_dir}")
     analyze(a.sweep_dir, a.out, hidden=a.hidden, n_seeds=a.seeds, seed_seconds=a.seed_seconds, max_clips=a.max_clips)
@@ -169,7 +171,7 @@ def add_config_options(p: argparse.ArgumentParser, cls) -> None:
     the dataclass: the CLI never repeats a default."""
     import typing
 
-    from .config import DTYPES, TRANSFORMS
+    from gruv_hpc.dataset.config import DTYPES, TRANSFORMS
     choices = {"transform": TRANSFORMS, "dtype": DTYPES}
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -187,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("sources", nargs="+", metavar="ARTIST=DIR", help="one per artist; also slurm.KEY=value "
                     "(resources of the Slurm jobs)")
     pp.add_argument("--out", help="dataset directory (DATA_DIR)")
-    from .config import PreprocessConfig
+    from gruv_hpc.dataset.config import PreprocessConfig
     add_config_options(pp, PreprocessConfig)
     pp.add_argument("--split-file", help="take the train/dev split from FILE: one line per song, "
                     "ARTIST<TAB>PATH relative to the artist's folder<TAB>train|dev ('#' comments)")

@@ -18,15 +18,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .audio import load_mono, write_wav
-from .checkpoint import RunPaths, load_best, load_checkpoint, load_latest
-from .config import TrainConfig, build
-from .data import ClipDataset
-from .errors import GenerationError
-from .fsio import atomic_write_json
-from .features import audio_to_blocks, blocks_to_features, features_to_blocks
-from .manifest import DatasetError, load_manifest, load_stats
-from .model import GRUVModel
+from gruv_hpc.dataset.audio import load_mono, write_wav
+from gruv_hpc.training.checkpoint import RunPaths, load_best, load_checkpoint, load_latest
+from gruv_hpc.training.config import TrainConfig
+from gruv_hpc.config import build
+from gruv_hpc.dataset.clips import ClipDataset
+from gruv_hpc.errors import GenerationError
+from gruv_hpc.fsio import atomic_write_json
+from gruv_hpc.dataset.transforms import audio_to_blocks, blocks_to_features, features_to_blocks
+from gruv_hpc.dataset.manifest import DatasetError, load_manifest, load_stats
+from gruv_hpc.training.model import GRUVModel
 
 
 
@@ -316,7 +317,7 @@ def log_to_tensorboard(writer, model, cfg: TrainConfig, step: int, device) -> No
     model.train(was_training)
     audio = np.clip(to_audio(run, gen), -1, 1)
     writer.add_audio("generated/audio", torch.from_numpy(audio).unsqueeze(0), step, sample_rate=cfg.sample_rate)
-    from .features import magnitude_spectrum
+    from gruv_hpc.dataset.transforms import magnitude_spectrum
     mag = np.log1p(magnitude_spectrum(gen * run.std + run.mean, cfg.transform)).T[::-1]  # (freq, time), low at bottom
     img = (mag - mag.min()) / max(mag.max() - mag.min(), 1e-9)
     writer.add_image("generated/spectrogram", torch.from_numpy(img.copy()).unsqueeze(0).float(), step)

@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import GruvError
+from gruv_hpc.errors import GruvError
 
 
 class LockedError(GruvError):

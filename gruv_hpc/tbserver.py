@@ -11,8 +11,8 @@ import socket
 import subprocess
 import time
 
-from .errors import ConfigError
-from .paths import RunPaths, SweepPaths
+from gruv_hpc.errors import ConfigError
+from gruv_hpc.paths import RunPaths, SweepPaths
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 

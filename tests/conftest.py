@@ -38,14 +38,14 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> Path:
-    from gruv_hpc.synth import make_corpus
+    from gruv_hpc.dataset.synth import make_corpus
     d = tmp_path_factory.mktemp("corpus")
     make_corpus(d, songs_per_artist=3, min_s=6, max_s=9, seed=1)
     return d
 
 
 def preprocess_tiny(corpus: Path, out: Path, **kw):
-    from gruv_hpc.preprocess import PreprocessConfig, parse_sources, preprocess
+    from gruv_hpc.dataset.build import PreprocessConfig, parse_sources, preprocess
     cfg = PreprocessConfig(**{**TINY, **kw})
     return preprocess(parse_sources([f"aurora={corpus / 'aurora'}", f"circuit={corpus / 'circuit'}"]), out, cfg, progress=False)
 
@@ -58,7 +58,8 @@ def data(corpus, tmp_path_factory) -> Path:
 
 
 def tiny_config(data: Path, **kw):
-    from gruv_hpc.config import TrainConfig, build
+    from gruv_hpc.training.config import TrainConfig
+    from gruv_hpc.config import build
     base = dict(data=str(data), hidden=8, epochs=2, batch_size=4, workers=0, gen_seconds=0.0, log_every_steps=5,
                 limit_train_batches=12)
     base.update(kw)
@@ -68,7 +69,7 @@ def tiny_config(data: Path, **kw):
 @pytest.fixture(scope="session")
 def trained_run(data, tmp_path_factory) -> Path:
     """A tiny LSTM trained for a few epochs, shared by the generation and analysis tests."""
-    from gruv_hpc.train import main
+    from gruv_hpc.training.trainer import main
     run = tmp_path_factory.mktemp("runs") / "lstm"
     main(tiny_config(data, epochs=3, hidden=12), run)
     return run

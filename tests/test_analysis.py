@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from gruv_hpc import sweep
-from gruv_hpc.features import magnitude_spectrum, stored_to_features
+from gruv_hpc.cluster import sweep
+from gruv_hpc.dataset.transforms import magnitude_spectrum, stored_to_features
 from gruv_hpc.paths import read_jsonl
 
 DEMO = """
@@ -144,7 +144,7 @@ def test_fig3_truth_equals_direct_computation(demo, data):
 def test_baseline_is_the_dev_loss_of_predicting_the_train_mean(demo, data):
     """Computed here from the shards, with numpy: each dev clip's targets (blocks 1..C), normalized
     by the artist's own train statistics, squared, averaged per clip, then over clips."""
-    from gruv_hpc.manifest import load_stats
+    from gruv_hpc.dataset.manifest import load_stats
     _, rep = demo
     summary = json.loads((rep / "summary.json").read_text())
     rows = read_csv(rep / "results.csv")

@@ -11,8 +11,8 @@ import os
 import pytest
 import torch
 
-from gruv_hpc import model as M
-from gruv_hpc.model import GRUVModel, GraphedRecurrence, PeepholeLSTMFunction
+from gruv_hpc.training import model as M
+from gruv_hpc.training.model import GRUVModel, GraphedRecurrence, PeepholeLSTMFunction
 
 pytestmark = pytest.mark.cuda
 
@@ -112,10 +112,10 @@ def test_bf16_autocast_loss_close_to_fp32(dev):
 
 def test_checkpoint_from_device_loads_on_cpu(dev, tmp_path):
     """A model and optimizer trained a step on the device, saved, loaded with map_location=cpu: equal."""
-    from gruv_hpc.checkpoint import Checkpointer
+    from gruv_hpc.training.checkpoint import Checkpointer
     from gruv_hpc.paths import RunPaths
-    from gruv_hpc.train import make_optimizer
-    from gruv_hpc.config import TrainConfig
+    from gruv_hpc.training.trainer import make_optimizer
+    from gruv_hpc.training.config import TrainConfig
     torch.manual_seed(0)
     m = GRUVModel(dim=32, hidden=16).to(dev)
     opt = make_optimizer(TrainConfig(), m.parameters())
@@ -142,9 +142,9 @@ def test_checkpoint_from_device_loads_on_cpu(dev, tmp_path):
 def test_resident_batches_on_device_equal_streaming(dev, data):
     """The resident clips on the device give the very batches the DataLoader streams."""
     from torch.utils.data import DataLoader
-    from gruv_hpc import resident
-    from gruv_hpc.data import ClipDataset, batch_collate
-    from gruv_hpc.train import ResumableSampler
+    from gruv_hpc.dataset import resident
+    from gruv_hpc.dataset.clips import ClipDataset, batch_collate
+    from gruv_hpc.training.trainer import ResumableSampler
     train, dev_set = ClipDataset(data, "train", as_blocks=True), ClipDataset(data, "dev", as_blocks=True)
     s1, s2 = (ResumableSampler(train, num_replicas=1, rank=0, shuffle=True, seed=0, drop_last=True) for _ in range(2))
     tr, dv = resident.build_loaders("true", dev, 1, train, dev_set, range(len(dev_set)), s1, 4, log=lambda _: None)

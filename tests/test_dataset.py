@@ -11,12 +11,12 @@ import soundfile as sf
 import torch
 
 from conftest import TINY, preprocess_tiny, tiny_config
-from gruv_hpc.audio import load_mono
-from gruv_hpc.data import ClipDataset
+from gruv_hpc.dataset.audio import load_mono
+from gruv_hpc.dataset.clips import ClipDataset
 from gruv_hpc.errors import DatasetError
-from gruv_hpc.features import audio_to_blocks, blocks_to_features, expansion, features_to_blocks
-from gruv_hpc.manifest import load_manifest, load_stats
-from gruv_hpc.preprocess import PreprocessConfig, format_split, parse_sources, plan, preprocess
+from gruv_hpc.dataset.transforms import audio_to_blocks, blocks_to_features, expansion, features_to_blocks
+from gruv_hpc.dataset.manifest import load_manifest, load_stats
+from gruv_hpc.dataset.build import PreprocessConfig, format_split, parse_sources, plan, preprocess
 
 
 def cli(*args, **kw):
@@ -35,7 +35,7 @@ def test_one_artists_run_does_not_depend_on_the_other_artists(corpus, tmp_path):
     """The same songs and seed: a dataset of aurora alone and one of circuit and aurora give
     aurora the same split, the same statistics and the same training losses."""
     from gruv_hpc.generate import run_stats
-    from gruv_hpc.train import main
+    from gruv_hpc.training.trainer import main
     alone, both = tmp_path / "alone", tmp_path / "both"
     cfg = PreprocessConfig(**TINY)
     preprocess(parse_sources([f"aurora={corpus / 'aurora'}"]), alone, cfg, progress=False)
@@ -225,7 +225,7 @@ def test_expanded_batch_is_the_old_pipelines_normalized_features(corpus, tmp_pat
 def test_normalizer_on_every_path_is_normalize_then_expand(n, transform):
     """The CPU path (numpy views), the GPU path (torch slices and flips, run here on the CPU, and on
     CUDA where there is one), float32 and float16 input: all = (sign * stored[index] - mean) / std."""
-    from gruv_hpc.data import Normalizer
+    from gruv_hpc.dataset.clips import Normalizer
     rng = np.random.default_rng(n)
     idx, sign = expansion(transform, n)
     m_s, s_s = rng.standard_normal(n), rng.random(n) + 0.5  # stats of the stored values
@@ -244,7 +244,7 @@ def test_normalizer_on_every_path_is_normalize_then_expand(n, transform):
 
 
 def test_float16_storage_halves_the_bytes_and_trains_the_same(corpus, tmp_path):
-    from gruv_hpc.train import main
+    from gruv_hpc.training.trainer import main
     m32 = preprocess_tiny(corpus, tmp_path / "f32")
     m16 = preprocess_tiny(corpus, tmp_path / "f16", dtype="float16")
     assert m16["params"]["dtype"] == "float16"

@@ -2,7 +2,7 @@
 import subprocess
 import sys
 
-from gruv_hpc.distributed import export_env, master_port
+from gruv_hpc.training.distributed import export_env, master_port
 
 
 def test_export_env_from_slurm_variables():
@@ -25,7 +25,7 @@ def test_export_env_leaves_torchrun_and_single_tasks_alone():
 
 
 def test_setup_does_not_write_the_environment():
-    code = ("import os, json; before = dict(os.environ); from gruv_hpc import distributed; "
+    code = ("import os, json; before = dict(os.environ); from gruv_hpc.training import distributed; "
             "d = distributed.setup('cpu'); print(json.dumps([d.rank, d.world, dict(os.environ) == before]))")
     env = {"PATH": "/usr/bin:/bin", "SLURM_PROCID": "0", "SLURM_NTASKS": "2", "PYTHONPATH": ":".join(sys.path)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
@@ -33,7 +33,7 @@ def test_setup_does_not_write_the_environment():
 
 
 def test_preemption_signal_follows_submitit_setting():
-    code = "from gruv_hpc.train import preempt_signal; print(preempt_signal().name)"
+    code = "from gruv_hpc.training.trainer import preempt_signal; print(preempt_signal().name)"
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path)}
     run = lambda e: subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, check=True).stdout.strip()  # noqa: E731
     assert run(env) == "SIGUSR2"

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from conftest import preprocess_tiny, tiny_config
-from gruv_hpc.checkpoint import load_checkpoint
+from gruv_hpc.training.checkpoint import load_checkpoint
 from gruv_hpc.errors import DatasetError, TrainingError
 from gruv_hpc.paths import RunPaths, read_jsonl
-from gruv_hpc.train import EXIT_STOPPED, main
+from gruv_hpc.training.trainer import EXIT_STOPPED, main
 
 
 def gruv(*args, **kw):
@@ -182,7 +182,7 @@ def test_bad_train_values(data, tmp_path, kv):
 
 def test_metrics_jsonl_is_strict_json(data, tmp_path, monkeypatch):
     """An empty dev split gives a NaN dev loss: it is written as null, never as NaN."""
-    import gruv_hpc.train as train
+    import gruv_hpc.training.trainer as train
     monkeypatch.setattr(train.Trainer, "evaluate", lambda self: float("nan"))
     main(tiny_config(data, epochs=1), tmp_path / "r")
     line = (tmp_path / "r" / "metrics.jsonl").read_text()
@@ -284,7 +284,7 @@ def test_loop_stats_memory_is_linear(tmp_path):
 
 from conftest import write_sweep  # noqa: E402
 
-from gruv_hpc import sweep  # noqa: E402
+from gruv_hpc.cluster import sweep  # noqa: E402
 
 LONG = {"epochs": 100000, "batch_size": 4, "workers": 0, "gen_seconds": 0.0, "hidden": 8, "log_every_steps": 5,
         "ckpt_every_epochs": 1000}

@@ -2,9 +2,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from gruv_hpc.audio import AudioError, load_mono, resample, to_pcm, write_wav
-from gruv_hpc.features import (audio_to_blocks, blocks_to_features, blocks_to_stored, expansion, feature_dim,
-                               features_to_blocks, magnitude_spectrum, storage_dim, stored_to_features)
+from gruv_hpc.dataset.audio import AudioError, load_mono, resample, to_pcm, write_wav
+from gruv_hpc.dataset.transforms import (audio_to_blocks, blocks_to_features, blocks_to_stored, expansion, feature_dim, features_to_blocks, magnitude_spectrum, storage_dim, stored_to_features)
 
 
 @pytest.mark.parametrize("transform", ["fft", "rfft"])

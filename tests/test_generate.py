@@ -7,8 +7,7 @@ import soundfile as sf
 import torch
 
 from gruv_hpc.errors import GenerationError
-from gruv_hpc.generate import (generate, generate_refeed, generate_stateful, load_run, loop_stats, rms_db,
-                               seed_features, spectral_flatness)
+from gruv_hpc.generate import (generate, generate_refeed, generate_stateful, load_run, loop_stats, rms_db, seed_features, spectral_flatness)
 
 
 def test_stateful_equals_refeed_on_trained_model(trained_run):

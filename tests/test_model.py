@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from gruv_hpc.model import GRU, FusedLSTM, GRUVModel, PeepholeLSTM, PeepholeLSTMFunction
+from gruv_hpc.training.model import GRU, FusedLSTM, GRUVModel, PeepholeLSTM, PeepholeLSTMFunction
 
 
 def sig(x):

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY
-from gruv_hpc import pipeline
-from gruv_hpc import sweep as sw
+from gruv_hpc.cluster import pipeline
+from gruv_hpc.cluster import sweep as sw
 from gruv_hpc.config import read_file
 from gruv_hpc.errors import ConfigError, DatasetError
-from gruv_hpc.manifest import load_manifest
+from gruv_hpc.dataset.manifest import load_manifest
 from gruv_hpc.paths import BuildPaths, PipelinePaths
 
 SLURM_SMALL = {"time_min": 10, "cpus_per_task": 1, "mem_gb": 1.0, "signal_delay_s": 30}
@@ -278,7 +278,7 @@ def test_slurm_pipeline_resumes_after_its_preprocessing_was_cancelled(corpus, tm
     again = pipeline.submit(f, out, executor="slurm", say=said.append)
     assert any("cancelled 3 job(s) left waiting on merge job" in s for s in said), said
     assert again["preprocess"]["state"] == "submitted" and sorted(again["train"]["submitted"]) == ["gru", "lstm"]
-    from gruv_hpc.sweep.slurm import job_states
+    from gruv_hpc.cluster.slurm import job_states
     old = [first["preprocess"]["merge"], *first["train"]["job_ids"], first["analysis"]["job"]]
     for _ in range(60):  # the accounting database can take a moment to list a job cancelled while pending
         infos = job_states(old)

@@ -12,11 +12,11 @@ import pytest
 import soundfile as sf
 
 from conftest import TINY, preprocess_tiny
-from gruv_hpc.data import ClipDataset
+from gruv_hpc.dataset.clips import ClipDataset
 from gruv_hpc.errors import DatasetError
-from gruv_hpc.features import audio_to_blocks, blocks_to_features, blocks_to_stored
-from gruv_hpc.manifest import check_params, load_manifest
-from gruv_hpc.preprocess import PreprocessConfig, assign_splits, parse_sources, plan, preprocess
+from gruv_hpc.dataset.transforms import audio_to_blocks, blocks_to_features, blocks_to_stored
+from gruv_hpc.dataset.manifest import check_params, load_manifest
+from gruv_hpc.dataset.build import PreprocessConfig, assign_splits, parse_sources, plan, preprocess
 
 ASC = Path("/usr/share/games/asc/music")
 
@@ -63,7 +63,7 @@ def test_song_level_split_is_deterministic_and_disjoint(data):
 
 def test_clips_are_windows_over_songs(data, corpus):
     """Clip k of a song = blocks [k*C, k*C + C] of the song's audio; y is x shifted by one block."""
-    from gruv_hpc.audio import load_mono
+    from gruv_hpc.dataset.audio import load_mono
     m = load_manifest(data)
     ds = ClipDataset(data, "train", normalize=False)
     i = 3
@@ -181,7 +181,7 @@ def test_existing_dataset_with_other_params_is_refused(corpus, tmp_path):
         preprocess_tiny(corpus, tmp_path / "ds", block_size=32)
     m = load_manifest(tmp_path / "ds")
     assert m["params"]["block_size"] == 64  # untouched
-    from gruv_hpc.preprocess import parse_sources as ps
+    from gruv_hpc.dataset.build import parse_sources as ps
     m = preprocess(ps([f"aurora={corpus / 'aurora'}"]), tmp_path / "ds", PreprocessConfig(**{**TINY, "block_size": 32}),
                    overwrite=True, progress=False)
     assert load_manifest(tmp_path / "ds")["params"]["block_size"] == 32
@@ -192,7 +192,7 @@ def test_existing_dataset_with_other_params_is_refused(corpus, tmp_path):
 def test_interrupted_run_never_reads_as_complete(corpus, tmp_path):
     """Kill preprocessing mid-way: no manifest, so nothing reads the directory as a dataset."""
     big = tmp_path / "big"
-    from gruv_hpc.synth import make_corpus
+    from gruv_hpc.dataset.synth import make_corpus
     make_corpus(big, songs_per_artist=6, min_s=20, max_s=25, seed=3)
     out = tmp_path / "ds"
     p = subprocess.Popen([sys.executable, "-m", "gruv_hpc.cli", "preprocess", f"a={big / 'aurora'}", f"c={big / 'circuit'}",
@@ -242,7 +242,7 @@ def test_dataloader_spawn_workers_get_no_open_handles(data):
     """spawn/forkserver pickle the dataset into each worker: an open h5py handle must not travel."""
     import torch
 
-    from gruv_hpc.data import batch_collate
+    from gruv_hpc.dataset.clips import batch_collate
     ds = ClipDataset(data, "train", as_blocks=True)
     first = ds[0]  # the parent opens a shard
     assert ds._files
@@ -263,7 +263,7 @@ def _peak_rss_mb(args) -> float:
 
 
 def test_memory_does_not_grow_with_corpus(tmp_path):
-    from gruv_hpc.synth import make_corpus
+    from gruv_hpc.dataset.synth import make_corpus
     small, big = tmp_path / "s", tmp_path / "b"
     make_corpus(small, songs_per_artist=2, min_s=30, max_s=30, seed=0)
     make_corpus(big, songs_per_artist=8, min_s=30, max_s=30, seed=0)
@@ -392,7 +392,7 @@ def test_a_crash_between_the_swaps_renames_is_recovered(corpus, tmp_path):
 def test_a_second_writer_is_refused_naming_the_first(corpus, tmp_path):
     out = tmp_path / "ds"
     # The first run stops itself once it holds the lock and has made its staging directory.
-    code = ("import os, signal, sys; import gruv_hpc.preprocess as P; run = P.run_task\n"
+    code = ("import os, signal, sys; import gruv_hpc.dataset.build as P; run = P.run_task\n"
             "def stopped(*a, **k):\n    os.kill(os.getpid(), signal.SIGSTOP); return run(*a, **k)\n"
             "P.run_task = stopped; from gruv_hpc.cli import main; sys.exit(main(sys.argv[1:]))")
     first = subprocess.Popen([sys.executable, "-c", code, "preprocess", f"a={corpus / 'aurora'}", "--out", str(out),

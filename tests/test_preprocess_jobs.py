@@ -1,4 +1,4 @@
-"""Parallel preprocessing (gruv_hpc.preprocess_jobs): N local processes, or a Slurm job array and a
+"""Parallel preprocessing (gruv_hpc.cluster.preprocess): N local processes, or a Slurm job array and a
 merge job; the result equals the serial one; finished tasks are never redone."""
 import hashlib
 import json
@@ -13,14 +13,14 @@ import pytest
 import torch
 
 from conftest import TINY
-from gruv_hpc import preprocess as P
-from gruv_hpc import preprocess_jobs as PJ
-from gruv_hpc.data import ClipDataset
+from gruv_hpc.dataset import build as P
+from gruv_hpc.cluster import preprocess as PJ
+from gruv_hpc.dataset.clips import ClipDataset
 from gruv_hpc.errors import DatasetError
 from gruv_hpc.lock import Lock, LockedError
-from gruv_hpc.manifest import load_manifest
+from gruv_hpc.dataset.manifest import load_manifest
 from gruv_hpc.paths import BuildPaths
-from gruv_hpc.preprocess import PreprocessConfig, parse_sources
+from gruv_hpc.dataset.build import PreprocessConfig, parse_sources
 
 
 def sources(corpus):
@@ -232,7 +232,7 @@ def _free(lock) -> bool:
 
 
 def _states(ids):
-    from gruv_hpc.sweep.slurm import job_states
+    from gruv_hpc.cluster.slurm import job_states
     infos = job_states(ids)
     return {j: infos[j].state if j in infos else None for j in ids}
 

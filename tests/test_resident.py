@@ -1,15 +1,16 @@
-"""The device-resident dataset (gruv_hpc.resident): the same batches as streaming, bitwise."""
+"""The device-resident dataset (gruv_hpc.dataset.resident): the same batches as streaming, bitwise."""
 import pytest
 import torch
 from torch.utils.data import DataLoader, Subset
 
 from conftest import tiny_config
-from gruv_hpc import resident
-from gruv_hpc.checkpoint import load_checkpoint
-from gruv_hpc.config import ConfigError, TrainConfig, build
-from gruv_hpc.data import ClipDataset, batch_collate
+from gruv_hpc.dataset import resident
+from gruv_hpc.training.checkpoint import load_checkpoint
+from gruv_hpc.config import ConfigError, build
+from gruv_hpc.training.config import TrainConfig
+from gruv_hpc.dataset.clips import ClipDataset, batch_collate
 from gruv_hpc.paths import RunPaths, read_jsonl
-from gruv_hpc.train import ResumableSampler, main
+from gruv_hpc.training.trainer import ResumableSampler, main
 
 from test_train import StopAfter, assert_bitwise_equal, weights
 
@@ -85,7 +86,7 @@ def test_config_key(tmp_path):
     assert build(TrainConfig, {}, {"data_on_device": "False"}).data_on_device == "false"
     with pytest.raises(ConfigError, match="data_on_device: 'maybe' is not one of auto, true, false"):
         build(TrainConfig, {}, {"data_on_device": "maybe"})
-    from gruv_hpc.config import RUNTIME_KEYS
+    from gruv_hpc.training.config import RUNTIME_KEYS
     assert "data_on_device" in RUNTIME_KEYS  # a run may switch between starts
 
 

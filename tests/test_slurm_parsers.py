@@ -1,8 +1,8 @@
 """The Slurm output parsers, from output recorded on the local cluster (Slurm 22.05): no cluster needed."""
 import os
 
-from gruv_hpc.sweep import slurm
-from gruv_hpc.sweep.slurm import JobInfo, expand_array_id, parse_max_array_size, parse_sacct, parse_squeue
+from gruv_hpc.cluster import slurm
+from gruv_hpc.cluster.slurm import JobInfo, expand_array_id, parse_max_array_size, parse_sacct, parse_squeue
 
 # sacct -n -P -X --duplicates -o JobID,State,ExitCode, over a sweep's life: a 4-run array, runs
 # cancelled, a preempted run (REQUEUED, then its second start), an array with a failed task.

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from gruv_hpc import sweep
-from gruv_hpc.checkpoint import load_checkpoint
+from gruv_hpc.cluster import slurm
+from gruv_hpc.cluster import sweep
+from gruv_hpc.training.checkpoint import load_checkpoint
 from gruv_hpc.errors import ConfigError
 from gruv_hpc.paths import RunPaths, SweepPaths, read_jsonl
 
@@ -69,7 +70,7 @@ def test_changed_config_is_refused(smoke, data):
 def test_dry_run_prints_the_scripts_that_are_submitted(data, tmp_path, monkeypatch):
     """--dry-run renders the sbatch scripts without submitting; they must be the very files
     submitit then writes and sends (one job array of 2 runs and one plain job here)."""
-    monkeypatch.setattr(sweep.slurm, "max_array_size", lambda: 2)
+    monkeypatch.setattr(slurm, "max_array_size", lambda: 2)
     f = write_sweep(tmp_path / "s.toml", data, {"epochs": 1, "workers": 0, "gen_seconds": 0.0}, {"hidden": [2, 3, 4]},
                     {"setup": ["echo set up"]})
     f.write_text(f.read_text() + 'additional = {comment = "dry run"}\n')  # (last table: [slurm])
@@ -93,7 +94,7 @@ def test_dry_run_prints_the_scripts_that_are_submitted(data, tmp_path, monkeypat
 
 
 def test_grid_larger_than_max_array_size_is_split(data, tmp_path, monkeypatch):
-    monkeypatch.setattr(sweep.slurm, "max_array_size", lambda: 3)
+    monkeypatch.setattr(slurm, "max_array_size", lambda: 3)
     f = write_sweep(tmp_path / "s.toml", data, {"epochs": 1, "workers": 0, "gen_seconds": 0.0}, {"hidden": [2, 3, 4, 5]})
     d = tmp_path / "sw"
     res = sweep.submit(f, d, executor="slurm", out=lambda *a: None)

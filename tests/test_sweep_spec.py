@@ -7,10 +7,11 @@ import time
 import pytest
 
 
-from gruv_hpc import sweep
+from gruv_hpc.cluster import slurm
+from gruv_hpc.cluster import sweep
 from gruv_hpc.errors import ConfigError, DatasetError, GruvError
-from gruv_hpc.sweep import JobRecord, RunRecord
-from gruv_hpc.sweep.slurm import JobInfo
+from gruv_hpc.cluster.sweep import JobRecord, RunRecord
+from gruv_hpc.cluster.slurm import JobInfo
 
 from conftest import write_sweep
 
@@ -103,7 +104,7 @@ def test_dry_run_prints_runs_and_sbatch(data, tmp_path):
 
 def test_dry_run_submits_what_a_submission_would(tmp_path, monkeypatch):
     """Only the runs still to do, in MaxArraySize chunks: an array of 3 and a plain job of 1 here."""
-    monkeypatch.setattr(sweep.slurm, "max_array_size", lambda: 3)
+    monkeypatch.setattr(slurm, "max_array_size", lambda: 3)
     f = write_sweep(tmp_path / "s.toml", tmp_path / "nodata", {"epochs": 1}, {"hidden": [2, 3, 4, 5, 6]}, {"array_parallelism": 2})
     d = tmp_path / "sw"
     _record(sweep.load_sweep(f), d)
@@ -120,8 +121,8 @@ def test_dry_run_submits_what_a_submission_would(tmp_path, monkeypatch):
 
 
 def test_sbatch_parameters_of_a_slurm_config():
-    from gruv_hpc.config import SlurmConfig
-    from gruv_hpc.sweep.slurm import sbatch_parameters, sbatch_script
+    from gruv_hpc.cluster.config import SlurmConfig
+    from gruv_hpc.cluster.slurm import sbatch_parameters, sbatch_script
     cfg = SlurmConfig(partition="gpu", account="proj", time_min=90, nodes=2, gpus_per_node=4, tasks_per_node=4,
                       cpus_per_task=8, mem_gb=1.5, array_parallelism=3, signal_delay_s=60,
                       setup=["module load cuda"], additional={"exclude": "node7"})
@@ -189,7 +190,7 @@ def test_wait_asks_slurm_once_per_poll(tmp_path, monkeypatch):
     _record(sweep.load_sweep(f), tmp_path / "sw", lambda r: JobRecord("7_0", "slurm", time.time()))
     answers = [{"7_0": JobInfo("PENDING")}, {"7_0": JobInfo("RUNNING")}, {"7_0": JobInfo("CANCELLED", 0, "0:0")}]
     calls = []
-    monkeypatch.setattr(sweep.slurm, "job_states", lambda ids: calls.append(ids) or answers[len(calls) - 1])
+    monkeypatch.setattr(slurm, "job_states", lambda ids: calls.append(ids) or answers[len(calls) - 1])
     rows = sweep.wait(tmp_path / "sw", poll_s=0, progress=False)
     assert rows[0]["state"] == "CANCELLED" and calls == [["7_0"]] * 3
     calls.clear()
@@ -214,7 +215,7 @@ def test_format_status():
 def test_local_job_liveness():
     """A local job lives while its process does: not once it is a zombie, and already while it is
     still in exec (its /proc cmdline is empty for a moment: status right after a submission)."""
-    from gruv_hpc.sweep.status import job_state
+    from gruv_hpc.cluster.sweep.status import job_state
     zombie = subprocess.Popen([sys.executable, "-c", "pass"])
     for _ in range(30):
         p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "submitit"])

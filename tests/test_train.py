@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from gruv_hpc.checkpoint import load_checkpoint, load_latest
-from gruv_hpc.config import ConfigError, TrainConfig, build, parse_overrides, read_file
+from gruv_hpc.training.checkpoint import load_checkpoint, load_latest
+from gruv_hpc.config import ConfigError, build, parse_overrides, read_file
+from gruv_hpc.training.config import TrainConfig
 from gruv_hpc.errors import DatasetError, TrainingError
 from gruv_hpc.paths import RunPaths, read_jsonl
-from gruv_hpc.train import StopFlag, main
+from gruv_hpc.training.trainer import StopFlag, main
 
 
 def weights(run_dir, which="last"):
@@ -68,7 +69,7 @@ def test_loss_decreases_and_outputs(data, tmp_path):
     # the training state is the TrainState dataclass, field for field (loss sums and RNG per rank)
     from dataclasses import fields
 
-    from gruv_hpc.train import TrainState
+    from gruv_hpc.training.trainer import TrainState
     assert set(st["train"]) | set(TrainState.PER_RANK) == {f.name for f in fields(TrainState)}
     assert st["train"]["epoch"] == 4 and len(st["train"]["history"]) == 4
     assert set(st["ranks"][0]) == {*TrainState.PER_RANK, "rng"}
@@ -135,7 +136,7 @@ def test_checkpoint_atomic_under_sigkill(tmp_path):
     run = tmp_path / "r"
     code = textwrap.dedent(f"""
         import torch, sys
-        from gruv_hpc.checkpoint import Checkpointer
+        from gruv_hpc.training.checkpoint import Checkpointer
         from gruv_hpc.paths import RunPaths
         c = Checkpointer(RunPaths({str(run)!r}), every_epochs=1, every_min=10, keep_last=3)
         big = torch.randn(4_000_000)
@@ -222,7 +223,7 @@ DDP_WORKER = textwrap.dedent("""
     import json, os, sys, torch
     import torch.distributed as dist
     from conftest import tiny_config
-    from gruv_hpc.train import StopFlag, main
+    from gruv_hpc.training.trainer import StopFlag, main
     rank, world, data, run, port, stop_after = int(sys.argv[1]), int(sys.argv[2]), *sys.argv[3:6], int(sys.argv[6])
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
     torch.set_num_threads(1)

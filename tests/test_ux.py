@@ -130,7 +130,8 @@ def test_sweep_logs_follow_stops_quietly_on_ctrl_c(data, tmp_path):
 # --- workers = auto ----------------------------------------------------------------------------------
 
 def test_workers_auto_by_device_and_cpus(monkeypatch):
-    from gruv_hpc.config import TrainConfig, available_cpus, build, resolve_workers
+    from gruv_hpc.training.config import TrainConfig, available_cpus, resolve_workers
+    from gruv_hpc.config import build
     assert build(TrainConfig).workers == "auto"
     assert build(TrainConfig, {"workers": 3}).workers == 3 and build(TrainConfig, None, {"workers": "3"}).workers == 3
     assert [resolve_workers("auto", dev, cpus) for dev, cpus in
@@ -152,7 +153,7 @@ def test_bad_workers_is_one_line(data, tmp_path):
 
 def test_training_says_how_many_workers_it_chose(data, tmp_path, capsys):
     from conftest import tiny_config
-    from gruv_hpc.train import main
+    from gruv_hpc.training.trainer import main
     main(tiny_config(data, epochs=1, workers="auto", limit_train_batches=2), tmp_path / "r")
     assert "data loading: workers=auto -> 0 per rank (device cpu," in capsys.readouterr().out
 
@@ -261,7 +262,7 @@ def test_stopping_gruv_tensorboard_stops_the_server(tmp_path, sig):
 
     from torch.utils.tensorboard import SummaryWriter
 
-    from gruv_hpc.sweep.status import _process_tree
+    from gruv_hpc.cluster.sweep.status import _process_tree
     w = SummaryWriter(str(tmp_path / "sw" / "runs" / "a" / "tb"))
     w.add_scalar("loss/dev", 1.0, 1)
     w.close()

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DatasetError  # noqa: F401  (re-exported)
+from gruv_hpc.errors import DatasetError  # noqa: F401  (re-exported)
 FORMAT = "gruv-hpc-spectral"
 VERSION = 2
 MANIFEST = "manifest.json"
@@ -154,7 +154,7 @@ def artist_moments(data_dir: str | Path, manifest: dict) -> dict[str, RunningSta
 def load_stats(data_dir: str | Path, manifest: dict, artists: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(mean, std), float64, over the model's D features: the train statistics of ``artists``
     (None or empty: all), pooled exactly from the per-artist moments."""
-    from .features import expansion
+    from gruv_hpc.dataset.transforms import expansion
     chosen = select_artists(manifest, artists)
     per_artist = artist_moments(data_dir, manifest)
     pooled = RunningStats(manifest["params"]["storage_dim"])

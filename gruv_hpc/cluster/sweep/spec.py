@@ -19,8 +19,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import SlurmConfig, TrainConfig, build, check_keys, parse_overrides, read_file, resolve, table, to_dict
-from ..errors import ConfigError, GruvError
+from gruv_hpc.cluster.config import SlurmConfig
+from gruv_hpc.training.config import TrainConfig, resolve
+from gruv_hpc.config import build, check_keys, parse_overrides, read_file, table, to_dict
+from gruv_hpc.errors import ConfigError, GruvError
 
 TOP_KEYS = ("data", "train", "grid", "slurm")
 
@@ -118,7 +120,7 @@ def validate(sweep: Sweep, sweep_dir: Path, executor: str, create: bool = True) 
     ``executor`` is the kind that will run the jobs: only on Slurm is a batch split over
     slurm.nodes x slurm.tasks_per_node processes and are the GPUs known (slurm.gpus_per_node);
     submitit's local and debug executors run one process on whatever this machine has."""
-    from ..manifest import load_manifest  # numpy: not for `gruv sweep status`
+    from gruv_hpc.dataset.manifest import load_manifest  # numpy: not for `gruv sweep status`
     manifest = sweep.planned or load_manifest(sweep.data)
     world, gpus = (sweep.slurm.world_size, sweep.slurm.gpus_per_node) if executor == "slurm" else (1, None)
     for run in sweep.runs:

@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import SlurmConfig
+from gruv_hpc.cluster.config import SlurmConfig
 
 # Slurm job states in which a job may still run (or run again): its run must not be resubmitted.
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "REQUEUE_HOLD",

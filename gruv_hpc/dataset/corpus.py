@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import AudioError, probe
-from .config import PreprocessConfig
-from .manifest import DatasetError, sha256_file
+from gruv_hpc.dataset.audio import AudioError, probe
+from gruv_hpc.dataset.config import PreprocessConfig
+from gruv_hpc.dataset.manifest import DatasetError, sha256_file
 
 
 @dataclass

@@ -26,8 +26,8 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch.utils.data import BatchSampler, DataLoader
 
-from .data import batch_collate
-from .errors import ConfigError
+from gruv_hpc.dataset.clips import batch_collate
+from gruv_hpc.errors import ConfigError
 
 FRACTION = 0.25  # of free GPU memory, or of available RAM over the CPU ranks
 

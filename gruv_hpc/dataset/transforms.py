@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.fft
 
-from .config import TRANSFORMS
+from gruv_hpc.dataset.config import TRANSFORMS
 
 
 def feature_dim(transform: str, block_size: int) -> int:

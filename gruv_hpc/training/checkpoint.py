@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .fsio import atomic_write, temp_name
-from .lock import pid_alive
-from .paths import RunPaths, ckpt_step
+from gruv_hpc.fsio import atomic_write, temp_name
+from gruv_hpc.lock import pid_alive
+from gruv_hpc.paths import RunPaths, ckpt_step
 
 
 def atomic_torch_save(obj, path: Path) -> None:

@@ -24,17 +24,19 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
 
-from . import distributed, resident
-from .checkpoint import Checkpointer, git_info, rng_state, seed_everything, set_rng_state
-from .config import RUNTIME_KEYS, ConfigError, TrainConfig, available_cpus, diff, resolve, resolve_workers, to_dict
-from .data import ClipDataset, Normalizer, batch_collate
-from .distributed import Dist
-from .errors import TrainingError
-from .fsio import atomic_write_json, atomic_write_text, dumps
-from .lock import Lock, LockedError
-from .manifest import DatasetError, dataset_id, load_manifest
-from .model import GRUVModel
-from .paths import RunPaths
+from gruv_hpc.training import distributed
+from gruv_hpc.dataset import resident
+from gruv_hpc.training.checkpoint import Checkpointer, git_info, rng_state, seed_everything, set_rng_state
+from gruv_hpc.training.config import RUNTIME_KEYS, TrainConfig, available_cpus, resolve, resolve_workers
+from gruv_hpc.config import ConfigError, diff, to_dict
+from gruv_hpc.dataset.clips import ClipDataset, Normalizer, batch_collate
+from gruv_hpc.training.distributed import Dist
+from gruv_hpc.errors import TrainingError
+from gruv_hpc.fsio import atomic_write_json, atomic_write_text, dumps
+from gruv_hpc.lock import Lock, LockedError
+from gruv_hpc.dataset.manifest import DatasetError, dataset_id, load_manifest
+from gruv_hpc.training.model import GRUVModel
+from gruv_hpc.paths import RunPaths
 
 
 # Exit status of a run stopped by a signal after writing its checkpoint: sysexits' EX_TEMPFAIL,
@@ -234,7 +236,7 @@ class RunLogger:
         w.add_scalar("epoch", epoch, step)
         w.flush()
         if cfg.gen_seconds > 0 and (epoch == cfg.epochs or (cfg.gen_every_epochs and epoch % cfg.gen_every_epochs == 0)):
-            from .generate import log_to_tensorboard
+            from gruv_hpc.generate import log_to_tensorboard
             log_to_tensorboard(w, model, cfg, step, device)
         print(f"epoch {epoch}/{cfg.epochs} train {line['train_loss']:.5f} dev {line['dev_loss']:.5f} "
               f"({line['frames_per_s']:.0f} frames/s)", flush=True)

@@ -10,11 +10,11 @@ then status, cancel and wait. No module here imports torch: ``gruv sweep status`
 
 SWEEP_DIR's layout is ``gruv_hpc.paths.SweepPaths``.
 """
-from .slurm import ACTIVE, slurm_available
-from .spec import Run, Sweep, load_sweep, validate
-from .state import JobRecord, RunRecord, SweepState, load_state
-from .status import cancel, format_status, status, wait
-from .submit import plan, submit
+from gruv_hpc.cluster.slurm import ACTIVE, slurm_available
+from gruv_hpc.cluster.sweep.spec import Run, Sweep, load_sweep, validate
+from gruv_hpc.cluster.sweep.state import JobRecord, RunRecord, SweepState, load_state
+from gruv_hpc.cluster.sweep.status import cancel, format_status, status, wait
+from gruv_hpc.cluster.sweep.submit import plan, submit
 
 __all__ = ["ACTIVE", "JobRecord", "Run", "RunRecord", "Sweep", "SweepState", "cancel", "format_status", "load_state",
            "load_sweep", "plan", "slurm_available", "status", "submit", "validate", "wait"]

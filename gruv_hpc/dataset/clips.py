@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .features import expansion
-from .manifest import DatasetError, check_params, clip_index, load_manifest, load_stats, select_artists
+from gruv_hpc.dataset.transforms import expansion
+from gruv_hpc.dataset.manifest import (DatasetError, check_params, clip_index, load_manifest, load_stats, select_artists)
 
 
 def expansion_runs(index: np.ndarray, sign: np.ndarray) -> list[tuple[int, int, int, int, int]]:

@@ -24,7 +24,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .config import CELLS  # noqa: F401  (re-exported)
+from gruv_hpc.training.config import CELLS  # noqa: F401  (re-exported)
 
 
 def _lstm_forward(xp, u, v, h0, c0):

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from .errors import GruvError
+from gruv_hpc.errors import GruvError
 
 
 class AudioError(GruvError):

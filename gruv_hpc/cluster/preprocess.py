@@ -27,14 +27,15 @@ import time
 import warnings
 from pathlib import Path
 
-from .config import PreprocessConfig, SlurmConfig, build as build_config, read_file
-from .errors import ConfigError, DatasetError, GruvError
-from .fsio import atomic_write_json
-from .lock import Lock, LockedError, pid_alive
-from .manifest import MANIFEST, load_manifest
-from .paths import BuildPaths
-from .preprocess import (PLAN, SUBMISSION, Plan, _check_out, _recover, disk_error, lock_dataset, merge, preprocess,
-                         read_plan, read_staging_plan, run_task, start_build, task_finished)
+from gruv_hpc.dataset.config import PreprocessConfig
+from gruv_hpc.cluster.config import SlurmConfig
+from gruv_hpc.config import build as build_config, read_file
+from gruv_hpc.errors import ConfigError, DatasetError, GruvError
+from gruv_hpc.fsio import atomic_write_json
+from gruv_hpc.lock import Lock, LockedError, pid_alive
+from gruv_hpc.dataset.manifest import MANIFEST, load_manifest
+from gruv_hpc.paths import BuildPaths
+from gruv_hpc.dataset.build import (PLAN, SUBMISSION, Plan, _check_out, _recover, disk_error, lock_dataset, merge, preprocess, read_plan, read_staging_plan, run_task, start_build, task_finished)
 
 # A preprocessing task decodes and transforms one song at a time, in one thread: one CPU, and
 # memory for the longest song (a 10-minute song takes about 1 GB).
@@ -44,7 +45,7 @@ MERGE_LOCK_WAIT_S = 600  # the merge waits this long for a submission that holds
 
 def executor_kind(executor: str) -> str:
     """auto: Slurm where a cluster answers, else this machine."""
-    from .sweep.slurm import slurm_available
+    from gruv_hpc.cluster.slurm import slurm_available
     if executor == "auto":
         return "slurm" if slurm_available() else "local"
     if executor not in ("local", "slurm"):
@@ -228,7 +229,7 @@ def _submit_slurm(out: Path, staging: Path, n_tasks: int, todo: list[int], scfg:
                   dependency: str | None = None) -> dict:
     """One sbatch for the unfinished tasks (a job array; a plain job for one), one for the merge
     after them; the job ids go to the staging directory's submission.json."""
-    from .sweep.slurm import executor
+    from gruv_hpc.cluster.slurm import executor
     ex = executor(scfg, logs, f"gruv-preprocess-{out.name}", dependency)
     tasks = {}
     if todo:
@@ -261,7 +262,7 @@ def live_build(out: Path) -> dict | None:
     """The Slurm submission building ``out``'s staging directory, when one of its jobs may still
     run: the submission with "live" = "tasks" or "merge". One sacct call. A merge job waiting on a
     task that ended otherwise than COMPLETED can never start: it is cancelled, and None returned."""
-    from .sweep import slurm
+    from gruv_hpc.cluster import slurm
     sub = read_submission(BuildPaths(out).staging)
     if not sub:
         return None
@@ -287,7 +288,7 @@ def live_build(out: Path) -> dict | None:
 def scancel_and_wait(job_ids: list[str], timeout_s: float = 30.0) -> None:
     """scancel, then wait until Slurm's accounting no longer lists the jobs as active: what reads
     their state next (a sweep's plan, a status) must see them ended."""
-    from .sweep import slurm
+    from gruv_hpc.cluster import slurm
     if not job_ids:
         return
     slurm.scancel(job_ids)
@@ -310,7 +311,7 @@ def refuse_live_build(out: Path) -> None:
 
 def wait_build(out: Path, sub: dict, poll_s: float = 2.0) -> dict:
     """Wait for a Slurm build to end; returns the manifest, or raises naming the failed jobs' logs."""
-    from .sweep import slurm
+    from gruv_hpc.cluster import slurm
     ids = [*sub["tasks"].values(), sub["merge"]]
     while True:
         infos = slurm.job_states(ids)
@@ -348,12 +349,12 @@ def build_status(out: str | Path) -> dict:
             n = 1
         res["tasks_total"] = res["tasks_done"] = n
     if sub:
-        from .sweep import slurm
+        from gruv_hpc.cluster import slurm
         infos = slurm.job_states([*sub["tasks"].values(), sub["merge"]])
         res["merge_job"] = sub["merge"]
         res["merge_state"] = infos[sub["merge"]].state if sub["merge"] in infos else None
         res["task_jobs"] = {t: {"job_id": j, "state": infos[j].state if j in infos else None} for t, j in sub["tasks"].items()}
-    from .sweep.slurm import ACTIVE
+    from gruv_hpc.cluster.slurm import ACTIVE
     tasks = [j["state"] for j in res["task_jobs"].values()]
     states = tasks + [res["merge_state"]]
     if not planned:

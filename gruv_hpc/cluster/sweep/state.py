@@ -15,10 +15,10 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
-from ..errors import GruvError
-from ..fsio import atomic_write_json
-from ..lock import Lock
-from ..paths import RunPaths, SweepPaths
+from gruv_hpc.errors import GruvError
+from gruv_hpc.fsio import atomic_write_json
+from gruv_hpc.lock import Lock
+from gruv_hpc.paths import RunPaths, SweepPaths
 
 VERSION = 1
 

@@ -13,11 +13,11 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import GruvError
-from . import slurm
-from .slurm import ACTIVE
-from .state import JobRecord, SweepState, load_state
-from .status import job_state, local_queue, log_path
+from gruv_hpc.errors import GruvError
+from gruv_hpc.cluster import slurm
+from gruv_hpc.cluster.slurm import ACTIVE
+from gruv_hpc.cluster.sweep.state import JobRecord, SweepState, load_state
+from gruv_hpc.cluster.sweep.status import job_state, local_queue, log_path
 
 
 def log_files(logs: Path, job: JobRecord, err: bool = False) -> list[Path]:

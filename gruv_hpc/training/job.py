@@ -25,10 +25,11 @@ class TrainJob(submitit.helpers.Checkpointable):
     def __call__(self) -> dict:
         import torch
 
-        from . import distributed
-        from .config import TrainConfig, build
-        from .errors import TrainingError
-        from .train import StopFlag, main, preempt_signal, stop_signals
+        from gruv_hpc.training import distributed
+        from gruv_hpc.training.config import TrainConfig
+        from gruv_hpc.config import build
+        from gruv_hpc.errors import TrainingError
+        from gruv_hpc.training.trainer import StopFlag, main, preempt_signal, stop_signals
 
         env = submitit.JobEnvironment()
         distributed.export_env()  # side effect, stated: torchrun's variables from Slurm's, for every task

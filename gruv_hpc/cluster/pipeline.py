@@ -2,7 +2,7 @@
 one submission. On Slurm the three stages are queued at once, each behind the one before:
 
 1. preprocess: the corpus into DIR/data, a job array of ``jobs`` tasks and a merge job
-   (``gruv_hpc.preprocess_jobs``);
+   (``gruv_hpc.cluster.preprocess``);
 2. train: the sweep into DIR/sweep, its job arrays held by ``--dependency=afterok:<merge>``. The
    dataset does not exist yet, so the sweep is validated against the *planned* one (its
    parameters from the preprocess options, its artists from the plan); each training job
@@ -43,13 +43,15 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import preprocess_jobs as PJ
-from .config import PreprocessConfig, SlurmConfig, build, field_names, opt, parse_overrides, read_file, table
-from .errors import ConfigError, DatasetError, GruvError
-from .fsio import atomic_write_json, atomic_write_text
-from .lock import Lock, pid_alive
-from .paths import BuildPaths, PipelinePaths
-from .preprocess import _same_plan, dataset_diffs, parse_sources, plan, read_staging_plan
+from gruv_hpc.cluster import preprocess as PJ
+from gruv_hpc.dataset.config import PreprocessConfig
+from gruv_hpc.cluster.config import SlurmConfig
+from gruv_hpc.config import build, field_names, opt, parse_overrides, read_file, table
+from gruv_hpc.errors import ConfigError, DatasetError, GruvError
+from gruv_hpc.fsio import atomic_write_json, atomic_write_text
+from gruv_hpc.lock import Lock, pid_alive
+from gruv_hpc.paths import BuildPaths, PipelinePaths
+from gruv_hpc.dataset.build import _same_plan, dataset_diffs, parse_sources, plan, read_staging_plan
 
 TOP_KEYS = ("corpus", "preprocess", "sweep", "analysis")
 # gruv analyze needs one process, a little memory for the generated audio, and no GPU.
@@ -161,7 +163,7 @@ def load_pipeline(path: str | Path, root: str | Path, overrides=()) -> Pipeline:
 
 
 def _load_sweep(raw: dict, path: Path, text: str, paths: PipelinePaths, ov: dict):
-    from .sweep.spec import sweep_from_table
+    from gruv_hpc.cluster.sweep.spec import sweep_from_table
     sw = raw.get("sweep")
     if sw is None:
         raise ConfigError(f"{path}: no sweep; give a [sweep] table (train, grid, slurm) or sweep = \"SWEEP_FILE\"")
@@ -275,15 +277,15 @@ def _preprocess_run(pl: Pipeline, paths: PipelinePaths, pre: dict, kind: str, pr
 
 def _validate_sweep(pl: Pipeline, paths: PipelinePaths, kind: str, planned: dict | None) -> None:
     """The sweep against the dataset as planned (or as built), before anything is queued."""
-    from . import sweep as sw
+    from gruv_hpc.cluster import sweep as sw
     pl.sweep.planned = planned
     sw.validate(pl.sweep, paths.sweep.root, kind)
 
 
 def _submit_slurm(pl: Pipeline, paths: PipelinePaths, state: dict, sub: dict, prev: dict | None, say) -> dict:
-    from . import sweep as sw
-    from .sweep.slurm import ACTIVE, job_states
-    from .sweep.status import slurm_infos
+    from gruv_hpc.cluster import sweep as sw
+    from gruv_hpc.cluster.slurm import ACTIVE, job_states
+    from gruv_hpc.cluster.sweep.status import slurm_infos
     pre, planned = _preprocess_plan(pl, paths, "slurm")
     _validate_sweep(pl, paths, "slurm", planned)
     pre = sub["preprocess"] = _preprocess_run(pl, paths, pre, "slurm", False, say)
@@ -333,7 +335,7 @@ def _submit_slurm(pl: Pipeline, paths: PipelinePaths, state: dict, sub: dict, pr
 def _cancel_dead_dependents(prev: dict | None, say) -> None:
     """Jobs an earlier submission queued behind a merge job that will never run (a task failed,
     or the merge itself did) would wait forever, and hold their runs as PENDING: cancel them."""
-    from .sweep.slurm import ACTIVE, job_states
+    from gruv_hpc.cluster.slurm import ACTIVE, job_states
     merge = (prev or {}).get("preprocess", {}).get("merge")
     if not merge or prev.get("executor") != "slurm":
         return
@@ -349,14 +351,14 @@ def _cancel_dead_dependents(prev: dict | None, say) -> None:
 
 
 def _submit_analysis(pl: Pipeline, paths: PipelinePaths, dependency: str | None) -> str:
-    from .sweep.slurm import executor
+    from gruv_hpc.cluster.slurm import executor
     ex = executor(pl.analysis_slurm, paths.logs, f"gruv-analyze-{paths.root.name}", dependency)
     return ex.submit(AnalyzeJob(str(paths.root), asdict(pl.analysis))).job_id
 
 
 def _run_local(pl: Pipeline, paths: PipelinePaths, state: dict, sub: dict, max_parallel: int, progress: bool, say) -> dict:
     """The three stages in order, in this process (the sweep's runs as local jobs)."""
-    from . import sweep as sw
+    from gruv_hpc.cluster import sweep as sw
     pre, planned = _preprocess_plan(pl, paths, "local")
     _validate_sweep(pl, paths, "local", planned)
     _save(paths, state)
@@ -387,7 +389,7 @@ def _run_local(pl: Pipeline, paths: PipelinePaths, state: dict, sub: dict, max_p
 
 def report_stale(paths: PipelinePaths) -> str | None:
     """Why the report must be made (again), or None: it is missing, or a run trained since."""
-    from .sweep import load_state as sweep_state
+    from gruv_hpc.cluster.sweep import load_state as sweep_state
     if not paths.report_index.is_file():
         return "no report yet"
     made = paths.report_index.stat().st_mtime
@@ -403,8 +405,8 @@ def report_stale(paths: PipelinePaths) -> str | None:
 def run_analysis(paths: PipelinePaths, cfg: AnalysisConfig, log=print) -> dict:
     """``gruv analyze DIR/sweep --out DIR/report``, written beside and renamed into place whole:
     an analysis killed half-way leaves the previous report as it was."""
-    from .analysis.report import analyze
-    from .fsio import fsync_dir
+    from gruv_hpc.analysis.report import analyze
+    from gruv_hpc.fsio import fsync_dir
     report, staging, aside = paths.report, paths.report_staging, paths.report_aside
     if aside.is_dir():  # a crash between the two renames below
         if report.exists():
@@ -442,8 +444,8 @@ class AnalyzeJob:
 def status(out_dir) -> dict:
     """Each stage of the last submission: preprocess (tasks done/total, the merge job), train (the
     sweep's runs by state), analysis (its job and the report)."""
-    from . import sweep as sw
-    from .sweep.slurm import ACTIVE, job_states
+    from gruv_hpc.cluster import sweep as sw
+    from gruv_hpc.cluster.slurm import ACTIVE, job_states
     paths = PipelinePaths(Path(out_dir).expanduser().resolve())
     state = load_state(paths)
     if not state["submissions"]:
@@ -488,7 +490,7 @@ def status(out_dir) -> dict:
 
 
 def _overall(states: list[str]) -> str:
-    from .sweep.slurm import ACTIVE
+    from gruv_hpc.cluster.slurm import ACTIVE
     if states and all(s == "COMPLETED" for s in states):
         return "COMPLETED"
     if "RUNNING" in states:
@@ -521,7 +523,7 @@ def format_status(st: dict) -> str:
 def wait(out_dir, poll_s: float = 5.0, timeout_s: float | None = None, say=None) -> dict:
     """Until no stage can change any more: the analysis ended, or the preprocessing failed (what
     waits on it then never starts). Returns the last status."""
-    from .sweep.slurm import ACTIVE
+    from gruv_hpc.cluster.slurm import ACTIVE
     t0, last = time.time(), None
     while True:
         st = status(out_dir)

@@ -1,6 +1,6 @@
 """Corpus folders -> sharded HDF5 spectral dataset (``gruv preprocess``), in three steps:
 
-``plan`` (``gruv_hpc.corpus``)
+``plan`` (``gruv_hpc.dataset.corpus``)
     List each artist folder, probe every file's header (no decoding), decide the split. Cheap:
     everything that can be refused is refused here, before any heavy work. ``gruv preprocess
     --print-split`` prints the plan's split and stops.
@@ -13,7 +13,7 @@
     then swap the staging directory into place.
 
 Serial ``preprocess`` = plan + one task + merge, in this process, under a lock on ``out``;
-``gruv_hpc.preprocess_jobs`` runs the tasks as processes or a Slurm job array.
+``gruv_hpc.cluster.preprocess`` runs the tasks as processes or a Slurm job array.
 
 The dataset is built in ``.<name>.staging`` beside ``out`` (same filesystem; ``paths.BuildPaths``)
 and swapped in by two renames (``out`` -> ``.<name>.old``, staging -> ``out``) before the old one
@@ -42,24 +42,23 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from . import __version__
-from .audio import AudioError, load_mono
-from .config import PreprocessConfig
-from .corpus import Plan, assign_splits, format_split, parse_sources, plan, read_split_file, task_songs
-from .features import audio_to_blocks, blocks_to_stored
-from .fsio import atomic_write, atomic_write_text, fsync_dir
-from .lock import Lock, LockedError
-from .manifest import (FORMAT, MANIFEST, SHARD_DIR, STATS, VERSION, DatasetError, RunningStats, aside_path, chunk_rows,
-                       sha256_file)
-from .paths import BuildPaths
-from .progress import progress as progress_bar
+from gruv_hpc import __version__
+from gruv_hpc.dataset.audio import AudioError, load_mono
+from gruv_hpc.dataset.config import PreprocessConfig
+from gruv_hpc.dataset.corpus import (Plan, assign_splits, format_split, parse_sources, plan, read_split_file, task_songs)
+from gruv_hpc.dataset.transforms import audio_to_blocks, blocks_to_stored
+from gruv_hpc.fsio import atomic_write, atomic_write_text, fsync_dir
+from gruv_hpc.lock import Lock, LockedError
+from gruv_hpc.dataset.manifest import (FORMAT, MANIFEST, SHARD_DIR, STATS, VERSION, DatasetError, RunningStats, aside_path, chunk_rows, sha256_file)
+from gruv_hpc.paths import BuildPaths
+from gruv_hpc.progress import progress as progress_bar
 
 __all__ = ["PreprocessConfig", "RunningStats", "Plan", "plan", "run_task", "merge", "preprocess", "parse_sources",
            "format_split", "read_split_file", "assign_splits", "prepare_staging", "task_songs"]
 
 BATCH_BLOCKS = 64  # blocks transformed per FFT call: big enough to amortize, small enough for cache
 # In the staging directory, beside shards/: the plan, each task's record, moments and lock, and the
-# Slurm jobs of a build submitted to Slurm (gruv_hpc.preprocess_jobs).
+# Slurm jobs of a build submitted to Slurm (gruv_hpc.cluster.preprocess).
 TASK_DIR = "tasks"
 PLAN = "plan.json"
 SUBMISSION = "submission.json"
@@ -575,7 +574,7 @@ def preprocess(sources: dict[str, Path], out: str | Path, cfg: PreprocessConfig,
     then untouched. Rebuilding with the same songs and parameters simply rebuilds it."""
     cfg.validate()
     out = _check_out(out)
-    from .preprocess_jobs import refuse_live_build  # (it imports this module)
+    from gruv_hpc.cluster.preprocess import refuse_live_build
     lock = lock_dataset(out)
     try:
         refuse_live_build(out)

@@ -11,15 +11,17 @@ import socket
 import time
 from pathlib import Path
 
-from ..config import RUNTIME_KEYS, available_cpus, SlurmConfig, diff
-from ..errors import ConfigError, GruvError
-from ..fsio import atomic_write_text
-from ..paths import SweepPaths
-from . import slurm
-from .slurm import ACTIVE
-from .spec import Run, Sweep, load_sweep, validate
-from .state import JobRecord, RunRecord, SweepState, load_state, submit_lock
-from .status import mark_cancelled, run_state, slurm_infos, stop_local_jobs
+from gruv_hpc.training.config import RUNTIME_KEYS, available_cpus
+from gruv_hpc.cluster.config import SlurmConfig
+from gruv_hpc.config import diff
+from gruv_hpc.errors import ConfigError, GruvError
+from gruv_hpc.fsio import atomic_write_text
+from gruv_hpc.paths import SweepPaths
+from gruv_hpc.cluster import slurm
+from gruv_hpc.cluster.slurm import ACTIVE
+from gruv_hpc.cluster.sweep.spec import Run, Sweep, load_sweep, validate
+from gruv_hpc.cluster.sweep.state import JobRecord, RunRecord, SweepState, load_state, submit_lock
+from gruv_hpc.cluster.sweep.status import mark_cancelled, run_state, slurm_infos, stop_local_jobs
 
 
 def executor_kind(executor: str) -> str:
@@ -140,7 +142,7 @@ def _dry_run(sweep: Sweep, paths: SweepPaths, kind: str, max_parallel: int, out)
 
 
 def _submit_slurm(arrays: list[list[Run]], sweep: Sweep, paths: SweepPaths, dependency: str | None = None):
-    from ..launcher import TrainJob
+    from gruv_hpc.training.job import TrainJob
     ex = slurm.executor(sweep.slurm, paths.logs, sweep.path.stem, dependency)
     jobs = []
     for runs in arrays:
@@ -154,8 +156,8 @@ def _run_locally(todo, sweep, paths, kind, state, sub, max_parallel, progress, o
     """submitit's local executor, at most ``max_parallel`` runs at a time; blocks until all end.
     Returns the runs that failed. Ctrl-C (or TERM) stops every running run at its next step
     boundary with a checkpoint, marks the rest cancelled, and says how to resume."""
-    from ..launcher import TrainJob
-    from ..progress import progress as progress_bar
+    from gruv_hpc.training.job import TrainJob
+    from gruv_hpc.progress import progress as progress_bar
     threads = max(1, available_cpus() // max(1, max_parallel))  # the allocation's CPUs, not the host's
     ex = _local_executor(kind, paths, sweep.slurm)
     pending, running, failed = list(todo), [], []

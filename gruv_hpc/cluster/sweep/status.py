@@ -7,13 +7,13 @@ import socket
 import time
 from pathlib import Path
 
-from ..errors import GruvError
-from ..fsio import atomic_write_json
-from ..lock import pid_alive
-from ..paths import RunPaths, read_jsonl
-from . import slurm
-from .slurm import ACTIVE
-from .state import JobRecord, SweepState, load_state
+from gruv_hpc.errors import GruvError
+from gruv_hpc.fsio import atomic_write_json
+from gruv_hpc.lock import pid_alive
+from gruv_hpc.paths import RunPaths, read_jsonl
+from gruv_hpc.cluster import slurm
+from gruv_hpc.cluster.slurm import ACTIVE
+from gruv_hpc.cluster.sweep.state import JobRecord, SweepState, load_state
 
 
 # Every state a row can show: Slurm's own, and ours for runs Slurm does not know.
@@ -240,7 +240,7 @@ def _zombie(pid: int) -> bool:
 
 
 def wait(sweep_dir, poll_s: float = 5.0, progress: bool = True, timeout_s: float | None = None) -> list[dict]:
-    from ..progress import progress as progress_bar
+    from gruv_hpc.progress import progress as progress_bar
     t0 = time.time()
     rows = status(sweep_dir)
     bar = progress_bar(total=len(rows), unit="run", desc="waiting", disable=not progress, interval_s=None)

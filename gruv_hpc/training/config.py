@@ -1,0 +1,134 @@
+"""``TrainConfig``: one training run; ``resolve`` turns it and a dataset manifest into the config
+the run trains with (the sweep's validation on the login node and the training job call the same
+function).
+
+This module imports neither torch nor numpy.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from gruv_hpc.config import opt
+from gruv_hpc.errors import ConfigError
+
+CELLS = ("lstm", "gru", "lstm-fused")
+RESUME = ("auto", "require", "never")
+DATA_ON_DEVICE = ("auto", "true", "false")
+
+
+@dataclass
+class TrainConfig:
+    # model
+    cell: str = opt("lstm", "recurrent cell: lstm (the paper's peephole LSTM), gru, or lstm-fused (torch.nn.LSTM)")
+    hidden: int = opt(1024, "hidden size H (the paper goes up to 2048)")
+    layers: int = opt(1, "number of stacked recurrent layers (the paper uses 1)")
+    # data
+    data: str = opt("", "dataset directory made by `gruv preprocess`")
+    artists: list[str] = opt([], "artists of the dataset to train on; empty = all")
+    sample_rate: int | None = opt(None, "expected dataset sample rate; None = take the dataset's")
+    block_size: int | None = opt(None, "expected dataset block size; None = take the dataset's")
+    clip_blocks: int | None = opt(None, "expected blocks per clip; None = take the dataset's")
+    transform: str | None = opt(None, "expected feature transform (fft|rfft); None = take the dataset's")
+    feature_dim: int | None = opt(None, "feature dimension D; filled from the dataset")
+    # optimization
+    epochs: int = opt(2000, "epochs to train (the paper: 2000)")
+    batch_size: int = opt(5, "global batch size, split across ranks (the original code: 5)")
+    optimizer: str = opt("rmsprop", "rmsprop (the original code's), adam or sgd")
+    lr: float = opt(1e-3, "learning rate (the original code: 1e-3)")
+    grad_clip: float = opt(0.0, "clip the global gradient norm to this value; 0 = off")
+    seed: int = opt(0, "random seed; rank r uses seed + r for its own RNG")
+    limit_train_batches: int = opt(0, "stop each epoch after this many batches; 0 = the whole split")
+    # checkpoints and logging
+    ckpt_every_min: float = opt(10.0, "also checkpoint mid-epoch after this many minutes of training")
+    ckpt_every_epochs: int = opt(1, "checkpoint every N epochs (the last epoch always)")
+    keep_last: int = opt(3, "keep the newest K step checkpoints (plus the best on dev)")
+    log_every_steps: int = opt(20, "log train scalars to TensorBoard every N optimizer steps")
+    gen_every_epochs: int = opt(0, "log a generated clip to TensorBoard every N epochs; 0 = only at the end")
+    gen_seconds: float = opt(2.0, "seconds of seed for the TensorBoard audio sample; 0 = none")
+    # runtime
+    workers: str | int = opt("auto", "DataLoader worker processes per rank; auto: 0 on the CPU or with 4 CPUs or "
+                                      "fewer per process (a worker would take a core from training), else "
+                                      "min(4, CPUs - 1)")
+    device: str = opt("auto", "auto (cuda if available), cpu or cuda")
+    amp: bool = opt(True, "bf16 autocast and TF32 on CUDA (ignored on CPU)")
+    resume: str = opt("auto", "auto: resume from the newest readable checkpoint, else start; require: a readable "
+                              "checkpoint must exist; never: start over (old checkpoints, metrics and TensorBoard "
+                              "files are moved to discarded-<time>/ in the run directory, never deleted)")
+    data_on_device: str = opt("auto", "keep the train and dev clips in device memory and batch by on-device gathers "
+                              "(no DataLoader): auto (when they fit in 25% of free GPU memory, or on the CPU of "
+                              "available RAM shared by the ranks), true, or false (stream from the HDF5 shards)")
+
+    def __post_init__(self):
+        if isinstance(self.data_on_device, str):  # "False" on a command line means false
+            self.data_on_device = self.data_on_device.lower()
+
+    def validate(self) -> None:
+        if self.cell not in CELLS:
+            raise ConfigError(f"cell: {self.cell!r} is not one of {', '.join(CELLS)}")
+        if self.optimizer not in ("rmsprop", "adam", "sgd"):
+            raise ConfigError(f"optimizer: {self.optimizer!r} is not one of rmsprop, adam, sgd")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device: {self.device!r} is not one of auto, cpu, cuda")
+        if self.resume not in RESUME:
+            raise ConfigError(f"resume: {self.resume!r} is not one of {', '.join(RESUME)}")
+        if self.data_on_device not in DATA_ON_DEVICE:
+            raise ConfigError(f"data_on_device: {self.data_on_device!r} is not one of {', '.join(DATA_ON_DEVICE)}")
+        for k in ("hidden", "layers", "epochs", "batch_size", "keep_last", "ckpt_every_epochs", "log_every_steps"):
+            if getattr(self, k) < 1:
+                raise ConfigError(f"{k}: must be >= 1, got {getattr(self, k)}")
+        for k in ("seed", "limit_train_batches", "gen_every_epochs"):
+            if getattr(self, k) < 0:
+                raise ConfigError(f"{k}: must be >= 0, got {getattr(self, k)}")
+        if self.workers != "auto" and not (isinstance(self.workers, int) and self.workers >= 0):
+            raise ConfigError(f"workers: must be auto or an integer >= 0, got {self.workers!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"lr: must be a finite number > 0, got {self.lr}")
+        for k in ("grad_clip", "ckpt_every_min", "gen_seconds"):
+            v = getattr(self, k)
+            if not (math.isfinite(v) and v >= 0):
+                raise ConfigError(f"{k}: must be a finite number >= 0, got {v}")
+
+
+# Keys that may change between a run's starts without making it a different run.
+RUNTIME_KEYS = {"data", "epochs", "workers", "device", "resume", "ckpt_every_min", "ckpt_every_epochs", "keep_last",
+                "log_every_steps", "gen_every_epochs", "gen_seconds", "data_on_device"}
+
+
+def resolve(cfg: TrainConfig, manifest: dict, world_size: int = 1, gpus: int | None = None,
+            source: str = "config") -> TrainConfig:
+    """The config a run trains with, from the config asked for and the dataset's manifest.
+
+    Dataset parameters the config left open (None) are filled in; one it pins to another value is
+    refused by name, and so is an artist the dataset lacks. ``world_size`` is the number of
+    training processes the batch is split over; ``gpus`` the GPUs a process will see (None: not
+    known here). Pure: returns a new config and never changes ``cfg``."""
+    from gruv_hpc.dataset.manifest import PARAM_KEYS, check_params, select_artists
+    check_params(manifest, {k: getattr(cfg, k) for k in PARAM_KEYS}, source=source)
+    select_artists(manifest, cfg.artists)
+    if cfg.batch_size % world_size:
+        raise ConfigError(f"batch_size: {cfg.batch_size} is not divisible by the {world_size} training processes")
+    if cfg.device == "cuda" and gpus == 0:
+        raise ConfigError("device: 'cuda' is asked for, but no GPU is visible")
+    return dataclasses.replace(cfg, **{k: manifest["params"][k] for k in PARAM_KEYS})
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask, and no more than Slurm's CPUs per task."""
+    import os  # noqa
+    cpus = len(os.sched_getaffinity(0))
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    return min(cpus, int(slurm)) if slurm.isdigit() and int(slurm) > 0 else cpus
+
+
+def resolve_workers(workers: str | int, device_type: str, cpus: int) -> int:
+    """DataLoader workers per rank. ``auto``: 0 when the model trains on the CPU or the process has
+    4 CPUs or fewer (on 2 cores a worker ran at 0.60x: it takes a core from the compute threads),
+    else min(4, cpus - 1), one core left to the training process."""
+    if workers != "auto":
+        return int(workers)
+    if device_type == "cpu" or cpus <= 4:
+        return 0
+    return min(4, cpus - 1)
+
