@@ -49,7 +49,6 @@ def spectrogram_png(seed: np.ndarray, continuation: np.ndarray, sample_rate: int
 def generate_audio(runs: list[RunInfo], out_dir, n_seeds: int = 2, seed_seconds: float = 10.0,
                    length_ratio: float = 3.0) -> dict:
     """Returns {run: {"clips": [...], mean diagnostics}}."""
-    from gruv_hpc.dataset.clips import ClipDataset
     from gruv_hpc.errors import GruvError
     import matplotlib
     matplotlib.use("Agg")
@@ -69,8 +68,8 @@ def generate_audio(runs: list[RunInfo], out_dir, n_seeds: int = 2, seed_seconds:
             continue
         cfg = lr.cfg
         # A seed no longer than one clip always fits inside a dev clip's segment.
-        secs = min(seed_seconds, cfg.clip_blocks * cfg.block_size / cfg.sample_rate)
-        ds = ClipDataset(cfg.data, "dev", cfg.artists, normalize=False)
+        secs = min(seed_seconds, lr.transform.seconds(cfg.clip_blocks, cfg.sample_rate))
+        ds = lr.data.split("dev", normalize=False)
         clips = []
         for k in seed_indices(len(ds), n_seeds):
             wav, seed_wav = out / run.name / f"seed{k}.wav", out / run.name / f"seed{k}_seed.wav"

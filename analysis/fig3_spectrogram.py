@@ -15,11 +15,10 @@ from gruv_hpc.analysis.common import RunInfo, cli, load_runs, note, save_fig
 
 def truth_mean_magnitude(ds, max_clips: int | None = None) -> np.ndarray:
     """Mean |Y| over the dev clips: (C, F), computed from the raw (unnormalized) features."""
-    from gruv_hpc.dataset.transforms import magnitude_spectrum
     n = len(ds) if max_clips is None else min(len(ds), max_clips)
     acc = None
     for i in range(n):
-        m = magnitude_spectrum(ds.features(i)[1:].astype(np.float64), ds.params["transform"])
+        m = ds.transform.magnitude(ds.features(i)[1:].astype(np.float64))
         acc = m if acc is None else acc + m
     return acc / n
 
@@ -27,7 +26,6 @@ def truth_mean_magnitude(ds, max_clips: int | None = None) -> np.ndarray:
 def predicted_mean_magnitude(run: RunInfo, ds, max_clips: int | None = None, batch: int = 8) -> np.ndarray:
     import torch
 
-    from gruv_hpc.dataset.transforms import magnitude_spectrum
     from gruv_hpc.generate import load_run
     lr = load_run(run.paths.root, "best")
     n = len(ds) if max_clips is None else min(len(ds), max_clips)
@@ -37,7 +35,7 @@ def predicted_mean_magnitude(run: RunInfo, ds, max_clips: int | None = None, bat
             xs = torch.stack([ds[i][0] for i in range(s, min(n, s + batch))])
             pred, _ = lr.model(xs)
             raw = pred.double().numpy() * lr.std + lr.mean
-            m = magnitude_spectrum(raw, ds.params["transform"]).sum(axis=0)
+            m = ds.transform.magnitude(raw).sum(axis=0)
             acc = m if acc is None else acc + m
     return acc / n
 
@@ -59,7 +57,6 @@ def fig3(runs: list[RunInfo], out_dir, hidden: int | None = None, max_clips: int
 
     from gruv_hpc.dataset.clips import ClipDataset
     from gruv_hpc.errors import GruvError
-    from gruv_hpc.dataset.transforms import bin_frequencies
     usable = [r for r in runs if r.has_checkpoint]
     if not usable:
         return {}
@@ -78,7 +75,7 @@ def fig3(runs: list[RunInfo], out_dir, hidden: int | None = None, max_clips: int
             for ax in row[1:]:
                 ax.set_axis_off()
             continue
-        freqs = bin_frequencies(cfg["block_size"], cfg["sample_rate"])
+        freqs = ds.transform.frequencies(cfg["sample_rate"])
         panels = [("ground truth", truth_mean_magnitude(ds, max_clips))]
         arrays[f"{artist}/truth"] = panels[0][1]
         for cell in cells:

@@ -88,19 +88,18 @@ def round_trip_error(data: Path) -> float:
     """Relative RMS error of the audio the dataset's features give back, over every clip."""
     from gruv_hpc.dataset.audio import load_mono
     from gruv_hpc.dataset.clips import ClipDataset
-    from gruv_hpc.dataset.transforms import audio_to_blocks, features_to_blocks
     err = ref = 0.0
     for split in ("train", "dev"):
         ds = ClipDataset(data, split, normalize=False)
-        p = ds.params
+        p, tf = ds.params, ds.transform
         songs = {}
         for i in range(len(ds)):
             sid = int(ds.index.song_of_clip[i])
             if sid not in songs:
-                songs = {sid: audio_to_blocks(load_mono(ds.manifest["songs"][sid]["path"], p["sample_rate"]), p["block_size"])}
+                songs = {sid: tf.frames(load_mono(ds.manifest["songs"][sid]["path"], p["sample_rate"]))}
             k = int(ds.index.clip_of_song[i]) * p["clip_blocks"]
             truth = songs[sid][k: k + p["clip_blocks"] + 1].astype(np.float64)
-            back = features_to_blocks(ds.features(i), p["transform"], p["block_size"]).astype(np.float64)
+            back = tf.to_frames(ds.features(i)).astype(np.float64)
             err += float(np.sum((back - truth) ** 2))
             ref += float(np.sum(truth**2))
     return float(np.sqrt(err / ref))

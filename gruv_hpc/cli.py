@@ -169,14 +169,15 @@ def _analyze(a) -> int:
 def add_config_options(p: argparse.ArgumentParser, cls) -> None:
     """One --option per field of a config dataclass, with its type, default and help taken from
     the dataclass: the CLI never repeats a default."""
-    import typing
+    import functools
 
-    from gruv_hpc.dataset.config import DTYPES, TRANSFORMS
-    choices = {"transform": TRANSFORMS, "dtype": DTYPES}
-    hints = typing.get_type_hints(cls)
+    from gruv_hpc.config import parse_value
+    from gruv_hpc.dataset.config import DTYPES
+    choices = {"dtype": DTYPES}
     for f in dataclasses.fields(cls):
-        tp = hints[f.name]
         kw = {"choices": choices[f.name]} if f.name in choices else {}
+        tp = functools.partial(parse_value, cls, f.name)
+        tp.__name__ = f.name  # argparse names the option's type in its error
         p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=tp, default=f.default,
                        help=f"{f.metadata.get('help', '')} (default: {f.default})", **kw)
 

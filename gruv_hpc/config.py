@@ -51,7 +51,7 @@ def _coerce(cls, key: str, value, from_string: bool):
         if optional and value.lower() in ("none", "null", ""):
             return None
         if typing.get_origin(base) is list:
-            return [s for s in (p.strip() for p in value.split(",")) if s]
+            return [_element(key, base, s) for s in (p.strip() for p in value.split(",")) if s]
         if base is bool:
             if value.lower() in ("1", "true", "yes", "on"):
                 return True
@@ -75,7 +75,7 @@ def _coerce(cls, key: str, value, from_string: bool):
         if typing.get_origin(base) is list:
             if isinstance(value, str):
                 value = [value]
-            return [str(v) for v in value]
+            return [_element(key, base, v) for v in value]
         if base is dict:
             if not isinstance(value, dict):
                 raise ValueError
@@ -89,6 +89,30 @@ def _coerce(cls, key: str, value, from_string: bool):
         return base(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{key}: expected {_type_name(base)}, got {value!r}") from None
+
+
+def _element(key: str, list_type, value):
+    """One element of a list field, as the list's element type (list[int] keeps ints, a number
+    in a list[str] is refused rather than turned into text)."""
+    (tp,) = typing.get_args(list_type) or (str,)
+    if isinstance(value, str) and tp is not str:
+        try:
+            return tp(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected a list of {_type_name(tp)}, got element {value!r}") from None
+    if tp in (int, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if tp is int and isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"{key}: expected a list of int, got element {value!r}")
+        return tp(value)
+    if not isinstance(value, tp) or isinstance(value, bool) and tp is not bool:
+        raise ConfigError(f"{key}: expected a list of {_type_name(tp)}, got element {value!r}")
+    return value
+
+
+def parse_value(cls, key: str, text: str):
+    """A command-line string as the type of ``cls``'s field ``key`` (what ``build`` does with an
+    override)."""
+    return _coerce(cls, key, text, from_string=True)
 
 
 def check_keys(cls, keys, source: str) -> None:

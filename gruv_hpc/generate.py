@@ -19,14 +19,14 @@ import numpy as np
 import torch
 
 from gruv_hpc.dataset.audio import load_mono, write_wav
-from gruv_hpc.training.checkpoint import RunPaths, load_best, load_checkpoint, load_latest
+from gruv_hpc.training.checkpoint import RunPaths, load_best, load_checkpoint, load_latest, upgrade
 from gruv_hpc.training.config import TrainConfig
 from gruv_hpc.config import build
-from gruv_hpc.dataset.clips import ClipDataset
+from gruv_hpc.dataset.clips import ClipDataset, DatasetHandle
 from gruv_hpc.errors import GenerationError
 from gruv_hpc.fsio import atomic_write_json
-from gruv_hpc.dataset.transforms import audio_to_blocks, blocks_to_features, features_to_blocks
-from gruv_hpc.dataset.manifest import DatasetError, load_manifest, load_stats
+from gruv_hpc.dataset.transforms import Transform, audio_to_blocks
+from gruv_hpc.dataset.manifest import DatasetError
 from gruv_hpc.training.model import GRUVModel
 
 
@@ -38,8 +38,19 @@ class LoadedRun:
     cfg: TrainConfig
     ckpt_path: Path
     epoch: int
-    mean: np.ndarray
-    std: np.ndarray
+    data: DatasetHandle  # the run's dataset, opened once: its statistics, transform and splits
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.data.mean
+
+    @property
+    def std(self) -> np.ndarray:
+        return self.data.std
+
+    @property
+    def transform(self) -> Transform:
+        return self.data.transform
 
 
 def load_run(run_dir, checkpoint: str = "best", device="cpu") -> LoadedRun:
@@ -69,8 +80,7 @@ def load_run(run_dir, checkpoint: str = "best", device="cpu") -> LoadedRun:
     model = GRUVModel(cfg.feature_dim, cfg.hidden, cfg.cell, cfg.layers).to(device)
     model.load_state_dict(state["model"])
     model.eval()
-    mean, std = run_stats(cfg)
-    return LoadedRun(model, cfg, path, _epoch(state), mean, std)
+    return LoadedRun(model, cfg, path, _epoch(state), open_dataset(cfg))
 
 
 def check_device(device: str) -> torch.device:
@@ -84,17 +94,17 @@ def check_device(device: str) -> torch.device:
 
 
 def _epoch(state: dict) -> int:
-    return state["train"]["epoch"] if "train" in state else state["epoch"]
+    return upgrade(state)["train"]["epoch"]
 
 
-def run_stats(cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
-    """The normalization statistics the run trained with (float64 mean and std): those of the
-    train split of the run's artists (all when it names none)."""
-    manifest = load_manifest(cfg.data)
-    if manifest["params"]["feature_dim"] != cfg.feature_dim:
-        raise GenerationError(f"dataset {cfg.data} has feature_dim {manifest['params']['feature_dim']}, "
+def open_dataset(cfg: TrainConfig) -> DatasetHandle:
+    """The run's dataset, with the normalization statistics the run trained with (float64 mean
+    and std): those of the train split of the run's artists (all when it names none)."""
+    data = DatasetHandle(cfg.data, cfg.artists)
+    if data.params["feature_dim"] != cfg.feature_dim:
+        raise GenerationError(f"dataset {cfg.data} has feature_dim {data.params['feature_dim']}, "
                               f"the run was trained with {cfg.feature_dim}")
-    return load_stats(cfg.data, manifest, cfg.artists)
+    return data
 
 
 @torch.no_grad()
@@ -182,15 +192,18 @@ def rms_db(audio: np.ndarray) -> float:
 
 # ---------------------------------------------------------------------------------------------
 
-def seed_features(run: LoadedRun, source: str, index: int, seconds: float, start_s: float = 0.0) -> tuple[np.ndarray, dict]:
+def seed_features(run: LoadedRun, source: str, index: int, seconds: float, start_s: float = 0.0,
+                  split: ClipDataset | None = None) -> tuple[np.ndarray, dict]:
     """The seed as normalized features (T0, D), and a record of where it came from. ``index``:
-    the clip of the dev/train split; ``start_s``: where in a seed file the seed starts."""
-    cfg = run.cfg
-    n = int(round(seconds * cfg.sample_rate / cfg.block_size))
+    the clip of the dev/train split (``split``, when already open); ``start_s``: where in a seed
+    file the seed starts."""
+    cfg, tf = run.cfg, run.transform
+    step_s = tf.seconds(1, cfg.sample_rate)
+    n = int(round(seconds / step_s))
     if n < 1:
-        raise GenerationError(f"seed of {seconds} s is shorter than one block ({cfg.block_size / cfg.sample_rate:.3f} s)")
+        raise GenerationError(f"seed of {seconds} s is shorter than one frame step ({step_s:.3f} s)")
     if source in ("dev", "train"):
-        ds = ClipDataset(cfg.data, source, cfg.artists, normalize=False)
+        ds = split if split is not None else run.data.split(source, normalize=False)
         if len(ds) == 0:
             raise GenerationError(f"the {source} split of {cfg.data} has no clips to seed from")
         if not 0 <= index < len(ds):
@@ -202,7 +215,7 @@ def seed_features(run: LoadedRun, source: str, index: int, seconds: float, start
         raw = ds.features(index, n=n)
         song = ds.manifest["songs"][int(ds.index.song_of_clip[index])]
         info = {"source": source, "index": index, "song": song["path"], "artist": song["artist"],
-                "start_s": int(ds.index.clip_of_song[index]) * cfg.clip_blocks * cfg.block_size / cfg.sample_rate}
+                "start_s": tf.seconds(int(ds.index.clip_of_song[index]) * cfg.clip_blocks, cfg.sample_rate)}
     else:
         path = Path(source)
         if not path.exists():
@@ -210,24 +223,22 @@ def seed_features(run: LoadedRun, source: str, index: int, seconds: float, start
         if not path.is_file():  # a FIFO or a device would block the decoder for ever
             raise GenerationError(f"seed file {path} is not a regular file")
         audio = load_mono(path, cfg.sample_rate)  # resampled and downmixed like the corpus
-        blocks = audio_to_blocks(audio[int(round(start_s * cfg.sample_rate)):], cfg.block_size)
-        if len(blocks) < 1:
-            raise GenerationError(f"seed file {path} ({len(audio) / cfg.sample_rate:.2f} s) is shorter than one block "
-                                  f"({cfg.block_size / cfg.sample_rate:.3f} s) from --seed-start {start_s:g} s on")
-        blocks = blocks[:n]
-        if len(blocks) < n:
-            n = len(blocks)
-        raw = blocks_to_features(blocks, cfg.transform)
+        audio = audio[int(round(start_s * cfg.sample_rate)):][: tf.n_samples(n)]
+        if tf.n_frames(len(audio)) < 1:
+            raise GenerationError(f"seed file {path} ({len(audio) / cfg.sample_rate:.2f} s) is shorter than one frame "
+                                  f"({tf.frame / cfg.sample_rate:.3f} s) from --seed-start {start_s:g} s on")
+        raw = tf.features(audio)
+        n = len(raw)
         info = {"source": str(path), "index": None, "start_s": start_s}
     feats = (raw - run.mean) / run.std
     info["blocks"] = n
-    info["seconds"] = n * cfg.block_size / cfg.sample_rate
+    info["seconds"] = tf.seconds(n, cfg.sample_rate)
     return feats.astype(np.float32), info
 
 
 def to_audio(run: LoadedRun, feats: np.ndarray) -> np.ndarray:
     raw = np.asarray(feats, np.float64) * run.std + run.mean
-    return features_to_blocks(raw, run.cfg.transform, run.cfg.block_size).reshape(-1)
+    return run.transform.synthesize(raw)
 
 
 def generate(run_dir, out_wav, seed_seconds: float = 10.0, length_ratio: float = 3.0, seed_from: str = "dev",
@@ -273,11 +284,12 @@ def generate(run_dir, out_wav, seed_seconds: float = 10.0, length_ratio: float =
     if seed_out is not None:
         write_wav(seed_out, seed_audio, sr, float32=float32)
     loops = loop_stats(gen)
-    diag = {**loops, "loop_onset_s": None if loops["loop_onset_step"] is None else loops["loop_onset_step"] * run.cfg.block_size / sr,
+    tf = run.transform
+    diag = {**loops, "loop_onset_s": None if loops["loop_onset_step"] is None else tf.seconds(loops["loop_onset_step"], sr),
             "flatness": spectral_flatness(gen_audio, sr), "seed_flatness": spectral_flatness(seed_audio, sr),
             "rms_db": rms_db(gen_audio), "seed_rms_db": rms_db(seed_audio)}
     side = {"run": str(run_dir), "checkpoint": str(run.ckpt_path), "checkpoint_epoch": run.epoch, "cell": run.cfg.cell,
-            "hidden": run.cfg.hidden, "seed": info, "generated_blocks": n, "generated_s": n * run.cfg.block_size / sr,
+            "hidden": run.cfg.hidden, "seed": info, "generated_blocks": n, "generated_s": tf.seconds(n, sr),
             "length_ratio": length_ratio, "with_seed": with_seed, "algorithm": algorithm, "wall_s": wall,
             "sample_rate": sr, "format": "float32" if float32 else "pcm16", "peak_normalized": normalize,
             "clipped_samples": clipped, "diagnostics": diag}
@@ -302,13 +314,15 @@ def describe(diag: dict, clipped: int) -> str:
     return "; ".join(parts)
 
 
-def log_to_tensorboard(writer, model, cfg: TrainConfig, step: int, device) -> None:
-    """A short generated clip (and its spectrogram) from the first dev clip, for TensorBoard."""
+def log_to_tensorboard(writer, model, cfg: TrainConfig, step: int, device, dev_set: ClipDataset) -> None:
+    """A short generated clip (and its spectrogram) from the first clip of the trainer's dev set,
+    for TensorBoard."""
     if cfg.gen_seconds <= 0:
         return
-    run = LoadedRun(model, cfg, Path(""), 0, *run_stats(cfg))
+    run = LoadedRun(model, cfg, Path(""), 0, dev_set.handle)
     try:
-        seed, _ = seed_features(run, "dev", 0, min(cfg.gen_seconds, cfg.clip_blocks * cfg.block_size / cfg.sample_rate))
+        seed, _ = seed_features(run, "dev", 0, min(cfg.gen_seconds, run.transform.seconds(cfg.clip_blocks, cfg.sample_rate)),
+                                split=dev_set)
     except (GenerationError, DatasetError):
         return
     was_training = model.training
@@ -317,7 +331,6 @@ def log_to_tensorboard(writer, model, cfg: TrainConfig, step: int, device) -> No
     model.train(was_training)
     audio = np.clip(to_audio(run, gen), -1, 1)
     writer.add_audio("generated/audio", torch.from_numpy(audio).unsqueeze(0), step, sample_rate=cfg.sample_rate)
-    from gruv_hpc.dataset.transforms import magnitude_spectrum
-    mag = np.log1p(magnitude_spectrum(gen * run.std + run.mean, cfg.transform)).T[::-1]  # (freq, time), low at bottom
+    mag = np.log1p(run.transform.magnitude(gen * run.std + run.mean)).T[::-1]  # (freq, time), low at bottom
     img = (mag - mag.min()) / max(mag.max() - mag.min(), 1e-9)
     writer.add_image("generated/spectrogram", torch.from_numpy(img.copy()).unsqueeze(0).float(), step)

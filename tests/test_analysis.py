@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 
 from gruv_hpc.cluster import sweep
-from gruv_hpc.dataset.transforms import magnitude_spectrum, stored_to_features
+from gruv_hpc.dataset.transforms import get_transform
 from gruv_hpc.paths import read_jsonl
 
 DEMO = """
@@ -125,7 +125,7 @@ def dev_targets(data, manifest: dict, artist: str) -> list[np.ndarray]:
             continue
         with h5py.File(data / sh["file"]) as h:
             for _, off, n, _ in sh["segments"]:
-                clips += [stored_to_features(h["blocks"][off + 8 * k + 1: off + 8 * k + 9], "fft", 64).astype(np.float64)
+                clips += [get_transform("fft", 64).stored_to_features(h["blocks"][off + 8 * k + 1: off + 8 * k + 9]).astype(np.float64)
                           for k in range(n)]
     return clips
 
@@ -135,7 +135,7 @@ def test_fig3_truth_equals_direct_computation(demo, data):
     z = np.load(rep / "fig3_data.npz")
     m = json.loads((data / "manifest.json").read_text())
     for artist in ("aurora", "circuit"):
-        direct = np.mean([magnitude_spectrum(y, "fft") for y in dev_targets(data, m, artist)[:64]], axis=0)
+        direct = np.mean([get_transform("fft", 64).magnitude(y) for y in dev_targets(data, m, artist)[:64]], axis=0)
         np.testing.assert_allclose(z[f"{artist}/truth"], direct, rtol=1e-6)
         assert z[f"{artist}/lstm"].shape == direct.shape and z[f"{artist}/gru"].shape == direct.shape
     assert z["freqs"][-1] == 4000.0  # Hz, up to Nyquist

@@ -14,7 +14,7 @@ from conftest import TINY, preprocess_tiny, tiny_config
 from gruv_hpc.dataset.audio import load_mono
 from gruv_hpc.dataset.clips import ClipDataset
 from gruv_hpc.errors import DatasetError
-from gruv_hpc.dataset.transforms import audio_to_blocks, blocks_to_features, expansion, features_to_blocks
+from gruv_hpc.dataset.transforms import audio_to_blocks, get_transform
 from gruv_hpc.dataset.manifest import load_manifest, load_stats
 from gruv_hpc.dataset.build import PreprocessConfig, format_split, parse_sources, plan, preprocess
 
@@ -34,7 +34,7 @@ def split_of(manifest: dict, artist: str) -> dict:
 def test_one_artists_run_does_not_depend_on_the_other_artists(corpus, tmp_path):
     """The same songs and seed: a dataset of aurora alone and one of circuit and aurora give
     aurora the same split, the same statistics and the same training losses."""
-    from gruv_hpc.generate import run_stats
+    from gruv_hpc.generate import open_dataset
     from gruv_hpc.training.trainer import main
     alone, both = tmp_path / "alone", tmp_path / "both"
     cfg = PreprocessConfig(**TINY)
@@ -51,7 +51,8 @@ def test_one_artists_run_does_not_depend_on_the_other_artists(corpus, tmp_path):
             assert x[k] == pytest.approx(y[k], rel=1e-5), (k, x[k], y[k])
     # Generation and analysis normalize with the run's statistics: aurora's, in both datasets.
     def stats(data, **kw):
-        return run_stats(tiny_config(data, feature_dim=128, **kw))
+        h = open_dataset(tiny_config(data, feature_dim=128, **kw))
+        return h.mean, h.std
     for got, want in zip(stats(both, artists=["aurora"]), stats(alone, artists=["aurora"])):
         np.testing.assert_allclose(got, want, rtol=1e-12)
     assert not np.allclose(stats(both)[0], stats(both, artists=["aurora"])[0])
@@ -64,7 +65,7 @@ def test_predicting_the_mean_scores_one_on_each_artists_train_split(data, artist
     last = ds.index.start_of_clip + 9 == ds.index.end_of_clip
     y = torch.cat([ds[i][0] for i in range(len(ds))] + [ds[i][1][-1:] for i in np.nonzero(last)[0]]).double()
     assert len(y) == load_manifest(data)["stats"]["blocks"][artist]
-    varying = torch.from_numpy(expansion("fft", 64)[1] != 0)  # Im of DC and Nyquist are always 0
+    varying = torch.from_numpy(get_transform("fft", 64).expansion()[1] != 0)  # Im of DC and Nyquist are always 0
     assert float((y[:, varying] ** 2).mean()) == pytest.approx(1.0, abs=0.02)
     assert float((y**2).mean()) == pytest.approx(1.0, abs=0.02)
 
@@ -72,7 +73,7 @@ def test_predicting_the_mean_scores_one_on_each_artists_train_split(data, artist
 def test_pooled_stats_are_the_stats_of_the_pooled_blocks(data):
     """Pooled per-artist moments (Chan) = statistics computed directly over all their train blocks."""
     m = load_manifest(data)
-    idx, sign = expansion("fft", 64)
+    idx, sign = get_transform("fft", 64).expansion()
     blocks = {}
     for a in m["artists"]:
         out = []
@@ -191,7 +192,7 @@ def _old_pipeline(data: Path, split: str, artist: str, transform: str):
     for s in m["songs"]:
         if s["artist"] == artist:
             blocks = audio_to_blocks(load_mono(s["path"], 8000), 64)[: s["clips"] * 8 + 1]
-            feats[s["id"]] = blocks_to_features(blocks, transform)
+            feats[s["id"]] = get_transform(transform, 64).features(blocks.reshape(-1))
     train = np.concatenate([feats[s["id"]] for s in m["songs"] if s["artist"] == artist and s["split"] == "train"])
     std = train.astype(np.float64).std(0)
     std = np.where(std > 1e-6 * std.max(), std, 1.0)
@@ -227,7 +228,7 @@ def test_normalizer_on_every_path_is_normalize_then_expand(n, transform):
     CUDA where there is one), float32 and float16 input: all = (sign * stored[index] - mean) / std."""
     from gruv_hpc.dataset.clips import Normalizer
     rng = np.random.default_rng(n)
-    idx, sign = expansion(transform, n)
+    idx, sign = get_transform(transform, n).expansion()
     m_s, s_s = rng.standard_normal(n), rng.random(n) + 0.5  # stats of the stored values
     mean, std = m_s[idx] * sign, np.where(sign != 0, s_s[idx], 1.0)
     norm = Normalizer(idx, sign, mean, std)
@@ -262,7 +263,7 @@ def test_float16_storage_halves_the_bytes_and_trains_the_same(corpus, tmp_path):
     f32 = ClipDataset(tmp_path / "f32", "dev", normalize=False).features(0)
     f16 = d16.features(0)
     assert f16.dtype == np.float32
-    x32, x16 = features_to_blocks(f32, "fft", 64), features_to_blocks(f16, "fft", 64)
+    x32, x16 = get_transform("fft", 64).to_frames(f32), get_transform("fft", 64).to_frames(f16)
     assert np.sqrt(np.mean((x16 - x32) ** 2)) < 1e-3 * np.sqrt(np.mean(x32**2))
     for run, data in (("r32", "f32"), ("r16", "f16")):
         main(tiny_config(tmp_path / data, epochs=2), tmp_path / run)

@@ -3,7 +3,8 @@ import pytest
 import soundfile as sf
 
 from gruv_hpc.dataset.audio import AudioError, load_mono, resample, to_pcm, write_wav
-from gruv_hpc.dataset.transforms import (audio_to_blocks, blocks_to_features, blocks_to_stored, expansion, feature_dim, features_to_blocks, magnitude_spectrum, storage_dim, stored_to_features)
+from gruv_hpc.dataset.transforms import TRANSFORMS, blocks_to_stored, get_transform
+from gruv_hpc.errors import ConfigError
 
 
 @pytest.mark.parametrize("transform", ["fft", "rfft"])
@@ -11,22 +12,23 @@ from gruv_hpc.dataset.transforms import (audio_to_blocks, blocks_to_features, bl
 def test_round_trip(transform, n):
     rng = np.random.default_rng(0)
     audio = rng.uniform(-1, 1, n * 5).astype(np.float32)
-    feats = blocks_to_features(audio_to_blocks(audio, n), transform)
-    assert feats.shape == (5, feature_dim(transform, n)) and feats.dtype == np.float32
-    back = features_to_blocks(feats, transform, n).reshape(-1)
+    tf = get_transform(transform, n)
+    feats = tf.features(audio)
+    assert feats.shape == (5, tf.feature_dim) and feats.dtype == np.float32
+    back = tf.synthesize(feats)
     assert np.max(np.abs(back - audio)) <= 1e-5
 
 
 def test_paper_feature_layout():
     n = 11025
     x = np.sin(2 * np.pi * 441 * np.arange(n) / 44100).astype(np.float32)  # 441 Hz = bin 110
-    f = blocks_to_features(x[None], "fft")[0]
+    f = get_transform("fft", n).features(x)[0]
     assert f.shape == (2 * n,)
     spec = np.fft.fft(x.astype(np.float64))
     np.testing.assert_allclose(f[:n], spec.real, atol=2e-2)
     np.testing.assert_allclose(f[n:], spec.imag, atol=2e-2)
-    assert feature_dim("rfft", n) == 2 * (n // 2 + 1)
-    mag = magnitude_spectrum(f[None], "fft")[0]
+    assert get_transform("rfft", n).feature_dim == 2 * (n // 2 + 1)
+    mag = get_transform("fft", n).magnitude(f[None])[0]
     assert mag.shape == (n // 2 + 1,) and int(np.argmax(mag)) == 110
 
 
@@ -36,23 +38,38 @@ def test_stored_half_expands_to_either_feature_layout(n):
     rng = np.random.default_rng(1)
     blocks = rng.uniform(-1, 1, (7, n)).astype(np.float32)
     stored = blocks_to_stored(blocks)
-    assert stored.shape == (7, storage_dim(n)) == (7, n) and stored.dtype == np.float32
     for transform in ("fft", "rfft"):
-        want = blocks_to_features(blocks, transform)
-        np.testing.assert_allclose(stored_to_features(stored, transform, n), want, rtol=1e-6, atol=1e-4)
-        idx, sign = expansion(transform, n)
-        assert idx.shape == sign.shape == (feature_dim(transform, n),)
+        tf = get_transform(transform, n)
+        assert stored.shape == (7, tf.storage_dim) == (7, n) and stored.dtype == np.float32
+        want = tf.features(blocks.reshape(-1))
+        np.testing.assert_allclose(tf.stored_to_features(stored), want, rtol=1e-6, atol=1e-4)
+        np.testing.assert_allclose(tf.stored_to_features(tf.analyze(tf.frames(blocks.reshape(-1)))), want, rtol=1e-6,
+                                   atol=1e-4)
+        idx, sign = tf.expansion()
+        assert idx.shape == sign.shape == (tf.feature_dim,)
         assert set(np.unique(sign)) <= {-1.0, 0.0, 1.0}
         assert np.all(want[:, sign == 0] == 0)  # Im of DC (and of Nyquist for even n) is always 0
         assert set(idx[sign != 0]) == set(range(n))  # every stored value is used
     # the paper's N: 2N = 22050 features from 11025 stored values
     if n == 11025:
-        assert feature_dim("fft", n) == 2 * storage_dim(n)
+        assert get_transform("fft", n).feature_dim == 2 * get_transform("fft", n).storage_dim
 
 
 def test_wrong_feature_size_is_an_error():
-    with pytest.raises(ValueError, match="values per block"):
-        features_to_blocks(np.zeros((2, 10)), "fft", 64)
+    with pytest.raises(ValueError, match="values per frame"):
+        get_transform("fft", 64).to_frames(np.zeros((2, 10)))
+
+
+def test_transforms_are_named_in_the_registry_only():
+    """An unknown transform lists the valid ones; the paper's transforms refuse an overlapping hop."""
+    with pytest.raises(ConfigError, match="not one of fft, rfft"):
+        get_transform("wavelet", 64)
+    for name in TRANSFORMS:
+        with pytest.raises(ConfigError, match="hop must equal block_size"):
+            get_transform(name, 64, hop=32)
+        tf = get_transform(name, 64)
+        assert (tf.hop, tf.n_frames(64 * 5 + 3), tf.n_samples(5), tf.seconds(4, 64)) == (64, 5, 320, 4.0)
+        assert tf.params()["hop"] == 64 and tf.params()["transform"] == name
 
 
 def tone(sr, seconds=1.0, hz=1000.0, amp=0.5):

@@ -66,10 +66,10 @@ def test_seed_from_file_other_rate_and_channels(trained_run, tmp_path):
 def test_bad_inputs(trained_run, tmp_path):
     with pytest.raises(GenerationError, match="length ratio"):
         generate(trained_run, tmp_path / "x.wav", length_ratio=0)
-    with pytest.raises(GenerationError, match="shorter than one block"):
+    with pytest.raises(GenerationError, match="shorter than one frame"):
         generate(trained_run, tmp_path / "x.wav", seed_seconds=0.001)
     sf.write(tmp_path / "tiny.wav", np.zeros(10), 8000)
-    with pytest.raises(GenerationError, match="shorter than one block"):
+    with pytest.raises(GenerationError, match="shorter than one frame"):
         generate(trained_run, tmp_path / "x.wav", seed_from=str(tmp_path / "tiny.wav"))
     empty = tmp_path / "empty_run"
     empty.mkdir()

@@ -14,7 +14,7 @@ import soundfile as sf
 from conftest import TINY, preprocess_tiny
 from gruv_hpc.dataset.clips import ClipDataset
 from gruv_hpc.errors import DatasetError
-from gruv_hpc.dataset.transforms import audio_to_blocks, blocks_to_features, blocks_to_stored
+from gruv_hpc.dataset.transforms import audio_to_blocks, blocks_to_stored, get_transform
 from gruv_hpc.dataset.manifest import check_params, load_manifest
 from gruv_hpc.dataset.build import PreprocessConfig, assign_splits, parse_sources, plan, preprocess
 
@@ -73,7 +73,7 @@ def test_clips_are_windows_over_songs(data, corpus):
     assert ds.index.clip_of_song[i] == k
     audio = load_mono(song["path"], 8000)
     blocks = audio_to_blocks(audio, 64)[k * 8: k * 8 + 9]
-    np.testing.assert_allclose(ds.features(i), blocks_to_features(blocks, "fft"), atol=1e-4)
+    np.testing.assert_allclose(ds.features(i), get_transform("fft", 64).features(blocks.reshape(-1)), atol=1e-4)
     np.testing.assert_allclose(ds.raw_blocks(i), blocks_to_stored(blocks), atol=1e-4)
     x, y = ClipDataset(data, "train")[i]
     assert x.shape == (8, 128) and y.shape == (8, 128)
@@ -127,8 +127,8 @@ def test_rfft_dataset(corpus, tmp_path):
     ds = ClipDataset(tmp_path / "ds", "dev", normalize=False)
     x, y = ds[0]
     assert x.shape == (8, 66)
-    np.testing.assert_allclose(ds.features(0), blocks_to_features(np.fft.irfft(
-        ds.features(0)[:, :33] + 1j * ds.features(0)[:, 33:], n=64), "rfft"), atol=1e-3)
+    np.testing.assert_allclose(ds.features(0), get_transform("rfft", 64).features(np.fft.irfft(
+        ds.features(0)[:, :33] + 1j * ds.features(0)[:, 33:], n=64).reshape(-1)), atol=1e-3)
 
 
 def test_param_mismatch_names_the_parameter(data):

@@ -46,7 +46,6 @@ from gruv_hpc import __version__
 from gruv_hpc.dataset.audio import AudioError, load_mono
 from gruv_hpc.dataset.config import PreprocessConfig
 from gruv_hpc.dataset.corpus import (Plan, assign_splits, format_split, parse_sources, plan, read_split_file, task_songs)
-from gruv_hpc.dataset.transforms import audio_to_blocks, blocks_to_stored
 from gruv_hpc.fsio import atomic_write, atomic_write_text, fsync_dir
 from gruv_hpc.lock import Lock, LockedError
 from gruv_hpc.dataset.manifest import (FORMAT, MANIFEST, SHARD_DIR, STATS, VERSION, DatasetError, RunningStats, aside_path, chunk_rows, sha256_file)
@@ -201,6 +200,7 @@ def _run_task(p: Plan, task: int, n_tasks: int, staging: Path, progress: bool) -
     all_writers: list[ShardWriter] = []
     results = []
     C = cfg.clip_blocks
+    transform = cfg.make_transform()
     mine = task_songs(p, task, n_tasks)
     try:
         desc = "preprocess" if n_tasks == 1 else f"preprocess task {task + 1}/{n_tasks}"
@@ -216,11 +216,11 @@ def _run_task(p: Plan, task: int, n_tasks: int, staging: Path, progress: bool) -
                 warnings.warn(f"skipping {path}: {res['skipped']}", stacklevel=2)
                 continue
             res["duration_s"] = len(audio) / cfg.sample_rate
-            blocks = audio_to_blocks(audio, cfg.block_size)
-            n_clips = (len(blocks) - 1) // C
+            frames = transform.frames(audio)
+            n_clips = (len(frames) - 1) // C
             if n_clips < 1:
                 res["skipped"] = (f"shorter than one clip: {res['duration_s']:.2f} s, needs "
-                                  f"{(C + 1) * cfg.block_size / cfg.sample_rate:.2f} s")
+                                  f"{transform.n_samples(C + 1) / cfg.sample_rate:.2f} s")
             elif cfg.dtype == "float16" and cfg.block_size * float(np.abs(audio).max()) >= FLOAT16_MAX:
                 res["skipped"] = (f"samples up to {float(np.abs(audio).max()):.2f}: its spectrum could exceed float16's "
                                   "range; use --dtype float32")
@@ -255,7 +255,7 @@ def _run_task(p: Plan, task: int, n_tasks: int, staging: Path, progress: bool) -
                     b0, b1 = done * C, (done + take) * C + 1
                     for s in range(b0, b1, BATCH_BLOCKS):
                         e = min(s + BATCH_BLOCKS, b1)
-                        stored = blocks_to_stored(blocks[s:e]).astype(cfg.dtype, copy=False)
+                        stored = transform.analyze(frames[s:e]).astype(cfg.dtype, copy=False)
                         ds[row + s - b0: row + e - b0] = stored
                         w.check()
                         if split == "train":

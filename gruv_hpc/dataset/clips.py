@@ -1,4 +1,5 @@
-"""Reading a dataset back: a torch Dataset of normalized (x, y) clips.
+"""Reading a dataset back: a ``DatasetHandle`` (the dataset opened once per process) and the
+torch Dataset of its normalized (x, y) clips.
 
 Shards hold the stored half of each block's spectrum (S values, float32 or float16); the model
 sees D features (2N for ``fft``). ``Normalizer`` normalizes a whole batch in the stored space and
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from gruv_hpc.dataset.transforms import expansion
+from gruv_hpc.dataset.transforms import from_params
 from gruv_hpc.dataset.manifest import (DatasetError, check_params, clip_index, load_manifest, load_stats, select_artists)
 
 
@@ -95,6 +96,31 @@ class Normalizer:
         return o
 
 
+class DatasetHandle:
+    """A dataset opened once: its manifest, its transform, and the train statistics of the artists
+    a run uses (all when it names none). Open it once per process and hand it down: the splits
+    (``split``), the normalizer (``normalizer``), generation and analysis all read from it rather
+    than from the directory again."""
+
+    def __init__(self, data_dir: str | Path, artists: list[str] | None = None, expect: dict | None = None):
+        self.path = Path(data_dir)
+        self.manifest = load_manifest(self.path)
+        if expect:
+            check_params(self.manifest, expect)
+        self.params = self.manifest["params"]
+        self.artists = select_artists(self.manifest, artists)
+        self.transform = from_params(self.params)
+        self.mean, self.std = load_stats(self.path, self.manifest, self.artists)  # float64, (D,)
+        self.expand_index, self.sign = self.transform.expansion()
+
+    def split(self, split: str, normalize: bool = True, as_blocks: bool = False) -> "ClipDataset":
+        return ClipDataset(self, split, normalize=normalize, as_blocks=as_blocks)
+
+    def normalizer(self, device) -> Normalizer:
+        """Normalizes and expands batches of stored rows (as_blocks items) on ``device``."""
+        return Normalizer(self.expand_index, self.sign, self.mean, self.std, device)
+
+
 class ClipDataset(Dataset):
     """(x, y) float32 normalized clips of shape (C, D); y is x shifted by one block.
 
@@ -104,19 +130,20 @@ class ClipDataset(Dataset):
     stats are read up front.
     """
 
-    def __init__(self, data_dir: str | Path, split: str, artists: list[str] | None = None,
+    def __init__(self, data: str | Path | DatasetHandle, split: str, artists: list[str] | None = None,
                  expect: dict | None = None, normalize: bool = True, as_blocks: bool = False):
-        self.data_dir = Path(data_dir)
-        self.manifest = load_manifest(self.data_dir)
-        if expect:
-            check_params(self.manifest, expect)
-        self.params = self.manifest["params"]
+        """``data``: a dataset directory, or a ``DatasetHandle`` already open (then ``artists``
+        and ``expect`` are the handle's)."""
+        handle = data if isinstance(data, DatasetHandle) else DatasetHandle(data, artists, expect)
+        self.handle = handle
+        self.data_dir, self.manifest, self.params = handle.path, handle.manifest, handle.params
         self.clip_blocks = self.params["clip_blocks"]
-        self.artists = select_artists(self.manifest, artists)
+        self.artists = handle.artists
         self.index = clip_index(self.data_dir, self.manifest, split, self.artists)
         self.split = split
-        self.mean, self.std = load_stats(self.data_dir, self.manifest, self.artists)  # float64, (D,)
-        self.expand_index, self.sign = expansion(self.params["transform"], self.params["block_size"])
+        self.mean, self.std = handle.mean, handle.std
+        self.transform = handle.transform
+        self.expand_index, self.sign = handle.expand_index, handle.sign
         self._cpu_normalizer = None
         self.normalize = normalize
         # as_blocks: items are the stored (C + 1, S) windows; the training loop expands and
@@ -198,7 +225,7 @@ class ClipDataset(Dataset):
 
     def normalizer(self, device) -> Normalizer:
         """Normalizes and expands batches of stored rows (as_blocks items) on ``device``."""
-        return Normalizer(self.expand_index, self.sign, self.mean, self.std, device)
+        return self.handle.normalizer(device)
 
 
 def batch_collate(batch):

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from gruv_hpc.config import opt
 from gruv_hpc.errors import ConfigError
 
-TRANSFORMS = ("fft", "rfft")
 DTYPES = ("float32", "float16")
 
 
@@ -16,7 +15,10 @@ class PreprocessConfig:
     sample_rate: int = opt(44100, "target sample rate (Hz); every song is resampled to it")
     block_size: int = opt(11025, "samples per block N (11025 = 0.25 s at 44.1 kHz, the paper's)")
     clip_blocks: int = opt(40, "blocks per training clip (40 = 10 s, the paper's)")
-    transform: str = opt("fft", "fft ([Re|Im] of the full DFT, 2N values, the paper's) or rfft (the non-redundant half)")
+    transform: str = opt("fft", "feature transform (gruv_hpc.dataset.transforms.TRANSFORMS): fft ([Re|Im] of the full "
+                               "DFT, 2N values, the paper's) or rfft (the non-redundant half)")
+    hop: int | None = opt(None, "samples between the starts of consecutive frames; None = the transform's default "
+                                "(block_size for the paper's non-overlapping fft and rfft)")
     dev_fraction: float = opt(0.2, "fraction of each artist's songs held out as the dev split")
     seed: int = opt(0, "seed of the song-level train/dev split")
     shard_mb: float = opt(512.0, "upper bound of one shard's size, MiB")
@@ -24,8 +26,6 @@ class PreprocessConfig:
     dtype: str = opt("float32", "stored value type: float32, or float16 (half the bytes; read back as float32)")
 
     def validate(self) -> None:
-        if self.transform not in TRANSFORMS:
-            raise ConfigError(f"transform: {self.transform!r} is not one of {', '.join(TRANSFORMS)}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
         for k, lo in (("sample_rate", 1), ("block_size", 2), ("clip_blocks", 1)):
@@ -37,14 +37,17 @@ class PreprocessConfig:
             raise ConfigError(f"shard_mb: must be a finite number > 0, got {self.shard_mb}")
         if self.shard_clips < 0:
             raise ConfigError(f"shard_clips: must be >= 0, got {self.shard_clips}")
+        if self.hop is not None and not 1 <= self.hop <= self.block_size:
+            raise ConfigError(f"hop: must be in [1, block_size = {self.block_size}], got {self.hop}")
+        self.make_transform()  # an unknown transform, or a hop it cannot take, is named here
 
     def params(self) -> dict:
         """The parameters a dataset records in its manifest (and a run can pin)."""
-        from gruv_hpc.dataset.transforms import feature_dim, storage_dim
-        return {
-            "sample_rate": self.sample_rate, "block_size": self.block_size, "clip_blocks": self.clip_blocks,
-            "transform": self.transform, "feature_dim": feature_dim(self.transform, self.block_size),
-            "storage_dim": storage_dim(self.block_size), "dtype": self.dtype,
-            "dev_fraction": self.dev_fraction, "seed": self.seed,
-        }
+        return {"sample_rate": self.sample_rate, "clip_blocks": self.clip_blocks, **self.make_transform().params(),
+                "dtype": self.dtype, "dev_fraction": self.dev_fraction, "seed": self.seed}
+
+    def make_transform(self):
+        """The ``Transform`` these parameters describe."""
+        from gruv_hpc.dataset.transforms import get_transform  # numpy and scipy: not for every CLI start
+        return get_transform(self.transform, self.block_size, self.hop)
 

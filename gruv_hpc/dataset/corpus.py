@@ -142,7 +142,7 @@ def _expected_clips(info, cfg: PreprocessConfig) -> int | None:
     g = math.gcd(info.samplerate, cfg.sample_rate)
     up, down = cfg.sample_rate // g, info.samplerate // g
     n = info.frames if up == down else -(-info.frames * up // down)  # resample_poly's output length
-    return (n // cfg.block_size - 1) // cfg.clip_blocks
+    return (cfg.make_transform().n_frames(n) - 1) // cfg.clip_blocks
 
 
 def plan(sources: dict[str, Path], cfg: PreprocessConfig, split_file: str | Path | None = None) -> Plan:
@@ -153,7 +153,7 @@ def plan(sources: dict[str, Path], cfg: PreprocessConfig, split_file: str | Path
     songs, excluded = [], []
     per_artist: dict[str, list[dict]] = {}
     by_file: dict[str, dict] = {}
-    min_s = (cfg.clip_blocks + 1) * cfg.block_size / cfg.sample_rate
+    min_s = cfg.make_transform().n_samples(cfg.clip_blocks + 1) / cfg.sample_rate
     for artist, root in sources.items():
         root = Path(os.path.abspath(root))
         files, other = walk(root)

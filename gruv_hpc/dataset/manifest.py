@@ -40,7 +40,7 @@ MANIFEST = "manifest.json"
 STATS = "stats.npz"
 SHARD_DIR = "shards"
 # The parameters a training config can pin; a mismatch is an error that names the key.
-PARAM_KEYS = ("sample_rate", "block_size", "clip_blocks", "transform", "feature_dim")
+PARAM_KEYS = ("sample_rate", "block_size", "hop", "clip_blocks", "transform", "feature_dim")
 
 
 def aside_path(data_dir: str | Path) -> Path:
@@ -123,6 +123,9 @@ def load_manifest(data_dir: str | Path) -> dict:
     for key in ("params", "songs", "shards", "stats", "artists"):
         if key not in m:
             raise DatasetError(f"{path}: missing key {key!r}")
+    # Datasets made before hops were recorded frame without overlap or window.
+    m["params"].setdefault("hop", m["params"].get("block_size"))
+    m["params"].setdefault("window", "none")
     return m
 
 
@@ -154,7 +157,7 @@ def artist_moments(data_dir: str | Path, manifest: dict) -> dict[str, RunningSta
 def load_stats(data_dir: str | Path, manifest: dict, artists: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(mean, std), float64, over the model's D features: the train statistics of ``artists``
     (None or empty: all), pooled exactly from the per-artist moments."""
-    from gruv_hpc.dataset.transforms import expansion
+    from gruv_hpc.dataset.transforms import from_params
     chosen = select_artists(manifest, artists)
     per_artist = artist_moments(data_dir, manifest)
     pooled = RunningStats(manifest["params"]["storage_dim"])
@@ -162,7 +165,7 @@ def load_stats(data_dir: str | Path, manifest: dict, artists: list[str] | None =
         pooled.combine(per_artist[a])
     if pooled.n == 0:
         raise DatasetError(f"{Path(data_dir) / manifest['stats']['file']}: no train blocks for {', '.join(chosen)}")
-    idx, sign = expansion(manifest["params"]["transform"], manifest["params"]["block_size"])
+    idx, sign = from_params(manifest["params"]).expansion()
     # A mirrored value is the stored one times +-1: same variance, mean times the sign. Values that
     # are always zero (sign 0) get mean 0 and std 1, as the std floor gives any constant value.
     mean = pooled.mean[idx] * sign

@@ -1,38 +1,37 @@
-"""Spectral features of audio blocks, and their exact inverses.
+"""Feature transforms: one ``Transform`` object per kind, in a registry (``TRANSFORMS``).
 
-The paper's feature (``fft``) is [Re | Im] of the full DFT of each block of N samples:
-2N values, half of them redundant because a real signal's spectrum is conjugate-symmetric.
-``rfft`` keeps only the non-redundant half: [Re | Im] of ``rfft``, N + 1 values for odd N
-(N + 2 for even N). Both invert exactly (up to float32 rounding).
+A transform owns everything that depends on how audio becomes features and back:
 
-Blocks are transformed in batches with ``scipy.fft`` in float32: a per-block Python loop in
-float64 (what the original code did) is ~7x slower and doubles the memory.
+- framing: the frame length (``frame``, the config's ``block_size``) and the hop between frames
+  (``hop``; the paper's transforms use non-overlapping frames, hop = frame);
+- analysis (``analyze``: frames -> the stored half of each frame's spectrum) and synthesis
+  (``synthesize``: features -> audio, by overlap-add where frames overlap);
+- dimensions (``feature_dim``, ``storage_dim``) and the gather that expands what is stored into
+  the model's features (``expansion``), on any device;
+- its frequency axis (``frequencies``, ``magnitude``) and its time axis (``seconds``).
+
+The paper's feature (``fft``) is [Re | Im] of the full DFT of each block of N samples: 2N values,
+half of them redundant because a real signal's spectrum is conjugate-symmetric. ``rfft`` keeps
+only the non-redundant half: [Re | Im] of ``rfft``, N + 1 values for odd N (N + 2 for even N).
+Both invert exactly (up to float32 rounding).
 
 Datasets store neither: they store the *stored half* (``blocks_to_stored``), exactly N values per
-block of N real samples, [Re_0 .. Re_{N//2} | Im_1 .. Im_{(N-1)//2}] of ``rfft``: the imaginary
-parts of the DC bin (and of the Nyquist bin, for even N) are always zero and are left out. Both
-feature layouts follow from it by a gather with a sign per value (``expansion``): the full DFT's
+frame of N real samples, [Re_0 .. Re_{N//2} | Im_1 .. Im_{(N-1)//2}] of ``rfft``: the imaginary
+parts of the DC bin (and of the Nyquist bin, for even N) are always zero and are left out. Each
+feature layout follows from it by a gather with a sign per value (``expansion``): the full DFT's
 mirrored bins are Re[N-k] = Re[k], Im[N-k] = -Im[k], and the always-zero values get sign 0.
+
+Frames are transformed in batches with ``scipy.fft`` in float32: a per-block Python loop in
+float64 (what the original code did) is ~7x slower and doubles the memory.
+
+Adding a transform is one subclass and one ``register`` line; nothing else names transforms.
 """
 from __future__ import annotations
 
 import numpy as np
 import scipy.fft
 
-from gruv_hpc.dataset.config import TRANSFORMS
-
-
-def feature_dim(transform: str, block_size: int) -> int:
-    if transform == "fft":
-        return 2 * block_size
-    if transform == "rfft":
-        return 2 * (block_size // 2 + 1)
-    raise ValueError(f"unknown transform {transform!r}; valid: {', '.join(TRANSFORMS)}")
-
-
-def storage_dim(block_size: int) -> int:
-    """Values stored per block: N real samples have exactly N real degrees of freedom in frequency."""
-    return block_size
+from gruv_hpc.errors import ConfigError
 
 
 def blocks_to_stored(blocks: np.ndarray) -> np.ndarray:
@@ -43,19 +42,15 @@ def blocks_to_stored(blocks: np.ndarray) -> np.ndarray:
     return np.concatenate([spec.real, spec.imag[..., 1: 1 + (n - 1) // 2]], axis=-1).astype(np.float32, copy=False)
 
 
-def expansion(transform: str, block_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(index, sign), each (D,): features[..., d] = sign[d] * stored[..., index[d]].
+def audio_to_blocks(audio: np.ndarray, block_size: int) -> np.ndarray:
+    """Non-overlapping, unwindowed blocks; the ragged tail is dropped. A view, no copy."""
+    n = len(audio) // block_size
+    return audio[: n * block_size].reshape(n, block_size)
 
-    sign is +1, -1 (the imaginary part of a mirrored bin of the full DFT) or 0 (a value that is
-    always zero; its index is 0 and means nothing)."""
-    n = block_size
+
+def _rfft_expansion(n: int, full: bool) -> tuple[np.ndarray, np.ndarray]:
     n_re, n_im = n // 2 + 1, (n - 1) // 2
-    if transform == "fft":
-        k = np.arange(n)
-    elif transform == "rfft":
-        k = np.arange(n_re)
-    else:
-        raise ValueError(f"unknown transform {transform!r}; valid: {', '.join(TRANSFORMS)}")
+    k = np.arange(n if full else n_re)
     m = np.minimum(k, n - k) % n  # the stored bin that holds bin k (k = 0: 0)
     has_im = (m >= 1) & (m <= n_im)
     re_idx, re_sign = m, np.ones(len(k), np.float32)
@@ -64,58 +59,178 @@ def expansion(transform: str, block_size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([re_idx, im_idx]).astype(np.int64), np.concatenate([re_sign, im_sign])
 
 
-def stored_to_features(stored: np.ndarray, transform: str, block_size: int) -> np.ndarray:
-    """(..., N) stored half (any float dtype) -> (..., D) float32 features of ``transform``."""
-    idx, sign = expansion(transform, block_size)
-    return np.take(np.asarray(stored, dtype=np.float32), idx, axis=-1) * sign
+class Transform:
+    """Base class: non-overlapping, unwindowed frames of ``frame`` samples (the paper's framing).
+
+    Subclasses set ``name`` and ``help``, and override what differs: the feature layout
+    (``feature_dim``, ``expansion``, ``features``, ``_inverse``) or the framing (``hop``,
+    ``window``, ``stored``, ``synthesize``)."""
+
+    name = ""
+    help = ""
+    window = "none"  # recorded in the manifest
+
+    def __init__(self, frame: int, hop: int | None = None):
+        if frame < 2:
+            raise ConfigError(f"block_size: must be >= 2, got {frame}")
+        self.frame = int(frame)
+        self.hop = self.default_hop(self.frame) if hop is None else int(hop)
+        self.check_hop()
+
+    # -- framing -----------------------------------------------------------------------------
+    @staticmethod
+    def default_hop(frame: int) -> int:
+        return frame
+
+    def check_hop(self) -> None:
+        if self.hop != self.frame:
+            raise ConfigError(f"hop: transform {self.name!r} frames audio without overlap, so hop must equal "
+                              f"block_size ({self.frame}), got {self.hop}; --transform stft overlaps frames")
+
+    def n_frames(self, n_samples: int) -> int:
+        """Frames that ``n_samples`` of audio give (the ragged tail is dropped)."""
+        return 0 if n_samples < self.frame else 1 + (n_samples - self.frame) // self.hop
+
+    def n_samples(self, n_frames: int) -> int:
+        """Samples of audio that ``n_frames`` frames span."""
+        return 0 if n_frames < 1 else self.frame + (n_frames - 1) * self.hop
+
+    def seconds(self, n_frames: int, sample_rate: int) -> float:
+        """The time ``n_frames`` steps of the sequence advance (one hop each)."""
+        return n_frames * self.hop / sample_rate
+
+    def frames(self, audio: np.ndarray) -> np.ndarray:
+        """(T,) audio -> (n, frame) frames, not yet windowed: a view where it can be."""
+        return audio_to_blocks(audio, self.frame)
+
+    # -- analysis ------------------------------------------------------------------------------
+    def analyze(self, frames: np.ndarray) -> np.ndarray:
+        """(n, frame) frames (from ``frames``) -> (n, storage_dim) float32: what a dataset stores."""
+        return blocks_to_stored(frames)
+
+    @property
+    def storage_dim(self) -> int:
+        """Values stored per frame: N real samples have exactly N real degrees of freedom in frequency."""
+        return self.frame
+
+    @property
+    def feature_dim(self) -> int:
+        raise NotImplementedError
+
+    def expansion(self) -> tuple[np.ndarray, np.ndarray]:
+        """(index, sign), each (D,): features[..., d] = sign[d] * stored[..., index[d]].
+
+        sign is +1, -1 (the imaginary part of a mirrored bin of the full DFT) or 0 (a value that is
+        always zero; its index is 0 and means nothing)."""
+        raise NotImplementedError
+
+    def stored_to_features(self, stored: np.ndarray) -> np.ndarray:
+        """(..., N) stored half (any float dtype) -> (..., D) float32 features."""
+        idx, sign = self.expansion()
+        return np.take(np.asarray(stored, dtype=np.float32), idx, axis=-1) * sign
+
+    def features(self, audio: np.ndarray) -> np.ndarray:
+        """(T,) audio -> (n, D) float32 features."""
+        return self.stored_to_features(self.analyze(self.frames(audio)))
+
+    # -- synthesis -------------------------------------------------------------------------------
+    def to_frames(self, features: np.ndarray) -> np.ndarray:
+        """(..., D) features -> (..., frame) float32 frames (before any synthesis window)."""
+        features = np.asarray(features)
+        d = features.shape[-1]
+        if d != self.feature_dim:
+            raise ValueError(f"features have {d} values per frame, but transform {self.name!r} with block size "
+                             f"{self.frame} has {self.feature_dim}")
+        half = d // 2
+        spec = features[..., :half].astype(np.float32) + 1j * features[..., half:].astype(np.float32)
+        return self._inverse(spec).astype(np.float32, copy=False)
+
+    def _inverse(self, spec: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def synthesize(self, features: np.ndarray) -> np.ndarray:
+        """(n, D) features -> (n_samples(n),) float32 audio."""
+        return self.to_frames(features).reshape(-1)
+
+    # -- frequency axis --------------------------------------------------------------------------
+    def frequencies(self, sample_rate: int) -> np.ndarray:
+        """The frequencies (Hz) of ``magnitude``'s bins: 0 .. sample_rate / 2."""
+        return np.fft.rfftfreq(self.frame, d=1.0 / sample_rate)
+
+    def magnitude(self, features: np.ndarray) -> np.ndarray:
+        """|X(f)| for the non-negative frequencies of each frame: (..., D) -> (..., N//2 + 1)."""
+        half = features.shape[-1] // 2
+        return np.hypot(features[..., :half], features[..., half:])[..., : self.frame // 2 + 1]
+
+    # -- manifest --------------------------------------------------------------------------------
+    def params(self) -> dict:
+        """What a dataset's manifest records of its transform (beside sample_rate and clip_blocks)."""
+        return {"transform": self.name, "block_size": self.frame, "hop": self.hop, "window": self.window,
+                "feature_dim": self.feature_dim, "storage_dim": self.storage_dim}
 
 
-def blocks_to_features(blocks: np.ndarray, transform: str) -> np.ndarray:
-    """(..., N) float samples -> (..., D) float32 features."""
-    blocks = np.asarray(blocks, dtype=np.float32)
-    if transform == "fft":
-        spec = scipy.fft.fft(blocks, axis=-1, workers=1)
-    elif transform == "rfft":
-        spec = scipy.fft.rfft(blocks, axis=-1, workers=1)
-    else:
-        raise ValueError(f"unknown transform {transform!r}; valid: {', '.join(TRANSFORMS)}")
-    return np.concatenate([spec.real, spec.imag], axis=-1).astype(np.float32, copy=False)
+class FFT(Transform):
+    name = "fft"
+    help = "[Re|Im] of the full DFT of each non-overlapping block, 2N values (the paper's)"
 
+    @property
+    def feature_dim(self) -> int:
+        return 2 * self.frame
 
-def features_to_blocks(features: np.ndarray, transform: str, block_size: int) -> np.ndarray:
-    """(..., D) features -> (..., N) float32 samples. The exact inverse of blocks_to_features."""
-    features = np.asarray(features)
-    d = features.shape[-1]
-    if d != feature_dim(transform, block_size):
-        raise ValueError(
-            f"features have {d} values per block, but transform {transform!r} with block size "
-            f"{block_size} has {feature_dim(transform, block_size)}"
-        )
-    half = d // 2
-    spec = features[..., :half].astype(np.float32) + 1j * features[..., half:].astype(np.float32)
-    if transform == "fft":
+    def expansion(self):
+        return _rfft_expansion(self.frame, full=True)
+
+    def features(self, audio):
+        # The full DFT directly (what the paper computes), not a gather over the stored half.
+        spec = scipy.fft.fft(np.asarray(self.frames(audio), dtype=np.float32), axis=-1, workers=1)
+        return np.concatenate([spec.real, spec.imag], axis=-1).astype(np.float32, copy=False)
+
+    def _inverse(self, spec):
         # A prediction need not be conjugate-symmetric; the real part is the closest real signal.
-        out = scipy.fft.ifft(spec, axis=-1, workers=1).real
-    else:
-        out = scipy.fft.irfft(spec, n=block_size, axis=-1, workers=1)
-    return out.astype(np.float32, copy=False)
+        return scipy.fft.ifft(spec, axis=-1, workers=1).real
 
 
-def audio_to_blocks(audio: np.ndarray, block_size: int) -> np.ndarray:
-    """Non-overlapping, unwindowed blocks; the ragged tail is dropped. A view, no copy."""
-    n = len(audio) // block_size
-    return audio[: n * block_size].reshape(n, block_size)
+class RFFT(Transform):
+    name = "rfft"
+    help = "[Re|Im] of the rfft of each non-overlapping block, the non-redundant half (N + 1 or N + 2 values)"
+
+    @property
+    def feature_dim(self) -> int:
+        return 2 * (self.frame // 2 + 1)
+
+    def expansion(self):
+        return _rfft_expansion(self.frame, full=False)
+
+    def features(self, audio):
+        spec = scipy.fft.rfft(np.asarray(self.frames(audio), dtype=np.float32), axis=-1, workers=1)
+        return np.concatenate([spec.real, spec.imag], axis=-1).astype(np.float32, copy=False)
+
+    def _inverse(self, spec):
+        return scipy.fft.irfft(spec, n=self.frame, axis=-1, workers=1)
 
 
-def magnitude_spectrum(features: np.ndarray, transform: str) -> np.ndarray:
-    """|X(f)| for the non-negative frequencies of each block: (..., D) -> (..., N//2 + 1)."""
-    half = features.shape[-1] // 2
-    mag = np.hypot(features[..., :half], features[..., half:])
-    if transform == "fft":
-        block_size = half
-        mag = mag[..., : block_size // 2 + 1]
-    return mag
+TRANSFORMS: dict[str, type[Transform]] = {}
 
 
-def bin_frequencies(block_size: int, sample_rate: int) -> np.ndarray:
-    return np.fft.rfftfreq(block_size, d=1.0 / sample_rate)
+def register(cls: type[Transform]) -> type[Transform]:
+    TRANSFORMS[cls.name] = cls
+    return cls
+
+
+register(FFT)
+register(RFFT)
+
+
+def get_transform(name: str, frame: int, hop: int | None = None) -> Transform:
+    """The transform ``name`` for frames of ``frame`` samples; an unknown name lists the valid ones."""
+    try:
+        cls = TRANSFORMS[name]
+    except KeyError:
+        raise ConfigError(f"transform: {name!r} is not one of {', '.join(TRANSFORMS)}") from None
+    return cls(frame, hop)
+
+
+def from_params(params: dict) -> Transform:
+    """The transform a dataset's manifest (or a resolved run config) records. Datasets made before
+    hops were recorded have non-overlapping frames."""
+    return get_transform(params["transform"], params["block_size"], params.get("hop"))

@@ -157,6 +157,45 @@ def load_best(paths: RunPaths, map_location="cpu") -> tuple[dict | None, Path | 
 # ---------------------------------------------------------------------------------------------
 # RNG state, as plain tensors and numbers (a weights_only checkpoint holds no numpy objects)
 
+# ---------------------------------------------------------------------------------------------
+# The checkpoint's layout: named parts, and a format version
+
+FORMAT_VERSION = 3
+# 1: gruv-hpc 0.1, the training state in flat keys and rank 0's part only;
+# 2: the state in "train", every rank's part in "ranks";
+# 3: 2 with "format_version" (the layout of every part is its own state_dict).
+
+
+def pack(parts: dict, meta: dict) -> dict:
+    """A checkpoint: each part's ``state_dict()`` under its name, beside ``meta`` (what the run was:
+    its config, git origin, world size) and the format version."""
+    return {"format_version": FORMAT_VERSION, **{name: p.state_dict() for name, p in parts.items()}, **meta}
+
+
+def upgrade(sd: dict) -> dict:
+    """A checkpoint of any earlier format in the current layout; a newer one is refused."""
+    version = sd.get("format_version", 2 if "train" in sd else 1)
+    if version > FORMAT_VERSION:
+        raise ValueError(f"checkpoint format {version} is newer than this gruv-hpc reads ({FORMAT_VERSION}); "
+                         "upgrade gruv-hpc")
+    if version == 1:
+        shared = ("epoch", "step", "pos", "best_dev", "history", "train_time")
+        sd = {**sd, "train": {k: sd[k] for k in shared},
+              "ranks": [{"loss_sum": sd["loss_sum"], "loss_n": sd["loss_n"], "rng": sd["rng"]}]}
+    return {**sd, "format_version": FORMAT_VERSION}
+
+
+def unpack(parts: dict, sd: dict) -> None:
+    """Load every registered part from checkpoint ``sd``, in registration order; a part the
+    checkpoint lacks is named."""
+    sd = upgrade(sd)
+    missing = [name for name in parts if name not in sd]
+    if missing:
+        raise KeyError(f"the checkpoint has no {', '.join(missing)}")
+    for name, p in parts.items():
+        p.load_state_dict(sd[name])
+
+
 def rng_state() -> dict:
     np_state = np.random.get_state()
     st = {"python": random.getstate(), "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),

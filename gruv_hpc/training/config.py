@@ -28,15 +28,24 @@ class TrainConfig:
     data: str = opt("", "dataset directory made by `gruv preprocess`")
     artists: list[str] = opt([], "artists of the dataset to train on; empty = all")
     sample_rate: int | None = opt(None, "expected dataset sample rate; None = take the dataset's")
-    block_size: int | None = opt(None, "expected dataset block size; None = take the dataset's")
+    block_size: int | None = opt(None, "expected dataset block (frame) size; None = take the dataset's")
+    hop: int | None = opt(None, "expected dataset hop between frames; None = take the dataset's")
     clip_blocks: int | None = opt(None, "expected blocks per clip; None = take the dataset's")
-    transform: str | None = opt(None, "expected feature transform (fft|rfft); None = take the dataset's")
+    transform: str | None = opt(None, "expected feature transform (fft, rfft, ...); None = take the dataset's")
     feature_dim: int | None = opt(None, "feature dimension D; filled from the dataset")
     # optimization
     epochs: int = opt(2000, "epochs to train (the paper: 2000)")
     batch_size: int = opt(5, "global batch size, split across ranks (the original code: 5)")
     optimizer: str = opt("rmsprop", "rmsprop (the original code's), adam or sgd")
     lr: float = opt(1e-3, "learning rate (the original code: 1e-3)")
+    lr_schedule: str = opt("constant", "learning-rate schedule, a pure function of the step (training.schedule): "
+                                       "constant (the paper's), cosine (to lr * lr_min_ratio over "
+                                       "lr_horizon_epochs) or step (times lr_gamma every lr_step_epochs)")
+    lr_horizon_epochs: int = opt(0, "cosine: the epochs over which lr decays (a fixed horizon, not `epochs`, so "
+                                    "raising `epochs` on a resubmission does not bend the schedule)")
+    lr_min_ratio: float = opt(0.0, "cosine: the final lr as a fraction of lr")
+    lr_step_epochs: int = opt(0, "step: decay every this many epochs")
+    lr_gamma: float = opt(0.1, "step: the factor of each decay")
     grad_clip: float = opt(0.0, "clip the global gradient norm to this value; 0 = off")
     seed: int = opt(0, "random seed; rank r uses seed + r for its own RNG")
     limit_train_batches: int = opt(0, "stop each epoch after this many batches; 0 = the whole split")
@@ -78,11 +87,22 @@ class TrainConfig:
         for k in ("hidden", "layers", "epochs", "batch_size", "keep_last", "ckpt_every_epochs", "log_every_steps"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"{k}: must be >= 1, got {getattr(self, k)}")
-        for k in ("seed", "limit_train_batches", "gen_every_epochs"):
+        for k in ("seed", "limit_train_batches", "gen_every_epochs", "lr_horizon_epochs", "lr_step_epochs"):
             if getattr(self, k) < 0:
                 raise ConfigError(f"{k}: must be >= 0, got {getattr(self, k)}")
         if self.workers != "auto" and not (isinstance(self.workers, int) and self.workers >= 0):
             raise ConfigError(f"workers: must be auto or an integer >= 0, got {self.workers!r}")
+        from gruv_hpc.training.schedule import SCHEDULES
+        if self.lr_schedule not in SCHEDULES:
+            raise ConfigError(f"lr_schedule: {self.lr_schedule!r} is not one of {', '.join(SCHEDULES)}")
+        if self.lr_schedule == "cosine" and self.lr_horizon_epochs < 1:
+            raise ConfigError(f"lr_horizon_epochs: lr_schedule=cosine needs a horizon >= 1, got {self.lr_horizon_epochs}")
+        if self.lr_schedule == "step" and self.lr_step_epochs < 1:
+            raise ConfigError(f"lr_step_epochs: lr_schedule=step needs a step >= 1, got {self.lr_step_epochs}")
+        if not (math.isfinite(self.lr_min_ratio) and 0 <= self.lr_min_ratio <= 1):
+            raise ConfigError(f"lr_min_ratio: must be in [0, 1], got {self.lr_min_ratio}")
+        if not (math.isfinite(self.lr_gamma) and 0 < self.lr_gamma <= 1):
+            raise ConfigError(f"lr_gamma: must be in (0, 1], got {self.lr_gamma}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"lr: must be a finite number > 0, got {self.lr}")
         for k in ("grad_clip", "ckpt_every_min", "gen_seconds"):

@@ -26,15 +26,15 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from gruv_hpc.training import distributed
 from gruv_hpc.dataset import resident
-from gruv_hpc.training.checkpoint import Checkpointer, git_info, rng_state, seed_everything, set_rng_state
+from gruv_hpc.training.checkpoint import Checkpointer, git_info, pack, rng_state, seed_everything, set_rng_state, unpack
 from gruv_hpc.training.config import RUNTIME_KEYS, TrainConfig, available_cpus, resolve, resolve_workers
 from gruv_hpc.config import ConfigError, diff, to_dict
-from gruv_hpc.dataset.clips import ClipDataset, Normalizer, batch_collate
+from gruv_hpc.dataset.clips import ClipDataset, DatasetHandle, Normalizer, batch_collate
 from gruv_hpc.training.distributed import Dist
 from gruv_hpc.errors import TrainingError
 from gruv_hpc.fsio import atomic_write_json, atomic_write_text, dumps
 from gruv_hpc.lock import Lock, LockedError
-from gruv_hpc.dataset.manifest import DatasetError, dataset_id, load_manifest
+from gruv_hpc.dataset.manifest import DatasetError, dataset_id
 from gruv_hpc.training.model import GRUVModel
 from gruv_hpc.paths import RunPaths
 
@@ -111,12 +111,14 @@ class TrainState:
     def rank_state_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.PER_RANK}
 
-    def load_state_dict(self, shared: dict, mine: dict | None) -> None:
+    def load_state_dict(self, shared: dict) -> None:
         for f in fields(self):
             if f.name not in self.PER_RANK:
                 setattr(self, f.name, shared[f.name])
-            elif mine is not None:
-                setattr(self, f.name, mine[f.name])
+
+    def load_rank_state_dict(self, mine: dict) -> None:
+        for k in self.PER_RANK:
+            setattr(self, k, mine[k])
 
 
 def make_optimizer(cfg: TrainConfig, params):
@@ -152,6 +154,7 @@ class Data:
     local_bs: int
     steps_per_epoch: int
     normalize: Normalizer
+    dev_set: ClipDataset  # the TensorBoard sample seeds from it
 
     def to_xy(self, blk: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
         """Stored (B, C + 1, S) windows -> normalized x = blocks 0..C-1, y = blocks 1..C (views)."""
@@ -163,9 +166,9 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def build_data(cfg: TrainConfig, d: Dist) -> Data:
-    train_set = ClipDataset(cfg.data, "train", cfg.artists, as_blocks=True)
-    dev_set = ClipDataset(cfg.data, "dev", cfg.artists, as_blocks=True)
+def build_data(cfg: TrainConfig, d: Dist, dataset: DatasetHandle) -> Data:
+    train_set = dataset.split("train", as_blocks=True)
+    dev_set = dataset.split("dev", as_blocks=True)
     if len(train_set) == 0:
         raise DatasetError(f"{cfg.data}: the train split has no clips for artists {cfg.artists or 'all'}")
     local_bs = cfg.batch_size // d.world
@@ -191,7 +194,7 @@ def build_data(cfg: TrainConfig, d: Dist) -> Data:
         steps = min(steps, cfg.limit_train_batches)
     if steps == 0:
         raise DatasetError(f"{cfg.data}: {len(train_set)} train clips give no full batch of {cfg.batch_size}")
-    return Data(train_loader, dev_loader, sampler, local_bs, steps, train_set.normalizer(d.device))
+    return Data(train_loader, dev_loader, sampler, local_bs, steps, dataset.normalizer(d.device), dev_set)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,7 +222,7 @@ class RunLogger:
         if self.enabled:
             self.writer.add_scalar("loss/train_step", loss, step)
 
-    def epoch(self, line: dict, model, device) -> None:
+    def epoch(self, line: dict, model, device, dev_set: ClipDataset) -> None:
         """Called after the epoch's checkpoint: a metrics line is never ahead of the saved state."""
         if not self.enabled:
             return
@@ -237,7 +240,7 @@ class RunLogger:
         w.flush()
         if cfg.gen_seconds > 0 and (epoch == cfg.epochs or (cfg.gen_every_epochs and epoch % cfg.gen_every_epochs == 0)):
             from gruv_hpc.generate import log_to_tensorboard
-            log_to_tensorboard(w, model, cfg, step, device)
+            log_to_tensorboard(w, model, cfg, step, device, dev_set)
         print(f"epoch {epoch}/{cfg.epochs} train {line['train_loss']:.5f} dev {line['dev_loss']:.5f} "
               f"({line['frames_per_s']:.0f} frames/s)", flush=True)
 
@@ -274,9 +277,10 @@ def _peak_mem_mb(device) -> float:
 # The trainer: model, optimizer, data and state, and one epoch of training
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, paths: RunPaths, d: Dist, stop: StopFlag, git: dict | None = None):
+    def __init__(self, cfg: TrainConfig, paths: RunPaths, d: Dist, stop: StopFlag, dataset: DatasetHandle,
+                 git: dict | None = None):
         self.cfg, self.paths, self.d, self.stop = cfg, paths, d, stop
-        self.data = build_data(cfg, d)
+        self.data = build_data(cfg, d, dataset)
         self.model = GRUVModel(cfg.feature_dim, cfg.hidden, cfg.cell, cfg.layers).to(d.device)
         self.optimizer = make_optimizer(cfg, self.model.parameters())
         self.ddp = DDP(self.model, device_ids=[d.device.index] if d.device.type == "cuda" else None) \
@@ -287,33 +291,24 @@ class Trainer:
         self.ckpt = Checkpointer(paths, cfg.ckpt_every_epochs, cfg.ckpt_every_min, cfg.keep_last, enabled=d.is_main)
         self.log = RunLogger(paths, cfg, enabled=d.is_main)
         self.git = git
+        # What a checkpoint holds, by name: each part has state_dict/load_state_dict. New state is
+        # one more entry here (and a format version where old checkpoints need upgrading).
+        self.parts = {"model": self.model, "optimizer": self.optimizer, "train": self.state,
+                      "ranks": _RankParts(self)}
         # The train loss since the last flush, summed on the device: no sync per step.
         self._loss = torch.zeros((), device=d.device)
         self._loss_n = 0
 
     # -- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """The whole training state. Collective: every rank's own part (its loss sums and RNG
+        """The whole training state: every registered part, and what the run was (its config,
+        git origin and world size). Collective: every rank's own part (its loss sums and RNG
         states) is gathered, so a resumed multi-rank run continues exactly."""
         self._flush_loss()
-        ranks = self.d.gather({**self.state.rank_state_dict(), "rng": rng_state()})
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "train": self.state.state_dict(), "ranks": ranks, "world_size": self.d.world,
-                "config": to_dict(self.cfg), "git": self.git}
+        return pack(self.parts, {"world_size": self.d.world, "config": to_dict(self.cfg), "git": self.git})
 
     def load_state_dict(self, sd: dict) -> None:
-        if "train" not in sd:
-            sd = _upgrade_v1(sd)
-        self.model.load_state_dict(sd["model"])
-        self.optimizer.load_state_dict(sd["optimizer"])
-        ranks = sd["ranks"]
-        mine = ranks[self.d.rank] if len(ranks) == self.d.world else None
-        if mine is None:
-            warnings.warn(f"the checkpoint was written by {len(ranks)} ranks, this run has {self.d.world}: "
-                          "per-rank loss sums and RNG states start afresh", stacklevel=2)
-        self.state.load_state_dict(sd["train"], mine)
-        if mine is not None:
-            set_rng_state(mine["rng"])
+        unpack(self.parts, sd)
 
     def resume(self) -> Path | None:
         """Load the newest loadable checkpoint of the run directory, as ``cfg.resume`` says."""
@@ -446,11 +441,25 @@ class Trainer:
         return line, is_best
 
 
-def _upgrade_v1(sd: dict) -> dict:
-    """Checkpoints of gruv-hpc 0.1 kept the training state in flat keys, and rank 0's part only."""
-    shared = ("epoch", "step", "pos", "best_dev", "history", "train_time")
-    return {**sd, "train": {k: sd[k] for k in shared},
-            "ranks": [{"loss_sum": sd["loss_sum"], "loss_n": sd["loss_n"], "rng": sd["rng"]}]}
+class _RankParts:
+    """Every rank's own state (its loss sums since the last epoch and its RNG states), gathered
+    into a list in a checkpoint; on load each rank takes its own entry."""
+
+    def __init__(self, trainer: "Trainer"):
+        self.t = trainer
+
+    def state_dict(self) -> list:
+        return self.t.d.gather({**self.t.state.rank_state_dict(), "rng": rng_state()})
+
+    def load_state_dict(self, ranks: list) -> None:
+        d, st = self.t.d, self.t.state
+        mine = ranks[d.rank] if len(ranks) == d.world else None
+        if mine is None:
+            warnings.warn(f"the checkpoint was written by {len(ranks)} ranks, this run has {d.world}: "
+                          "per-rank loss sums and RNG states start afresh", stacklevel=2)
+            return
+        st.load_rank_state_dict(mine)
+        set_rng_state(mine["rng"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -550,12 +559,12 @@ def main(cfg: TrainConfig, run_dir: str | Path, stop: StopFlag | None = None) ->
         if not cfg.data:
             raise ConfigError("data: no dataset given (gruv train --data DATA_DIR, or data=... )")
         cfg = dataclasses.replace(cfg, data=str(Path(cfg.data).expanduser().resolve()))  # jobs run from elsewhere
-        manifest = load_manifest(cfg.data)
+        dataset = DatasetHandle(cfg.data, cfg.artists)  # the one read of the manifest and stats
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        cfg = resolve(cfg, manifest, world, gpus=torch.cuda.device_count())
+        cfg = resolve(cfg, dataset.manifest, world, gpus=torch.cuda.device_count())
         d = distributed.setup(cfg.device, tf32=cfg.amp)
         lock = _lock_run_dir(paths, d)
-        result = _train(cfg, {"id": dataset_id(manifest), "path": cfg.data}, paths, d, stop or StopFlag())
+        result = _train(cfg, dataset, paths, d, stop or StopFlag())
     except LockedError:
         raise  # the run directory is another process's: write nothing into it
     except BaseException as e:
@@ -576,8 +585,9 @@ def main(cfg: TrainConfig, run_dir: str | Path, stop: StopFlag | None = None) ->
     return result
 
 
-def _train(cfg: TrainConfig, dataset: dict, paths: RunPaths, d: Dist, stop: StopFlag) -> dict:
-    old = check_run_dir(paths, cfg, dataset)
+def _train(cfg: TrainConfig, dataset: DatasetHandle, paths: RunPaths, d: Dist, stop: StopFlag) -> dict:
+    origin = {"id": dataset_id(dataset.manifest), "path": cfg.data}
+    old = check_run_dir(paths, cfg, origin)
     git = git_info() if d.is_main else None  # saved by rank 0 only
     if d.is_main:
         paths.error.unlink(missing_ok=True)
@@ -585,10 +595,10 @@ def _train(cfg: TrainConfig, dataset: dict, paths: RunPaths, d: Dist, stop: Stop
         if done is not None and done < cfg.epochs:
             paths.done.unlink()  # finished an earlier, lower target: it is not done with this one
         reserve_error_space(paths)
-        record_start(paths, cfg, dataset, old, d, git)
+        record_start(paths, cfg, origin, old, d, git)
     # Each rank its own seed offset; the data order comes from the sampler's (seed, epoch), not these.
     seed_everything(cfg.seed + d.rank)
-    t = Trainer(cfg, paths, d, stop, git)
+    t = Trainer(cfg, paths, d, stop, dataset, git)
     t.ckpt.clean_temp()
     resumed_from = t.resume()  # from the run directory, never from a flag
     t.log.start(t.state, resumed_from)
@@ -602,7 +612,7 @@ def _train(cfg: TrainConfig, dataset: dict, paths: RunPaths, d: Dist, stop: Stop
             line, is_best = t.end_epoch(stats, t.evaluate())
             if t.ckpt.due_at_epoch_end(st.epoch, cfg.epochs, is_best):
                 t.save(is_best)
-            t.log.epoch(line, t.model, d.device)
+            t.log.epoch(line, t.model, d.device, t.data.dev_set)
         t.log.done(st)
         return {"status": "done", **(st.history[-1] if st.history else {})}
     finally:
