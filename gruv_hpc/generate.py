@@ -241,6 +241,15 @@ def to_audio(run: LoadedRun, feats: np.ndarray) -> np.ndarray:
     return run.transform.synthesize(raw)
 
 
+def seed_and_continuation_audio(run: LoadedRun, seed: np.ndarray, gen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The seed's audio and the continuation's, synthesized as one sequence and cut where the
+    continuation's first frame starts: where frames overlap, the seed's last frame and the
+    continuation's first are added together, as in any other pair of neighbours."""
+    audio = to_audio(run, np.concatenate([seed, gen]))
+    cut = len(seed) * run.transform.hop
+    return audio[:cut], audio[cut:]
+
+
 def generate(run_dir, out_wav, seed_seconds: float = 10.0, length_ratio: float = 3.0, seed_from: str = "dev",
              seed_index: int | None = None, algorithm: str = "stateful", checkpoint: str = "best", with_seed: bool = False,
              float32: bool = False, normalize: bool = False, device: str = "cpu", run: LoadedRun | None = None,
@@ -277,7 +286,7 @@ def generate(run_dir, out_wav, seed_seconds: float = 10.0, length_ratio: float =
     if not np.all(np.isfinite(gen)):
         raise GenerationError(f"the model produced non-finite features (checkpoint {run.ckpt_path})")
     sr = run.cfg.sample_rate
-    seed_audio, gen_audio = to_audio(run, seed), to_audio(run, gen)
+    seed_audio, gen_audio = seed_and_continuation_audio(run, seed, gen)
     audio = np.concatenate([seed_audio, gen_audio]) if with_seed else gen_audio
     out_wav.parent.mkdir(parents=True, exist_ok=True)
     clipped = write_wav(out_wav, audio, sr, float32=float32, peak=0.99 if normalize else 0.0)
