@@ -209,6 +209,66 @@ class RFFT(Transform):
         return scipy.fft.irfft(spec, n=self.frame, axis=-1, workers=1)
 
 
+class STFT(RFFT):
+    """Overlapping frames under a sqrt-Hann window: [Re | Im] of the rfft of each windowed frame.
+
+    The analysis and the synthesis window are both the square root of a periodic Hann window, so
+    their product is a Hann window, whose shifts by any hop of frame/2, frame/4, ... add up to a
+    constant: synthesis is a weighted overlap-add, exact (to float rounding) wherever full frames
+    overlap. Each synthesized frame fades in and out, so frames that do not quite agree (a model's
+    predictions) meet without a step at their edges, unlike the paper's rectangular blocks."""
+
+    name = "stft"
+    help = "[Re|Im] of the rfft of overlapping sqrt-Hann-windowed frames (hop default frame/2), overlap-added back"
+    window = "sqrt_hann"
+
+    def __init__(self, frame: int, hop: int | None = None):
+        super().__init__(frame, hop)
+        import scipy.signal
+        self.w = np.sqrt(scipy.signal.get_window("hann", self.frame, fftbins=True)).astype(np.float32)
+
+    @staticmethod
+    def default_hop(frame: int) -> int:
+        return frame // 2
+
+    def check_hop(self) -> None:
+        # Past half a frame, the shifted windows leave gaps (Hann is 0 at its ends) that nothing fills.
+        if not 1 <= self.hop <= self.frame // 2:
+            raise ConfigError(f"hop: transform 'stft' needs 1 <= hop <= block_size / 2 = {self.frame // 2}, "
+                              f"got {self.hop}")
+
+    def frames(self, audio):
+        audio = np.asarray(audio)
+        if len(audio) < self.frame:
+            return np.empty((0, self.frame), audio.dtype)
+        return np.lib.stride_tricks.sliding_window_view(audio, self.frame)[:: self.hop]
+
+    def analyze(self, frames):
+        return blocks_to_stored(np.asarray(frames, np.float32) * self.w)
+
+    def features(self, audio):
+        spec = scipy.fft.rfft(np.asarray(self.frames(audio), np.float32) * self.w, axis=-1, workers=1)
+        return np.concatenate([spec.real, spec.imag], axis=-1).astype(np.float32, copy=False)
+
+    def synthesize(self, features):
+        frames = self.to_frames(features) * self.w
+        n = len(frames)
+        out = np.zeros(self.n_samples(n), np.float64)
+        weight = np.zeros_like(out)
+        w2 = (self.w.astype(np.float64)) ** 2
+        for i in range(n):  # a Python loop over frames: a few thousand per minute of audio
+            out[i * self.hop: i * self.hop + self.frame] += frames[i]
+            weight[i * self.hop: i * self.hop + self.frame] += w2
+        # Inside, where every sample is under as many frames as it can be, dividing by the weights
+        # inverts the windows exactly. At the two ends fewer frames overlap and the weights fall
+        # towards zero: there the audio fades in and out instead of being divided by nearly nothing.
+        lo, hi = self.frame - self.hop, len(weight) - (self.frame - self.hop)
+        floor = float(weight[lo:hi].min()) if hi > lo else float(weight.max())
+        weight[:lo] = np.maximum(weight[:lo], floor)
+        weight[max(hi, lo):] = np.maximum(weight[max(hi, lo):], floor)
+        return (out / np.maximum(weight, 1e-12)).astype(np.float32)
+
+
 TRANSFORMS: dict[str, type[Transform]] = {}
 
 
@@ -219,6 +279,7 @@ def register(cls: type[Transform]) -> type[Transform]:
 
 register(FFT)
 register(RFFT)
+register(STFT)
 
 
 def get_transform(name: str, frame: int, hop: int | None = None) -> Transform:
