@@ -2,7 +2,7 @@
 
     python bench/data.py [--data DIR] [--device auto] [--batch 5] [--workers 0 1 2] [--step-ms 5]
 
-Each path is ``train.build_data`` (the code training uses) followed by ``Data.to_xy`` per batch:
+Each path is ``train.build_data`` (the code training uses) followed by ``Data.to_window`` per batch:
 
 - streaming: a DataLoader over the HDF5 shards with 0, 1, 2 ... worker processes (batched clip
   reads into the batch buffer, pinned on CUDA), the host-to-device copy, the normalization;
@@ -28,6 +28,7 @@ from gruv_hpc.training.config import TrainConfig, resolve
 from gruv_hpc.config import build
 from gruv_hpc.training.distributed import Dist
 from gruv_hpc.dataset.manifest import load_manifest
+from gruv_hpc.dataset.clips import DatasetHandle
 from gruv_hpc.training.trainer import build_data
 
 
@@ -53,9 +54,10 @@ def _sync(device):
 def measure(data_dir: Path, device: torch.device, batch: int, workers: int, on_device: str, seconds: float) -> dict:
     cfg = build(TrainConfig, dict(data=str(data_dir), batch_size=batch, workers=workers, data_on_device=on_device,
                                   device=device.type, epochs=1))
-    cfg = resolve(cfg, load_manifest(data_dir))
     t0 = time.perf_counter()
-    data = build_data(cfg, Dist(0, 1, 0, device))
+    handle = DatasetHandle(data_dir)
+    cfg = resolve(cfg, handle.manifest)
+    data = build_data(cfg, Dist(0, 1, 0, device), handle)
     setup_s = time.perf_counter() - t0
     clip_bytes = None
 
@@ -65,8 +67,8 @@ def measure(data_dir: Path, device: torch.device, batch: int, workers: int, on_d
         n = 0
         for blk in data.train_loader:
             clip_bytes = blk[0].numel() * blk[0].element_size()
-            x, y = data.to_xy(blk, device)
-            n += x.shape[0]
+            win, y = data.to_window(blk, device)
+            n += y.shape[0]
         return n
 
     epoch(0)  # warm-up: worker start, first touches, allocator

@@ -18,11 +18,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+# As training's entry points do (training.distributed.prefer_huge_pages), before torch's first
+# large allocation: both loops below run with it, so they compare like with like.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+import torch  # noqa: E402
 
 from gruv_hpc.training.config import TrainConfig
 from gruv_hpc.training.model import GRU, GRUVModel, PeepholeLSTM
@@ -167,7 +172,8 @@ def main(argv=None) -> dict:
     peak = peak_tflops(name)
     T, H, B = a.T, a.hidden, a.batch
     torch.manual_seed(0)
-    res = {"device": name or "cpu", "peak_bf16_tflops": peak, "hidden": H, "batch": B, "T": T}
+    res = {"device": name or "cpu", "peak_bf16_tflops": peak, "hidden": H, "batch": B, "T": T,
+           "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE")}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {DEVICE}" + (f" ({name})" if name else "")
           + (f"; MFU against {peak} TFLOP/s (dense bf16)" if peak else "; no MFU (no known peak)"), flush=True)
 

@@ -82,21 +82,23 @@ def test_local_parallel_build_equals_serial(corpus, data, tmp_path, jobs, kw):
 
 def _fail_task_once(monkeypatch, failing: int, after_batches: int = 2):
     """Task ``failing`` raises after writing a few batches of blocks (in its own process)."""
-    real = P._run_task
+    from gruv_hpc.dataset.build import task as T
+    from gruv_hpc.dataset.transforms import Transform
+    real = T._run_task
 
     def run(p, task, n_tasks, staging, progress):
         if task == failing:
             calls = []
-            stored = P.blocks_to_stored
+            analyze = Transform.analyze
 
-            def breaking(blocks):
+            def breaking(self, frames):
                 calls.append(1)
                 if len(calls) > after_batches:
                     raise RuntimeError("injected failure")
-                return stored(blocks)
-            P.blocks_to_stored = breaking  # (in the task's forked process only)
+                return analyze(self, frames)
+            Transform.analyze = breaking  # (in the task's forked process only)
         return real(p, task, n_tasks, staging, progress)
-    monkeypatch.setattr(P, "_run_task", run)
+    monkeypatch.setattr(T, "_run_task", run)
 
 
 def test_a_failed_task_is_redone_alone_and_the_others_are_kept(corpus, data, tmp_path, monkeypatch, capfd):

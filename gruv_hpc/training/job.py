@@ -33,6 +33,7 @@ class TrainJob(submitit.helpers.Checkpointable):
 
         env = submitit.JobEnvironment()
         distributed.export_env()  # side effect, stated: torchrun's variables from Slurm's, for every task
+        distributed.prefer_huge_pages()  # side effect, stated: before torch's first large allocation
         threads = self.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0"))
         if threads:
             torch.set_num_threads(threads)

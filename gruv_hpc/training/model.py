@@ -436,9 +436,15 @@ class GRUVModel(nn.Module):
         self.rnns = nn.ModuleList(make_cell(cell, hidden, hidden, recurrence) for _ in range(layers))
         self.out = nn.Linear(hidden, dim)
 
-    def forward(self, x, state=None):
-        """x: (B, T, D) -> predictions (B, T, D) of the next block, and the final recurrent state."""
-        h, state = self.recur(self.inp(x), state)
+    def forward(self, x, state=None, drop_last: bool = False):
+        """x: (B, T, D) -> predictions (B, T, D) of the next block, and the final recurrent state.
+
+        ``drop_last``: x is a whole (B, T + 1, D) window and its last step is dropped after the
+        input affine. Training passes its contiguous batch so: x = window[:, :-1] is a strided
+        view that the input GEMM would first copy (a batch-sized buffer), while one more row per
+        clip in that GEMM costs 1/T of it."""
+        z = self.inp(x)
+        h, state = self.recur(z[:, :-1] if drop_last else z, state)
         return self.out(h), state
 
     def recur(self, z, state=None):

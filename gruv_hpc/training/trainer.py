@@ -156,10 +156,12 @@ class Data:
     normalize: Normalizer
     dev_set: ClipDataset  # the TensorBoard sample seeds from it
 
-    def to_xy(self, blk: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stored (B, C + 1, S) windows -> normalized x = blocks 0..C-1, y = blocks 1..C (views)."""
-        blk = self.normalize(blk.to(device, non_blocking=True))  # (B, C + 1, D), expanded on the device
-        return blk[:, :-1], blk[:, 1:]
+    def to_window(self, blk: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stored (B, C + 1, S) windows -> the normalized window (B, C + 1, D), whose blocks 0..C-1
+        are the input (the model drops the last after its input affine: ``drop_last``), and the
+        targets y = blocks 1..C (a view)."""
+        win = self.normalize(blk.to(device, non_blocking=True))  # expanded on the device
+        return win, win[:, 1:]
 
 
 def _log(msg: str) -> None:
@@ -391,9 +393,9 @@ class Trainer:
                 tick()
                 self.save()
                 t0 = time.time()
-            x, y = data.to_xy(blk, d.device)
+            win, y = data.to_window(blk, d.device)
             with self.amp:
-                pred, _ = self.ddp(x)
+                pred, _ = self.ddp(win, drop_last=True)
             loss = torch.nn.functional.mse_loss(pred.float(), y)  # eq. 1, in normalized units
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -404,7 +406,7 @@ class Trainer:
             self.optimizer.step()
             self._loss += loss.detach()
             self._loss_n += 1
-            st.step, st.pos, frames = st.step + 1, st.pos + 1, frames + x.shape[0] * x.shape[1] * d.world
+            st.step, st.pos, frames = st.step + 1, st.pos + 1, frames + y.shape[0] * y.shape[1] * d.world
             if st.step % cfg.log_every_steps == 0:
                 self._flush_loss()
         self._flush_loss()
@@ -418,11 +420,11 @@ class Trainer:
         self.model.eval()
         total = torch.zeros(2, dtype=torch.float64, device=self.d.device)
         for blk in self.data.dev_loader:
-            x, y = self.data.to_xy(blk, self.d.device)
+            win, y = self.data.to_window(blk, self.d.device)
             with self.amp:
-                pred, _ = self.model(x)
+                pred, _ = self.model(win, drop_last=True)
             total[0] += torch.nn.functional.mse_loss(pred.float(), y, reduction="sum").double() / y[0].numel()
-            total[1] += x.shape[0]
+            total[1] += y.shape[0]
         self.d.all_reduce_(total)
         self.model.train()
         return float(total[0] / total[1]) if total[1] > 0 else float("nan")
