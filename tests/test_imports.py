@@ -197,3 +197,32 @@ def test_cycle_detection_catches_lazy_and_from_imports(tmp_path):
     (pkg / "sub" / "b.py").write_text("import os\n")
     graph, _ = import_graph({PACKAGE: pkg})
     assert cycles(graph) == []
+
+
+# The layers, lowest first: each may import only from the layers before it. The shared machinery
+# (configs, paths, files, locks, errors, progress) stands on no package; dataset on it alone;
+# training reads datasets; cluster runs both (and the analysis) as jobs. Top-level modules not
+# listed (cli, generate, tbserver) are applications and may import any layer.
+LAYERS = [
+    {f"{PACKAGE}.{m}" for m in ("config", "errors", "fsio", "lock", "paths", "progress")},
+    {f"{PACKAGE}.dataset"},
+    {f"{PACKAGE}.training"},
+    {f"{PACKAGE}.cluster"},
+]
+
+
+def layer_of(mod: str) -> int | None:
+    for i, layer in enumerate(LAYERS):
+        if any(mod == m or mod.startswith(m + ".") for m in layer):
+            return i
+    return None
+
+
+@pytest.mark.xfail(strict=False, reason="dataset.build imports cluster.preprocess (refuse_live_build), as in the "
+                   "cycle above")
+def test_lower_layers_do_not_import_upper_ones():
+    graph, mods = import_graph()
+    bad = [f"{a} ({mods[a].relative_to(ROOT)}:{line}) imports {b}"
+           for a, edges in sorted(graph.items()) for b, line in edges.items()
+           if layer_of(a) is not None and layer_of(b) is not None and layer_of(b) > layer_of(a)]
+    assert not bad, "imports from a higher layer (shared < dataset < training < cluster):\n  " + "\n  ".join(bad)
