@@ -199,18 +199,28 @@ SPAN_DOTTED = re.compile(r"^(?:slurm|train|grid|sweep|preprocess|analysis)\.[A-Z
 
 
 # A dotted span naming a file (`sweep.json`, `config.toml`), not a key.
-FILE_SUFFIXES = {"json", "jsonl", "toml", "py", "md", "txt", "csv", "npz", "h5", "pt", "wav", "sh", "html", "yml", "log"}
+FILE_SUFFIXES = {"json", "jsonl", "toml", "py", "md", "txt", "csv", "npz", "h5", "pt", "wav", "sh", "html", "yml",
+                 "yaml", "log", "conf", "cfg", "ini", "out", "err", "lock", "gz", "png", "pdf", "so"}
+NAMESPACES = ("slurm", "train", "grid", "sweep", "preprocess", "analysis", "corpus")
 
 
 def check_span_keys(doc: Doc, line: int, span: str) -> None:
-    """A key named in prose: `key=value` (a command-line override), `key = value` (a TOML line) or
-    a dotted `slurm.KEY`. Not a Python call's `name="value"`, nor a file name."""
+    """A key named in prose: `key=value` (a command-line override), `slurm.key = value` (a TOML
+    line of a table) or a dotted `slurm.KEY`. Prose about Python is left alone: a call's
+    `name="value"` or `flag=True`, an assignment `x = 0` (a bare name with spaces around `=`), a
+    file name (`sweep.json`), a name outside our namespaces (`torch.backends...`)."""
     m = SPAN_KEY.match(span)
-    if m and re.match(r"^[\w.]+=[\"']", span):
+    if m:
+        key, value = m.group(1), span[m.end():].strip()
+        spaced = span[len(key):m.end()] != "="
+        if value[:1] in "\"'" and not spaced or value in ("True", "False", "None") or spaced and "." not in key:
+            return
+    else:
+        key = span if SPAN_DOTTED.match(span) else None
+    if not key or "." in key and (key.split(".")[0] not in NAMESPACES or key.rpartition(".")[2] in FILE_SUFFIXES):
         return
-    key = m.group(1) if m else span if SPAN_DOTTED.match(span) else None
-    if not key or key.rpartition(".")[2] in FILE_SUFFIXES and "." in key:
-        return
+    if not m and module_reference(key):
+        return  # `slurm.parse_sacct`, `sweep.submit`: a module of ours by its short name
     if why := key_error(key):
         hint = " (a module is named by its full path: gruv_hpc.…)" if "." in key else ""
         doc.fail(line, f"`{span}`", why + hint)
@@ -236,6 +246,21 @@ def module_error(name: str) -> str | None:
             obj = getattr(obj, attr)
         return None
     return f"no module {name}"
+
+
+def module_reference(name: str) -> bool:
+    """Whether a dotted name is `module.attribute` for one of our modules called by its last name
+    (`slurm.parse_sacct` for gruv_hpc.cluster.slurm.parse_sacct)."""
+    head, _, rest = name.partition(".")
+    for base, root in (("gruv_hpc", ROOT / "gruv_hpc"), ("gruv_hpc.analysis", ROOT / "analysis")):
+        for f in [*root.rglob(f"{head}.py"), *root.rglob(f"{head}/__init__.py")]:
+            if "analysis" in f.relative_to(root).parts and base == "gruv_hpc":
+                continue  # the symlink: listed under gruv_hpc.analysis
+            parts = f.relative_to(root).with_suffix("").parts
+            mod = ".".join((base, *(parts[:-1] if parts[-1] == "__init__" else parts)))
+            if module_error(f"{mod}.{rest}") is None:
+                return True
+    return False
 
 
 MODULE = re.compile(r"\bgruv_hpc(?:\.[A-Za-z_]\w*)+")
@@ -538,7 +563,9 @@ def test_checker_catches_wrong_commands_and_keys(tmp_path, scratch):
         "gruv pipeline submit jobs/pipeline_demo.toml --out p corpus.x=/m sweep.hiden=3",  # 9: bad key
         "python -m gruv_hpc.features",                                       # 10: the old module name
         "```",                                                               # 11
-        "Set `slurm.partition=gpu`, `cell=lstm` and `grid.seed` (correct), but not `slurm.mem=4`, "
+        "Set `slurm.partition=gpu`, `cell=lstm`, `grid.seed`, `torch.backends.cudnn.benchmark=True`, `slurm.conf`, "
+        "`sweep.json`, `slurm.parse_sacct`, `fused=True`, `std_floor = 0`, `map_location=\"cpu\"`, "
+        "`slurm.partition = \"gpu\"` (correct), but not `slurm.mem=4`, `slurm.parse_sbatch`, `slurm.qso = \"x\"`, "
         "`lerning_rate=1`, `sweep.grid.hiden`; see `gruv_hpc.dataset.clips.Normalizer`, "
         "`gruv_hpc.data.ClipDataset`, `tests/test_docs.py` and `bench/nothing.py`.",  # 12: 5 faults
         "```toml",                                                           # 13
@@ -554,9 +581,10 @@ def test_checker_catches_wrong_commands_and_keys(tmp_path, scratch):
     text = "\n".join(errors)
     where = sorted({int(e.split(":")[1]) for e in errors})
     assert where == [4, 5, 6, 7, 8, 9, 10, 12, 14, 19], text
-    for needle in ("--jsno", "trian", "hiden", "partion", "dct", "gruv_hpc.features", "slurm.mem", "lerning_rate",
+    for needle in ("--jsno", "trian", "hiden", "partion", "dct", "gruv_hpc.features", "slurm.mem", "lerning_rate", "parse_sbatch", "qso",
                    "gruv_hpc.data", "bench/nothing.py", "greedy"):
         assert needle in text, (needle, text)
-    for fine in ("gruv_hpc.dataset.clips", "`cell=lstm`", "`grid.seed`", "tests/test_docs.py", "--seed-index"):
+    for fine in ("gruv_hpc.dataset.clips", "`cell=lstm`", "`grid.seed`", "tests/test_docs.py", "--seed-index", "torch",
+                 "slurm.conf", "sweep.json", "parse_sacct", "fused", "std_floor", "map_location", "slurm.partition"):
         assert fine not in text, (fine, text)
     assert all(e.startswith(f"{page}:") for e in errors), text
