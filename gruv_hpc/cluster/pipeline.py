@@ -51,7 +51,7 @@ from gruv_hpc.errors import ConfigError, DatasetError, GruvError
 from gruv_hpc.fsio import atomic_write_json, atomic_write_text
 from gruv_hpc.lock import Lock, pid_alive
 from gruv_hpc.paths import BuildPaths, PipelinePaths
-from gruv_hpc.dataset.build import _same_plan, dataset_diffs, parse_sources, plan, read_staging_plan
+from gruv_hpc.dataset.build import same_plan, dataset_diffs, parse_sources, plan, read_staging_plan
 
 TOP_KEYS = ("corpus", "preprocess", "sweep", "analysis")
 # gruv analyze needs one process, a little memory for the generated audio, and no GPU.
@@ -244,7 +244,7 @@ def _preprocess_plan(pl: Pipeline, paths: PipelinePaths, kind: str) -> tuple[dic
     if live:
         staged = read_staging_plan(BuildPaths(out).staging)
         ids = ", ".join([*live["tasks"].values(), live["merge"]])
-        if kind == "local" or staged is None or not _same_plan(staged[0], p):
+        if kind == "local" or staged is None or not same_plan(staged[0], p):
             raise DatasetError(f"{out} is being built by Slurm job(s) {ids}" + ("" if kind == "local" else
                                " from other songs or parameters") + "; wait for them to end, or scancel them")
         return {"state": "live", "tasks": live["tasks"], "array": live["array"], "merge": live["merge"]}, planned

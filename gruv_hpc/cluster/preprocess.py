@@ -35,7 +35,7 @@ from gruv_hpc.fsio import atomic_write_json
 from gruv_hpc.lock import Lock, LockedError, pid_alive
 from gruv_hpc.dataset.manifest import MANIFEST, load_manifest
 from gruv_hpc.paths import BuildPaths
-from gruv_hpc.dataset.build import (PLAN, SUBMISSION, Plan, _check_out, _recover, disk_error, lock_dataset, merge, preprocess, read_plan, read_staging_plan, run_task, start_build, task_finished)
+from gruv_hpc.dataset.build import (PLAN, SUBMISSION, Plan, check_out, recover, disk_error, lock_dataset, merge, preprocess, read_plan, read_staging_plan, run_task, start_build, task_finished)
 
 # A preprocessing task decodes and transforms one song at a time, in one thread: one CPU, and
 # memory for the longest song (a 10-minute song takes about 1 GB).
@@ -81,7 +81,7 @@ def build(sources: dict[str, Path], out: str | Path, cfg: PreprocessConfig, jobs
     if jobs < 1:
         raise ConfigError(f"--jobs: must be >= 1, got {jobs}")
     kind = executor_kind(executor)
-    out = _check_out(out)
+    out = check_out(out)
     if kind == "local" and jobs == 1:
         return {"executor": "local", "tasks": 1, "ran": [0],
                 "manifest": preprocess(sources, out, cfg, overwrite=overwrite, progress=progress, split_file=split_file,
@@ -95,7 +95,7 @@ def build(sources: dict[str, Path], out: str | Path, cfg: PreprocessConfig, jobs
                 _run_local(p, staging, n_tasks, todo, progress, say)
                 return {"executor": "local", "tasks": n_tasks, "ran": todo, "manifest": merge(staging, out)}
             except BaseException as e:
-                _recover(out)
+                recover(out)
                 if isinstance(e, OSError):
                     raise disk_error(e, out, staging) from None
                 raise
@@ -213,7 +213,7 @@ class MergeJob:
                     raise
                 time.sleep(2)
         try:
-            _recover(out)  # (a killed copy's finished merge is swapped in here)
+            recover(out)  # (a killed copy's finished merge is swapped in here)
             staging = BuildPaths(out).staging
             m = merge(staging, out) if (staging / PLAN).exists() else load_manifest(out)
         finally:

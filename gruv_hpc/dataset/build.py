@@ -358,7 +358,7 @@ def merge(staging: str | Path, out: str | Path) -> dict:
 
 
 def _swap_in(staging: Path, out: Path) -> None:
-    """Two renames: a crash between them leaves out missing and the old dataset aside (see _recover)."""
+    """Two renames: a crash between them leaves out missing and the old dataset aside (see recover)."""
     old = aside_path(out)
     if out.exists():
         os.rename(out, old)
@@ -367,7 +367,7 @@ def _swap_in(staging: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _recover(out: Path) -> None:
+def recover(out: Path) -> None:
     """Undo what a crashed run left beside ``out``. Only called with the lock held. (The staging
     directory stays: the next build of the same plan resumes it.)"""
     old = aside_path(out)
@@ -433,7 +433,7 @@ def _refuse_live_tasks(staging: Path, tasks) -> None:
         lock.release()
 
 
-def _same_plan(a: Plan, b: Plan) -> bool:
+def same_plan(a: Plan, b: Plan) -> bool:
     def key(p):
         return json.loads(json.dumps({k: v for k, v in asdict(p).items() if k != "started"}))
     return key(a) == key(b)
@@ -454,7 +454,7 @@ def prepare_staging(p: Plan, staging: Path, n_tasks: int) -> list[int]:
     finished dataset. Either way a task some live process still writes is refused. Called with
     the dataset lock held."""
     old = read_staging_plan(staging) if staging.is_dir() else None
-    if old is not None and old[1] == n_tasks and _same_plan(old[0], p):
+    if old is not None and old[1] == n_tasks and same_plan(old[0], p):
         todo = [t for t in range(n_tasks) if not task_finished(staging, t, n_tasks)]
         _refuse_live_tasks(staging, [task_lock(staging, t, n_tasks) for t in todo])
         for t in todo:
@@ -474,7 +474,7 @@ def prepare_staging(p: Plan, staging: Path, n_tasks: int) -> list[int]:
 # ---------------------------------------------------------------------------------------------
 # Serial preprocessing: plan + one task + merge, under a lock
 
-def _check_out(out: str | Path) -> Path:
+def check_out(out: str | Path) -> Path:
     out = Path(os.path.abspath(out))
     if out.is_symlink() and out.is_dir():
         out = out.resolve()  # the swap renames directories, never a link
@@ -548,7 +548,7 @@ def start_build(sources: dict[str, Path], out: Path, cfg: PreprocessConfig, jobs
     """Everything before the tasks, with the dataset lock held: recover from a crash, plan, check
     that ``out`` may be replaced, prepare the staging directory. Returns (plan, staging, number of
     tasks, the tasks still to run); no more tasks than songs."""
-    _recover(out)
+    recover(out)
     p = planned or plan(sources, cfg, split_file)
     _check_replace(out, p, overwrite)
     n_tasks = max(1, min(jobs, len(p.songs)))
@@ -573,7 +573,7 @@ def preprocess(sources: dict[str, Path], out: str | Path, cfg: PreprocessConfig,
     nothing usable was found, or when ``out`` holds something that may not be replaced; ``out`` is
     then untouched. Rebuilding with the same songs and parameters simply rebuilds it."""
     cfg.validate()
-    out = _check_out(out)
+    out = check_out(out)
     from gruv_hpc.cluster.preprocess import refuse_live_build
     lock = lock_dataset(out)
     try:
@@ -584,7 +584,7 @@ def preprocess(sources: dict[str, Path], out: str | Path, cfg: PreprocessConfig,
                 run_task(p, t, n_tasks, staging, progress)
             return merge(staging, out)
         except BaseException as e:
-            _recover(out)
+            recover(out)
             if isinstance(e, OSError):
                 raise disk_error(e, out, staging) from None
             raise
