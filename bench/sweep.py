@@ -22,6 +22,7 @@ def sh(*cmd) -> str:
 
 def main():
     from gruv_hpc.cluster import sweep
+    from gruv_hpc.cluster.scheduler import log_path
     from gruv_hpc.paths import SweepPaths
     from gruv_hpc.dataset.build import PreprocessConfig, parse_sources, preprocess
     from gruv_hpc.dataset.synth import make_corpus
@@ -78,7 +79,7 @@ signal_delay_s = 30
         if run.step_ckpts():
             break
         time.sleep(0.05)
-    log = SweepPaths(work / "one").logs / f"{jid}_0_log.out"
+    log = log_path(SweepPaths(work / "one").logs, jid)
     before = log.read_text().count("resumed from") if log.exists() else 0
     t = time.perf_counter()
     subprocess.run(["scancel", "--signal=USR2", jid])  # (exits non-zero for array tasks, yet signals them)

@@ -11,6 +11,7 @@ import time
 import warnings
 from pathlib import Path
 
+from gruv_hpc.cluster.executors import KINDS as EXECUTORS, scheduler
 from gruv_hpc.errors import ConfigError, GruvError
 
 
@@ -140,11 +141,12 @@ def _pipeline(a) -> int:
     if a.pipeline_cmd == "submit":
         sub = pipeline.submit(a.pipeline_file, a.out, executor=a.executor, overrides=a.overrides,
                               max_parallel=a.max_parallel, progress=not a.quiet)
-        if sub["executor"] == "slurm" and a.wait:
+        foreground = scheduler(sub["executor"]).foreground
+        if not foreground and a.wait:
             st = pipeline.wait(a.out, say=None if a.quiet else print)
             print(pipeline.format_status(st))
             return 0 if st["analysis"]["state"] == "COMPLETED" else 1
-        if sub["executor"] == "local":
+        if foreground:
             print(pipeline.format_status(pipeline.status(a.out)))
             return 1 if sub["train"].get("failed") else 0
         return 0
@@ -202,9 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--jobs", type=int, default=1, help="split the songs into N tasks of about equal audio, run at "
                     "once (the result is the same for any N); a rerun of the same command resumes, keeping finished "
                     "tasks (default: 1)")
-    pp.add_argument("--executor", choices=["local", "slurm", "auto"], default="local",
-                    help="local: N processes here (default); slurm: a job array of N tasks and a merge job after "
-                    "them, then return (or --wait); auto: slurm where a cluster answers")
+    pp.add_argument("--executor", choices=EXECUTORS, default="local",
+                    help="local: N processes here (default; debug: the same); slurm: a job array of N tasks and a "
+                    "merge job after them, then return (or --wait); auto: slurm where a cluster answers")
     pp.add_argument("--slurm-config", metavar="FILE", help="Slurm resources of the jobs: the [slurm] table of FILE "
                     "(or the whole file), keys as in a sweep's [slurm]; slurm.KEY=value overrides")
     pp.add_argument("--wait", action="store_true", help="slurm: wait until the dataset is built")
@@ -248,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     s1 = ssub.add_parser("submit", help="validate and submit a sweep file; resubmits what needs it")
     s1.add_argument("sweep_file")
     s1.add_argument("--out", required=True, help="sweep directory (SWEEP_DIR)")
-    s1.add_argument("--executor", choices=["auto", "slurm", "local", "debug"], default="auto")
+    s1.add_argument("--executor", choices=EXECUTORS, default="auto")
     s1.add_argument("--dry-run", action="store_true", help="print the runs and the sbatch script; submit nothing")
     s1.add_argument("--max-parallel", type=int, default=2, help="local executor: runs at a time")
     s1.add_argument("--wait", action="store_true", help="then wait until every run has ended, as `gruv sweep wait` "
@@ -288,9 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl1 = plsub.add_parser("submit", help="submit (or run) every stage of a pipeline file; resubmitting resumes")
     pl1.add_argument("pipeline_file")
     pl1.add_argument("--out", required=True, help="pipeline directory: data/, sweep/, report/")
-    pl1.add_argument("--executor", choices=["auto", "slurm", "local"], default="auto",
-                     help="slurm: queue the three stages and return; local: run them here in order; auto: slurm "
-                     "where a cluster answers")
+    pl1.add_argument("--executor", choices=EXECUTORS, default="auto",
+                     help="slurm: queue the three stages and return; local: run them here in order (debug: the runs "
+                     "inside this process); auto: slurm where a cluster answers")
     pl1.add_argument("--max-parallel", type=int, default=2, help="local executor: training runs at a time")
     pl1.add_argument("--wait", action="store_true", help="slurm: then wait for the report (exit 1 without one)")
     pl1.add_argument("--quiet", action="store_true")

@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from gruv_hpc import jobenv
 from gruv_hpc.errors import GruvError
 
 
@@ -47,10 +48,7 @@ def pid_alive(pid, host: str | None = None) -> bool:
 
 
 def holder_info() -> dict:
-    job = os.environ.get("SLURM_JOB_ID")
-    if job and os.environ.get("SLURM_ARRAY_TASK_ID"):
-        job = f"{os.environ.get('SLURM_ARRAY_JOB_ID', job)}_{os.environ['SLURM_ARRAY_TASK_ID']}"
-    return {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job_id": job,
+    return {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job_id": jobenv.task_job_id(),
             "since": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": " ".join(sys.argv)[:300]}
 
 

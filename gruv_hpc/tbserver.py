@@ -11,6 +11,7 @@ import socket
 import subprocess
 import time
 
+from gruv_hpc import jobenv
 from gruv_hpc.errors import ConfigError
 from gruv_hpc.paths import RunPaths, SweepPaths
 
@@ -36,7 +37,7 @@ def how_to_reach(host: str, port: int) -> list[str]:
     if remote:
         lines.append(f"from your laptop: ssh -N -L {port}:{'localhost' if local else node}:{port} "
                      f"{getpass.getuser()}@{node}   then open http://localhost:{port}/")
-        if os.environ.get("SLURM_JOB_ID"):
+        if jobenv.in_job():
             lines.append("  (this is a compute node: add -J USER@LOGIN_NODE to jump through the login node)")
         if local:
             lines.append("  (it listens on 127.0.0.1 only, which the tunnel needs; --host 0.0.0.0 would open it to "

@@ -145,7 +145,7 @@ def test_the_sweep_is_validated_against_the_planned_dataset_before_anything_is_q
         with pytest.raises(err, match=needle.replace("(", r"\(").replace(")", r"\)")):
             pipeline.submit(f, out, executor="slurm", say=lambda *a: None)  # (refused before Slurm is asked anything)
         assert not BuildPaths(out / "data").staging.exists() and not (out / "data").exists()
-        assert pipeline.load_state(PipelinePaths(out))["submissions"] == []
+        assert pipeline.load_state(PipelinePaths(out)).submissions == []  # (typed: PipelineState)
 
 
 def test_planned_and_built_datasets_resolve_runs_alike(corpus, tmp_path):

@@ -15,6 +15,7 @@ import torch
 from conftest import TINY
 from gruv_hpc.dataset import build as P
 from gruv_hpc.cluster import preprocess as PJ
+from gruv_hpc.cluster.executors import scheduler
 from gruv_hpc.dataset.clips import ClipDataset
 from gruv_hpc.errors import DatasetError
 from gruv_hpc.lock import Lock, LockedError
@@ -254,7 +255,7 @@ def test_an_array_task_cancelled_mid_way_is_redone_alone(corpus, data, tmp_path)
         saved = victim.read_bytes()
         victim.unlink()
         os.mkfifo(victim)
-        sub = PJ._submit_slurm(out, staging, n, todo, PJ.slurm_config(SMALL), tmp_path / "logs")
+        sub = PJ._submit_queued(scheduler("slurm"), out, staging, n, todo, PJ.slurm_config(SMALL), tmp_path / "logs")
     finally:
         lock.release()
     try:

@@ -262,7 +262,7 @@ def test_stopping_gruv_tensorboard_stops_the_server(tmp_path, sig):
 
     from torch.utils.tensorboard import SummaryWriter
 
-    from gruv_hpc.cluster.sweep.status import _process_tree
+    from gruv_hpc.cluster.local import process_tree as _process_tree
     w = SummaryWriter(str(tmp_path / "sw" / "runs" / "a" / "tb"))
     w.add_scalar("loss/dev", 1.0, 1)
     w.close()

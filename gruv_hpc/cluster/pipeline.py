@@ -34,7 +34,6 @@ Overrides on the command line name the table: ``corpus.ARTIST=DIR``, ``preproces
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -43,12 +42,18 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from submitit.helpers import Checkpointable
+
 from gruv_hpc.cluster import preprocess as PJ
 from gruv_hpc.dataset.config import PreprocessConfig
 from gruv_hpc.cluster.config import SlurmConfig
+from gruv_hpc.cluster.executors import scheduler
+from gruv_hpc.cluster.pipeline_state import (AnalysisStage, PipelineState, PreprocessStage, Submission, TrainStage,
+                                             load_state)
+from gruv_hpc.cluster.scheduler import ACTIVE, Dependency
 from gruv_hpc.config import build, field_names, opt, parse_overrides, read_file, table
 from gruv_hpc.errors import ConfigError, DatasetError, GruvError
-from gruv_hpc.fsio import atomic_write_json, atomic_write_text
+from gruv_hpc.fsio import atomic_write_text
 from gruv_hpc.lock import Lock, pid_alive
 from gruv_hpc.paths import BuildPaths, PipelinePaths
 from gruv_hpc.dataset.build import same_plan, dataset_diffs, parse_sources, plan, read_staging_plan
@@ -56,7 +61,6 @@ from gruv_hpc.dataset.build import same_plan, dataset_diffs, parse_sources, plan
 TOP_KEYS = ("corpus", "preprocess", "sweep", "analysis")
 # gruv analyze needs one process, a little memory for the generated audio, and no GPU.
 ANALYSIS_SLURM_DEFAULTS = {"time_min": 60, "cpus_per_task": 2, "mem_gb": 4.0, "signal_delay_s": 60}
-VERSION = 1
 
 
 @dataclass
@@ -184,38 +188,16 @@ def _load_sweep(raw: dict, path: Path, text: str, paths: PipelinePaths, ov: dict
 
 
 # ---------------------------------------------------------------------------------------------
-# State: DIR/pipeline.json, each submission's stages and jobs
-
-def load_state(paths: PipelinePaths) -> dict:
-    try:
-        st = json.loads(paths.state.read_text())
-    except FileNotFoundError:
-        return {"version": VERSION, "submissions": []}
-    except (OSError, ValueError) as e:
-        raise GruvError(f"{paths.state}: cannot read the pipeline state ({e})") from None
-    if not isinstance(st, dict) or not isinstance(st.get("submissions"), list):
-        raise GruvError(f"{paths.state}: not a pipeline state file")
-    return st
-
-
-def _save(paths: PipelinePaths, state: dict) -> None:
-    atomic_write_json(paths.state, state)
-
-
-def executor_kind(executor: str) -> str:
-    return PJ.executor_kind(executor)
-
-
-# ---------------------------------------------------------------------------------------------
 # Submit
 
 def submit(pipeline_file, out_dir, executor: str = "auto", overrides=(), max_parallel: int = 2, progress: bool = True,
            say=print) -> dict:
     """Validate everything, then submit (Slurm) or run (local) what is left to do. Returns the
-    submission's record, as pipeline.json keeps it."""
+    submission's record, as pipeline.json keeps it (``Submission.to_json``)."""
     paths = PipelinePaths(Path(out_dir).expanduser().resolve())
     pl = load_pipeline(pipeline_file, paths.root, overrides)
-    kind = executor_kind(executor)
+    sched = scheduler(executor)
+    kind = sched.kind
     try:
         paths.root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -223,14 +205,12 @@ def submit(pipeline_file, out_dir, executor: str = "auto", overrides=(), max_par
     with Lock(paths.lock, f"pipeline {paths.root} (a submission)"):
         atomic_write_text(paths.spec, pl.text)
         state = load_state(paths)
-        sub = {"time": time.time(), "executor": kind, "host": socket.gethostname(), "pid": os.getpid(),
-               "file": str(pl.path.resolve()), "overrides": list(overrides), "stage": "preprocess",
-               "preprocess": {}, "train": {}, "analysis": {}}
-        prev = state["submissions"][-1] if state["submissions"] else None
-        state["submissions"].append(sub)
-        if kind == "local":
-            return _run_local(pl, paths, state, sub, max_parallel, progress, say)
-        return _submit_slurm(pl, paths, state, sub, prev, say)
+        sub = Submission(time.time(), kind, socket.gethostname(), os.getpid(), str(pl.path.resolve()), list(overrides))
+        prev = state.last
+        state.submissions.append(sub)
+        if sched.foreground:
+            return _run_local(pl, paths, state, sub, max_parallel, progress, say).to_json()
+        return _submit_slurm(pl, paths, state, sub, prev, say).to_json()
 
 
 def _preprocess_plan(pl: Pipeline, paths: PipelinePaths, kind: str) -> tuple[dict, dict | None]:
@@ -244,8 +224,9 @@ def _preprocess_plan(pl: Pipeline, paths: PipelinePaths, kind: str) -> tuple[dic
     if live:
         staged = read_staging_plan(BuildPaths(out).staging)
         ids = ", ".join([*live["tasks"].values(), live["merge"]])
-        if kind == "local" or staged is None or not same_plan(staged[0], p):
-            raise DatasetError(f"{out} is being built by Slurm job(s) {ids}" + ("" if kind == "local" else
+        local = scheduler(kind).foreground
+        if local or staged is None or not same_plan(staged[0], p):
+            raise DatasetError(f"{out} is being built by Slurm job(s) {ids}" + ("" if local else
                                " from other songs or parameters") + "; wait for them to end, or scancel them")
         return {"state": "live", "tasks": live["tasks"], "array": live["array"], "merge": live["merge"]}, planned
     diffs = dataset_diffs(out, p)
@@ -257,22 +238,22 @@ def _preprocess_plan(pl: Pipeline, paths: PipelinePaths, kind: str) -> tuple[dic
     return {"state": "build", "plan": p}, planned
 
 
-def _preprocess_run(pl: Pipeline, paths: PipelinePaths, pre: dict, kind: str, progress: bool, say) -> dict:
+def _preprocess_run(pl: Pipeline, paths: PipelinePaths, pre: dict, kind: str, progress: bool, say) -> PreprocessStage:
     """Carry out ``_preprocess_plan``'s decision; returns the stage's record."""
     out = paths.data
     if pre["state"] == "live":
         say(f"preprocess: in progress (merge job {pre['merge']}); training waits for it")
-        return pre
+        return PreprocessStage(**pre)
     if pre["state"] == "complete":
         say(f"preprocess: {out} is built from the same songs and parameters: skipped")
-        return pre
+        return PreprocessStage(**pre)
     res = PJ.build(pl.corpus, out, pl.preprocess, jobs=pl.options.jobs, executor=kind, slurm=pl.preprocess_slurm,
                    split_file=pl.options.split_file, progress=progress, wait=False, logs=paths.logs, say=say,
                    planned=pre["plan"])
-    if kind == "local":
-        return {"state": "built", "tasks": res["tasks"], "ran": res["ran"]}
+    if scheduler(kind).foreground:
+        return PreprocessStage("built", res["tasks"], ran=res["ran"])
     s = res["submission"]
-    return {"state": "submitted", "tasks": s["tasks"], "array": s["array"], "merge": s["merge"], "n_tasks": res["tasks"]}
+    return PreprocessStage("submitted", s["tasks"], s["array"], s["merge"], n_tasks=res["tasks"])
 
 
 def _validate_sweep(pl: Pipeline, paths: PipelinePaths, kind: str, planned: dict | None) -> None:
@@ -282,105 +263,107 @@ def _validate_sweep(pl: Pipeline, paths: PipelinePaths, kind: str, planned: dict
     sw.validate(pl.sweep, paths.sweep.root, kind)
 
 
-def _submit_slurm(pl: Pipeline, paths: PipelinePaths, state: dict, sub: dict, prev: dict | None, say) -> dict:
+def _submit_slurm(pl: Pipeline, paths: PipelinePaths, state: PipelineState, sub: Submission, prev: Submission | None,
+                  say) -> Submission:
+    """The three stages queued at once, each behind the one before (a queueing scheduler: Slurm)."""
     from gruv_hpc.cluster import sweep as sw
-    from gruv_hpc.cluster.slurm import ACTIVE, job_states
-    from gruv_hpc.cluster.sweep.status import slurm_infos
-    pre, planned = _preprocess_plan(pl, paths, "slurm")
-    _validate_sweep(pl, paths, "slurm", planned)
-    pre = sub["preprocess"] = _preprocess_run(pl, paths, pre, "slurm", False, say)
-    _save(paths, state)
+    from gruv_hpc.cluster.sweep.status import sweep_infos
+    sched = scheduler(sub.executor)
+    pre, planned = _preprocess_plan(pl, paths, sched.kind)
+    _validate_sweep(pl, paths, sched.kind, planned)
+    pre = sub.preprocess = _preprocess_run(pl, paths, pre, sched.kind, False, say)
+    state.save()
     _cancel_dead_dependents(prev, say)
 
-    dependency = f"afterok:{pre['merge']}" if pre.get("merge") else None
-    res = sw.submit(pl.sweep, paths.sweep.root, executor="slurm", progress=False, out=say, dependency=dependency)
+    after = Dependency(after_ok=(pre.merge,)) if pre.merge else None
+    res = sw.submit(pl.sweep, paths.sweep.root, executor=sched.kind, progress=False, out=say, after=after)
     sstate = sw.load_state(paths.sweep.root)
     new_ids = [sstate.runs[n].job.job_id for n in res["submitted"]]
-    infos = slurm_infos(sstate)
-    live = sorted({r.job.job_id for r in sstate.runs.values() if r.job and r.job.executor == "slurm"
+    infos = sweep_infos(sstate)
+    live = sorted({r.job.job_id for r in sstate.runs.values() if r.job and r.job.executor == sched.kind
                    and (r.job.job_id in new_ids or (infos.get(r.job.job_id) and infos[r.job.job_id].state in ACTIVE))})
-    sub["train"] = {"submitted": res["submitted"], "skipped": res["skipped"], "job_ids": new_ids,
-                    "dependency": dependency, "live": live}
-    sub["stage"] = "analysis"
-    _save(paths, state)
+    sub.train = TrainStage(res["submitted"], res["skipped"], new_ids, str(after) if after else None, live)
+    sub.stage = "analysis"
+    state.save()
 
     # Analysis: after every live training job (whatever their end), or the merge when nothing trains.
-    old = (prev or {}).get("analysis", {}).get("job") if (prev or {}).get("executor") == "slurm" else None
-    old_state = job_states([old]).get(old) if old else None
+    old = prev.analysis.job if prev and prev.executor == sched.kind else None
+    old_state = sched.states([old]).get(old) if old else None
     old_state = old_state.state if old_state else None
-    an = {"job": None}
+    an = AnalysisStage(queued=True)
     if old_state == "RUNNING" and not res["submitted"]:
-        an.update(skipped=f"job {old} is RUNNING", job=old)
+        an.skipped, an.job = f"job {old} is RUNNING", old
     else:
         if old_state in ACTIVE:
-            PJ.scancel_and_wait([old])  # it would analyse too early; a new one waits for the new runs
+            sched.cancel_and_wait([old])  # it would analyse too early; a new one waits for the new runs
         why = ("runs are training" if live else None) or report_stale(paths)
         if why:
-            deps = [f"afterany:{':'.join(sorted({j.split('_')[0] for j in live}))}"] if live else []
-            if pre.get("merge"):
-                deps.append(f"afterok:{pre['merge']}")
-            an.update(job=_submit_analysis(pl, paths, ",".join(deps) or None), dependency=",".join(deps) or None, why=why)
-            say(f"analysis: job {an['job']}" + (f" after {an['dependency']}" if an["dependency"] else "")
+            dep = Dependency(after_ok=(pre.merge,) if pre.merge else (),
+                             after_any=tuple(sorted({j.split('_')[0] for j in live})))
+            an.job, an.dependency, an.why = _submit_analysis(sched, pl, paths, dep), str(dep) or None, why
+            say(f"analysis: job {an.job}" + (f" after {an.dependency}" if an.dependency else "")
                 + f"; the report will be {paths.report_index}")
         else:
-            an["skipped"] = "the report is up to date"
+            an.skipped = "the report is up to date"
             say(f"analysis: the report is up to date: {paths.report_index}")
-    sub["analysis"] = an
-    sub["stage"] = "submitted"
-    _save(paths, state)
+    sub.analysis = an
+    sub.stage = "submitted"
+    state.save()
     say(f"follow it with: gruv pipeline status {paths.root}")
     return sub
 
 
-def _cancel_dead_dependents(prev: dict | None, say) -> None:
+def _cancel_dead_dependents(prev: Submission | None, say) -> None:
     """Jobs an earlier submission queued behind a merge job that will never run (a task failed,
     or the merge itself did) would wait forever, and hold their runs as PENDING: cancel them."""
-    from gruv_hpc.cluster.slurm import ACTIVE, job_states
-    merge = (prev or {}).get("preprocess", {}).get("merge")
-    if not merge or prev.get("executor") != "slurm":
+    merge = prev.preprocess.merge if prev else None
+    if not merge or scheduler(prev.executor).foreground:
         return
-    waiting = [*prev.get("train", {}).get("job_ids", []), *([prev["analysis"]["job"]] if prev.get("analysis", {}).get("job") else [])]
-    infos = job_states([merge, *waiting])
+    sched = scheduler(prev.executor)
+    waiting = [*(prev.train.job_ids or []), *([prev.analysis.job] if prev.analysis.job else [])]
+    infos = sched.states([merge, *waiting])
     m = infos[merge].state if merge in infos else None
     if m in ACTIVE or m == "COMPLETED" or m is None:
         return
     dead = [j for j in waiting if j in infos and infos[j].state == "PENDING"]
     if dead:
-        PJ.scancel_and_wait(dead)
+        sched.cancel_and_wait(dead)
         say(f"cancelled {len(dead)} job(s) left waiting on merge job {merge}, which ended {m}")
 
 
-def _submit_analysis(pl: Pipeline, paths: PipelinePaths, dependency: str | None) -> str:
-    from gruv_hpc.cluster.slurm import executor
-    ex = executor(pl.analysis_slurm, paths.logs, f"gruv-analyze-{paths.root.name}", dependency)
-    return ex.submit(AnalyzeJob(str(paths.root), asdict(pl.analysis))).job_id
+def _submit_analysis(sched, pl: Pipeline, paths: PipelinePaths, after: Dependency | None) -> str:
+    [job] = sched.submit([AnalyzeJob(str(paths.root), asdict(pl.analysis))], pl.analysis_slurm, paths.logs,
+                         f"gruv-analyze-{paths.root.name}", after or None)
+    return job.job_id
 
 
-def _run_local(pl: Pipeline, paths: PipelinePaths, state: dict, sub: dict, max_parallel: int, progress: bool, say) -> dict:
+def _run_local(pl: Pipeline, paths: PipelinePaths, state: PipelineState, sub: Submission, max_parallel: int,
+               progress: bool, say) -> Submission:
     """The three stages in order, in this process (the sweep's runs as local jobs)."""
     from gruv_hpc.cluster import sweep as sw
-    pre, planned = _preprocess_plan(pl, paths, "local")
-    _validate_sweep(pl, paths, "local", planned)
-    _save(paths, state)
-    sub["preprocess"] = _preprocess_run(pl, paths, pre, "local", progress, say)
-    sub["stage"] = "train"
-    _save(paths, state)
+    pre, planned = _preprocess_plan(pl, paths, sub.executor)
+    _validate_sweep(pl, paths, sub.executor, planned)
+    state.save()
+    sub.preprocess = _preprocess_run(pl, paths, pre, sub.executor, progress, say)
+    sub.stage = "train"
+    state.save()
     pl.sweep.planned = None  # built: the sweep validates against the real manifest
-    res = sw.submit(pl.sweep, paths.sweep.root, executor="local", max_parallel=max_parallel, progress=progress, out=say)
-    sub["train"] = {"submitted": res["submitted"], "skipped": res["skipped"], "failed": res.get("failed", [])}
-    sub["stage"] = "analysis"
-    _save(paths, state)
+    res = sw.submit(pl.sweep, paths.sweep.root, executor=sub.executor, max_parallel=max_parallel, progress=progress,
+                    out=say)
+    sub.train = TrainStage(res["submitted"], res["skipped"], failed=res.get("failed", []))
+    sub.stage = "analysis"
+    state.save()
     why = report_stale(paths)
     if why:
         say(f"analysis ({why}) ...")
         run_analysis(paths, pl.analysis, log=say)
-        sub["analysis"] = {"ran": True, "why": why}
+        sub.analysis = AnalysisStage(ran=True, why=why)
     else:
-        sub["analysis"] = {"skipped": "the report is up to date"}
+        sub.analysis = AnalysisStage(skipped="the report is up to date")
         say("analysis: the report is up to date")
     say(f"report: {paths.report_index}")
-    sub["stage"] = "done"
-    _save(paths, state)
+    sub.stage = "done"
+    state.save()
     return sub
 
 
@@ -424,18 +407,15 @@ def run_analysis(paths: PipelinePaths, cfg: AnalysisConfig, log=print) -> dict:
     return {"report": str(paths.report_index), "runs": len(summary.get("runs", [])), "timings_s": summary.get("timings_s")}
 
 
-class AnalyzeJob:
-    """Slurm job: the pipeline's analysis. Requeued (preemption), it starts over."""
-
-    def __init__(self, root: str, options: dict):
-        self.root, self.options = root, options
+@dataclass(frozen=True)
+class AnalyzeJob(Checkpointable):
+    """Queued job: the pipeline's analysis. Requeued (preemption), it is resubmitted as it was
+    submitted (submitit's Checkpointable; frozen: nothing else rides along) and starts over."""
+    root: str
+    options: dict  # AnalysisConfig as a dict
 
     def __call__(self) -> dict:
         return run_analysis(PipelinePaths(self.root), AnalysisConfig(**self.options))
-
-    def checkpoint(self, *args, **kwargs):
-        import submitit
-        return submitit.helpers.DelayedSubmission(type(self)(self.root, self.options))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -445,20 +425,20 @@ def status(out_dir) -> dict:
     """Each stage of the last submission: preprocess (tasks done/total, the merge job), train (the
     sweep's runs by state), analysis (its job and the report)."""
     from gruv_hpc.cluster import sweep as sw
-    from gruv_hpc.cluster.slurm import ACTIVE, job_states
     paths = PipelinePaths(Path(out_dir).expanduser().resolve())
     state = load_state(paths)
-    if not state["submissions"]:
+    sub = state.last
+    if sub is None:
         raise GruvError(f"{out_dir}: not a pipeline directory (no {paths.state.name}: nothing was submitted there)")
-    sub = state["submissions"][-1]
-    local_live = sub["executor"] == "local" and sub.get("stage") != "done" and _alive_here(sub)
+    sched = scheduler(sub.executor)
+    local_live = sched.foreground and sub.stage != "done" and _alive_here(sub)
 
     pre = PJ.build_status(paths.data)
-    if local_live and sub.get("stage") == "preprocess" and pre["state"] != "COMPLETED":
+    if local_live and sub.stage == "preprocess" and pre["state"] != "COMPLETED":
         pre["state"] = "RUNNING"
-    an_job = sub.get("analysis", {}).get("job")
-    merge = None if pre["merge_job"] else sub.get("preprocess", {}).get("merge")  # (gone with the staging)
-    infos = job_states([j for j in (an_job, merge) if j])
+    an_job = sub.analysis.job
+    merge = None if pre["merge_job"] else sub.preprocess.merge  # (gone with the staging)
+    infos = sched.states([j for j in (an_job, merge) if j])
     if merge:
         pre["merge_job"], pre["merge_state"] = merge, infos[merge].state if merge in infos else None
 
@@ -469,7 +449,7 @@ def status(out_dir) -> dict:
         for r in rows:
             counts[r["state"]] = counts.get(r["state"], 0) + 1
         train = {"runs": len(rows), "by_state": counts, "state": _overall([r["state"] for r in rows])}
-        if local_live and sub.get("stage") == "train" and train["state"] not in ACTIVE:
+        if local_live and sub.stage == "train" and train["state"] not in ACTIVE:
             train["state"] = "RUNNING"
 
     an = {"job": an_job, "job_state": infos[an_job].state if an_job in infos else None,
@@ -477,7 +457,7 @@ def status(out_dir) -> dict:
     an["stale"] = report_stale(paths)
     if an["job_state"] in ACTIVE:
         an["state"] = an["job_state"]
-    elif local_live and sub.get("stage") == "analysis":
+    elif local_live and sub.stage == "analysis":
         an["state"] = "RUNNING"
     elif an["report_exists"] and not an["stale"]:
         an["state"] = "COMPLETED"
@@ -485,12 +465,11 @@ def status(out_dir) -> dict:
         an["state"] = an["job_state"] if an["job_state"] != "COMPLETED" else "STALE"
     else:
         an["state"] = "STALE" if an["report_exists"] else "NOT_SUBMITTED"
-    return {"dir": str(paths.root), "executor": sub["executor"], "submitted": sub["time"],
-            "submissions": len(state["submissions"]), "preprocess": pre, "train": train, "analysis": an}
+    return {"dir": str(paths.root), "executor": sub.executor, "submitted": sub.time,
+            "submissions": len(state.submissions), "preprocess": pre, "train": train, "analysis": an}
 
 
 def _overall(states: list[str]) -> str:
-    from gruv_hpc.cluster.slurm import ACTIVE
     if states and all(s == "COMPLETED" for s in states):
         return "COMPLETED"
     if "RUNNING" in states:
@@ -501,8 +480,8 @@ def _overall(states: list[str]) -> str:
         else "INCOMPLETE"
 
 
-def _alive_here(sub: dict) -> bool:
-    return pid_alive(sub.get("pid"), sub.get("host"))
+def _alive_here(sub: Submission) -> bool:
+    return pid_alive(sub.pid, sub.host)
 
 
 def format_status(st: dict) -> str:
@@ -523,7 +502,6 @@ def format_status(st: dict) -> str:
 def wait(out_dir, poll_s: float = 5.0, timeout_s: float | None = None, say=None) -> dict:
     """Until no stage can change any more: the analysis ended, or the preprocessing failed (what
     waits on it then never starts). Returns the last status."""
-    from gruv_hpc.cluster.slurm import ACTIVE
     t0, last = time.time(), None
     while True:
         st = status(out_dir)

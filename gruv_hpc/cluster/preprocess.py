@@ -1,6 +1,6 @@
 """``gruv preprocess --jobs N --executor local|slurm|auto``: the tasks of ``preprocess`` (plan ->
-run_task x N -> merge) as N local processes, or as one Slurm job array plus a merge job that
-starts when every task succeeded (``--dependency=afterok:<array>``).
+run_task x N -> merge) as N local processes, or, through a queueing scheduler (Slurm), as one job
+array plus a merge job that starts when every task succeeded (``--dependency=afterok:<array>``).
 
 Resuming. The staging directory (``paths.BuildPaths``) is the state: the plan, and one record per
 finished task. A build of the same plan and task count keeps the finished tasks and runs only the
@@ -25,10 +25,15 @@ import socket
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+
+from submitit.helpers import Checkpointable
 
 from gruv_hpc.dataset.config import PreprocessConfig
 from gruv_hpc.cluster.config import SlurmConfig
+from gruv_hpc.cluster.executors import scheduler
+from gruv_hpc.cluster.scheduler import ACTIVE, Dependency, Scheduler, log_path
 from gruv_hpc.config import build as build_config, read_file
 from gruv_hpc.errors import ConfigError, DatasetError, GruvError
 from gruv_hpc.fsio import atomic_write_json
@@ -41,16 +46,6 @@ from gruv_hpc.dataset.build import (PLAN, SUBMISSION, Plan, check_out, recover, 
 # memory for the longest song (a 10-minute song takes about 1 GB).
 SLURM_DEFAULTS = {"time_min": 240, "cpus_per_task": 1, "mem_gb": 4.0, "signal_delay_s": 60}
 MERGE_LOCK_WAIT_S = 600  # the merge waits this long for a submission that holds the lock for seconds
-
-
-def executor_kind(executor: str) -> str:
-    """auto: Slurm where a cluster answers, else this machine."""
-    from gruv_hpc.cluster.slurm import slurm_available
-    if executor == "auto":
-        return "slurm" if slurm_available() else "local"
-    if executor not in ("local", "slurm"):
-        raise ConfigError(f"--executor: {executor!r} is not one of auto, local, slurm")
-    return executor
 
 
 def slurm_config(values: dict | None = None, overrides: dict | None = None, source: str = "[slurm]") -> SlurmConfig:
@@ -80,33 +75,33 @@ def build(sources: dict[str, Path], out: str | Path, cfg: PreprocessConfig, jobs
     cfg.validate()
     if jobs < 1:
         raise ConfigError(f"--jobs: must be >= 1, got {jobs}")
-    kind = executor_kind(executor)
+    sched = scheduler(executor)
     out = check_out(out)
-    if kind == "local" and jobs == 1:
-        return {"executor": "local", "tasks": 1, "ran": [0],
+    if sched.foreground and jobs == 1:
+        return {"executor": sched.kind, "tasks": 1, "ran": [0],
                 "manifest": preprocess(sources, out, cfg, overwrite=overwrite, progress=progress, split_file=split_file,
                                        planned=planned, before=refuse_live_build)}
     lock = lock_dataset(out)
     try:
         refuse_live_build(out)
         p, staging, n_tasks, todo = start_build(sources, out, cfg, jobs, overwrite, split_file, planned)
-        if kind == "local":
+        if sched.foreground:  # (debug too: the tasks' processes are forks, with nothing to step into)
             try:
                 _run_local(p, staging, n_tasks, todo, progress, say)
-                return {"executor": "local", "tasks": n_tasks, "ran": todo, "manifest": merge(staging, out)}
+                return {"executor": sched.kind, "tasks": n_tasks, "ran": todo, "manifest": merge(staging, out)}
             except BaseException as e:
                 recover(out)
                 if isinstance(e, OSError):
                     raise disk_error(e, out, staging) from None
                 raise
-        sub = _submit_slurm(out, staging, n_tasks, todo, slurm or slurm_config(), Path(logs or BuildPaths(out).jobs))
+        sub = _submit_queued(sched, out, staging, n_tasks, todo, slurm or slurm_config(), Path(logs or BuildPaths(out).jobs))
     finally:
         lock.release()
     done = n_tasks - len(todo)
     say(f"preprocess {out}: {len(todo)} task(s) of {n_tasks} submitted" + (f" ({done} finished before)" if done else "")
         + (f" as job array {sub['array']}" if sub["array"] else "") + f", merge job {sub['merge']} after them; "
         f"job logs in {sub['logs']}")
-    res = {"executor": "slurm", "tasks": n_tasks, "ran": todo, "submission": sub}
+    res = {"executor": sched.kind, "tasks": n_tasks, "ran": todo, "submission": sub}
     if wait:
         res["manifest"] = wait_build(out, sub)
     return res
@@ -174,31 +169,27 @@ def _die_with_parent(parent: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Slurm
+# Queued jobs (Slurm). Each is a frozen dataclass of its arguments on submitit's Checkpointable:
+# requeued after a preemption, it is resubmitted as it was submitted, and the staging directory
+# says what is left to do.
 
-class TaskJob:
-    """Slurm job: one preprocessing task. Requeued after a preemption (submitit calls
-    ``checkpoint``), it starts the task over; a task that had finished is not redone."""
-
-    def __init__(self, staging: str, task: int):
-        self.staging, self.task = staging, task
+@dataclass(frozen=True)
+class TaskJob(Checkpointable):
+    """One preprocessing task. Requeued, it starts the task over; a task that had finished is not redone."""
+    staging: str
+    task: int
 
     def __call__(self) -> dict:
         p, n_tasks = read_plan(Path(self.staging))
         rec = run_task(p, self.task, n_tasks, Path(self.staging))
         return {"task": self.task, "songs": len(rec["songs"]), "shards": len(rec["shards"])}
 
-    def checkpoint(self, *args, **kwargs):
-        import submitit
-        return submitit.helpers.DelayedSubmission(type(self)(self.staging, self.task))
 
-
-class MergeJob:
-    """Slurm job: the merge, under the dataset lock (waiting for it a while: a submission holds it
-    for seconds). Requeued, it finishes what its killed copy began."""
-
-    def __init__(self, out: str):
-        self.out = out
+@dataclass(frozen=True)
+class MergeJob(Checkpointable):
+    """The merge, under the dataset lock (waiting for it a while: a submission holds it for
+    seconds). Requeued, it finishes what its killed copy began."""
+    out: str
 
     def __call__(self) -> dict:
         out = Path(self.out)
@@ -220,27 +211,19 @@ class MergeJob:
             lock.release()
         return {"dataset": str(out), **m["summary"]}
 
-    def checkpoint(self, *args, **kwargs):
-        import submitit
-        return submitit.helpers.DelayedSubmission(type(self)(self.out))
 
-
-def _submit_slurm(out: Path, staging: Path, n_tasks: int, todo: list[int], scfg: SlurmConfig, logs: Path,
-                  dependency: str | None = None) -> dict:
-    """One sbatch for the unfinished tasks (a job array; a plain job for one), one for the merge
-    after them; the job ids go to the staging directory's submission.json."""
-    from gruv_hpc.cluster.slurm import executor
-    ex = executor(scfg, logs, f"gruv-preprocess-{out.name}", dependency)
+def _submit_queued(sched: Scheduler, out: Path, staging: Path, n_tasks: int, todo: list[int], scfg: SlurmConfig,
+                   logs: Path, after: Dependency | None = None) -> dict:
+    """One array of the unfinished tasks (a plain job for one), one merge job after them; the job
+    ids go to the staging directory's submission.json."""
     tasks = {}
     if todo:
-        with ex.batch():
-            jobs = [ex.submit(TaskJob(str(staging), t)) for t in todo]
+        jobs = sched.submit([TaskJob(str(staging), t) for t in todo], scfg, logs, f"gruv-preprocess-{out.name}", after)
         tasks = {str(t): j.job_id for t, j in zip(todo, jobs)}
     array = jobs[0].job_id.split("_")[0] if todo else None
-    dep = f"afterok:{array}" if array else dependency
-    ex.update_parameters(job_name=f"gruv-merge-{out.name}", **({"dependency": dep} if dep else {}))
-    merge_job = ex.submit(MergeJob(str(out)))
-    sub = {"executor": "slurm", "time": time.time(), "host": socket.gethostname(), "pid": os.getpid(),
+    [merge_job] = sched.submit([MergeJob(str(out))], scfg, logs, f"gruv-merge-{out.name}",
+                               Dependency(after_ok=(array,)) if array else after)
+    sub = {"executor": sched.kind, "time": time.time(), "host": socket.gethostname(), "pid": os.getpid(),
            "n_tasks": n_tasks, "tasks": tasks, "array": array, "merge": merge_job.job_id, "logs": str(logs)}
     atomic_write_json(staging / SUBMISSION, sub)
     return sub
@@ -254,50 +237,39 @@ def read_submission(staging: Path) -> dict | None:
 
 
 def job_log(sub: dict, job_id: str) -> Path:
-    """submitit's stderr file of a job (an array task's id is ARRAY_TASK)."""
-    return Path(sub["logs"]) / f"{job_id}_0_log.err"
+    """A job's stderr file (an array task's id is ARRAY_TASK)."""
+    return log_path(sub["logs"], job_id, err=True)
+
+
+def _scheduler(sub: dict) -> Scheduler:
+    return scheduler(sub.get("executor", "slurm"))
 
 
 def live_build(out: Path) -> dict | None:
-    """The Slurm submission building ``out``'s staging directory, when one of its jobs may still
-    run: the submission with "live" = "tasks" or "merge". One sacct call. A merge job waiting on a
-    task that ended otherwise than COMPLETED can never start: it is cancelled, and None returned."""
-    from gruv_hpc.cluster import slurm
+    """The queued submission (Slurm) building ``out``'s staging directory, when one of its jobs may
+    still run: the submission with "live" = "tasks" or "merge". One sacct call. A merge job waiting
+    on a task that ended otherwise than COMPLETED can never start: it is cancelled, and None returned."""
     sub = read_submission(BuildPaths(out).staging)
     if not sub:
         return None
     ids = [*sub["tasks"].values(), sub["merge"]]
-    if not slurm.slurm_available():
+    sched = _scheduler(sub)
+    if not sched.available():
         raise DatasetError(f"{BuildPaths(out).staging / SUBMISSION} records Slurm jobs ({', '.join(ids)}) building {out}, "
                            "and Slurm does not answer here; run this where it does (or remove that file if those "
                            "jobs are gone)")
-    infos = slurm.job_states(ids)
+    infos = sched.states(ids)
     state = {j: infos[j].state if j in infos else None for j in ids}
-    if any(state[j] in slurm.ACTIVE for j in sub["tasks"].values()):
+    if any(state[j] in ACTIVE for j in sub["tasks"].values()):
         return {**sub, "live": "tasks", "states": state}
-    if state[sub["merge"]] in slurm.ACTIVE:
+    if state[sub["merge"]] in ACTIVE:
         failed = [t for t, j in sub["tasks"].items() if state[j] != "COMPLETED"]
         if not failed:
             return {**sub, "live": "merge", "states": state}
-        scancel_and_wait([sub["merge"]])
+        sched.cancel_and_wait([sub["merge"]])
         warnings.warn(f"{out}: cancelled merge job {sub['merge']}: task(s) {', '.join(failed)} ended "
                       f"({', '.join(str(state[sub['tasks'][t]]) for t in failed)}), so it could never start", stacklevel=2)
     return None
-
-
-def scancel_and_wait(job_ids: list[str], timeout_s: float = 30.0) -> None:
-    """scancel, then wait until Slurm's accounting no longer lists the jobs as active: what reads
-    their state next (a sweep's plan, a status) must see them ended."""
-    from gruv_hpc.cluster import slurm
-    if not job_ids:
-        return
-    slurm.scancel(job_ids)
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        infos = slurm.job_states(job_ids)
-        if not any(infos[j].state in slurm.ACTIVE for j in job_ids if j in infos):
-            return
-        time.sleep(0.5)
 
 
 def refuse_live_build(out: Path) -> None:
@@ -310,21 +282,21 @@ def refuse_live_build(out: Path) -> None:
 
 
 def wait_build(out: Path, sub: dict, poll_s: float = 2.0) -> dict:
-    """Wait for a Slurm build to end; returns the manifest, or raises naming the failed jobs' logs."""
-    from gruv_hpc.cluster import slurm
+    """Wait for a queued build to end; returns the manifest, or raises naming the failed jobs' logs."""
+    sched = _scheduler(sub)
     ids = [*sub["tasks"].values(), sub["merge"]]
     while True:
-        infos = slurm.job_states(ids)
+        infos = sched.states(ids)
         state = {j: infos[j].state if j in infos else None for j in ids}
         m = state[sub["merge"]]
-        if m is not None and m not in slurm.ACTIVE:
+        if m is not None and m not in ACTIVE:
             if m == "COMPLETED":
                 return load_manifest(out)
             raise DatasetError(f"merge job {sub['merge']} of {out} ended {m}: see {job_log(sub, sub['merge'])}")
-        failed = {t: j for t, j in sub["tasks"].items() if state[j] is not None and state[j] not in slurm.ACTIVE
+        failed = {t: j for t, j in sub["tasks"].items() if state[j] is not None and state[j] not in ACTIVE
                   and state[j] != "COMPLETED"}
-        if failed and not any(state[j] in slurm.ACTIVE for j in sub["tasks"].values()):
-            slurm.scancel([sub["merge"]])
+        if failed and not any(state[j] in ACTIVE for j in sub["tasks"].values()):
+            sched.cancel([sub["merge"]])
             raise DatasetError(f"preprocess task(s) {', '.join(failed)} of {out} ended otherwise than COMPLETED ("
                                + "; ".join(f"job {j}: {state[j]}, see {job_log(sub, j)}" for j in failed.values())
                                + "); run the same command again: only those tasks are submitted again")
@@ -349,12 +321,10 @@ def build_status(out: str | Path) -> dict:
             n = 1
         res["tasks_total"] = res["tasks_done"] = n
     if sub:
-        from gruv_hpc.cluster import slurm
-        infos = slurm.job_states([*sub["tasks"].values(), sub["merge"]])
+        infos = _scheduler(sub).states([*sub["tasks"].values(), sub["merge"]])
         res["merge_job"] = sub["merge"]
         res["merge_state"] = infos[sub["merge"]].state if sub["merge"] in infos else None
         res["task_jobs"] = {t: {"job_id": j, "state": infos[j].state if j in infos else None} for t, j in sub["tasks"].items()}
-    from gruv_hpc.cluster.slurm import ACTIVE
     tasks = [j["state"] for j in res["task_jobs"].values()]
     states = tasks + [res["merge_state"]]
     if not planned:

@@ -1,5 +1,5 @@
-"""Talking to Slurm: pure parsers of its commands' output, the thin calls that produce it, and
-the sbatch parameters of a sweep's jobs.
+"""Talking to Slurm: pure parsers of its commands' output, the thin calls that produce it, the
+sbatch parameters of a job, and ``SlurmScheduler``, the ``scheduler.Scheduler`` they make up.
 
 The parsers take the text and return data; tests feed them recorded output
 (tests/test_slurm_parsers.py). The calls are one per question, whatever the size of the sweep,
@@ -11,21 +11,14 @@ import shlex
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Sequence
 
 from gruv_hpc.cluster.config import SlurmConfig
+from gruv_hpc.cluster.scheduler import ACTIVE, Dependency, JobInfo, Scheduler
 
-# Slurm job states in which a job may still run (or run again): its run must not be resubmitted.
-ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "REQUEUE_HOLD",
-          "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "STOPPED"}
-
-
-@dataclass(frozen=True)
-class JobInfo:
-    state: str  # COMPLETED, CANCELLED, RUNNING ... ("CANCELLED by 0" is CANCELLED)
-    requeues: int = 0  # REQUEUED rows before the current one
-    exit_code: str = ""  # "0:0", "1:0", "0:15" ...
+__all__ = ["ACTIVE", "JobInfo", "SlurmScheduler", "expand_array_id", "job_states", "max_array_size", "parse_max_array_size",
+           "parse_sacct", "parse_squeue", "sbatch_parameters", "sbatch_script", "scancel", "slurm_available"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,3 +167,37 @@ def sbatch_script(params: dict, folder: Path, n_jobs: int) -> str:
     command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
     array = {"map_count": n_jobs} if n_jobs > 1 else {}
     return _make_sbatch_string(command=command, folder=folder, **params, **array)
+
+
+# ---------------------------------------------------------------------------------------------
+# The scheduler
+
+class SlurmScheduler(Scheduler):
+    """Jobs queued with sbatch (one call per array), their states from one sacct call (squeue for
+    the ones accounting does not list yet), scancel. The calls above, looked up when called (a
+    test may replace one)."""
+    kind = "slurm"
+    foreground = False
+    allocates = True
+
+    def available(self) -> bool:
+        return slurm_available()
+
+    def submit(self, fns: Sequence[Callable], cfg: SlurmConfig, folder: Path, name: str,
+               after: Dependency | None = None) -> list:
+        ex = executor(cfg, folder, name, str(after) if after else None)
+        with ex.batch():  # one sbatch call: a job array, or a plain job for one
+            jobs = [ex.submit(fn) for fn in fns]
+        return jobs
+
+    def states(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
+        return job_states(list(job_ids))
+
+    def cancel(self, job_ids: Sequence[str]) -> None:
+        scancel(list(job_ids))  # scancel of an ended job does nothing: they are not asked about first
+
+    def max_array_size(self) -> int:
+        return max(1, max_array_size())
+
+    def script(self, cfg: SlurmConfig, folder: Path, name: str, n_jobs: int) -> str:
+        return sbatch_script(sbatch_parameters(cfg, name), folder, n_jobs)

@@ -137,9 +137,10 @@ def resolve(cfg: TrainConfig, manifest: dict, world_size: int = 1, gpus: int | N
 def available_cpus() -> int:
     """CPUs this process may use: its affinity mask, and no more than Slurm's CPUs per task."""
     import os  # noqa
+    from gruv_hpc import jobenv
     cpus = len(os.sched_getaffinity(0))
-    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
-    return min(cpus, int(slurm)) if slurm.isdigit() and int(slurm) > 0 else cpus
+    given = jobenv.cpus_per_task()
+    return min(cpus, given) if given else cpus
 
 
 def resolve_workers(workers: str | int, device_type: str, cpus: int) -> int:

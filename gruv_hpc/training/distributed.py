@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from gruv_hpc import jobenv
+
 
 def master_port(job_id: int) -> int:
     """The rendezvous port of a Slurm job: the same on every node of the job and across its
@@ -23,15 +25,15 @@ def master_port(job_id: int) -> int:
 
 def export_env(env=os.environ) -> None:
     """Under Slurm with several tasks (and no torchrun), set torchrun's variables from Slurm's."""
-    if "RANK" in env or "SLURM_PROCID" not in env or int(env.get("SLURM_NTASKS", "1")) <= 1:
+    t = jobenv.tasks(env)
+    if "RANK" in env or t is None or t.world <= 1:
         return
-    env["RANK"], env["WORLD_SIZE"] = env["SLURM_PROCID"], env["SLURM_NTASKS"]
-    env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+    env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"] = str(t.rank), str(t.world), str(t.local_rank)
     if "MASTER_ADDR" not in env:
-        nodes = subprocess.run(["scontrol", "show", "hostnames", env["SLURM_JOB_NODELIST"]],
+        nodes = subprocess.run(["scontrol", "show", "hostnames", t.nodelist],
                                capture_output=True, text=True, check=True).stdout.split()
         env["MASTER_ADDR"] = nodes[0]
-    env.setdefault("MASTER_PORT", str(master_port(int(env.get("SLURM_JOB_ID", "0")))))
+    env.setdefault("MASTER_PORT", str(master_port(t.job_id)))
 
 
 @dataclass

@@ -4,27 +4,29 @@ On the timeout/preemption signal (USR2 by default, ``signal_delay_s`` before the
 ``SUBMITIT_PREEMPT_SIGNAL`` names another) the handler only sets a flag. The training loop sees it
 between two optimizer steps, writes a consistent checkpoint, and returns; then submitit's own
 handler requeues the job. The requeued job calls ``train.main`` again, which resumes from the
-newest checkpoint in the run directory: the run directory is the only state, so ``checkpoint()``
-needs nothing but the same arguments.
+newest checkpoint in the run directory: the run directory is the only state. So the job is a
+frozen dataclass of its arguments, and submitit's ``Checkpointable.checkpoint`` (resubmit this
+object) resubmits exactly them: nothing a run learns can ride along in the pickle.
 """
 from __future__ import annotations
 
-import os
 import signal
 import time
+from dataclasses import dataclass
 
 import submitit
 
 
+@dataclass(frozen=True)
 class TrainJob(submitit.helpers.Checkpointable):
-    def __init__(self, run_dir: str, config: dict, threads: int = 0):
-        self.run_dir = run_dir
-        self.config = config
-        self.threads = threads
+    run_dir: str
+    config: dict
+    threads: int = 0  # 0: the CPUs Slurm gave the task
 
     def __call__(self) -> dict:
         import torch
 
+        from gruv_hpc import jobenv
         from gruv_hpc.training import distributed
         from gruv_hpc.training.config import TrainConfig
         from gruv_hpc.config import build
@@ -34,7 +36,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         env = submitit.JobEnvironment()
         distributed.export_env()  # side effect, stated: torchrun's variables from Slurm's, for every task
         distributed.prefer_huge_pages()  # side effect, stated: before torch's first large allocation
-        threads = self.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0"))
+        threads = self.threads or jobenv.cpus_per_task()
         if threads:
             torch.set_num_threads(threads)
 
@@ -55,7 +57,3 @@ class TrainJob(submitit.helpers.Checkpointable):
             raise TrainingError(f"stopped by {result['signal']} at step {result['step']} with a checkpoint; "
                                 "resubmit to resume")
         return result
-
-    def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
-        # The checkpoint itself was written by the training loop; resuming needs only the run dir.
-        return submitit.helpers.DelayedSubmission(type(self)(self.run_dir, self.config, self.threads))

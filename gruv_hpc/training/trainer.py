@@ -24,6 +24,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
 
+from gruv_hpc import jobenv
 from gruv_hpc.training import distributed
 from gruv_hpc.dataset import resident
 from gruv_hpc.training.checkpoint import Checkpointer, git_info, pack, rng_state, seed_everything, set_rng_state, unpack
@@ -490,7 +491,7 @@ def record_start(paths: RunPaths, cfg: TrainConfig, dataset: dict, old: dict | N
     one line per start (a requeue, a resume with more epochs or a moved dataset)."""
     start = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "git": git, "world_size": d.world,
              "device": d.device.type, "torch": torch.__version__, "host": os.uname().nodename,
-             "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
+             "slurm_job_id": jobenv.job_id()}
     rec = {"config": to_dict(cfg), "dataset": dataset, "git": (old or start)["git"], "world_size": d.world,
            "device": d.device.type, "torch": torch.__version__, "starts": [*(old or {}).get("starts", []), start]}
     atomic_write_json(paths.config, rec)

@@ -1,16 +1,17 @@
-"""Grid sweeps: a sweep file expanded into runs, submitted as Slurm job arrays (or run locally),
-then status, cancel and wait. No module here imports torch: ``gruv sweep status`` starts fast.
+"""Grid sweeps: a sweep file expanded into runs, submitted as job arrays (or run locally) through
+``gruv_hpc.cluster.scheduler``, then status, cancel and wait. No module here imports torch:
+``gruv sweep status`` starts fast.
 
 - ``spec``: the sweep file (runs and their names) and its validation before anything is queued;
 - ``state``: SWEEP_DIR/sweep.json (typed records, atomic writes) and the submit lock;
-- ``slurm``: parsers of sacct/squeue/scontrol output and the calls that produce it;
-- ``submit``: which runs need a job, and their submission through submitit;
+- ``submit``: which runs need a job, and their submission through the executor's scheduler;
 - ``status``: one row per run, cancel, wait;
 - ``logs``: a run's job output, every attempt (``gruv sweep logs``).
 
 SWEEP_DIR's layout is ``gruv_hpc.paths.SweepPaths``.
 """
-from gruv_hpc.cluster.slurm import ACTIVE, slurm_available
+from gruv_hpc.cluster.scheduler import ACTIVE
+from gruv_hpc.cluster.slurm import slurm_available
 from gruv_hpc.cluster.sweep.spec import Run, Sweep, load_sweep, validate
 from gruv_hpc.cluster.sweep.state import JobRecord, RunRecord, SweepState, load_state
 from gruv_hpc.cluster.sweep.status import cancel, format_status, status, wait

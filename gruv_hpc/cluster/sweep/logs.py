@@ -8,24 +8,19 @@ sweep.json is the run's list of attempts.
 """
 from __future__ import annotations
 
-import re
 import sys
 import time
 from pathlib import Path
 
 from gruv_hpc.errors import GruvError
-from gruv_hpc.cluster import slurm
-from gruv_hpc.cluster.slurm import ACTIVE
+from gruv_hpc.cluster.scheduler import ACTIVE, task_logs
 from gruv_hpc.cluster.sweep.state import JobRecord, SweepState, load_state
-from gruv_hpc.cluster.sweep.status import job_state, local_queue, log_path
+from gruv_hpc.cluster.sweep.status import job_infos, job_state, local_queue, log_path
 
 
 def log_files(logs: Path, job: JobRecord, err: bool = False) -> list[Path]:
     """The job's log files, one per task (task 0 first: the rank that reports)."""
-    pat = re.compile(rf"^{re.escape(job.job_id)}_(\d+)_log\.{'err' if err else 'out'}$")
-    found = [(int(m.group(1)), p) for p in (logs.glob(f"{job.job_id}_*_log.*") if logs.is_dir() else [])
-             if (m := pat.match(p.name))]
-    return [p for _, p in sorted(found)]
+    return task_logs(logs, job.job_id, err)
 
 
 def _header(i: int, n: int, job: JobRecord, path: Path | None, requeues: int) -> str:
@@ -54,7 +49,7 @@ def show_logs(sweep_dir, name: str, err: bool = False, follow: bool = False, pol
               "starts)" if queued else " (not submitted)"), file=sys.stderr)
         if not (follow and queued):
             return 1
-    infos = slurm.job_states([j.job_id for j in jobs if j.executor == "slurm"])
+    infos = job_infos(jobs)
     for i, job in enumerate(jobs, 1):
         requeues = infos[job.job_id].requeues if job.job_id in infos else 0
         if follow and i == len(jobs):  # followed below: task 0's file, the rank that reports
@@ -102,8 +97,7 @@ def _follow(sweep_dir, name: str, job_id: str | None, err: bool, poll_s: float, 
             if job is None:
                 ended = name not in local_queue(state)
             else:
-                infos = slurm.job_states([job.job_id]) if job.executor == "slurm" else {}
-                ended = job_state(job, infos) not in ACTIVE
+                ended = job_state(job, job_infos([job])) not in ACTIVE
             if ended:
                 if path:
                     _copy(path, offset, out)  # what it wrote while ending

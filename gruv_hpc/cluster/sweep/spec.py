@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gruv_hpc.cluster.config import SlurmConfig
+from gruv_hpc.cluster.executors import scheduler
 from gruv_hpc.training.config import TrainConfig, resolve
 from gruv_hpc.config import build, check_keys, parse_overrides, read_file, table, to_dict
 from gruv_hpc.errors import ConfigError, GruvError
@@ -117,12 +118,14 @@ def validate(sweep: Sweep, sweep_dir: Path, executor: str, create: bool = True) 
     config against the dataset (config.resolve, as the job will), and a writable SWEEP_DIR
     (``create=False``, for a dry run: one that could be made, and nothing written).
 
-    ``executor`` is the kind that will run the jobs: only on Slurm is a batch split over
-    slurm.nodes x slurm.tasks_per_node processes and are the GPUs known (slurm.gpus_per_node);
-    submitit's local and debug executors run one process on whatever this machine has."""
+    ``executor`` is the kind that will run the jobs: only a scheduler that allocates (Slurm)
+    splits a batch over slurm.nodes x slurm.tasks_per_node processes and knows the GPUs
+    (slurm.gpus_per_node); the local and debug executors run one process on whatever this
+    machine has."""
     from gruv_hpc.dataset.manifest import load_manifest  # numpy: not for `gruv sweep status`
     manifest = sweep.planned or load_manifest(sweep.data)
-    world, gpus = (sweep.slurm.world_size, sweep.slurm.gpus_per_node) if executor == "slurm" else (1, None)
+    allocates = scheduler(executor).allocates
+    world, gpus = (sweep.slurm.world_size, sweep.slurm.gpus_per_node) if allocates else (1, None)
     for run in sweep.runs:
         try:
             run.config = to_dict(resolve(run.cfg, manifest, world_size=world, gpus=gpus))

@@ -1,8 +1,6 @@
 """A sweep's runs as rows (state, progress, losses, the traceback tail of failures), cancel, wait."""
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import time
 from pathlib import Path
@@ -11,8 +9,8 @@ from gruv_hpc.errors import GruvError
 from gruv_hpc.fsio import atomic_write_json
 from gruv_hpc.lock import pid_alive
 from gruv_hpc.paths import RunPaths, read_jsonl
-from gruv_hpc.cluster import slurm
-from gruv_hpc.cluster.slurm import ACTIVE
+from gruv_hpc.cluster.executors import scheduler
+from gruv_hpc.cluster.scheduler import ACTIVE, JobInfo, log_path as job_log_path
 from gruv_hpc.cluster.sweep.state import JobRecord, SweepState, load_state
 
 
@@ -21,19 +19,17 @@ STATES = (*ACTIVE, "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY
           "BOOT_FAIL", "DEADLINE", "UNKNOWN", "NOT_SUBMITTED")
 
 
-def job_state(job: JobRecord | None, infos: dict[str, slurm.JobInfo]) -> str | None:
-    """What is known of a run's last job: its Slurm state (from ``infos``), RUNNING for a local job
-    whose process lives, None when nothing is (never submitted, or gone). Planning, status and
-    cancel all ask here whether a job may still be running."""
+def job_state(job: JobRecord | None, infos: dict[str, JobInfo]) -> str | None:
+    """What is known of a run's last job, from its scheduler: Slurm's state (from ``infos``, one
+    sacct call for the sweep: ``job_infos``), RUNNING for a local job whose process lives, None when
+    nothing is (never submitted, or gone). Planning, status and cancel all ask here whether a job
+    may still be running."""
     if job is None:
         return None
-    if job.executor == "slurm":
-        info = infos.get(job.job_id)
-        return info.state if info else None
-    return "RUNNING" if _pid_alive(job.pid) else None
+    return scheduler(job.executor).state(job.job_id, infos)
 
 
-def run_state(paths: RunPaths, job: JobRecord | None, infos: dict[str, slurm.JobInfo], epochs: int,
+def run_state(paths: RunPaths, job: JobRecord | None, infos: dict[str, JobInfo], epochs: int,
               queued: bool = False) -> str:
     """A run's state against its current target of ``epochs``: COMPLETED once done.json says it
     got there (a run done with a lower target is not done), else its last job's state, else its
@@ -58,7 +54,7 @@ def run_state(paths: RunPaths, job: JobRecord | None, infos: dict[str, slurm.Job
 def local_queue(state: SweepState) -> set[str]:
     """The runs a live local submission (it blocks until its runs end) has yet to start."""
     sub = state.submissions[-1] if state.submissions else None
-    if not sub or sub.get("executor") == "slurm" or sub.get("host") != socket.gethostname() \
+    if not sub or not scheduler(sub.get("executor", "local")).foreground or sub.get("host") != socket.gethostname() \
             or not pid_alive(sub.get("pid")):
         return set()
     started = {n for n in sub.get("runs", []) if state.runs.get(n) and state.runs[n].job
@@ -66,28 +62,27 @@ def local_queue(state: SweepState) -> set[str]:
     return set(sub.get("runs", [])) - started
 
 
-def _pid_alive(pid: int | None) -> bool:
-    if not pid or not pid_alive(pid):
-        return False
-    proc = Path(f"/proc/{pid}")
-    try:
-        cmdline = (proc / "cmdline").read_bytes()
-        if not cmdline:  # a zombie, or a process caught in exec (its new argv not set yet)
-            return (proc / "stat").read_text().rpartition(")")[2].split()[0] != "Z"
-        return b"submitit" in cmdline  # a recycled pid is not our job
-    except (OSError, IndexError):
-        return True
+def job_infos(jobs: list[JobRecord]) -> dict[str, JobInfo]:
+    """What their schedulers say of these jobs: one question per scheduler (one sacct call for a
+    whole sweep on Slurm). Without Slurm it is empty, and runs that are done still read as
+    COMPLETED from their run directories."""
+    by_kind: dict[str, list[str]] = {}
+    for j in jobs:
+        by_kind.setdefault(j.executor, []).append(j.job_id)
+    infos: dict[str, JobInfo] = {}
+    for kind, ids in by_kind.items():
+        infos.update(scheduler(kind).states(ids))
+    return infos
 
 
-def slurm_infos(state: SweepState) -> dict[str, slurm.JobInfo]:
-    """What Slurm says of every run's last job: one sacct call for the whole sweep. Without Slurm
-    it is empty, and runs that are done still read as COMPLETED from their run directories."""
-    return slurm.job_states([r.job.job_id for r in state.runs.values() if r.job and r.job.executor == "slurm"])
+def sweep_infos(state: SweepState) -> dict[str, JobInfo]:
+    """``job_infos`` of every run's last job."""
+    return job_infos([r.job for r in state.runs.values() if r.job])
 
 
 def status(sweep_dir) -> list[dict]:
     state = load_state(sweep_dir, must_exist=True)
-    infos = slurm_infos(state)
+    infos = sweep_infos(state)
     queue = local_queue(state)
     rows = []
     now = time.time()
@@ -96,7 +91,7 @@ def status(sweep_dir) -> list[dict]:
         hist = read_jsonl(paths.metrics)
         last = hist[-1] if hist else {}
         job = r.job
-        info = infos.get(job.job_id) if job and job.executor == "slurm" else None
+        info = infos.get(job.job_id) if job else None
         st = run_state(paths, job, infos, r.config.get("epochs", 0), queued=name in queue)
         mt = paths.newest_ckpt_mtime()
         row = {"name": name, "state": st, "job_id": job.job_id if job else None,
@@ -116,7 +111,7 @@ def status(sweep_dir) -> list[dict]:
 def log_path(logs: Path, job: JobRecord | None, err: bool = False) -> str | None:
     """Where submitit puts (or will put) the job's task-0 stdout or stderr: task 0 is the rank that
     reports. ``gruv sweep logs`` shows every attempt's (sweep/logs.py)."""
-    return None if job is None else str(logs / f"{job.job_id}_0_log.{'err' if err else 'out'}")
+    return None if job is None else str(job_log_path(logs, job.job_id, err=err))
 
 
 def _error_tail(paths: RunPaths, logs: Path, job: JobRecord | None, n: int = 6) -> str | None:
@@ -124,7 +119,8 @@ def _error_tail(paths: RunPaths, logs: Path, job: JobRecord | None, n: int = 6) 
         lines = paths.error.read_text().strip().splitlines()
         return "\n".join(lines[-n:])
     if job:
-        for log in sorted(logs.glob(f"{job.job_id}_0_log.err")):
+        log = job_log_path(logs, job.job_id, err=True)
+        if log.is_file():
             lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
             return "\n".join(lines[-n:]) if lines else None
     return None
@@ -161,82 +157,34 @@ def format_status(rows: list[dict]) -> str:
 
 
 def cancel(sweep_dir, run: str | None = None, out=print) -> list[str]:
-    """Cancel the sweep's jobs (or one run's). Slurm jobs through scancel. A local run is marked
-    cancelled (cancelled.json: a live local submission will not start a queued one) and, when it
-    is running, stopped the way Slurm stops a job: TERM first (it checkpoints at the next step
-    boundary), then KILL for whatever of its process tree is left after a grace time."""
+    """Cancel the sweep's jobs (or one run's), through their schedulers: a queued job never starts,
+    a running one is stopped the way Slurm stops a job (TERM: it checkpoints at the next step
+    boundary; then KILL). A queueing scheduler's job is cancelled whatever its state, unasked
+    (cancelling an ended job does nothing there); a local job when its process lives. A run a
+    live local submission has yet to start is marked cancelled (cancelled.json) and never starts."""
     state = load_state(sweep_dir, must_exist=True)
     if run and run not in state.runs:
         raise GruvError(f"no run {run!r} in {sweep_dir}; runs: {', '.join(state.runs)}")
     queue = local_queue(state)
-    slurm_ids, cancelled, running = [], [], []
+    cancelled, jobs = [], {}
     for name in [run] if run else list(state.runs):
         job = state.runs[name].job
-        if job is not None and job.executor == "slurm":  # whatever its state: scancel of an ended job does nothing
-            slurm_ids.append(job.job_id)
+        live = job is not None and (not scheduler(job.executor).foreground or job_state(job, {}) in ACTIVE)
+        if live or name in queue:
+            if job is None or scheduler(job.executor).foreground:  # (a queue records its cancels itself)
+                mark_cancelled(state.run_paths(name), "gruv sweep cancel")
             cancelled.append(name)
-        elif name in queue or job_state(job, {}) in ACTIVE:
-            mark_cancelled(state.run_paths(name), "gruv sweep cancel")
-            cancelled.append(name)
-            if job_state(job, {}) in ACTIVE:
-                running.append(job)
-    slurm.scancel(slurm_ids)
-    stop_local_jobs([job.pid for job in running])
+        if live:
+            jobs.setdefault(job.executor, []).append(job.job_id)
+    for kind, ids in jobs.items():
+        scheduler(kind).cancel(ids)
     out(f"cancelled {len(cancelled)} run(s): {', '.join(cancelled) or '-'}")
     return cancelled
-
-
-STOP_GRACE_S = 120  # a checkpoint of the paper's largest model takes seconds to write
 
 
 def mark_cancelled(paths: RunPaths, by: str) -> None:
     paths.root.mkdir(parents=True, exist_ok=True)
     atomic_write_json(paths.cancelled, {"time": time.time(), "by": by})
-
-
-def stop_local_jobs(pids: list[int], grace_s: float = STOP_GRACE_S) -> None:
-    """TERM to each local job's submitit controller, which passes it on to its training process
-    (that one checkpoints and exits); after ``grace_s`` (one deadline for all of them) whatever is
-    left of their process trees is killed."""
-    tree = [p for pid in pids for p in _process_tree(pid)]
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.time() + grace_s
-    while time.time() < deadline and any(pid_alive(p) and not _zombie(p) for p in tree):
-        time.sleep(0.2)
-    for p in tree:
-        try:
-            os.kill(p, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-def _process_tree(pid: int) -> list[int]:
-    """``pid`` and its descendants, from /proc (a killed parent must not leave orphans training on)."""
-    children: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                ppid = int((d / "stat").read_text().rpartition(")")[2].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(d.name))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(children.get(p, []))
-    return out
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def wait(sweep_dir, poll_s: float = 5.0, progress: bool = True, timeout_s: float | None = None) -> list[dict]:

@@ -1,5 +1,6 @@
 """Submitting a sweep: which runs need a job now (and why the others do not), then the jobs,
-as Slurm job arrays (one sbatch call per array) or through submitit's local/debug executors."""
+through the executor's scheduler: queued as job arrays (Slurm: one sbatch call per array), or run
+here in the foreground, a few at a time (local, debug)."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,39 +13,20 @@ import time
 from pathlib import Path
 
 from gruv_hpc.training.config import RUNTIME_KEYS, available_cpus
-from gruv_hpc.cluster.config import SlurmConfig
 from gruv_hpc.config import diff
 from gruv_hpc.errors import ConfigError, GruvError
 from gruv_hpc.fsio import atomic_write_text
 from gruv_hpc.paths import SweepPaths
-from gruv_hpc.cluster import slurm
-from gruv_hpc.cluster.slurm import ACTIVE
+from gruv_hpc.cluster.executors import scheduler
+from gruv_hpc.cluster.scheduler import ACTIVE, Dependency, Scheduler
 from gruv_hpc.cluster.sweep.spec import Run, Sweep, load_sweep, validate
 from gruv_hpc.cluster.sweep.state import JobRecord, RunRecord, SweepState, load_state, submit_lock
-from gruv_hpc.cluster.sweep.status import mark_cancelled, run_state, slurm_infos, stop_local_jobs
-
-
-def executor_kind(executor: str) -> str:
-    """The executor that will run the jobs; auto: Slurm where a cluster answers, else local."""
-    if executor == "auto":
-        return "slurm" if slurm.slurm_available() else "local"
-    if executor not in ("slurm", "local", "debug"):
-        raise ConfigError(f"executor must be auto, slurm, local or debug, not {executor!r}")
-    return executor
-
-
-def _local_executor(kind: str, paths: SweepPaths, cfg: SlurmConfig):
-    import submitit
-    if kind == "debug":
-        return submitit.DebugExecutor(folder=paths.logs)
-    ex = submitit.LocalExecutor(folder=paths.logs, max_num_timeout=cfg.max_num_timeout)
-    ex.update_parameters(timeout_min=cfg.time_min, tasks_per_node=1, gpus_per_node=0)
-    return ex
+from gruv_hpc.cluster.sweep.status import mark_cancelled, run_state, sweep_infos
 
 
 def plan(sweep: Sweep, state: SweepState) -> tuple[list[Run], dict[str, str]]:
     """Which runs to submit now, and why each other run is left alone."""
-    infos = slurm_infos(state)
+    infos = sweep_infos(state)
     todo, skipped = [], {}
     for run in sweep.runs:
         old = state.runs.get(run.name)
@@ -64,21 +46,22 @@ def plan(sweep: Sweep, state: SweepState) -> tuple[list[Run], dict[str, str]]:
     return todo, skipped
 
 
-def job_arrays(todo: list[Run]) -> list[list[Run]]:
-    """The runs of each Slurm job array: one array per MaxArraySize runs (task ids 0 .. MaxArraySize - 1)."""
-    limit = max(1, slurm.max_array_size())
+def job_arrays(todo: list[Run], sched: Scheduler) -> list[list[Run]]:
+    """The runs of each job array: one array per MaxArraySize runs (task ids 0 .. MaxArraySize - 1)."""
+    limit = max(1, sched.max_array_size())
     return [todo[i:i + limit] for i in range(0, len(todo), limit)]
 
 
 def submit(sweep_file, sweep_dir, executor: str = "auto", dry_run: bool = False, overrides=(), max_parallel: int = 2,
-           progress: bool = True, out=print, dependency: str | None = None) -> dict:
+           progress: bool = True, out=print, after: Dependency | None = None) -> dict:
     """Validate, then submit what needs submitting. Returns {"submitted": [...], "skipped": {...}}.
-    ``sweep_file`` may be a loaded Sweep; ``dependency`` (Slurm's --dependency) holds its jobs back."""
+    ``sweep_file`` may be a loaded Sweep; ``after`` holds its jobs back (a queueing scheduler's)."""
     sweep = sweep_file if isinstance(sweep_file, Sweep) else load_sweep(sweep_file, overrides)
     paths = SweepPaths(Path(sweep_dir).resolve())
-    kind = executor_kind(executor)
+    sched = scheduler(executor)
+    kind = sched.kind
     if dry_run:
-        return _dry_run(sweep, paths, kind, max_parallel, out)
+        return _dry_run(sweep, paths, sched, max_parallel, out)
     validate(sweep, paths.root, kind)
     with submit_lock(paths.root):
         state = load_state(paths.root)
@@ -102,8 +85,8 @@ def submit(sweep_file, sweep_dir, executor: str = "auto", dry_run: bool = False,
         for run in todo:
             paths.run(run.name).cancelled.unlink(missing_ok=True)  # resubmitted: no longer cancelled
         failed: list[str] = []
-        if kind == "slurm":
-            jobs = _submit_slurm(job_arrays(todo), sweep, paths, dependency)
+        if not sched.foreground:
+            jobs = _submit_queued(sched, job_arrays(todo, sched), sweep, paths, after)
             for run, job in zip(todo, jobs):
                 state.runs[run.name].jobs.append(JobRecord(job.job_id, kind, time.time()))
                 sub["job_ids"].append(job.job_id)
@@ -111,12 +94,13 @@ def submit(sweep_file, sweep_dir, executor: str = "auto", dry_run: bool = False,
             arrays = sorted({j.job_id.split("_")[0] for j in jobs})
             out(f"submitted {len(todo)} run(s) as {len(arrays)} job array(s): {', '.join(arrays)}")
         else:
-            failed = _run_locally(todo, sweep, paths, kind, state, sub, max_parallel, progress, out)
+            failed = _run_locally(todo, sweep, paths, sched, state, sub, max_parallel, progress, out)
     return {"submitted": [r.name for r in todo], "skipped": skipped, "executor": kind, "failed": failed}
 
 
-def _dry_run(sweep: Sweep, paths: SweepPaths, kind: str, max_parallel: int, out) -> dict:
+def _dry_run(sweep: Sweep, paths: SweepPaths, sched: Scheduler, max_parallel: int, out) -> dict:
     """What submit() would do, down to the sbatch scripts; changes nothing."""
+    kind = sched.kind
     if Path(sweep.data).exists():  # a dry run also works away from the data (e.g. on a laptop)
         validate(sweep, paths.root, kind, create=False)
     todo, skipped = plan(sweep, load_state(paths.root))
@@ -125,11 +109,10 @@ def _dry_run(sweep: Sweep, paths: SweepPaths, kind: str, max_parallel: int, out)
     for name, why in skipped.items():
         out(f"skip {name}: {why}")
     scripts = []
-    if kind == "slurm" and todo:
-        params = slurm.sbatch_parameters(sweep.slurm, sweep.path.stem)
-        arrays = job_arrays(todo)
+    if not sched.foreground and todo:
+        arrays = job_arrays(todo, sched)
         for i, runs in enumerate(arrays):
-            scripts.append(slurm.sbatch_script(params, paths.logs, len(runs)))
+            scripts.append(sched.script(sweep.slurm, paths.logs, sweep.path.stem, len(runs)))
             out(f"# sbatch script {i + 1} of {len(arrays)}: {len(runs)} run(s), {runs[0].name} .. {runs[-1].name}")
             out(scripts[-1])
     elif todo:
@@ -141,25 +124,24 @@ def _dry_run(sweep: Sweep, paths: SweepPaths, kind: str, max_parallel: int, out)
             "executor": kind, "scripts": scripts}
 
 
-def _submit_slurm(arrays: list[list[Run]], sweep: Sweep, paths: SweepPaths, dependency: str | None = None):
+def _submit_queued(sched: Scheduler, arrays: list[list[Run]], sweep: Sweep, paths: SweepPaths,
+                   after: Dependency | None = None):
     from gruv_hpc.training.job import TrainJob
-    ex = slurm.executor(sweep.slurm, paths.logs, sweep.path.stem, dependency)
     jobs = []
-    for runs in arrays:
-        with ex.batch():  # one sbatch call per array
-            for run in runs:
-                jobs.append(ex.submit(TrainJob(str(paths.run(run.name).root), run.config)))
+    for runs in arrays:  # one sbatch call per array
+        jobs += sched.submit([TrainJob(str(paths.run(run.name).root), run.config) for run in runs], sweep.slurm,
+                             paths.logs, sweep.path.stem, after)
     return jobs
 
 
-def _run_locally(todo, sweep, paths, kind, state, sub, max_parallel, progress, out) -> list[str]:
-    """submitit's local executor, at most ``max_parallel`` runs at a time; blocks until all end.
+def _run_locally(todo, sweep, paths, sched: Scheduler, state, sub, max_parallel, progress, out) -> list[str]:
+    """A foreground scheduler's jobs, at most ``max_parallel`` runs at a time; blocks until all end.
     Returns the runs that failed. Ctrl-C (or TERM) stops every running run at its next step
     boundary with a checkpoint, marks the rest cancelled, and says how to resume."""
     from gruv_hpc.training.job import TrainJob
     from gruv_hpc.progress import progress as progress_bar
     threads = max(1, available_cpus() // max(1, max_parallel))  # the allocation's CPUs, not the host's
-    ex = _local_executor(kind, paths, sweep.slurm)
+    inline = sched.inline  # each job runs inside this process: one at a time
     pending, running, failed = list(todo), [], []
     out(f"running {len(todo)} run(s) here, {max_parallel} at a time; this command returns when they end "
         f"(Ctrl-C stops them with a checkpoint). From another terminal: gruv sweep status {paths.root}")
@@ -176,15 +158,15 @@ def _run_locally(todo, sweep, paths, kind, state, sub, max_parallel, progress, o
                     bar.update(1)
                     continue
                 rp.cancelled.unlink(missing_ok=True)
-                job = _submit_ignoring_sigint(ex, TrainJob(str(rp.root), run.config, threads=threads))
-                pid = int(job.job_id) if kind == "local" else None  # a LocalJob's id is its process's pid
-                state.runs[run.name].jobs.append(JobRecord(str(job.job_id), kind, time.time(), pid))
+                [job] = sched.submit([TrainJob(str(rp.root), run.config, threads=threads)], sweep.slurm, paths.logs,
+                                     sweep.path.stem)
+                state.runs[run.name].jobs.append(JobRecord(str(job.job_id), sched.kind, time.time(), sched.pid(job)))
                 sub["job_ids"].append(str(job.job_id))
                 state.save()
                 running.append((run, job))
-                if kind == "debug":
+                if inline:
                     break
-            time.sleep(0.2 if kind != "debug" else 0)
+            time.sleep(0 if inline else 0.2)
             for run, job in list(running):
                 if job.done():
                     running.remove((run, job))
@@ -197,7 +179,7 @@ def _run_locally(todo, sweep, paths, kind, state, sub, max_parallel, progress, o
             bar.set_postfix(running=len(running), failed=len(failed))
     except KeyboardInterrupt:
         bar.close()
-        _stop_all(running, pending, paths, out)
+        _stop_all(sched, running, pending, paths, out)
         raise SweepInterrupted(f"stopped; {len(running)} run(s) checkpointed, {len(pending)} not started. "
                                f"Resume with: gruv sweep submit {sweep.path} --out {paths.root}") from None
     finally:
@@ -214,21 +196,10 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _submit_ignoring_sigint(ex, job_fn):
-    """Start a local job with SIGINT ignored, which its processes inherit: a Ctrl-C in this
-    terminal then reaches the training process (it stops at a step boundary and checkpoints)
-    but not submitit's controller, whose own handling would kill the training mid-checkpoint."""
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        return ex.submit(job_fn)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _stop_all(running, pending, paths: SweepPaths, out) -> None:
+def _stop_all(sched: Scheduler, running, pending, paths: SweepPaths, out) -> None:
     out(f"stopping {len(running)} running run(s) at their next step, with a checkpoint ...")
     for run, _ in running:
         mark_cancelled(paths.run(run.name), "Ctrl-C on gruv sweep submit")
     for run in pending:
         mark_cancelled(paths.run(run.name), "Ctrl-C on gruv sweep submit")
-    stop_local_jobs([int(job.job_id) for _, job in running])  # a LocalJob's id is its controller's pid
+    sched.cancel([str(job.job_id) for _, job in running])
