@@ -11,8 +11,9 @@ import os
 import pytest
 import torch
 
-from gruv_hpc.training import model as M
-from gruv_hpc.training.model import GRUVModel, GraphedRecurrence, PeepholeLSTMFunction
+from gruv_hpc.training.cells import graphs as M
+from gruv_hpc.training.cells.lstm import GraphedRecurrence, PeepholeLSTMFunction
+from gruv_hpc.training.model import GRUVModel
 
 pytestmark = pytest.mark.cuda
 

@@ -2,7 +2,10 @@
 import pytest
 import torch
 
-from gruv_hpc.training.model import GRU, FusedLSTM, GRUVModel, PeepholeLSTM, PeepholeLSTMFunction
+from gruv_hpc.training.cells.gru import GRU
+from gruv_hpc.training.cells.lstm import PeepholeLSTM, PeepholeLSTMFunction
+from gruv_hpc.training.cells.lstm_fused import FusedLSTM
+from gruv_hpc.training.model import GRUVModel
 
 
 def sig(x):

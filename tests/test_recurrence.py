@@ -1,4 +1,4 @@
-"""The peephole LSTM's graph path (gruv_hpc.training.model.GraphedRecurrence) on the CPU: the selection,
+"""The peephole LSTM's graph path (gruv_hpc.training.cells.lstm.GraphedRecurrence, on the machinery of cells/graphs.py) on the CPU: the selection,
 the buffers and copies of the graph path run without capturing (equal to the eager Function
 bit for bit), the capture on second use, the cache, and the fallback to eager on any failure.
 The capture itself needs a GPU: tests/test_cuda.py."""
@@ -8,8 +8,10 @@ import warnings
 import pytest
 import torch
 
-from gruv_hpc.training import model as M
-from gruv_hpc.training.model import GRUVModel, GraphedRecurrence, PeepholeLSTM, PeepholeLSTMFunction, recurrence_mode
+from gruv_hpc.training.cells import graphs as M
+from gruv_hpc.training.cells.graphs import recurrence_mode
+from gruv_hpc.training.cells.lstm import GraphedRecurrence, PeepholeLSTM, PeepholeLSTMFunction
+from gruv_hpc.training.model import GRUVModel
 
 
 @pytest.fixture(autouse=True)
