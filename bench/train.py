@@ -252,8 +252,8 @@ def main(argv=None) -> dict:
                                              for k, _, _ in models), flush=True)
     print("   ms per step (B x T frames), and the step's memory traffic floor (GB, at "
           + (f"{gbps:.0f} GB/s: ms" if gbps else "no known peak bandwidth") + ") -> achieved GB/s: "
-          + ", ".join(f"{k} {fmt(res[f'ms_per_step_{k}'], '.2f')} ms, floor {res[f'floor_gb_{k}']:.3f} GB"
-                      + (f" = {res[f'floor_ms_{k}']:.3f} ms" if gbps else "") + f" -> {fmt(res[f'gbps_{k}'], '.1f')} GB/s"
+          + ", ".join(f"{k} {fmt(res[f'ms_per_step_{k}'], '.2f')} ms, floor {res[f'floor_gb_{k}']:.3g} GB"
+                      + (f" = {res[f'floor_ms_{k}']:.3f} ms" if gbps else "") + f" -> {fmt(res[f'gbps_{k}'], '.3g')} GB/s"
                       for k, _, _ in models), flush=True)
     save()
     measure("affine_tflops", affine_alone, dim, H, B * T, max(a.steps, 5))
