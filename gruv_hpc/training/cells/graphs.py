@@ -75,15 +75,61 @@ class _Graph:
         return self.out
 
 
+class GraphedFunction(torch.autograd.Function):
+    """A cell's eager Function with both loops replayed from a graph entry's graphs. The entry's
+    ``forward(*inputs, keep)`` returns the outputs and the tensors the backward needs (copies);
+    its ``backward(*saved, *grads)`` the inputs' gradients. Should capturing the backward fail,
+    the cell's eager backward runs from the same saved tensors."""
+
+    @staticmethod
+    def forward(ctx, runner, entry, *inputs):
+        *outs, saved = entry.forward(*inputs, keep=True)
+        ctx.runner, ctx.entry = runner, entry
+        ctx.save_for_backward(*runner.weights(*inputs), *saved)
+        return tuple(outs)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        saved = ctx.saved_tensors
+        try:
+            grads = ctx.entry.backward(*saved, *grads)
+        except Exception as e:  # capturing the backward failed: the eager backward, from the same saved tensors
+            ctx.runner.fail(e)
+            grads = ctx.runner.eager_backward(*saved, *grads)
+        return None, None, *grads
+
+
 class GraphCache:
-    """A layer's captured graphs, one entry per (shape, dtype, device[, address of U]).
+    """A layer's captured graphs, one entry per (shape, dtype, device[, address of U]), and the
+    call that runs a recurrence from them or from the cell's eager Function.
 
     A shape is captured at its second use: a shape met once (a refeed step, the last partial dev
     batch) never pays for a capture. Short sequences (< GRAPH_MIN_STEPS), nested captures and
-    everything after a failed capture (warned once) take the cell's eager Function. Subclasses
-    say what an entry is (``build``) and name the cell in the warning (``what``)."""
+    everything after a failed capture (warned once) take the cell's eager Function. A cell's
+    subclass says what an entry is (``build``), its eager ``function`` and ``eager_backward``,
+    the ``weights`` among the inputs that its backward reads, and names the cell (``what``)."""
 
     what = "recurrence"
+    function: type[torch.autograd.Function]
+
+    @staticmethod
+    def eager_backward(*saved_and_grads):
+        raise NotImplementedError
+
+    def weights(self, *inputs) -> tuple:
+        raise NotImplementedError
+
+    def alias_key(self, *inputs):
+        return None  # keyed by U's address (the first weight)
+
+    def __call__(self, *inputs, alias_u: bool = False):
+        """The recurrence's outputs; ``alias_u``: its weights are the layer's parameters (read in place)."""
+        e = self.entry(*inputs, alias_u=alias_u, alias_key=self.alias_key(*inputs))
+        if e is None:
+            return self.function.apply(*inputs)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+            return GraphedFunction.apply(self, e, *inputs)
+        return e.forward(*inputs, keep=False)[:-1]
 
     def __init__(self, capture: bool = True, max_entries: int = GRAPH_CACHE, min_steps: int = GRAPH_MIN_STEPS):
         self.capture, self.max_entries, self.min_steps = capture, max_entries, min_steps

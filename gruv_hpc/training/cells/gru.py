@@ -164,43 +164,22 @@ class _GRUGraphEntry:
             buf.zero_() if t is None else buf.copy_(t)
 
 
-class _GraphedGRUFunction(torch.autograd.Function):
-    """GRUFunction with both loops replayed from a _GRUGraphEntry's graphs."""
-
-    @staticmethod
-    def forward(ctx, runner, entry, xp, uzr, un, h0):
-        hs, h, saved = entry.forward(xp, uzr, un, h0, keep=True)
-        ctx.runner, ctx.entry = runner, entry
-        ctx.save_for_backward(uzr, un, *saved)
-        return hs, h
-
-    @staticmethod
-    def backward(ctx, d_hs, d_hT):
-        saved = ctx.saved_tensors
-        try:
-            grads = ctx.entry.backward(*saved, d_hs, d_hT)
-        except Exception as e:  # capturing the backward failed: the eager backward, from the same saved tensors
-            ctx.runner.fail(e)
-            grads = _gru_backward(*saved, d_hs, d_hT)
-        return None, None, *grads
-
-
 class GraphedGRURecurrence(G.GraphCache):
-    """The GRU layer's captured graphs (see graphs.GraphCache): the cache, and the call that
-    picks the graphed or the eager GRUFunction."""
+    """The GRU layer's captured graphs (graphs.GraphCache): the graphed or the eager GRUFunction,
+    called as it is: (xp, uzr, un, h0) -> hs, h_T."""
 
     what = "GRU"
+    function = GRUFunction
+    eager_backward = staticmethod(_gru_backward)
+
+    def weights(self, xp, uzr, un, h0):
+        return uzr, un
+
+    def alias_key(self, xp, uzr, un, h0):
+        return uzr.data_ptr(), un.data_ptr()
 
     def build(self, capture, xp, uzr, un, h0, alias_u):
         return _GRUGraphEntry(xp, uzr, un, h0, alias_u, capture)
-
-    def __call__(self, xp, uzr, un, h0, alias_u: bool = False):
-        e = self.entry(xp, uzr, un, h0, alias_u=alias_u, alias_key=(uzr.data_ptr(), un.data_ptr()))
-        if e is None:
-            return GRUFunction.apply(xp, uzr, un, h0)
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (xp, uzr, un, h0)):
-            return _GraphedGRUFunction.apply(self, e, xp, uzr, un, h0)
-        return e.forward(xp, uzr, un, h0, keep=False)[:2]
 
 
 class GRU(nn.Module):

@@ -173,43 +173,19 @@ class _GraphEntry:
             buf.zero_() if t is None else buf.copy_(t)
 
 
-class _GraphedLSTMFunction(torch.autograd.Function):
-    """PeepholeLSTMFunction with both loops replayed from a _GraphEntry's graphs."""
-
-    @staticmethod
-    def forward(ctx, runner, entry, xp, u, v, h0, c0):
-        hs, h, c, saved = entry.forward(xp, u, v, h0, c0, keep=True)
-        ctx.runner, ctx.entry = runner, entry
-        ctx.save_for_backward(u, v, *saved)
-        return hs, h, c
-
-    @staticmethod
-    def backward(ctx, d_hs, d_hT, d_cT):
-        saved = ctx.saved_tensors
-        try:
-            grads = ctx.entry.backward(*saved, d_hs, d_hT, d_cT)
-        except Exception as e:  # capturing the backward failed: the eager backward, from the same saved tensors
-            ctx.runner.fail(e)
-            grads = _lstm_backward(*saved, d_hs, d_hT, d_cT)
-        return None, None, *grads
-
-
 class GraphedRecurrence(G.GraphCache):
-    """The peephole LSTM layer's captured graphs (see graphs.GraphCache): the cache, and the call
-    that picks the graphed or the eager PeepholeLSTMFunction."""
+    """The peephole LSTM layer's captured graphs (graphs.GraphCache): the graphed or the eager
+    PeepholeLSTMFunction, called as it is: (xp, u, v, h0, c0) -> hs, h_T, c_T."""
 
     what = "peephole LSTM"
+    function = PeepholeLSTMFunction
+    eager_backward = staticmethod(_lstm_backward)
+
+    def weights(self, xp, u, v, h0, c0):
+        return u, v
 
     def build(self, capture, xp, u, v, h0, c0, alias_u):
         return _GraphEntry(xp, u, v, h0, c0, alias_u, capture)
-
-    def __call__(self, xp, u, v, h0, c0, alias_u: bool = False):
-        e = self.entry(xp, u, v, h0, c0, alias_u=alias_u)
-        if e is None:
-            return PeepholeLSTMFunction.apply(xp, u, v, h0, c0)
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (xp, u, v, h0, c0)):
-            return _GraphedLSTMFunction.apply(self, e, xp, u, v, h0, c0)
-        return e.forward(xp, u, v, h0, c0, keep=False)[:3]
 
 
 class PeepholeLSTM(nn.Module):
