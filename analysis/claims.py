@@ -32,6 +32,7 @@ import json
 import math
 
 from gruv_hpc.analysis.common import cli, finite, mean_std
+from gruv_hpc.training import cells
 
 HOLDS, NOT, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
 
@@ -101,7 +102,7 @@ def _key(r: dict, *drop: str) -> tuple:
 
 
 def _label(r: dict, *drop: str) -> str:
-    parts = [r["artists"]] + ([r["cell"].upper()] if "cell" not in drop else []) + \
+    parts = [r["artists"]] + ([cells.label(r["cell"])] if "cell" not in drop else []) + \
             ([f"H={r['hidden']}"] if "hidden" not in drop else []) + ([r["variant"]] if r.get("variant") else [])
     return " ".join(str(p) for p in parts)
 
@@ -133,10 +134,12 @@ def _cells(rows: list[dict], key: str, a_cell: str, b_cell: str, expect: str) ->
 def claims(rows: list[dict]) -> list[dict]:
     """rows: results.csv rows (dicts: artists, cell, hidden, variant, seed, best_dev_loss,
     flatness, in_band_energy); one per run, the seeds of a group as separate rows."""
-    out = [_claim("The LSTM's dev loss is below the GRU's (paper: a little lower)",
-                  "best dev loss, LSTM minus GRU, at each artist and hidden size (expected D < 0)",
-                  _cells(rows, "best_dev_loss", "lstm", "gru", "<"), "LSTM", "GRU",
-                  "no LSTM/GRU pair with a dev loss")]
+    lstm, gru = cells.PAPER_LSTM, cells.PAPER_GRU  # the paper's two cells: its claims are about them
+    L, G = cells.label(lstm), cells.label(gru)
+    out = [_claim(f"The {L}'s dev loss is below the {G}'s (paper: a little lower)",
+                  f"best dev loss, {L} minus {G}, at each artist and hidden size (expected D < 0)",
+                  _cells(rows, "best_dev_loss", lstm, gru, "<"), L, G,
+                  f"no {L}/{G} pair with a dev loss")]
     # Dev loss against hidden size: each hidden size against the next smaller one.
     series: dict[tuple, dict[int, list]] = {}
     for r in rows:
@@ -154,15 +157,15 @@ def claims(rows: list[dict]) -> list[dict]:
     out.append(_claim("Dev loss falls as the hidden size grows (Figure 2)",
                       "best dev loss at each hidden size minus the next smaller one, per artist and cell (expected D < 0)",
                       comps, "larger H", "smaller H", missing))
-    out.append(_claim("The GRU's output is flatter (noisier) than the LSTM's (paper: GRU sounds like noise)",
-                      "spectral flatness of generated audio, GRU minus LSTM, at each artist and hidden size (expected D > 0)",
-                      _cells(rows, "flatness", "gru", "lstm", ">"), "GRU", "LSTM",
-                      "no generated audio for an LSTM/GRU pair"))
+    out.append(_claim(f"The {G}'s output is flatter (noisier) than the {L}'s (paper: {G} sounds like noise)",
+                      f"spectral flatness of generated audio, {G} minus {L}, at each artist and hidden size (expected D > 0)",
+                      _cells(rows, "flatness", gru, lstm, ">"), G, L,
+                      f"no generated audio for an {L}/{G} pair"))
     if any(finite([r.get("in_band_energy")]) for r in rows):
-        out.append(_claim("More of the GRU's predicted energy lies outside the music's band (Figure 3)",
-                          "share of predicted energy inside the band that holds 95% of the true energy, GRU minus LSTM "
-                          "(expected D < 0)", _cells(rows, "in_band_energy", "gru", "lstm", "<"), "GRU", "LSTM",
-                          "no LSTM/GRU pair in Figure 3"))
+        out.append(_claim(f"More of the {G}'s predicted energy lies outside the music's band (Figure 3)",
+                          f"share of predicted energy inside the band that holds 95% of the true energy, {G} minus {L} "
+                          "(expected D < 0)", _cells(rows, "in_band_energy", gru, lstm, "<"), G, L,
+                          f"no {L}/{G} pair in Figure 3"))
     return out
 
 

@@ -112,5 +112,3 @@ def save_fig(fig, out_dir: Path, stem: str) -> list[str]:
     plt.close(fig)
     return files
 
-
-CELL_COLORS = {"lstm": "tab:blue", "gru": "tab:red", "lstm-fused": "tab:green"}

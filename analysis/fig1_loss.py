@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gruv_hpc.analysis.common import CELL_COLORS, RunInfo, cli, load_runs, note, save_fig, with_metrics
+from gruv_hpc.training import cells
+
+from gruv_hpc.analysis.common import RunInfo, cli, load_runs, note, save_fig, with_metrics
 
 
 def fig1(runs: list[RunInfo], out_dir, hidden: int | None = None, baseline: dict | None = None) -> dict:
@@ -21,7 +23,7 @@ def fig1(runs: list[RunInfo], out_dir, hidden: int | None = None, baseline: dict
     fig, axes = plt.subplots(1, len(artists), figsize=(5.5 * len(artists), 4), squeeze=False, layout="constrained")
     data: dict = {"hidden": hidden, "curves": {}}
     for ax, artist in zip(axes[0], artists):
-        mine = sorted((r for r in chosen if r.artist == artist), key=lambda r: (r.cell, r.seed))
+        mine = sorted((r for r in chosen if r.artist == artist), key=lambda r: (cells.order_key(r.cell), r.seed))
         if not mine:
             note(ax, f"{artist}, H = {hidden}:\nno run with a finished epoch yet", data)
             continue
@@ -30,12 +32,13 @@ def fig1(runs: list[RunInfo], out_dir, hidden: int | None = None, baseline: dict
             ep = [h["epoch"] for h in r.history]
             tr = [h["train_loss"] for h in r.history]
             dv = [h["dev_loss"] for h in r.history]
-            c = CELL_COLORS.get(r.cell, None)
+            c, name = cells.color(r.cell), cells.label(r.cell)
             first = r.cell not in labelled
             labelled.add(r.cell)
-            ax.plot(ep, tr, "--", color=c, alpha=0.8, label=f"{r.cell.upper()} train" if first else None)
-            ax.plot(ep, dv, "-", color=c, alpha=0.8, label=f"{r.cell.upper()} dev" if first else None)
-            data["curves"][r.name] = {"artist": artist, "cell": r.cell, "seed": r.seed, "epoch": ep, "train": tr, "dev": dv}
+            ax.plot(ep, tr, "--", color=c, alpha=0.8, label=f"{name} train" if first else None)
+            ax.plot(ep, dv, "-", color=c, alpha=0.8, label=f"{name} dev" if first else None)
+            data["curves"][r.name] = {"artist": artist, "cell": r.cell, "label": name, "color": c, "seed": r.seed,
+                                       "epoch": ep, "train": tr, "dev": dv}
         floor = (baseline or {}).get(artist, {}).get("dev_loss")
         if floor is not None:
             ax.axhline(floor, color="0.4", ls=":", label="dev, predicting the train mean")

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gruv_hpc.analysis.common import CELL_COLORS, RunInfo, cli, load_runs, mean_std, note, save_fig
+from gruv_hpc.training import cells
+
+from gruv_hpc.analysis.common import RunInfo, cli, load_runs, mean_std, note, save_fig
 
 
 def fig2(runs: list[RunInfo], out_dir, baseline: dict | None = None) -> dict:
@@ -27,16 +29,16 @@ def fig2(runs: list[RunInfo], out_dir, baseline: dict | None = None) -> dict:
                 "no run has finished an epoch"
             note(ax, f"{artist}: no dev loss yet\n({why})", data)
             continue
-        for cell, variant in sorted({(r.cell, r.variant) for r in mine}):
+        for cell, variant in sorted({(r.cell, r.variant) for r in mine}, key=lambda cv: (cells.order_key(cv[0]), cv[1])):
             pts = []
             for h in sorted({r.hidden for r in mine if r.cell == cell and r.variant == variant}):
                 group = [r for r in mine if r.cell == cell and r.variant == variant and r.hidden == h]
                 m, sd, n = mean_std(r.best_dev for r in group)
                 pts.append({"hidden": h, "mean": m, "std": sd, "n": n, "runs": sorted(r.name for r in group),
                             "values": [r.best_dev for r in sorted(group, key=lambda r: r.name)]})
-            label = cell.upper() + (f" {variant}" if variant else "")
+            label = cells.label(cell) + (f" {variant}" if variant else "")
             ax.errorbar([p["hidden"] for p in pts], [p["mean"] for p in pts], yerr=[p["std"] or 0 for p in pts],
-                        fmt="o-", capsize=4, color=CELL_COLORS.get(cell), label=label)
+                        fmt="o-", capsize=4, color=cells.color(cell), label=label)
             data["points"][f"{artist}/{cell}" + (f"/{variant}" if variant else "")] = pts
         floor = (baseline or {}).get(artist, {}).get("dev_loss")
         if floor is not None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from gruv_hpc.analysis.common import RunInfo, cli, load_runs, note, save_fig
+from gruv_hpc.training import cells as cell_registry
 
 
 def truth_mean_magnitude(ds, max_clips: int | None = None) -> np.ndarray:
@@ -63,7 +64,7 @@ def fig3(runs: list[RunInfo], out_dir, hidden: int | None = None, max_clips: int
     hidden = hidden or max(r.hidden for r in usable)
     chosen = [r for r in usable if r.hidden == hidden]
     artists = sorted({r.artist for r in chosen})
-    cells = sorted({r.cell for r in chosen}, key=lambda c: ["lstm", "gru", "lstm-fused"].index(c))
+    cells = sorted({r.cell for r in chosen}, key=cell_registry.order_key)
     fig, axes = plt.subplots(len(artists), 1 + len(cells), figsize=(4.2 * (1 + len(cells)), 3.4 * len(artists)), squeeze=False, layout="constrained")
     arrays, data = {}, {"hidden": hidden, "band": {}, "band_runs": {}}
     for row, artist in zip(axes, artists):
@@ -94,9 +95,9 @@ def fig3(runs: list[RunInfo], out_dir, hidden: int | None = None, max_clips: int
                     shown = run
                     arrays[f"{artist}/{cell}"] = m
                     data["band"][f"{artist}/{cell}"] = {"in_band_energy": frac, "band_hz": band, "run": run.name}
-                    panels.append((f"{cell.upper()} (H = {hidden})", m))
+                    panels.append((f"{cell_registry.label(cell)} (H = {hidden})", m))
             if shown is None:
-                panels.append((f"{cell.upper()} (H = {hidden})", "no readable run" if same else "no run"))
+                panels.append((f"{cell_registry.label(cell)} (H = {hidden})", "no readable run" if same else "no run"))
         arrays["freqs"] = freqs
         vmax = max(20 * np.log10(p.max() + 1e-9) for _, p in panels if not isinstance(p, str))
         for ax, (title, m) in zip(row, panels):

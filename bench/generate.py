@@ -14,6 +14,7 @@ import time
 import torch
 
 from gruv_hpc.generate import generate_refeed, generate_stateful
+from gruv_hpc.training import cells
 from gruv_hpc.training.model import GRUVModel
 
 
@@ -21,7 +22,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--dim", type=int, default=22050)
-    p.add_argument("--cell", default="lstm")
+    p.add_argument("--cell", default=cells.DEFAULT, choices=cells.names())
     p.add_argument("--seed-blocks", type=int, default=40)
     p.add_argument("--ratios", default="1,3,6")
     a = p.parse_args()

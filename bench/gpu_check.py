@@ -14,7 +14,12 @@ step is recorded and the next one runs; the exit code is 0 only when every step 
   generate           generation on the device from that run: stateful against refeed
   bench_train_paper  bench/train.py at the paper's shape: D=22050, H=2048, T=40, batch 5, bf16
   bench_train_h256   bench/train.py at H=256
+                     (each: every cell's frames/s, ms per step and achieved GB/s against the
+                     step's memory-traffic floor; the layers alone, layer_gru_graph among them)
   bench_data         bench/data.py: streaming with 0/1/2 workers, resident, the rate a 5 ms step needs
+
+The figures' "goals" (issue 23: the GRU at >= 0.8x the LSTM's frames/s, the LSTM at >= 60 000
+frames/s at the paper's shape) are reported met or not; they never fail the check.
 
 It ends with one line ``GPU_CHECK_JSON {...}`` holding every figure, also written (after every
 step) to ``$OUT/gpu_check.json`` when $OUT is set, with each step's log in ``$OUT/gpu_check_logs/``.
@@ -61,6 +66,8 @@ MODES = {
         timeouts=dict(env=60, tests=120, dataset=60, run=90, generate=60, bench_train_h256=90, bench_data=60)),
 }
 MIN_STEP_S = 15  # a step is not started with less time than this left in the budget
+GOAL_GRU_VS_LSTM = 0.8          # the paper's GRU at this fraction of the LSTM's frames/s, or better
+GOAL_LSTM_FRAMES_PER_S = 60000  # the LSTM at the paper's shape (bench_train_paper)
 # A dry run of the CUDA mode's shapes on a machine without a GPU: GPU_CHECK_DEVICE=cpu (slow, partial).
 if os.environ.get("GPU_CHECK_DEVICE"):
     MODES["cuda"]["device"] = os.environ["GPU_CHECK_DEVICE"]
@@ -293,6 +300,28 @@ def _stream(proc, prefix: str, log) -> None:
         log.write(line)
 
 
+def goals(figures: dict) -> dict:
+    """Issue 23's goals from the bench_train steps' figures (met: True/False, None: not measured)."""
+    from gruv_hpc.training import cells
+    lstm, gru = (c.replace("-", "_") for c in (cells.PAPER_LSTM, cells.PAPER_GRU))
+    out = {}
+    for name in ("bench_train_paper", "bench_train_h256"):
+        f = figures.get(name) or {}
+        if not f:
+            continue
+        fl, fg = f.get(f"bare_{lstm}"), f.get(f"bare_{gru}")
+        g = {"lstm_frames_per_s": fl, "gru_frames_per_s": fg, "gru_vs_lstm": fg / fl if fl and fg else None,
+             "ms_per_step_lstm": f.get(f"ms_per_step_{lstm}"), "ms_per_step_gru": f.get(f"ms_per_step_{gru}"),
+             "gbps_lstm": f.get(f"gbps_{lstm}"), "gbps_gru": f.get(f"gbps_{gru}"),
+             "floor_ms_lstm": f.get(f"floor_ms_{lstm}"), "layer_gru_graph": f.get("layer_gru_graph"),
+             "layer_lstm_graph": f.get("layer_lstm_graph")}
+        g["gru_vs_lstm_met"] = None if g["gru_vs_lstm"] is None else g["gru_vs_lstm"] >= GOAL_GRU_VS_LSTM
+        if name == "bench_train_paper":
+            g["lstm_frames_per_s_met"] = None if fl is None else fl >= GOAL_LSTM_FRAMES_PER_S
+        out[name] = g
+    return out
+
+
 def run_command(cmd: list[str], timeout: float, log_path: Path, prefix: str, env: dict) -> tuple[int | None, str]:
     """Run ``cmd`` in its own process group, its output live (prefixed) and in ``log_path``.
     Returns (exit code or None on timeout, the output's tail)."""
@@ -425,6 +454,16 @@ def orchestrate(a) -> int:
               + ("" if rec["ok"] else f" ({rec['error']})"), flush=True)
         write()
     report["ok"] = bool(report["steps"]) and all(r["ok"] for r in report["steps"].values())
+    report["figures"]["goals"] = g = goals(report["figures"])
+    for name, v in g.items():
+        def f(x, spec=".0f"):
+            return "-" if x is None else format(x, spec)
+        print(f"{name}: LSTM {f(v['lstm_frames_per_s'])} frames/s ({f(v['ms_per_step_lstm'], '.2f')} ms/step, "
+              f"{f(v['gbps_lstm'])} GB/s of the step's floor traffic), GRU {f(v['gru_frames_per_s'])} frames/s "
+              f"({f(v['ms_per_step_gru'], '.2f')} ms/step) -> GRU/LSTM x{f(v['gru_vs_lstm'], '.2f')} "
+              f"(goal >= {GOAL_GRU_VS_LSTM}: {v['gru_vs_lstm_met']})"
+              + (f"; LSTM goal >= {GOAL_LSTM_FRAMES_PER_S}: {v['lstm_frames_per_s_met']}"
+                 if "lstm_frames_per_s_met" in v else ""), flush=True)
     write()
     print("\nstep                 result   seconds")
     for name, r in report["steps"].items():

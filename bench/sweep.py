@@ -26,6 +26,7 @@ def main():
     from gruv_hpc.paths import SweepPaths
     from gruv_hpc.dataset.build import PreprocessConfig, parse_sources, preprocess
     from gruv_hpc.dataset.synth import make_corpus
+    from gruv_hpc.training import cells
     if not sweep.slurm_available():
         raise SystemExit("no Slurm cluster answers: run slurm/cluster.sh start")
     work = Path(tempfile.mkdtemp(prefix="gruv-bench-sweep-"))
@@ -40,7 +41,7 @@ batch_size = 4
 workers = 0
 gen_seconds = 0.0
 [grid]
-cell = ["lstm", "gru"]
+cell = {json.dumps([cells.PAPER_LSTM, cells.PAPER_GRU])}
 hidden = [4, 8, 16, 32]
 seed = [0, 1, 2, 3, 4, 5, 6, 7]
 [slurm]

@@ -4,15 +4,25 @@
 
 1. gruv's training loop (train.main: the data path, logging, checkpointing) against a bare
    PyTorch loop of the same model on in-memory tensors, at D = 22050 (the paper's features).
-2. The whole model, bare loop: the peephole `lstm` (its recurrence as chosen on this device, and
-   eager), `lstm-fused` (torch.nn.LSTM: cuDNN on GPUs) and `gru`; achieved TFLOP/s and MFU.
+2. The whole model, bare loop, for every registered cell (gruv_hpc.training.cells: the paper's
+   peephole LSTM and GRU with their recurrences as chosen on this device, torch.nn.LSTM), and the
+   LSTM with its eager recurrence: frames/s, ms per training step, achieved TFLOP/s and MFU, and
+   achieved GB/s against the memory-traffic floor of a step (below).
 3. The affine GEMMs alone (D->H and H->D, forward + backward, at B*T rows): TFLOP/s and MFU.
 4. The recurrent layer alone (H, B, T = 40, forward + backward): the peephole LSTM's CUDA-graph
-   path (on CUDA), its eager Function, plain autograd, torch.nn.LSTM and the GRU.
+   path (on CUDA), its eager Function, plain autograd, torch.nn.LSTM, and the GRU's CUDA-graph
+   path, its eager Function and plain autograd.
 
 On CUDA every model runs as training does: bf16 autocast, TF32. MFU divides by the device's dense
 bf16 tensor peak (PEAK_TFLOPS, matched on the device name; none on the CPU). FLOPs per frame
 count the matmuls: forward, and backward without the input layer's input gradient.
+
+The memory-traffic floor of one training step (issue 23): at batch 5 a step is bound by memory
+traffic, not FLOPs. Per parameter: the bf16 weights read forward and backward (2 + 2 bytes), the
+fp32 gradient written (4) and RMSprop reading the parameter, gradient and square average and
+writing the parameter and square average (5 x 4): FLOOR_BYTES_PER_PARAM = 28 bytes. "GB/s" is
+that traffic over the measured step time; "floor ms" that traffic at the device's peak memory
+bandwidth (PEAK_GBPS; none on the CPU).
 """
 from __future__ import annotations
 
@@ -29,8 +39,11 @@ os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 import torch  # noqa: E402
 
+from gruv_hpc.training import cells
+from gruv_hpc.training.cells.gru import GRU
+from gruv_hpc.training.cells.lstm import PeepholeLSTM
 from gruv_hpc.training.config import TrainConfig
-from gruv_hpc.training.model import GRU, GRUVModel, PeepholeLSTM
+from gruv_hpc.training.model import GRUVModel
 from gruv_hpc.training.trainer import make_optimizer
 
 
@@ -38,13 +51,35 @@ DEVICE = torch.device("cpu")
 # Dense bf16 tensor-core peak, TFLOP/s (vendor datasheets, without sparsity); first match wins.
 PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("GH200", 989.4), ("H200", 989.4), ("H100", 989.4),
                ("A100", 312.0), ("L40S", 362.0), ("L4", 121.0))
+# Peak memory bandwidth, GB/s (vendor datasheets); first match wins.
+PEAK_GBPS = (("H100 PCIe", 2000.0), ("H100 NVL", 3900.0), ("GH200", 4900.0), ("H200", 4800.0), ("H100", 3350.0),
+             ("A100-SXM4-40GB", 1555.0), ("A100", 2039.0), ("L40S", 864.0), ("L4", 300.0))
+FLOOR_BYTES_PER_PARAM = 2 + 2 + 4 + 5 * 4  # see the module docstring
 
 
-def peak_tflops(name: str | None) -> float | None:
-    for key, peak in PEAK_TFLOPS:
+def _peak(table, name: str | None) -> float | None:
+    for key, peak in table:
         if name and key in name:
             return peak
     return None
+
+
+def peak_tflops(name: str | None) -> float | None:
+    return _peak(PEAK_TFLOPS, name)
+
+
+def peak_gbps(name: str | None) -> float | None:
+    return _peak(PEAK_GBPS, name)
+
+
+def model_params(cell: str, dim: int, hidden: int) -> int:
+    with torch.device("meta"):
+        return sum(p.numel() for p in GRUVModel(dim, hidden, cell).parameters())
+
+
+def key_of(cell: str) -> str:
+    """A cell's name as a figure key: lstm-fused -> lstm_fused."""
+    return cell.replace("-", "_")
 
 
 def _timed(step, warmup: int, n: int) -> float:
@@ -62,20 +97,6 @@ def _timed(step, warmup: int, n: int) -> float:
 def _sync():
     if DEVICE.type == "cuda":
         torch.cuda.synchronize()
-
-
-def rec_macs(cell: str, hidden: int) -> int:
-    """Multiply-adds per frame of a recurrent layer's input and recurrent matmuls (H -> kH each)."""
-    return {"lstm": 8, "lstm-fused": 8, "gru": 6}[cell] * hidden * hidden
-
-
-def affine_flops_per_frame(dim: int, hidden: int) -> float:
-    """D->H: forward + weight gradient (its input is data); H->D: forward + both gradients."""
-    return 2 * dim * hidden * (2 + 3)
-
-
-def flops_per_frame(cell: str, dim: int, hidden: int) -> float:
-    return affine_flops_per_frame(dim, hidden) + 2 * 3 * rec_macs(cell, hidden)
 
 
 def bare_loop(cell: str, dim: int, hidden: int, batch: int, T: int, steps: int, warmup: int = 3,
@@ -109,7 +130,7 @@ def affine_alone(dim: int, hidden: int, rows: int, n: int) -> float:
         with amp:
             y = out(inp(x))
         y.float().sum().backward()
-    return n * rows * affine_flops_per_frame(dim, hidden) / _timed(step, 3, n) / 1e12
+    return n * rows * cells.affine_flops_per_frame(dim, hidden) / _timed(step, 3, n) / 1e12
 
 
 def layer_alone(layer, B: int, T: int, H: int, n: int = 30) -> float:
@@ -139,7 +160,7 @@ def gruv_loop(data: Path, hidden: int, batch: int, steps: int, work: Path, worke
     Each epoch is ``steps`` optimizer steps, data loading from the HDF5 shards included."""
     from gruv_hpc.config import build
     from gruv_hpc.training.trainer import main
-    cfg = build(TrainConfig, dict(data=str(data), hidden=hidden, cell="lstm", batch_size=batch, epochs=3, workers=workers,
+    cfg = build(TrainConfig, dict(data=str(data), hidden=hidden, cell=cells.DEFAULT, batch_size=batch, epochs=3, workers=workers,
                                   device=DEVICE.type, limit_train_batches=steps, gen_seconds=0.0, log_every_steps=5))
     run = work / f"run-{time.time_ns()}"
     main(cfg, run)
@@ -169,10 +190,11 @@ def main(argv=None) -> dict:
     if DEVICE.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     name = torch.cuda.get_device_name() if DEVICE.type == "cuda" else None
-    peak = peak_tflops(name)
+    peak, gbps = peak_tflops(name), peak_gbps(name)
+    d = key_of(cells.DEFAULT)
     T, H, B = a.T, a.hidden, a.batch
     torch.manual_seed(0)
-    res = {"device": name or "cpu", "peak_bf16_tflops": peak, "hidden": H, "batch": B, "T": T,
+    res = {"device": name or "cpu", "peak_bf16_tflops": peak, "peak_gbps": gbps, "hidden": H, "batch": B, "T": T,
            "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE")}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {DEVICE}" + (f" ({name})" if name else "")
           + (f"; MFU against {peak} TFLOP/s (dense bf16)" if peak else "; no MFU (no known peak)"), flush=True)
@@ -207,35 +229,44 @@ def main(argv=None) -> dict:
         dim = a.dim or json.loads((data / "manifest.json").read_text())["params"]["feature_dim"]
         res["dim"] = dim
         # Bare loop before and after the gruv loop (the machine's speed drifts); same number of steps.
-        measure("bare_lstm_before", bare_loop, "lstm", dim, H, B, T, 2 * a.steps)
+        measure(f"bare_{d}_before", bare_loop, cells.DEFAULT, dim, H, B, T, 2 * a.steps)
         measure("gruv_loop", gruv_loop, data, H, B, a.steps, Path(tmp), a.workers)
-    measure("bare_lstm_after", bare_loop, "lstm", dim, H, B, T, 2 * a.steps)
-    bare = [v for v in (res["bare_lstm_before"], res["bare_lstm_after"]) if v]
-    res["bare_lstm"] = sum(bare) / len(bare) if bare else None
+    measure(f"bare_{d}_after", bare_loop, cells.DEFAULT, dim, H, B, T, 2 * a.steps)
+    bare = [v for v in (res[f"bare_{d}_before"], res[f"bare_{d}_after"]) if v]
+    res[f"bare_{d}"] = sum(bare) / len(bare) if bare else None
     print(f"1. D={dim} H={H} T={T} B={B}: gruv loop {fmt(res['gruv_loop'])} frames/s, "
-          f"bare loop {fmt(res['bare_lstm'])} frames/s -> x{fmt(ratio('gruv_loop', 'bare_lstm'), '.3f')}", flush=True)
+          f"bare loop ({cells.DEFAULT}) {fmt(res[f'bare_{d}'])} frames/s -> x{fmt(ratio('gruv_loop', f'bare_{d}'), '.3f')}",
+          flush=True)
     save()
-    measure("bare_lstm_eager", bare_loop, "lstm", dim, H, B, T, a.steps, recurrence="eager")
-    measure("bare_lstm_fused", bare_loop, "lstm-fused", dim, H, B, T, a.steps)
-    measure("bare_gru", bare_loop, "gru", dim, H, B, T, a.steps)
-    for cell in ("lstm", "lstm_eager", "lstm_fused", "gru"):
-        f = flops_per_frame(cell.replace("_eager", "").replace("_", "-"), dim, H)
-        fr = res[f"bare_{cell}"]
-        res[f"tflops_{cell}"] = fr * f / 1e12 if fr else None
-        res[f"mfu_{cell}"] = res[f"tflops_{cell}"] / peak if peak and fr else None
+    # 2. Every registered cell's whole model, and the default cell with its eager recurrence.
+    models = [(key_of(c), c, {}) for c in cells.names()] + [(f"{d}_eager", cells.DEFAULT, {"recurrence": "eager"})]
+    for k, cell, kw in models:
+        if k != d:
+            measure(f"bare_{k}", bare_loop, cell, dim, H, B, T, a.steps, **kw)
+        fr, spec = res[f"bare_{k}"], cells.get(cell)
+        res[f"tflops_{k}"] = fr * spec.flops_per_frame(dim, H) / 1e12 if fr else None
+        res[f"mfu_{k}"] = res[f"tflops_{k}"] / peak if peak and fr else None
+        res[f"ms_per_step_{k}"] = 1e3 * B * T / fr if fr else None
+        res[f"params_{k}"] = n = model_params(cell, dim, H)
+        res[f"floor_gb_{k}"] = n * FLOOR_BYTES_PER_PARAM / 1e9
+        res[f"gbps_{k}"] = res[f"floor_gb_{k}"] / (res[f"ms_per_step_{k}"] / 1e3) if fr else None
+        res[f"floor_ms_{k}"] = 1e3 * res[f"floor_gb_{k}"] / gbps if gbps else None
     mfu = (lambda k: f" (MFU {res[k]:.1%})" if res[k] is not None else "")
-    print(f"2. whole model: lstm {fmt(res['bare_lstm'])} (eager recurrence {fmt(res['bare_lstm_eager'])}), "
-          f"lstm-fused {fmt(res['bare_lstm_fused'])}, gru {fmt(res['bare_gru'])} frames/s "
-          f"-> lstm/lstm-fused x{fmt(ratio('bare_lstm', 'bare_lstm_fused'), '.3f')}", flush=True)
-    print(f"   achieved: lstm {fmt(res['tflops_lstm'], '.3f')}{mfu('mfu_lstm')}, lstm-fused "
-          f"{fmt(res['tflops_lstm_fused'], '.3f')}{mfu('mfu_lstm_fused')}, gru {fmt(res['tflops_gru'], '.3f')}"
-          f"{mfu('mfu_gru')} TFLOP/s", flush=True)
+    print("2. whole model, frames/s: " + ", ".join(f"{cells.label(c)}{' eager recurrence' if kw else ''} "
+                                                   f"{fmt(res[f'bare_{k}'])}" for k, c, kw in models), flush=True)
+    print("   achieved TFLOP/s: " + ", ".join(f"{k} {fmt(res[f'tflops_{k}'], '.3f')}{mfu(f'mfu_{k}')}"
+                                             for k, _, _ in models), flush=True)
+    print("   ms per step (B x T frames), and the step's memory traffic floor (GB, at "
+          + (f"{gbps:.0f} GB/s: ms" if gbps else "no known peak bandwidth") + ") -> achieved GB/s: "
+          + ", ".join(f"{k} {fmt(res[f'ms_per_step_{k}'], '.2f')} ms, floor {res[f'floor_gb_{k}']:.3g} GB"
+                      + (f" = {res[f'floor_ms_{k}']:.3f} ms" if gbps else "") + f" -> {fmt(res[f'gbps_{k}'], '.3g')} GB/s"
+                      for k, _, _ in models), flush=True)
     save()
     measure("affine_tflops", affine_alone, dim, H, B * T, max(a.steps, 5))
     res["affine_mfu"] = res["affine_tflops"] / peak if peak and res["affine_tflops"] else None
-    res["affine_share_of_flops"] = affine_flops_per_frame(dim, H) / flops_per_frame("lstm", dim, H)
+    res["affine_share_of_flops"] = cells.affine_flops_per_frame(dim, H) / cells.get(cells.DEFAULT).flops_per_frame(dim, H)
     print(f"3. affine GEMMs alone ({B * T} x {dim} x {H}, fwd+bwd): {fmt(res['affine_tflops'], '.3f')} TFLOP/s"
-          f"{mfu('affine_mfu')}; {res['affine_share_of_flops']:.0%} of the lstm model's FLOPs", flush=True)
+          f"{mfu('affine_mfu')}; {res['affine_share_of_flops']:.0%} of the {cells.DEFAULT} model's FLOPs", flush=True)
     save()
     n = a.layer_iters
     for key, make in (("layer_lstm", lambda: PeepholeLSTM(H, H)),
@@ -243,19 +274,29 @@ def main(argv=None) -> dict:
                       ("layer_lstm_function", lambda: PeepholeLSTM(H, H, recurrence="eager")),
                       ("layer_lstm_autograd", lambda: PeepholeLSTM(H, H, fused_backward=False)),
                       ("layer_torch_lstm", lambda: torch.nn.LSTM(H, H, batch_first=True)),
-                      ("layer_gru", lambda: GRU(H, H))):
+                      ("layer_gru", lambda: GRU(H, H)),
+                      ("layer_gru_graph", lambda: GRU(H, H, recurrence="graph")),
+                      ("layer_gru_function", lambda: GRU(H, H, recurrence="eager")),
+                      ("layer_gru_autograd", lambda: GRU(H, H, fused_backward=False))):
         torch.manual_seed(0)
         measure(key, lambda: layer_alone(make(), B, T, H, n))
-    for k in ("layer_lstm_graph", "layer_lstm_function", "layer_lstm_autograd"):
+    for k in ("layer_lstm_graph", "layer_lstm_function", "layer_lstm_autograd", "layer_gru_graph"):
         res[f"{k}_vs_torch_lstm"] = ratio(k, "layer_torch_lstm")
     res["layer_graph_vs_function"] = ratio("layer_lstm_graph", "layer_lstm_function")
+    res["layer_gru_graph_vs_function"] = ratio("layer_gru_graph", "layer_gru_function")
+    res["layer_gru_graph_vs_lstm_graph"] = ratio("layer_gru_graph", "layer_lstm_graph")
     x = (lambda k: fmt(res[f"{k}_vs_torch_lstm"], ".2f"))
+    graph = "" if DEVICE.type == "cuda" else " (no capture on the CPU)"
     print(f"4. layer alone H={H} B={B} T={T} fwd+bwd, frames/s: peephole lstm as chosen {fmt(res['layer_lstm'])}, "
-          f"graph path{'' if DEVICE.type == 'cuda' else ' (no capture on the CPU)'} {fmt(res['layer_lstm_graph'])}, "
+          f"graph path{graph} {fmt(res['layer_lstm_graph'])}, "
           f"eager Function {fmt(res['layer_lstm_function'])}, plain autograd {fmt(res['layer_lstm_autograd'])}, "
-          f"torch.nn.LSTM {fmt(res['layer_torch_lstm'])}, gru {fmt(res['layer_gru'])} -> vs nn.LSTM: graph "
+          f"torch.nn.LSTM {fmt(res['layer_torch_lstm'])} -> vs nn.LSTM: graph "
           f"x{x('layer_lstm_graph')}, Function x{x('layer_lstm_function')}, autograd x{x('layer_lstm_autograd')}; "
           f"graph/Function x{fmt(res['layer_graph_vs_function'], '.2f')}", flush=True)
+    print(f"   gru as chosen {fmt(res['layer_gru'])}, graph path{graph} {fmt(res['layer_gru_graph'])}, eager Function "
+          f"{fmt(res['layer_gru_function'])}, plain autograd {fmt(res['layer_gru_autograd'])} -> graph/Function "
+          f"x{fmt(res['layer_gru_graph_vs_function'], '.2f')}, gru graph/lstm graph "
+          f"x{fmt(res['layer_gru_graph_vs_lstm_graph'], '.2f')}", flush=True)
     save()
     print(json.dumps(res))
     if errors:

@@ -1,6 +1,7 @@
 """The CUDA paths: every cell forward and backward against a CPU float64 reference, gradcheck of
-the peephole recurrence (eager Function and CUDA graphs) in float64 on the GPU, bf16 autocast
-against float32, a checkpoint from the GPU loaded on the CPU, the resident dataset on the GPU.
+the peephole LSTM's and the GRU's recurrences (eager Function and CUDA graphs) in float64 on the
+GPU, bf16 autocast against float32, training steps without a host sync, a checkpoint from the
+GPU loaded on the CPU, the resident dataset on the GPU.
 
 Marked ``cuda``; skipped without a GPU (CI has none). ``GRUV_REQUIRE_CUDA=1`` (bench/gpu_check.sh)
 turns the skip into a failure; ``GRUV_CUDA_TESTS_ON_CPU=1`` (``gpu_check.sh --cpu``) runs the same
@@ -11,8 +12,11 @@ import os
 import pytest
 import torch
 
-from gruv_hpc.training import model as M
-from gruv_hpc.training.model import GRUVModel, GraphedRecurrence, PeepholeLSTMFunction
+from gruv_hpc.training.cells import graphs as M
+from gruv_hpc.training import cells
+from gruv_hpc.training.cells.gru import GRUFunction, GraphedGRURecurrence
+from gruv_hpc.training.cells.lstm import GraphedRecurrence, PeepholeLSTMFunction
+from gruv_hpc.training.model import GRUVModel
 
 pytestmark = pytest.mark.cuda
 
@@ -65,7 +69,7 @@ def test_cell_on_device_matches_cpu_float64(dev, cell):
         assert (pm.double().cpu() - pr).abs().max() <= 1e-4 * pr.abs().max()
         for n, g in _grads(m).items():
             assert (g - gr[n]).abs().max() <= 1e-4 * max(gr[n].abs().max(), 1e-3), n
-    if cell == "lstm" and dev.type == "cuda":
+    if cell in ("lstm", "gru") and dev.type == "cuda":
         assert all(r.graphs.captures == 1 for r in m.rnns)  # the CUDA graph path ran, one graph per layer
 
 
@@ -95,9 +99,115 @@ def test_graphed_recurrence_gradcheck_and_equality_on_device(dev):
         assert (a - b).abs().max() <= 1e-12
 
 
+def _gru_args(dev, T=5, B=2, H=3):
+    torch.manual_seed(0)
+    args = [torch.randn(T, 3, B, H), torch.randn(2, H, H), torch.randn(H, H), torch.randn(B, H)]
+    return [a.double().to(dev).requires_grad_() for a in args]
+
+
+def test_gru_function_gradcheck_on_device(dev):
+    assert torch.autograd.gradcheck(lambda *a: tuple(GRUFunction.apply(*a)), _gru_args(dev))
+
+
+def test_graphed_gru_gradcheck_and_equality_on_device(dev):
+    """The GRU's graph path (captured on CUDA), float64: gradcheck replays the same graph with new
+    inputs; outputs and gradients equal the eager GRUFunction's within 1e-12 (bitwise on the CPU,
+    where the same code runs without the capture)."""
+    runner = GraphedGRURecurrence(min_steps=1)
+    args = _gru_args(dev)
+    assert torch.autograd.gradcheck(lambda *a: tuple(runner(*a)), args)
+    assert runner.captures == 1
+    outs = []
+    for f in (lambda *a: GRUFunction.apply(*a), runner):
+        hs, h = f(*args)
+        grads = torch.autograd.grad(hs.pow(2).sum() + h.sum(), args)
+        outs.append([hs, h, *grads])
+    for a, b in zip(*outs):
+        assert (a - b).abs().max() <= 1e-12
+        if dev.type == "cpu":
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_graph_path_trains_like_eager_on_device(dev, cell):
+    """A model with the graph path and one with the eager Function, same weights, 4 RMSprop steps
+    (the training optimizer) under the training's autocast: the same weights, bitwise on the CPU
+    and within 1e-5 (relative) on CUDA, where cuBLAS may pick other kernels inside a capture."""
+    from gruv_hpc.training.config import TrainConfig
+    from gruv_hpc.training.trainer import make_optimizer
+    torch.manual_seed(0)
+    a = GRUVModel(dim=24, hidden=16, cell=cell, recurrence="eager").to(dev)
+    b = GRUVModel(dim=24, hidden=16, cell=cell, recurrence="graph").to(dev)
+    b.load_state_dict(a.state_dict())
+    oa, ob = (make_optimizer(TrainConfig(), m.parameters()) for m in (a, b))
+    x, y = torch.randn(3, 12, 24, device=dev), torch.randn(3, 12, 24, device=dev)
+    for _ in range(4):
+        for m, o in ((a, oa), (b, ob)):
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                pred, _ = m(x)
+            o.zero_grad(set_to_none=True)
+            torch.nn.functional.mse_loss(pred.float(), y).backward()
+            o.step()
+    assert b.rnns[0].graphs.captures == 1
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        if dev.type == "cpu":
+            assert torch.equal(p, q), n
+        else:
+            assert (p - q).abs().max() <= 1e-5 * max(p.abs().max(), 1e-3), n
+
+
+def test_training_steps_do_not_sync_the_host(dev):
+    """Every cell's training step as the trainer takes it (autocast, the loss summed on the device,
+    the optimizer of make_optimizer, the once-an-epoch gradient norm) under
+    torch.cuda.set_sync_debug_mode("error"): a host sync in the loop is an error. The first steps
+    (where the graphs are captured: a capture synchronizes) run before. On the CPU the same steps
+    run without the check."""
+    import contextlib
+
+    from gruv_hpc.training.config import TrainConfig
+    from gruv_hpc.training.trainer import make_optimizer
+
+    @contextlib.contextmanager
+    def no_sync():
+        if dev.type != "cuda":
+            yield
+            return
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            yield
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    for cell in cells.names():
+        torch.manual_seed(0)
+        m = GRUVModel(dim=32, hidden=16, cell=cell).to(dev)
+        opt = make_optimizer(TrainConfig(), m.parameters())
+        x, y = torch.randn(2, 10, 32, device=dev), torch.randn(2, 10, 32, device=dev)
+        total = torch.zeros((), device=dev)
+
+        def step():
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                pred, _ = m(x)
+            loss = torch.nn.functional.mse_loss(pred.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            norm = torch.nn.utils.get_total_norm([p.grad for p in m.parameters()])
+            opt.step()
+            total.add_(loss.detach())
+            return norm
+
+        for _ in range(3):
+            step()
+        with no_sync():
+            for _ in range(3):
+                norm = step()
+        assert torch.isfinite(total) and torch.isfinite(norm), cell
+
+
 def test_bf16_autocast_loss_close_to_fp32(dev):
     """The training step's loss under bf16 autocast within BF16_REL_TOL of the fp32 loss, for every cell."""
-    for cell in ("lstm", "gru", "lstm-fused"):
+    for cell in cells.names():
         torch.manual_seed(0)
         m = GRUVModel(dim=64, hidden=32, cell=cell).to(dev)
         x, y = torch.randn(4, 20, 64, device=dev), torch.randn(4, 20, 64, device=dev)

@@ -3,7 +3,7 @@ import pytest
 import soundfile as sf
 
 from gruv_hpc.dataset.audio import AudioError, load_mono, resample, to_pcm, write_wav
-from gruv_hpc.dataset.transforms import TRANSFORMS, blocks_to_stored, get_transform
+from gruv_hpc.dataset.transforms import blocks_to_stored, get_transform
 from gruv_hpc.errors import ConfigError
 
 

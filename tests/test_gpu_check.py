@@ -5,6 +5,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -30,8 +32,14 @@ def test_gpu_check_cpu_mode_passes(tmp_path):
     assert all(r["steps"]["run"]["checks"].values()) and len(r["steps"]["run"]["checks"]) >= 8
     assert f["generate"]["max_abs_diff"] <= 1e-3
     for k in ("gruv_loop", "bare_lstm", "bare_lstm_fused", "tflops_lstm", "affine_tflops", "layer_lstm_graph",
-              "layer_lstm_function", "layer_torch_lstm"):
+              "layer_lstm_function", "layer_torch_lstm", "bare_gru", "layer_gru_graph", "layer_gru_function",
+              "ms_per_step_lstm", "ms_per_step_gru", "gbps_lstm", "gbps_gru", "floor_gb_lstm"):
         assert f["bench_train_h256"][k] > 0, k
+    b = f["bench_train_h256"]
+    assert b["ms_per_step_gru"] == pytest.approx(1e3 * 4 * 40 / b["bare_gru"])  # batch 4, T 40
+    assert b["gbps_lstm"] == pytest.approx(b["floor_gb_lstm"] / (b["ms_per_step_lstm"] / 1e3))
+    g = f["goals"]["bench_train_h256"]
+    assert g["gru_vs_lstm"] == pytest.approx(b["bare_gru"] / b["bare_lstm"]) and g["gru_vs_lstm_met"] in (True, False)
     for k in ("stream_w0", "stream_w1", "resident"):
         assert f["bench_data"][k]["clips_per_s"] > 0, k
     assert f["bench_data"]["need"]["clips_per_s"] == 4 / 0.005

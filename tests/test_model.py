@@ -2,7 +2,10 @@
 import pytest
 import torch
 
-from gruv_hpc.training.model import GRU, FusedLSTM, GRUVModel, PeepholeLSTM, PeepholeLSTMFunction
+from gruv_hpc.training.cells.gru import GRU, GRUFunction
+from gruv_hpc.training.cells.lstm import PeepholeLSTM, PeepholeLSTMFunction
+from gruv_hpc.training.cells.lstm_fused import FusedLSTM
+from gruv_hpc.training.model import GRUVModel
 
 
 def sig(x):
@@ -76,9 +79,12 @@ def test_peepholes_are_wired_to_the_right_cell_state():
     assert (m2(x)[0] - y).abs().max() > 1e-3
 
 
-def test_gru_matches_paper_equations():
+@pytest.mark.parametrize("fused", [None, True, False])
+def test_gru_matches_paper_equations(fused):
+    """None: the CPU's default (the autograd loop); True: GRUFunction (CUDA's eager path and the
+    graph path's code); False: the autograd loop by name."""
     torch.manual_seed(0)
-    m = GRU(6, 10)
+    m = GRU(6, 10, fused_backward=fused)
     x, h0 = torch.randn(3, 7, 6), torch.randn(3, 10)
     y, h = m(x, h0)
     ry, rh = paper_gru(m, x, h0)
@@ -95,16 +101,40 @@ def test_fused_lstm_function_gradcheck():
     assert torch.autograd.gradcheck(f, args)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "gru-function"])
 def test_cell_gradcheck(cell):
     torch.manual_seed(0)
-    m = (PeepholeLSTM(3, 4) if cell == "lstm" else GRU(3, 4)).double()
+    m = (PeepholeLSTM(3, 4) if cell == "lstm" else GRU(3, 4, fused_backward=cell == "gru-function")).double()
     x = torch.randn(2, 5, 3, dtype=torch.double, requires_grad=True)
     names = [n for n, _ in m.named_parameters()]
     params = [p.detach().clone().requires_grad_() for p in m.parameters()]
     def f(x, *ps):
         return torch.func.functional_call(m, dict(zip(names, ps)), (x,))[0]
     assert torch.autograd.gradcheck(f, (x, *params))
+
+
+def test_gru_function_gradcheck():
+    torch.manual_seed(0)
+    T, B, H = 4, 2, 3
+    args = [torch.randn(T, 3, B, H), torch.randn(2, H, H), torch.randn(H, H), torch.randn(B, H)]
+    args = [a.double().requires_grad_() for a in args]
+    assert torch.autograd.gradcheck(lambda *a: tuple(GRUFunction.apply(*a)), args)
+
+
+def test_gru_function_equals_autograd():
+    """The hand-written backward against the autograd loop: outputs, state and every gradient."""
+    torch.manual_seed(0)
+    a, b = GRU(5, 9, fused_backward=True), GRU(5, 9, fused_backward=False)
+    b.load_state_dict(a.state_dict())
+    x, h0 = torch.randn(4, 11, 5), torch.randn(4, 9)
+    outs = []
+    for m in (a, b):
+        y, h = m(x, h0)
+        (y.pow(2).sum() + h.sum()).backward()
+        outs.append((y, h))
+    assert (outs[0][0] - outs[1][0]).abs().max() <= 1e-6 and (outs[0][1] - outs[1][1]).abs().max() <= 1e-6
+    for (n, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
+        assert (pa.grad - pb.grad).abs().max() <= 1e-5, n
 
 
 def test_fused_backward_equals_autograd():

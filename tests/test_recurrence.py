@@ -1,15 +1,19 @@
-"""The peephole LSTM's graph path (gruv_hpc.training.model.GraphedRecurrence) on the CPU: the selection,
-the buffers and copies of the graph path run without capturing (equal to the eager Function
-bit for bit), the capture on second use, the cache, and the fallback to eager on any failure.
-The capture itself needs a GPU: tests/test_cuda.py."""
+"""The peephole LSTM's and the GRU's graph paths (cells/lstm.py GraphedRecurrence, cells/gru.py
+GraphedGRURecurrence, on the machinery of cells/graphs.py) on the CPU: the selection, the
+buffers and copies of the graph path run without capturing (equal to the eager Function bit for
+bit), the capture on second use, the cache, and the fallback to eager on any failure. The
+capture itself needs a GPU: tests/test_cuda.py."""
 import copy
 import warnings
 
 import pytest
 import torch
 
-from gruv_hpc.training import model as M
-from gruv_hpc.training.model import GRUVModel, GraphedRecurrence, PeepholeLSTM, PeepholeLSTMFunction, recurrence_mode
+from gruv_hpc.training.cells import graphs as M
+from gruv_hpc.training.cells.graphs import recurrence_mode
+from gruv_hpc.training.cells.gru import GRU, GRUFunction, GraphedGRURecurrence
+from gruv_hpc.training.cells.lstm import GraphedRecurrence, PeepholeLSTM, PeepholeLSTMFunction
+from gruv_hpc.training.model import GRUVModel
 
 
 @pytest.fixture(autouse=True)
@@ -169,6 +173,140 @@ def test_models_with_graphs_copy_and_train_like_eager():
     for (n, p), q in zip(a.named_parameters(), b.parameters()):
         assert torch.equal(p, q), n
     assert all(r.graphs.captures == 1 for r in b.rnns)  # one per layer: each aliases its own U
+    c = copy.deepcopy(b)
+    assert all(not r.graphs.entries for r in c.rnns)
+    assert torch.equal(c(x)[0], b(x)[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# The GRU's graph path (cells/gru.py): the same machinery, the same checks.
+
+def gru_pair(hidden=10, inp=6):
+    torch.manual_seed(0)
+    a = GRU(inp, hidden, recurrence="eager")
+    b = GRU(inp, hidden, recurrence="graph")
+    b.load_state_dict(a.state_dict())
+    return a, b
+
+
+def gru_run(m, x, state=None):
+    m.zero_grad()
+    y, h = m(x, state)
+    (y.pow(2).sum() + h.sum()).backward()
+    return y.detach(), h.detach(), None, [p.grad.clone() for p in m.parameters()]
+
+
+def gru_same(ra, rb):
+    for u, v in zip(ra[:2] + tuple(ra[3]), rb[:2] + tuple(rb[3])):
+        assert torch.equal(u, v)
+
+
+def test_gru_selection():
+    """auto: the Function (and on CUDA its graphs) on CUDA; the CPU keeps its autograd loop."""
+    m = GRU(3, 4)
+    assert not m._uses_function("cpu") and m._uses_function("cuda")
+    assert GRU(3, 4, recurrence="graph")._uses_function("cpu") and GRU(3, 4, recurrence="eager")._uses_function("cpu")
+    assert not GRU(3, 4, recurrence="graph", fused_backward=False)._uses_function("cuda")
+    with pytest.raises(ValueError):
+        GRU(3, 4, recurrence="compiled")
+
+
+def test_gru_graph_path_equals_eager_bitwise():
+    """New inputs, states and weights every call (RMSprop updates U_zr and U in place: the graph
+    reads the parameters themselves)."""
+    a, b = gru_pair()
+    opt_a, opt_b = (torch.optim.RMSprop(m.parameters(), lr=1e-2) for m in (a, b))
+    for it in range(4):
+        x = torch.randn(3, 9, 6)
+        state = torch.randn(3, 10) if it % 2 else None
+        gru_same(gru_run(a, x, state), gru_run(b, x, state))
+        opt_a.step()
+        opt_b.step()
+        assert b.graphs.captures == (0 if it == 0 else 1)  # captured at the second use of the shape
+    (key,) = b.graphs.entries
+    assert key[3] == (b.u_zr.data_ptr(), b.u_n.data_ptr())  # aliased U_zr and U
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+    with torch.no_grad():  # the no-grad path (evaluation) through the same entry
+        x = torch.randn(3, 9, 6)
+        ya, yb, yb2 = a(x)[0], b(x)[0], b(x)[0]
+    assert torch.equal(ya, yb) and yb.data_ptr() != yb2.data_ptr()  # outputs are copies, never the buffers
+    assert b.graphs.captures == 1
+
+
+def test_gru_function_level_copy_mode_and_gradcheck():
+    torch.manual_seed(0)
+    T, B, H = 4, 2, 3
+    runner = GraphedGRURecurrence(min_steps=1)
+    args = [torch.randn(T, 3, B, H), torch.randn(2, H, H), torch.randn(H, H), torch.randn(B, H)]
+    args = [t.double().requires_grad_() for t in args]
+    assert torch.autograd.gradcheck(lambda *a: tuple(runner(*a)), args)
+    assert runner.captures == 1 and list(runner.entries)[0][3] is None
+    ref, out = GRUFunction.apply(*args), runner(*args)
+    assert all(torch.equal(r, o) for r, o in zip(ref, out))
+    gr = torch.autograd.grad(ref[0].pow(2).sum() + ref[1].sum(), args)
+    go = torch.autograd.grad(out[0].pow(2).sum() + out[1].sum(), args)
+    assert all(torch.equal(r, o) for r, o in zip(gr, go))
+
+
+def test_gru_short_and_one_off_shapes_stay_eager():
+    a, b = gru_pair()
+    for T in (1, 3, 9, 10, 11):
+        x = torch.randn(1, T, 6)
+        gru_same(gru_run(a, x), gru_run(b, x))
+    for _ in range(3):
+        gru_run(b, torch.randn(1, 1, 6))
+    assert b.graphs.captures == 0
+
+
+def test_gru_failed_capture_warns_and_falls_back(monkeypatch):
+    a, b = gru_pair()
+
+    def broken(*args, **kw):
+        raise RuntimeError("capture is not supported here")
+    monkeypatch.setattr(M, "_Graph", broken)
+    x = torch.randn(2, 9, 6)
+    gru_run(b, x)
+    with pytest.warns(RuntimeWarning, match="GRU: .*CUDA graph failed.*capture is not supported here.*eager"):
+        rb = gru_run(b, x)
+    gru_same(gru_run(a, x), rb)
+    assert M._graphs_failed and b.graphs.captures == 0
+
+
+def test_gru_failed_backward_capture_falls_back_in_the_backward(monkeypatch):
+    a, b = gru_pair()
+    x = torch.randn(2, 9, 6)
+    gru_run(b, x)
+    real = M._Graph
+
+    def forward_only(fn, device, capture):
+        if fn.__code__.co_names.count("_gru_backward_steps"):
+            raise RuntimeError("no backward capture")
+        return real(fn, device, capture)
+    monkeypatch.setattr(M, "_Graph", forward_only)
+    with pytest.warns(RuntimeWarning, match="no backward capture"):
+        rb = gru_run(b, x)
+    gru_same(gru_run(a, x), rb)
+
+
+def test_gru_models_with_graphs_train_like_eager():
+    """Two layers, bf16 autocast (the recurrence stays fp32), RMSprop: bitwise the same weights."""
+    torch.manual_seed(0)
+    a = GRUVModel(dim=16, hidden=8, cell="gru", layers=2, recurrence="eager")
+    b = GRUVModel(dim=16, hidden=8, cell="gru", layers=2, recurrence="graph")
+    b.load_state_dict(a.state_dict())
+    oa, ob = (torch.optim.RMSprop(m.parameters(), lr=1e-3) for m in (a, b))
+    x, y = torch.randn(2, 10, 16), torch.randn(2, 10, 16)
+    for _ in range(3):
+        for m, o in ((a, oa), (b, ob)):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                pred, _ = m(x)
+            o.zero_grad()
+            torch.nn.functional.mse_loss(pred.float(), y).backward()
+            o.step()
+    for (n, p), q in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(p, q[1]), n
+    assert all(r.graphs.captures == 1 for r in b.rnns)
     c = copy.deepcopy(b)
     assert all(not r.graphs.entries for r in c.rnns)
     assert torch.equal(c(x)[0], b(x)[0])

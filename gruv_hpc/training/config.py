@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from gruv_hpc.config import opt
 from gruv_hpc.errors import ConfigError
+from gruv_hpc.training import cells
 
-CELLS = ("lstm", "gru", "lstm-fused")
 RESUME = ("auto", "require", "never")
 DATA_ON_DEVICE = ("auto", "true", "false")
 
@@ -21,7 +21,7 @@ DATA_ON_DEVICE = ("auto", "true", "false")
 @dataclass
 class TrainConfig:
     # model
-    cell: str = opt("lstm", "recurrent cell: lstm (the paper's peephole LSTM), gru, or lstm-fused (torch.nn.LSTM)")
+    cell: str = opt(cells.DEFAULT, f"recurrent cell: {cells.describe()}")
     hidden: int = opt(1024, "hidden size H (the paper goes up to 2048)")
     layers: int = opt(1, "number of stacked recurrent layers (the paper uses 1)")
     # data
@@ -74,8 +74,7 @@ class TrainConfig:
             self.data_on_device = self.data_on_device.lower()
 
     def validate(self) -> None:
-        if self.cell not in CELLS:
-            raise ConfigError(f"cell: {self.cell!r} is not one of {', '.join(CELLS)}")
+        cells.get(self.cell)  # an unknown cell: a ConfigError naming the registered ones
         if self.optimizer not in ("rmsprop", "adam", "sgd"):
             raise ConfigError(f"optimizer: {self.optimizer!r} is not one of rmsprop, adam, sgd")
         if self.device not in ("auto", "cpu", "cuda"):
