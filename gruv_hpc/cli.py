@@ -53,6 +53,17 @@ def _preprocess(a) -> int:
     return 0
 
 
+def _dataset_verify(a) -> int:
+    from gruv_hpc.dataset.manifest import dataset_id, load_manifest, verify
+    t0 = time.time()
+    res = verify(a.data_dir, deep=not a.quick)
+    wall = time.time() - t0
+    songs = f", {res['songs']} songs' content hashes" if not a.quick else ""
+    print(f"{a.data_dir}: OK, dataset {dataset_id(load_manifest(a.data_dir))}: {res['files']} files "
+          f"({res['bytes'] / 2**20:.1f} MiB) match the manifest's sha256{songs} ({wall:.2f} s)")
+    return 0
+
+
 def _corpus_synth(a) -> int:
     from gruv_hpc.dataset.synth import make_corpus
     made = make_corpus(a.out, songs_per_artist=a.songs, min_s=a.min_seconds, max_s=a.max_seconds, seed=a.seed)
@@ -207,6 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "(or the whole file), keys as in a sweep's [slurm]; slurm.KEY=value overrides")
     pp.add_argument("--wait", action="store_true", help="slurm: wait until the dataset is built")
     pp.set_defaults(fn=_preprocess)
+
+    dp = sub.add_parser("dataset", help="dataset utilities")
+    dsub = dp.add_subparsers(dest="dataset_cmd", required=True)
+    dv = dsub.add_parser("verify", help="check every shard and stats.npz against the manifest's sha256, and every "
+                         "song's rows against its content hash (what the dataset id is made of)")
+    dv.add_argument("data_dir")
+    dv.add_argument("--quick", action="store_true", help="the files' sha256 only (what training checks)")
+    dv.set_defaults(fn=_dataset_verify)
 
     cp = sub.add_parser("corpus", help="corpus utilities")
     csub = cp.add_subparsers(dest="corpus_cmd", required=True)

@@ -152,6 +152,7 @@ class Data:
     local_bs: int
     steps_per_epoch: int
     normalize: Normalizer
+    train_set: ClipDataset | None = None  # to name a damaged shard when the loss turns non-finite
 
     def to_xy(self, blk: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
         """Stored (B, C + 1, S) windows -> normalized x = blocks 0..C-1, y = blocks 1..C (views)."""
@@ -191,7 +192,7 @@ def build_data(cfg: TrainConfig, d: Dist) -> Data:
         steps = min(steps, cfg.limit_train_batches)
     if steps == 0:
         raise DatasetError(f"{cfg.data}: {len(train_set)} train clips give no full batch of {cfg.batch_size}")
-    return Data(train_loader, dev_loader, sampler, local_bs, steps, train_set.normalizer(d.device))
+    return Data(train_loader, dev_loader, sampler, local_bs, steps, train_set.normalizer(d.device), train_set)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,8 +352,12 @@ class Trainer:
             return
         v = self._loss.item()
         if not math.isfinite(v):
+            bad = self.data.train_set.scan_bad_values() if self.data.train_set is not None else []
+            why = (f"the data is damaged: {'; '.join(bad)}" if bad else
+                   "the train data holds no non-finite or extreme values, so the model diverged (try a lower lr "
+                   "or grad_clip)")
             raise TrainingError(f"loss became {v} near step {self.state.step} (epoch {self.state.epoch + 1}); "
-                                f"stopping. The last good checkpoint stays in {self.paths.ckpt_dir}")
+                                f"stopping; {why}. The last good checkpoint stays in {self.paths.ckpt_dir}")
         self.log.train_loss(v / self._loss_n, self.state.step)
         self.state.loss_sum += v
         self.state.loss_n += self._loss_n
