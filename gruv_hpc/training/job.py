@@ -5,7 +5,10 @@ On the timeout/preemption signal (USR2 by default, ``signal_delay_s`` before the
 between two optimizer steps, writes a consistent checkpoint, and returns; then submitit's own
 handler requeues the job. The requeued job calls ``train.main`` again, which resumes from the
 newest checkpoint in the run directory: the run directory is the only state, so ``checkpoint()``
-needs nothing but the same arguments.
+needs nothing but the same arguments, with one exception: ``resume=never`` is the first start's
+policy, so the requeued job resumes (``resume=auto``). A job requeued without the signal (``scontrol
+requeue``, a node failure) restarts from its original pickle; ``trainer.Trainer.resume`` sees
+``SLURM_RESTART_COUNT`` and resumes then too.
 """
 from __future__ import annotations
 
@@ -56,5 +59,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         return result
 
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
-        # The checkpoint itself was written by the training loop; resuming needs only the run dir.
-        return submitit.helpers.DelayedSubmission(type(self)(self.run_dir, self.config, self.threads))
+        # The checkpoint itself was written by the training loop; resuming needs only the run dir,
+        # and a resume policy that resumes: resume=never was meant for the first start only.
+        config = {**self.config, "resume": "auto"} if self.config.get("resume") == "never" else self.config
+        return submitit.helpers.DelayedSubmission(type(self)(self.run_dir, config, self.threads))

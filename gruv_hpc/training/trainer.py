@@ -318,7 +318,13 @@ class Trainer:
 
     def resume(self) -> Path | None:
         """Load the newest loadable checkpoint of the run directory, as ``cfg.resume`` says."""
-        if self.cfg.resume == "never":
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+        if self.cfg.resume == "never" and restarts > 0:
+            # A requeued job (preempted, timed out, a node failure) must go on: resume=never is
+            # the first start's policy, or every requeue would throw away what the last one did.
+            print(f"resume=never applies to the first start only; this is restart {restarts} of Slurm job "
+                  f"{os.environ.get('SLURM_JOB_ID')}: resuming", flush=True)
+        elif self.cfg.resume == "never":
             moved = self.ckpt.discard()
             if moved:
                 print(f"resume=never: the run starts over; its old files are in {moved}", flush=True)
@@ -332,8 +338,9 @@ class Trainer:
             # Starting over silently would throw away the run's history (and metrics.jsonl with it).
             why = (f"none of its {len(unreadable)} checkpoint(s) loads (set aside in {self.paths.unreadable})"
                    if unreadable else "it has no checkpoint, and resume=require")
-            raise TrainingError(f"{self.paths.root}: {why}. To start this run over, pass resume=never "
-                                "(its old files are moved aside, not deleted)")
+            raise TrainingError(f"{self.paths.root}: {why}. To start this run over, start it once by hand: "
+                                f"gruv train --run-dir {self.paths.root} resume=never (its old files are moved "
+                                "aside, not deleted), or use a new run directory")
         return None
 
     def save(self, is_best: bool = False) -> None:

@@ -64,6 +64,16 @@ def plan(sweep: Sweep, state: SweepState) -> tuple[list[Run], dict[str, str]]:
     return todo, skipped
 
 
+def first_start_only(run: Run, state: SweepState) -> Run:
+    """resume=never is the policy of a run's first start, not of every job: a run submitted
+    before (cancelled, failed, resubmitted to go on) resumes, as a requeued job does
+    (``TrainJob``), instead of setting aside what it has done."""
+    rec = state.runs.get(run.name)
+    if run.config.get("resume") == "never" and rec is not None and rec.jobs:
+        return dataclasses.replace(run, config={**run.config, "resume": "auto"})
+    return run
+
+
 def job_arrays(todo: list[Run]) -> list[list[Run]]:
     """The runs of each Slurm job array: one array per MaxArraySize runs (task ids 0 .. MaxArraySize - 1)."""
     limit = max(1, slurm.max_array_size())
@@ -99,6 +109,7 @@ def submit(sweep_file, sweep_dir, executor: str = "auto", dry_run: bool = False,
         if not todo:
             out("nothing to submit")
             return {"submitted": [], "skipped": skipped, "executor": kind}
+        todo = [first_start_only(run, state) for run in todo]
         for run in todo:
             paths.run(run.name).cancelled.unlink(missing_ok=True)  # resubmitted: no longer cancelled
         failed: list[str] = []
