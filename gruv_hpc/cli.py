@@ -169,10 +169,10 @@ def _tensorboard(a) -> int:
 
 
 def _analyze(a) -> int:
-    from gruv_hpc.analysis.report import analyze
+    from gruv_hpc.analysis.report import analyze_atomic
     t = time.time()
     print(f"analyzing {a.sweep_dir}")
-    analyze(a.sweep_dir, a.out, hidden=a.hidden, n_seeds=a.seeds, seed_seconds=a.seed_seconds, max_clips=a.max_clips)
+    analyze_atomic(a.sweep_dir, a.out, hidden=a.hidden, n_seeds=a.seeds, seed_seconds=a.seed_seconds, max_clips=a.max_clips)
     print(f"report ({time.time() - t:.1f} s): {Path(a.out).resolve() / 'index.html'}")
     return 0
 

@@ -44,3 +44,97 @@ def test_a_copy_within_one_artist_is_excluded_not_put_in_train_and_dev(corpus, t
     for s in m["songs"]:
         by_split.setdefault(s["sha256"], set()).add(s["split"])
     assert all(len(v) == 1 for v in by_split.values())  # no content in both splits
+
+
+# --- N4, N6: the analysis of a sweep: atomic, and one damaged run never fatal ---------------------
+
+@pytest.fixture(scope="module")
+def small_sweep(data, tmp_path_factory):
+    from conftest import write_sweep
+    from gruv_hpc.cluster import sweep
+    root = tmp_path_factory.mktemp("small")
+    f = write_sweep(root / "s.toml", data, {"epochs": 1, "batch_size": 4, "workers": 0, "gen_seconds": 0.0,
+                                             "hidden": 4, "limit_train_batches": 4}, {"cell": ["lstm", "gru", "lstm-fused"]})
+    res = sweep.submit(f, root / "sweep", executor="local", progress=False, out=lambda *a: None, max_parallel=1)
+    assert not res["failed"]
+    return root / "sweep"
+
+
+def copy_sweep(sw, part):
+    shutil.copytree(sw, part)
+    state = json.loads((part / "sweep.json").read_text())
+    for r in state["runs"].values():
+        r["run_dir"] = r["run_dir"].replace(str(sw), str(part))
+    (part / "sweep.json").write_text(json.dumps(state))
+    return part
+
+
+def analyze_args(sw, rep):
+    return ["analyze", str(sw), "--out", str(rep), "--seeds", "1", "--seed-seconds", "0.16", "--max-clips", "4"]
+
+
+def test_a_killed_analyze_leaves_the_previous_report_whole(small_sweep, tmp_path, monkeypatch):
+    from gruv_hpc import cli as gcli
+    from gruv_hpc.analysis import report
+    rep = tmp_path / "rep"
+    assert gcli.main(analyze_args(small_sweep, rep)) == 0
+    before = {p.name: p.stat().st_mtime_ns for p in rep.iterdir()}
+    assert {"index.html", "results.csv", "summary.json", "fig1_loss.png"} <= set(before)
+
+    def killed(*a, **kw):
+        raise KeyboardInterrupt  # the rerun is killed after its figures, before its page
+    monkeypatch.setattr(report, "write_html", killed)
+    assert gcli.main(analyze_args(small_sweep, rep)) == 130
+    assert {p.name: p.stat().st_mtime_ns for p in rep.iterdir()} == before  # not one new file beside the old page
+    monkeypatch.undo()
+    assert gcli.main(analyze_args(small_sweep, rep)) == 0  # the next run replaces it (and its leftover staging)
+    assert (rep / "index.html").stat().st_mtime_ns > before["index.html"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rep"]
+
+
+def test_analyze_never_replaces_a_directory_that_is_not_a_report(small_sweep, tmp_path):
+    (tmp_path / "mine.txt").write_text("precious")
+    r = cli(*analyze_args(small_sweep, tmp_path))
+    one_line_error(r, "not a report")
+    assert (tmp_path / "mine.txt").read_text() == "precious"
+
+
+@pytest.mark.parametrize("damage", ["config", "no-loss", "text-loss"])
+def test_one_damaged_run_is_listed_and_skipped(small_sweep, tmp_path, damage):
+    sw = copy_sweep(small_sweep, tmp_path / "sw")
+    run = sw / "runs" / "gru"
+    if damage == "config":
+        (run / "config.json").write_text("{not json")
+    else:
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        h = json.loads(lines[0])
+        if damage == "no-loss":
+            del h["train_loss"]
+        else:
+            h["train_loss"] = "0.5"
+        (run / "metrics.jsonl").write_text(json.dumps(h) + "\n")
+    rep = tmp_path / "rep"
+    r = cli(*analyze_args(sw, rep))
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    summary = json.loads((rep / "summary.json").read_text())
+    assert {x["name"] for x in summary["runs"]} == {"lstm", "lstm-fused"}
+    assert "gru" in summary["skipped_runs"] and ("config.json" if damage == "config" else "metrics.jsonl") in \
+        summary["skipped_runs"]["gru"]
+    page = (rep / "index.html").read_text()
+    assert "could not be analysed" in page and "gru:" in page
+    # gruv sweep status shows the run, its damaged values as "-", and names the damage
+    if damage != "config":
+        st = cli("sweep", "status", sw)
+        assert st.returncode == 0 and "Traceback" not in st.stderr, st.stderr
+        assert "metrics.jsonl: line 1" in st.stdout
+        js = json.loads(cli("sweep", "status", sw, "--json").stdout)
+        assert {x["name"]: x["train_loss"] for x in js["runs"]}["gru"] is None
+
+
+def test_a_completed_run_without_checkpoints_is_listed(small_sweep, tmp_path):
+    from gruv_hpc.analysis.report import analyze
+    sw = copy_sweep(small_sweep, tmp_path / "sw")
+    shutil.rmtree(sw / "runs" / "gru" / "checkpoints")
+    summary = analyze(sw, tmp_path / "rep", n_seeds=1, seed_seconds=0.16, max_clips=4, log=lambda *a: None)
+    assert "no checkpoint left" in summary["skipped_runs"]["gru"]
+    assert "gru: COMPLETED, but it has no checkpoint" in (tmp_path / "rep" / "index.html").read_text()
