@@ -350,6 +350,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("gruv: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `gruv sweep status | head`: the reader has what it wanted. Point stdout at /dev/null so
+        # that the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except Exception as e:
+        if type(e).__name__ == "FailedJobError":  # submitit: sbatch refused the job (a bad partition, ...)
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            why = next((ln for ln in reversed(lines) if "error" in ln.lower()), lines[-1] if lines else "")
+            print(f"gruv: error: sbatch refused the job: {why}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

@@ -213,6 +213,8 @@ def submit(pipeline_file, out_dir, executor: str = "auto", overrides=(), max_par
            say=print) -> dict:
     """Validate everything, then submit (Slurm) or run (local) what is left to do. Returns the
     submission's record, as pipeline.json keeps it."""
+    if not isinstance(max_parallel, int) or max_parallel < 1:
+        raise ConfigError(f"--max-parallel: must be >= 1, got {max_parallel}")
     paths = PipelinePaths(Path(out_dir).expanduser().resolve())
     pl = load_pipeline(pipeline_file, paths.root, overrides)
     kind = executor_kind(executor)

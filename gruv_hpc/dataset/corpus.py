@@ -19,6 +19,8 @@ from gruv_hpc.dataset.audio import AudioError, probe
 from gruv_hpc.dataset.config import PreprocessConfig
 from gruv_hpc.dataset.manifest import DatasetError, sha256_file
 
+MIN_NATIVE_RATE = 2000  # Hz; below it a file's header is not to be believed (see plan)
+
 
 @dataclass
 class Plan:
@@ -175,6 +177,13 @@ def plan(sources: dict[str, Path], cfg: PreprocessConfig, split_file: str | Path
                 info = probe(path)
             except AudioError as e:
                 excluded.append({**rec, "reason": str(e).removeprefix(f"{path}: ")})
+                continue
+            if 0 < info.samplerate < MIN_NATIVE_RATE:
+                # A header may declare any rate: a 40 KB file at 1 Hz "lasts" hours, and resampled
+                # to the dataset's rate would fill shards with it (and take most of the dev split).
+                excluded.append({**rec, "reason": f"native sample rate {info.samplerate} Hz is below {MIN_NATIVE_RATE} Hz"
+                                                  f" (it would decode to {info.frames / info.samplerate / 3600:.1f} h): "
+                                                  "not a music recording, or a damaged header"})
                 continue
             clips = _expected_clips(info, cfg)
             if clips is not None and clips < 1:

@@ -278,7 +278,12 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, paths: RunPaths, d: Dist, stop: StopFlag, git: dict | None = None):
         self.cfg, self.paths, self.d, self.stop = cfg, paths, d, stop
         self.data = build_data(cfg, d)
-        self.model = GRUVModel(cfg.feature_dim, cfg.hidden, cfg.cell, cfg.layers).to(d.device)
+        try:
+            self.model = GRUVModel(cfg.feature_dim, cfg.hidden, cfg.cell, cfg.layers).to(d.device)
+        except (RuntimeError, MemoryError) as e:  # e.g. hidden=100000000: weights beyond any memory
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"hidden={cfg.hidden}, layers={cfg.layers}: cannot allocate the model on {d.device} "
+                              f"({msg[:200]})") from e
         self.optimizer = make_optimizer(cfg, self.model.parameters())
         self.ddp = DDP(self.model, device_ids=[d.device.index] if d.device.type == "cuda" else None) \
             if d.world > 1 else self.model
@@ -556,6 +561,8 @@ def main(cfg: TrainConfig, run_dir: str | Path, stop: StopFlag | None = None) ->
     """Train (or resume) the run in ``run_dir``. Returns a status dict:
     {"status": "done"|"stopped", "epoch": ..., ...}. Raises on errors (and records them in error.txt)."""
     paths = RunPaths(run_dir)
+    if paths.root.exists() and not paths.root.is_dir():
+        raise ConfigError(f"run directory {paths.root}: exists and is not a directory")
     is_main = int(os.environ.get("RANK", "0")) == 0
     d = lock = None
     try:
@@ -588,8 +595,25 @@ def main(cfg: TrainConfig, run_dir: str | Path, stop: StopFlag | None = None) ->
     return result
 
 
+def _check_orphan_checkpoints(paths: RunPaths, cfg: TrainConfig) -> None:
+    """A run directory with checkpoints but no config.json (deleted): the newest checkpoint's own
+    config must be this one, or resuming would fail on the weights' shapes (and config.json,
+    rewritten first, would then refuse the right command)."""
+    from gruv_hpc.training.checkpoint import load_latest
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an unreadable one is reported by the resume itself
+        sd, path = load_latest(paths)
+    if sd and isinstance(sd.get("config"), dict):
+        d = diff(sd["config"], to_dict(cfg), ignore=RUNTIME_KEYS)
+        if d:
+            raise ConfigError(f"{paths.root} has no config.json, and its checkpoint {path.name} was trained with "
+                              f"another config ({'; '.join(d)}); pass those values, or use a new run directory")
+
+
 def _train(cfg: TrainConfig, dataset: dict, paths: RunPaths, d: Dist, stop: StopFlag) -> dict:
     old = check_run_dir(paths, cfg, dataset)
+    if old is None and cfg.resume != "never" and paths.step_ckpts():
+        _check_orphan_checkpoints(paths, cfg)
     git = git_info() if d.is_main else None  # saved by rank 0 only
     if d.is_main:
         paths.error.unlink(missing_ok=True)

@@ -84,6 +84,8 @@ def submit(sweep_file, sweep_dir, executor: str = "auto", dry_run: bool = False,
            progress: bool = True, out=print, dependency: str | None = None) -> dict:
     """Validate, then submit what needs submitting. Returns {"submitted": [...], "skipped": {...}}.
     ``sweep_file`` may be a loaded Sweep; ``dependency`` (Slurm's --dependency) holds its jobs back."""
+    if not isinstance(max_parallel, int) or max_parallel < 1:
+        raise ConfigError(f"--max-parallel: must be >= 1, got {max_parallel}")
     sweep = sweep_file if isinstance(sweep_file, Sweep) else load_sweep(sweep_file, overrides)
     paths = SweepPaths(Path(sweep_dir).resolve())
     kind = executor_kind(executor)
