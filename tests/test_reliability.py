@@ -266,3 +266,25 @@ def test_tensorboard_is_this_interpreters_and_a_comma_in_the_path_is_safe(tmp_pa
             assert cmd[3:5] == ["--logdir_spec", f"lstm:{tb}"]
         else:
             assert cmd[3:5] == ["--logdir", str(tmp_path / name / "runs")]  # never split at the comma
+
+
+@pytest.mark.slurm
+def test_an_sbatch_refusal_is_one_line_and_not_recorded(data, tmp_path):
+    from conftest import write_sweep
+    f = write_sweep(tmp_path / "s.toml", data, {"epochs": 1}, {"hidden": [4]})
+    r = cli("sweep", "submit", f, "--out", tmp_path / "sw", "--executor", "slurm", "slurm.partition=nosuch")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("gruv: error: sbatch refused the job:") and "partition" in r.stderr
+    assert json.loads((tmp_path / "sw" / "sweep.json").read_text())["submissions"] == []
+
+
+@pytest.mark.slurm
+def test_a_refused_pipeline_submission_is_not_recorded(corpus, tmp_path):
+    from test_pipeline import tiny_tables, write
+    t = tiny_tables(corpus)
+    t["preprocess.slurm"] = {**t["preprocess.slurm"], "partition": "nosuch"}
+    f = write(tmp_path / "p.toml", t)
+    r = cli("pipeline", "submit", f, "--out", tmp_path / "out", "--executor", "slurm")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "sbatch refused" in r.stderr, r.stderr
+    st = tmp_path / "out" / "pipeline.json"
+    assert not st.exists() or json.loads(st.read_text())["submissions"] == []

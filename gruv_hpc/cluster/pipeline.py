@@ -230,9 +230,16 @@ def submit(pipeline_file, out_dir, executor: str = "auto", overrides=(), max_par
                "preprocess": {}, "train": {}, "analysis": {}}
         prev = state["submissions"][-1] if state["submissions"] else None
         state["submissions"].append(sub)
-        if kind == "local":
-            return _run_local(pl, paths, state, sub, max_parallel, progress, say)
-        return _submit_slurm(pl, paths, state, sub, prev, say)
+        try:
+            if kind == "local":
+                return _run_local(pl, paths, state, sub, max_parallel, progress, say)
+            return _submit_slurm(pl, paths, state, sub, prev, say)
+        except BaseException:
+            if not (sub["preprocess"] or sub["train"] or sub["analysis"]):  # refused before anything ran
+                state["submissions"].remove(sub)
+                if paths.state.exists():
+                    _save(paths, state)
+            raise
 
 
 def _preprocess_plan(pl: Pipeline, paths: PipelinePaths, kind: str) -> tuple[dict, dict | None]:

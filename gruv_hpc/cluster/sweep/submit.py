@@ -116,7 +116,12 @@ def submit(sweep_file, sweep_dir, executor: str = "auto", dry_run: bool = False,
             paths.run(run.name).cancelled.unlink(missing_ok=True)  # resubmitted: no longer cancelled
         failed: list[str] = []
         if kind == "slurm":
-            jobs = _submit_slurm(job_arrays(todo), sweep, paths, dependency)
+            try:
+                jobs = _submit_slurm(job_arrays(todo), sweep, paths, dependency)
+            except BaseException:
+                state.submissions.remove(sub)  # refused (sbatch said no): not a submission
+                state.save()
+                raise
             for run, job in zip(todo, jobs):
                 state.runs[run.name].jobs.append(JobRecord(job.job_id, kind, time.time()))
                 sub["job_ids"].append(job.job_id)
