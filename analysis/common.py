@@ -58,12 +58,35 @@ class RunInfo:
         return min(devs) if devs else None
 
 
-def load_runs(sweep_dir) -> list[RunInfo]:
+def load_runs(sweep_dir, skipped: dict[str, str] | None = None) -> list[RunInfo]:
+    """The sweep's runs. A run whose config.json is not valid JSON, or whose metrics.jsonl holds a
+    line that is not an epoch line (no loss, a text loss), is left out, its reason put in
+    ``skipped`` ({name: why}) and warned about: one damaged run never stops the analysis of the
+    others."""
+    import json
+    import warnings
+
+    from gruv_hpc.paths import metrics_problem
     state = load_state(sweep_dir)
     runs = []
     for row in status(sweep_dir):
         r, paths = state.runs[row["name"]], state.run_paths(row["name"])
-        runs.append(RunInfo(row["name"], row["state"], r.config, r.grid, paths, read_jsonl(paths.metrics), row.get("error")))
+        history = read_jsonl(paths.metrics)
+        why = metrics_problem(history)
+        why = f"{paths.metrics}: {why}" if why else None
+        if why is None and paths.config.exists():
+            try:
+                meta = json.loads(paths.config.read_text())
+                if not isinstance(meta, dict):
+                    why = f"{paths.config}: not a JSON object"
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                why = f"{paths.config}: not valid JSON ({e})"
+        if why:
+            warnings.warn(f"run {row['name']} left out of the analysis: {why}", stacklevel=2)
+            if skipped is not None:
+                skipped[row["name"]] = why
+            continue
+        runs.append(RunInfo(row["name"], row["state"], r.config, r.grid, paths, history, row.get("error")))
     return runs
 
 

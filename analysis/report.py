@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import html
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -11,7 +13,7 @@ from gruv_hpc.analysis.baseline import baselines
 from gruv_hpc.analysis.claims import claims
 from gruv_hpc.analysis.collect import collect, group_rows
 from gruv_hpc.analysis.common import cli, load_runs
-from gruv_hpc.errors import ConfigError
+from gruv_hpc.errors import ConfigError, GruvError
 from gruv_hpc.fsio import dumps
 from gruv_hpc.analysis.fig1_loss import fig1
 from gruv_hpc.analysis.fig2_hidden import fig2
@@ -31,7 +33,8 @@ def analyze(sweep_dir, out_dir, hidden: int | None = None, n_seeds: int = 2, see
         log(f"  {name}: {timings[name]:.2f} s")
         return res
 
-    runs = stage("load", load_runs, sweep_dir)
+    skipped: dict[str, str] = {}  # runs too damaged to read, and why: listed in the report
+    runs = stage("load", load_runs, sweep_dir, skipped)
     sizes = sorted({r.hidden for r in runs})
     if hidden is not None and hidden not in sizes:
         raise ConfigError(f"--hidden {hidden}: no run of {sweep_dir} has that hidden size (it has: "
@@ -44,10 +47,45 @@ def analyze(sweep_dir, out_dir, hidden: int | None = None, n_seeds: int = 2, see
     rows = stage("collect", collect, sweep_dir, out, audio, runs, f3.get("band_runs"), floor)
     groups = group_rows(rows)
     table = stage("claims", claims, rows)
+    # A completed run without a checkpoint (deleted since) has no audio and no Figure 3 line: say so.
+    skipped.update({r.name: f"{r.state}, but it has no checkpoint left in {r.paths.ckpt_dir}" for r in runs
+                    if r.state == "COMPLETED" and not r.has_checkpoint and r.name not in skipped})
     summary = {"runs": rows, "groups": groups, "claims": table, "baseline": floor, "fig1": f1, "fig2": f2, "fig3": {k: v for k, v in f3.items()},
-               "audio": audio, "timings_s": timings}
+               "audio": audio, "skipped_runs": skipped, "timings_s": timings}
     (out / "summary.json").write_text(dumps(json.loads(json.dumps(summary, default=str)), indent=1))  # strict JSON
-    stage("html", write_html, out, runs, rows, table, f1, f2, f3, audio, groups, floor)
+    stage("html", write_html, out, runs, rows, table, f1, f2, f3, audio, groups, floor, skipped)
+    return summary
+
+
+def analyze_atomic(sweep_dir, out_dir, log=print, **kw) -> dict:
+    """``analyze`` into ``.<name>.staging`` beside ``out_dir``, then swapped into place by two
+    renames (the old report to ``.<name>.old`` and away): a killed analysis leaves the previous
+    report whole, never new figures beside an old index.html. A directory that is not a report is
+    never replaced."""
+    out = Path(out_dir).expanduser().resolve()
+    staging, aside = out.with_name(f".{out.name}.staging"), out.with_name(f".{out.name}.old")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: not a directory")
+    if out.is_dir() and any(out.iterdir()) and not ((out / "index.html").exists() or (out / "summary.json").exists()):
+        raise ConfigError(f"--out {out}: a directory with other files in it, not a report; give a new or a report "
+                          "directory (it is replaced whole)")
+    if aside.is_dir():  # a crash between the two renames below
+        if out.exists():
+            shutil.rmtree(aside)
+        else:
+            os.rename(aside, out)
+    try:
+        shutil.rmtree(staging, ignore_errors=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise GruvError(f"--out {out}: cannot write beside it ({e.strerror})") from e
+    summary = analyze(sweep_dir, staging, log=log, **kw)
+    from gruv_hpc.fsio import fsync_dir
+    if out.exists():
+        os.rename(out, aside)
+    os.rename(staging, out)
+    fsync_dir(out.parent)
+    shutil.rmtree(aside, ignore_errors=True)
     return summary
 
 
@@ -90,7 +128,7 @@ def baseline_html(groups: list[dict], floor: dict) -> str:
 
 
 def write_html(out: Path, runs, rows, table, f1, f2, f3, audio, groups: list[dict] | None = None,
-               floor: dict | None = None) -> Path:
+               floor: dict | None = None, skipped: dict | None = None) -> Path:
     e = html.escape
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>GRUV sweep report</title>",
              "<style>body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}table{border-collapse:collapse;font-size:13px}"
@@ -106,7 +144,8 @@ def write_html(out: Path, runs, rows, table, f1, f2, f3, audio, groups: list[dic
             parts.append(f"<li class='bad'>{e(r['name'])}: {e(r['state'])} (epoch {r['epochs_done']}/{r['epochs']})"
                          f"{' – ' + e(r['error']) if r['error'] else ''}</li>")
         parts.append("</ul>")
-    unreadable = {**(f3.get("errors") or {}), **{n: a["error"] for n, a in audio.items() if a.get("error")}}
+    unreadable = {**(f3.get("errors") or {}), **{n: a["error"] for n, a in audio.items() if a.get("error")},
+                  **(skipped or {})}
     if unreadable:
         parts.append("<h2>Runs that could not be analysed</h2><ul>")
         parts.extend(f"<li class='bad'>{e(n)}: {e(msg)}</li>" for n, msg in sorted(unreadable.items()))
@@ -164,5 +203,5 @@ if __name__ == "__main__":
     p.add_argument("--hidden", type=int, default=None)
     p.add_argument("--seeds", type=int, default=2)
     a = p.parse_args()
-    analyze(a.sweep_dir, a.out, a.hidden, a.seeds)
+    analyze_atomic(a.sweep_dir, a.out, hidden=a.hidden, n_seeds=a.seeds)
     print(f"report: {Path(a.out) / 'index.html'}")

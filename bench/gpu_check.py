@@ -46,6 +46,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
+TAIL_LINES = 15  # lines of a failed step's log printed again after the summary
+
 # Per mode: the corpus, the dataset parameters, the run's shapes, the benchmarks' arguments.
 MODES = {
     "cuda": dict(
@@ -450,6 +452,10 @@ def orchestrate(a) -> int:
         if not rec["ok"]:
             rec.setdefault("error", f"exit code {rc}")
             rec["tail"] = tail[-600:]
+            rec["log"] = str(logs / f"{name}.log")
+            # its last line in the compact JSON, the tail at the end of the output: a device run
+            # whose output is cut to its last lines still says why the step failed
+            rec["last_line"] = next((ln for ln in reversed(tail.splitlines()) if ln.strip()), "")[-300:]
         print(f"== {name}: {'PASS' if rec['ok'] else 'FAIL'} in {rec['s']:.1f} s"
               + ("" if rec["ok"] else f" ({rec['error']})"), flush=True)
         write()
@@ -468,6 +474,10 @@ def orchestrate(a) -> int:
     print("\nstep                 result   seconds")
     for name, r in report["steps"].items():
         print(f"{name:20s} {'PASS' if r['ok'] else 'FAIL':8s} {r['s']:7.1f}" + ("" if r["ok"] else f"  {r.get('error', '')}"))
+    for name, r in report["steps"].items():
+        if not r["ok"] and r.get("tail"):
+            print(f"\n-- {name} failed ({r.get('error', '')}); the end of {r.get('log', 'its log')}:")
+            print("\n".join("   " + ln for ln in r["tail"].splitlines()[-TAIL_LINES:]))
     print(f"gpu_check: {'ALL PASSED' if report['ok'] else 'FAILED'} in {time.time() - t_start:.0f} s ({mode_name})")
     compact = dict(report)
     compact["steps"] = {k: {kk: vv for kk, vv in v.items() if kk != "tail"} for k, v in report["steps"].items()}

@@ -54,6 +54,17 @@ def _preprocess(a) -> int:
     return 0
 
 
+def _dataset_verify(a) -> int:
+    from gruv_hpc.dataset.manifest import dataset_id, load_manifest, verify
+    t0 = time.time()
+    res = verify(a.data_dir, deep=not a.quick)
+    wall = time.time() - t0
+    songs = f", {res['songs']} songs' content hashes" if not a.quick else ""
+    print(f"{a.data_dir}: OK, dataset {dataset_id(load_manifest(a.data_dir))}: {res['files']} files "
+          f"({res['bytes'] / 2**20:.1f} MiB) match the manifest's sha256{songs} ({wall:.2f} s)")
+    return 0
+
+
 def _corpus_synth(a) -> int:
     from gruv_hpc.dataset.synth import make_corpus
     made = make_corpus(a.out, songs_per_artist=a.songs, min_s=a.min_seconds, max_s=a.max_seconds, seed=a.seed)
@@ -161,10 +172,10 @@ def _tensorboard(a) -> int:
 
 
 def _analyze(a) -> int:
-    from gruv_hpc.analysis.report import analyze
+    from gruv_hpc.analysis.report import analyze_atomic
     t = time.time()
     print(f"analyzing {a.sweep_dir}")
-    analyze(a.sweep_dir, a.out, hidden=a.hidden, n_seeds=a.seeds, seed_seconds=a.seed_seconds, max_clips=a.max_clips)
+    analyze_atomic(a.sweep_dir, a.out, hidden=a.hidden, n_seeds=a.seeds, seed_seconds=a.seed_seconds, max_clips=a.max_clips)
     print(f"report ({time.time() - t:.1f} s): {Path(a.out).resolve() / 'index.html'}")
     return 0
 
@@ -211,6 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "(or the whole file), keys as in a sweep's [slurm]; slurm.KEY=value overrides")
     pp.add_argument("--wait", action="store_true", help="slurm: wait until the dataset is built")
     pp.set_defaults(fn=_preprocess)
+
+    dp = sub.add_parser("dataset", help="dataset utilities")
+    dsub = dp.add_subparsers(dest="dataset_cmd", required=True)
+    dv = dsub.add_parser("verify", help="check every shard and stats.npz against the manifest's sha256, and every "
+                         "song's rows against its content hash (what the dataset id is made of)")
+    dv.add_argument("data_dir")
+    dv.add_argument("--quick", action="store_true", help="the files' sha256 only (what training checks)")
+    dv.set_defaults(fn=_dataset_verify)
 
     cp = sub.add_parser("corpus", help="corpus utilities")
     csub = cp.add_subparsers(dest="corpus_cmd", required=True)
@@ -335,6 +354,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("gruv: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `gruv sweep status | head`: the reader has what it wanted. Point stdout at /dev/null so
+        # that the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except Exception as e:
+        if type(e).__name__ == "FailedJobError":  # submitit: sbatch refused the job (a bad partition, ...)
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            why = next((ln for ln in reversed(lines) if "error" in ln.lower()), lines[-1] if lines else "")
+            print(f"gruv: error: sbatch refused the job: {why}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

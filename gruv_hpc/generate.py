@@ -288,10 +288,14 @@ def generate(run_dir, out_wav, seed_seconds: float = 10.0, length_ratio: float =
     sr = run.cfg.sample_rate
     seed_audio, gen_audio = seed_and_continuation_audio(run, seed, gen)
     audio = np.concatenate([seed_audio, gen_audio]) if with_seed else gen_audio
-    out_wav.parent.mkdir(parents=True, exist_ok=True)
-    clipped = write_wav(out_wav, audio, sr, float32=float32, peak=0.99 if normalize else 0.0)
-    if seed_out is not None:
-        write_wav(seed_out, seed_audio, sr, float32=float32)
+    try:
+        out_wav.parent.mkdir(parents=True, exist_ok=True)
+        clipped = write_wav(out_wav, audio, sr, float32=float32, peak=0.99 if normalize else 0.0)
+        if seed_out is not None:
+            write_wav(seed_out, seed_audio, sr, float32=float32)
+    except (OSError, RuntimeError) as e:  # soundfile's errors are RuntimeErrors
+        msg = getattr(e, "strerror", None) or str(e).strip().splitlines()[-1]
+        raise GenerationError(f"--out {out_wav}: cannot write it ({msg})") from e
     loops = loop_stats(gen)
     tf = run.transform
     diag = {**loops, "loop_onset_s": None if loops["loop_onset_step"] is None else tf.seconds(loops["loop_onset_step"], sr),

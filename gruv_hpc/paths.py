@@ -95,6 +95,29 @@ def read_jsonl(path: Path) -> list[dict]:
     return out
 
 
+def metrics_problem(records: list) -> str | None:
+    """The first line of a run's metrics.jsonl records that is not an epoch line as training
+    writes it (an int ``epoch``, numbers ``train_loss`` and ``dev_loss``), or None. A reader lists
+    and skips a damaged run instead of failing on it."""
+    for i, h in enumerate(records, 1):
+        if not isinstance(h, dict):
+            return f"line {i} is {type(h).__name__}, not an object"
+        if not isinstance(h.get("epoch"), int) or isinstance(h.get("epoch"), bool):
+            return f"line {i}: epoch is {h.get('epoch')!r}, not an integer"
+        for k in ("train_loss", "dev_loss"):
+            v = h.get(k)
+            if k not in h:
+                return f"line {i} has no {k}"
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                return f"line {i}: {k} is {v!r}, not a number"
+    return None
+
+
+def number(v) -> float | None:
+    """v if it is a number (not a bool), else None: what a status table shows of a damaged value."""
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
 @dataclass(frozen=True)
 class BuildPaths:
     """What a dataset build keeps beside its ``out`` directory (the same filesystem, so that the

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import getpass
 import os
-import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 from gruv_hpc import jobenv
@@ -22,9 +22,15 @@ def command(sweep_dir, host: str, port: int) -> list[str]:
     runs = SweepPaths(sweep_dir).runs
     if not runs.is_dir():
         raise ConfigError(f"{sweep_dir}: no {runs.name}/ directory; is it a sweep directory?")
-    spec = ",".join(f"{d.name}:{RunPaths(d).tb}" for d in sorted(runs.iterdir()) if RunPaths(d).tb.is_dir())
-    exe = shutil.which("tensorboard") or "tensorboard"
-    return [exe, "--logdir_spec", spec, "--host", host, "--port", str(port)]
+    tbs = [(d.name, RunPaths(d).tb) for d in sorted(runs.iterdir()) if RunPaths(d).tb.is_dir()]
+    if any("," in str(tb) or ":" in name for name, tb in tbs):
+        # --logdir_spec is NAME:PATH,NAME:PATH: a comma in a path would split it. One --logdir
+        # over runs/ is never split (each run then shows as NAME/tb).
+        logdir = ["--logdir", str(runs)]
+    else:
+        logdir = ["--logdir_spec", ",".join(f"{name}:{tb}" for name, tb in tbs)]
+    # This interpreter's TensorBoard (the one installed with gruv-hpc), not whichever is first on PATH.
+    return [sys.executable, "-m", "tensorboard.main", *logdir, "--host", host, "--port", str(port)]
 
 
 def how_to_reach(host: str, port: int) -> list[str]:

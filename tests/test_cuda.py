@@ -7,6 +7,7 @@ Marked ``cuda``; skipped without a GPU (CI has none). ``GRUV_REQUIRE_CUDA=1`` (b
 turns the skip into a failure; ``GRUV_CUDA_TESTS_ON_CPU=1`` (``gpu_check.sh --cpu``) runs the same
 tests on the CPU instead, so that they cannot rot where no GPU is. Tolerances are stated per test.
 """
+import contextlib
 import os
 
 import pytest
@@ -23,6 +24,20 @@ pytestmark = pytest.mark.cuda
 BF16_REL_TOL = 0.02  # |loss_bf16 - loss_fp32| / loss_fp32 under bf16 autocast (bf16 keeps 8 significant bits)
 
 
+@contextlib.contextmanager
+def fp32_reference():
+    """Plain fp32 matmuls (no TF32) inside, the previous flags back after. Saved and restored by
+    assignment: these flags are properties of torch's backend modules, not attributes in their
+    __dict__, and monkeypatch.setattr's undo deletes such an attribute (pytest >= 9.2), which fails."""
+    mm, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = mm.allow_tf32, cudnn.allow_tf32
+    mm.allow_tf32 = cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        mm.allow_tf32, cudnn.allow_tf32 = saved
+
+
 @pytest.fixture
 def dev(monkeypatch):
     if torch.cuda.is_available():
@@ -33,12 +48,25 @@ def dev(monkeypatch):
         pytest.fail("GRUV_REQUIRE_CUDA=1 but torch sees no GPU")
     else:
         pytest.skip("no GPU")
-    # Reference precision: plain fp32 matmuls (no TF32) on the GPU while comparing with float64.
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(M, "_graphs_failed", False)
     monkeypatch.delenv(M.RECURRENCE_ENV, raising=False)
-    return d
+    # Reference precision: plain fp32 matmuls (no TF32) on the GPU while comparing with float64.
+    with fp32_reference():
+        yield d
+
+
+def test_reference_precision_flags_are_restored_by_assignment():
+    """What monkeypatch cannot undo with pytest 9.2: the TF32 flags come back as they were."""
+    mm = torch.backends.cuda.matmul
+    assert "allow_tf32" not in vars(mm)  # a property: a setattr's undo by delattr would fail
+    before = mm.allow_tf32
+    try:
+        mm.allow_tf32 = True
+        with fp32_reference():
+            assert mm.allow_tf32 is False and torch.backends.cudnn.allow_tf32 is False
+        assert mm.allow_tf32 is True
+    finally:
+        mm.allow_tf32 = before
 
 
 def _grads(m):

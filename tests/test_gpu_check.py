@@ -56,3 +56,7 @@ def test_a_failing_step_is_recorded_and_the_rest_run(tmp_path):
     assert r["steps"]["bench_data"]["error"] == "exit code 1"
     saved = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     assert "DatasetError" in saved["steps"]["bench_data"]["tail"]
+    # after the summary table, not only "exit code 1": the end of the step's log, and its last line in the JSON
+    end = p.stdout[p.stdout.index("\nstep                 result"):]
+    assert "-- bench_data failed (exit code 1); the end of" in end and "DatasetError" in end.split("GPU_CHECK_JSON")[0]
+    assert "DatasetError" in r["steps"]["bench_data"]["last_line"]

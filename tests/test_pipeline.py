@@ -258,8 +258,8 @@ def test_slurm_pipeline_queues_three_stages_and_ends_with_a_report(corpus, data,
 @pytest.mark.slurm
 def test_slurm_pipeline_resumes_after_its_preprocessing_was_cancelled(corpus, tmp_path):
     """The preprocess tasks are cancelled before they start: the merge, the training array and the
-    analysis wait forever. Resubmitting cancels them, runs the preprocessing again, and ends with
-    a report."""
+    analysis can never run, so Slurm cancels them (--kill-on-invalid-dep) and status and wait say
+    why. Resubmitting runs the preprocessing again, and ends with a report."""
     out = tmp_path / "out"
     paths = PipelinePaths(out)
     held = tiny_tables(corpus, **{"preprocess.slurm.additional": {"begin": "now+600"}})  # (sbatch --begin)
@@ -271,12 +271,20 @@ def test_slurm_pipeline_resumes_after_its_preprocessing_was_cancelled(corpus, tm
         if st["preprocess"]["state"] == "FAILED":
             break
         time.sleep(0.3)
-    assert st["preprocess"]["state"] == "FAILED" and st["train"]["by_state"] == {"PENDING": 2}
-    assert pipeline.wait(out, poll_s=1)["preprocess"]["state"] == "FAILED"  # wait does not hang on it
+    assert st["preprocess"]["state"] == "FAILED"
+    for _ in range(100):  # its dependants are cancelled, not left PENDING forever
+        st = pipeline.status(out)
+        if st["train"]["by_state"] == {"CANCELLED": 2}:
+            break
+        time.sleep(0.3)
+    assert st["train"]["by_state"] == {"CANCELLED": 2}, st
+    assert "the preprocessing failed" in st["train"]["note"] and "the preprocessing failed" in st["analysis"]["note"]
+    assert "(not yet)" not in pipeline.format_status(st) or "preprocessing failed" in pipeline.format_status(st)
     said = []
+    assert pipeline.wait(out, poll_s=1, say=said.append)["preprocess"]["state"] == "FAILED"  # wait does not hang on it
+    assert any("train and analysis: cancelled" in s and "preprocessing failed" in s for s in said), said
     f = write(tmp_path / "p.toml", tiny_tables(corpus))
-    again = pipeline.submit(f, out, executor="slurm", say=said.append)
-    assert any("cancelled 3 job(s) left waiting on merge job" in s for s in said), said
+    again = pipeline.submit(f, out, executor="slurm", say=lambda *a: None)
     assert again["preprocess"]["state"] == "submitted" and sorted(again["train"]["submitted"]) == ["gru", "lstm"]
     from gruv_hpc.cluster.slurm import job_states
     old = [first["preprocess"]["merge"], *first["train"]["job_ids"], first["analysis"]["job"]]

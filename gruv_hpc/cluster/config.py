@@ -35,6 +35,9 @@ class SlurmConfig:
         if self.gpus_per_node and self.tasks_per_node != self.gpus_per_node:
             raise ConfigError(f"slurm.tasks_per_node ({self.tasks_per_node}) must equal slurm.gpus_per_node "
                               f"({self.gpus_per_node}): one training process per GPU")
+        for k in ("signal_delay_s", "max_num_timeout"):
+            if getattr(self, k) < 0:
+                raise ConfigError(f"slurm.{k}: must be >= 0, got {getattr(self, k)}")
         if self.signal_delay_s >= self.time_min * 60:
             raise ConfigError(f"slurm.signal_delay_s ({self.signal_delay_s}) must be shorter than the time limit")
 

@@ -190,10 +190,17 @@ def _load_sweep(raw: dict, path: Path, text: str, paths: PipelinePaths, ov: dict
 # ---------------------------------------------------------------------------------------------
 # Submit
 
+def _nothing_ran(sub: Submission) -> bool:
+    """No stage of ``sub`` has recorded anything yet."""
+    return all(stage.to_json() == type(stage)().to_json() for stage in (sub.preprocess, sub.train, sub.analysis))
+
+
 def submit(pipeline_file, out_dir, executor: str = "auto", overrides=(), max_parallel: int = 2, progress: bool = True,
            say=print) -> dict:
     """Validate everything, then submit (Slurm) or run (local) what is left to do. Returns the
     submission's record, as pipeline.json keeps it (``Submission.to_json``)."""
+    if not isinstance(max_parallel, int) or max_parallel < 1:
+        raise ConfigError(f"--max-parallel: must be >= 1, got {max_parallel}")
     paths = PipelinePaths(Path(out_dir).expanduser().resolve())
     pl = load_pipeline(pipeline_file, paths.root, overrides)
     sched = scheduler(executor)
@@ -208,9 +215,16 @@ def submit(pipeline_file, out_dir, executor: str = "auto", overrides=(), max_par
         sub = Submission(time.time(), kind, socket.gethostname(), os.getpid(), str(pl.path.resolve()), list(overrides))
         prev = state.last
         state.submissions.append(sub)
-        if sched.foreground:
-            return _run_local(pl, paths, state, sub, max_parallel, progress, say).to_json()
-        return _submit_slurm(pl, paths, state, sub, prev, say).to_json()
+        try:
+            if sched.foreground:
+                return _run_local(pl, paths, state, sub, max_parallel, progress, say).to_json()
+            return _submit_slurm(pl, paths, state, sub, prev, say).to_json()
+        except BaseException:
+            if _nothing_ran(sub):  # refused before anything ran (sbatch said no): not a submission
+                state.submissions.remove(sub)
+                if paths.state.exists():
+                    state.save()
+            raise
 
 
 def _preprocess_plan(pl: Pipeline, paths: PipelinePaths, kind: str) -> tuple[dict, dict | None]:
@@ -465,6 +479,14 @@ def status(out_dir) -> dict:
         an["state"] = an["job_state"] if an["job_state"] != "COMPLETED" else "STALE"
     else:
         an["state"] = "STALE" if an["report_exists"] else "NOT_SUBMITTED"
+    if pre["state"] == "FAILED" and sub.executor == "slurm":
+        # What waits on the dataset never runs: Slurm cancels it (--kill-on-invalid-dep), and so
+        # does wait() where it has not yet. Say so rather than PENDING / "not yet".
+        why = "the preprocessing failed" + (f" (merge job {pre['merge_job']} {pre['merge_state'] or 'never ran'})"
+                                            if pre.get("merge_job") else "")
+        for stage in (train, an):
+            if stage["state"] != "COMPLETED":
+                stage["note"] = f"cancelled, or being cancelled: {why}; resubmit the pipeline to build it again"
     return {"dir": str(paths.root), "executor": sub.executor, "submitted": sub.time,
             "submissions": len(state.submissions), "preprocess": pre, "train": train, "analysis": an}
 
@@ -491,11 +513,12 @@ def format_status(st: dict) -> str:
     runs = ", ".join(f"{n} {s}" for s, n in sorted(train["by_state"].items())) or "-"
     job = f"job {an['job']} {an['job_state'] or '-'}; " if an["job"] else ""
     report = an["report"] + ("" if an["report_exists"] else " (not yet)") + (f" ({an['stale']})" if an["report_exists"] and an["stale"] else "")
+    note = lambda x: f" ({x['note']})" if x.get("note") else ""  # noqa: E731
     return "\n".join([
         f"pipeline {st['dir']} (submission {st['submissions']}, {when}, {st['executor']})",
         f"{'preprocess':<11} {pre['state']:<13} tasks {pre['tasks_done']}/{pre['tasks_total']} done{merge}; {pre['dataset']}",
-        f"{'train':<11} {train['state']:<13} {train['runs']} run(s): {runs}",
-        f"{'analysis':<11} {an['state']:<13} {job}report {report}",
+        f"{'train':<11} {train['state']:<13} {train['runs']} run(s): {runs}{note(train)}",
+        f"{'analysis':<11} {an['state']:<13} {job}report {report}{note(an)}",
     ])
 
 
@@ -509,7 +532,13 @@ def wait(out_dir, poll_s: float = 5.0, timeout_s: float | None = None, say=None)
         if say and line != last:
             say(f"preprocess {line[0]}, train {line[1]} {st['train']['by_state']}, analysis {line[2]}")
             last = line
-        if st["analysis"]["state"] not in ACTIVE or st["preprocess"]["state"] == "FAILED":
+        if st["preprocess"]["state"] == "FAILED":
+            state = load_state(PipelinePaths(Path(out_dir).expanduser().resolve()))
+            _cancel_dead_dependents(state.last, say or (lambda *a: None))  # where Slurm has not yet
+            if say:
+                say(f"train and analysis: {st['train'].get('note') or 'cancelled: the preprocessing failed'}")
+            return st
+        if st["analysis"]["state"] not in ACTIVE:
             return st
         if timeout_s and time.time() - t0 > timeout_s:
             return st

@@ -134,7 +134,10 @@ def sbatch_parameters(cfg: SlurmConfig, job_name: str) -> dict:
     params = dict(job_name=job_name, time=cfg.time_min, nodes=cfg.nodes, ntasks_per_node=cfg.tasks_per_node,
                   cpus_per_task=cfg.cpus_per_task, mem=f"{int(cfg.mem_gb * 1024)}MB",
                   array_parallelism=cfg.array_parallelism, signal_delay_s=cfg.signal_delay_s, setup=list(cfg.setup),
-                  additional_parameters={**({"requeue": True} if cfg.requeue else {}), **cfg.additional})
+                  # A job whose dependency can never be met (the stage before it failed) is cancelled
+                  # by Slurm, not left PENDING (DependencyNeverSatisfied) forever.
+                  additional_parameters={"kill-on-invalid-dep": "yes", **({"requeue": True} if cfg.requeue else {}),
+                                         **cfg.additional})
     if cfg.gpus_per_node:
         params["gpus_per_node"] = cfg.gpus_per_node
     for k in ("partition", "account", "qos", "constraint"):

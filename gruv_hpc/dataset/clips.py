@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from gruv_hpc.dataset.manifest import (DatasetError, check_params, clip_index, ensure_verified, load_manifest, load_stats,
+                                       select_artists)
 from gruv_hpc.dataset.transforms import from_params
-from gruv_hpc.dataset.manifest import (DatasetError, check_params, clip_index, load_manifest, load_stats, select_artists)
 
 
 def expansion_runs(index: np.ndarray, sign: np.ndarray) -> list[tuple[int, int, int, int, int]]:
@@ -126,8 +127,9 @@ class ClipDataset(Dataset):
 
     Normalized with the train statistics of the artists it is built for (all when ``artists`` is
     empty), whichever split it serves. HDF5 handles are opened lazily, per process (keyed by pid),
-    so a DataLoader that forks its workers never shares a handle across fork. Only the manifest and
-    stats are read up front.
+    so a DataLoader that forks its workers never shares a handle across fork. Up front, the
+    manifest and stats are read and the shards it serves are checked against the manifest's
+    sha256 (once per process: ``manifest.ensure_verified``), so damaged data is never trained on.
     """
 
     def __init__(self, data: str | Path | DatasetHandle, split: str, artists: list[str] | None = None,
@@ -140,6 +142,7 @@ class ClipDataset(Dataset):
         self.clip_blocks = self.params["clip_blocks"]
         self.artists = handle.artists
         self.index = clip_index(self.data_dir, self.manifest, split, self.artists)
+        ensure_verified(self.data_dir, self.manifest, [str(f.relative_to(self.data_dir)) for f in self.index.shard_files])
         self.split = split
         self.mean, self.std = handle.mean, handle.std
         self.transform = handle.transform
@@ -222,6 +225,28 @@ class ClipDataset(Dataset):
         else:
             t = torch.from_numpy(self.features(i))
         return t[:-1], t[1:]
+
+    EXTREME = 1e4  # a normalized value this far out (in standard deviations) is damage, not music
+
+    def scan_bad_values(self) -> list[str]:
+        """Each shard this dataset serves that holds a non-finite stored value, or one more than
+        EXTREME standard deviations out once normalized: "<file>: row r, value v", one per shard.
+        Called when a loss turns non-finite, to tell damaged data from a diverging model."""
+        norm = self.normalizer("cpu")
+        scale, shift = norm.scale.numpy().astype(np.float64), norm.shift.numpy().astype(np.float64)
+        found = []
+        for k, path in enumerate(self.index.shard_files):
+            ds = self._shard(k)
+            for r0 in range(0, ds.shape[0], 4096):
+                rows = ds[r0: r0 + 4096].astype(np.float64)
+                with np.errstate(all="ignore"):
+                    z = np.abs(rows * scale + shift)
+                bad = ~np.isfinite(rows) | ~(z <= self.EXTREME)
+                if bad.any():
+                    r, c = np.argwhere(bad)[0]
+                    found.append(f"{path}: row {r0 + r}, value {rows[r, c]:g}")
+                    break
+        return found
 
     def normalizer(self, device) -> Normalizer:
         """Normalizes and expands batches of stored rows (as_blocks items) on ``device``."""

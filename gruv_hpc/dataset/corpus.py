@@ -19,6 +19,8 @@ from gruv_hpc.dataset.audio import AudioError, probe
 from gruv_hpc.dataset.config import PreprocessConfig
 from gruv_hpc.dataset.manifest import DatasetError, sha256_file
 
+MIN_NATIVE_RATE = 2000  # Hz; below it a file's header is not to be believed (see plan)
+
 
 @dataclass
 class Plan:
@@ -176,6 +178,13 @@ def plan(sources: dict[str, Path], cfg: PreprocessConfig, split_file: str | Path
             except AudioError as e:
                 excluded.append({**rec, "reason": str(e).removeprefix(f"{path}: ")})
                 continue
+            if 0 < info.samplerate < MIN_NATIVE_RATE:
+                # A header may declare any rate: a 40 KB file at 1 Hz "lasts" hours, and resampled
+                # to the dataset's rate would fill shards with it (and take most of the dev split).
+                excluded.append({**rec, "reason": f"native sample rate {info.samplerate} Hz is below {MIN_NATIVE_RATE} Hz"
+                                                  f" (it would decode to {info.frames / info.samplerate / 3600:.1f} h): "
+                                                  "not a music recording, or a damaged header"})
+                continue
             clips = _expected_clips(info, cfg)
             if clips is not None and clips < 1:
                 excluded.append({**rec, "reason": f"shorter than one clip: {info.frames / info.samplerate:.2f} s, "
@@ -196,7 +205,7 @@ def plan(sources: dict[str, Path], cfg: PreprocessConfig, split_file: str | Path
         if not recs:
             raise DatasetError(f"artist {artist}: no usable audio under {sources[artist]}" +
                                "".join(f"\n  {r['path']}: {r['reason']}" for r in excluded if r["artist"] == artist))
-    _refuse_copies_across_artists(per_artist)
+    _refuse_copies_across_artists(per_artist, excluded)
 
     if pinned is not None:
         planned = {(r["artist"], r["relpath"]) for recs in per_artist.values() for r in recs}
@@ -232,11 +241,14 @@ def plan(sources: dict[str, Path], cfg: PreprocessConfig, split_file: str | Path
                 str(Path(split_file).resolve()) if split_file else "seed", started)
 
 
-def _refuse_copies_across_artists(per_artist: dict[str, list[dict]]) -> None:
-    """The same content under two artists would put one song in both artists' data. Only files
-    whose size matches a file of another artist are read, and only those whose first 64 KiB
-    match too are hashed whole, so this costs (almost) nothing, even for a corpus of clips of one
-    length (planning is the part of a parallel build that does not split)."""
+def _refuse_copies_across_artists(per_artist: dict[str, list[dict]], excluded: list[dict]) -> None:
+    """The same content under two artists would put one song in both artists' data: refused.
+    Within one artist, a copy (under another name) would land in train and dev alike, so dev
+    would score the train song: the copy is excluded (merged into the first, by path), with its
+    reason, as the same file reached twice through a link is. Only files whose size matches
+    another file's are read, and only those whose first 64 KiB match too are hashed whole, so
+    this costs (almost) nothing, even for a corpus of clips of one length (planning is the part
+    of a parallel build that does not split)."""
     def head(r):
         with open(r["path"], "rb") as f:
             return f.read(1 << 16)
@@ -245,17 +257,26 @@ def _refuse_copies_across_artists(per_artist: dict[str, list[dict]]) -> None:
         out: dict = {}
         for r in recs:
             out.setdefault(key(r), []).append(r)
-        return [g for g in out.values() if len({r["artist"] for r in g}) > 1]
+        return [g for g in out.values() if len(g) > 1]
 
+    copies = []
     for same_size in groups([r for recs in per_artist.values() for r in recs], lambda r: r["bytes"]):
         for group in groups(same_size, head):
             seen: dict[str, dict] = {}
-            for r in group:
+            for r in sorted(group, key=lambda r: (r["artist"], r["relpath"])):
                 h = sha256_file(r["path"])
                 o = seen.setdefault(h, r)
                 if o["artist"] != r["artist"]:
                     raise DatasetError(f"{r['path']} (artist {r['artist']}) and {o['path']} (artist {o['artist']}) "
                                        "have the same content; a song may belong to one artist only")
+                if o is not r:
+                    copies.append((r, o))
+    for r, o in copies:
+        per_artist[r["artist"]].remove(r)
+        rec = {k: r[k] for k in ("artist", "relpath", "path")}
+        excluded.append({**rec, "reason": f"the same content as {o['relpath']} (a copy)"})
+        warnings.warn(f"skipping {r['path']}: the same content as {o['path']} (a copy would put one song in both "
+                      "train and dev)", stacklevel=3)
 
 
 def format_split(p: Plan) -> str:

@@ -141,11 +141,12 @@ def check_params(manifest: dict, wanted: dict, source: str = "config") -> None:
 def artist_moments(data_dir: str | Path, manifest: dict) -> dict[str, RunningStats]:
     """Each artist's train moments over the stored values, as written by ``gruv preprocess``."""
     path = Path(data_dir) / manifest["stats"]["file"]
+    ensure_verified(data_dir, manifest, [manifest["stats"]["file"]])
     try:
         with np.load(path) as z:
             artists, count, mean, m2 = list(z["artists"]), z["count"], z["mean"], z["m2"]
-    except (OSError, KeyError, ValueError) as e:
-        raise DatasetError(f"{path}: cannot read normalization stats ({e})") from e
+    except Exception as e:  # noqa: BLE001 - BadZipFile, pickle refusals, ...: all mean "not our stats file"
+        raise DatasetError(f"{path}: cannot read normalization stats ({type(e).__name__}: {e})") from e
     s = manifest["params"]["storage_dim"]
     if artists != manifest["artists"] or count.shape != (len(artists),) or mean.shape != (len(artists), s) \
             or m2.shape != mean.shape:
@@ -223,11 +224,130 @@ def clip_index(data_dir: str | Path, manifest: dict, split: str, artists: list[s
                      cat(nth, np.int64), cat(ends, np.int64))
 
 
+# ---------------------------------------------------------------------------------------------
+# Verifying what is read
+
+# The files of a dataset whose sha256 matched the manifest in this process, per (dataset directory,
+# manifest mtime): a dataset is hashed at most once per process however many readers open it, and
+# a rebuilt one (a new manifest) is hashed again. Forked DataLoader workers inherit it.
+_VERIFIED: dict[tuple[str, int], set[str]] = {}
+
+
+def _verified_set(data_dir: str | Path) -> set[str]:
+    data_dir = Path(data_dir).resolve()
+    try:
+        mtime = (data_dir / MANIFEST).stat().st_mtime_ns
+    except OSError:
+        mtime = -1
+    return _VERIFIED.setdefault((str(data_dir), mtime), set())
+
+
+def _expected_files(manifest: dict) -> dict[str, dict]:
+    """{relative file: its manifest record (sha256, bytes)} for the stats and every shard."""
+    files = {manifest["stats"]["file"]: manifest["stats"]}
+    files.update({sh["file"]: sh for sh in manifest["shards"]})
+    return files
+
+
+def verify_file(data_dir: str | Path, manifest: dict, rel: str) -> None:
+    """Raise a one-line DatasetError naming the file unless its size and sha256 are the manifest's."""
+    rec = _expected_files(manifest).get(rel)
+    path = Path(data_dir) / rel
+    if rec is None:
+        raise DatasetError(f"{path}: not listed in {Path(data_dir) / MANIFEST}")
+    if not path.exists():
+        raise DatasetError(f"{path}: missing (listed in {Path(data_dir) / MANIFEST})")
+    size = path.stat().st_size
+    if rec.get("bytes") is not None and size != rec["bytes"]:
+        raise DatasetError(f"{path}: truncated or modified: {size} bytes, the manifest says {rec['bytes']}")
+    if not rec.get("sha256"):
+        raise DatasetError(f"{path}: the manifest records no sha256 for it; rebuild the dataset (gruv preprocess)")
+    have = sha256_file(path)
+    if have != rec["sha256"]:
+        raise DatasetError(f"{path}: damaged or modified: sha256 {have[:16]}..., the manifest says "
+                           f"{rec['sha256'][:16]}...; rebuild the dataset (gruv preprocess ... --overwrite)")
+
+
+def ensure_verified(data_dir: str | Path, manifest: dict, files: list[str] | None = None) -> None:
+    """Check ``files`` (relative paths; None: the stats and every shard) against the manifest's
+    sha256, each at most once per process (``_VERIFIED``)."""
+    done = _verified_set(data_dir)
+    for rel in (list(_expected_files(manifest)) if files is None else files):
+        if rel not in done:
+            verify_file(data_dir, manifest, rel)
+            done.add(rel)
+
+
+def verify(data_dir: str | Path, deep: bool = True) -> dict:
+    """``gruv dataset verify``: every file's sha256 against the manifest (never cached), then
+    (``deep``) every song's content hash recomputed from its shard rows, which is what the
+    dataset id is made of. Returns {"files", "bytes", "songs"}; raises on the first mismatch."""
+    data_dir = Path(data_dir)
+    m = load_manifest(data_dir)
+    files = _expected_files(m)
+    for rel in files:
+        verify_file(data_dir, m, rel)
+    songs = 0
+    if deep:
+        for song_id, h in song_content_hashes(data_dir, m).items():
+            song = m["songs"][song_id]
+            if song.get("content_sha256") and song["content_sha256"] != h:
+                raise DatasetError(f"{data_dir / MANIFEST}: song {song.get('path')}: its rows in the shards hash to "
+                                   f"{h[:16]}..., the manifest says {song['content_sha256'][:16]}...")
+            songs += 1
+    _verified_set(data_dir).update(files)
+    return {"files": len(files), "bytes": sum(int(r.get("bytes") or 0) for r in files.values()), "songs": songs}
+
+
+def song_content_hashes(data_dir: str | Path, manifest: dict) -> dict[int, str]:
+    """{song id: sha256 of the song's stored blocks in order}, read back from the shards: its
+    segments sorted by first clip, the block a segment shares with the previous one taken once.
+    The same bytes ``gruv preprocess`` hashed while writing (``content_sha256``), whatever shards
+    and tasks they were written to."""
+    import h5py
+    cb = manifest["params"]["clip_blocks"]
+    parts: dict[int, list[tuple[int, str, int, int]]] = {}
+    for sh in manifest["shards"]:
+        for song_id, offset, n_clips, first_clip in sh["segments"]:
+            parts.setdefault(int(song_id), []).append((int(first_clip), sh["file"], int(offset), int(n_clips)))
+    out = {}
+    handles: dict[str, h5py.File] = {}
+    try:
+        for song_id, segs in sorted(parts.items()):
+            h = hashlib.sha256()
+            for first_clip, rel, offset, n_clips in sorted(segs):
+                if rel not in handles:
+                    try:
+                        handles[rel] = h5py.File(Path(data_dir) / rel, "r")
+                    except OSError as e:
+                        raise DatasetError(f"{Path(data_dir) / rel}: not a readable shard ({e})") from e
+                rows = handles[rel]["blocks"][offset + (1 if first_clip else 0): offset + n_clips * cb + 1]
+                h.update(np.ascontiguousarray(rows).tobytes())
+            out[song_id] = h.hexdigest()
+    finally:
+        for f in handles.values():
+            f.close()
+    return out
+
+
 def dataset_id(manifest: dict) -> str:
-    """The identity of a dataset's content, not of its path: a hash over its parameters, songs
-    (artist, content hash, split) and shards (content hash). A dataset moved elsewhere keeps it;
-    another corpus, or the same corpus split or stored differently, gets another."""
+    """The identity of a dataset's content, not of its path or of how it was built: a hash over
+    its parameters, artists and songs (artist, source file hash, split, clip counts, and the hash
+    of the song's stored blocks, ``content_sha256``). Shard files are left out: a build with
+    ``--jobs N`` cuts the same blocks into other shards than ``--jobs 1``, and pools the stats in
+    another order (the last bits of the float64 moments differ), so the id is the same for both.
+    The shard and stats hashes bind the files to the manifest instead (``ensure_verified``; the
+    trainer verifies before it takes the id), and ``verify`` binds the songs' hashes to the rows.
+    A dataset moved elsewhere keeps its id; another corpus, split or storage gets another.
+
+    Manifests written before ``content_sha256`` existed keep their old id (shard hashes included)."""
+    songs = [s for s in manifest["songs"] if not s.get("skipped")]
+    if songs and all(s.get("content_sha256") for s in songs):
+        ident = {"params": manifest["params"], "artists": manifest["artists"],
+                 "songs": [[s["artist"], s["sha256"], s["split"], s.get("clips"), s.get("dev_clips"),
+                            s["content_sha256"]] for s in songs]}
+        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     ident = {"params": manifest["params"], "artists": manifest["artists"],
-             "songs": [[s["artist"], s["sha256"], s["split"]] for s in manifest["songs"] if not s.get("skipped")],
+             "songs": [[s["artist"], s["sha256"], s["split"]] for s in songs],
              "shards": [sh["sha256"] for sh in manifest["shards"]]}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]

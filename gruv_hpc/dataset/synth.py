@@ -85,7 +85,19 @@ def circuit_song(seconds: float, rng: np.random.Generator) -> np.ndarray:
 
 def make_corpus(out: str | Path, songs_per_artist: int = 6, min_s: float = 30, max_s: float = 60, seed: int = 0) -> dict:
     """Write ``out/<artist>/<song>`` files; returns {artist: [paths]}."""
+    import math
+
+    from gruv_hpc.errors import ConfigError
     out = Path(out)
+    if not (isinstance(songs_per_artist, int) and songs_per_artist >= 1):
+        raise ConfigError(f"--songs: must be >= 1, got {songs_per_artist}")
+    for name, v in (("--min-seconds", min_s), ("--max-seconds", max_s)):
+        if not (math.isfinite(v) and 0 < v <= 24 * 3600):
+            raise ConfigError(f"{name}: must be a number of seconds in (0, 86400], got {v}")
+    if min_s > max_s:
+        raise ConfigError(f"--min-seconds {min_s} is more than --max-seconds {max_s}")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a directory")
     rng = np.random.default_rng(seed)
     made = {}
     for artist, fn, fmt in (("aurora", aurora_song, "wav"), ("circuit", circuit_song, "flac")):

@@ -89,6 +89,11 @@ class TrainConfig:
         for k in ("seed", "limit_train_batches", "gen_every_epochs", "lr_horizon_epochs", "lr_step_epochs"):
             if getattr(self, k) < 0:
                 raise ConfigError(f"{k}: must be >= 0, got {getattr(self, k)}")
+        if self.seed >= 2**32:  # numpy's and the sampler's seeds are 32-bit
+            raise ConfigError(f"seed: must be < 2**32, got {self.seed}")
+        dup = sorted({a for a in self.artists if self.artists.count(a) > 1})
+        if dup:  # it would train under another run name on the same data
+            raise ConfigError(f"artists: {', '.join(dup)} given twice in {','.join(self.artists)}")
         if self.workers != "auto" and not (isinstance(self.workers, int) and self.workers >= 0):
             raise ConfigError(f"workers: must be auto or an integer >= 0, got {self.workers!r}")
         from gruv_hpc.training.schedule import SCHEDULES

@@ -36,7 +36,6 @@ def export_env(env=os.environ) -> None:
     env.setdefault("MASTER_PORT", str(master_port(t.job_id)))
 
 
-@dataclass
 def prefer_huge_pages(env=os.environ) -> None:
     """Let torch back large CPU tensors with transparent huge pages (``THP_MEM_ALLOC_ENABLE``),
     unless the environment already says otherwise. A training step allocates several fresh
@@ -46,6 +45,7 @@ def prefer_huge_pages(env=os.environ) -> None:
     env.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 
+@dataclass
 class Dist:
     rank: int
     world: int

@@ -7,9 +7,14 @@ handler requeues the job. The requeued job calls ``train.main`` again, which res
 newest checkpoint in the run directory: the run directory is the only state. So the job is a
 frozen dataclass of its arguments, and submitit's ``Checkpointable.checkpoint`` (resubmit this
 object) resubmits exactly them: nothing a run learns can ride along in the pickle.
+The one exception: ``resume=never`` is the first start's policy, so ``checkpoint`` resubmits the
+job with ``resume=auto``. A job requeued without the signal (``scontrol requeue``, a node
+failure) restarts from its original pickle; ``trainer.Trainer.resume`` sees
+``SLURM_RESTART_COUNT`` and resumes then too.
 """
 from __future__ import annotations
 
+import dataclasses
 import signal
 import time
 from dataclasses import dataclass
@@ -57,3 +62,10 @@ class TrainJob(submitit.helpers.Checkpointable):
             raise TrainingError(f"stopped by {result['signal']} at step {result['step']} with a checkpoint; "
                                 "resubmit to resume")
         return result
+
+    def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
+        # The checkpoint itself was written by the training loop; resuming needs only the run dir,
+        # and a resume policy that resumes: resume=never was meant for the first start only.
+        if self.config.get("resume") != "never":
+            return super().checkpoint(*args, **kwargs)
+        return submitit.helpers.DelayedSubmission(dataclasses.replace(self, config={**self.config, "resume": "auto"}))

@@ -163,6 +163,7 @@ class Data:
     steps_per_epoch: int
     normalize: Normalizer
     dev_set: ClipDataset  # the TensorBoard sample seeds from it
+    train_set: ClipDataset | None = None  # to name a damaged shard when the loss turns non-finite
 
     def to_window(self, blk: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
         """Stored (B, C + 1, S) windows -> the normalized window (B, C + 1, D), whose blocks 0..C-1
@@ -204,7 +205,7 @@ def build_data(cfg: TrainConfig, d: Dist, dataset: DatasetHandle) -> Data:
         steps = min(steps, cfg.limit_train_batches)
     if steps == 0:
         raise DatasetError(f"{cfg.data}: {len(train_set)} train clips give no full batch of {cfg.batch_size}")
-    return Data(train_loader, dev_loader, sampler, local_bs, steps, dataset.normalizer(d.device), dev_set)
+    return Data(train_loader, dev_loader, sampler, local_bs, steps, dataset.normalizer(d.device), dev_set, train_set)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,7 +292,12 @@ class Trainer:
                  git: dict | None = None):
         self.cfg, self.paths, self.d, self.stop = cfg, paths, d, stop
         self.data = build_data(cfg, d, dataset)
-        self.model = GRUVModel(cfg.feature_dim, cfg.hidden, cfg.cell, cfg.layers).to(d.device)
+        try:
+            self.model = GRUVModel(cfg.feature_dim, cfg.hidden, cfg.cell, cfg.layers).to(d.device)
+        except (RuntimeError, MemoryError) as e:  # e.g. hidden=100000000: weights beyond any memory
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"hidden={cfg.hidden}, layers={cfg.layers}: cannot allocate the model on {d.device} "
+                              f"({msg[:200]})") from e
         self.optimizer = make_optimizer(cfg, self.model.parameters())
         self.ddp = DDP(self.model, device_ids=[d.device.index] if d.device.type == "cuda" else None) \
             if d.world > 1 else self.model
@@ -322,7 +328,13 @@ class Trainer:
 
     def resume(self) -> Path | None:
         """Load the newest loadable checkpoint of the run directory, as ``cfg.resume`` says."""
-        if self.cfg.resume == "never":
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+        if self.cfg.resume == "never" and restarts > 0:
+            # A requeued job (preempted, timed out, a node failure) must go on: resume=never is
+            # the first start's policy, or every requeue would throw away what the last one did.
+            print(f"resume=never applies to the first start only; this is restart {restarts} of Slurm job "
+                  f"{os.environ.get('SLURM_JOB_ID')}: resuming", flush=True)
+        elif self.cfg.resume == "never":
             moved = self.ckpt.discard()
             if moved:
                 print(f"resume=never: the run starts over; its old files are in {moved}", flush=True)
@@ -336,8 +348,9 @@ class Trainer:
             # Starting over silently would throw away the run's history (and metrics.jsonl with it).
             why = (f"none of its {len(unreadable)} checkpoint(s) loads (set aside in {self.paths.unreadable})"
                    if unreadable else "it has no checkpoint, and resume=require")
-            raise TrainingError(f"{self.paths.root}: {why}. To start this run over, pass resume=never "
-                                "(its old files are moved aside, not deleted)")
+            raise TrainingError(f"{self.paths.root}: {why}. To start this run over, start it once by hand: "
+                                f"gruv train --run-dir {self.paths.root} resume=never (its old files are moved "
+                                "aside, not deleted), or use a new run directory")
         return None
 
     def save(self, is_best: bool = False) -> None:
@@ -356,8 +369,12 @@ class Trainer:
             return
         v = self._loss.item()
         if not math.isfinite(v):
+            bad = self.data.train_set.scan_bad_values() if self.data.train_set is not None else []
+            why = (f"the data is damaged: {'; '.join(bad)}" if bad else
+                   "the train data holds no non-finite or extreme values, so the model diverged (try a lower lr "
+                   "or grad_clip)")
             raise TrainingError(f"loss became {v} near step {self.state.step} (epoch {self.state.epoch + 1}); "
-                                f"stopping. The last good checkpoint stays in {self.paths.ckpt_dir}")
+                                f"stopping; {why}. The last good checkpoint stays in {self.paths.ckpt_dir}")
         self.log.train_loss(v / self._loss_n, self.state.step)
         self.state.loss_sum += v
         self.state.loss_n += self._loss_n
@@ -563,6 +580,8 @@ def main(cfg: TrainConfig, run_dir: str | Path, stop: StopFlag | None = None) ->
     """Train (or resume) the run in ``run_dir``. Returns a status dict:
     {"status": "done"|"stopped", "epoch": ..., ...}. Raises on errors (and records them in error.txt)."""
     paths = RunPaths(run_dir)
+    if paths.root.exists() and not paths.root.is_dir():
+        raise ConfigError(f"run directory {paths.root}: exists and is not a directory")
     is_main = int(os.environ.get("RANK", "0")) == 0
     d = lock = None
     try:
@@ -595,9 +614,26 @@ def main(cfg: TrainConfig, run_dir: str | Path, stop: StopFlag | None = None) ->
     return result
 
 
+def _check_orphan_checkpoints(paths: RunPaths, cfg: TrainConfig) -> None:
+    """A run directory with checkpoints but no config.json (deleted): the newest checkpoint's own
+    config must be this one, or resuming would fail on the weights' shapes (and config.json,
+    rewritten first, would then refuse the right command)."""
+    from gruv_hpc.training.checkpoint import load_latest
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an unreadable one is reported by the resume itself
+        sd, path = load_latest(paths)
+    if sd and isinstance(sd.get("config"), dict):
+        d = diff(sd["config"], to_dict(cfg), ignore=RUNTIME_KEYS)
+        if d:
+            raise ConfigError(f"{paths.root} has no config.json, and its checkpoint {path.name} was trained with "
+                              f"another config ({'; '.join(d)}); pass those values, or use a new run directory")
+
+
 def _train(cfg: TrainConfig, dataset: DatasetHandle, paths: RunPaths, d: Dist, stop: StopFlag) -> dict:
     origin = {"id": dataset_id(dataset.manifest), "path": cfg.data}
     old = check_run_dir(paths, cfg, origin)
+    if old is None and cfg.resume != "never" and paths.step_ckpts():
+        _check_orphan_checkpoints(paths, cfg)
     git = git_info() if d.is_main else None  # saved by rank 0 only
     if d.is_main:
         paths.error.unlink(missing_ok=True)

@@ -90,6 +90,8 @@ def sweep_from_table(raw: dict, path: Path, text: str, overrides: list[str] = ()
             cli_slurm[k[6:]] = v
         else:
             cli_train[k] = v
+    if not isinstance(data, str):
+        raise ConfigError(f"{where}: data = {data!r}: must be a string, the dataset directory")
     if not data:
         raise ConfigError(f"{where}: no dataset: set data = \"DATA_DIR\" in the file or data=... on the command line")
     data = str(Path(data).expanduser().resolve())

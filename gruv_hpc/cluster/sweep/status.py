@@ -8,7 +8,7 @@ from pathlib import Path
 from gruv_hpc.errors import GruvError
 from gruv_hpc.fsio import atomic_write_json
 from gruv_hpc.lock import pid_alive
-from gruv_hpc.paths import RunPaths, read_jsonl
+from gruv_hpc.paths import RunPaths, metrics_problem, number, read_jsonl
 from gruv_hpc.cluster.executors import scheduler
 from gruv_hpc.cluster.scheduler import ACTIVE, JobInfo, log_path as job_log_path
 from gruv_hpc.cluster.sweep.state import JobRecord, SweepState, load_state
@@ -89,19 +89,21 @@ def status(sweep_dir) -> list[dict]:
     for name, r in state.runs.items():
         paths = state.run_paths(name)
         hist = read_jsonl(paths.metrics)
-        last = hist[-1] if hist else {}
+        damaged = metrics_problem(hist)
+        last = hist[-1] if hist and isinstance(hist[-1], dict) else {}
         job = r.job
         info = infos.get(job.job_id) if job else None
         st = run_state(paths, job, infos, r.config.get("epochs", 0), queued=name in queue)
         mt = paths.newest_ckpt_mtime()
         row = {"name": name, "state": st, "job_id": job.job_id if job else None,
-               "epoch": last.get("epoch", 0), "epochs": r.config.get("epochs"),
-               "train_loss": last.get("train_loss"), "dev_loss": last.get("dev_loss"),
-               "best_dev_loss": last.get("best_dev_loss"), "ckpt_age_s": (now - mt) if mt else None,
+               "epoch": number(last.get("epoch")) or 0, "epochs": r.config.get("epochs"),
+               # a damaged metrics line shows as "-", and is named below the row (never a crash)
+               "train_loss": number(last.get("train_loss")), "dev_loss": number(last.get("dev_loss")),
+               "best_dev_loss": number(last.get("best_dev_loss")), "ckpt_age_s": (now - mt) if mt else None,
                "requeues": info.requeues if info else 0, "submissions": len(r.jobs),
                "run_dir": str(paths.root), "log": log_path(state.paths.logs, job),
                "err_log": log_path(state.paths.logs, job, err=True),
-               "error": None}
+               "error": None, "damaged": f"{paths.metrics}: {damaged}" if damaged else None}
         if st in ("FAILED", "OUT_OF_MEMORY", "NODE_FAIL", "TIMEOUT", "UNKNOWN", "CANCELLED") or (paths.error.exists() and st not in ACTIVE):
             row["error"] = _error_tail(paths, state.paths.logs, job)
         rows.append(row)
@@ -142,6 +144,8 @@ def format_status(rows: list[dict]) -> str:
     for r in rows:
         out.append(f"{r['name']:<{w}} {r['state']:<{sw}} {str(r['job_id'] or '-'):<14} {str(r['epoch']) + '/' + str(r['epochs']):>11} "
                    f"{f(r['train_loss']):>8} {f(r['dev_loss']):>8} {f(r['best_dev_loss']):>8} {age(r['ckpt_age_s']):>8} {r['requeues']:>8}")
+        if r.get("damaged"):
+            out.append(f"    ! {r['damaged']}")
         if r["error"]:
             out.extend("    | " + ln for ln in r["error"].splitlines())
             if r.get("err_log"):

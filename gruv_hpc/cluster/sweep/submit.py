@@ -46,6 +46,16 @@ def plan(sweep: Sweep, state: SweepState) -> tuple[list[Run], dict[str, str]]:
     return todo, skipped
 
 
+def first_start_only(run: Run, state: SweepState) -> Run:
+    """resume=never is the policy of a run's first start, not of every job: a run submitted
+    before (cancelled, failed, resubmitted to go on) resumes, as a requeued job does
+    (``TrainJob``), instead of setting aside what it has done."""
+    rec = state.runs.get(run.name)
+    if run.config.get("resume") == "never" and rec is not None and rec.jobs:
+        return dataclasses.replace(run, config={**run.config, "resume": "auto"})
+    return run
+
+
 def job_arrays(todo: list[Run], sched: Scheduler) -> list[list[Run]]:
     """The runs of each job array: one array per MaxArraySize runs (task ids 0 .. MaxArraySize - 1)."""
     limit = max(1, sched.max_array_size())
@@ -56,6 +66,8 @@ def submit(sweep_file, sweep_dir, executor: str = "auto", dry_run: bool = False,
            progress: bool = True, out=print, after: Dependency | None = None) -> dict:
     """Validate, then submit what needs submitting. Returns {"submitted": [...], "skipped": {...}}.
     ``sweep_file`` may be a loaded Sweep; ``after`` holds its jobs back (a queueing scheduler's)."""
+    if not isinstance(max_parallel, int) or max_parallel < 1:
+        raise ConfigError(f"--max-parallel: must be >= 1, got {max_parallel}")
     sweep = sweep_file if isinstance(sweep_file, Sweep) else load_sweep(sweep_file, overrides)
     paths = SweepPaths(Path(sweep_dir).resolve())
     sched = scheduler(executor)
@@ -82,11 +94,17 @@ def submit(sweep_file, sweep_dir, executor: str = "auto", dry_run: bool = False,
         if not todo:
             out("nothing to submit")
             return {"submitted": [], "skipped": skipped, "executor": kind}
+        todo = [first_start_only(run, state) for run in todo]
         for run in todo:
             paths.run(run.name).cancelled.unlink(missing_ok=True)  # resubmitted: no longer cancelled
         failed: list[str] = []
         if not sched.foreground:
-            jobs = _submit_queued(sched, job_arrays(todo, sched), sweep, paths, after)
+            try:
+                jobs = _submit_queued(sched, job_arrays(todo, sched), sweep, paths, after)
+            except BaseException:
+                state.submissions.remove(sub)  # refused (sbatch said no): not a submission
+                state.save()
+                raise
             for run, job in zip(todo, jobs):
                 state.runs[run.name].jobs.append(JobRecord(job.job_id, kind, time.time()))
                 sub["job_ids"].append(job.job_id)

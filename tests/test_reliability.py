@@ -1,0 +1,290 @@
+"""Issue 22's medium and low defects: each one a refusal or one-line error naming the value, or a
+damaged part listed and skipped, never a silent mix-up or a traceback."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY
+from gruv_hpc.dataset.build import PreprocessConfig, parse_sources, plan, preprocess
+from gruv_hpc.dataset.manifest import load_manifest
+
+
+def cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "gruv_hpc.cli", *map(str, args)], capture_output=True, text=True, **kw)
+
+
+def one_line_error(r, *needles):
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    for n in needles:
+        assert n in r.stderr, (n, r.stderr)
+
+
+# --- N3: a copy of a song within one artist --------------------------------------------------------
+
+def test_a_copy_within_one_artist_is_excluded_not_put_in_train_and_dev(corpus, tmp_path):
+    a = tmp_path / "a"
+    shutil.copytree(corpus / "aurora", a)
+    songs = sorted(a.iterdir())
+    (a / "zz-copy.wav").write_bytes(songs[0].read_bytes())  # the same song under another name
+    with pytest.warns(UserWarning, match="zz-copy.wav: the same content as"):
+        p = plan(parse_sources([f"a={a}", f"c={corpus / 'circuit'}"]), PreprocessConfig(**TINY))
+    assert "zz-copy.wav" not in [s["relpath"] for s in p.songs]
+    assert [r["reason"] for r in p.excluded if r["relpath"] == "zz-copy.wav"] == \
+        [f"the same content as {songs[0].name} (a copy)"]
+    with pytest.warns(UserWarning):
+        preprocess(parse_sources([f"a={a}", f"c={corpus / 'circuit'}"]), tmp_path / "ds", PreprocessConfig(**TINY),
+                   progress=False)
+    m = load_manifest(tmp_path / "ds")
+    by_split = {}
+    for s in m["songs"]:
+        by_split.setdefault(s["sha256"], set()).add(s["split"])
+    assert all(len(v) == 1 for v in by_split.values())  # no content in both splits
+
+
+# --- N4, N6: the analysis of a sweep: atomic, and one damaged run never fatal ---------------------
+
+@pytest.fixture(scope="module")
+def small_sweep(data, tmp_path_factory):
+    from conftest import write_sweep
+    from gruv_hpc.cluster import sweep
+    root = tmp_path_factory.mktemp("small")
+    f = write_sweep(root / "s.toml", data, {"epochs": 1, "batch_size": 4, "workers": 0, "gen_seconds": 0.0,
+                                             "hidden": 4, "limit_train_batches": 4}, {"cell": ["lstm", "gru", "lstm-fused"]})
+    res = sweep.submit(f, root / "sweep", executor="local", progress=False, out=lambda *a: None, max_parallel=1)
+    assert not res["failed"]
+    return root / "sweep"
+
+
+def copy_sweep(sw, part):
+    shutil.copytree(sw, part)
+    state = json.loads((part / "sweep.json").read_text())
+    for r in state["runs"].values():
+        r["run_dir"] = r["run_dir"].replace(str(sw), str(part))
+    (part / "sweep.json").write_text(json.dumps(state))
+    return part
+
+
+def analyze_args(sw, rep):
+    return ["analyze", str(sw), "--out", str(rep), "--seeds", "1", "--seed-seconds", "0.16", "--max-clips", "4"]
+
+
+def test_a_killed_analyze_leaves_the_previous_report_whole(small_sweep, tmp_path, monkeypatch):
+    from gruv_hpc import cli as gcli
+    from gruv_hpc.analysis import report
+    rep = tmp_path / "rep"
+    assert gcli.main(analyze_args(small_sweep, rep)) == 0
+    before = {p.name: p.stat().st_mtime_ns for p in rep.iterdir()}
+    assert {"index.html", "results.csv", "summary.json", "fig1_loss.png"} <= set(before)
+
+    def killed(*a, **kw):
+        raise KeyboardInterrupt  # the rerun is killed after its figures, before its page
+    monkeypatch.setattr(report, "write_html", killed)
+    assert gcli.main(analyze_args(small_sweep, rep)) == 130
+    assert {p.name: p.stat().st_mtime_ns for p in rep.iterdir()} == before  # not one new file beside the old page
+    monkeypatch.undo()
+    assert gcli.main(analyze_args(small_sweep, rep)) == 0  # the next run replaces it (and its leftover staging)
+    assert (rep / "index.html").stat().st_mtime_ns > before["index.html"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rep"]
+
+
+def test_analyze_never_replaces_a_directory_that_is_not_a_report(small_sweep, tmp_path):
+    (tmp_path / "mine.txt").write_text("precious")
+    r = cli(*analyze_args(small_sweep, tmp_path))
+    one_line_error(r, "not a report")
+    assert (tmp_path / "mine.txt").read_text() == "precious"
+
+
+@pytest.mark.parametrize("damage", ["config", "no-loss", "text-loss"])
+def test_one_damaged_run_is_listed_and_skipped(small_sweep, tmp_path, damage):
+    sw = copy_sweep(small_sweep, tmp_path / "sw")
+    run = sw / "runs" / "gru"
+    if damage == "config":
+        (run / "config.json").write_text("{not json")
+    else:
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        h = json.loads(lines[0])
+        if damage == "no-loss":
+            del h["train_loss"]
+        else:
+            h["train_loss"] = "0.5"
+        (run / "metrics.jsonl").write_text(json.dumps(h) + "\n")
+    rep = tmp_path / "rep"
+    r = cli(*analyze_args(sw, rep))
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    summary = json.loads((rep / "summary.json").read_text())
+    assert {x["name"] for x in summary["runs"]} == {"lstm", "lstm-fused"}
+    assert "gru" in summary["skipped_runs"] and ("config.json" if damage == "config" else "metrics.jsonl") in \
+        summary["skipped_runs"]["gru"]
+    page = (rep / "index.html").read_text()
+    assert "could not be analysed" in page and "gru:" in page
+    # gruv sweep status shows the run, its damaged values as "-", and names the damage
+    if damage != "config":
+        st = cli("sweep", "status", sw)
+        assert st.returncode == 0 and "Traceback" not in st.stderr, st.stderr
+        assert "metrics.jsonl: line 1" in st.stdout
+        js = json.loads(cli("sweep", "status", sw, "--json").stdout)
+        assert {x["name"]: x["train_loss"] for x in js["runs"]}["gru"] is None
+
+
+def test_a_completed_run_without_checkpoints_is_listed(small_sweep, tmp_path):
+    from gruv_hpc.analysis.report import analyze
+    sw = copy_sweep(small_sweep, tmp_path / "sw")
+    shutil.rmtree(sw / "runs" / "gru" / "checkpoints")
+    summary = analyze(sw, tmp_path / "rep", n_seeds=1, seed_seconds=0.16, max_clips=4, log=lambda *a: None)
+    assert "no checkpoint left" in summary["skipped_runs"]["gru"]
+    assert "gru: COMPLETED, but it has no checkpoint" in (tmp_path / "rep" / "index.html").read_text()
+
+
+# --- a fresh machine gets what CI got ----------------------------------------------------------
+
+def test_the_test_tools_are_pinned_and_installed_at_their_pins():
+    from importlib.metadata import version
+    root = Path(__file__).resolve().parent.parent
+    assert "-c .ci/constraints.txt" in (root / ".ci" / "install.sh").read_text()
+    pins = dict(ln.split("==") for ln in (root / ".ci" / "constraints.txt").read_text().splitlines()
+                if ln.strip() and not ln.startswith("#"))
+    assert {"pytest", "pluggy", "websocket-client"} <= set(pins)
+    assert {k: version(k) for k in pins} == pins  # CI's environment is the pinned one
+
+
+# --- LOW: one-line refusals naming the value -------------------------------------------------------
+
+@pytest.mark.parametrize("args, needle", [
+    (["--songs", "0"], "--songs: must be >= 1, got 0"),
+    (["--min-seconds", "-1"], "--min-seconds: must be a number of seconds"),
+    (["--max-seconds", "nan"], "--max-seconds: must be a number of seconds"),
+    (["--min-seconds", "9", "--max-seconds", "3"], "--min-seconds 9.0 is more than --max-seconds 3.0"),
+])
+def test_corpus_synth_refuses_bad_values(tmp_path, args, needle):
+    r = cli("corpus", "synth", "--out", tmp_path / "c", *args)
+    one_line_error(r, needle)
+    assert not (tmp_path / "c").exists()
+
+
+def test_corpus_synth_refuses_an_out_that_is_a_file(tmp_path):
+    (tmp_path / "f").write_text("x")
+    one_line_error(cli("corpus", "synth", "--out", tmp_path / "f", "--songs", "1"), "is not a directory")
+
+
+@pytest.mark.parametrize("kv, needle", [
+    ("seed=4294967296", "seed: must be < 2**32, got 4294967296"),
+    ("artists=aurora,aurora", "artists: aurora given twice"),
+])
+def test_train_refuses_bad_values(data, tmp_path, kv, needle):
+    one_line_error(cli("train", "--data", data, "--run-dir", tmp_path / "r", kv), needle)
+
+
+def test_a_model_beyond_memory_is_one_line(data, tmp_path):
+    one_line_error(cli("train", "--data", data, "--run-dir", tmp_path / "r", "hidden=100000000", "workers=0"),
+                   "hidden=100000000, layers=1: cannot allocate the model")
+
+
+def test_run_dir_at_a_file_is_refused(data, tmp_path):
+    (tmp_path / "f").write_text("x")
+    one_line_error(cli("train", "--data", data, "--run-dir", tmp_path / "f"), "exists and is not a directory")
+    assert (tmp_path / "f").read_text() == "x"
+
+
+def test_resume_without_config_json_names_the_checkpoints_config(data, tmp_path):
+    from conftest import tiny_config
+    from gruv_hpc.training.trainer import main
+    run = tmp_path / "r"
+    main(tiny_config(data, epochs=1, hidden=8), run)
+    (run / "config.json").unlink()
+    r = cli("train", "--data", data, "--run-dir", run, "hidden=12", "epochs=2", "workers=0", "batch_size=4",
+            "gen_seconds=0", "log_every_steps=5", "limit_train_batches=12")
+    one_line_error(r, "has no config.json", "hidden: 8 -> 12")
+    assert not (run / "config.json").exists()  # not rewritten: the right command still works
+    res = main(tiny_config(data, epochs=2, hidden=8), run)
+    assert res["status"] == "done" and res["epoch"] == 2
+
+
+@pytest.mark.parametrize("over, needle", [
+    ("slurm.signal_delay_s=-100", "slurm.signal_delay_s: must be >= 0, got -100"),
+    ("slurm.max_num_timeout=-1", "slurm.max_num_timeout: must be >= 0, got -1"),
+])
+def test_bad_slurm_values_are_refused(data, tmp_path, over, needle):
+    from conftest import write_sweep
+    f = write_sweep(tmp_path / "s.toml", data, {"epochs": 1}, {"hidden": [4]})
+    one_line_error(cli("sweep", "submit", f, "--out", tmp_path / "sw", "--dry-run", "--executor", "local", over), needle)
+
+
+@pytest.mark.parametrize("n", ["0", "-5"])
+def test_max_parallel_below_one_is_refused(data, tmp_path, n):
+    from conftest import write_sweep
+    f = write_sweep(tmp_path / "s.toml", data, {"epochs": 1}, {"hidden": [4]})
+    one_line_error(cli("sweep", "submit", f, "--out", tmp_path / "sw", "--executor", "local", "--max-parallel", n),
+                   f"--max-parallel: must be >= 1, got {n}")
+    assert not (tmp_path / "sw" / "sweep.json").exists()
+
+
+def test_a_sweep_file_whose_data_is_not_a_string(tmp_path):
+    f = tmp_path / "s.toml"
+    f.write_text("data = 5\n[train]\nepochs = 1\n[grid]\nhidden = [4]\n")
+    one_line_error(cli("sweep", "submit", f, "--out", tmp_path / "sw", "--dry-run"), "data = 5: must be a string")
+
+
+def test_generate_to_an_unwritable_path_is_one_line(trained_run, tmp_path):
+    one_line_error(cli("generate", trained_run, "--out", "/proc/gruv-cannot-write.wav", "--seed-seconds", "0.2",
+                       "--length-ratio", "1"), "--out /proc/gruv-cannot-write.wav: cannot write it")
+
+
+def test_sweep_status_into_a_closed_pipe(small_sweep):
+    p = subprocess.Popen([sys.executable, "-m", "gruv_hpc.cli", "sweep", "status", str(small_sweep)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p.stdout.close()  # `| head` that has read what it wanted
+    err = p.stderr.read()
+    p.wait()
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_a_header_declaring_1_hz_is_excluded(corpus, tmp_path):
+    import numpy as np
+    import soundfile as sf
+    a = tmp_path / "a"
+    shutil.copytree(corpus / "aurora", a)
+    sf.write(a / "one-hertz.wav", np.zeros(20000, np.int16), 1, subtype="PCM_16")  # 40 KB "lasting" 5.6 h
+    with pytest.warns(UserWarning, match="native sample rate 1 Hz is below 2000 Hz"):
+        p = plan(parse_sources([f"a={a}", f"c={corpus / 'circuit'}"]), PreprocessConfig(**TINY))
+    assert "one-hertz.wav" not in [s["relpath"] for s in p.songs]
+    assert any(r["relpath"] == "one-hertz.wav" and "5.6 h" in r["reason"] for r in p.excluded)
+
+
+def test_tensorboard_is_this_interpreters_and_a_comma_in_the_path_is_safe(tmp_path):
+    from gruv_hpc.tbserver import command
+    for name in ("plain", "with,comma"):
+        tb = tmp_path / name / "runs" / "lstm" / "tb"
+        tb.mkdir(parents=True)
+        cmd = command(tmp_path / name, "127.0.0.1", 6006)
+        assert cmd[:3] == [sys.executable, "-m", "tensorboard.main"]
+        if name == "plain":
+            assert cmd[3:5] == ["--logdir_spec", f"lstm:{tb}"]
+        else:
+            assert cmd[3:5] == ["--logdir", str(tmp_path / name / "runs")]  # never split at the comma
+
+
+@pytest.mark.slurm
+def test_an_sbatch_refusal_is_one_line_and_not_recorded(data, tmp_path):
+    from conftest import write_sweep
+    f = write_sweep(tmp_path / "s.toml", data, {"epochs": 1}, {"hidden": [4]})
+    r = cli("sweep", "submit", f, "--out", tmp_path / "sw", "--executor", "slurm", "slurm.partition=nosuch")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("gruv: error: sbatch refused the job:") and "partition" in r.stderr
+    assert json.loads((tmp_path / "sw" / "sweep.json").read_text())["submissions"] == []
+
+
+@pytest.mark.slurm
+def test_a_refused_pipeline_submission_is_not_recorded(corpus, tmp_path):
+    from test_pipeline import tiny_tables, write
+    t = tiny_tables(corpus)
+    t["preprocess.slurm"] = {**t["preprocess.slurm"], "partition": "nosuch"}
+    f = write(tmp_path / "p.toml", t)
+    r = cli("pipeline", "submit", f, "--out", tmp_path / "out", "--executor", "slurm")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "sbatch refused" in r.stderr, r.stderr
+    st = tmp_path / "out" / "pipeline.json"
+    assert not st.exists() or json.loads(st.read_text())["submissions"] == []

@@ -1,0 +1,67 @@
+"""resume=never is the policy of a run's first start, not of every job (issue 22, N2): a requeued
+or resubmitted job always resumes, so a run longer than one time limit can finish."""
+import subprocess
+import time
+
+import pytest
+
+from conftest import tiny_config, write_sweep
+from gruv_hpc.cluster import sweep
+from gruv_hpc.cluster.sweep.spec import Run
+from gruv_hpc.cluster.sweep.submit import first_start_only
+from gruv_hpc.cluster.sweep.state import JobRecord, RunRecord, SweepState
+from gruv_hpc.paths import RunPaths, SweepPaths, read_jsonl
+from gruv_hpc.training.job import TrainJob
+from gruv_hpc.training.trainer import main
+
+
+def test_the_requeued_job_of_a_resume_never_run_resumes():
+    job = TrainJob("/runs/x", {"resume": "never", "hidden": 8})
+    again = job.checkpoint().function
+    assert again.config["resume"] == "auto" and again.config["hidden"] == 8 and again.run_dir == "/runs/x"
+    assert job.config["resume"] == "never"  # the first start's own policy is untouched
+    assert TrainJob("/r", {"resume": "require"}).checkpoint().function.config["resume"] == "require"
+
+
+def test_a_restarted_slurm_job_resumes_even_with_resume_never(data, tmp_path, monkeypatch):
+    """scontrol requeue (or a node failure) restarts a job from its original pickle, resume=never
+    included: SLURM_RESTART_COUNT says it is not the first start."""
+    run = tmp_path / "r"
+    main(tiny_config(data, epochs=1), run)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    main(tiny_config(data, epochs=2, resume="never"), run)
+    assert [h["epoch"] for h in read_jsonl(RunPaths(run).metrics)] == [1, 2] and not list(run.glob("discarded-*"))
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")  # a first start: never still means never
+    main(tiny_config(data, epochs=1, resume="never"), run)
+    assert [h["epoch"] for h in read_jsonl(RunPaths(run).metrics)] == [1] and len(list(run.glob("discarded-*"))) == 1
+
+
+def test_a_resubmitted_run_resumes(tmp_path):
+    state = SweepState(SweepPaths(tmp_path))
+    run = Run("a", {}, {"resume": "never", "hidden": 8})
+    assert first_start_only(run, state) is run  # never submitted: its first start
+    state.runs["a"] = RunRecord(run.config, {}, jobs=[JobRecord("12", "slurm", 0.0)])
+    assert first_start_only(run, state).config == {"resume": "auto", "hidden": 8}
+
+
+@pytest.mark.slurm
+def test_usr2_requeue_of_a_resume_never_sweep_resumes_on_the_local_slurm(data, tmp_path):
+    train = {"epochs": 40, "batch_size": 4, "workers": 0, "gen_seconds": 0.0, "hidden": 8, "resume": "never"}
+    f = write_sweep(tmp_path / "a.toml", data, train, {"cell": ["lstm"]})
+    d = tmp_path / "sw"
+    sweep.submit(f, d, executor="slurm", out=lambda *x: None)
+    run = RunPaths(d / "runs" / "lstm")
+    for _ in range(600):
+        if run.metrics.exists() and read_jsonl(run.metrics):
+            break
+        time.sleep(0.1)
+    assert read_jsonl(run.metrics), "no first epoch"
+    jid = sweep.status(d)[0]["job_id"]
+    subprocess.run(["scancel", "--signal=USR2", jid], check=True)
+    rows = {r["name"]: r for r in sweep.wait(d, poll_s=1, progress=False, timeout_s=240)}
+    assert rows["lstm"]["state"] == "COMPLETED" and rows["lstm"]["requeues"] >= 1, rows
+    log = "".join(p.read_text() for p in (d / "logs").glob(f"{jid}_0_log.out"))
+    assert "resumed from" in log
+    assert not list(run.root.glob("discarded-*"))  # nothing set aside by the requeue
+    assert [h["epoch"] for h in read_jsonl(run.metrics)] == list(range(1, 41))
