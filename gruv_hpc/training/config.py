@@ -38,7 +38,7 @@ class TrainConfig:
     optimizer: str = opt("rmsprop", "rmsprop (the original code's), adam or sgd")
     lr: float = opt(1e-3, "learning rate (the original code: 1e-3)")
     grad_clip: float = opt(0.0, "clip the global gradient norm to this value; 0 = off")
-    seed: int = opt(0, "random seed; rank r uses seed + r for its own RNG")
+    seed: int = opt(0, "random seed; the data order of epoch e and rank r's RNG are hashed from (seed, e) and (seed, r)")
     limit_train_batches: int = opt(0, "stop each epoch after this many batches; 0 = the whole split")
     # checkpoints and logging
     ckpt_every_min: float = opt(10.0, "also checkpoint mid-epoch after this many minutes of training")

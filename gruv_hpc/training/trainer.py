@@ -26,7 +26,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from gruv_hpc.training import distributed
 from gruv_hpc.dataset import resident
-from gruv_hpc.training.checkpoint import Checkpointer, git_info, rng_state, seed_everything, set_rng_state
+from gruv_hpc.training.checkpoint import (DATA_ORDER, RANK, Checkpointer, derive_seed, git_info, rng_state, seed_everything,
+                                          set_rng_state)
 from gruv_hpc.training.config import RUNTIME_KEYS, TrainConfig, available_cpus, resolve, resolve_workers
 from gruv_hpc.config import ConfigError, diff, to_dict
 from gruv_hpc.dataset.clips import ClipDataset, Normalizer, batch_collate
@@ -132,13 +133,26 @@ def make_optimizer(cfg: TrainConfig, params):
 # Data
 
 class ResumableSampler(DistributedSampler):
-    """DistributedSampler that can skip the samples an interrupted epoch already consumed."""
+    """DistributedSampler that can skip the samples an interrupted epoch already consumed, and
+    whose shuffle is seeded by ``derive_seed(seed, DATA_ORDER, epoch)``: DistributedSampler's own
+    ``seed + epoch`` gives seed 2's epoch e the permutation of seed 1's epoch e + 1, so the seeds
+    of a grid would not be independent replicates."""
 
     skip = 0
 
     def __iter__(self):
-        it = list(super().__iter__())
-        return iter(it[self.skip:])
+        n = len(self.dataset)
+        if self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(derive_seed(self.seed, DATA_ORDER, self.epoch))
+            order = torch.randperm(n, generator=g).tolist()
+        else:
+            order = list(range(n))
+        if self.drop_last:
+            order = order[: self.total_size]
+        else:  # pad to a multiple of the ranks, as DistributedSampler does
+            order = (order * (-(-self.total_size // max(n, 1))))[: self.total_size]
+        return iter(order[self.rank: self.total_size: self.num_replicas][self.skip:])
 
     def __len__(self):
         return self.num_samples - self.skip
@@ -586,8 +600,8 @@ def _train(cfg: TrainConfig, dataset: dict, paths: RunPaths, d: Dist, stop: Stop
             paths.done.unlink()  # finished an earlier, lower target: it is not done with this one
         reserve_error_space(paths)
         record_start(paths, cfg, dataset, old, d, git)
-    # Each rank its own seed offset; the data order comes from the sampler's (seed, epoch), not these.
-    seed_everything(cfg.seed + d.rank)
+    # Each rank its own stream of (seed, rank); the data order comes from the sampler's (seed, epoch), not these.
+    seed_everything(derive_seed(cfg.seed, RANK, d.rank))
     t = Trainer(cfg, paths, d, stop, git)
     t.ckpt.clean_temp()
     resumed_from = t.resume()  # from the run directory, never from a flag
