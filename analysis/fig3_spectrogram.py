@@ -34,8 +34,9 @@ def predicted_mean_magnitude(run: RunInfo, ds, max_clips: int | None = None, bat
     acc = None
     with torch.no_grad():
         for s in range(0, n, batch):
-            xs = torch.stack([ds[i][0] for i in range(s, min(n, s + batch))])
-            pred, _ = lr.model(xs)
+            # Normalized with the run's own statistics (its std_floor), whatever the dataset object's.
+            raw_x = np.stack([ds.features(i)[:-1] for i in range(s, min(n, s + batch))])
+            pred, _ = lr.model(torch.from_numpy(((raw_x - lr.mean) / lr.std).astype(np.float32)))
             raw = pred.double().numpy() * lr.std + lr.mean
             m = magnitude_spectrum(raw, ds.params["transform"]).sum(axis=0)
             acc = m if acc is None else acc + m
@@ -72,7 +73,7 @@ def fig3(runs: list[RunInfo], out_dir, hidden: int | None = None, max_clips: int
     for row, artist in zip(axes, artists):
         first = next(r for r in chosen if r.artist == artist)
         cfg = first.config
-        ds = ClipDataset(cfg["data"], "dev", cfg.get("artists") or None)
+        ds = ClipDataset(cfg["data"], "dev", cfg.get("artists") or None, normalize=False)
         if len(ds) == 0:
             note(row[0], f"{artist}: the dev split has no clips,\nso there is nothing to predict", data)
             for ax in row[1:]:

@@ -65,6 +65,26 @@ PAGE_COLUMNS = ["name", "seed", "state", "epochs_done", "final_dev_loss", "best_
 VERDICT_CLASS = {"holds": "good", "does not hold": "bad", "inconclusive": "meh"}
 
 
+def _hz(hz: float) -> str:
+    return f"{hz / 1000:.2f} kHz" if hz >= 1000 else f"{hz:.0f} Hz"
+
+
+def dominant_html(dom: dict | None, std_floor: float | None) -> str:
+    """Why a floor is high, when a few frequency bins carry half of it (analysis/baseline.py)."""
+    if not dom:
+        return ""
+    e = html.escape
+    hz = [v["hz"] for v in dom["values"]]
+    names = ", ".join(f"{v['part']} {_hz(v['hz'])} ({100 * v['share']:.1f}%)" for v in dom["values"])
+    more = f" and {dom['n'] - len(dom['values'])} more" if dom["n"] > len(dom["values"]) else ""
+    fix = ("; the normalization's std floor is off (std_floor = 0, the paper's z-scoring): a std_floor such as 0.1 "
+           "bounds their weight" if not std_floor else "")
+    return (f"<br><span class='bad'>{100 * dom['share']:.0f}% of it comes from {dom['n']} of the {dom['of']} stored "
+            f"values, {_hz(min(hz))}–{_hz(max(hz))}: {e(names)}{more}. Their train spread is tiny next to dev's: a dev "
+            f"song with energy the train songs lack there (more bandwidth, another encoder; `gruv preprocess` warns "
+            f"about such songs){e(fix)}.</span>")
+
+
 def baseline_html(groups: list[dict], floor: dict) -> str:
     """The floor per artist, and the groups whose best dev loss does not go below it."""
     e = html.escape
@@ -82,8 +102,9 @@ def baseline_html(groups: list[dict], floor: dict) -> str:
             verdict = (f"<span class='bad'>not beaten by {len(above)} of {len(mine)} group(s): {e(', '.join(above))}</span>"
                        if above else f"<span class='good'>every group ({len(mine)}) is below it</span>" if mine
                        else "no group has a dev loss yet")
-            items.append(f"<li>{e(artist)}: {b['dev_loss']:.4g} over {b['dev_clips']} dev clips; {verdict}</li>")
-    return ("<h2>The floor: predicting the train mean</h2><p>A model that always predicts its artists' train mean has "
+            items.append(f"<li>{e(artist)}: {b['dev_loss']:.4g} over {b['dev_clips']} dev clips; {verdict}"
+                         f"{dominant_html(b.get('dominant'), b.get('std_floor'))}</li>")
+    return ("<h2 id='floor'>The floor: predicting the train mean</h2><p>A model that always predicts its artists' train mean has "
             "this dev loss (the dotted line in Figures 1 and 2; column <code>baseline_dev_loss</code>). A best dev "
             "loss (mean over seeds) at or above it means nothing learned carries over to unseen songs.</p><ul>"
             + "".join(items) + "</ul>")

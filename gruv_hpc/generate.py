@@ -27,6 +27,7 @@ from gruv_hpc.errors import GenerationError
 from gruv_hpc.fsio import atomic_write_json
 from gruv_hpc.dataset.transforms import audio_to_blocks, blocks_to_features, features_to_blocks
 from gruv_hpc.dataset.manifest import DatasetError, load_manifest, load_stats
+from gruv_hpc.training.config import run_config
 from gruv_hpc.training.model import GRUVModel
 
 
@@ -65,7 +66,7 @@ def load_run(run_dir, checkpoint: str = "best", device="cpu") -> LoadedRun:
         raise GenerationError(f"{run_dir}: no readable checkpoint to generate from (has training saved one yet?)")
     # The dataset's newest known place: config.json follows a moved dataset, the checkpoint does not.
     data = json.loads(paths.config.read_text()).get("config", {}).get("data") or state["config"]["data"]
-    cfg = build(TrainConfig, {**state["config"], "data": data})
+    cfg = build(TrainConfig, {**run_config(state["config"]), "data": data})
     model = GRUVModel(cfg.feature_dim, cfg.hidden, cfg.cell, cfg.layers).to(device)
     model.load_state_dict(state["model"])
     model.eval()
@@ -94,7 +95,7 @@ def run_stats(cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
     if manifest["params"]["feature_dim"] != cfg.feature_dim:
         raise GenerationError(f"dataset {cfg.data} has feature_dim {manifest['params']['feature_dim']}, "
                               f"the run was trained with {cfg.feature_dim}")
-    return load_stats(cfg.data, manifest, cfg.artists)
+    return load_stats(cfg.data, manifest, cfg.artists, cfg.std_floor)
 
 
 @torch.no_grad()

@@ -99,3 +99,19 @@ def test_figure_3_claim_from_every_seed():
     band = [c for c in claims(rows) if "Figure 3" in c["claim"]][0]
     assert band["verdict"] == "holds"
     assert not [c for c in claims(rows_of({("a", "lstm", 8): [1.0]})) if "Figure 3" in c["claim"]]  # no data: no row
+
+
+def test_the_floor_section_names_the_few_bins_that_dominate_it():
+    import numpy as np
+
+    from gruv_hpc.analysis.baseline import dominant_values
+    from gruv_hpc.analysis.report import baseline_html
+    per = np.ones(1000)
+    assert dominant_values(per, 1000, 8000) is None  # spread out: nothing to name
+    per[[999, 998, 997]] = 400.0  # Im near 4 kHz (the stored layout: Re_0..Re_500 | Im_1..Im_499)
+    dom = dominant_values(per, 1000, 8000)
+    assert dom["n"] == 3 and dom["of"] == 1000 and [v["part"] for v in dom["values"]] == ["Im"] * 3
+    assert dom["values"][0]["hz"] == pytest.approx(499 * 8.0)
+    page = baseline_html([], {"a": {"dev_loss": 12.0, "dev_clips": 3, "std_floor": 0.0, "dominant": dom}})
+    assert "3 of the 1000 stored values" in page and "Im 3.99 kHz" in page and "std_floor" in page
+    assert "id='floor'" in page

@@ -165,6 +165,53 @@ class ShardWriter:
             self.tmp.unlink(missing_ok=True)
 
 
+# A song's bandwidth: the frequency below which this share of its energy lies. Not 99%: music's
+# energy falls steeply with frequency, so that measures the music (1-8 kHz on one record); the
+# last 0.01% is where an encoder's cutoff shows (9.6 kHz for a full song, 4.4 kHz low-passed at 4).
+BANDWIDTH_ENERGY = 0.9999
+# Songs of one artist whose bandwidths differ by this factor or more are warned about.
+BANDWIDTH_RATIO = 1.5
+
+
+def add_power(power: np.ndarray, stored: np.ndarray) -> None:
+    """Add the energy per bin (|X_k|^2, k = 0 .. N//2) of stored rows (blocks_to_stored's layout)."""
+    n_re = len(power)
+    st = stored.astype(np.float64)
+    power += np.square(st[:, :n_re]).sum(0)
+    power[1: 1 + st.shape[1] - n_re] += np.square(st[:, n_re:]).sum(0)
+
+
+def bandwidth_hz(power: np.ndarray, sample_rate: int, block_size: int) -> float | None:
+    total = power.sum()
+    if not total > 0:
+        return None
+    k = int(np.searchsorted(np.cumsum(power) / total, BANDWIDTH_ENERGY))
+    return float(min(k, len(power) - 1) * sample_rate / block_size)
+
+
+def warn_bandwidths(songs: list[dict], artists: list[str]) -> list[str]:
+    """One warning per artist whose songs differ sharply in bandwidth, naming them and the
+    frequency range: normalized with the train songs' statistics, the energy one song has and the
+    others lack (an encoder's cutoff, not the music) can dominate the dev loss."""
+    out = []
+    for a in artists:
+        mine = sorted((s for s in songs if s["artist"] == a and not s["skipped"] and s.get("bandwidth_hz")),
+                      key=lambda s: s["bandwidth_hz"])
+        if len(mine) < 2 or mine[-1]["bandwidth_hz"] < BANDWIDTH_RATIO * mine[0]["bandwidth_hz"]:
+            continue
+        lo, hi = mine[0]["bandwidth_hz"], mine[-1]["bandwidth_hz"]
+        wide = [s for s in mine if s["bandwidth_hz"] >= BANDWIDTH_RATIO * lo]
+        name = lambda s: f"{Path(s['path']).name} ({s['bandwidth_hz'] / 1000:.1f} kHz, {s['split']})"  # noqa: E731
+        msg = (f"artist {a}: its songs differ sharply in bandwidth ({100 * BANDWIDTH_ENERGY:g}% of the energy below "
+               f"{lo / 1000:.1f} to {hi / 1000:.1f} kHz): {', '.join(name(s) for s in wide)} reach "
+               f"{lo / 1000:.1f}-{hi / 1000:.1f} kHz where {name(mine[0])} has almost nothing; normalized with the "
+               "train songs' statistics that band can dominate the dev loss (training's std_floor bounds it); "
+               "other encodings of the same songs, or a low-pass, make the corpus uniform")
+        warnings.warn(msg, stacklevel=2)
+        out.append(msg)
+    return out
+
+
 def _task_name(task: int, n_tasks: int) -> str:
     return f"task-{task:04d}-of-{n_tasks:04d}"
 
@@ -228,6 +275,7 @@ def _run_task(p: Plan, task: int, n_tasks: int, staging: Path, progress: bool) -
                 warnings.warn(f"skipping {path}: {res['skipped']}", stacklevel=2)
                 continue
             res["clips"] = n_clips
+            power = np.zeros(cfg.block_size // 2 + 1)  # the song's energy per frequency bin, for its bandwidth
             if song["holdout"]:
                 res["dev_clips"] = max(1, int(round(cfg.dev_fraction * n_clips))) if n_clips >= 2 else 0
                 if res["dev_clips"] == 0:
@@ -256,12 +304,14 @@ def _run_task(p: Plan, task: int, n_tasks: int, staging: Path, progress: bool) -
                     for s in range(b0, b1, BATCH_BLOCKS):
                         e = min(s + BATCH_BLOCKS, b1)
                         stored = blocks_to_stored(blocks[s:e]).astype(cfg.dtype, copy=False)
+                        add_power(power, stored)
                         ds[row + s - b0: row + e - b0] = stored
                         w.check()
                         if split == "train":
                             # The boundary block shared by two segments is counted once.
                             moments[artist].update(stored[1:] if (s == b0 and done > 0) else stored)
                     done += take
+            res["bandwidth_hz"] = bandwidth_hz(power, cfg.sample_rate, cfg.block_size)
         for w in list(writers.values()):
             w.close()
     except BaseException:
@@ -332,6 +382,7 @@ def merge(staging: str | Path, out: str | Path) -> dict:
                                "".join(f"\n  {s['path']}: {s['skipped']}" for s in songs
                                        if s["artist"] == a and s["split"] == "train"))
     _write_moments(staging / STATS, p.artists, moments)
+    warn_bandwidths(songs, p.artists)
     hours = sum(s["duration_s"] for s in used) / 3600
     total_bytes = sum(sh["bytes"] for sh in shards)
     dev = sum(s["clips"] if s["split"] == "dev" else s["dev_clips"] for s in used)

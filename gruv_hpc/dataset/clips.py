@@ -15,7 +15,8 @@ import torch
 from torch.utils.data import Dataset
 
 from gruv_hpc.dataset.transforms import expansion
-from gruv_hpc.dataset.manifest import (DatasetError, check_params, clip_index, load_manifest, load_stats, select_artists)
+from gruv_hpc.dataset.manifest import (STD_FLOOR, DatasetError, check_params, clip_index, load_manifest, load_stats,
+                                       select_artists)
 
 
 def expansion_runs(index: np.ndarray, sign: np.ndarray) -> list[tuple[int, int, int, int, int]]:
@@ -105,7 +106,8 @@ class ClipDataset(Dataset):
     """
 
     def __init__(self, data_dir: str | Path, split: str, artists: list[str] | None = None,
-                 expect: dict | None = None, normalize: bool = True, as_blocks: bool = False):
+                 expect: dict | None = None, normalize: bool = True, as_blocks: bool = False,
+                 std_floor: float = STD_FLOOR):
         self.data_dir = Path(data_dir)
         self.manifest = load_manifest(self.data_dir)
         if expect:
@@ -115,7 +117,8 @@ class ClipDataset(Dataset):
         self.artists = select_artists(self.manifest, artists)
         self.index = clip_index(self.data_dir, self.manifest, split, self.artists)
         self.split = split
-        self.mean, self.std = load_stats(self.data_dir, self.manifest, self.artists)  # float64, (D,)
+        # float64, (D,); std_floor: TrainConfig.std_floor (manifest.floored_std)
+        self.mean, self.std = load_stats(self.data_dir, self.manifest, self.artists, std_floor)
         self.expand_index, self.sign = expansion(self.params["transform"], self.params["block_size"])
         self._cpu_normalizer = None
         self.normalize = normalize

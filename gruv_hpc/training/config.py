@@ -27,6 +27,9 @@ class TrainConfig:
     # data
     data: str = opt("", "dataset directory made by `gruv preprocess`")
     artists: list[str] = opt([], "artists of the dataset to train on; empty = all")
+    std_floor: float = opt(0.1, "normalization: each feature's std is taken as at least this times the corpus's RMS "
+                                "spread, rescaled so predicting the train mean scores 1 on train "
+                                "(dataset/manifest.py floored_std); 0 = the paper's exact per-dimension z-scoring")
     sample_rate: int | None = opt(None, "expected dataset sample rate; None = take the dataset's")
     block_size: int | None = opt(None, "expected dataset block size; None = take the dataset's")
     clip_blocks: int | None = opt(None, "expected blocks per clip; None = take the dataset's")
@@ -85,10 +88,16 @@ class TrainConfig:
             raise ConfigError(f"workers: must be auto or an integer >= 0, got {self.workers!r}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"lr: must be a finite number > 0, got {self.lr}")
-        for k in ("grad_clip", "ckpt_every_min", "gen_seconds"):
+        for k in ("grad_clip", "ckpt_every_min", "gen_seconds", "std_floor"):
             v = getattr(self, k)
             if not (math.isfinite(v) and v >= 0):
                 raise ConfigError(f"{k}: must be a finite number >= 0, got {v}")
+
+
+def run_config(saved: dict) -> dict:
+    """A run's saved config as TrainConfig's keys: a run saved before ``std_floor`` existed
+    trained with the paper's exact z-scoring (0), not today's default."""
+    return {"std_floor": 0.0, **saved}
 
 
 # Keys that may change between a run's starts without making it a different run.

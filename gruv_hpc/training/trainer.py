@@ -178,8 +178,8 @@ def _log(msg: str) -> None:
 
 
 def build_data(cfg: TrainConfig, d: Dist) -> Data:
-    train_set = ClipDataset(cfg.data, "train", cfg.artists, as_blocks=True)
-    dev_set = ClipDataset(cfg.data, "dev", cfg.artists, as_blocks=True)
+    train_set = ClipDataset(cfg.data, "train", cfg.artists, as_blocks=True, std_floor=cfg.std_floor)
+    dev_set = ClipDataset(cfg.data, "dev", cfg.artists, as_blocks=True, std_floor=cfg.std_floor)
     if len(train_set) == 0:
         raise DatasetError(f"{cfg.data}: the train split has no clips for artists {cfg.artists or 'all'}")
     local_bs = cfg.batch_size // d.world
