@@ -18,7 +18,7 @@ from gruv_hpc.analysis.fig2_hidden import fig2
 from gruv_hpc.analysis.fig3_spectrogram import fig3
 
 
-def analyze(sweep_dir, out_dir, hidden: int | None = None, n_seeds: int = 2, seed_seconds: float = 10.0,
+def analyze(sweep_dir, out_dir, hidden: int | None = None, n_seed_clips: int = 2, seed_seconds: float = 10.0,
             max_clips: int = 64, log=print) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -40,7 +40,9 @@ def analyze(sweep_dir, out_dir, hidden: int | None = None, n_seeds: int = 2, see
     f1 = stage("fig1", fig1, runs, out, hidden, floor)
     f2 = stage("fig2", fig2, runs, out, floor)
     f3 = stage("fig3", fig3, runs, out, hidden, max_clips)
-    audio = stage("audio", generate_audio, runs, out, n_seeds, seed_seconds)
+    # Flatness over the band that holds each artist's music (Figure 3's), not over empty bins.
+    bands = {r.artist: tuple(f3["band_runs"][r.name]["band_hz"]) for r in runs if r.name in (f3.get("band_runs") or {})}
+    audio = stage("audio", generate_audio, runs, out, n_seed_clips, seed_seconds, band_hz=bands)
     rows = stage("collect", collect, sweep_dir, out, audio, runs, f3.get("band_runs"), floor)
     groups = group_rows(rows)
     table = stage("claims", claims, rows)
@@ -62,7 +64,8 @@ def _fmt(v):
 # The results table on the page: the columns to compare runs by; every column is in results.csv.
 PAGE_COLUMNS = ["name", "seed", "state", "epochs_done", "final_dev_loss", "best_dev_loss", "baseline_dev_loss", "params",
                 "device_hours", "flatness", "loop_fraction", "rms_db", "in_band_energy"]
-VERDICT_CLASS = {"holds": "good", "does not hold": "bad", "inconclusive": "meh"}
+VERDICT_CLASS = {"holds": "good", "does not hold": "bad", "inconclusive": "meh",
+                 "not decided: nothing beat the floor": "bad"}
 
 
 def _hz(hz: float) -> str:
@@ -138,12 +141,16 @@ def write_html(out: Path, runs, rows, table, f1, f2, f3, audio, groups: list[dic
                  "grid point here): "
                  "D is the difference of the seed means, and it counts only beyond the noise threshold of a two-sample "
                  "t-test at 5% (see <code>analysis/claims.py</code>). A difference within the noise, or one from a "
-                 "single seed, is inconclusive, never a “no”.</p>"
+                 "single seed, is inconclusive, never a “no”; one where neither model beats <a href='#floor'>the "
+                 "floor</a> (the dev loss of predicting the train mean) is not decided: nothing was learned to "
+                 "compare.</p>"
                  "<div class='scroll'><table><tr><th>claim</th><th>verdict</th><th>comparison</th><th>evidence</th></tr>")
     for c in table:
         items = "".join(f"<li>{e(x)}</li>" for x in c["lines"]) if c["lines"] else e(c["evidence"])
+        floor_link = " (see <a href='#floor'>the floor</a>)" if "floor" in c["why"] else ""
         parts.append(f"<tr><td class='left'>{e(c['claim'])}</td>"
-                     f"<td class='left {VERDICT_CLASS.get(c['verdict'], '')}'><b>{e(c['verdict'])}</b><br>{e(c['why'])}</td>"
+                     f"<td class='left {VERDICT_CLASS.get(c['verdict'], '')}'><b>{e(c['verdict'])}</b><br>{e(c['why'])}"
+                     f"{floor_link}</td>"
                      f"<td class='left'>{e(c['comparison'])}</td><td class='left'><ul class='cmp'>{items}</ul></td></tr>")
     parts.append("</table></div>")
     parts.append(baseline_html(groups or [], floor or {}))
@@ -183,7 +190,7 @@ def write_html(out: Path, runs, rows, table, f1, f2, f3, audio, groups: list[dic
 if __name__ == "__main__":
     p = cli(__doc__)
     p.add_argument("--hidden", type=int, default=None)
-    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--seed-clips", type=int, default=2, help="dev clips each run continues")
     a = p.parse_args()
-    analyze(a.sweep_dir, a.out, a.hidden, a.seeds)
+    analyze(a.sweep_dir, a.out, a.hidden, a.seed_clips)
     print(f"report: {Path(a.out) / 'index.html'}")
