@@ -68,7 +68,7 @@ def write(path: Path, tables: dict) -> Path:
     ({"sweep.train": None, "sweep.grid": None, "sweep.slurm": None}, "no sweep; give a [sweep] table"),
     ({"sweep": {"data": "/d"}}, "[sweep] data: the pipeline's dataset is OUT/data; remove this key"),
     ({"sweep.train": {"hiden": 8}}, "unknown key(s) 'hiden' in FILE [sweep] [train]"),
-    ({"analysis": {"seed": 1}}, "unknown key(s) 'seed' in FILE [analysis]; valid keys: hidden, seeds, seed_seconds, max_clips"),
+    ({"analysis": {"seed": 1}}, "unknown key(s) 'seed' in FILE [analysis]; valid keys: hidden, seed_clips, seed_seconds, max_clips"),
     ({"analysis": {"seed_seconds": -1.0}}, "seed_seconds: must be a finite number > 0"),
     ({"analysis.slurm": {"time_min": 0}}, "slurm.time_min: must be >= 1"),
 ])
