@@ -118,6 +118,7 @@ def fig3(runs: list[RunInfo], out_dir, hidden: int | None = None, max_clips: int
             im = ax.pcolormesh(np.arange(m.shape[0] + 1) + 0.5, edges, 20 * np.log10(m[:, 1:].T + 1e-9), cmap="magma",
                                vmin=vmax - 80, vmax=vmax, shading="flat", rasterized=True)
             ax.set_yscale("log")
+            ax.set_ylim(min(20.0, edges[-1] / 2), edges[-1])  # below 20 Hz: nothing a listener hears
             band_hz = data["band"].get(f"{artist}/{title.split()[0].lower()}", {}).get("band_hz")
             if band_hz:  # the band that holds 95% of the true energy, where flatness and in-band share are taken
                 for hz in band_hz:
