@@ -13,11 +13,11 @@ import numpy as np
 from gruv_hpc.analysis.common import RunInfo, cli, load_runs
 
 
-def seed_indices(n_clips: int, n_seeds: int) -> list[int]:
+def seed_indices(n_clips: int, n_seed_clips: int) -> list[int]:
     """Evenly spread over the dev split, the same for every run of an artist."""
     if n_clips == 0:
         return []
-    return sorted(set(np.linspace(0, n_clips - 1, min(n_seeds, n_clips)).astype(int).tolist()))
+    return sorted(set(np.linspace(0, n_clips - 1, min(n_seed_clips, n_clips)).astype(int).tolist()))
 
 
 def spectrogram_png(seed: np.ndarray, continuation: np.ndarray, sample_rate: int, path: Path,
@@ -46,9 +46,11 @@ def spectrogram_png(seed: np.ndarray, continuation: np.ndarray, sample_rate: int
     matplotlib.pyplot.imsave(path, rgba)
 
 
-def generate_audio(runs: list[RunInfo], out_dir, n_seeds: int = 2, seed_seconds: float = 10.0,
-                   length_ratio: float = 3.0) -> dict:
-    """Returns {run: {"clips": [...], mean diagnostics}}."""
+def generate_audio(runs: list[RunInfo], out_dir, n_seed_clips: int = 2, seed_seconds: float = 10.0,
+                   length_ratio: float = 3.0, band_hz: dict | None = None) -> dict:
+    """Returns {run: {"clips": [...], mean diagnostics}}. ``n_seed_clips``: dev clips to continue
+    per run; ``band_hz``: {artist: (lo, hi)}, the band holding the music's energy (Figure 3's),
+    the band the flatness is measured over."""
     from gruv_hpc.errors import GruvError
     import matplotlib
     matplotlib.use("Agg")
@@ -71,10 +73,10 @@ def generate_audio(runs: list[RunInfo], out_dir, n_seeds: int = 2, seed_seconds:
         secs = min(seed_seconds, lr.transform.seconds(cfg.clip_blocks, cfg.sample_rate))
         ds = lr.data.split("dev", normalize=False)
         clips = []
-        for k in seed_indices(len(ds), n_seeds):
+        for k in seed_indices(len(ds), n_seed_clips):
             wav, seed_wav = out / run.name / f"seed{k}.wav", out / run.name / f"seed{k}_seed.wav"
             side = generate(run.paths.root, wav, seed_seconds=secs, length_ratio=length_ratio, seed_from="dev",
-                            seed_index=k, run=lr, seed_out=seed_wav)
+                            seed_index=k, run=lr, seed_out=seed_wav, band_hz=(band_hz or {}).get(run.artist))
             png = wav.with_suffix(".png")
             spectrogram_png(sf.read(seed_wav)[0], sf.read(wav)[0], cfg.sample_rate, png)
             clips.append({"seed_index": k, "wav": str(wav.relative_to(out_dir)), "seed_wav": str(seed_wav.relative_to(out_dir)),
@@ -92,8 +94,8 @@ def generate_audio(runs: list[RunInfo], out_dir, n_seeds: int = 2, seed_seconds:
 
 if __name__ == "__main__":
     p = cli(__doc__)
-    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--seed-clips", type=int, default=2, help="dev clips each run continues")
     p.add_argument("--seed-seconds", type=float, default=10.0)
     a = p.parse_args()
-    for name, r in generate_audio(load_runs(a.sweep_dir), a.out, a.seeds, a.seed_seconds).items():
+    for name, r in generate_audio(load_runs(a.sweep_dir), a.out, a.seed_clips, a.seed_seconds).items():
         print(f"{name}: {len(r['clips'])} clips, flatness {r['flatness']:.3f}, loop fraction {r['loop_fraction']:.2f}")

@@ -17,11 +17,16 @@ comparison left with no value on a side is not made. With the n_A and n_B values
 - threshold: t * se, t the two-sided 95% quantile of Student's t with n_A + n_B - 2 degrees of
   freedom: a pooled two-sample t-test at the 5% level (t = 4.30 for 2 seeds a side, 2.78 for 3,
   2.31 for 5);
+- nothing learned: when the rows carry the floor (``baseline_dev_loss``, the dev loss of
+  predicting the train mean, analysis/baseline.py) and neither side's mean best dev loss is below
+  it, the comparison is "nothing beat the floor": two models that learned nothing that carries to
+  dev differ in noise, whatever the t-test says;
 - verdict: "one seed" when a side has fewer than 2 values (there is no spread to judge D by);
   "within noise" when |D| <= t * se (a tie is this, never a "no"); otherwise "holds" when D has
   the expected sign and "contradicts" when it has the other.
 
 A claim's verdict, over its N comparisons of which H hold and C contradict:
+"not decided: nothing beat the floor" when no comparison has a side below the floor;
 "holds" when H > N/2 and C = 0; "does not hold" when C > N/2 and H = 0; "inconclusive"
 otherwise (differences within the noise, single seeds, mixed evidence, or nothing to compare,
 e.g. Figure 2's claim with one hidden size per cell; the table then says what is missing).
@@ -35,6 +40,24 @@ from gruv_hpc.analysis.common import cli, finite, mean_std
 from gruv_hpc.training import cells
 
 HOLDS, NOT, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
+FLOOR = "nothing beat the floor"  # a comparison's verdict
+NOT_DECIDED = "not decided: nothing beat the floor"  # a claim's verdict
+
+
+def beats_floor(*sides: list[dict]) -> bool:
+    """Whether some side's mean best dev loss is below its floor (True when the rows carry no
+    floor or no dev loss: nothing to judge by)."""
+    from gruv_hpc.analysis.common import mean_std
+    known = False
+    for rows in sides:
+        floor = finite(r.get("baseline_dev_loss") for r in rows)
+        m, _, n = mean_std(r.get("best_dev_loss") for r in rows)
+        if not floor or not n:
+            continue
+        known = True
+        if m < floor[0]:
+            return True
+    return not known
 
 
 def compare(a, b, expect: str) -> dict:
@@ -66,9 +89,12 @@ def verdict(comparisons: list[dict]) -> tuple[str, str]:
     """A claim's verdict over its comparisons, and the counts behind it."""
     made = [c for c in comparisons if c["verdict"]]
     n = len(made)
-    k = {v: sum(c["verdict"] == v for c in made) for v in ("holds", "contradicts", "within noise", "one seed")}
+    k = {v: sum(c["verdict"] == v for c in made) for v in ("holds", "contradicts", "within noise", "one seed", FLOOR)}
     why = (f"{n} comparison(s): {k['holds']} hold, {k['contradicts']} contradict, {k['within noise']} within the noise "
-           f"between seeds, {k['one seed']} with one seed")
+           f"between seeds, {k['one seed']} with one seed" + (f", {k[FLOOR]} where neither side beat the floor (the dev "
+                                                              "loss of predicting the train mean)" if k[FLOOR] else ""))
+    if n and k[FLOOR] == n:
+        return NOT_DECIDED, why
     if k["holds"] > n / 2 and not k["contradicts"]:
         return HOLDS, why
     if k["contradicts"] > n / 2 and not k["holds"]:
@@ -127,6 +153,8 @@ def _cells(rows: list[dict], key: str, a_cell: str, b_cell: str, expect: str) ->
     for k, by_cell in sorted(groups.items()):
         if a_cell in by_cell and b_cell in by_cell:
             c = compare([r.get(key) for r in by_cell[a_cell]], [r.get(key) for r in by_cell[b_cell]], expect)
+            if c["verdict"] and not beats_floor(by_cell[a_cell], by_cell[b_cell]):
+                c["verdict"] = FLOOR
             out.append({"label": _label(by_cell[a_cell][0], "cell"), **c})
     return out
 
@@ -150,6 +178,8 @@ def claims(rows: list[dict]) -> list[dict]:
         sizes.add(len(hs))
         for lo, hi in zip(hs, hs[1:]):
             c = compare([r.get("best_dev_loss") for r in by_h[hi]], [r.get("best_dev_loss") for r in by_h[lo]], "<")
+            if c["verdict"] and not beats_floor(by_h[hi], by_h[lo]):
+                c["verdict"] = FLOOR
             first = by_h[hi][0]
             comps.append({"label": f"{_label(first, 'hidden')} H={lo}->{hi}", **c})
     missing = ("needs at least 2 hidden sizes per cell; this sweep has " +
@@ -158,13 +188,15 @@ def claims(rows: list[dict]) -> list[dict]:
                       "best dev loss at each hidden size minus the next smaller one, per artist and cell (expected D < 0)",
                       comps, "larger H", "smaller H", missing))
     out.append(_claim(f"The {G}'s output is flatter (noisier) than the {L}'s (paper: {G} sounds like noise)",
-                      f"spectral flatness of generated audio, {G} minus {L}, at each artist and hidden size (expected D > 0)",
+                      f"spectral flatness of generated audio over the band that holds 95% of the music's energy (Figure "
+                      f"3's), {G} minus {L}, at each artist and hidden size (expected D > 0)",
                       _cells(rows, "flatness", gru, lstm, ">"), G, L,
                       f"no generated audio for an {L}/{G} pair"))
     if any(finite([r.get("in_band_energy")]) for r in rows):
         out.append(_claim(f"More of the {G}'s predicted energy lies outside the music's band (Figure 3)",
-                          f"share of predicted energy inside the band that holds 95% of the true energy, {G} minus {L} "
-                          "(expected D < 0)", _cells(rows, "in_band_energy", gru, lstm, "<"), G, L,
+                          f"share of predicted energy inside the band that holds 95% of the true energy (the band of "
+                          f"Figure 3 and of the flatness), {G} minus {L} (expected D < 0)",
+                          _cells(rows, "in_band_energy", gru, lstm, "<"), G, L,
                           f"no {L}/{G} pair in Figure 3"))
     return out
 

@@ -1,12 +1,15 @@
 """Figure 1: train and dev loss against epoch, GRU and LSTM, one panel per artist, at one hidden size.
-Runs that differ only in seed share a colour: the spread between their curves is the noise."""
+Runs that differ only in seed share a colour and differ in marker, each labelled with its seed: the
+spread between their curves is the noise. The y axis is logarithmic when a panel's losses span
+more than 10x."""
 from __future__ import annotations
 
 from pathlib import Path
 
+from gruv_hpc.analysis.common import RunInfo, cli, load_runs, log_y_if_wide, note, save_fig, with_metrics
 from gruv_hpc.training import cells
 
-from gruv_hpc.analysis.common import RunInfo, cli, load_runs, note, save_fig, with_metrics
+SEED_MARKERS = "osD^v<>p"
 
 
 def fig1(runs: list[RunInfo], out_dir, hidden: int | None = None, baseline: dict | None = None) -> dict:
@@ -27,22 +30,28 @@ def fig1(runs: list[RunInfo], out_dir, hidden: int | None = None, baseline: dict
         if not mine:
             note(ax, f"{artist}, H = {hidden}:\nno run with a finished epoch yet", data)
             continue
-        labelled = set()
+        seeds_of = sorted({r.seed for r in mine})
+        drawn = []
         for r in mine:
             ep = [h["epoch"] for h in r.history]
             tr = [h["train_loss"] for h in r.history]
             dv = [h["dev_loss"] for h in r.history]
+            drawn += tr + dv
             c, name = cells.color(r.cell), cells.label(r.cell)
-            first = r.cell not in labelled
-            labelled.add(r.cell)
-            ax.plot(ep, tr, "--", color=c, alpha=0.8, label=f"{name} train" if first else None)
-            ax.plot(ep, dv, "-", color=c, alpha=0.8, label=f"{name} dev" if first else None)
+            mk = dict(marker=SEED_MARKERS[seeds_of.index(r.seed) % len(SEED_MARKERS)], markersize=4,
+                      markevery=max(1, len(ep) // 8))
+            who = f"{name} seed {r.seed}"
+            ax.plot(ep, tr, "--", color=c, alpha=0.8, label=f"{who} train", **mk)
+            ax.plot(ep, dv, "-", color=c, alpha=0.8, label=f"{who} dev", **mk)
             data["curves"][r.name] = {"artist": artist, "cell": r.cell, "label": name, "color": c, "seed": r.seed,
                                        "epoch": ep, "train": tr, "dev": dv}
         floor = (baseline or {}).get(artist, {}).get("dev_loss")
         if floor is not None:
             ax.axhline(floor, color="0.4", ls=":", label="dev, predicting the train mean")
             data.setdefault("baseline", {})[artist] = floor
+            drawn.append(floor)
+        if log_y_if_wide(ax, drawn):
+            data.setdefault("log_y", []).append(artist)
         seeds = len({r.seed for r in mine})
         ax.set_title(f"{artist}, H = {hidden}" + (f" ({seeds} seeds)" if seeds > 1 else ""))
         if all(h["dev_loss"] is None for r in mine for h in r.history):
@@ -52,7 +61,7 @@ def fig1(runs: list[RunInfo], out_dir, hidden: int | None = None, baseline: dict
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("L2 loss (normalized features, MSE)")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=7, ncol=2)
     fig.suptitle("Figure 1: training and dev loss")
     data["files"] = save_fig(fig, Path(out_dir), "fig1_loss")
     return data

@@ -20,7 +20,7 @@ from gruv_hpc.analysis.fig2_hidden import fig2
 from gruv_hpc.analysis.fig3_spectrogram import fig3
 
 
-def analyze(sweep_dir, out_dir, hidden: int | None = None, n_seeds: int = 2, seed_seconds: float = 10.0,
+def analyze(sweep_dir, out_dir, hidden: int | None = None, n_seed_clips: int = 2, seed_seconds: float = 10.0,
             max_clips: int = 64, log=print) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -43,7 +43,9 @@ def analyze(sweep_dir, out_dir, hidden: int | None = None, n_seeds: int = 2, see
     f1 = stage("fig1", fig1, runs, out, hidden, floor)
     f2 = stage("fig2", fig2, runs, out, floor)
     f3 = stage("fig3", fig3, runs, out, hidden, max_clips)
-    audio = stage("audio", generate_audio, runs, out, n_seeds, seed_seconds)
+    # Flatness over the band that holds each artist's music (Figure 3's), not over empty bins.
+    bands = {r.artist: tuple(f3["band_runs"][r.name]["band_hz"]) for r in runs if r.name in (f3.get("band_runs") or {})}
+    audio = stage("audio", generate_audio, runs, out, n_seed_clips, seed_seconds, band_hz=bands)
     rows = stage("collect", collect, sweep_dir, out, audio, runs, f3.get("band_runs"), floor)
     groups = group_rows(rows)
     table = stage("claims", claims, rows)
@@ -100,7 +102,28 @@ def _fmt(v):
 # The results table on the page: the columns to compare runs by; every column is in results.csv.
 PAGE_COLUMNS = ["name", "seed", "state", "epochs_done", "final_dev_loss", "best_dev_loss", "baseline_dev_loss", "params",
                 "device_hours", "flatness", "loop_fraction", "rms_db", "in_band_energy"]
-VERDICT_CLASS = {"holds": "good", "does not hold": "bad", "inconclusive": "meh"}
+VERDICT_CLASS = {"holds": "good", "does not hold": "bad", "inconclusive": "meh",
+                 "not decided: nothing beat the floor": "bad"}
+
+
+def _hz(hz: float) -> str:
+    return f"{hz / 1000:.2f} kHz" if hz >= 1000 else f"{hz:.0f} Hz"
+
+
+def dominant_html(dom: dict | None, std_floor: float | None) -> str:
+    """Why a floor is high, when a few frequency bins carry half of it (analysis/baseline.py)."""
+    if not dom:
+        return ""
+    e = html.escape
+    hz = [v["hz"] for v in dom["values"]]
+    names = ", ".join(f"{v['part']} {_hz(v['hz'])} ({100 * v['share']:.1f}%)" for v in dom["values"])
+    more = f" and {dom['n'] - len(dom['values'])} more" if dom["n"] > len(dom["values"]) else ""
+    fix = ("; the normalization's std floor is off (std_floor = 0, the paper's z-scoring): a std_floor such as 0.1 "
+           "bounds their weight" if not std_floor else "")
+    return (f"<br><span class='bad'>{100 * dom['share']:.0f}% of it comes from {dom['n']} of the {dom['of']} stored "
+            f"values, {_hz(min(hz))}–{_hz(max(hz))}: {e(names)}{more}. Their train spread is tiny next to dev's: a dev "
+            f"song with energy the train songs lack there (more bandwidth, another encoder; `gruv preprocess` warns "
+            f"about such songs){e(fix)}.</span>")
 
 
 def baseline_html(groups: list[dict], floor: dict) -> str:
@@ -120,8 +143,9 @@ def baseline_html(groups: list[dict], floor: dict) -> str:
             verdict = (f"<span class='bad'>not beaten by {len(above)} of {len(mine)} group(s): {e(', '.join(above))}</span>"
                        if above else f"<span class='good'>every group ({len(mine)}) is below it</span>" if mine
                        else "no group has a dev loss yet")
-            items.append(f"<li>{e(artist)}: {b['dev_loss']:.4g} over {b['dev_clips']} dev clips; {verdict}</li>")
-    return ("<h2>The floor: predicting the train mean</h2><p>A model that always predicts its artists' train mean has "
+            items.append(f"<li>{e(artist)}: {b['dev_loss']:.4g} over {b['dev_clips']} dev clips; {verdict}"
+                         f"{dominant_html(b.get('dominant'), b.get('std_floor'))}</li>")
+    return ("<h2 id='floor'>The floor: predicting the train mean</h2><p>A model that always predicts its artists' train mean has "
             "this dev loss (the dotted line in Figures 1 and 2; column <code>baseline_dev_loss</code>). A best dev "
             "loss (mean over seeds) at or above it means nothing learned carries over to unseen songs.</p><ul>"
             + "".join(items) + "</ul>")
@@ -156,12 +180,16 @@ def write_html(out: Path, runs, rows, table, f1, f2, f3, audio, groups: list[dic
                  "grid point here): "
                  "D is the difference of the seed means, and it counts only beyond the noise threshold of a two-sample "
                  "t-test at 5% (see <code>analysis/claims.py</code>). A difference within the noise, or one from a "
-                 "single seed, is inconclusive, never a “no”.</p>"
+                 "single seed, is inconclusive, never a “no”; one where neither model beats <a href='#floor'>the "
+                 "floor</a> (the dev loss of predicting the train mean) is not decided: nothing was learned to "
+                 "compare.</p>"
                  "<div class='scroll'><table><tr><th>claim</th><th>verdict</th><th>comparison</th><th>evidence</th></tr>")
     for c in table:
         items = "".join(f"<li>{e(x)}</li>" for x in c["lines"]) if c["lines"] else e(c["evidence"])
+        floor_link = " (see <a href='#floor'>the floor</a>)" if "floor" in c["why"] else ""
         parts.append(f"<tr><td class='left'>{e(c['claim'])}</td>"
-                     f"<td class='left {VERDICT_CLASS.get(c['verdict'], '')}'><b>{e(c['verdict'])}</b><br>{e(c['why'])}</td>"
+                     f"<td class='left {VERDICT_CLASS.get(c['verdict'], '')}'><b>{e(c['verdict'])}</b><br>{e(c['why'])}"
+                     f"{floor_link}</td>"
                      f"<td class='left'>{e(c['comparison'])}</td><td class='left'><ul class='cmp'>{items}</ul></td></tr>")
     parts.append("</table></div>")
     parts.append(baseline_html(groups or [], floor or {}))
@@ -201,7 +229,7 @@ def write_html(out: Path, runs, rows, table, f1, f2, f3, audio, groups: list[dic
 if __name__ == "__main__":
     p = cli(__doc__)
     p.add_argument("--hidden", type=int, default=None)
-    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--seed-clips", type=int, default=2, help="dev clips each run continues")
     a = p.parse_args()
-    analyze_atomic(a.sweep_dir, a.out, hidden=a.hidden, n_seeds=a.seeds)
+    analyze_atomic(a.sweep_dir, a.out, hidden=a.hidden, n_seed_clips=a.seed_clips)
     print(f"report: {Path(a.out) / 'index.html'}")

@@ -175,7 +175,8 @@ def _analyze(a) -> int:
     from gruv_hpc.analysis.report import analyze_atomic
     t = time.time()
     print(f"analyzing {a.sweep_dir}")
-    analyze_atomic(a.sweep_dir, a.out, hidden=a.hidden, n_seeds=a.seeds, seed_seconds=a.seed_seconds, max_clips=a.max_clips)
+    analyze_atomic(a.sweep_dir, a.out, hidden=a.hidden, n_seed_clips=a.seed_clips, seed_seconds=a.seed_seconds,
+                   max_clips=a.max_clips)
     print(f"report ({time.time() - t:.1f} s): {Path(a.out).resolve() / 'index.html'}")
     return 0
 
@@ -257,7 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     gp.add_argument("--seed-index", type=int, default=None, help="dev/train seed: the clip's index in the split (default 0)")
     gp.add_argument("--seed-start", type=float, default=None, metavar="SECONDS",
                     help="seed file: where in it the seed starts (default 0)")
-    gp.add_argument("--algorithm", choices=["stateful", "refeed"], default="stateful")
+    gp.add_argument("--algorithm", choices=["stateful", "refeed"], default="stateful",
+                    help="stateful (linear) or refeed (the paper's, quadratic): equal up to float rounding, which a "
+                         "trained recurrent model can amplify")
     gp.add_argument("--checkpoint", default="best", help="best, last, or a checkpoint PATH")
     gp.add_argument("--with-seed", action="store_true", help="prepend the seed audio")
     gp.add_argument("--float", action="store_true", help="32-bit float WAV instead of 16-bit PCM")
@@ -299,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("sweep_dir")
     an.add_argument("--out", required=True, help="report directory")
     an.add_argument("--hidden", type=int, default=None, help="hidden size for figures 1 and 3 (default: largest)")
-    an.add_argument("--seeds", type=int, default=2, help="dev seeds per run for generated audio")
+    an.add_argument("--seed-clips", type=int, default=2, help="dev clips each run continues, for the generated audio "
+                    "(not the grid's random seeds)")
     an.add_argument("--seed-seconds", type=float, default=10.0)
     an.add_argument("--max-clips", type=int, default=64, help="dev clips averaged in figure 3")
     an.set_defaults(fn=_analyze)

@@ -2,7 +2,9 @@
 
 ``refeed`` is the paper's algorithm: feed the whole sequence, append the last prediction, repeat
 (quadratic). ``stateful`` runs the seed once and then steps the recurrent state one block at a
-time (linear). The model is causal, so both give the same blocks.
+time (linear). The model is causal, so the two are equal up to float rounding, which a trained
+recurrent model can amplify (on one, 1 LSB for the first 5 s, then 0.02 by 10 s): a long
+continuation drifts apart, both equally valid.
 
 Unlike the original code, the continuation starts *after* the seed: no block of the output is a
 teacher-forced reconstruction of the seed.
@@ -27,6 +29,7 @@ from gruv_hpc.errors import GenerationError
 from gruv_hpc.fsio import atomic_write_json
 from gruv_hpc.dataset.transforms import Transform, audio_to_blocks
 from gruv_hpc.dataset.manifest import DatasetError
+from gruv_hpc.training.config import run_config
 from gruv_hpc.training.model import GRUVModel
 
 
@@ -76,7 +79,7 @@ def load_run(run_dir, checkpoint: str = "best", device="cpu") -> LoadedRun:
         raise GenerationError(f"{run_dir}: no readable checkpoint to generate from (has training saved one yet?)")
     # The dataset's newest known place: config.json follows a moved dataset, the checkpoint does not.
     data = json.loads(paths.config.read_text()).get("config", {}).get("data") or state["config"]["data"]
-    cfg = build(TrainConfig, {**state["config"], "data": data})
+    cfg = build(TrainConfig, {**run_config(state["config"]), "data": data})
     model = GRUVModel(cfg.feature_dim, cfg.hidden, cfg.cell, cfg.layers).to(device)
     model.load_state_dict(state["model"])
     model.eval()
@@ -100,7 +103,7 @@ def _epoch(state: dict) -> int:
 def open_dataset(cfg: TrainConfig) -> DatasetHandle:
     """The run's dataset, with the normalization statistics the run trained with (float64 mean
     and std): those of the train split of the run's artists (all when it names none)."""
-    data = DatasetHandle(cfg.data, cfg.artists)
+    data = DatasetHandle(cfg.data, cfg.artists, std_floor=cfg.std_floor)
     if data.params["feature_dim"] != cfg.feature_dim:
         raise GenerationError(f"dataset {cfg.data} has feature_dim {data.params['feature_dim']}, "
                               f"the run was trained with {cfg.feature_dim}")
@@ -114,7 +117,8 @@ def generate_stateful(model, seed: torch.Tensor, n: int) -> torch.Tensor:
     Feeding a prediction back in is out(h) followed by inp(.): two affine maps with nothing in
     between, so they compose into one H x H map (computed once per call). Each step then costs
     only H-sized work; the D-sized output layer runs once, batched, over all the generated steps.
-    The result is the same blocks as feeding every prediction back through both layers."""
+    The result equals feeding every prediction back through both layers (``generate_refeed``)
+    up to float rounding, which a trained recurrent model can amplify."""
     h, state = model.recur(model.inp(seed.unsqueeze(0)))
     h = h[:, -1:]
     w_in = model.inp.weight
@@ -166,18 +170,28 @@ def loop_stats(frames: np.ndarray, threshold: float = 0.95, min_run: int = 8) ->
             "loop_threshold": threshold, "loop_min_run": min_run}
 
 
-def spectral_flatness(audio: np.ndarray, sample_rate: int, window_s: float = 0.25) -> float:
+def spectral_flatness(audio: np.ndarray, sample_rate: int, window_s: float = 0.25,
+                      band_hz: tuple[float, float] | None = None) -> float:
     """Mean Wiener entropy over windows: ~1 for white noise, ~0 for a pure tone.
 
     Each window's power spectrum is a Welch average (1024-sample segments), which removes the
-    periodogram's own variance; silent windows are left out."""
+    periodogram's own variance; silent windows are left out. ``band_hz`` (lo, hi): only the bins
+    in that band, the one that holds the music's energy: over all bins, band-limited music (nothing
+    above 11 kHz, say) scores ~1e-7 from its empty bins alone, and any continuation with a little
+    broadband noise looks 10^5 times noisier."""
     from scipy.signal import welch
     w = max(1024, int(window_s * sample_rate))
     blocks = audio_to_blocks(np.asarray(audio, np.float64), w)
     if len(blocks) == 0:
         blocks = np.asarray(audio, np.float64)[None]
-    _, p = welch(blocks, nperseg=min(1024, blocks.shape[1]), axis=-1)
-    p = p[:, 1:]  # drop DC
+    f, p = welch(blocks, fs=sample_rate, nperseg=min(1024, blocks.shape[1]), axis=-1)
+    keep = f > 0  # drop DC
+    if band_hz is not None:
+        keep &= (f >= band_hz[0]) & (f <= band_hz[1])
+        if keep.sum() < 2:  # a band narrower than Welch's bins: its nearest few bins
+            keep = np.zeros_like(keep)
+            keep[max(1, int(np.searchsorted(f, band_hz[0])) - 1): int(np.searchsorted(f, band_hz[1])) + 2] = True
+    p = p[:, keep]
     loud = p.mean(axis=1) > 1e-12
     if not loud.any():
         return float("nan")
@@ -253,11 +267,12 @@ def seed_and_continuation_audio(run: LoadedRun, seed: np.ndarray, gen: np.ndarra
 def generate(run_dir, out_wav, seed_seconds: float = 10.0, length_ratio: float = 3.0, seed_from: str = "dev",
              seed_index: int | None = None, algorithm: str = "stateful", checkpoint: str = "best", with_seed: bool = False,
              float32: bool = False, normalize: bool = False, device: str = "cpu", run: LoadedRun | None = None,
-             seed_out=None, seed_start: float | None = None) -> dict:
+             seed_out=None, seed_start: float | None = None, band_hz: tuple[float, float] | None = None) -> dict:
     """Write OUT.wav and OUT.json (the sidecar), and the seed alone to ``seed_out`` if given;
     returns the sidecar dict. ``seed_index`` (default 0) picks a clip of the dev/train split,
     ``seed_start`` (seconds, default 0) a point in a seed file: each is refused with the other
-    source rather than ignored."""
+    source rather than ignored. ``band_hz``: the band the flatness is measured over (None: all
+    frequencies; the analysis passes the band holding the music's energy, Figure 3's)."""
     split = seed_from in ("dev", "train")
     if split and seed_start is not None:
         raise GenerationError(f"--seed-start is for a seed file; with --seed-from {seed_from}, pick the clip with --seed-index")
@@ -299,7 +314,8 @@ def generate(run_dir, out_wav, seed_seconds: float = 10.0, length_ratio: float =
     loops = loop_stats(gen)
     tf = run.transform
     diag = {**loops, "loop_onset_s": None if loops["loop_onset_step"] is None else tf.seconds(loops["loop_onset_step"], sr),
-            "flatness": spectral_flatness(gen_audio, sr), "seed_flatness": spectral_flatness(seed_audio, sr),
+            "flatness": spectral_flatness(gen_audio, sr, band_hz=band_hz),
+            "seed_flatness": spectral_flatness(seed_audio, sr, band_hz=band_hz), "flatness_band_hz": band_hz,
             "rms_db": rms_db(gen_audio), "seed_rms_db": rms_db(seed_audio)}
     side = {"run": str(run_dir), "checkpoint": str(run.ckpt_path), "checkpoint_epoch": run.epoch, "cell": run.cfg.cell,
             "hidden": run.cfg.hidden, "seed": info, "generated_blocks": n, "generated_s": tf.seconds(n, sr),

@@ -205,7 +205,7 @@ def test_partial_sweep_with_failed_and_running_runs(demo, tmp_path):
     (part / "sweep.json").write_text(json.dumps(state))
     try:
         rep = tmp_path / "rep"
-        summary = analyze(part, rep, n_seeds=1, seed_seconds=0.32, log=lambda *a: None)
+        summary = analyze(part, rep, n_seed_clips=1, seed_seconds=0.32, log=lambda *a: None)
     finally:
         sleeper.kill()
     rows = {r["name"]: r for r in summary["runs"]}
@@ -216,7 +216,7 @@ def test_partial_sweep_with_failed_and_running_runs(demo, tmp_path):
     assert len(summary["fig1"]["curves"]["aurora-lstm-h8"]["dev"]) == 1  # its curve so far
     (part / "runs" / "circuit-lstm-h8" / "metrics.jsonl").unlink()  # a run with nothing yet
     shutil.rmtree(part / "runs" / "circuit-lstm-h8" / "checkpoints")
-    summary = analyze(part, tmp_path / "rep2", n_seeds=1, seed_seconds=0.32, log=lambda *a: None)
+    summary = analyze(part, tmp_path / "rep2", n_seed_clips=1, seed_seconds=0.32, log=lambda *a: None)
     assert {r["name"] for r in summary["runs"]} >= {"circuit-lstm-h8"}
 
 
@@ -240,7 +240,7 @@ def test_unreadable_runs_are_reported_and_the_others_analysed(demo, tmp_path):
     best.unlink()  # a hard link: replace it, do not write through it into the step checkpoint
     best.write_bytes(b"garbage")
     with pytest.warns(UserWarning, match="best.pt is unreadable"):
-        summary = analyze(part, tmp_path / "rep", n_seeds=1, seed_seconds=0.32, log=lambda *a: None)
+        summary = analyze(part, tmp_path / "rep", n_seed_clips=1, seed_seconds=0.32, log=lambda *a: None)
     assert "aurora-gru-h4" in summary["audio"] and summary["audio"]["aurora-gru-h4"]["error"]
     assert summary["audio"]["aurora-lstm-h4"]["clips"]  # fell back, generated
     assert len([n for n, a in summary["audio"].items() if a["clips"]]) == 7
@@ -375,7 +375,7 @@ def test_seeds_in_the_grid_are_grouped_and_judged(data, tmp_path):
     assert r.returncode == 0, r.stderr
     names = {"aurora-lstm-h6-s1", "aurora-lstm-h6-s2", "aurora-gru-h6-s1", "aurora-gru-h6-s2"}
     assert {p.name for p in (sw / "runs").iterdir()} == names
-    r = subprocess.run([sys.executable, "-m", "gruv_hpc.cli", "analyze", str(sw), "--out", str(rep), "--seeds", "1",
+    r = subprocess.run([sys.executable, "-m", "gruv_hpc.cli", "analyze", str(sw), "--out", str(rep), "--seed-clips", "1",
                         "--seed-seconds", "0.32"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     rows = read_csv(rep / "results.csv")

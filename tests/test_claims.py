@@ -99,3 +99,55 @@ def test_figure_3_claim_from_every_seed():
     band = [c for c in claims(rows) if "Figure 3" in c["claim"]][0]
     assert band["verdict"] == "holds"
     assert not [c for c in claims(rows_of({("a", "lstm", 8): [1.0]})) if "Figure 3" in c["claim"]]  # no data: no row
+
+
+def test_the_floor_section_names_the_few_bins_that_dominate_it():
+    import numpy as np
+
+    from gruv_hpc.analysis.baseline import dominant_values
+    from gruv_hpc.analysis.report import baseline_html
+    per = np.ones(1000)
+    assert dominant_values(per, 1000, 8000) is None  # spread out: nothing to name
+    per[[999, 998, 997]] = 400.0  # Im near 4 kHz (the stored layout: Re_0..Re_500 | Im_1..Im_499)
+    dom = dominant_values(per, 1000, 8000)
+    assert dom["n"] == 3 and dom["of"] == 1000 and [v["part"] for v in dom["values"]] == ["Im"] * 3
+    assert dom["values"][0]["hz"] == pytest.approx(499 * 8.0)
+    page = baseline_html([], {"a": {"dev_loss": 12.0, "dev_clips": 3, "std_floor": 0.0, "dominant": dom}})
+    assert "3 of the 1000 stored values" in page and "Im 3.99 kHz" in page and "std_floor" in page
+    assert "id='floor'" in page
+
+
+def floored(values: dict, floor: float, key="best_dev_loss") -> list[dict]:
+    return [{**r, "baseline_dev_loss": floor} for r in rows_of(values, key)]
+
+
+def test_a_difference_between_models_that_beat_no_floor_is_not_decided():
+    """Clearly apart by the t-test, but both at or above the dev loss of predicting the train mean."""
+    rows = floored({("circuit", "lstm", 32): [1.235, 1.236], ("circuit", "gru", 32): [1.26, 1.261]}, 1.231)
+    c = by_claim(claims(rows))["LSTM's"]
+    assert c["comparisons"][0]["verdict"] == "nothing beat the floor"
+    assert c["verdict"] == "not decided: nothing beat the floor" and "beat the floor" in c["why"]
+    # One side below the floor: judged as before.
+    rows = floored({("circuit", "lstm", 32): [1.10, 1.101], ("circuit", "gru", 32): [1.26, 1.261]}, 1.231)
+    assert by_claim(claims(rows))["LSTM's"]["verdict"] == "holds"
+    # The hidden-size claim, and the flatness claim for runs that learned nothing.
+    rows = floored({("a", "lstm", 8): [1.3, 1.31], ("a", "lstm", 16): [1.25, 1.251]}, 1.2)
+    assert by_claim(claims(rows))["loss"]["verdict"] == "not decided: nothing beat the floor"
+    flat = [{**r, "flatness": f} for r, f in zip(floored({("a", "lstm", 8): [1.3, 1.31], ("a", "gru", 8): [1.3, 1.31]}, 1.2),
+                                                 (0.1, 0.11, 0.5, 0.51))]
+    assert by_claim(claims(flat))["GRU's"]["verdict"] == "not decided: nothing beat the floor"
+    # Mixed: one artist decided, another below no floor: the claim still holds on the evidence it has.
+    rows = floored({("a", "lstm", 8): [1.0, 1.01], ("a", "gru", 8): [1.1, 1.11]}, 1.2) + \
+        floored({("b", "lstm", 8): [1.3, 1.31], ("b", "gru", 8): [1.4, 1.41]}, 1.2)
+    c = by_claim(claims(rows))["LSTM's"]
+    assert [x["verdict"] for x in c["comparisons"]] == ["holds", "nothing beat the floor"] and c["verdict"] == "inconclusive"
+
+
+def test_the_claims_table_links_to_the_floor_section(tmp_path):
+    from gruv_hpc.analysis.report import PAGE_COLUMNS, write_html
+    rows = floored({("c", "lstm", 8): [1.3, 1.31], ("c", "gru", 8): [1.4, 1.41]}, 1.2)
+    for r in rows:
+        r.update(group=r["name"][:-3], state="COMPLETED", epochs_done=1, epochs=1, error="")
+        r.update({k: r.get(k) for k in PAGE_COLUMNS})
+    page = write_html(tmp_path, [], rows, claims(rows), {}, {}, {}, {}, [], {"c": {"dev_loss": 1.2, "dev_clips": 2}}).read_text()
+    assert "href='#floor'" in page and "id='floor'" in page and "not decided: nothing beat the floor" in page

@@ -85,7 +85,7 @@ def test_pooled_stats_are_the_stats_of_the_pooled_blocks(data):
         blocks[a] = np.concatenate(out)[:, idx] * sign
     for chosen in (["aurora"], ["circuit"], ["aurora", "circuit"], None):
         x = np.concatenate([blocks[a] for a in chosen or m["artists"]])
-        mean, std = load_stats(data, m, chosen)
+        mean, std = load_stats(data, m, chosen, std_floor=0.0)  # the paper's z-scoring
         ref_std = x.std(0)
         assert mean.shape == std.shape == (128,) and mean.dtype == std.dtype == np.float64
         # relative to each value's scale: a mean of ~0 has no relative digits of its own
@@ -93,6 +93,15 @@ def test_pooled_stats_are_the_stats_of_the_pooled_blocks(data):
         varying = ref_std > 1e-6 * ref_std.max()
         np.testing.assert_allclose(std[varying], ref_std[varying], rtol=1e-12)
         assert np.all(std[~varying] == 1.0)  # the floor: never divide by ~0
+        # The default: at least 0.1 x the RMS spread of the features that vary, then one factor
+        # that makes the train mean's loss exactly 1 on train.
+        live = sign != 0
+        s = np.where(live, np.maximum(ref_std, 0.1 * np.sqrt(np.mean(ref_std[live] ** 2))), 1.0)
+        s *= np.sqrt((ref_std[live] ** 2 / s[live] ** 2).sum() / len(s))
+        floored = load_stats(data, m, chosen)[1]
+        np.testing.assert_allclose(floored, s, rtol=1e-9)
+        assert np.mean(ref_std ** 2 / floored ** 2) == pytest.approx(1.0, rel=1e-9)
+        assert (ref_std[live] < 0.1 * np.sqrt(np.mean(ref_std[live] ** 2))).any()  # the floor does bite here
     assert not np.allclose(load_stats(data, m, ["aurora"])[1], load_stats(data, m, ["circuit"])[1])
 
 
@@ -207,7 +216,7 @@ def test_expanded_batch_is_the_old_pipelines_normalized_features(corpus, tmp_pat
                progress=False)
     feats, mean, std = _old_pipeline(data, "train", "aurora", transform)
     for split in ("train", "dev"):
-        ds = ClipDataset(data, split, ["aurora"], as_blocks=True)
+        ds = ClipDataset(data, split, ["aurora"], as_blocks=True, std_floor=0.0)  # the paper's z-scoring
         idxs = list(range(len(ds)))
         batch = ds.__getitems__(idxs)
         assert batch.shape == (len(ds), 9, 64) and batch.dtype == torch.float32
@@ -215,7 +224,7 @@ def test_expanded_batch_is_the_old_pipelines_normalized_features(corpus, tmp_pat
         want = np.stack([feats[int(ds.index.song_of_clip[i])][ds.index.clip_of_song[i] * 8:][:9] for i in idxs])
         np.testing.assert_allclose(got, (want - mean) / std, rtol=1e-4, atol=1e-4)
         # the per-item path and the raw features agree with it
-        plain = ClipDataset(data, split, ["aurora"])
+        plain = ClipDataset(data, split, ["aurora"], std_floor=0.0)
         x, y = plain[0]
         np.testing.assert_allclose(torch.cat([x, y[-1:]]).numpy(), got[0], atol=1e-5)
         np.testing.assert_allclose(plain.features(0), want[0], rtol=1e-5, atol=1e-3)

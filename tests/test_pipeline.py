@@ -38,7 +38,7 @@ def tiny_tables(corpus, /, **changes) -> dict:
         "sweep.train": {"epochs": 1, "hidden": 8, "batch_size": 4, "workers": 0, "gen_seconds": 0.0},
         "sweep.grid": {"cell": ["lstm", "gru"]},
         "sweep.slurm": dict(SLURM_SMALL),
-        "analysis": {"seeds": 1, "seed_seconds": 1.0, "max_clips": 4},
+        "analysis": {"seed_clips": 1, "seed_seconds": 1.0, "max_clips": 4},
         "analysis.slurm": {**SLURM_SMALL, "mem_gb": 2.0},
     }
     for k, v in changes.items():
@@ -68,7 +68,7 @@ def write(path: Path, tables: dict) -> Path:
     ({"sweep.train": None, "sweep.grid": None, "sweep.slurm": None}, "no sweep; give a [sweep] table"),
     ({"sweep": {"data": "/d"}}, "[sweep] data: the pipeline's dataset is OUT/data; remove this key"),
     ({"sweep.train": {"hiden": 8}}, "unknown key(s) 'hiden' in FILE [sweep] [train]"),
-    ({"analysis": {"seed": 1}}, "unknown key(s) 'seed' in FILE [analysis]; valid keys: hidden, seeds, seed_seconds, max_clips"),
+    ({"analysis": {"seed": 1}}, "unknown key(s) 'seed' in FILE [analysis]; valid keys: hidden, seed_clips, seed_seconds, max_clips"),
     ({"analysis": {"seed_seconds": -1.0}}, "seed_seconds: must be a finite number > 0"),
     ({"analysis.slurm": {"time_min": 0}}, "slurm.time_min: must be >= 1"),
 ])
@@ -100,12 +100,12 @@ def test_overrides_and_a_sweep_file(corpus, data, tmp_path):
                                                           "sweep.grid": None, "sweep.slurm": None}))
     pl = pipeline.load_pipeline(f, tmp_path / "out", ["corpus.aurora=" + str(corpus / "circuit"), "preprocess.jobs=3",
                                                       "preprocess.slurm.mem_gb=3", "sweep.epochs=2", "sweep.slurm.nodes=1",
-                                                      "analysis.seeds=0", "analysis.slurm.cpus_per_task=3"])
+                                                      "analysis.seed_clips=0", "analysis.slurm.cpus_per_task=3"])
     assert pl.corpus["aurora"] == corpus / "circuit" and pl.options.jobs == 3 and pl.preprocess_slurm.mem_gb == 3
     assert pl.preprocess.block_size == 64 and pl.preprocess_slurm.cpus_per_task == 1
     assert [r.name for r in pl.sweep.runs] == ["gru"] and pl.sweep.runs[0].config["epochs"] == 2
     assert pl.sweep.data == str(tmp_path / "out" / "data")  # the sweep file's data is replaced
-    assert pl.analysis.seeds == 0 and pl.analysis_slurm.cpus_per_task == 3
+    assert pl.analysis.seed_clips == 0 and pl.analysis_slurm.cpus_per_task == 3
     assert pl.analysis_slurm.time_min == 10  # from the file; other keys from ANALYSIS_SLURM_DEFAULTS
 
 

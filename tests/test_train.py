@@ -299,3 +299,37 @@ def test_ddp_resume_is_exact_on_every_rank(data, tmp_path):
     ha, hb = read_jsonl(tmp_path / "a" / "metrics.jsonl"), read_jsonl(tmp_path / "b" / "metrics.jsonl")
     assert [h["train_loss"] for h in ha] == [h["train_loss"] for h in hb]
     assert [h["dev_loss"] for h in ha] == [h["dev_loss"] for h in hb]
+
+
+# ---------------------------------------------------------------------------------------------
+# Seeds are independent replicates
+
+def test_no_two_seeds_share_a_data_order():
+    """DistributedSampler's seed + epoch gave seed 2's epoch e the order of seed 1's epoch e + 1."""
+    from gruv_hpc.training.trainer import ResumableSampler
+    orders = {}
+    for seed in (1, 2, 3, 4):
+        s = ResumableSampler(range(24), num_replicas=1, rank=0, shuffle=True, seed=seed, drop_last=True)
+        for epoch in range(10):
+            s.set_epoch(epoch)
+            orders[(seed, epoch)] = tuple(s)
+            assert sorted(orders[(seed, epoch)]) == list(range(24))
+    assert len(set(orders.values())) == len(orders) == 40
+    # The same (seed, epoch) is the same order (resume depends on it), and ranks split one order.
+    s = ResumableSampler(range(24), num_replicas=2, rank=1, shuffle=True, seed=3, drop_last=True)
+    s.set_epoch(7)
+    assert tuple(s) == orders[(3, 7)][1::2]
+    s.skip = 5
+    assert tuple(s) == orders[(3, 7)][1::2][5:]
+
+
+def test_rank_streams_do_not_alias_across_seeds(data, tmp_path, monkeypatch):
+    """seed + rank gave rank 1 of seed 1 the RNG of rank 0 of seed 2."""
+    import gruv_hpc.training.trainer as trainer
+    from gruv_hpc.training.checkpoint import RANK, derive_seed
+    seen = []
+    monkeypatch.setattr(trainer, "seed_everything", lambda s: (seen.append(s), torch.manual_seed(s)))
+    main(tiny_config(data, epochs=1, seed=2, limit_train_batches=1), tmp_path / "r")
+    assert seen == [derive_seed(2, RANK, 0)]
+    streams = {derive_seed(seed, RANK, rank) for seed in range(1, 9) for rank in range(8)}
+    assert len(streams) == 64 and derive_seed(1, RANK, 1) != derive_seed(2, RANK, 0)

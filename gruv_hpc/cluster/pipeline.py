@@ -25,7 +25,7 @@ command line; ``jobs/pipeline_demo.toml`` is an annotated example)::
     [preprocess.slurm]      # SlurmConfig of the preprocessing jobs
     [sweep]                 # a sweep file's train/grid/slurm tables (no data: the dataset is DIR/data)
     # or, at the top:  sweep = "SWEEP_FILE"   (its data key is replaced by DIR/data)
-    [analysis]              # hidden, seeds, seed_seconds, max_clips (as gruv analyze)
+    [analysis]              # hidden, seed_clips, seed_seconds, max_clips (as gruv analyze)
     [analysis.slurm]        # SlurmConfig of the analysis job
 
 Overrides on the command line name the table: ``corpus.ARTIST=DIR``, ``preprocess.KEY=v``,
@@ -76,15 +76,15 @@ class PreprocessOptions:
 @dataclass
 class AnalysisConfig:
     hidden: int | None = opt(None, "hidden size of figures 1 and 3; None = the largest")
-    seeds: int = opt(2, "dev seeds per run for the generated audio")
+    seed_clips: int = opt(2, "dev clips each run continues, for the generated audio (not the grid's random seeds)")
     seed_seconds: float = opt(10.0, "seconds of each seed")
     max_clips: int = opt(64, "dev clips averaged in figure 3")
 
     def validate(self) -> None:
         if self.hidden is not None and self.hidden < 1:
             raise ConfigError(f"hidden: must be >= 1, got {self.hidden}")
-        if self.seeds < 0 or self.max_clips < 1:
-            raise ConfigError(f"seeds must be >= 0 and max_clips >= 1, got {self.seeds} and {self.max_clips}")
+        if self.seed_clips < 0 or self.max_clips < 1:
+            raise ConfigError(f"seed_clips must be >= 0 and max_clips >= 1, got {self.seed_clips} and {self.max_clips}")
         if not (math.isfinite(self.seed_seconds) and self.seed_seconds > 0):
             raise ConfigError(f"seed_seconds: must be a finite number > 0, got {self.seed_seconds}")
 
@@ -411,7 +411,7 @@ def run_analysis(paths: PipelinePaths, cfg: AnalysisConfig, log=print) -> dict:
         else:
             os.rename(aside, report)
     shutil.rmtree(staging, ignore_errors=True)
-    summary = analyze(paths.sweep.root, staging, hidden=cfg.hidden, n_seeds=cfg.seeds, seed_seconds=cfg.seed_seconds,
+    summary = analyze(paths.sweep.root, staging, hidden=cfg.hidden, n_seed_clips=cfg.seed_clips, seed_seconds=cfg.seed_seconds,
                       max_clips=cfg.max_clips, log=log)
     if report.exists():
         os.rename(report, aside)

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from gruv_hpc.dataset.manifest import (DatasetError, check_params, clip_index, ensure_verified, load_manifest, load_stats,
-                                       select_artists)
+from gruv_hpc.dataset.manifest import (STD_FLOOR, DatasetError, check_params, clip_index, ensure_verified,
+                                       load_manifest, load_stats, select_artists)
 from gruv_hpc.dataset.transforms import from_params
 
 
@@ -103,7 +103,10 @@ class DatasetHandle:
     (``split``), the normalizer (``normalizer``), generation and analysis all read from it rather
     than from the directory again."""
 
-    def __init__(self, data_dir: str | Path, artists: list[str] | None = None, expect: dict | None = None):
+    def __init__(self, data_dir: str | Path, artists: list[str] | None = None, expect: dict | None = None,
+                 std_floor: float = STD_FLOOR):
+        """``std_floor``: TrainConfig.std_floor, the run's choice of the std's floor
+        (``manifest.floored_std``; 0: the paper's z-scoring)."""
         self.path = Path(data_dir)
         self.manifest = load_manifest(self.path)
         if expect:
@@ -111,7 +114,7 @@ class DatasetHandle:
         self.params = self.manifest["params"]
         self.artists = select_artists(self.manifest, artists)
         self.transform = from_params(self.params)
-        self.mean, self.std = load_stats(self.path, self.manifest, self.artists)  # float64, (D,)
+        self.mean, self.std = load_stats(self.path, self.manifest, self.artists, std_floor)  # float64, (D,)
         self.expand_index, self.sign = self.transform.expansion()
 
     def split(self, split: str, normalize: bool = True, as_blocks: bool = False) -> "ClipDataset":
@@ -133,10 +136,11 @@ class ClipDataset(Dataset):
     """
 
     def __init__(self, data: str | Path | DatasetHandle, split: str, artists: list[str] | None = None,
-                 expect: dict | None = None, normalize: bool = True, as_blocks: bool = False):
-        """``data``: a dataset directory, or a ``DatasetHandle`` already open (then ``artists``
-        and ``expect`` are the handle's)."""
-        handle = data if isinstance(data, DatasetHandle) else DatasetHandle(data, artists, expect)
+                 expect: dict | None = None, normalize: bool = True, as_blocks: bool = False,
+                 std_floor: float = STD_FLOOR):
+        """``data``: a dataset directory, or a ``DatasetHandle`` already open (then ``artists``,
+        ``expect`` and ``std_floor`` are the handle's)."""
+        handle = data if isinstance(data, DatasetHandle) else DatasetHandle(data, artists, expect, std_floor)
         self.handle = handle
         self.data_dir, self.manifest, self.params = handle.path, handle.manifest, handle.params
         self.clip_blocks = self.params["clip_blocks"]

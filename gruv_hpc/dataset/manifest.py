@@ -155,9 +155,35 @@ def artist_moments(data_dir: str | Path, manifest: dict) -> dict[str, RunningSta
     return {a: RunningStats(s, int(count[i]), mean[i], m2[i]) for i, a in enumerate(artists)}
 
 
-def load_stats(data_dir: str | Path, manifest: dict, artists: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+# The default of TrainConfig.std_floor: see floored_std.
+STD_FLOOR = 0.1
+
+
+def floored_std(var: np.ndarray, std: np.ndarray, live: np.ndarray, rel: float) -> np.ndarray:
+    """The per-dimension scale of the model's features, (D,): the std of each feature, but at
+    least ``rel`` times the corpus's own spread (the RMS std over its ``live`` features, those not
+    always zero), then all rescaled by one factor so that predicting the train mean still scores
+    exactly 1 on train. ``rel`` = 0 is the paper's exact z-scoring.
+
+    Why: z-scoring gives every feature the same weight, so a feature the train songs hardly use
+    (a band above their encoder's cutoff, std ~1e-4 of the largest) weighs 1e8 times the others
+    on a dev song encoded with more bandwidth: one such song made predicting the train mean score
+    104.9 instead of about 1. With the floor (0.1: 20 dB under the corpus's RMS spread) a feature
+    quieter than that is weighted by its energy instead, and codec noise cannot dominate the loss."""
+    if rel <= 0 or not live.any():
+        return std
+    rms = float(np.sqrt(var[live].mean()))
+    s = np.where(live, np.maximum(std, rel * rms), 1.0)
+    scale = float(np.sqrt((var[live] / s[live] ** 2).sum() / len(s)))  # the train mean's loss with s, to be 1
+    return s * scale if scale > 0 else s
+
+
+def load_stats(data_dir: str | Path, manifest: dict, artists: list[str] | None = None,
+               std_floor: float = STD_FLOOR) -> tuple[np.ndarray, np.ndarray]:
     """(mean, std), float64, over the model's D features: the train statistics of ``artists``
-    (None or empty: all), pooled exactly from the per-artist moments."""
+    (None or empty: all), pooled exactly from the per-artist moments; ``std`` floored relative to
+    their spread (``floored_std``; ``std_floor`` = 0: the paper's z-scoring). The stats are stored
+    raw, so the floor is a run's choice, applied here."""
     from gruv_hpc.dataset.transforms import from_params
     chosen = select_artists(manifest, artists)
     per_artist = artist_moments(data_dir, manifest)
@@ -171,7 +197,8 @@ def load_stats(data_dir: str | Path, manifest: dict, artists: list[str] | None =
     # are always zero (sign 0) get mean 0 and std 1, as the std floor gives any constant value.
     mean = pooled.mean[idx] * sign
     std = np.where(sign != 0, pooled.std()[idx], 1.0)
-    return mean, std
+    var = np.where(sign != 0, (pooled.m2 / max(pooled.n, 1))[idx], 0.0)
+    return mean, floored_std(var, std, sign != 0, std_floor)
 
 
 @dataclass

@@ -216,9 +216,21 @@ def set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in st["cuda"]])
 
 
+# The streams a run draws from, each its own key: derive_seed(seed, key, n) for two different
+# (seed, n) never coincide, unlike seed + n (seed 2's epoch e would be seed 1's epoch e + 1).
+DATA_ORDER, RANK = 0, 1
+
+
+def derive_seed(seed: int, stream: int, n: int) -> int:
+    """A 64-bit seed for item ``n`` (an epoch, a rank) of ``stream`` of a run seeded ``seed``:
+    numpy's SeedSequence hashes the three together, so nearby seeds and items give unrelated
+    seeds (no two runs share a data order, no rank of one run another's RNG)."""
+    return int(np.random.SeedSequence([int(seed) & (2**64 - 1), stream, n]).generate_state(1, np.uint64)[0])
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed([seed & 0xFFFFFFFF, seed >> 32 & 0xFFFFFFFF])  # numpy's legacy seed takes 32-bit words
     torch.manual_seed(seed)
 
 

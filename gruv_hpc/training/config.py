@@ -27,6 +27,9 @@ class TrainConfig:
     # data
     data: str = opt("", "dataset directory made by `gruv preprocess`")
     artists: list[str] = opt([], "artists of the dataset to train on; empty = all")
+    std_floor: float = opt(0.1, "normalization: each feature's std is taken as at least this times the corpus's RMS "
+                                "spread, rescaled so predicting the train mean scores 1 on train "
+                                "(dataset/manifest.py floored_std); 0 = the paper's exact per-dimension z-scoring")
     sample_rate: int | None = opt(None, "expected dataset sample rate; None = take the dataset's")
     block_size: int | None = opt(None, "expected dataset block (frame) size; None = take the dataset's")
     hop: int | None = opt(None, "expected dataset hop between frames; None = take the dataset's")
@@ -47,7 +50,7 @@ class TrainConfig:
     lr_step_epochs: int = opt(0, "step: decay every this many epochs")
     lr_gamma: float = opt(0.1, "step: the factor of each decay")
     grad_clip: float = opt(0.0, "clip the global gradient norm to this value; 0 = off")
-    seed: int = opt(0, "random seed; rank r uses seed + r for its own RNG")
+    seed: int = opt(0, "random seed; the data order of epoch e and rank r's RNG are hashed from (seed, e) and (seed, r)")
     limit_train_batches: int = opt(0, "stop each epoch after this many batches; 0 = the whole split")
     # checkpoints and logging
     ckpt_every_min: float = opt(10.0, "also checkpoint mid-epoch after this many minutes of training")
@@ -109,10 +112,16 @@ class TrainConfig:
             raise ConfigError(f"lr_gamma: must be in (0, 1], got {self.lr_gamma}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"lr: must be a finite number > 0, got {self.lr}")
-        for k in ("grad_clip", "ckpt_every_min", "gen_seconds"):
+        for k in ("grad_clip", "ckpt_every_min", "gen_seconds", "std_floor"):
             v = getattr(self, k)
             if not (math.isfinite(v) and v >= 0):
                 raise ConfigError(f"{k}: must be a finite number >= 0, got {v}")
+
+
+def run_config(saved: dict) -> dict:
+    """A run's saved config as TrainConfig's keys: a run saved before ``std_floor`` existed
+    trained with the paper's exact z-scoring (0), not today's default."""
+    return {"std_floor": 0.0, **saved}
 
 
 # Keys that may change between a run's starts without making it a different run.

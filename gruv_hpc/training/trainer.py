@@ -27,7 +27,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from gruv_hpc import jobenv
 from gruv_hpc.training import distributed
 from gruv_hpc.dataset import resident
-from gruv_hpc.training.checkpoint import Checkpointer, git_info, pack, rng_state, seed_everything, set_rng_state, unpack
+from gruv_hpc.training.checkpoint import (DATA_ORDER, RANK, Checkpointer, derive_seed, git_info, pack, rng_state,
+                                          seed_everything, set_rng_state, unpack)
 from gruv_hpc.training.config import RUNTIME_KEYS, TrainConfig, available_cpus, resolve, resolve_workers
 from gruv_hpc.config import ConfigError, diff, to_dict
 from gruv_hpc.dataset.clips import ClipDataset, DatasetHandle, Normalizer, batch_collate
@@ -142,13 +143,26 @@ def make_optimizer(cfg: TrainConfig, params):
 # Data
 
 class ResumableSampler(DistributedSampler):
-    """DistributedSampler that can skip the samples an interrupted epoch already consumed."""
+    """DistributedSampler that can skip the samples an interrupted epoch already consumed, and
+    whose shuffle is seeded by ``derive_seed(seed, DATA_ORDER, epoch)``: DistributedSampler's own
+    ``seed + epoch`` gives seed 2's epoch e the permutation of seed 1's epoch e + 1, so the seeds
+    of a grid would not be independent replicates."""
 
     skip = 0
 
     def __iter__(self):
-        it = list(super().__iter__())
-        return iter(it[self.skip:])
+        n = len(self.dataset)
+        if self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(derive_seed(self.seed, DATA_ORDER, self.epoch))
+            order = torch.randperm(n, generator=g).tolist()
+        else:
+            order = list(range(n))
+        if self.drop_last:
+            order = order[: self.total_size]
+        else:  # pad to a multiple of the ranks, as DistributedSampler does
+            order = (order * (-(-self.total_size // max(n, 1))))[: self.total_size]
+        return iter(order[self.rank: self.total_size: self.num_replicas][self.skip:])
 
     def __len__(self):
         return self.num_samples - self.skip
@@ -588,7 +602,7 @@ def main(cfg: TrainConfig, run_dir: str | Path, stop: StopFlag | None = None) ->
         if not cfg.data:
             raise ConfigError("data: no dataset given (gruv train --data DATA_DIR, or data=... )")
         cfg = dataclasses.replace(cfg, data=str(Path(cfg.data).expanduser().resolve()))  # jobs run from elsewhere
-        dataset = DatasetHandle(cfg.data, cfg.artists)  # the one read of the manifest and stats
+        dataset = DatasetHandle(cfg.data, cfg.artists, std_floor=cfg.std_floor)  # the one read of the manifest and stats
         world = int(os.environ.get("WORLD_SIZE", "1"))
         cfg = resolve(cfg, dataset.manifest, world, gpus=torch.cuda.device_count())
         d = distributed.setup(cfg.device, tf32=cfg.amp)
@@ -642,8 +656,8 @@ def _train(cfg: TrainConfig, dataset: DatasetHandle, paths: RunPaths, d: Dist, s
             paths.done.unlink()  # finished an earlier, lower target: it is not done with this one
         reserve_error_space(paths)
         record_start(paths, cfg, origin, old, d, git)
-    # Each rank its own seed offset; the data order comes from the sampler's (seed, epoch), not these.
-    seed_everything(cfg.seed + d.rank)
+    # Each rank its own stream of (seed, rank); the data order comes from the sampler's (seed, epoch), not these.
+    seed_everything(derive_seed(cfg.seed, RANK, d.rank))
     t = Trainer(cfg, paths, d, stop, dataset, git)
     t.ckpt.clean_temp()
     resumed_from = t.resume()  # from the run directory, never from a flag
