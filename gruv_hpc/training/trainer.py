@@ -392,6 +392,7 @@ class Trainer:
                 self.save()
                 t0 = time.time()
             x, y = data.to_xy(blk, d.device)
+            x = self._inputs(x)  # the data itself unless an option against loops is on
             with self.amp:
                 pred, _ = self.ddp(x)
             loss = torch.nn.functional.mse_loss(pred.float(), y)  # eq. 1, in normalized units
@@ -410,6 +411,49 @@ class Trainer:
         self._flush_loss()
         tick()
         return {"grad_norm": float(grad_norm), "frames_per_s": frames / max(epoch_time, 1e-9), "epoch_s": epoch_time}
+
+    # -- options against generation loops (docs/generation.md) --------------------------------
+    def own_input_prob(self) -> float:
+        """Scheduled sampling's probability at this point of training: own_input_prob, ramped up
+        linearly over own_input_ramp_epochs (a function of the step, so a resumed run agrees)."""
+        cfg = self.cfg
+        if cfg.own_input_ramp_epochs <= 0:
+            return cfg.own_input_prob
+        done = self.state.epoch + self.state.pos / self.data.steps_per_epoch
+        return cfg.own_input_prob * min(1.0, done / cfg.own_input_ramp_epochs)
+
+    def _generator(self) -> torch.Generator:
+        """A generator seeded by (seed, rank, step) alone: the noise and the choices of a step are
+        the same on a resumed run, whatever else drew random numbers before it."""
+        import numpy as np
+        seed = int(np.random.SeedSequence([self.cfg.seed, self.d.rank, self.state.step]).generate_state(1)[0])
+        return torch.Generator(device=self.d.device).manual_seed(seed)
+
+    @torch.no_grad()
+    def _inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """The step's inputs: x (the data, frames 0..C-1 of each clip) when both options are off,
+        untouched and with no random number drawn (the paper's method, bitwise). The targets are
+        never changed.
+
+        own_input_prob p: each input frame t >= 1 is, with probability p, the model's own
+        prediction of frame t from frames 0..t-1 instead of the data. The predictions come from
+        one teacher-forced pass without gradients over the clip, and the step then trains on the
+        mixture: the parallel form of scheduled sampling (Duckworth et al. 2019), one extra forward
+        pass a step instead of C sequential ones. input_noise sigma: Gaussian noise of that sigma
+        is then added to every input frame."""
+        cfg = self.cfg
+        p = self.own_input_prob() if cfg.own_input_prob > 0 else 0.0
+        if p <= 0 and cfg.input_noise <= 0:
+            return x
+        g = self._generator()
+        if p > 0:
+            with self.amp:
+                own, _ = self.model(x)
+            use = torch.rand(x.shape[0], x.shape[1] - 1, 1, device=x.device, generator=g) < p
+            x = torch.cat([x[:, :1], torch.where(use, own[:, :-1].float(), x[:, 1:])], dim=1)
+        if cfg.input_noise > 0:
+            x = x + cfg.input_noise * torch.randn(x.shape, device=x.device, generator=g)
+        return x
 
     @torch.no_grad()
     def evaluate(self) -> float:
