@@ -31,14 +31,14 @@ EXCERPT = (10.0, 130.0)  # seconds of each song: past the intro, 2 minutes
 
 # The scale (2 cores shared by several people): small, and said so in the results.
 PREPROCESS = {"jobs": 1, "sample_rate": SAMPLE_RATE, "block_size": 2048, "clip_blocks": 40, "dev_fraction": 0.25}
-TRAIN = {"epochs": 50, "batch_size": 5, "optimizer": "rmsprop", "lr": 1e-3, "hidden": 64, "cell": "lstm",
+TRAIN = {"epochs": 100, "batch_size": 5, "optimizer": "rmsprop", "lr": 1e-3, "hidden": 128, "cell": "lstm",
          "workers": 0, "gen_seconds": 0.0, "ckpt_every_epochs": 5, "keep_last": 1, "device": "cpu"}
 SEEDS = [1, 2, 3]
 VARIANTS = {  # name: (transform, train keys beside TRAIN)
     "fft": ("fft", {}),
     "stft": ("stft", {}),
     "fft_noise": ("fft", {"input_noise": 0.3}),
-    "fft_own": ("fft", {"own_input_prob": 0.5, "own_input_ramp_epochs": 25}),
+    "fft_own": ("fft", {"own_input_prob": 0.5, "own_input_ramp_epochs": 50}),
 }
 SEED_SECONDS = 2.56   # 20 fft frames, 40 stft frames: the same audio for both
 SEED_CLIPS = 3        # dev seed clips per run
@@ -96,7 +96,7 @@ def measure(out: Path) -> dict:
     from gruv_hpc.paths import read_jsonl
     res = {}
     for name in VARIANTS:
-        runs = sorted(p for p in (out / name / "sweep").glob("*") if (p / "config.json").exists())
+        runs = sorted(p for p in (out / name / "sweep" / "runs").glob("*") if (p / "config.json").exists())
         res[name] = []
         for run_dir in runs:
             hist = read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
