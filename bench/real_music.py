@@ -55,7 +55,7 @@ def _toml(v) -> str:
     return repr(v)
 
 
-def prepare(out: Path) -> None:
+def prepare(out: Path, train: dict, seeds: list[int]) -> None:
     import soundfile as sf
     from scipy.signal import resample_poly
     corpus = out / "corpus" / "muldjord"
@@ -72,14 +72,24 @@ def prepare(out: Path) -> None:
         lines += [f"{k} = {_toml(v)}" for k, v in {**PREPROCESS, "transform": transform}.items()]
         lines += ["", "[preprocess.slurm]", "time_min = 20", "cpus_per_task = 1", "mem_gb = 2.0", "",
                   "[sweep.train]"]
-        lines += [f"{k} = {_toml(v)}" for k, v in {**TRAIN, **extra}.items()]
-        lines += ["", "[sweep.grid]", f"seed = {_toml(SEEDS)}", "", "[sweep.slurm]", "time_min = 30",
+        lines += [f"{k} = {_toml(v)}" for k, v in {**train, **extra}.items()]
+        lines += ["", "[sweep.grid]", f"seed = {_toml(seeds)}", "", "[sweep.slurm]", "time_min = 30",
                   "cpus_per_task = 1", "mem_gb = 2.0", "signal_delay_s = 30", "",
                   "[analysis]", "seeds = 2", f"seed_seconds = {SEED_SECONDS}", "max_clips = 16", "",
                   "[analysis.slurm]", "time_min = 30", "cpus_per_task = 1", "mem_gb = 3.0", ""]
         (out / f"{name}.toml").write_text("\n".join(lines))
+    (out / "experiment.json").write_text(json.dumps({"train": train, "seeds": seeds}))
     print(f"corpus: {corpus} ({len(list(corpus.glob('*.wav')))} songs); pipelines: "
           + ", ".join(str(out / f'{n}.toml') for n in VARIANTS))
+
+
+def _value(v: str):
+    """A command-line value as TOML would read it (a number, a bool or a string)."""
+    import tomllib
+    try:
+        return tomllib.loads(f"v = {v}")["v"]
+    except tomllib.TOMLDecodeError:
+        return v
 
 
 def _stat(xs: list) -> dict:
@@ -185,18 +195,25 @@ def main():
     p.add_argument("out", type=Path)
     p.add_argument("--results", type=Path, help="write RESULTS.md and RESULTS.json (table)")
     p.add_argument("--wall-s", type=float, default=None, help="the pipelines' wall time, for the record")
+    p.add_argument("--seeds", type=int, nargs="+", default=SEEDS, help="prepare: the training seeds")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="prepare: train keys beside TRAIN's")
     a = p.parse_args()
     if a.what == "prepare":
-        prepare(a.out)
+        from gruv_hpc.config import parse_overrides
+        prepare(a.out, {**TRAIN, **{k: _value(v) for k, v in parse_overrides(a.overrides).items()}}, a.seeds)
         return
+    exp = json.loads((a.out / "experiment.json").read_text()) if (a.out / "experiment.json").exists() else \
+        {"train": TRAIN, "seeds": SEEDS}
+    train, seeds = exp["train"], exp["seeds"]
     res = measure(a.out)
     table = summarize(res)
     meta = {"date": time.strftime("%Y-%m-%d", time.gmtime()), "songs": SONGS.name, "excerpt_s": EXCERPT,
-            "preprocess": PREPROCESS, "train": TRAIN, "seeds": SEEDS, "seed_seconds": SEED_SECONDS,
+            "preprocess": PREPROCESS, "train": train, "seeds": seeds, "seed_seconds": SEED_SECONDS,
             "seed_clips": SEED_CLIPS, "length_ratio": LENGTH_RATIO, "pipeline_wall_s": a.wall_s}
     meta["scale"] = (f"Scale: 4 songs of fretsonfire-songs-muldjord (the backing track, {EXCERPT[0]:g}-{EXCERPT[1]:g} s of "
                      f"each, 16 kHz mono; 1 song held out as dev), block_size 2048 (stft: hop 1024), clip_blocks 40, "
-                     f"LSTM H={TRAIN['hidden']}, {TRAIN['epochs']} epochs, {len(SEEDS)} training seeds per variant, "
+                     f"LSTM H={train['hidden']}, {train['epochs']} epochs, {train['optimizer']} lr {train['lr']:g}, "
+                     f"batch {train['batch_size']}, {len(seeds)} training seeds per variant, "
                      f"{SEED_CLIPS} dev seed clips of {SEED_SECONDS} s each continued for {LENGTH_RATIO:g}x that; "
                      "through `gruv pipeline submit --executor slurm` on the local 2-core Slurm. This is far below "
                      "the issue's suggested scale (H up to 256, 100+ epochs)."
