@@ -390,3 +390,15 @@ def test_loop_option_values_are_checked():
     for bad in ({"own_input_prob": 1.5}, {"input_noise": -1.0}, {"own_input_ramp_epochs": float("nan")}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             build(TrainConfig, bad).validate()
+
+
+def test_a_run_from_before_the_loop_options_resumes(data, tmp_path):
+    run = tmp_path / "r"
+    main(tiny_config(data, epochs=1), run)
+    meta = json.loads((run / "config.json").read_text())
+    for k in ("input_noise", "own_input_prob", "own_input_ramp_epochs"):
+        del meta["config"][k]
+    (run / "config.json").write_text(json.dumps(meta))
+    assert main(tiny_config(data, epochs=2), run)["status"] == "done"
+    with pytest.raises(ConfigError, match="input_noise"):
+        main(tiny_config(data, epochs=3, input_noise=0.1), run)

@@ -515,7 +515,9 @@ def check_run_dir(paths: RunPaths, cfg: TrainConfig, dataset: dict) -> dict | No
     if not paths.config.exists():
         return None
     old = json.loads(paths.config.read_text())
-    d = diff(old["config"], to_dict(cfg), ignore=RUNTIME_KEYS)
+    # A key the run's config predates had its default then (new options are off by default).
+    was = {**{k: v for k, v in to_dict(TrainConfig()).items() if k not in old["config"]}, **old["config"]}
+    d = diff(was, to_dict(cfg), ignore=RUNTIME_KEYS)
     if d:
         raise ConfigError(f"{paths.root} holds a run with another config ({'; '.join(d)}); "
                           "use a new run directory")
