@@ -99,9 +99,9 @@ def _stat(xs: list) -> dict:
     return {"mean": float(np.mean(xs)), "std": float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0, "n": len(xs)}
 
 
-def measure(out: Path) -> dict:
+def measure(out: Path, checkpoint: str = "best") -> dict:
     """Every run of every variant: its best dev loss, and the diagnostics of its continuations."""
-    from gruv_hpc.analysis.audio import seed_indices
+    from gruv_hpc.analysis.audio import convergence, seed_indices
     from gruv_hpc.generate import generate, load_run
     from gruv_hpc.paths import read_jsonl
     res = {}
@@ -110,20 +110,23 @@ def measure(out: Path) -> dict:
         res[name] = []
         for run_dir in runs:
             hist = read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
-            row = {"run": run_dir.name, "epochs": len(hist),
+            row = {"run": run_dir.name, "epochs": len(hist), "checkpoint": checkpoint,
                    "best_dev_loss": min((h["dev_loss"] for h in hist), default=None), "clips": []}
             try:
-                lr = load_run(run_dir, "best")
+                lr = load_run(run_dir, checkpoint)
             except Exception as e:  # a run that did not train: in the table as missing, not dropped
                 row["error"] = str(e)
                 res[name].append(row)
                 continue
             n_dev = len(lr.data.split("dev", normalize=False))
             for k in seed_indices(n_dev, SEED_CLIPS):
-                wav = out / "generated" / name / run_dir.name / f"seed{k}.wav"
+                wav = out / f"generated-{checkpoint}" / name / run_dir.name / f"seed{k}.wav"
                 side = generate(run_dir, wav, seed_seconds=SEED_SECONDS, length_ratio=LENGTH_RATIO, seed_from="dev",
                                 seed_index=k, run=lr, seed_out=wav.with_name(f"seed{k}_seed.wav"))
-                row["clips"].append({"seed_index": k, **side["diagnostics"]})
+                row["clips"].append({"seed_index": k, "wav": str(wav), "seed_wav": str(wav.with_name(f"seed{k}_seed.wav")),
+                                     "generated_s": side["generated_s"], **side["diagnostics"]})
+            row["convergence"] = convergence(lr, [Path(c["wav"]) for c in row["clips"]],
+                                             [Path(c["seed_wav"]) for c in row["clips"]])
             res[name].append(row)
     return res
 
@@ -166,21 +169,25 @@ def summarize(res: dict) -> dict:
             no_loop += sum(c.get("loop_onset_s") is None for c in r["clips"])
             clips += len(r["clips"])
         table[name] = {k: _stat(v) for k, v in per_run.items()}
+        conv = [r["convergence"]["converged"] for r in rows if r.get("convergence")]
+        copying = sum(bool((c.get("nearest_train") or {}).get("copying")) for r in rows for c in r["clips"])
         table[name].update({"runs": len(rows), "clips": clips, "clips_without_loop": no_loop,
+                            "runs_converging": sum(conv), "runs_judged": len(conv), "clips_copying": copying,
                             "transform": VARIANTS[name][0], "options": VARIANTS[name][1]})
     return table
 
 
 def markdown(table: dict, meta: dict) -> str:
-    head = "| variant | " + " | ".join(t for _, t, _ in COLUMNS) + " |"
+    head = "| variant | " + " | ".join(t for _, t, _ in COLUMNS) + " | runs whose seeds converge | clips copying |"
     lines = [f"# Real music: the paper's settings against stft, input_noise and own_input_prob ({meta['date']})", "",
-             meta["scale"], "", head, "|" + "---|" * (len(COLUMNS) + 1)]
+             meta["scale"], "", head, "|" + "---|" * (len(COLUMNS) + 3)]
     for name, t in table.items():
         opts = ", ".join(f"{k}={v}" for k, v in t["options"].items())
         cells = []
         for k, _, f in COLUMNS:
             s = t[k]
-            cells.append("–" if s["mean"] is None else f"{f.format(s['mean'])} ± {f.format(s['std'])}")
+            cells.append("–" if s["mean"] is None else f"{f.format(s['mean'])} ± {f.replace('+', '').format(s['std'])}")
+        cells += [f"{t['runs_converging']} of {t['runs_judged']}", f"{t['clips_copying']} of {t['clips']}"]
         lines.append(f"| {name} ({t['transform']}{', ' + opts if opts else ''}; {t['runs']} runs) | " + " | ".join(cells) + " |")
     lines += ["", "Mean ± std over the training seeds of each run's mean over its dev seed clips (loop onset: a "
               "continuation that never loops counts at its end; "
@@ -196,6 +203,7 @@ def main():
     p.add_argument("--results", type=Path, help="write RESULTS.md and RESULTS.json (table)")
     p.add_argument("--wall-s", type=float, default=None, help="the pipelines' wall time, for the record")
     p.add_argument("--seeds", type=int, nargs="+", default=SEEDS, help="prepare: the training seeds")
+    p.add_argument("--checkpoint", default="best", help="table: generate from each run's best (on dev) or last checkpoint")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="prepare: train keys beside TRAIN's")
     a = p.parse_args()
     if a.what == "prepare":
@@ -205,16 +213,19 @@ def main():
     exp = json.loads((a.out / "experiment.json").read_text()) if (a.out / "experiment.json").exists() else \
         {"train": TRAIN, "seeds": SEEDS}
     train, seeds = exp["train"], exp["seeds"]
-    res = measure(a.out)
+    res = measure(a.out, a.checkpoint)
     table = summarize(res)
     meta = {"date": time.strftime("%Y-%m-%d", time.gmtime()), "songs": SONGS.name, "excerpt_s": EXCERPT,
             "preprocess": PREPROCESS, "train": train, "seeds": seeds, "seed_seconds": SEED_SECONDS,
-            "seed_clips": SEED_CLIPS, "length_ratio": LENGTH_RATIO, "pipeline_wall_s": a.wall_s}
+            "seed_clips": SEED_CLIPS, "length_ratio": LENGTH_RATIO, "pipeline_wall_s": a.wall_s,
+            "checkpoint": a.checkpoint}
     meta["scale"] = (f"Scale: 4 songs of fretsonfire-songs-muldjord (the backing track, {EXCERPT[0]:g}-{EXCERPT[1]:g} s of "
                      f"each, 16 kHz mono; 1 song held out as dev), block_size 2048 (stft: hop 1024), clip_blocks 40, "
                      f"LSTM H={train['hidden']}, {train['epochs']} epochs, {train['optimizer']} lr {train['lr']:g}, "
                      f"batch {train['batch_size']}, {len(seeds)} training seeds per variant, "
-                     f"{SEED_CLIPS} dev seed clips of {SEED_SECONDS} s each continued for {LENGTH_RATIO:g}x that; "
+                     f"{SEED_CLIPS} dev seed clips of {SEED_SECONDS} s each continued for {LENGTH_RATIO:g}x that "
+                     f"from each run's {a.checkpoint} checkpoint"
+                     + (" (best on dev)" if a.checkpoint == "best" else " (the end of training)") + "; "
                      "through `gruv pipeline submit --executor slurm` on the local 2-core Slurm. This is far below "
                      "the issue's suggested scale (H up to 256, 100+ epochs)."
                      + (f" Pipelines' wall time: {a.wall_s / 60:.1f} min." if a.wall_s else ""))
