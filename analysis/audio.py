@@ -1,8 +1,9 @@
 """Generated audio: every run's best checkpoint continues the same fixed dev seeds.
 
 Writes REPORT_DIR/audio/<run>/seed<K>.wav (the continuation), seed<K>_seed.wav (the seed itself),
-a JSON sidecar per clip with the diagnostics (flatness, loops, RMS), and seed<K>.png: a small
-spectrogram of the seed followed by the continuation.
+a JSON sidecar per clip with the diagnostics (docs/generation.md), and seed<K>.png: a small
+spectrogram of the seed followed by the continuation. Per run: the mean of each diagnostic over its
+clips, and whether the continuations from its different seed clips converge to the same output.
 """
 from __future__ import annotations
 
@@ -85,11 +86,63 @@ def generate_audio(runs: list[RunInfo], out_dir, n_seed_clips: int = 2, seed_sec
                           "words": describe(side["diagnostics"], side["clipped_samples"])})
         if not clips:
             continue
-        mean = lambda key: float(np.mean([c[key] for c in clips if c[key] is not None])) if any(c[key] is not None for c in clips) else None  # noqa: E731
-        result[run.name] = {"clips": clips, "flatness": mean("flatness"), "seed_flatness": mean("seed_flatness"),
-                            "loop_onset_s": mean("loop_onset_s"), "loop_fraction": mean("loop_fraction"),
-                            "rms_db": mean("rms_db"), "seed_rms_db": mean("seed_rms_db")}
+        for c in clips:  # flat copies of nearest_train's numbers, for the tables
+            near = c.get("nearest_train") or {}
+            c["nearest_train_distance"], c["nearest_train_relative"] = near.get("distance"), near.get("relative")
+
+        def mean(key):
+            v = [c[key] for c in clips if c.get(key) is not None and np.isfinite(c[key])]
+            return float(np.mean(v)) if v else None
+        result[run.name] = {"clips": clips, **{k: mean(k) for k in MEAN_KEYS},
+                            "convergence": convergence(lr, [out_dir / c["wav"] for c in clips],
+                                                       [out_dir / c["seed_wav"] for c in clips])}
     return result
+
+
+# The diagnostics a run reports as the mean over its seed clips.
+MEAN_KEYS = ("flatness", "seed_flatness", "band_flatness", "seed_band_flatness", "loop_onset_s", "loop_fraction",
+             "rms_db", "seed_rms_db", "level_change_db", "click_ratio", "seed_click_ratio", "nearest_train_distance",
+             "nearest_train_relative")
+CONVERGED_COSINE = 0.9  # end frames this alike (normalized features) are the same output to a listener
+
+
+def _end_frames(run, wav: Path, n: int = 8) -> np.ndarray:
+    """The last ``n`` frames of a WAV as the run's normalized features, unit length."""
+    import soundfile as sf
+    audio = sf.read(wav, dtype="float32")[0]
+    f = (run.transform.features(audio)[-n:] - run.mean) / run.std
+    return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+
+
+def _pair_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """How alike two endings are: the last frame of each against its best match among the other's
+    last frames (a loop of period > 1 ends at any phase), averaged both ways."""
+    return float(((a[-1] @ b.T).max() + (b[-1] @ a.T).max()) / 2)
+
+
+def convergence(run, wavs: list[Path], seed_wavs: list[Path]) -> dict | None:
+    """Do continuations from different seed clips of one run converge to the same output? Read
+    from the WAVs: the cosine between the continuations' endings (``_pair_cosine``, mean over
+    pairs), beside the same measure between the seeds' endings (how alike the starting points
+    were), and the spread of the continuations' levels. None with fewer than two clips."""
+    if len(wavs) < 2:
+        return None
+    import itertools
+
+    import soundfile as sf
+
+    from gruv_hpc.generate import rms_db
+    ends, seeds = [_end_frames(run, w) for w in wavs], [_end_frames(run, w) for w in seed_wavs]
+    if any(len(f) == 0 for f in ends + seeds):  # shorter than one frame: nothing to compare
+        return None
+    pairs = list(itertools.combinations(range(len(wavs)), 2))
+    cos = float(np.mean([_pair_cosine(ends[i], ends[j]) for i, j in pairs]))
+    seed_cos = float(np.mean([_pair_cosine(seeds[i], seeds[j]) for i, j in pairs]))
+    levels = [rms_db(sf.read(w, dtype="float32")[0]) for w in wavs]
+    levels = [v for v in levels if np.isfinite(v)]
+    return {"end_cosine": cos, "seed_end_cosine": seed_cos, "clips": len(wavs),
+            "level_spread_db": float(max(levels) - min(levels)) if levels else None,
+            "converged": bool(cos >= CONVERGED_COSINE and cos > seed_cos)}
 
 
 if __name__ == "__main__":

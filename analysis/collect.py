@@ -11,10 +11,12 @@ from gruv_hpc.analysis.common import RunInfo, cli, load_runs, mean_std
 COLUMNS = ["name", "group", "artists", "cell", "hidden", "layers", "seed", "variant", "state", "epochs_done", "epochs",
            "final_train_loss", "final_dev_loss", "best_train_loss", "best_dev_loss", "baseline_dev_loss", "params", "device", "device_hours",
            "flatness", "seed_flatness", "loop_onset_s", "loop_fraction", "rms_db", "seed_rms_db", "in_band_energy",
-           "error"]
+           "band_flatness", "level_change_db", "click_ratio", "nearest_train_distance", "nearest_train_relative",
+           "seeds_converge", "error"]
 # The numbers a group reports as mean and standard deviation over its seeds.
 GROUP_NUMBERS = ["final_dev_loss", "best_dev_loss", "best_train_loss", "flatness", "loop_fraction", "loop_onset_s",
-                 "rms_db", "in_band_energy"]
+                 "rms_db", "in_band_energy", "band_flatness", "level_change_db", "click_ratio", "nearest_train_distance",
+                 "nearest_train_relative"]
 
 
 def param_count(config: dict) -> int | None:
@@ -46,8 +48,11 @@ def row_for(run: RunInfo, diagnostics: dict | None = None, band: dict | None = N
            "device_hours": last.get("train_time_s", 0.0) * world / 3600 if h else 0.0,
            "error": (run.error or "").strip().splitlines()[-1] if run.error else ""}
     d = (diagnostics or {}).get(run.name, {})
-    for k in ("flatness", "seed_flatness", "loop_onset_s", "loop_fraction", "rms_db", "seed_rms_db"):
+    for k in ("flatness", "seed_flatness", "loop_onset_s", "loop_fraction", "rms_db", "seed_rms_db", "band_flatness",
+              "level_change_db", "click_ratio", "nearest_train_distance", "nearest_train_relative"):
         row[k] = d.get(k)
+    conv = d.get("convergence")
+    row["seeds_converge"] = None if not conv else conv["converged"]
     row["in_band_energy"] = (band or {}).get(run.name, {}).get("in_band_energy")
     row["baseline_dev_loss"] = (baseline or {}).get(run.artist, {}).get("dev_loss")
     return row

@@ -18,6 +18,7 @@ from gruv_hpc.fsio import dumps
 from gruv_hpc.analysis.fig1_loss import fig1
 from gruv_hpc.analysis.fig2_hidden import fig2
 from gruv_hpc.analysis.fig3_spectrogram import fig3
+from gruv_hpc.analysis.listen import write_listen
 
 
 def analyze(sweep_dir, out_dir, hidden: int | None = None, n_seed_clips: int = 2, seed_seconds: float = 10.0,
@@ -55,6 +56,7 @@ def analyze(sweep_dir, out_dir, hidden: int | None = None, n_seed_clips: int = 2
     summary = {"runs": rows, "groups": groups, "claims": table, "baseline": floor, "fig1": f1, "fig2": f2, "fig3": {k: v for k, v in f3.items()},
                "audio": audio, "skipped_runs": skipped, "timings_s": timings}
     (out / "summary.json").write_text(dumps(json.loads(json.dumps(summary, default=str)), indent=1))  # strict JSON
+    stage("listen", write_listen, out, runs, audio)
     stage("html", write_html, out, runs, rows, table, f1, f2, f3, audio, groups, floor, skipped)
     return summary
 
@@ -101,7 +103,8 @@ def _fmt(v):
 
 # The results table on the page: the columns to compare runs by; every column is in results.csv.
 PAGE_COLUMNS = ["name", "seed", "state", "epochs_done", "final_dev_loss", "best_dev_loss", "baseline_dev_loss", "params",
-                "device_hours", "flatness", "loop_fraction", "rms_db", "in_band_energy"]
+                "device_hours", "flatness", "band_flatness", "loop_fraction", "loop_onset_s", "rms_db", "level_change_db",
+                "click_ratio", "nearest_train_relative", "seeds_converge", "in_band_energy"]
 VERDICT_CLASS = {"holds": "good", "does not hold": "bad", "inconclusive": "meh",
                  "not decided: nothing beat the floor": "bad"}
 
@@ -149,6 +152,30 @@ def baseline_html(groups: list[dict], floor: dict) -> str:
             "this dev loss (the dotted line in Figures 1 and 2; column <code>baseline_dev_loss</code>). A best dev "
             "loss (mean over seeds) at or above it means nothing learned carries over to unseen songs.</p><ul>"
             + "".join(items) + "</ul>")
+
+
+def convergence_html(audio: dict) -> str:
+    """Do continuations from different seed clips of one run converge to the same output?"""
+    e = html.escape
+    rows = [(n, a["convergence"]) for n, a in audio.items() if a.get("convergence")]
+    if not rows:
+        return ""
+    same = [n for n, c in rows if c["converged"]]
+    parts = ["<h2>Do different seeds end the same?</h2><p>For each run, its continuations of different dev seed clips: "
+             "how alike their endings are (cosine of the normalized features of the last frames, best match among the "
+             "last 8, mean over pairs), against the same measure between the seeds they started from, and the spread "
+             "of their levels. A run <b>converges</b> when its endings are within cosine 0.9 of each other and more "
+             "alike than their seeds: it plays the same thing whatever it was given. "
+             f"<span class='{'bad' if same else 'good'}'>{len(same)} of {len(rows)} run(s) converge.</span></p>"
+             "<div class='scroll'><table><tr><th>run</th><th>clips</th><th>ending cosine</th><th>seeds' ending "
+             "cosine</th><th>level spread (dB)</th><th>verdict</th></tr>"]
+    for n, c in rows:
+        verdict = "<span class='bad'>converge to the same output</span>" if c["converged"] else \
+            "<span class='good'>stay distinct</span>"
+        parts.append(f"<tr><td class='left'>{e(n)}</td><td>{c['clips']}</td><td>{c['end_cosine']:.3f}</td>"
+                     f"<td>{c['seed_end_cosine']:.3f}</td><td>{_fmt(c['level_spread_db'])}</td>"
+                     f"<td class='left'>{verdict}</td></tr>")
+    return "".join(parts) + "</table></div>"
 
 
 def write_html(out: Path, runs, rows, table, f1, f2, f3, audio, groups: list[dict] | None = None,
@@ -209,9 +236,15 @@ def write_html(out: Path, runs, rows, table, f1, f2, f3, audio, groups: list[dic
     for r in rows:
         parts.append("<tr>" + "".join(f"<td{' class=left' if c == 'name' else ''}>{_fmt(r[c])}</td>" for c in PAGE_COLUMNS)
                      + "</tr>")
-    parts.append("</table></div><h2>Generated audio</h2><p>Each continuation starts where its seed (a dev clip the model "
+    parts.append("</table></div>")
+    parts.append(convergence_html(audio))
+    parts.append("<h2>Generated audio</h2><p>Each continuation starts where its seed (a dev clip the model "
                  "never trained on) ends; it is 3&times; the seed's length. The spectrogram shows the seed, then (after "
-                 "the white line) the continuation, 0 Hz at the bottom.</p><div class='scroll'><table><tr><th>run</th>"
+                 "the white line) the continuation, 0 Hz at the bottom. What each diagnostic means: "
+                 "<code>docs/generation.md</code>. "
+                 + ("<a href='listen.html'>Listen</a>: each seed and its continuation in one player, level-matched, "
+                    "the loop marked; and a blinded LSTM-vs-GRU comparison. " if (out / "listen.html").exists() else "")
+                 + "</p><div class='scroll'><table><tr><th>run</th>"
                  "<th>seed clip</th><th>seed</th><th>continuation</th><th>spectrogram and diagnostics</th></tr>")
     for name, a in audio.items():
         for c in a["clips"]:

@@ -105,7 +105,8 @@ def _generate(a) -> int:
     from gruv_hpc.generate import describe, generate
     side = generate(a.run_dir, a.out, seed_seconds=a.seed_seconds, length_ratio=a.length_ratio, seed_from=a.seed_from,
                     seed_index=a.seed_index, seed_start=a.seed_start, algorithm=a.algorithm, checkpoint=a.checkpoint,
-                    with_seed=a.with_seed, float32=a.float, normalize=a.normalize, device=a.device)
+                    with_seed=a.with_seed, float32=a.float, normalize=a.normalize, device=a.device, noise=a.noise,
+                    noise_seed=a.noise_seed)
     print(f"wrote {a.out}: {side['generated_s']:.2f} s generated from {side['seed']['seconds']:.2f} s of seed "
           f"({side['algorithm']}, {side['wall_s']:.2f} s); {describe(side['diagnostics'], side['clipped_samples'])}")
     return 0
@@ -266,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     gp.add_argument("--float", action="store_true", help="32-bit float WAV instead of 16-bit PCM")
     gp.add_argument("--normalize", action="store_true", help="peak-normalize instead of clipping")
     gp.add_argument("--device", default="cpu")
+    gp.add_argument("--noise", type=float, default=0.0, metavar="SIGMA",
+                    help="add Gaussian noise of SIGMA (normalized units) to each fed-back prediction, against "
+                         "generation loops; the output is the predictions themselves (default 0: off)")
+    gp.add_argument("--noise-seed", type=int, default=0, help="seed of --noise's draws")
     gp.set_defaults(fn=_generate)
     sp = sub.add_parser("sweep", help="grid sweeps on Slurm (or locally)")
     ssub = sp.add_subparsers(dest="sweep_cmd", required=True)

@@ -429,3 +429,52 @@ def test_panels_with_nothing_to_show_say_so(corpus, tmp_path):
     runs[0].history = [{"epoch": 1, "train_loss": 1.0, "dev_loss": 2.0}]
     f2 = fig2(runs, tmp_path / "r")
     assert f2["notes"] == ["circuit: no dev loss yet (no run has finished an epoch)"]
+
+
+def test_listening_page(demo):
+    """listen.html: every grid point's seed then its level-matched continuation, the loop marked;
+    and the blinded LSTM-vs-GRU pairs with their key behind a <details>."""
+    import html as H
+    _, rep = demo
+    page = (rep / "listen.html").read_text()
+    summary = json.loads((rep / "summary.json").read_text())
+    refs = re.findall(r"src='([^']+)'", page)
+    assert refs and all((rep / r).exists() for r in refs)
+    # 8 grid points x 2 seed clips, then 4 LSTM/GRU pairs (2 artists x 2 sizes) x 2 seed clips x A and B
+    players = re.findall(r"src='(listen/[^']+\.wav)'", page)
+    assert len(players) == 8 * 2 + 4 * 2 * 2
+    for name, a in summary["audio"].items():
+        for c in a["clips"]:
+            wav = rep / "listen" / name / f"seed{c['seed_index']}.wav"
+            if not wav.exists():
+                continue
+            mix, _ = sf.read(wav)
+            seed, _ = sf.read(rep / c["seed_wav"])
+            cont = mix[len(seed):]
+            cont_rms, seed_rms = np.sqrt(np.mean(cont ** 2)), np.sqrt(np.mean(mix[:len(seed)] ** 2))
+            if np.sqrt(np.mean(sf.read(rep / c["wav"])[0] ** 2)) > 1e-3:  # not a silent continuation
+                assert abs(20 * np.log10(cont_rms / seed_rms)) < 0.2  # level-matched
+            assert len(mix) == len(seed) + len(sf.read(rep / c["wav"])[0])
+    assert "class='tl loop'" in page or "no loop" in page
+    blind = page[page.index("id='blind'"):]
+    keys = re.findall(r"<details><summary>Show the key</summary>A = (\w+) \(([^)]+)\), B = (\w+) \(([^)]+)\)</details>",
+                      blind)
+    assert len(keys) == 8 and all({a, b} == {"LSTM", "GRU"} for a, _, b, _ in keys)
+    assert {a for a, _, _, _ in keys} == {"LSTM", "GRU"}  # the order is not always the same
+    for a, run_a, b, run_b in keys:
+        assert f"-{a.lower()}-" in H.unescape(run_a) and f"-{b.lower()}-" in H.unescape(run_b)
+    assert "href='listen.html'" in (rep / "index.html").read_text()
+
+
+def test_report_says_whether_seeds_converge(demo):
+    _, rep = demo
+    summary = json.loads((rep / "summary.json").read_text())
+    page = (rep / "index.html").read_text()
+    assert "Do different seeds end the same?" in page
+    rows = read_csv(rep / "results.csv")
+    for name, a in summary["audio"].items():
+        c = a["convergence"]
+        assert c["clips"] == len(a["clips"]) and -1 <= c["end_cosine"] <= 1 + 1e-9
+        assert rows[name]["seeds_converge"] == str(c["converged"])
+        for k in ("click_ratio", "level_change_db", "nearest_train_distance", "band_flatness"):
+            assert rows[name][k] != ""

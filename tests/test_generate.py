@@ -141,3 +141,192 @@ def test_stft_dataset_trains_and_generates_through_the_transform(corpus, tmp_pat
     assert side["generated_blocks"] == 80 and side["generated_s"] == pytest.approx(0.32)
     # One sequence of 120 frames a hop apart: its audio spans (120 - 1) hops and one frame.
     assert len(audio) == 119 * 32 + 64 and np.all(np.isfinite(audio))
+
+
+# ---------------------------------------------------------------------------------------------
+# Diagnostics a listener would agree with, checked against the WAV itself
+
+def _independent_click_ratio(x: np.ndarray, hop: int) -> float:
+    """Written out here, not taken from gruv_hpc: mean |step| at n = k*hop - 1 -> k*hop over the rest."""
+    at, rest = [], []
+    for n in range(len(x) - 1):
+        (at if (n + 1) % hop == 0 else rest).append(abs(float(x[n + 1]) - float(x[n])))
+    return (sum(at) / len(at)) / (sum(rest) / len(rest))
+
+
+def _independent_rms_db(x: np.ndarray) -> float:
+    return 10 * np.log10(np.mean(np.asarray(x, np.float64) ** 2))
+
+
+@pytest.mark.parametrize("kind", ["clicky", "smooth", "model"])
+def test_sidecar_diagnostics_agree_with_the_wav(trained_run, tmp_path, monkeypatch, kind):
+    """click_ratio and level_change_db in the sidecar against a measurement of the written WAVs
+    (the continuation and the seed, read back with soundfile): a continuation whose blocks jump at
+    every edge, a smooth one, and the model's own."""
+    import gruv_hpc.generate as g
+    rng = np.random.default_rng(1)
+    if kind != "model":
+        def to_audio(run, feats):
+            n = len(feats) * 64
+            t = np.arange(n) / 8000
+            x = 0.2 * np.sin(2 * np.pi * 220 * t) + 0.01 * rng.standard_normal(n)
+            if kind == "clicky":  # a different offset on each 64-sample block: a step at each edge
+                x = x + np.repeat(rng.uniform(-0.3, 0.3, len(feats)), 64)
+            return x.astype(np.float32)
+        monkeypatch.setattr(g, "to_audio", to_audio)
+    wav, seed_wav = tmp_path / "c.wav", tmp_path / "c_seed.wav"
+    side = generate(trained_run, wav, seed_seconds=0.32, length_ratio=3, seed_out=seed_wav)
+    d = side["diagnostics"]
+    x, sr = sf.read(wav)
+    s, _ = sf.read(seed_wav)
+    assert sr == 8000 and len(x) == 3 * 40 * 64
+    assert d["click_ratio"] == pytest.approx(_independent_click_ratio(x, 64), rel=0.02)
+    assert d["seed_click_ratio"] == pytest.approx(_independent_click_ratio(s, 64), rel=0.02)
+    assert d["level_change_db"] == pytest.approx(_independent_rms_db(x) - _independent_rms_db(s), abs=0.05)
+    if kind == "clicky":
+        assert d["click_ratio"] > 5
+    elif kind == "smooth":
+        assert 0.8 < d["click_ratio"] < 1.2
+    assert json.loads(wav.with_suffix(".json").read_text())["diagnostics"]["click_ratio"] == d["click_ratio"]
+
+
+def test_click_ratio_of_stft_continuations_is_every_hop(corpus, tmp_path):
+    """Overlapping frames: the boundaries are every hop, and the sidecar says so from the WAV."""
+    from conftest import preprocess_tiny, tiny_config
+    from gruv_hpc.training.trainer import main
+    data = tmp_path / "stft"
+    preprocess_tiny(corpus, data, transform="stft")
+    main(tiny_config(data, epochs=1, limit_train_batches=4), tmp_path / "run")
+    side = generate(tmp_path / "run", tmp_path / "g.wav", seed_seconds=0.16, length_ratio=2)
+    x, _ = sf.read(tmp_path / "g.wav")
+    assert side["diagnostics"]["frame_hop"] == 32
+    assert side["diagnostics"]["click_ratio"] == pytest.approx(_independent_click_ratio(x, 32), rel=0.02)
+
+
+def test_click_ratio_and_music_band_on_synthetic_signals():
+    from scipy.signal import butter, sosfilt
+    from gruv_hpc.generate import click_ratio, music_band
+    rng = np.random.default_rng(0)
+    sr, hop = 8000, 64
+    t = np.arange(sr) / sr
+    smooth = np.sin(2 * np.pi * 300 * t)
+    steps = np.repeat(rng.uniform(-1, 1, sr // hop), hop)
+    assert 0.95 < click_ratio(smooth, hop) < 1.05
+    assert click_ratio(smooth + steps, hop) > 4  # steps of ~0.67 on a sine whose own steps are ~0.15
+    assert click_ratio(smooth + np.roll(steps, 5), hop) < 1.2  # steps off the frame grid are not frame clicks
+    low = sosfilt(butter(8, 1000, fs=sr, output="sos"), rng.standard_normal(4 * sr))
+    lo, hi = music_band(low, sr)
+    assert lo < 100 and 800 < hi < 1300
+    # noise inside its band is flat there, and only there
+    assert spectral_flatness(low, sr, band=(lo, hi)) > 0.5 > spectral_flatness(low, sr)
+
+
+def test_nearest_train_finds_a_copied_clip(trained_run, monkeypatch):
+    import gruv_hpc.generate as g
+    from gruv_hpc.generate import nearest_train
+    # every train frame in the pool, so the copied clip is surely in it (by default: a random subsample)
+    monkeypatch.setattr(g, "NEAREST_CLIPS", 10**6)
+    monkeypatch.setattr(g, "NEAREST_FRAMES", 10**7)
+    run = load_run(trained_run)
+    train = run.data.split("train", normalize=False)
+    k = len(train) // 2
+    copy = ((train.features(k) - run.mean) / run.std).astype(np.float32)
+    near = nearest_train(run, copy)
+    song = train.manifest["songs"][int(train.index.song_of_clip[k])]["path"]
+    start = run.transform.seconds(int(train.index.clip_of_song[k]) * run.cfg.clip_blocks, run.cfg.sample_rate)
+    assert near["song"] == song
+    assert start <= near["offset_s"] <= start + run.transform.seconds(run.cfg.clip_blocks, run.cfg.sample_rate)
+    assert near["distance"] < 1e-3 and near["relative"] < 0.5 and near["dev_train_distance"] > 0 and near["copying"]
+    # a dev clip (music the model never saw) is about as far as the typical dev-train distance
+    dev = run.data.split("dev", normalize=False)
+    other = nearest_train(run, ((dev.features(0) - run.mean) / run.std).astype(np.float32))
+    assert other["relative"] > 0.5 and other["distance"] > near["distance"] and not other["copying"]
+
+
+def test_describe_and_tensorboard_name_the_diagnostics(trained_run, tmp_path):
+    from gruv_hpc.generate import describe, log_to_tensorboard
+    side = generate(trained_run, tmp_path / "g.wav", seed_seconds=0.32, length_ratio=2)
+    d = side["diagnostics"]
+    for k in ("click_ratio", "level_change_db", "nearest_train", "loop_onset_s", "band_flatness", "band_hz"):
+        assert k in d
+    assert set(d["nearest_train"]) >= {"song", "offset_s", "distance", "relative"}
+    words = describe(d, 0)
+    assert "clicks" in words and "nearest train" in words and "music's band" in words and " dB)" in words
+
+    class Writer:
+        def __init__(self):
+            self.tags = {}
+
+        def add_scalar(self, tag, v, step):
+            self.tags[tag] = v
+
+        def add_audio(self, *a, **kw):
+            pass
+
+        def add_image(self, *a, **kw):
+            pass
+
+    w, run = Writer(), load_run(trained_run)
+    cfg = run.cfg.__class__(**{**run.cfg.__dict__, "gen_seconds": 0.32})
+    log_to_tensorboard(w, run.model, cfg, 7, "cpu", run.data.split("dev", as_blocks=True))
+    for k in ("click_ratio", "level_change_db", "loop_fraction", "nearest_train_distance", "nearest_train_relative"):
+        assert f"generated/{k}" in w.tags
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation-time noise against loops
+
+def test_generation_noise(trained_run, tmp_path):
+    from gruv_hpc.generate import feedback_noise
+    run = load_run(trained_run)
+    seed, _ = seed_features(run, "dev", 0, 0.32)
+    s = torch.from_numpy(seed)
+    eps = feedback_noise(30, seed.shape[1], 0.5, seed=3)
+    assert eps.shape == (29, seed.shape[1]) and abs(float(eps.std()) - 0.5) < 0.02
+    assert feedback_noise(30, seed.shape[1], 0.0) is None
+    a, b = generate_stateful(run.model, s, 30, eps), generate_refeed(run.model, s, 30, eps)
+    assert (a - b).abs().max() <= 1e-4  # the same noise, fed back the same way by both algorithms
+    clean = generate_stateful(run.model, s, 30)
+    assert torch.equal(a[0], clean[0])  # the first block comes before any fed-back prediction
+    assert (a[1:] - clean[1:]).abs().max() > 1e-3
+    # the model's input is the prediction plus the noise: the refeed's second block from prediction 1 + eps[0]
+    p2, _ = run.model(torch.cat([s, (clean[:1] + eps[:1])]).unsqueeze(0))
+    assert torch.allclose(p2[0, -1], a[1], atol=1e-5)
+    off = generate(trained_run, tmp_path / "off.wav", seed_seconds=0.32, length_ratio=2)
+    on = generate(trained_run, tmp_path / "on.wav", seed_seconds=0.32, length_ratio=2, noise=0.5, noise_seed=3)
+    assert off["noise"] == 0 and on["noise"] == 0.5 and on["noise_seed"] == 3
+    x_off, _ = sf.read(tmp_path / "off.wav")
+    assert not np.array_equal(x_off, sf.read(tmp_path / "on.wav")[0])
+    with pytest.raises(GenerationError, match="noise"):
+        generate(trained_run, tmp_path / "x.wav", noise=-1)
+
+
+def test_cli_generate_noise(trained_run, tmp_path):
+    from gruv_hpc.cli import main
+    assert main(["generate", str(trained_run), "--out", str(tmp_path / "n.wav"), "--seed-seconds", "0.2",
+                 "--noise", "0.3", "--noise-seed", "5"]) == 0
+    side = json.loads((tmp_path / "n.json").read_text())
+    assert side["noise"] == 0.3 and side["noise_seed"] == 5
+
+
+def test_figure3_reads_the_stft_spectrum_of_the_audio(corpus, tmp_path):
+    """Figure 3's truth (and so the report's band) comes through the dataset's transform: with stft,
+    each frame's magnitude is |rfft| of the sqrt-Hann-windowed audio a hop apart, computed here
+    from the song itself."""
+    from scipy.signal import get_window
+    from conftest import preprocess_tiny
+    from gruv_hpc.analysis.fig3_spectrogram import truth_mean_magnitude
+    from gruv_hpc.dataset.audio import load_mono
+    from gruv_hpc.dataset.clips import ClipDataset
+    data = tmp_path / "stft"
+    preprocess_tiny(corpus, data, transform="stft")
+    ds = ClipDataset(data, "dev")
+    m = truth_mean_magnitude(ds, max_clips=1)  # frames 1..C of dev clip 0
+    song = ds.manifest["songs"][int(ds.index.song_of_clip[0])]
+    audio = load_mono(song["path"], 8000).astype(np.float64)
+    start = int(ds.index.clip_of_song[0]) * 8 * 32  # clip_blocks 8, hop 32
+    w = np.sqrt(get_window("hann", 64, fftbins=True))
+    assert m.shape == (8, 33)
+    for t in (1, 2, 5):
+        frame = audio[start + t * 32: start + t * 32 + 64]
+        np.testing.assert_allclose(m[t - 1], np.abs(np.fft.rfft(w * frame)), rtol=1e-3, atol=1e-4)

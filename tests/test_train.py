@@ -333,3 +333,108 @@ def test_rank_streams_do_not_alias_across_seeds(data, tmp_path, monkeypatch):
     assert seen == [derive_seed(2, RANK, 0)]
     streams = {derive_seed(seed, RANK, rank) for seed in range(1, 9) for rank in range(8)}
     assert len(streams) == 64 and derive_seed(1, RANK, 1) != derive_seed(2, RANK, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Options against generation loops: input_noise and own_input_prob (scheduled sampling)
+
+def _record_steps(monkeypatch, n_steps=3):
+    """Each of the first steps' (data inputs, inputs the model saw, targets the loss saw, the
+    model's teacher-forced predictions of the data at that step)."""
+    from gruv_hpc.training import trainer as T
+    seen, orig = [], T.Trainer._inputs
+    real_mse = torch.nn.functional.mse_loss
+
+    def inputs(self, win):
+        out, drop_last = orig(self, win)
+        x = win[:, :-1]
+        if len(seen) < n_steps:
+            with torch.no_grad():
+                own, _ = self.model(x)
+            used = out[:, :-1] if drop_last else out
+            seen.append({"x": x.clone(), "used": used.clone(), "own": own.clone(), "step": self.state.step})
+        return out, drop_last
+
+    def mse(pred, y, *a, **kw):
+        if seen and "y" not in seen[-1]:
+            seen[-1]["y"] = y.clone()
+        return real_mse(pred, y, *a, **kw)
+
+    monkeypatch.setattr(T.Trainer, "_inputs", inputs)
+    monkeypatch.setattr(torch.nn.functional, "mse_loss", mse)
+    return seen
+
+
+def test_options_off_leave_the_inputs_alone(data, tmp_path, monkeypatch):
+    seen = _record_steps(monkeypatch)
+    main(tiny_config(data, epochs=1, limit_train_batches=3), tmp_path / "r")
+    for s in seen:
+        assert torch.equal(s["x"], s["used"])
+
+
+def test_input_noise_perturbs_inputs_by_sigma_and_leaves_targets(data, tmp_path, monkeypatch):
+    seen = _record_steps(monkeypatch)
+    main(tiny_config(data, epochs=1, limit_train_batches=3, input_noise=0.5), tmp_path / "r")
+    assert len(seen) == 3
+    for s in seen:
+        noise = s["used"] - s["x"]
+        assert abs(float(noise.std()) - 0.5) < 0.02 and abs(float(noise.mean())) < 0.02
+        # the targets are the data's next frames: y[:, :-1] is x[:, 1:] of the same clips
+        assert torch.equal(s["y"][:, :-1], s["x"][:, 1:])
+    assert not torch.equal(seen[0]["used"] - seen[0]["x"], seen[1]["used"] - seen[1]["x"])  # fresh noise each step
+
+
+def test_own_input_prob_one_feeds_the_models_predictions(data, tmp_path, monkeypatch):
+    seen = _record_steps(monkeypatch)
+    main(tiny_config(data, epochs=1, limit_train_batches=3, own_input_prob=1.0), tmp_path / "r")
+    for s in seen:
+        assert torch.equal(s["used"][:, 0], s["x"][:, 0])  # the first frame has no prediction before it
+        assert torch.allclose(s["used"][:, 1:], s["own"][:, :-1], atol=1e-6)
+        assert not torch.allclose(s["used"][:, 1:], s["x"][:, 1:])
+        assert torch.equal(s["y"][:, :-1], s["x"][:, 1:])  # targets: still the data
+
+
+def test_own_input_prob_mixes_and_ramps(data, tmp_path, monkeypatch):
+    seen = _record_steps(monkeypatch, n_steps=12)
+    main(tiny_config(data, epochs=1, limit_train_batches=12, own_input_prob=0.5), tmp_path / "a")
+    frac = [float((s["used"][:, 1:] != s["x"][:, 1:]).any(-1).float().mean()) for s in seen]
+    assert 0.35 < sum(frac) / len(frac) < 0.65
+    seen.clear()
+    # Ramped over 2 epochs: step k of 12 in epoch 1 uses p = (k / 12) / 2, from 0 at the start.
+    main(tiny_config(data, epochs=1, limit_train_batches=12, own_input_prob=1.0, own_input_ramp_epochs=2),
+         tmp_path / "b")
+    frac = [float((s["used"][:, 1:] != s["x"][:, 1:]).any(-1).float().mean()) for s in seen]
+    assert frac[0] == 0.0 and sum(frac[:6]) < sum(frac[6:])
+    assert sum(frac) / len(frac) < 0.4
+
+
+@pytest.mark.parametrize("opts", [{"input_noise": 0.3}, {"own_input_prob": 0.7, "own_input_ramp_epochs": 1.5}],
+                         ids=["input_noise", "own_input_prob"])
+def test_bitwise_resume_with_loop_options(data, tmp_path, opts):
+    a, b = tmp_path / "a", tmp_path / "b"
+    main(tiny_config(data, epochs=2, **opts), a)
+    res = main(tiny_config(data, epochs=2, **opts), b, stop=StopAfter(17))
+    assert res["status"] == "stopped"
+    main(tiny_config(data, epochs=2, **opts), b)
+    assert_bitwise_equal(weights(a), weights(b))
+    # and the option did change the training: the paper's method ends elsewhere
+    main(tiny_config(data, epochs=2), tmp_path / "c")
+    assert not all(torch.equal(x, y) for x, y in zip(weights(a).values(), weights(tmp_path / "c").values()))
+
+
+def test_loop_option_values_are_checked():
+    for bad in ({"own_input_prob": 1.5}, {"input_noise": -1.0}, {"own_input_ramp_epochs": float("nan")}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            build(TrainConfig, bad).validate()
+
+
+def test_a_run_from_before_the_loop_options_resumes(data, tmp_path):
+    run = tmp_path / "r"
+    main(tiny_config(data, epochs=1), run)
+    meta = json.loads((run / "config.json").read_text())
+    for k in ("input_noise", "own_input_prob", "own_input_ramp_epochs"):
+        del meta["config"][k]
+    (run / "config.json").write_text(json.dumps(meta))
+    assert main(tiny_config(data, epochs=2), run)["status"] == "done"
+    with pytest.raises(ConfigError, match="input_noise"):
+        main(tiny_config(data, epochs=3, input_noise=0.1), run)

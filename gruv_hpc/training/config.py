@@ -51,6 +51,13 @@ class TrainConfig:
     lr_gamma: float = opt(0.1, "step: the factor of each decay")
     grad_clip: float = opt(0.0, "clip the global gradient norm to this value; 0 = off")
     seed: int = opt(0, "random seed; the data order of epoch e and rank r's RNG are hashed from (seed, e) and (seed, r)")
+    # against generation loops (docs/generation.md); each off by default, and off is the paper's method
+    input_noise: float = opt(0.0, "Gaussian noise of this sigma (normalized units) added to the training inputs; "
+                                  "the targets stay clean; 0 = off")
+    own_input_prob: float = opt(0.0, "scheduled sampling: the probability that a step's input is the model's own "
+                                     "previous prediction instead of the data (Bengio et al. 2015); 0 = off")
+    own_input_ramp_epochs: float = opt(0.0, "ramp own_input_prob up linearly from 0 over this many epochs; "
+                                            "0 = the full probability from the start")
     limit_train_batches: int = opt(0, "stop each epoch after this many batches; 0 = the whole split")
     # checkpoints and logging
     ckpt_every_min: float = opt(10.0, "also checkpoint mid-epoch after this many minutes of training")
@@ -112,7 +119,9 @@ class TrainConfig:
             raise ConfigError(f"lr_gamma: must be in (0, 1], got {self.lr_gamma}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"lr: must be a finite number > 0, got {self.lr}")
-        for k in ("grad_clip", "ckpt_every_min", "gen_seconds", "std_floor"):
+        if not (math.isfinite(self.own_input_prob) and 0 <= self.own_input_prob <= 1):
+            raise ConfigError(f"own_input_prob: must be in [0, 1], got {self.own_input_prob}")
+        for k in ("grad_clip", "ckpt_every_min", "gen_seconds", "std_floor", "input_noise", "own_input_ramp_epochs"):
             v = getattr(self, k)
             if not (math.isfinite(v) and v >= 0):
                 raise ConfigError(f"{k}: must be a finite number >= 0, got {v}")

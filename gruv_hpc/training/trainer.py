@@ -433,8 +433,9 @@ class Trainer:
                 self.save()
                 t0 = time.time()
             win, y = data.to_window(blk, d.device)
+            inp, drop_last = self._inputs(win)  # the data's window itself unless an option against loops is on
             with self.amp:
-                pred, _ = self.ddp(win, drop_last=True)
+                pred, _ = self.ddp(inp, drop_last=drop_last)
             loss = torch.nn.functional.mse_loss(pred.float(), y)  # eq. 1, in normalized units
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -451,6 +452,51 @@ class Trainer:
         self._flush_loss()
         tick()
         return {"grad_norm": float(grad_norm), "frames_per_s": frames / max(epoch_time, 1e-9), "epoch_s": epoch_time}
+
+    # -- options against generation loops (docs/generation.md) --------------------------------
+    def own_input_prob(self) -> float:
+        """Scheduled sampling's probability at this point of training: own_input_prob, ramped up
+        linearly over own_input_ramp_epochs (a function of the step, so a resumed run agrees)."""
+        cfg = self.cfg
+        if cfg.own_input_ramp_epochs <= 0:
+            return cfg.own_input_prob
+        done = self.state.epoch + self.state.pos / self.data.steps_per_epoch
+        return cfg.own_input_prob * min(1.0, done / cfg.own_input_ramp_epochs)
+
+    def _generator(self) -> torch.Generator:
+        """A generator seeded by (seed, rank, step) alone: the noise and the choices of a step are
+        the same on a resumed run, whatever else drew random numbers before it."""
+        import numpy as np
+        seed = int(np.random.SeedSequence([self.cfg.seed, self.d.rank, self.state.step]).generate_state(1)[0])
+        return torch.Generator(device=self.d.device).manual_seed(seed)
+
+    @torch.no_grad()
+    def _inputs(self, win: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """The step's model input and whether the model drops its last frame (``drop_last``): the
+        data's window (frames 0..C of each clip, the model reading 0..C-1) when both options are
+        off, untouched and with no random number drawn (the paper's method, bitwise); else the
+        inputs x (frames 0..C-1) as the options make them. The targets are never changed.
+
+        own_input_prob p: each input frame t >= 1 is, with probability p, the model's own
+        prediction of frame t from frames 0..t-1 instead of the data. The predictions come from
+        one teacher-forced pass without gradients over the clip, and the step then trains on the
+        mixture: the parallel form of scheduled sampling (Duckworth et al. 2019), one extra forward
+        pass a step instead of C sequential ones. input_noise sigma: Gaussian noise of that sigma
+        is then added to every input frame."""
+        cfg = self.cfg
+        p = self.own_input_prob() if cfg.own_input_prob > 0 else 0.0
+        if p <= 0 and cfg.input_noise <= 0:
+            return win, True
+        x = win[:, :-1]
+        g = self._generator()
+        if p > 0:
+            with self.amp:
+                own, _ = self.model(x)
+            use = torch.rand(x.shape[0], x.shape[1] - 1, 1, device=x.device, generator=g) < p
+            x = torch.cat([x[:, :1], torch.where(use, own[:, :-1].float(), x[:, 1:])], dim=1)
+        if cfg.input_noise > 0:
+            x = x + cfg.input_noise * torch.randn(x.shape, device=x.device, generator=g)
+        return x, False
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -512,7 +558,9 @@ def check_run_dir(paths: RunPaths, cfg: TrainConfig, dataset: dict) -> dict | No
     if not paths.config.exists():
         return None
     old = json.loads(paths.config.read_text())
-    d = diff(old["config"], to_dict(cfg), ignore=RUNTIME_KEYS)
+    # A key the run's config predates had its default then (new options are off by default).
+    was = {**{k: v for k, v in to_dict(TrainConfig()).items() if k not in old["config"]}, **old["config"]}
+    d = diff(was, to_dict(cfg), ignore=RUNTIME_KEYS)
     if d:
         raise ConfigError(f"{paths.root} holds a run with another config ({'; '.join(d)}); "
                           "use a new run directory")
