@@ -11,7 +11,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "gruv_hpc"
@@ -165,12 +164,6 @@ def describe(cycle: list[str], graph: dict[str, dict[str, int]], mods: dict[str,
     return " -> ".join(cycle) + "\n    " + "\n    ".join(steps)
 
 
-# Two cycles remain while the packages settle (issue 18 item 9; the code fixes are on other branches):
-# dataset.build -> cluster.preprocess (a lazy import of refuse_live_build) -> dataset.build, and
-# dataset.config (a lazy import in params) -> dataset.transforms -> dataset.config. Not strict: the
-# test passes as soon as both are gone, and the marker goes with them.
-@pytest.mark.xfail(strict=False, reason="import cycles remain: dataset.build <-> cluster.preprocess, "
-                   "dataset.config <-> dataset.transforms")
 def test_no_import_cycles():
     graph, mods = import_graph()
     assert len(mods) > 20 and any(graph.values()), "found no modules or no imports: the scan is broken"
@@ -218,8 +211,6 @@ def layer_of(mod: str) -> int | None:
     return None
 
 
-@pytest.mark.xfail(strict=False, reason="dataset.build imports cluster.preprocess (refuse_live_build), as in the "
-                   "cycle above")
 def test_lower_layers_do_not_import_upper_ones():
     graph, mods = import_graph()
     bad = [f"{a} ({mods[a].relative_to(ROOT)}:{line}) imports {b}"
