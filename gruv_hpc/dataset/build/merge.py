@@ -1,0 +1,101 @@
+"""Merge: check every task's output, pool the moments exactly, write the stats and the manifest
+last, then swap the staging directory into place."""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from gruv_hpc import __version__
+from gruv_hpc.dataset.build.bandwidth import warn_bandwidths
+from gruv_hpc.dataset.build.staging import (
+    PLAN,
+    SUBMISSION,
+    TASK_DIR,
+    read_plan,
+    task_name,
+    write_moments,
+)
+from gruv_hpc.dataset.build.swap import swap_in
+from gruv_hpc.dataset.corpus import task_songs
+from gruv_hpc.dataset.manifest import (
+    FORMAT,
+    MANIFEST,
+    STATS,
+    VERSION,
+    DatasetError,
+    RunningStats,
+    sha256_file,
+)
+from gruv_hpc.fsio import atomic_write_text, fsync_dir
+
+
+def merge(staging: str | Path, out: str | Path) -> dict:
+    """Check every task's output in ``staging``, pool their moments, write ``stats.npz`` and then
+    ``manifest.json``, and swap the staging directory into place as ``out``. Returns the manifest."""
+    staging, out = Path(staging), Path(out)
+    p, n_tasks = read_plan(staging)
+    dim = p.params["storage_dim"]
+    moments = {a: RunningStats(dim) for a in p.artists}
+    results: dict[int, dict] = {}
+    shards = []
+    for t in range(n_tasks):
+        name = task_name(t, n_tasks)
+        rec_path = staging / TASK_DIR / f"{name}.json"
+        if not rec_path.exists():
+            raise DatasetError(f"{rec_path}: task {t} of {n_tasks} has not finished")
+        rec = json.loads(rec_path.read_text())
+        want = [s["id"] for s in task_songs(p, t, n_tasks)]
+        if [r["id"] for r in rec["songs"]] != want:
+            raise DatasetError(f"{rec_path}: the task's songs are not the plan's (was the plan changed?)")
+        for sh in rec["shards"]:
+            f = staging / sh["file"]
+            if not f.exists() or f.stat().st_size != sh["bytes"]:
+                raise DatasetError(f"{f}: missing, or not the size task {t} recorded ({sh['bytes']} bytes)")
+        with np.load(staging / rec["moments"]) as z:
+            if list(z["artists"]) != p.artists:
+                raise DatasetError(f"{staging / rec['moments']}: moments of artists {list(z['artists'])}, not {p.artists}")
+            for i, a in enumerate(p.artists):
+                moments[a].combine(RunningStats(dim, int(z["count"][i]), z["mean"][i], z["m2"][i]))
+        results.update({r["id"]: r for r in rec["songs"]})
+        shards += rec["shards"]
+
+    songs = [{k: v for k, v in {**s, **results[s["id"]]}.items() if k != "est_s"} for s in p.songs]
+    used = [s for s in songs if not s["skipped"]]
+    if not used:
+        raise DatasetError("every file was skipped; no dataset written. Reasons:\n" +
+                           "\n".join(f"  {r['path']}: {r['reason']}" for r in p.excluded) +
+                           "".join(f"\n  {s['path']}: {s['skipped']}" for s in songs))
+    for a in p.artists:
+        if moments[a].n == 0:
+            raise DatasetError(f"artist {a}: no train blocks; its train songs were all skipped:" +
+                               "".join(f"\n  {s['path']}: {s['skipped']}" for s in songs
+                                       if s["artist"] == a and s["split"] == "train"))
+    write_moments(staging / STATS, p.artists, moments)
+    warn_bandwidths(songs, p.artists)
+    hours = sum(s["duration_s"] for s in used) / 3600
+    total_bytes = sum(sh["bytes"] for sh in shards)
+    dev = sum(s["clips"] if s["split"] == "dev" else s["dev_clips"] for s in used)
+    manifest = {
+        "format": FORMAT, "version": VERSION, "tool_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "params": p.params, "artists": p.artists, "sources": p.sources, "split_from": p.split_from,
+        "stats": {"file": STATS, "layout": "per artist: count, mean, m2 of the train blocks' stored values, float64",
+                  "blocks": {a: moments[a].n for a in p.artists}, "sha256": sha256_file(staging / STATS)},
+        "songs": songs, "excluded": p.excluded, "shards": shards,
+        "summary": {
+            "songs": len(used), "skipped": len(songs) - len(used) + len(p.excluded),
+            "clips": sum(s["clips"] for s in used), "train_clips": sum(s["clips"] for s in used) - dev, "dev_clips": dev,
+            "hours": hours, "bytes": total_bytes, "bytes_per_audio_s": total_bytes / max(hours * 3600, 1e-9),
+            "tasks": n_tasks, "wall_s": time.time() - p.started,
+        },
+    }
+    atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=1))
+    shutil.rmtree(staging / TASK_DIR)
+    (staging / PLAN).unlink()
+    (staging / SUBMISSION).unlink(missing_ok=True)
+    fsync_dir(staging)
+    swap_in(staging, out)
+    return manifest
