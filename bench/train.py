@@ -184,6 +184,7 @@ def main(argv=None) -> dict:
     p.add_argument("--sample-rate", type=int, default=44100)
     p.add_argument("--layer-iters", type=int, default=30, help="iterations of each layer-alone measurement")
     p.add_argument("--json", help="also write the figures to this file")
+    p.add_argument("--loop-only", action="store_true", help="measure part 1 only (the gruv loop against the bare loop)")
     a = p.parse_args(argv)
     global DEVICE
     DEVICE = torch.device("cuda" if a.device == "cuda" or (a.device == "auto" and torch.cuda.is_available()) else "cpu")
@@ -237,7 +238,10 @@ def main(argv=None) -> dict:
     print(f"1. D={dim} H={H} T={T} B={B}: gruv loop {fmt(res['gruv_loop'])} frames/s, "
           f"bare loop ({cells.DEFAULT}) {fmt(res[f'bare_{d}'])} frames/s -> x{fmt(ratio('gruv_loop', f'bare_{d}'), '.3f')}",
           flush=True)
+    res["gruv_loop_vs_bare"] = ratio("gruv_loop", f"bare_{d}")
     save()
+    if a.loop_only:
+        return res
     # 2. Every registered cell's whole model, and the default cell with its eager recurrence.
     models = [(key_of(c), c, {}) for c in cells.names()] + [(f"{d}_eager", cells.DEFAULT, {"recurrence": "eager"})]
     for k, cell, kw in models:

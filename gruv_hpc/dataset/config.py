@@ -15,8 +15,9 @@ class PreprocessConfig:
     sample_rate: int = opt(44100, "target sample rate (Hz); every song is resampled to it")
     block_size: int = opt(11025, "samples per block N (11025 = 0.25 s at 44.1 kHz, the paper's)")
     clip_blocks: int = opt(40, "blocks per training clip (40 = 10 s, the paper's)")
-    transform: str = opt("fft", "feature transform (gruv_hpc.dataset.transforms.TRANSFORMS): fft ([Re|Im] of the full "
-                               "DFT, 2N values, the paper's) or rfft (the non-redundant half)")
+    transform: str = opt("fft", "feature transform (gruv_hpc.dataset.transforms.TRANSFORMS): fft ([Re|Im] of the "
+                               "full DFT, 2N values, the paper's), rfft (the non-redundant half) or stft "
+                               "(overlapping sqrt-Hann frames, hop default block_size/2, overlap-added back)")
     hop: int | None = opt(None, "samples between the starts of consecutive frames; None = the transform's default "
                                 "(block_size for the paper's non-overlapping fft and rfft)")
     dev_fraction: float = opt(0.2, "fraction of each artist's songs held out as the dev split")
