@@ -72,7 +72,7 @@ def test_loss_decreases_and_outputs(data, tmp_path):
     from gruv_hpc.training.trainer import TrainState
     assert set(st["train"]) | set(TrainState.PER_RANK) == {f.name for f in fields(TrainState)}
     assert st["train"]["epoch"] == 4 and len(st["train"]["history"]) == 4
-    assert set(st["ranks"][0]) == {*TrainState.PER_RANK, "rng"}
+    assert set(st["ranks"][0]) == {*TrainState.PER_RANK, "pending_loss", "pending_n", "rng"}
     assert len(RunPaths(run).step_ckpts()) == 3  # keep_last
     assert RunPaths(run).best.exists()
 

@@ -334,7 +334,6 @@ class Trainer:
         """The whole training state: every registered part, and what the run was (its config,
         git origin and world size). Collective: every rank's own part (its loss sums and RNG
         states) is gathered, so a resumed multi-rank run continues exactly."""
-        self._flush_loss()
         return pack(self.parts, {"world_size": self.d.world, "config": to_dict(self.cfg), "git": self.git})
 
     def load_state_dict(self, sd: dict) -> None:
@@ -536,7 +535,15 @@ class _RankParts:
         self.t = trainer
 
     def state_dict(self) -> list:
-        return self.t.d.gather({**self.t.state.rank_state_dict(), "rng": rng_state()})
+        # The loss summed on the device since the last log flush goes in as it is, not flushed
+        # into loss_sum: a resumed run then groups its float32 sums exactly as an uninterrupted
+        # one does, and logs the same train losses to the last bit.
+        t = self.t
+        pending = float(t._loss.item()) if t._loss_n else 0.0
+        if not math.isfinite(pending):
+            t._flush_loss()  # raises, naming the step (and any damaged shard)
+        return t.d.gather({**t.state.rank_state_dict(), "pending_loss": pending, "pending_n": t._loss_n,
+                           "rng": rng_state()})
 
     def load_state_dict(self, ranks: list) -> None:
         d, st = self.t.d, self.t.state
@@ -546,6 +553,8 @@ class _RankParts:
                           "per-rank loss sums and RNG states start afresh", stacklevel=2)
             return
         st.load_rank_state_dict(mine)
+        self.t._loss.fill_(mine.get("pending_loss", 0.0))  # (checkpoints before format 3 flushed it)
+        self.t._loss_n = int(mine.get("pending_n", 0))
         set_rng_state(mine["rng"])
 
 
