@@ -36,10 +36,10 @@ def test_gpu_check_cpu_mode_passes(tmp_path):
               "ms_per_step_lstm", "ms_per_step_gru", "gbps_lstm", "gbps_gru", "floor_gb_lstm"):
         assert f["bench_train_h256"][k] > 0, k
     b = f["bench_train_h256"]
-    assert b["ms_per_step_gru"] == pytest.approx(1e3 * 4 * 40 / b["bare_gru"])  # batch 4, T 40
-    assert b["gbps_lstm"] == pytest.approx(b["floor_gb_lstm"] / (b["ms_per_step_lstm"] / 1e3))
+    assert b["ms_per_step_gru"] == pytest.approx(1e3 * 4 * 40 / b["bare_gru"], rel=2e-3)  # batch 4, T 40 (4 digits)
+    assert b["gbps_lstm"] == pytest.approx(b["floor_gb_lstm"] / (b["ms_per_step_lstm"] / 1e3), rel=2e-3)
     g = f["goals"]["bench_train_h256"]
-    assert g["gru_vs_lstm"] == pytest.approx(b["bare_gru"] / b["bare_lstm"]) and g["gru_vs_lstm_met"] in (True, False)
+    assert g["gru_vs_lstm"] == pytest.approx(b["bare_gru"] / b["bare_lstm"], rel=2e-3) and g["gru_vs_lstm_met"] in (True, False)
     for k in ("stream_w0", "stream_w1", "resident"):
         assert f["bench_data"][k]["clips_per_s"] > 0, k
     assert f["bench_data"]["need"]["clips_per_s"] == 4 / 0.005
