@@ -352,6 +352,32 @@ def test_report_in_a_real_browser(demo, tmp_path):
     assert errors == []
 
 
+@pytest.mark.browser
+def test_listening_page_in_a_real_browser(demo, tmp_path):
+    """listen.html from disk: every player reads its seed-then-continuation WAV, every image loads,
+    the blinded keys are closed until asked for, and the console stays free of errors."""
+    _, rep = demo
+    browser = Chromium(shutil.which("chromium") or shutil.which("chromium-browser"), tmp_path / "profile")
+    try:
+        for domain in ("Runtime", "Log", "Page"):
+            browser.call(f"{domain}.enable")
+        browser.call("Page.navigate", url=(rep / "listen.html").resolve().as_uri())
+        browser.wait_event("Page.loadEventFired")
+        res = browser.call("Runtime.evaluate", expression=PROBE, awaitPromise=True, returnByValue=True)["result"]["value"]
+        closed = browser.call("Runtime.evaluate", returnByValue=True,
+                              expression="[...document.querySelectorAll('details')].map((d) => d.open)")["result"]["value"]
+        errors = browser.errors()
+    finally:
+        browser.close()
+    assert len(res["audio"]) == 8 * 2 + 4 * 2 * 2
+    for a in res["audio"]:
+        assert a["error"] is None, a
+        assert a["duration"] == pytest.approx(sf.info(rep / a["src"]).duration, abs=1e-3), a
+    assert res["images"] and [i for i in res["images"] if i["width"] == 0] == []
+    assert closed == [False] * 8
+    assert errors == []
+
+
 # --- seeds: grouped, judged against their spread ----------------------------------------------------
 
 SEEDS = """
