@@ -47,7 +47,6 @@ NOT_DECIDED = "not decided: nothing beat the floor"  # a claim's verdict
 def beats_floor(*sides: list[dict]) -> bool:
     """Whether some side's mean best dev loss is below its floor (True when the rows carry no
     floor or no dev loss: nothing to judge by)."""
-    from gruv_hpc.analysis.common import mean_std
     known = False
     for rows in sides:
         floor = finite(r.get("baseline_dev_loss") for r in rows)

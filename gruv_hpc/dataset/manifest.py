@@ -173,7 +173,7 @@ def floored_std(var: np.ndarray, std: np.ndarray, live: np.ndarray, rel: float) 
     if rel <= 0 or not live.any():
         return std
     rms = float(np.sqrt(var[live].mean()))
-    s = np.where(live, np.maximum(std, rel * rms), 1.0)
+    s = np.where(live, np.maximum(np.sqrt(var), rel * rms), 1.0)  # the raw std: not RunningStats.std's 1.0
     scale = float(np.sqrt((var[live] / s[live] ** 2).sum() / len(s)))  # the train mean's loss with s, to be 1
     return s * scale if scale > 0 else s
 

@@ -326,7 +326,9 @@ class Trainer:
         self.parts = {"model": self.model, "optimizer": self.optimizer, "train": self.state,
                       "ranks": _RankParts(self)}
         # The train loss since the last flush, summed on the device: no sync per step.
-        self._loss = torch.zeros((), device=d.device)
+        # float64: sums of float32 losses are then exact, so an epoch's train loss does not depend on
+        # where a stop and resume split the log interval's sums
+        self._loss = torch.zeros((), dtype=torch.float64, device=d.device)
         self._loss_n = 0
 
     # -- state ------------------------------------------------------------------------------
