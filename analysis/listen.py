@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gruv_hpc.training import cells
+
 MAX_GAIN_DB = 60.0  # a silent continuation stays silent instead of becoming amplified noise
 
 
@@ -129,8 +131,8 @@ def _blind_pairs(groups: dict, by_name: dict, audio: dict) -> list[dict]:
     """(LSTM run, GRU run, seed clip) for every two grid points that differ only in the cell; the
     lowest training seed both have, and every dev seed clip both continued."""
     key = lambda r: (r.artist, r.hidden, r.variant, r.config.get("layers", 1))  # noqa: E731
-    lstm = {key(rs[0]): rs for rs in groups.values() if rs[0].cell == "lstm"}
-    gru = {key(rs[0]): rs for rs in groups.values() if rs[0].cell == "gru"}
+    lstm = {key(rs[0]): rs for rs in groups.values() if rs[0].cell == cells.PAPER_LSTM}
+    gru = {key(rs[0]): rs for rs in groups.values() if rs[0].cell == cells.PAPER_GRU}
     pairs = []
     for k in sorted(set(lstm) & set(gru), key=str):
         seeds = sorted({r.seed for r in lstm[k]} & {r.seed for r in gru[k]})
@@ -141,23 +143,25 @@ def _blind_pairs(groups: dict, by_name: dict, audio: dict) -> list[dict]:
         ca = {c["seed_index"]: c for c in audio[a.name]["clips"]}
         cb = {c["seed_index"]: c for c in audio[b.name]["clips"]}
         for i in sorted(set(ca) & set(cb)):
-            pairs.append({"lstm": a, "gru": b, "lstm_clip": ca[i], "gru_clip": cb[i], "seed_index": i,
+            pairs.append({"cells": {cells.PAPER_LSTM: a, cells.PAPER_GRU: b},
+                          "clips": {cells.PAPER_LSTM: ca[i], cells.PAPER_GRU: cb[i]}, "seed_index": i,
                           "what": f"{a.artist}, H = {a.hidden}{', ' + a.variant if a.variant else ''}"})
     return pairs
 
 
 def _blind_html(pairs: list[dict], out: Path, rng: random.Random) -> str:
     e = html.escape
-    parts = ["<h2 id='blind'>Blinded: LSTM or GRU?</h2><p>Each pair is one seed, continued by an LSTM and by a "
-             "GRU of the same size trained the same way, both level-matched to the seed. Which is which is decided "
+    L, G = cells.label(cells.PAPER_LSTM), cells.label(cells.PAPER_GRU)
+    parts = [f"<h2 id='blind'>Blinded: {L} or {G}?</h2><p>Each pair is one seed, continued by an {L} and by a "
+             f"{G} of the same size trained the same way, both level-matched to the seed. Which is which is decided "
              "by a coin flip per pair; listen to both, decide, then open the key.</p>"]
     for n, p in enumerate(pairs, 1):
         flip = rng.random() < 0.5
-        order = ("gru", "lstm") if flip else ("lstm", "gru")
+        order = (cells.PAPER_GRU, cells.PAPER_LSTM) if flip else (cells.PAPER_LSTM, cells.PAPER_GRU)
         parts.append(f"<div class='clip'><h3>Pair {n}</h3><p class='words'>{e(p['what'])}, dev seed clip "
                      f"{p['seed_index']}</p>")
         for label, cell in zip("AB", order):
-            c = p[f"{cell}_clip"]
+            c = p["clips"][cell]
             seed, sr = _read(out, c["seed_wav"])
             cont, _ = _read(out, c["wav"])
             mix, _ = level_matched(seed, cont)
@@ -165,6 +169,7 @@ def _blind_html(pairs: list[dict], out: Path, rng: random.Random) -> str:
             _write(out / rel, mix, sr)
             parts.append(f"<b>{label}</b>" + _player(rel, f"pair {n} {label}")
                          + timeline(len(seed) / sr, len(cont) / sr, None))
-        parts.append(f"<details><summary>Show the key</summary>A = {order[0].upper()} ({e(p[order[0]].name)}), "
-                     f"B = {order[1].upper()} ({e(p[order[1]].name)})</details></div>")
+        parts.append(f"<details><summary>Show the key</summary>A = {e(cells.label(order[0]))} "
+                     f"({e(p['cells'][order[0]].name)}), B = {e(cells.label(order[1]))} "
+                     f"({e(p['cells'][order[1]].name)})</details></div>")
     return "\n".join(parts)

@@ -26,6 +26,12 @@ def task_job_id(env: Mapping[str, str] = os.environ) -> str | None:
     return job
 
 
+def restart_count(env: Mapping[str, str] = os.environ) -> int:
+    """How often Slurm has requeued this job (SLURM_RESTART_COUNT; 0 outside a requeued job)."""
+    v = env.get("SLURM_RESTART_COUNT", "")
+    return int(v) if v.isdigit() else 0
+
+
 def in_job(env: Mapping[str, str] = os.environ) -> bool:
     """Whether this process runs inside a job (on a compute node)."""
     return job_id(env) is not None

@@ -209,7 +209,8 @@ def test_partial_sweep_with_failed_and_running_runs(demo, tmp_path):
     lines = (running / "metrics.jsonl").read_text().splitlines()
     (running / "metrics.jsonl").write_text(lines[0] + "\n")
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "submitit"])
-    state["runs"]["aurora-lstm-h8"]["jobs"][-1]["pid"] = sleeper.pid
+    job = state["runs"]["aurora-lstm-h8"]["jobs"][-1]
+    job["pid"], job["job_id"] = sleeper.pid, str(sleeper.pid)  # a local job's id is its controller's pid
     (part / "sweep.json").write_text(json.dumps(state))
     try:
         rep = tmp_path / "rep"

@@ -218,7 +218,7 @@ def test_click_ratio_and_music_band_on_synthetic_signals():
     lo, hi = music_band(low, sr)
     assert lo < 100 and 800 < hi < 1300
     # noise inside its band is flat there, and only there
-    assert spectral_flatness(low, sr, band=(lo, hi)) > 0.5 > spectral_flatness(low, sr)
+    assert spectral_flatness(low, sr, band_hz=(lo, hi)) > 0.5 > spectral_flatness(low, sr)
 
 
 def test_nearest_train_finds_a_copied_clip(trained_run, monkeypatch):

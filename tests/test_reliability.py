@@ -70,7 +70,7 @@ def copy_sweep(sw, part):
 
 
 def analyze_args(sw, rep):
-    return ["analyze", str(sw), "--out", str(rep), "--seeds", "1", "--seed-seconds", "0.16", "--max-clips", "4"]
+    return ["analyze", str(sw), "--out", str(rep), "--seed-clips", "1", "--seed-seconds", "0.16", "--max-clips", "4"]
 
 
 def test_a_killed_analyze_leaves_the_previous_report_whole(small_sweep, tmp_path, monkeypatch):
@@ -135,7 +135,7 @@ def test_a_completed_run_without_checkpoints_is_listed(small_sweep, tmp_path):
     from gruv_hpc.analysis.report import analyze
     sw = copy_sweep(small_sweep, tmp_path / "sw")
     shutil.rmtree(sw / "runs" / "gru" / "checkpoints")
-    summary = analyze(sw, tmp_path / "rep", n_seeds=1, seed_seconds=0.16, max_clips=4, log=lambda *a: None)
+    summary = analyze(sw, tmp_path / "rep", n_seed_clips=1, seed_seconds=0.16, max_clips=4, log=lambda *a: None)
     assert "no checkpoint left" in summary["skipped_runs"]["gru"]
     assert "gru: COMPLETED, but it has no checkpoint" in (tmp_path / "rep" / "index.html").read_text()
 

@@ -202,7 +202,9 @@ def _jobs():
 @pytest.mark.parametrize("job", _jobs(), ids=lambda j: type(j).__name__)
 def test_job_classes_requeue_as_submitted(job):
     cls = type(job)
-    assert isinstance(job, submitit.helpers.Checkpointable) and "checkpoint" not in cls.__dict__
+    # Only TrainJob writes its own checkpoint(), for one thing: resume=never is the first start's
+    # policy, so its requeue resumes (tests/test_reliability.py); otherwise it is submitit's.
+    assert isinstance(job, submitit.helpers.Checkpointable) and ("checkpoint" not in cls.__dict__ or cls.__name__ == "TrainJob")
     again = job.checkpoint()
     assert isinstance(again, submitit.helpers.DelayedSubmission) and again.function == job and not again.args
     with pytest.raises(FrozenInstanceError):

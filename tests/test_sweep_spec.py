@@ -129,7 +129,8 @@ def test_sbatch_parameters_of_a_slurm_config():
     p = sbatch_parameters(cfg, "grid")
     assert p == dict(job_name="grid", time=90, nodes=2, ntasks_per_node=4, cpus_per_task=8, mem="1536MB",
                      array_parallelism=3, signal_delay_s=60, setup=["module load cuda"],
-                     additional_parameters={"requeue": True, "exclude": "node7"}, gpus_per_node=4, partition="gpu",
+                     additional_parameters={"kill-on-invalid-dep": "yes", "requeue": True, "exclude": "node7"},
+                     gpus_per_node=4, partition="gpu",
                      account="proj")
     lines = sbatch_script(p, "/x/logs", 10).splitlines()
     for want in ("#SBATCH --array=0-9%3", "#SBATCH --gpus-per-node=4", "#SBATCH --mem=1536MB", "#SBATCH --nodes=2",

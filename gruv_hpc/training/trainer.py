@@ -343,12 +343,12 @@ class Trainer:
 
     def resume(self) -> Path | None:
         """Load the newest loadable checkpoint of the run directory, as ``cfg.resume`` says."""
-        restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+        restarts = jobenv.restart_count()
         if self.cfg.resume == "never" and restarts > 0:
             # A requeued job (preempted, timed out, a node failure) must go on: resume=never is
             # the first start's policy, or every requeue would throw away what the last one did.
             print(f"resume=never applies to the first start only; this is restart {restarts} of Slurm job "
-                  f"{os.environ.get('SLURM_JOB_ID')}: resuming", flush=True)
+                  f"{jobenv.job_id()}: resuming", flush=True)
         elif self.cfg.resume == "never":
             moved = self.ckpt.discard()
             if moved:
