@@ -138,7 +138,7 @@ def test_sbatch_parameters_of_a_slurm_config():
                  "#SBATCH --exclude=node7", "#SBATCH --signal=USR2@60", "#SBATCH --time=90", "module load cuda"):
         assert want in lines, want
     p = sbatch_parameters(SlurmConfig(requeue=False), "grid")
-    assert p["additional_parameters"] == {} and not {"gpus_per_node", "partition", "account", "qos", "constraint"} & set(p)
+    assert p["additional_parameters"] == {"kill-on-invalid-dep": "yes"} and not {"gpus_per_node", "partition", "account", "qos", "constraint"} & set(p)
     assert "#SBATCH --requeue" not in sbatch_script(p, "/x/logs", 1)
 
 
