@@ -87,6 +87,8 @@ def _coerce(cls, key: str, value, from_string: bool):
         if base is int and isinstance(value, float) and not value.is_integer():
             raise ValueError
         return base(value)
+    except ConfigError:
+        raise  # already names the key and what is wrong (a list's element, a bool)
     except (TypeError, ValueError):
         raise ConfigError(f"{key}: expected {_type_name(base)}, got {value!r}") from None
 

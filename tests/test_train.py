@@ -106,15 +106,39 @@ class StopAfter(StopFlag):
         pass
 
 
-def test_bitwise_resume_mid_epoch_after_stop(data, tmp_path):
+@pytest.mark.parametrize("schedule", [{}, {"lr_schedule": "cosine", "lr_horizon_epochs": 2, "lr_min_ratio": 0.1}],
+                         ids=["constant", "cosine"])
+def test_bitwise_resume_mid_epoch_after_stop(data, tmp_path, schedule):
     a, b = tmp_path / "a", tmp_path / "b"
-    main(tiny_config(data, epochs=2), a)
-    res = main(tiny_config(data, epochs=2), b, stop=StopAfter(17))
+    main(tiny_config(data, epochs=2, **schedule), a)
+    res = main(tiny_config(data, epochs=2, **schedule), b, stop=StopAfter(17))
     assert res["status"] == "stopped" and res["pos"] == 5  # 12 batches per epoch: stopped in epoch 2
     assert not (b / "done.json").exists()
-    main(tiny_config(data, epochs=2), b)
+    main(tiny_config(data, epochs=2, **schedule), b)
     assert_bitwise_equal(weights(a), weights(b))
     assert [h["train_loss"] for h in read_jsonl(a / "metrics.jsonl")] == [h["train_loss"] for h in read_jsonl(b / "metrics.jsonl")]
+    lrs = [h["lr"] for h in read_jsonl(a / "metrics.jsonl")]
+    assert lrs == [h["lr"] for h in read_jsonl(b / "metrics.jsonl")]
+    assert (lrs[0] == lrs[1] == 1e-3) if not schedule else (lrs[0] > lrs[1] >= 1e-4)
+
+
+def test_lr_is_a_pure_function_of_the_step():
+    """cosine falls from lr to lr * lr_min_ratio over its own horizon, then stays; step decays by
+    lr_gamma every lr_step_epochs; raising epochs (a runtime key) changes neither."""
+    from gruv_hpc.config import build
+    from gruv_hpc.training.config import TrainConfig
+    from gruv_hpc.training.schedule import lr_at
+    cos = build(TrainConfig, {"lr_schedule": "cosine", "lr_horizon_epochs": 4, "lr_min_ratio": 0.1})
+    assert lr_at(cos, 0, 10) == 1e-3 and lr_at(cos, 20, 10) == pytest.approx(0.55e-3)
+    assert lr_at(cos, 40, 10) == lr_at(cos, 400, 10) == pytest.approx(1e-4)
+    assert lr_at(cos, 20, 10) == lr_at(build(TrainConfig, {**vars(cos), "epochs": 9000}), 20, 10)
+    st = build(TrainConfig, {"lr_schedule": "step", "lr_step_epochs": 2, "lr_gamma": 0.5})
+    assert [lr_at(st, k * 10, 10) for k in range(5)] == [1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4]
+    assert lr_at(build(TrainConfig), 12345, 10) == 1e-3
+    with pytest.raises(Exception, match="lr_horizon_epochs"):
+        build(TrainConfig, {"lr_schedule": "cosine"})
+    with pytest.raises(Exception, match="lr_schedule: 'linear' is not one of constant, cosine, step"):
+        build(TrainConfig, {"lr_schedule": "linear"})
 
 
 def test_corrupt_newest_checkpoint_falls_back(data, tmp_path):

@@ -33,6 +33,7 @@ from gruv_hpc.training.config import RUNTIME_KEYS, TrainConfig, available_cpus, 
 from gruv_hpc.config import ConfigError, diff, to_dict
 from gruv_hpc.dataset.clips import ClipDataset, DatasetHandle, Normalizer, batch_collate
 from gruv_hpc.training.distributed import Dist
+from gruv_hpc.training.schedule import lr_at
 from gruv_hpc.errors import TrainingError
 from gruv_hpc.fsio import atomic_write_json, atomic_write_text, dumps
 from gruv_hpc.lock import Lock, LockedError
@@ -444,6 +445,10 @@ class Trainer:
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             elif st.pos + 1 == data.steps_per_epoch:  # logged once an epoch: no norm over every gradient per step
                 grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
+            if cfg.lr_schedule != "constant":  # constant leaves the lr as built: the paper's step, untouched
+                lr = lr_at(cfg, st.step, data.steps_per_epoch)  # a pure function of the checkpointed step
+                for g in self.optimizer.param_groups:
+                    g["lr"] = lr
             self.optimizer.step()
             self._loss += loss.detach()
             self._loss_n += 1

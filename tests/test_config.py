@@ -1,0 +1,38 @@
+"""The config machinery (gruv_hpc.config): lists keep their element types, from a file and from the
+command line, and a wrong element is named."""
+from dataclasses import dataclass
+
+import pytest
+
+from gruv_hpc.config import build, opt, parse_value
+from gruv_hpc.errors import ConfigError
+
+
+@dataclass
+class Lists:
+    names: list[str] = opt([], "text")
+    sizes: list[int] = opt([], "whole numbers")
+    rates: list[float] = opt([], "numbers")
+
+
+def test_lists_keep_their_element_types():
+    c = build(Lists, {"names": ["a", "b"], "sizes": [32, 64.0], "rates": [1, 0.5]})
+    assert c.names == ["a", "b"] and c.sizes == [32, 64] and c.rates == [1.0, 0.5]
+    assert all(type(v) is int for v in c.sizes) and all(type(v) is float for v in c.rates)
+    c = build(Lists, overrides={"sizes": "32, 128", "rates": "1e-3,2", "names": "x,y"})
+    assert (c.sizes, c.rates, c.names) == ([32, 128], [1e-3, 2.0], ["x", "y"])
+    assert parse_value(Lists, "sizes", "1,2") == [1, 2]
+
+
+@pytest.mark.parametrize("values,msg", [({"sizes": [1, "x"]}, "sizes: expected a list of int, got element 'x'"),
+                                        ({"sizes": [1.5]}, "sizes: expected a list of int, got element 1.5"),
+                                        ({"names": ["a", 3]}, "names: expected a list of str, got element 3"),
+                                        ({"rates": [True]}, "rates: expected a list of float, got element True")])
+def test_a_wrong_element_is_named(values, msg):
+    with pytest.raises(ConfigError, match=msg):
+        build(Lists, values)
+
+
+def test_a_wrong_element_on_the_command_line_is_named():
+    with pytest.raises(ConfigError, match="sizes: expected a list of int, got element 'big'"):
+        build(Lists, overrides={"sizes": "1,big"})
