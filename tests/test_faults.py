@@ -359,6 +359,33 @@ def test_ctrl_c_on_a_local_submission(data, tmp_path):
     assert {r["state"] for r in sweep.status(d)} == {"CANCELLED"}
 
 
+def test_a_sigkilled_local_run_is_reported_killed_by_signal_9(data, tmp_path):
+    """What the kernel's OOM killer does: SIGKILL to the training process. It leaves no result, no
+    traceback and no error.txt; the local controller records the signal, and the submission and
+    `gruv sweep status` name it (it was UNKNOWN with the last log line)."""
+    from gruv_hpc.cluster.local import process_tree
+    f = write_sweep(tmp_path / "s.toml", data, LONG, {"cell": ["lstm"]})
+    d = tmp_path / "sw"
+    p = start_local_sweep(f, d)
+    try:
+        rows = wait_state(d, "lstm", "RUNNING")
+        wait_for_epoch(d / "runs" / "lstm")
+        [task] = [q for q in process_tree(int(rows["lstm"]["job_id"]))
+                  if b"submitit.core._submit" in Path(f"/proc/{q}/cmdline").read_bytes()]
+        os.kill(task, signal.SIGKILL)
+        out, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 1 and "Traceback" not in err, err
+    assert "run lstm failed: task 0 was killed by signal 9 (SIGKILL" in out, out
+    row = sweep.status(d)[0]
+    assert row["state"] == "FAILED", row
+    assert row["error"].startswith("task 0 was killed by signal 9 (SIGKILL; the kernel's OOM killer"), row["error"]
+    r = gruv("sweep", "status", d)
+    assert "FAILED" in r.stdout and "| task 0 was killed by signal 9 (SIGKILL" in r.stdout, r.stdout
+
+
 def test_raising_epochs_continues_finished_runs(data, tmp_path):
     train = {**LONG, "epochs": 1, "limit_train_batches": 5}
     f = write_sweep(tmp_path / "s.toml", data, train, {"cell": ["lstm"]})

@@ -122,6 +122,12 @@ class Scheduler(ABC):
         None when there is no such thing."""
         return None
 
+    def ended(self, folder: Path, job_id: str) -> str | None:
+        """How a job that no longer runs ended, in words, where only the scheduler saw it and it
+        was not a clean exit (a process killed by a signal leaves no result and no traceback);
+        None when it recorded nothing to add. ``folder``: the job's log folder."""
+        return None
+
     def pid(self, job) -> int | None:
         """The process of a submitted job on this machine, when it has one to check for liveness."""
         return None

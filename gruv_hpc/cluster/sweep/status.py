@@ -30,10 +30,12 @@ def job_state(job: JobRecord | None, infos: dict[str, JobInfo]) -> str | None:
 
 
 def run_state(paths: RunPaths, job: JobRecord | None, infos: dict[str, JobInfo], epochs: int,
-              queued: bool = False) -> str:
+              queued: bool = False, logs: Path | None = None) -> str:
     """A run's state against its current target of ``epochs``: COMPLETED once done.json says it
     got there (a run done with a lower target is not done), else its last job's state, else its
-    markers (cancelled.json, error.txt). ``queued``: a live local submission will start it."""
+    markers (cancelled.json, error.txt), else what its scheduler recorded of how the job ended
+    (``ended``: a local task killed by a signal is FAILED). ``queued``: a live local submission
+    will start it. ``logs``: the sweep's job log folder."""
     done = paths.done_epochs()
     if done is not None and done >= epochs:
         return "COMPLETED"
@@ -48,7 +50,14 @@ def run_state(paths: RunPaths, job: JobRecord | None, infos: dict[str, JobInfo],
         return "CANCELLED"
     if job is None:
         return "NOT_SUBMITTED"
-    return "FAILED" if paths.error.exists() else "UNKNOWN"
+    if paths.error.exists() or ended(job, logs):
+        return "FAILED"
+    return "UNKNOWN"
+
+
+def ended(job: JobRecord | None, logs: Path | None) -> str | None:
+    """What the job's scheduler recorded of how it ended, when it was not a clean exit."""
+    return scheduler(job.executor).ended(logs, job.job_id) if job and logs else None
 
 
 def local_queue(state: SweepState) -> set[str]:
@@ -93,7 +102,7 @@ def status(sweep_dir) -> list[dict]:
         last = hist[-1] if hist and isinstance(hist[-1], dict) else {}
         job = r.job
         info = infos.get(job.job_id) if job else None
-        st = run_state(paths, job, infos, r.config.get("epochs", 0), queued=name in queue)
+        st = run_state(paths, job, infos, r.config.get("epochs", 0), queued=name in queue, logs=state.paths.logs)
         mt = paths.newest_ckpt_mtime()
         row = {"name": name, "state": st, "job_id": job.job_id if job else None,
                "epoch": number(last.get("epoch")) or 0, "epochs": r.config.get("epochs"),
@@ -105,7 +114,8 @@ def status(sweep_dir) -> list[dict]:
                "err_log": log_path(state.paths.logs, job, err=True),
                "error": None, "damaged": f"{paths.metrics}: {damaged}" if damaged else None}
         if st in ("FAILED", "OUT_OF_MEMORY", "NODE_FAIL", "TIMEOUT", "UNKNOWN", "CANCELLED") or (paths.error.exists() and st not in ACTIVE):
-            row["error"] = _error_tail(paths, state.paths.logs, job)
+            why = None if paths.error.exists() or st in ACTIVE else ended(job, state.paths.logs)
+            row["error"] = "\n".join(filter(None, [why, _error_tail(paths, state.paths.logs, job)])) or None
         rows.append(row)
     return rows
 

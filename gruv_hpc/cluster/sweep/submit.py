@@ -36,7 +36,7 @@ def plan(sweep: Sweep, state: SweepState) -> tuple[list[Run], dict[str, str]]:
                 raise ConfigError(f"run {run.name} in {state.paths.root} was submitted with another config "
                                   f"({'; '.join(d)}); use a new sweep directory, or restore the old values")
         job = old.job if old else None
-        st = run_state(state.run_paths(run.name), job, infos, run.config["epochs"])
+        st = run_state(state.run_paths(run.name), job, infos, run.config["epochs"], logs=state.paths.logs)
         if st == "COMPLETED":
             skipped[run.name] = "done"
         elif st in ACTIVE:
@@ -192,7 +192,10 @@ def _run_locally(todo, sweep, paths, sched: Scheduler, state, sub, max_parallel,
                         job.result()
                     except Exception as e:  # noqa: BLE001 - reported, the other runs go on
                         failed.append(run.name)
-                        out(f"run {run.name} failed: {str(e).strip().splitlines()[-1] if str(e).strip() else e}")
+                        # a task killed by a signal (the OOM killer's SIGKILL) says so: its
+                        # exception only says it produced no output
+                        why = None if paths.run(run.name).error.exists() else sched.ended(paths.logs, str(job.job_id))
+                        out(f"run {run.name} failed: {why or (str(e).strip().splitlines()[-1] if str(e).strip() else e)}")
                     bar.update(1)
             bar.set_postfix(running=len(running), failed=len(failed))
     except KeyboardInterrupt:
