@@ -174,6 +174,8 @@ def test_corpus_synth_refuses_an_out_that_is_a_file(tmp_path):
 @pytest.mark.parametrize("kv, needle", [
     ("seed=4294967296", "seed: must be < 2**32, got 4294967296"),
     ("artists=aurora,aurora", "artists: aurora given twice"),
+    ("lr=1e308", "lr: must be a finite number in (0, 10], got 1e+308"),
+    ("lr=inf", "lr: must be a finite number in (0, 10], got inf"),
 ])
 def test_train_refuses_bad_values(data, tmp_path, kv, needle):
     one_line_error(cli("train", "--data", data, "--run-dir", tmp_path / "r", kv), needle)
