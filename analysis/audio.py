@@ -49,54 +49,60 @@ def spectrogram_png(seed: np.ndarray, continuation: np.ndarray, sample_rate: int
 
 def generate_audio(runs: list[RunInfo], out_dir, n_seed_clips: int = 2, seed_seconds: float = 10.0,
                    length_ratio: float = 3.0, band_hz: dict | None = None) -> dict:
-    """Returns {run: {"clips": [...], mean diagnostics}}. ``n_seed_clips``: dev clips to continue
-    per run; ``band_hz``: {artist: (lo, hi)}, the band holding the music's energy (Figure 3's),
-    the band the flatness is measured over."""
-    from gruv_hpc.errors import GruvError
+    """Returns {run: {"clips": [...], mean diagnostics}} (a run that cannot be read: {"clips": [],
+    "error": why}). ``n_seed_clips``: dev clips to continue per run; ``band_hz``: {artist: (lo, hi)},
+    the band holding the music's energy (Figure 3's), the band the flatness is measured over."""
+    from gruv_hpc.analysis.common import load_each
+    result = {}
+    for run, lr, error in load_each(runs):
+        if error:  # this run cannot be read: say so in the report, analyse the others
+            result[run.name] = {"clips": [], "error": error}
+            continue
+        a = run_audio(run, lr, out_dir, n_seed_clips, seed_seconds, length_ratio, (band_hz or {}).get(run.artist))
+        if a:
+            result[run.name] = a
+    return result
+
+
+def run_audio(run: RunInfo, lr, out_dir, n_seed_clips: int = 2, seed_seconds: float = 10.0,
+              length_ratio: float = 3.0, band_hz: tuple | None = None) -> dict | None:
+    """One run's clips and their mean diagnostics, from ``lr``: the run as ``generate.load_run``
+    loaded it. None when its dev split has no clip to seed from."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot  # noqa: F401  (imsave)
     import soundfile as sf
 
-    from gruv_hpc.generate import describe, generate, load_run
-    out = Path(out_dir) / "audio"
-    result = {}
-    for run in runs:
-        if not run.has_checkpoint:
-            continue
-        try:
-            lr = load_run(run.paths.root, "best")  # best.pt, or the newest readable checkpoint
-        except GruvError as e:  # this run cannot be read: say so in the report, analyse the others
-            result[run.name] = {"clips": [], "error": str(e)}
-            continue
-        cfg = lr.cfg
-        # A seed no longer than one clip always fits inside a dev clip's segment.
-        secs = min(seed_seconds, lr.transform.seconds(cfg.clip_blocks, cfg.sample_rate))
-        ds = lr.data.split("dev", normalize=False)
-        clips = []
-        for k in seed_indices(len(ds), n_seed_clips):
-            wav, seed_wav = out / run.name / f"seed{k}.wav", out / run.name / f"seed{k}_seed.wav"
-            side = generate(run.paths.root, wav, seed_seconds=secs, length_ratio=length_ratio, seed_from="dev",
-                            seed_index=k, run=lr, seed_out=seed_wav, band_hz=(band_hz or {}).get(run.artist))
-            png = wav.with_suffix(".png")
-            spectrogram_png(sf.read(seed_wav)[0], sf.read(wav)[0], cfg.sample_rate, png)
-            clips.append({"seed_index": k, "wav": str(wav.relative_to(out_dir)), "seed_wav": str(seed_wav.relative_to(out_dir)),
-                          "png": str(png.relative_to(out_dir)), **side["diagnostics"],
-                          "clipped_samples": side["clipped_samples"],
-                          "words": describe(side["diagnostics"], side["clipped_samples"])})
-        if not clips:
-            continue
-        for c in clips:  # flat copies of nearest_train's numbers, for the tables
-            near = c.get("nearest_train") or {}
-            c["nearest_train_distance"], c["nearest_train_relative"] = near.get("distance"), near.get("relative")
+    from gruv_hpc.generate import describe, generate
+    out_dir = Path(out_dir)
+    out = out_dir / "audio"
+    cfg = lr.cfg
+    # A seed no longer than one clip always fits inside a dev clip's segment.
+    secs = min(seed_seconds, lr.transform.seconds(cfg.clip_blocks, cfg.sample_rate))
+    ds = lr.data.split("dev", normalize=False)
+    clips = []
+    for k in seed_indices(len(ds), n_seed_clips):
+        wav, seed_wav = out / run.name / f"seed{k}.wav", out / run.name / f"seed{k}_seed.wav"
+        side = generate(run.paths.root, wav, seed_seconds=secs, length_ratio=length_ratio, seed_from="dev",
+                        seed_index=k, run=lr, seed_out=seed_wav, band_hz=band_hz)
+        png = wav.with_suffix(".png")
+        spectrogram_png(sf.read(seed_wav)[0], sf.read(wav)[0], cfg.sample_rate, png)
+        clips.append({"seed_index": k, "wav": str(wav.relative_to(out_dir)), "seed_wav": str(seed_wav.relative_to(out_dir)),
+                      "png": str(png.relative_to(out_dir)), **side["diagnostics"],
+                      "clipped_samples": side["clipped_samples"],
+                      "words": describe(side["diagnostics"], side["clipped_samples"])})
+    if not clips:
+        return None
+    for c in clips:  # flat copies of nearest_train's numbers, for the tables
+        near = c.get("nearest_train") or {}
+        c["nearest_train_distance"], c["nearest_train_relative"] = near.get("distance"), near.get("relative")
 
-        def mean(key):
-            v = [c[key] for c in clips if c.get(key) is not None and np.isfinite(c[key])]
-            return float(np.mean(v)) if v else None
-        result[run.name] = {"clips": clips, **{k: mean(k) for k in MEAN_KEYS},
-                            "convergence": convergence(lr, [out_dir / c["wav"] for c in clips],
-                                                       [out_dir / c["seed_wav"] for c in clips])}
-    return result
+    def mean(key):
+        v = [c[key] for c in clips if c.get(key) is not None and np.isfinite(c[key])]
+        return float(np.mean(v)) if v else None
+    return {"clips": clips, **{k: mean(k) for k in MEAN_KEYS},
+            "convergence": convergence(lr, [out_dir / c["wav"] for c in clips],
+                                       [out_dir / c["seed_wav"] for c in clips])}
 
 
 # The diagnostics a run reports as the mean over its seed clips.

@@ -90,6 +90,24 @@ def load_runs(sweep_dir, skipped: dict[str, str] | None = None) -> list[RunInfo]
     return runs
 
 
+def load_each(runs: list[RunInfo]):
+    """(run, loaded, None) for each run with a checkpoint: its best checkpoint (best.pt, or the
+    newest readable one) loaded once, with its model and dataset (``generate.load_run``); or
+    (run, None, why) when the run cannot be read, so the report names it and analyses the
+    others. One run is held at a time."""
+    from gruv_hpc.errors import GruvError
+    from gruv_hpc.generate import load_run
+    for run in runs:
+        if not run.has_checkpoint:
+            continue
+        try:
+            loaded = load_run(run.paths.root, "best")
+        except GruvError as e:
+            yield run, None, str(e)
+            continue
+        yield run, loaded, None
+
+
 def with_metrics(runs: list[RunInfo]) -> list[RunInfo]:
     return [r for r in runs if r.history]
 

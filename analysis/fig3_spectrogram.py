@@ -9,6 +9,7 @@ every seed's in-band share goes to the claims.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +28,11 @@ def truth_mean_magnitude(ds, max_clips: int | None = None) -> np.ndarray:
     return acc / n
 
 
-def predicted_mean_magnitude(run: RunInfo, ds, max_clips: int | None = None, batch: int = 8) -> np.ndarray:
+def predicted_mean_magnitude(lr, ds, max_clips: int | None = None, batch: int = 8) -> np.ndarray:
+    """Mean |prediction| over the dev clips of ``ds``: (C, F), from ``lr``, a loaded run
+    (``generate.load_run``)."""
     import torch
 
-    from gruv_hpc.generate import load_run
-    lr = load_run(run.paths.root, "best")
     n = len(ds) if max_clips is None else min(len(ds), max_clips)
     acc = None
     with torch.no_grad():
@@ -55,45 +56,105 @@ def band_fraction(truth: np.ndarray, other: np.ndarray, freqs: np.ndarray, energ
     return float(q[lo:hi + 1].sum() / max(q.sum(), 1e-30)), (float(freqs[lo]), float(freqs[hi]))
 
 
+@dataclass
+class Fig3Plan:
+    """What Figure 3 needs, gathered before any model is loaded: the hidden size shown, the runs
+    drawn (``chosen``), and each artist's dev set, frequency axis and true mean magnitude. The
+    runs' predictions are added (``add``) by whoever loads their checkpoints: ``fig3`` itself, or
+    the report's one pass over the runs, which also generates their audio from the same load."""
+    hidden: int
+    max_clips: int | None
+    chosen: list[RunInfo]
+    artists: list[str]
+    cells: list[str]
+    dev: dict = field(default_factory=dict)  # artist -> (ClipDataset, freqs, truth); truth None: no dev clips
+    predicted: dict = field(default_factory=dict)  # run name -> mean |prediction|, (C, F)
+    errors: dict = field(default_factory=dict)  # run name -> why it could not be read
+
+    def wants(self, run: RunInfo) -> bool:
+        """Whether ``run``'s prediction is drawn (or counted in the claims)."""
+        return any(r.name == run.name for r in self.chosen) and self.dev[run.artist][2] is not None
+
+    def band(self, artist: str) -> tuple[float, float] | None:
+        """The band that holds 95% of the artist's true energy (``band_fraction``), None without it."""
+        d = self.dev.get(artist)
+        if d is None or d[2] is None:
+            return None
+        return band_fraction(d[2], d[2], d[1])[1]
+
+    def add(self, run: RunInfo, lr) -> None:
+        """``run``'s prediction, from ``lr``: the run as ``generate.load_run`` loaded it."""
+        from gruv_hpc.errors import GruvError
+        try:
+            self.predicted[run.name] = predicted_mean_magnitude(lr, self.dev[run.artist][0], self.max_clips)
+        except GruvError as e:  # its panel says so, the others are drawn
+            self.errors[run.name] = str(e)
+
+
+def prepare_fig3(runs: list[RunInfo], hidden: int | None = None, max_clips: int | None = 64) -> Fig3Plan | None:
+    """Figure 3's plan (None when no run has a checkpoint): its runs, and each artist's dev truth."""
+    from gruv_hpc.dataset.clips import ClipDataset
+    usable = [r for r in runs if r.has_checkpoint]
+    if not usable:
+        return None
+    hidden = hidden or max(r.hidden for r in usable)
+    chosen = [r for r in usable if r.hidden == hidden]
+    plan = Fig3Plan(hidden, max_clips, chosen, sorted({r.artist for r in chosen}),
+                    sorted({r.cell for r in chosen}, key=cell_registry.order_key))
+    for artist in plan.artists:
+        cfg = next(r for r in chosen if r.artist == artist).config
+        ds = ClipDataset(cfg["data"], "dev", cfg.get("artists") or None, normalize=False)
+        truth = truth_mean_magnitude(ds, max_clips) if len(ds) else None
+        plan.dev[artist] = (ds, ds.transform.frequencies(cfg["sample_rate"]) if len(ds) else None, truth)
+    return plan
+
+
 def fig3(runs: list[RunInfo], out_dir, hidden: int | None = None, max_clips: int | None = 64) -> dict:
+    """Figure 3 on its own: its runs' checkpoints loaded here (the report shares one load per run
+    with the audio: ``prepare_fig3``, ``Fig3Plan.add``, ``draw_fig3``)."""
+    from gruv_hpc.analysis.common import load_each
+    plan = prepare_fig3(runs, hidden, max_clips)
+    if plan is None:
+        return {}
+    for run, lr, error in load_each([r for r in plan.chosen if plan.wants(r)]):
+        if error:
+            plan.errors[run.name] = error
+        else:
+            plan.add(run, lr)
+    return draw_fig3(plan, out_dir)
+
+
+def draw_fig3(plan: Fig3Plan | None, out_dir) -> dict:
+    """The figure, fig3_data.npz and the figure's numbers, from a plan whose runs were added."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from gruv_hpc.dataset.clips import ClipDataset
-    from gruv_hpc.errors import GruvError
-    usable = [r for r in runs if r.has_checkpoint]
-    if not usable:
+    if plan is None:
         return {}
-    hidden = hidden or max(r.hidden for r in usable)
-    chosen = [r for r in usable if r.hidden == hidden]
-    artists = sorted({r.artist for r in chosen})
-    cells = sorted({r.cell for r in chosen}, key=cell_registry.order_key)
+    hidden, chosen, artists, cells = plan.hidden, plan.chosen, plan.artists, plan.cells
     fig, axes = plt.subplots(len(artists), 1 + len(cells), figsize=(4.2 * (1 + len(cells)), 3.4 * len(artists)), squeeze=False, layout="constrained")
     arrays, data = {}, {"hidden": hidden, "band": {}, "band_runs": {}}
+    if plan.errors:
+        data["errors"] = dict(plan.errors)
     for row, artist in zip(axes, artists):
-        first = next(r for r in chosen if r.artist == artist)
-        cfg = first.config
-        ds = ClipDataset(cfg["data"], "dev", cfg.get("artists") or None, normalize=False)
-        if len(ds) == 0:
+        _, freqs, truth = plan.dev[artist]
+        if truth is None:
             note(row[0], f"{artist}: the dev split has no clips,\nso there is nothing to predict", data)
             for ax in row[1:]:
                 ax.set_axis_off()
             continue
-        freqs = ds.transform.frequencies(cfg["sample_rate"])
-        panels = [("ground truth (dev)", truth_mean_magnitude(ds, max_clips))]
-        arrays[f"{artist}/truth"] = panels[0][1]
+        panels = [("ground truth (dev)", truth)]
+        arrays[f"{artist}/truth"] = truth
         for cell in cells:
             # Every seed's in-band energy goes to the claims; the panel shows the lowest seed.
             same = sorted((r for r in chosen if r.artist == artist and r.cell == cell), key=lambda r: r.seed)
             shown = None
             for run in same:
-                try:
-                    m = predicted_mean_magnitude(run, ds, max_clips)
-                except GruvError as e:  # an unreadable run: its panel says so, the others are drawn
-                    data.setdefault("errors", {})[run.name] = str(e)
+                m = plan.predicted.get(run.name)
+                if m is None:  # an unreadable run (in plan.errors)
                     continue
-                frac, band = band_fraction(panels[0][1], m, freqs)
+                frac, band = band_fraction(truth, m, freqs)
                 data["band_runs"][run.name] = {"in_band_energy": frac, "band_hz": band}
                 if shown is None:
                     shown = run
@@ -129,7 +190,7 @@ def fig3(runs: list[RunInfo], out_dir, hidden: int | None = None, max_clips: int
     out = Path(out_dir)
     data["files"] = save_fig(fig, out, "fig3_spectrogram")
     np.savez(out / "fig3_data.npz", **arrays)
-    data["max_clips"] = max_clips
+    data["max_clips"] = plan.max_clips
     return data
 
 

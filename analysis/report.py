@@ -8,16 +8,16 @@ import shutil
 import time
 from pathlib import Path
 
-from gruv_hpc.analysis.audio import generate_audio
+from gruv_hpc.analysis.audio import run_audio
 from gruv_hpc.analysis.baseline import baselines
 from gruv_hpc.analysis.claims import claims
 from gruv_hpc.analysis.collect import collect, group_rows
-from gruv_hpc.analysis.common import cli, load_runs
+from gruv_hpc.analysis.common import cli, load_each, load_runs
 from gruv_hpc.errors import ConfigError, GruvError
 from gruv_hpc.fsio import dumps
 from gruv_hpc.analysis.fig1_loss import fig1
 from gruv_hpc.analysis.fig2_hidden import fig2
-from gruv_hpc.analysis.fig3_spectrogram import fig3
+from gruv_hpc.analysis.fig3_spectrogram import Fig3Plan, draw_fig3, prepare_fig3
 from gruv_hpc.analysis.listen import write_listen
 
 
@@ -43,10 +43,9 @@ def analyze(sweep_dir, out_dir, hidden: int | None = None, n_seed_clips: int = 2
     floor = stage("baseline", baselines, runs)
     f1 = stage("fig1", fig1, runs, out, hidden, floor)
     f2 = stage("fig2", fig2, runs, out, floor)
-    f3 = stage("fig3", fig3, runs, out, hidden, max_clips)
-    # Flatness over the band that holds each artist's music (Figure 3's), not over empty bins.
-    bands = {r.artist: tuple(f3["band_runs"][r.name]["band_hz"]) for r in runs if r.name in (f3.get("band_runs") or {})}
-    audio = stage("audio", generate_audio, runs, out, n_seed_clips, seed_seconds, band_hz=bands)
+    plan = stage("fig3 truth", prepare_fig3, runs, hidden, max_clips)
+    audio = stage("models (fig3, audio)", each_run, runs, plan, out, n_seed_clips, seed_seconds)
+    f3 = stage("fig3", draw_fig3, plan, out)
     rows = stage("collect", collect, sweep_dir, out, audio, runs, f3.get("band_runs"), floor)
     groups = group_rows(rows)
     table = stage("claims", claims, rows)
@@ -59,6 +58,28 @@ def analyze(sweep_dir, out_dir, hidden: int | None = None, n_seed_clips: int = 2
     stage("listen", write_listen, out, runs, audio)
     stage("html", write_html, out, runs, rows, table, f1, f2, f3, audio, groups, floor, skipped)
     return summary
+
+
+def each_run(runs, plan: Fig3Plan | None, out: Path, n_seed_clips: int, seed_seconds: float) -> dict:
+    """The analysis' one pass over the runs' models: each best checkpoint is loaded once
+    (``load_each``), for both of its uses, its Figure 3 prediction (added to ``plan``) and its
+    audio (``audio.run_audio``; flatness over the band that holds the artist's music, Figure 3's,
+    not over empty bins). Returns the audio: {run: {"clips": [...], ...}}, or {"clips": [],
+    "error": why} for a run that cannot be read."""
+    audio = {}
+    for run, lr, error in load_each(runs):
+        drawn = plan is not None and plan.wants(run)
+        if error:  # named in the report (Figure 3's panel and the audio); the others are analysed
+            if drawn:
+                plan.errors[run.name] = error
+            audio[run.name] = {"clips": [], "error": error}
+            continue
+        if drawn:
+            plan.add(run, lr)
+        a = run_audio(run, lr, out, n_seed_clips, seed_seconds, band_hz=plan.band(run.artist) if plan else None)
+        if a:
+            audio[run.name] = a
+    return audio
 
 
 def analyze_atomic(sweep_dir, out_dir, log=print, **kw) -> dict:
