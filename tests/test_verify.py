@@ -92,6 +92,26 @@ def test_a_corrupt_stats_file_is_one_line_even_when_its_hash_was_updated(data, t
     assert r.returncode == 2 and "Traceback" not in r.stderr and "stats.npz" in r.stderr, r.stderr
 
 
+def test_a_corrupt_stats_file_is_one_line_in_generate_and_analyze(data, tmp_path):
+    """The issue's BadZipFile in generate and analyze (train: above), for a run trained before the
+    damage: one line naming the file, and no ResourceWarning after it (np.load leaked its handle)."""
+    from conftest import write_sweep
+    from gruv_hpc.cluster import sweep
+    d = copy(data, tmp_path)
+    f = write_sweep(tmp_path / "s.toml", d, {"epochs": 1, "batch_size": 4, "workers": 0, "gen_seconds": 0.0,
+                                             "hidden": 4, "limit_train_batches": 2}, {"cell": ["lstm"]})
+    assert not sweep.submit(f, tmp_path / "sw", executor="debug", progress=False, out=lambda *a: None)["failed"]
+    (d / "stats.npz").write_bytes(b"PK\x03\x04 not a zip at all")
+    rehash(d)
+    r = cli("generate", tmp_path / "sw" / "runs" / "lstm", "--out", tmp_path / "g.wav", "--seed-seconds", "0.2",
+            "--length-ratio", "1")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "stats.npz: cannot read normalization stats" in r.stderr, r.stderr
+    r = cli("analyze", tmp_path / "sw", "--out", tmp_path / "rep", "--seed-clips", "1", "--seed-seconds", "0.2")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "stats.npz: cannot read normalization stats" in r.stderr, r.stderr
+
+
 def test_each_file_is_hashed_once_per_process(data, tmp_path, monkeypatch):
     d = copy(data, tmp_path)
     hashed = []

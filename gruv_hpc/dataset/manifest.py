@@ -143,7 +143,9 @@ def artist_moments(data_dir: str | Path, manifest: dict) -> dict[str, RunningSta
     path = Path(data_dir) / manifest["stats"]["file"]
     ensure_verified(data_dir, manifest, [manifest["stats"]["file"]])
     try:
-        with np.load(path) as z:
+        # Our own handle: np.load leaks the one it opens when the file is not a zip (a
+        # ResourceWarning after the one-line error).
+        with open(path, "rb") as fh, np.load(fh) as z:
             artists, count, mean, m2 = list(z["artists"]), z["count"], z["mean"], z["m2"]
     except Exception as e:  # noqa: BLE001 - BadZipFile, pickle refusals, ...: all mean "not our stats file"
         raise DatasetError(f"{path}: cannot read normalization stats ({type(e).__name__}: {e})") from e
