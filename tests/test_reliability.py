@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY
+from conftest import TINY, copy_sweep
 from gruv_hpc.dataset.build import PreprocessConfig, parse_sources, plan, preprocess
 from gruv_hpc.dataset.manifest import load_manifest
 
@@ -58,15 +58,6 @@ def small_sweep(data, tmp_path_factory):
     res = sweep.submit(f, root / "sweep", executor="local", progress=False, out=lambda *a: None, max_parallel=1)
     assert not res["failed"]
     return root / "sweep"
-
-
-def copy_sweep(sw, part):
-    shutil.copytree(sw, part)
-    state = json.loads((part / "sweep.json").read_text())
-    for r in state["runs"].values():
-        r["run_dir"] = r["run_dir"].replace(str(sw), str(part))
-    (part / "sweep.json").write_text(json.dumps(state))
-    return part
 
 
 def analyze_args(sw, rep):
@@ -174,8 +165,8 @@ def test_corpus_synth_refuses_an_out_that_is_a_file(tmp_path):
 @pytest.mark.parametrize("kv, needle", [
     ("seed=4294967296", "seed: must be < 2**32, got 4294967296"),
     ("artists=aurora,aurora", "artists: aurora given twice"),
-    ("lr=1e308", "lr: must be a finite number in (0, 10], got 1e+308"),
-    ("lr=inf", "lr: must be a finite number in (0, 10], got inf"),
+    ("lr=1e308", "lr: must be a finite number in (0, 3.4e+38] (the optimizers compute in float32), got 1e+308"),
+    ("lr=inf", "lr: must be a finite number in (0, 3.4e+38] (the optimizers compute in float32), got inf"),
 ])
 def test_train_refuses_bad_values(data, tmp_path, kv, needle):
     one_line_error(cli("train", "--data", data, "--run-dir", tmp_path / "r", kv), needle)
