@@ -85,3 +85,24 @@ def write_sweep(path: Path, data, train: dict, grid: dict, slurm: dict | None = 
                                                           "signal_delay_s": 30, **(slurm or {})}.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def copy_sweep(sw: Path, part: Path) -> Path:
+    """A copy of a sweep directory whose state points at the copy's own run directories."""
+    shutil.copytree(sw, part)
+    state = json.loads((part / "sweep.json").read_text())
+    for r in state["runs"].values():
+        r["run_dir"] = r["run_dir"].replace(str(sw), str(part))
+    (part / "sweep.json").write_text(json.dumps(state))
+    return part
+
+
+def wait_for_epoch(run, n: int = 1, timeout: float = 120) -> None:
+    """Until run directory ``run`` has logged ``n`` epochs (a Slurm job may queue first)."""
+    import time
+
+    from gruv_hpc.paths import read_jsonl
+    t = time.time()
+    while len(read_jsonl(Path(run) / "metrics.jsonl")) < n:
+        assert time.time() - t < timeout, "training did not get going"
+        time.sleep(0.05)

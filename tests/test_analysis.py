@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from conftest import copy_sweep, write_sweep
 from gruv_hpc.cluster import sweep
 from gruv_hpc.dataset.transforms import get_transform
 from gruv_hpc.paths import read_jsonl
@@ -187,21 +188,11 @@ def test_floor_names_the_groups_that_do_not_beat_it():
     assert "c: the dev split has no clips" in page and "d: not computed: d/manifest.json: missing" in page
     assert baseline_html(groups, {}) == ""
 
-def copy_sweep(sw, part):
-    """A copy of a sweep directory whose state points at the copy's own run directories."""
-    shutil.copytree(sw, part)
-    state = json.loads((part / "sweep.json").read_text())
-    for r in state["runs"].values():
-        r["run_dir"] = r["run_dir"].replace(str(sw), str(part))
-    (part / "sweep.json").write_text(json.dumps(state))
-    return state
-
-
 def test_partial_sweep_with_failed_and_running_runs(demo, tmp_path):
     from gruv_hpc.analysis.report import analyze
     sw, _ = demo
     part = tmp_path / "sweep"
-    state = copy_sweep(sw, part)
+    state = json.loads((copy_sweep(sw, part) / "sweep.json").read_text())
     failed, running = part / "runs" / "circuit-gru-h4", part / "runs" / "aurora-lstm-h8"
     (failed / "done.json").unlink()
     (failed / "error.txt").write_text("Traceback...\nRuntimeError: CUDA out of memory\n")
@@ -255,6 +246,28 @@ def test_unreadable_runs_are_reported_and_the_others_analysed(demo, tmp_path):
     assert len([n for n, a in summary["audio"].items() if a["clips"]]) == 7
     page = (tmp_path / "rep" / "index.html").read_text()
     assert "could not be analysed" in page and "aurora-gru-h4" in page
+
+
+def test_each_runs_checkpoint_is_loaded_once(demo, tmp_path, monkeypatch):
+    """Figure 3's predictions and the audio come from one load of each run's best checkpoint (the
+    analysis loaded it twice: once for the figure, once for the audio)."""
+    from collections import Counter
+    from pathlib import Path
+
+    import torch
+
+    from gruv_hpc.analysis.report import analyze
+    sw, _ = demo
+    loads, real = Counter(), torch.load
+
+    def counting(f, *a, **kw):
+        loads[Path(f)] += 1
+        return real(f, *a, **kw)
+    monkeypatch.setattr(torch, "load", counting)
+    summary = analyze(sw, tmp_path / "rep", n_seed_clips=1, seed_seconds=0.32, log=lambda *a: None)
+    runs = sorted(p for p in (sw / "runs").iterdir() if p.is_dir())
+    assert len(runs) == 8 and loads == Counter({r / "checkpoints" / "best.pt": 1 for r in runs}), loads
+    assert len(summary["fig3"]["band_runs"]) == 4 and all(a["clips"] for a in summary["audio"].values())
 
 
 # --- the report in a real browser ----------------------------------------------------------------------
@@ -332,28 +345,40 @@ class Chromium:
             self.proc.wait()
 
 
+def probe_page(page, profile, *expressions: str) -> tuple[dict, list, list]:
+    """``page`` opened from disk in headless Chromium: PROBE's images and audio players, the value
+    of each of ``expressions``, and the console's errors."""
+    browser = Chromium(shutil.which("chromium") or shutil.which("chromium-browser"), profile)
+    try:
+        for domain in ("Runtime", "Log", "Page"):
+            browser.call(f"{domain}.enable")
+        browser.call("Page.navigate", url=page.resolve().as_uri())
+        browser.wait_event("Page.loadEventFired")
+        res = browser.call("Runtime.evaluate", expression=PROBE, awaitPromise=True, returnByValue=True)["result"]["value"]
+        values = [browser.call("Runtime.evaluate", returnByValue=True, expression=e)["result"]["value"]
+                  for e in expressions]
+        return res, values, browser.errors()
+    finally:
+        browser.close()
+
+
+def assert_every_player_reads_its_file(rep, players: list[dict]) -> None:
+    for a in players:
+        assert a["error"] is None, a
+        assert a["duration"] == pytest.approx(sf.info(rep / a["src"]).duration, abs=1e-3), a
+
+
 @pytest.mark.browser
 def test_report_in_a_real_browser(demo, tmp_path):
     """Opened from disk in headless Chromium: every image loads, every audio player reads the
     duration soundfile reports, and the console stays free of errors."""
     _, rep = demo
-    browser = Chromium(shutil.which("chromium") or shutil.which("chromium-browser"), tmp_path / "profile")
-    try:
-        for domain in ("Runtime", "Log", "Page"):
-            browser.call(f"{domain}.enable")
-        browser.call("Page.navigate", url=(rep / "index.html").resolve().as_uri())
-        browser.wait_event("Page.loadEventFired")
-        res = browser.call("Runtime.evaluate", expression=PROBE, awaitPromise=True, returnByValue=True)["result"]["value"]
-        errors = browser.errors()
-    finally:
-        browser.close()
+    res, _, errors = probe_page(rep / "index.html", tmp_path / "profile")
     page = (rep / "index.html").read_text()
     assert len(res["images"]) == page.count("<img") >= 3 + 8 * 2  # 3 figures + a spectrogram per clip
     assert [i for i in res["images"] if i["width"] == 0] == []
     assert len(res["audio"]) == 8 * 2 * 2
-    for a in res["audio"]:
-        assert a["error"] is None, a
-        assert a["duration"] == pytest.approx(sf.info(rep / a["src"]).duration, abs=1e-3), a
+    assert_every_player_reads_its_file(rep, res["audio"])
     assert errors == []
 
 
@@ -362,22 +387,10 @@ def test_listening_page_in_a_real_browser(demo, tmp_path):
     """listen.html from disk: every player reads its seed-then-continuation WAV, every image loads,
     the blinded keys are closed until asked for, and the console stays free of errors."""
     _, rep = demo
-    browser = Chromium(shutil.which("chromium") or shutil.which("chromium-browser"), tmp_path / "profile")
-    try:
-        for domain in ("Runtime", "Log", "Page"):
-            browser.call(f"{domain}.enable")
-        browser.call("Page.navigate", url=(rep / "listen.html").resolve().as_uri())
-        browser.wait_event("Page.loadEventFired")
-        res = browser.call("Runtime.evaluate", expression=PROBE, awaitPromise=True, returnByValue=True)["result"]["value"]
-        closed = browser.call("Runtime.evaluate", returnByValue=True,
-                              expression="[...document.querySelectorAll('details')].map((d) => d.open)")["result"]["value"]
-        errors = browser.errors()
-    finally:
-        browser.close()
+    res, [closed], errors = probe_page(rep / "listen.html", tmp_path / "profile",
+                                       "[...document.querySelectorAll('details')].map((d) => d.open)")
     assert len(res["audio"]) == 8 * 2 + 4 * 2 * 2
-    for a in res["audio"]:
-        assert a["error"] is None, a
-        assert a["duration"] == pytest.approx(sf.info(rep / a["src"]).duration, abs=1e-3), a
+    assert_every_player_reads_its_file(rep, res["audio"])
     assert res["images"] and [i for i in res["images"] if i["width"] == 0] == []
     assert closed == [False] * 8
     assert errors == []
@@ -385,25 +398,10 @@ def test_listening_page_in_a_real_browser(demo, tmp_path):
 
 # --- seeds: grouped, judged against their spread ----------------------------------------------------
 
-SEEDS = """
-data = "{data}"
-[train]
-epochs = 2
-batch_size = 4
-workers = 0
-gen_seconds = 0.0
-limit_train_batches = 6
-[grid]
-artists = [["aurora"]]
-cell = ["lstm", "gru"]
-hidden = [6]
-seed = [1, 2]
-"""
-
-
 def test_seeds_in_the_grid_are_grouped_and_judged(data, tmp_path):
-    f = tmp_path / "seeds.toml"
-    f.write_text(SEEDS.format(data=data))
+    f = write_sweep(tmp_path / "seeds.toml", data, {"epochs": 2, "batch_size": 4, "workers": 0, "gen_seconds": 0.0,
+                                                     "limit_train_batches": 6},
+                    {"artists": [["aurora"]], "cell": ["lstm", "gru"], "hidden": [6], "seed": [1, 2]})
     sw, rep = tmp_path / "sweep", tmp_path / "report"
     r = subprocess.run([sys.executable, "-m", "gruv_hpc.cli", "sweep", "submit", str(f), "--out", str(sw), "--executor", "local",
                         "--quiet", "--wait"], capture_output=True, text=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import preprocess_tiny, tiny_config
+from conftest import preprocess_tiny, tiny_config, wait_for_epoch
 from gruv_hpc.training.checkpoint import load_checkpoint
 from gruv_hpc.errors import DatasetError, TrainingError
 from gruv_hpc.paths import RunPaths, read_jsonl
@@ -29,13 +29,6 @@ def start_train(data, run, *overrides):
                              "hidden=8", "batch_size=4", "workers=0", "gen_seconds=0", "log_every_steps=5",
                              "ckpt_every_epochs=1000", *overrides],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for_epoch(run, n=1, timeout=120):
-    t = time.time()
-    while len(read_jsonl(Path(run) / "metrics.jsonl")) < n:
-        assert time.time() - t < timeout, "training did not get going"
-        time.sleep(0.05)
 
 
 # --- 4. a stop signal, whoever sends it, stops at a step boundary with a checkpoint -----------------

@@ -1,11 +1,10 @@
 """resume=never is the policy of a run's first start, not of every job (issue 22, N2): a requeued
 or resubmitted job always resumes, so a run longer than one time limit can finish."""
 import subprocess
-import time
 
 import pytest
 
-from conftest import tiny_config, write_sweep
+from conftest import tiny_config, wait_for_epoch, write_sweep
 from gruv_hpc.cluster import sweep
 from gruv_hpc.cluster.sweep.spec import Run
 from gruv_hpc.cluster.sweep.submit import first_start_only
@@ -52,11 +51,7 @@ def test_usr2_requeue_of_a_resume_never_sweep_resumes_on_the_local_slurm(data, t
     d = tmp_path / "sw"
     sweep.submit(f, d, executor="slurm", out=lambda *x: None)
     run = RunPaths(d / "runs" / "lstm")
-    for _ in range(600):
-        if run.metrics.exists() and read_jsonl(run.metrics):
-            break
-        time.sleep(0.1)
-    assert read_jsonl(run.metrics), "no first epoch"
+    wait_for_epoch(run.root)
     jid = sweep.status(d)[0]["job_id"]
     subprocess.run(["scancel", "--signal=USR2", jid], check=True)
     rows = {r["name"]: r for r in sweep.wait(d, poll_s=1, progress=False, timeout_s=240)}

@@ -17,7 +17,7 @@ from gruv_hpc.training.checkpoint import load_checkpoint
 from gruv_hpc.errors import ConfigError
 from gruv_hpc.paths import RunPaths, SweepPaths, read_jsonl
 
-from conftest import write_sweep
+from conftest import wait_for_epoch, write_sweep
 
 pytestmark = pytest.mark.slurm
 
@@ -213,10 +213,7 @@ def test_second_copy_of_a_running_jobs_run_is_refused(data, tmp_path):
     d = tmp_path / "sw"
     sweep.submit(f, d, executor="slurm", out=lambda *a: None)
     run = RunPaths(d / "runs" / "lstm")
-    for _ in range(600):
-        if run.metrics.exists() and read_jsonl(run.metrics):
-            break
-        time.sleep(0.1)
+    wait_for_epoch(run.root)
     jid = job_of(d, "lstm")
     try:
         cfg = json.loads(run.config.read_text())["config"]
