@@ -22,6 +22,24 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 DEFAULT_RELOAD_S = 5.0  # TensorBoard's own default
 
 
+LINKS_PREFIX = "gruv-tensorboard-"
+
+
+def _remove_orphans() -> None:
+    """Remove the link directories of gruv processes that were killed outright (SIGKILL skips
+    ``close``): each is named after its process, ``gruv-tensorboard-PID-XXXX``."""
+    for d in Path(tempfile.gettempdir()).glob(LINKS_PREFIX + "*-*"):
+        pid = d.name[len(LINKS_PREFIX):].split("-")[0]
+        if not pid.isdigit() or not d.is_dir() or d.is_symlink() or d.stat().st_uid != os.getuid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)  # links only
+        except OSError:
+            pass  # alive (another user's pid, or ours)
+
+
 class RunLinks:
     """A directory of one symlink per run, NAME -> SWEEP/runs/NAME/tb, that TensorBoard reads as
     its one ``--logdir``. Why not the alternatives:
@@ -40,7 +58,8 @@ class RunLinks:
         self.runs = SweepPaths(sweep_dir).runs
         if not self.runs.is_dir():
             raise ConfigError(f"{sweep_dir}: no {self.runs.name}/ directory; is it a sweep directory?")
-        self.dir = Path(tempfile.mkdtemp(prefix="gruv-tensorboard-"))
+        _remove_orphans()
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{LINKS_PREFIX}{os.getpid()}-"))
         self.sync()
 
     def sync(self) -> list[str]:
