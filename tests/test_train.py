@@ -260,6 +260,8 @@ def test_tensorboard_scalars_hparams_and_purge(data, tmp_path):
         assert [round(e.value, 5) for e in ea.Scalars(f"epoch/dev_loss/{a}")] == \
             [round(h["dev_loss_by_artist"][a], 5) for h in hist]
     assert "generated/audio" in ea.Tags()["audio"] and [e.step for e in ea.Audio("generated/audio")] == [2]
+    img = ea.Images("generated/spectrogram")  # a readable, labelled picture, not a (bins x frames) one
+    assert [(e.step, e.width, e.height) for e in img] == [(2, 800, 400)]
     import glob
     raw = b"".join(open(f, "rb").read() for f in glob.glob(str(run / "tb" / "events.*")))
     assert b"_hparams_/session_start_info" in raw and b"hidden" in raw
