@@ -118,6 +118,21 @@ def _die_with_parent() -> None:
         pass  # not Linux: the signal handlers below still stop it
 
 
+def _check_port(host: str, port: int) -> None:
+    """Refuse a port in use in one line before starting anything (TensorBoard would say it among
+    its start-up notes and exit 255). Another process may still take it in between; then
+    TensorBoard's own message stands."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            # As TensorBoard's server binds: a port left in TIME_WAIT by the last server is free,
+            # one that something listens on is not.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+    except OSError as e:
+        raise ConfigError(f"--port {port}: cannot listen on {host}:{port} ({e.strerror}); another "
+                          "gruv tensorboard may be using it: pass another --port") from None
+
+
 def serve(sweep_dir, host: str, port: int, grace_s: float = 15.0, out=print,
           reload_s: float = DEFAULT_RELOAD_S) -> int:
     """Run TensorBoard until it exits or this process is told to stop. Returns the exit status.
@@ -125,6 +140,7 @@ def serve(sweep_dir, host: str, port: int, grace_s: float = 15.0, out=print,
     same interval, shows them at its next reload."""
     if not reload_s > 0:
         raise ConfigError(f"--reload-interval {reload_s:g}: must be more than 0 seconds")
+    _check_port(host, port)
     links = RunLinks(sweep_dir)
     try:
         return _serve(links, host, port, grace_s, out, reload_s)

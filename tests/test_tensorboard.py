@@ -103,14 +103,22 @@ def test_hparams_metrics_over_http_and_a_run_that_starts_later(data, tmp_path):
 
 
 def test_tensorboard_refuses_bad_input_in_one_line(tmp_path):
+    import socket
     (tmp_path / "sw" / "runs").mkdir(parents=True)
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()  # a port in use (say, by another gruv tensorboard)
+    taken = busy.getsockname()[1]
     for args, msg in (([str(tmp_path / "nosuch")], "no runs/ directory"),
-                      ([str(tmp_path / "sw"), "--reload-interval", "0"], "--reload-interval 0: must be more than 0")):
-        r = subprocess.run([sys.executable, "-m", "gruv_hpc.cli", "tensorboard", *args, "--port", str(_free_port())],
+                      ([str(tmp_path / "sw"), "--reload-interval", "0"], "--reload-interval 0: must be more than 0"),
+                      ([str(tmp_path / "sw"), "--port", str(taken)], f"--port {taken}: cannot listen on 127.0.0.1")):
+        port = [] if "--port" in args else ["--port", str(_free_port())]
+        r = subprocess.run([sys.executable, "-m", "gruv_hpc.cli", "tensorboard", *args, *port],
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
         assert r.stderr.strip().splitlines() == [f"gruv: error: {r.stderr.split('error: ', 1)[1].strip()}"]
         assert msg in r.stderr, r.stderr
+    busy.close()
 
 
 def test_link_directories_of_killed_servers_are_removed(tmp_path):
