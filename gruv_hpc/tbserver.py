@@ -1,6 +1,8 @@
 """``gruv tensorboard``: a TensorBoard server over every run of a sweep, that lives and dies with
 the command. TERM, INT and HUP stop the server before gruv exits; if gruv is killed outright,
-the kernel sends the server TERM (Linux's parent-death signal). No orphan keeps the port."""
+the kernel sends the server TERM (Linux's parent-death signal). No orphan keeps the port.
+TensorBoard reads a directory of links to the runs (``RunLinks``), which this process keeps in
+step with the sweep: each run under its own name, new runs as they start."""
 from __future__ import annotations
 
 import getpass
