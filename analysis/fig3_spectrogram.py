@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from gruv_hpc.analysis.common import RunInfo, cli, load_runs, note, save_fig
+from gruv_hpc.plotting import log_frequency_edges
 from gruv_hpc.training import cells as cell_registry
 
 
@@ -172,8 +173,7 @@ def draw_fig3(plan: Fig3Plan | None, out_dir) -> dict:
                 note(ax, f"{artist}: {title}\n{m}", data)
                 continue
             # Bin k drawn from (f_{k-1} f_k)^0.5 to (f_k f_{k+1})^0.5 on a log axis; 0 Hz is left out.
-            f = freqs[1:]
-            edges = np.sqrt(np.concatenate([[f[0] ** 2 / f[1]], f]) * np.concatenate([f, [f[-1] ** 2 / f[-2]]]))
+            edges = log_frequency_edges(freqs)
             im = ax.pcolormesh(np.arange(m.shape[0] + 1) + 0.5, edges, 20 * np.log10(m[:, 1:].T + 1e-9), cmap="magma",
                                vmin=vmax - 80, vmax=vmax, shading="flat", rasterized=True)
             ax.set_yscale("log")

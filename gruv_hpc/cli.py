@@ -13,6 +13,7 @@ from pathlib import Path
 
 from gruv_hpc.cluster.executors import KINDS as EXECUTORS, scheduler
 from gruv_hpc.errors import ConfigError, GruvError
+from gruv_hpc.tbserver import DEFAULT_RELOAD_S
 
 
 def _preprocess(a) -> int:
@@ -169,7 +170,7 @@ def _pipeline(a) -> int:
 
 def _tensorboard(a) -> int:
     from gruv_hpc.tbserver import serve
-    return serve(a.sweep_dir, a.host, a.port, out=lambda line: print(line, flush=True))
+    return serve(a.sweep_dir, a.host, a.port, out=lambda line: print(line, flush=True), reload_s=a.reload_interval)
 
 
 def _analyze(a) -> int:
@@ -336,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this node only; from a laptop, "
                     "go through the ssh -L tunnel it prints)")
     tb.add_argument("--port", type=int, default=6006)
+    tb.add_argument("--reload-interval", type=float, default=DEFAULT_RELOAD_S, metavar="S",
+                    help="seconds between looks for new runs and new data (default: %(default)s, TensorBoard's own)")
     tb.set_defaults(fn=_tensorboard)
     return p
 

@@ -509,7 +509,7 @@ def describe(diag: dict, clipped: int) -> str:
 
 def log_to_tensorboard(writer, model, cfg: TrainConfig, step: int, device, dev_set: ClipDataset) -> None:
     """A short generated clip (and its spectrogram) from the first clip of the trainer's dev set,
-    for TensorBoard."""
+    for TensorBoard, at x position ``step`` (the trainer passes the epoch: its epoch axis)."""
     if cfg.gen_seconds <= 0:
         return
     run = LoadedRun(model, cfg, Path(""), 0, dev_set.handle)
@@ -534,6 +534,16 @@ def log_to_tensorboard(writer, model, cfg: TrainConfig, step: int, device, dev_s
                 writer.add_scalar(f"generated/{k}", v, step)
     audio = np.clip(to_audio(run, gen), -1, 1)
     writer.add_audio("generated/audio", torch.from_numpy(audio).unsqueeze(0), step, sample_rate=cfg.sample_rate)
-    mag = np.log1p(run.transform.magnitude(gen * run.std + run.mean)).T[::-1]  # (freq, time), low at bottom
-    img = (mag - mag.min()) / max(mag.max() - mag.min(), 1e-9)
-    writer.add_image("generated/spectrogram", torch.from_numpy(img.copy()).unsqueeze(0).float(), step)
+    writer.add_image("generated/spectrogram", sample_spectrogram(run, seed, gen, step), step, dataformats="HWC")
+
+
+def sample_spectrogram(run: "LoadedRun", seed: np.ndarray, gen: np.ndarray, epoch: int) -> np.ndarray:
+    """The seed and its continuation as one labelled spectrogram (RGB, 800 x 400): time in s,
+    log frequency in Hz, dB colour bar, a line where the continuation starts."""
+    from gruv_hpc.plotting import spectrogram_image
+    cfg = run.cfg
+    mag = run.transform.magnitude(np.concatenate([seed, gen]).astype(np.float64) * run.std + run.mean)
+    hop_s = run.transform.seconds(1, cfg.sample_rate)
+    return spectrogram_image(mag, run.transform.frequencies(cfg.sample_rate), hop_s,
+                             title=f"dev clip 0: {len(seed) * hop_s:.2f} s of seed, then the model (epoch {epoch})",
+                             mark_s=len(seed) * hop_s, mark_label="generated")

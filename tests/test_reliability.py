@@ -249,16 +249,21 @@ def test_a_header_declaring_1_hz_is_excluded(corpus, tmp_path):
 
 
 def test_tensorboard_is_this_interpreters_and_a_comma_in_the_path_is_safe(tmp_path):
-    from gruv_hpc.tbserver import command
+    from gruv_hpc.tbserver import RunLinks, command
     for name in ("plain", "with,comma"):
         tb = tmp_path / name / "runs" / "lstm" / "tb"
         tb.mkdir(parents=True)
-        cmd = command(tmp_path / name, "127.0.0.1", 6006)
-        assert cmd[:3] == [sys.executable, "-m", "tensorboard.main"]
-        if name == "plain":
-            assert cmd[3:5] == ["--logdir_spec", f"lstm:{tb}"]
-        else:
-            assert cmd[3:5] == ["--logdir", str(tmp_path / name / "runs")]  # never split at the comma
+        (tmp_path / name / "runs" / "no-tb-yet").mkdir()  # a run that has not written yet is not linked
+        links = RunLinks(tmp_path / name)
+        try:
+            cmd = command(links.dir, "127.0.0.1", 6006)
+            assert cmd[:3] == [sys.executable, "-m", "tensorboard.main"]
+            # One --logdir, never a --logdir_spec (which a comma in a path would split)
+            assert cmd[3:5] == ["--logdir", str(links.dir)] and "--logdir_spec" not in cmd
+            assert [(p.name, p.resolve()) for p in links.dir.iterdir()] == [("lstm", tb.resolve())]
+        finally:
+            links.close()
+        assert not links.dir.exists()
 
 
 @pytest.mark.slurm

@@ -225,22 +225,53 @@ def test_dataset_and_run_dir_mismatches(data, tmp_path):
 
 def test_tensorboard_scalars_hparams_and_purge(data, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from gruv_hpc.dataset.clips import ClipDataset
+    from gruv_hpc.paths import metrics_problem
     run = tmp_path / "r"
     main(tiny_config(data, epochs=1), run)
     main(tiny_config(data, epochs=2, gen_seconds=0.1), run)  # resumed: purge_step keeps curves from doubling back
-    ea = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0})
+    ea = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0, "images": 0})
     ea.Reload()
     tags = ea.Tags()["scalars"]
-    for t in ("loss/train", "loss/dev", "loss/best_dev", "opt/lr", "opt/grad_norm", "perf/frames_per_s"):
-        assert t in tags
-    dev = ea.Scalars("loss/dev")
     hist = read_jsonl(run / "metrics.jsonl")
-    assert [e.step for e in dev] == [h["step"] for h in hist]
+    assert metrics_problem(hist) is None  # what the old readers check still holds
+    artists = ["aurora", "circuit"]
+    for t in ["loss/train_step", "epoch/step"] + [f"epoch/{k}" for k in ("train_loss", "dev_loss", "best_dev_loss", "lr",
+                                                   "grad_norm", "frames_per_s", "peak_mem_mb")] + \
+             [f"epoch/dev_loss/{a}" for a in artists]:
+        assert t in tags, t
+    # Epoch scalars are on the epoch axis (step = epoch), the train loss per log interval on the step axis.
+    dev = ea.Scalars("epoch/dev_loss")
+    assert [e.step for e in dev] == [h["epoch"] for h in hist] == [1, 2]
     assert [round(e.value, 5) for e in dev] == [round(h["dev_loss"], 5) for h in hist]
-    assert "generated/audio" in ea.Tags()["audio"]
+    assert [e.value for e in ea.Scalars("epoch/step")] == [h["step"] for h in hist]
+    assert max(e.step for e in ea.Scalars("loss/train_step")) > 2
+    # Dev loss per artist: in metrics.jsonl and TensorBoard, and the clip-weighted mean of the
+    # artists' losses is the dev loss.
+    ds = ClipDataset(data, "dev")
+    counts = {a: int((ds.clip_artists() == i).sum()) for i, a in enumerate(ds.artists)}
+    assert ds.artists == artists and min(counts.values()) > 0
+    for h in hist:
+        by = h["dev_loss_by_artist"]
+        assert set(by) == set(artists) and by["aurora"] != by["circuit"]
+        assert sum(by[a] * counts[a] for a in artists) / sum(counts.values()) == pytest.approx(h["dev_loss"], rel=1e-6)  # float32 sums
+    for a in artists:
+        assert [round(e.value, 5) for e in ea.Scalars(f"epoch/dev_loss/{a}")] == \
+            [round(h["dev_loss_by_artist"][a], 5) for h in hist]
+    assert "generated/audio" in ea.Tags()["audio"] and [e.step for e in ea.Audio("generated/audio")] == [2]
+    img = ea.Images("generated/spectrogram")  # a readable, labelled picture, not a (bins x frames) one
+    assert [(e.step, e.width, e.height) for e in img] == [(2, 800, 400)]
     import glob
     raw = b"".join(open(f, "rb").read() for f in glob.glob(str(run / "tb" / "events.*")))
     assert b"_hparams_/session_start_info" in raw and b"hidden" in raw
+
+
+def test_one_artists_run_logs_its_dev_loss_per_artist(data, tmp_path):
+    run = tmp_path / "r"
+    main(tiny_config(data, epochs=1, artists=["circuit"]), run)
+    h = read_jsonl(run / "metrics.jsonl")[0]
+    assert h["dev_loss_by_artist"] == {"circuit": pytest.approx(h["dev_loss"], rel=1e-6)}
 
 
 DDP_WORKER = textwrap.dedent("""

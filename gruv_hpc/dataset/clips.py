@@ -214,6 +214,13 @@ class ClipDataset(Dataset):
             self.raw_blocks(int(i), out[k])
         return torch.from_numpy(out)
 
+    def clip_artists(self) -> np.ndarray:
+        """Each clip's artist, as an index into ``self.artists`` (int64, one per clip): from the
+        manifest, which names the artist of every shard. No shard is opened."""
+        of_file = {Path(self.data_dir) / sh["file"]: sh["artist"] for sh in self.manifest["shards"]}
+        shard_artist = np.array([self.artists.index(of_file[f]) for f in self.index.shard_files], np.int64)
+        return shard_artist[self.index.shard_of_clip] if len(shard_artist) else np.zeros(0, np.int64)
+
     def features(self, i: int, n: int | None = None) -> np.ndarray:
         """The unnormalized model features of clip i, (n, D) float32: its C + 1 blocks, or ``n``
         from the clip's start."""

@@ -179,6 +179,9 @@ class Data:
     normalize: Normalizer
     dev_set: ClipDataset  # the TensorBoard sample seeds from it
     train_set: ClipDataset | None = None  # to name a damaged shard when the loss turns non-finite
+    # The artist (an index into dev_set.artists) of each of this rank's dev clips, in the order
+    # the dev loader yields them: evaluate() splits the dev loss by artist.
+    dev_artist: torch.Tensor | None = None
 
     def to_window(self, blk: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
         """Stored (B, C + 1, S) windows -> the normalized window (B, C + 1, D), whose blocks 0..C-1
@@ -220,7 +223,10 @@ def build_data(cfg: TrainConfig, d: Dist, dataset: DatasetHandle) -> Data:
         steps = min(steps, cfg.limit_train_batches)
     if steps == 0:
         raise DatasetError(f"{cfg.data}: {len(train_set)} train clips give no full batch of {cfg.batch_size}")
-    return Data(train_loader, dev_loader, sampler, local_bs, steps, dataset.normalizer(d.device), dev_set, train_set)
+    # Both loaders yield the dev clips in dev_indices' order.
+    dev_artist = torch.from_numpy(dev_set.clip_artists()[list(dev_indices)]).to(d.device)
+    return Data(train_loader, dev_loader, sampler, local_bs, steps, dataset.normalizer(d.device), dev_set, train_set,
+                dev_artist)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,19 +261,25 @@ class RunLogger:
         cfg, w, step, epoch = self.cfg, self.writer, line["step"], line["epoch"]
         with open(self.paths.metrics, "a") as f:
             f.write(dumps(line) + "\n")
-        # One x axis (the global step) for every tag, so purge_step on resume cuts them all.
-        for k in ("train_loss", "dev_loss", "best_dev_loss"):
-            w.add_scalar(f"loss/{k[:-5]}", line[k], step)
-        w.add_scalar("opt/lr", line["lr"], step)
-        w.add_scalar("opt/grad_norm", line["grad_norm"], step)
-        w.add_scalar("perf/frames_per_s", line["frames_per_s"], step)
-        w.add_scalar("perf/peak_mem_mb", line["peak_mem_mb"], step)
-        w.add_scalar("epoch", epoch, step)
+        # Per-epoch values on an epoch axis (step = epoch), so runs whose epochs take different
+        # numbers of steps (artists with more or fewer clips, other batch sizes) line up; only
+        # loss/train_step is on the optimizer-step axis. On resume, purge_step (the checkpoint's
+        # step, never below its epoch) cuts nothing the checkpoint holds, and an epoch logged
+        # again after a lost one replaces it (TensorBoard drops a tag's points from a step that
+        # comes again). Each artist's dev loss has its own tag (and chart): losses of 105 and
+        # 0.22 on one linear axis would flatten the smaller.
+        for k in ("train_loss", "dev_loss", "best_dev_loss", "lr", "grad_norm", "frames_per_s", "peak_mem_mb"):
+            w.add_scalar(f"epoch/{k}", line[k], epoch)
+        for artist, v in line.get("dev_loss_by_artist", {}).items():
+            w.add_scalar(f"epoch/dev_loss/{artist}", v, epoch)
+        w.add_scalar("epoch/step", step, epoch)  # where the epoch ends on loss/train_step's axis
         w.flush()
         if cfg.gen_seconds > 0 and (epoch == cfg.epochs or (cfg.gen_every_epochs and epoch % cfg.gen_every_epochs == 0)):
             from gruv_hpc.generate import log_to_tensorboard
-            log_to_tensorboard(w, model, cfg, step, device, dev_set)
-        print(f"epoch {epoch}/{cfg.epochs} train {line['train_loss']:.5f} dev {line['dev_loss']:.5f} "
+            log_to_tensorboard(w, model, cfg, epoch, device, dev_set)
+        by = line.get("dev_loss_by_artist", {})
+        each = f" ({', '.join(f'{a} {v:.5f}' for a, v in by.items())})" if len(by) > 1 else ""
+        print(f"epoch {epoch}/{cfg.epochs} train {line['train_loss']:.5f} dev {line['dev_loss']:.5f}{each} "
               f"({line['frames_per_s']:.0f} frames/s)", flush=True)
 
     def done(self, state: TrainState) -> None:
@@ -280,6 +292,12 @@ class RunLogger:
             self.writer.close()
 
 
+# The HParams dashboard's metric columns: TensorBoard, given no experiment summary, makes one of
+# every scalar tag of the runs (per-artist dev losses included) and shows each run's last value:
+# epoch/best_dev_loss's last value is the best dev loss, epoch/dev_loss's the last one.
+HPARAMS_METRICS = ("best_dev_loss", "dev_loss", "train_loss")
+
+
 def _write_hparams(writer, cfg: TrainConfig) -> None:
     """Write the run's hparams into its own event file, so the HParams dashboard lists one row
     per run (add_hparams would make a separate sub-run). Only the session summaries are written,
@@ -288,7 +306,7 @@ def _write_hparams(writer, cfg: TrainConfig) -> None:
     from torch.utils.tensorboard.summary import hparams
     hp = {k: (",".join(v) if isinstance(v, list) else v) for k, v in to_dict(cfg).items()
           if k not in RUNTIME_KEYS and v is not None}
-    _, ssi, sei = hparams(hp, {"loss/dev": 0, "loss/train": 0, "loss/best_dev": 0})
+    _, ssi, sei = hparams(hp, {f"epoch/{k}": 0 for k in HPARAMS_METRICS})
     for s in (ssi, sei):
         writer.file_writer.add_summary(s)
 
@@ -505,22 +523,35 @@ class Trainer:
         return x, False
 
     @torch.no_grad()
-    def evaluate(self) -> float:
-        """Mean L2 loss over every dev clip (each counted once across ranks). Runs the unwrapped
-        model: ranks may see unequal batch counts, which DDP's forward would wait on."""
+    def evaluate(self) -> tuple[float, dict[str, float]]:
+        """Mean L2 loss over every dev clip (each counted once across ranks), and the same per
+        artist ({artist: loss}, artists with dev clips only). Runs the unwrapped model: ranks may
+        see unequal batch counts, which DDP's forward would wait on. Draws no random numbers, and
+        the per-artist sums ride in the one all-reduce the total needs."""
         self.model.eval()
-        total = torch.zeros(2, dtype=torch.float64, device=self.d.device)
+        artists = self.data.dev_set.artists
+        n_a = len(artists)
+        # [total loss, clips, loss per artist (n_a), clips per artist (n_a)]
+        total = torch.zeros(2 + 2 * n_a, dtype=torch.float64, device=self.d.device)
+        seen = 0
         for blk in self.data.dev_loader:
             win, y = self.data.to_window(blk, self.d.device)
             with self.amp:
                 pred, _ = self.model(win, drop_last=True)
             total[0] += torch.nn.functional.mse_loss(pred.float(), y, reduction="sum").double() / y[0].numel()
             total[1] += y.shape[0]
+            per_clip = (pred.float() - y).square().flatten(1).sum(1).double() / y[0].numel()
+            who = self.data.dev_artist[seen: seen + y.shape[0]]
+            seen += y.shape[0]
+            total[2: 2 + n_a].index_add_(0, who, per_clip)
+            total[2 + n_a:].index_add_(0, who, torch.ones_like(per_clip))
         self.d.all_reduce_(total)
         self.model.train()
-        return float(total[0] / total[1]) if total[1] > 0 else float("nan")
+        t = total.tolist()
+        by_artist = {a: t[2 + i] / t[2 + n_a + i] for i, a in enumerate(artists) if t[2 + n_a + i] > 0}
+        return (t[0] / t[1] if t[1] > 0 else float("nan")), by_artist
 
-    def end_epoch(self, stats: dict, dev_loss: float) -> tuple[dict, bool]:
+    def end_epoch(self, stats: dict, dev_loss: float, dev_by_artist: dict | None = None) -> tuple[dict, bool]:
         """Close the epoch in the state; returns its metrics line and whether it is the best on dev."""
         st = self.state
         train_loss = self.d.mean(st.loss_sum / max(st.loss_n, 1))
@@ -528,7 +559,8 @@ class Trainer:
         is_best = dev_loss < st.best_dev
         st.best_dev = min(st.best_dev, dev_loss)
         line = {"epoch": st.epoch, "step": st.step, "train_loss": train_loss, "dev_loss": dev_loss,
-                "best_dev_loss": st.best_dev, "lr": self.optimizer.param_groups[0]["lr"], **stats,
+                "best_dev_loss": st.best_dev, "dev_loss_by_artist": dev_by_artist or {},
+                "lr": self.optimizer.param_groups[0]["lr"], **stats,
                 "train_time_s": st.train_time, "wall": time.time(), "peak_mem_mb": _peak_mem_mb(self.d.device)}
         st.history.append(line)
         return line, is_best
@@ -733,7 +765,7 @@ def _train(cfg: TrainConfig, dataset: DatasetHandle, paths: RunPaths, d: Dist, s
             if stats is None:  # stopped on request, between two steps: save, and let the caller requeue
                 t.save()
                 return {"status": "stopped", "signal": stop.signal, "epoch": st.epoch, "step": st.step, "pos": st.pos}
-            line, is_best = t.end_epoch(stats, t.evaluate())
+            line, is_best = t.end_epoch(stats, *t.evaluate())
             if t.ckpt.due_at_epoch_end(st.epoch, cfg.epochs, is_best):
                 t.save(is_best)
             t.log.epoch(line, t.model, d.device, t.data.dev_set)
