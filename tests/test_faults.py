@@ -52,6 +52,9 @@ def test_stop_signal_writes_checkpoint_and_exits_distinctly(data, tmp_path, sig)
     res = json.loads(out.strip().splitlines()[-1])
     assert res["status"] == "stopped" and res["signal"] == sig
     assert sig in err and "resume" in err and "Traceback" not in err
+    # The run's own log (stdout) says where it stopped and what it wrote; nothing requeues a plain `gruv train`.
+    assert (f"stop signal {sig[3:]} at epoch {res['epoch'] + 1} batch {res['pos']}: checkpoint step {res['step']} "
+            "written, exiting\n") in out
     # The checkpoint is the state at the step the run stopped at: nothing but the step in flight is lost
     # (ckpt_every_epochs=1000: without the stop, the newest checkpoint would be epoch 1's best).
     newest = RunPaths(run).step_ckpts()[0]

@@ -773,11 +773,13 @@ def _train(cfg: TrainConfig, dataset: DatasetHandle, paths: RunPaths, d: Dist, s
             stats = t.train_epoch()
             if stats is None:  # stopped on request, between two steps: save, and let the caller requeue
                 t.save()
+                t.log.heartbeat(st, force=True)
                 return {"status": "stopped", "signal": stop.signal, "epoch": st.epoch, "step": st.step, "pos": st.pos}
             line, is_best = t.end_epoch(stats, t.evaluate())
             if t.ckpt.due_at_epoch_end(st.epoch, cfg.epochs, is_best):
                 t.save(is_best)
             t.log.epoch(line, t.model, d.device, t.data.dev_set)
+            t.log.heartbeat(st, force=True)  # once an epoch whatever the rate limit: the last one is exact
         t.log.done(st)
         return {"status": "done", **(st.history[-1] if st.history else {})}
     finally:
