@@ -64,7 +64,8 @@ def test_stop_signal_writes_checkpoint_and_exits_distinctly(data, tmp_path, sig)
     again = gruv("train", "--data", data, "--run-dir", run, "hidden=8", "batch_size=4", "workers=0", "gen_seconds=0",
                  "log_every_steps=5", f"epochs={res['epoch'] + 1}")
     assert again.returncode == 0, again.stderr
-    assert f"resumed from {newest}" in again.stdout and f"batch {res['pos']} of the epoch" in again.stdout
+    assert f"resumed from {newest} (epoch {res['epoch'] + 1}, step {res['step']}, batch {res['pos']} of the epoch)" \
+        in again.stdout  # the epoch under way, as the stop line names it
 
 
 def test_second_signal_aborts(data, tmp_path):

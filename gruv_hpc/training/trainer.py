@@ -257,8 +257,9 @@ class RunLogger:
         self.writer = SummaryWriter(str(self.paths.tb), purge_step=state.step + 1 if resumed_from else None)
         _write_hparams(self.writer, self.cfg)
         if resumed_from:
-            print(f"resumed from {resumed_from} (epoch {state.epoch}, step {state.step}, batch {state.pos} of the epoch)",
-                  flush=True)
+            # the epoch under way, 1-based, as the stop line names it
+            print(f"resumed from {resumed_from} (epoch {state.epoch + 1}, step {state.step}, batch {state.pos} of the "
+                  "epoch)", flush=True)
         restarts = jobenv.restart_count()
         if restarts:  # Slurm requeued this job (a preemption, a time limit, a node failure): say so in its own log
             print(f"resumed after requeue {restarts} from step {state.step}" if resumed_from else
