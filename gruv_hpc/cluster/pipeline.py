@@ -515,7 +515,8 @@ def format_status(st: dict) -> str:
     merge = f"; merge job {pre['merge_job']} {pre['merge_state'] or '-'}{why(pre.get('merge_reason'))}" \
         if pre.get("merge_job") else ""
     waits = ", ".join(f"{n} {r}" for r, n in (train.get("pending_reasons") or {}).items())
-    runs = ", ".join(f"{n} {s}" + (why(waits) if s == "PENDING" else "") for s, n in sorted(train["by_state"].items())) or "-"
+    runs = ", ".join(f"{n} {s}" + (why(waits) if s == "PENDING" else "")
+                     for s, n in sorted(train["by_state"].items())) or "-"
     job = f"job {an['job']} {an['job_state'] or '-'}{why(an.get('job_reason'))}; " if an["job"] else ""
     report = an["report"] + ("" if an["report_exists"] else " (not yet)") + (f" ({an['stale']})" if an["report_exists"] and an["stale"] else "")
     note = lambda x: f" ({x['note']})" if x.get("note") else ""  # noqa: E731
