@@ -88,13 +88,15 @@ def _train(a) -> int:
         overrides["data"] = a.data
     cfg = build(TrainConfig, values, overrides, source=a.config or "config")
     from gruv_hpc.training import distributed
-    from gruv_hpc.training.trainer import EXIT_STOPPED, StopFlag
+    from gruv_hpc.training.trainer import EXIT_STOPPED, StopFlag, stop_line
     from gruv_hpc.training.trainer import main as train_main
     distributed.export_env()  # side effect, stated: under plain srun, torchrun's variables from Slurm's
     distributed.prefer_huge_pages()  # side effect, stated: before torch's first large allocation
     # TERM, INT, HUP and the preemption signal stop at the next step boundary with a checkpoint.
     res = train_main(cfg, a.run_dir, stop=StopFlag().install())
     if int(os.environ.get("RANK", "0")) == 0:  # one summary line, not one per rank
+        if res["status"] == "stopped":
+            print(stop_line(res, requeue=False), flush=True)  # nothing requeues a plain `gruv train`
         print(json.dumps(res))
         if res["status"] == "stopped":
             print(f"gruv: stopped by {res['signal']} at epoch {res['epoch'] + 1}, step {res['step']}; the checkpoint "

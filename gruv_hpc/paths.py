@@ -34,6 +34,9 @@ class RunPaths:
     ckpt_dir = property(lambda s: s.root / "checkpoints")
     best = property(lambda s: s.root / "checkpoints" / "best.pt")
     lock = property(lambda s: s.root / ".lock")  # held by the one process that trains this run
+    # Rewritten by rank 0 at each log interval (time, step, epoch, batch, job): its age says whether
+    # training is alive, where a checkpoint's age says only what a stop would lose.
+    heartbeat = property(lambda s: s.root / "heartbeat.json")
     # Disk blocks set aside while there is space, so that the reason of a failure can still be
     # written into error.txt when the disk is full (see train.record_error).
     error_reserve = property(lambda s: s.root / ".error.reserve")
@@ -61,6 +64,15 @@ class RunPaths:
     def newest_ckpt_mtime(self) -> float | None:
         c = self.step_ckpts()
         return c[0].stat().st_mtime if c else None
+
+    def last_heartbeat(self) -> dict | None:
+        """heartbeat.json as training last wrote it ({"time", "step", "epoch", "batch", "job"}), or
+        None when there is none (or it is not one: a reader shows "-", never fails on it)."""
+        try:
+            hb = json.loads(self.heartbeat.read_text())
+        except (OSError, ValueError):
+            return None
+        return hb if isinstance(hb, dict) and number(hb.get("time")) is not None else None
 
 
 @dataclass(frozen=True)

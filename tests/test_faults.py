@@ -45,6 +45,9 @@ def test_stop_signal_writes_checkpoint_and_exits_distinctly(data, tmp_path, sig)
     res = json.loads(out.strip().splitlines()[-1])
     assert res["status"] == "stopped" and res["signal"] == sig
     assert sig in err and "resume" in err and "Traceback" not in err
+    # The run's own log (stdout) says where it stopped and what it wrote; nothing requeues a plain `gruv train`.
+    assert (f"stop signal {sig[3:]} at epoch {res['epoch'] + 1} batch {res['pos']}: checkpoint step {res['step']} "
+            "written, exiting\n") in out
     # The checkpoint is the state at the step the run stopped at: nothing but the step in flight is lost
     # (ckpt_every_epochs=1000: without the stop, the newest checkpoint would be epoch 1's best).
     newest = RunPaths(run).step_ckpts()[0]
@@ -54,7 +57,8 @@ def test_stop_signal_writes_checkpoint_and_exits_distinctly(data, tmp_path, sig)
     again = gruv("train", "--data", data, "--run-dir", run, "hidden=8", "batch_size=4", "workers=0", "gen_seconds=0",
                  "log_every_steps=5", f"epochs={res['epoch'] + 1}")
     assert again.returncode == 0, again.stderr
-    assert f"resumed from {newest}" in again.stdout and f"batch {res['pos']} of the epoch" in again.stdout
+    assert f"resumed from {newest} (epoch {res['epoch'] + 1}, step {res['step']}, batch {res['pos']} of the epoch)" \
+        in again.stdout  # the epoch under way, as the stop line names it
 
 
 def test_second_signal_aborts(data, tmp_path):
@@ -199,7 +203,9 @@ def test_full_disk_keeps_last_checkpoint_and_says_why(data, tiny_disk):
     run = tiny_disk / "r"
     main(tiny_config(data, epochs=1), run)
     good = {p.name: p.read_bytes() for p in RunPaths(run).step_ckpts()}
-    with open(tiny_disk / "filler", "wb") as f:  # fill the disk to the last block
+    # Fill the disk to the last block, unbuffered: a buffered file would fail again at close, flushing
+    # what the last write left (it did once heartbeat.json shifted the free space).
+    with open(tiny_disk / "filler", "wb", buffering=0) as f:
         try:
             while True:
                 f.write(b"\0" * 65536)

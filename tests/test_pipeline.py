@@ -241,6 +241,13 @@ def test_slurm_pipeline_queues_three_stages_and_ends_with_a_report(corpus, data,
     assert f"#SBATCH --dependency=afterok:{pre['merge']}" in _script(paths.sweep.logs, train["job_ids"][0])
     assert an["dependency"] == f"afterany:{arrays.pop()},afterok:{pre['merge']}"
     assert f"#SBATCH --dependency={an['dependency']}" in _script(paths.logs, an["job"])
+    for _ in range(60):  # the analysis waits for the training arrays: Slurm says so, and so does the status
+        st = pipeline.status(out)
+        if st["analysis"]["job_reason"] == "Dependency":
+            break
+        time.sleep(0.5)
+    assert (st["analysis"]["job_state"], st["analysis"]["job_reason"]) == ("PENDING", "Dependency"), st
+    assert f"job {an['job']} PENDING (Dependency)" in pipeline.format_status(st)
     st = pipeline.wait(out, poll_s=1, timeout_s=400)
     assert (st["preprocess"]["state"], st["train"]["state"], st["analysis"]["state"]) == ("COMPLETED",) * 3, st
     assert paths.report_index.is_file() and st["analysis"]["job_state"] == "COMPLETED"
@@ -253,6 +260,20 @@ def test_slurm_pipeline_queues_three_stages_and_ends_with_a_report(corpus, data,
     assert again["preprocess"] == {"state": "complete"} and again["train"]["submitted"] == []
     assert again["analysis"] == {"job": None, "skipped": "the report is up to date"}
     print(f"submission of the three stages: {submit_s:.1f} s")
+
+
+def test_status_line_says_why_runs_wait():
+    st = {"dir": "/p", "executor": "slurm", "submitted": 0.0, "submissions": 1,
+          "preprocess": {"state": "RUNNING", "tasks_done": 1, "tasks_total": 2, "merge_job": "8", "merge_state": "PENDING",
+                         "merge_reason": "Dependency", "dataset": "/p/data"},
+          "train": {"state": "PENDING", "runs": 3, "by_state": {"PENDING": 3},
+                    "pending_reasons": {"Dependency": 2, "Resources": 1}},
+          "analysis": {"state": "PENDING", "job": "10", "job_state": "PENDING", "job_reason": "Dependency",
+                       "report": "/p/report/index.html", "report_exists": False, "stale": None}}
+    lines = pipeline.format_status(st).splitlines()
+    assert lines[1].endswith("merge job 8 PENDING (Dependency); /p/data")
+    assert lines[2].endswith("3 run(s): 3 PENDING (2 Dependency, 1 Resources)")
+    assert "job 10 PENDING (Dependency); report" in lines[3]
 
 
 @pytest.mark.slurm

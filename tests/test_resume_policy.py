@@ -1,5 +1,6 @@
 """resume=never is the policy of a run's first start, not of every job (issue 22, N2): a requeued
 or resubmitted job always resumes, so a run longer than one time limit can finish."""
+import re
 import subprocess
 
 import pytest
@@ -10,6 +11,7 @@ from gruv_hpc.cluster.sweep.spec import Run
 from gruv_hpc.cluster.sweep.submit import first_start_only
 from gruv_hpc.cluster.sweep.state import JobRecord, RunRecord, SweepState
 from gruv_hpc.paths import RunPaths, SweepPaths, read_jsonl
+from gruv_hpc.training.checkpoint import load_checkpoint
 from gruv_hpc.training.job import TrainJob
 from gruv_hpc.training.trainer import main
 
@@ -22,15 +24,19 @@ def test_the_requeued_job_of_a_resume_never_run_resumes():
     assert TrainJob("/r", {"resume": "require"}).checkpoint().function.config["resume"] == "require"
 
 
-def test_a_restarted_slurm_job_resumes_even_with_resume_never(data, tmp_path, monkeypatch):
+def test_a_restarted_slurm_job_resumes_even_with_resume_never(data, tmp_path, monkeypatch, capsys):
     """scontrol requeue (or a node failure) restarts a job from its original pickle, resume=never
     included: SLURM_RESTART_COUNT says it is not the first start."""
     run = tmp_path / "r"
-    main(tiny_config(data, epochs=1), run)
+    first = main(tiny_config(data, epochs=1), run)
+    assert "requeue" not in capsys.readouterr().out
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     monkeypatch.setenv("SLURM_JOB_ID", "77")
     main(tiny_config(data, epochs=2, resume="never"), run)
+    assert f"resumed after requeue 1 from step {first['step']}\n" in capsys.readouterr().out  # the run's own log says so
     assert [h["epoch"] for h in read_jsonl(RunPaths(run).metrics)] == [1, 2] and not list(run.glob("discarded-*"))
+    beat = RunPaths(run).last_heartbeat()  # the last one: at the end of epoch 2
+    assert beat["step"] == read_jsonl(RunPaths(run).metrics)[-1]["step"] and beat["job"] == "77"
     monkeypatch.setenv("SLURM_RESTART_COUNT", "0")  # a first start: never still means never
     main(tiny_config(data, epochs=1, resume="never"), run)
     assert [h["epoch"] for h in read_jsonl(RunPaths(run).metrics)] == [1] and len(list(run.glob("discarded-*"))) == 1
@@ -46,7 +52,8 @@ def test_a_resubmitted_run_resumes(tmp_path):
 
 @pytest.mark.slurm
 def test_usr2_requeue_of_a_resume_never_sweep_resumes_on_the_local_slurm(data, tmp_path):
-    train = {"epochs": 40, "batch_size": 4, "workers": 0, "gen_seconds": 0.0, "hidden": 8, "resume": "never"}
+    train = {"epochs": 40, "batch_size": 4, "workers": 0, "gen_seconds": 0.0, "hidden": 8, "resume": "never",
+             "keep_last": 100}  # the stop's checkpoint stays, to be compared with the log
     f = write_sweep(tmp_path / "a.toml", data, train, {"cell": ["lstm"]})
     d = tmp_path / "sw"
     sweep.submit(f, d, executor="slurm", out=lambda *x: None)
@@ -58,5 +65,11 @@ def test_usr2_requeue_of_a_resume_never_sweep_resumes_on_the_local_slurm(data, t
     assert rows["lstm"]["state"] == "COMPLETED" and rows["lstm"]["requeues"] >= 1, rows
     log = "".join(p.read_text() for p in (d / "logs").glob(f"{jid}_0_log.out"))
     assert "resumed from" in log
+    # The run's own log tells the stop and the restart, with the step of the checkpoint between them.
+    stop = re.search(r"stop signal USR2 at epoch (\d+) batch (\d+): checkpoint step (\d+) written, exiting for requeue\n", log)
+    assert stop, log
+    ckpt = load_checkpoint(RunPaths(run.root).step_ckpt(int(stop[3])))["train"]  # kept: keep_last holds it
+    assert (ckpt["epoch"] + 1, ckpt["pos"], ckpt["step"]) == tuple(int(x) for x in stop.groups())
+    assert f"resumed after requeue 1 from step {stop[3]}\n" in log[stop.end():], log
     assert not list(run.root.glob("discarded-*"))  # nothing set aside by the requeue
     assert [h["epoch"] for h in read_jsonl(run.metrics)] == list(range(1, 41))

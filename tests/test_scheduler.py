@@ -155,7 +155,7 @@ def test_slurm_scheduler_asks_once_per_question(tmp_path, monkeypatch):
     s.cancel(["9_1", "10"])
     assert s.max_array_size() == 4
     assert log.read_text().splitlines() == ["sacct -n -P -X --duplicates -j 10,9 -o JobID,State,ExitCode",
-                                            "scancel 9_1 10", "scontrol show config"]
+                                            "squeue -h -j 10,9 -o %i|%T|%r", "scancel 9_1 10", "scontrol show config"]
 
 
 def test_slurm_scheduler_script_is_a_dry_run():

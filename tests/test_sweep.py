@@ -49,7 +49,8 @@ def test_smoke_grid_completes_as_one_array(smoke, data):
     for r in rows.values():
         assert r["state"] == "COMPLETED", r
         assert r["epoch"] == r["epochs"] == 2 and r["dev_loss"] is not None and r["best_dev_loss"] is not None
-        assert r["ckpt_age_s"] is not None and r["requeues"] == 0
+        assert r["ckpt_age_s"] is not None and r["heartbeat_age_s"] is not None and r["requeues"] == 0
+        assert r["reason"] is None  # nothing waits
     state = json.loads((d / "sweep.json").read_text())
     assert state["runs"]["gru-h16"]["config"]["cell"] == "gru" and (d / "sweep.toml").exists()
     out = []
@@ -204,6 +205,34 @@ def test_cancel(data, tmp_path):
     res = sweep.submit(f, d, executor="slurm", out=lambda *a: None)  # a cancelled run is resubmitted ...
     assert res["submitted"] == ["lstm"]
     sweep.cancel(d, "lstm", out=lambda *a: None)  # ... and cancelled again, by name
+
+
+def test_status_says_why_a_run_waits(data, tmp_path):
+    """A run held behind a dependency shows PENDING with Slurm's reason, in the table, its summary and --json."""
+    held = subprocess.run(["sbatch", "--parsable", "--hold", "-J", "gruv-test-held", "-c", "1", "--mem=100M",
+                           "-o", "/dev/null", "--wrap", "true"], capture_output=True, text=True, check=True).stdout.strip()
+    d = tmp_path / "sw"
+    try:
+        f = write_sweep(tmp_path / "s.toml", data, {"epochs": 1, "batch_size": 4, "workers": 0, "gen_seconds": 0.0,
+                                                     "hidden": 8}, {"cell": ["lstm", "gru"]})
+        f.write_text(f.read_text() + f'additional = {{ dependency = "afterok:{held}" }}\n')  # in [slurm]
+        sweep.submit(f, d, executor="slurm", out=lambda *a: None)
+        for _ in range(60):  # the scheduler decides the reason at its next pass
+            rows = sweep.status(d)
+            if all(r["reason"] == "Dependency" for r in rows):
+                break
+            time.sleep(0.5)
+        assert [(r["state"], r["reason"]) for r in rows] == [("PENDING", "Dependency")] * 2, rows
+        r = subprocess.run([sys.executable, "-m", "gruv_hpc.cli", "sweep", "status", str(d)], capture_output=True, text=True)
+        assert r.returncode == 0 and r.stdout.count("PENDING (Dependency)") == 2, r.stdout + r.stderr
+        assert "2 PENDING (2 Dependency)" in r.stdout
+        r = subprocess.run([sys.executable, "-m", "gruv_hpc.cli", "sweep", "status", str(d), "--json"], capture_output=True,
+                           text=True)
+        assert [x["reason"] for x in json.loads(r.stdout)["runs"]] == ["Dependency"] * 2
+    finally:
+        if d.exists():
+            sweep.cancel(d, out=lambda *a: None)
+        subprocess.run(["scancel", held], check=False)
 
 
 def test_second_copy_of_a_running_jobs_run_is_refused(data, tmp_path):

@@ -202,15 +202,25 @@ def test_wait_asks_slurm_once_per_poll(tmp_path, monkeypatch):
 
 def test_format_status():
     rows = [dict(name="aurora-lstm-h8", state="RUNNING", job_id="41_0", epoch=3, epochs=10, train_loss=0.5, dev_loss=0.25,
-                 best_dev_loss=0.2, ckpt_age_s=30.0, requeues=1, error=None),
+                 best_dev_loss=0.2, heartbeat_age_s=4.0, ckpt_age_s=30.0, requeues=1, error=None),
             dict(name="aurora-gru-h8", state="FAILED", job_id="41_1", epoch=0, epochs=10, train_loss=None, dev_loss=None,
-                 best_dev_loss=None, ckpt_age_s=7300.0, requeues=0, error="Traceback\nValueError: bad")]
+                 best_dev_loss=None, heartbeat_age_s=None, ckpt_age_s=7300.0, requeues=0, error="Traceback\nValueError: bad"),
+            dict(name="circuit-lstm-h8", state="PENDING", reason="Resources", job_id="41_2", epoch=0, epochs=10,
+                 train_loss=None, dev_loss=None, best_dev_loss=None, heartbeat_age_s=None, ckpt_age_s=None, requeues=0,
+                 error=None),
+            dict(name="circuit-gru-h8", state="PENDING", reason="Dependency", job_id="42_0", epoch=0, epochs=10,
+                 train_loss=None, dev_loss=None, best_dev_loss=None, heartbeat_age_s=None, ckpt_age_s=None, requeues=0,
+                 error=None)]
     text = sweep.format_status(rows)
     lines = text.splitlines()
-    assert lines[0].split() == ["run", "state", "job", "epoch", "train", "dev", "best", "dev", "ckpt", "age", "requeues"]
-    assert lines[1].split() == ["aurora-lstm-h8", "RUNNING", "41_0", "3/10", "0.5000", "0.2500", "0.2000", "30s", "1"]
-    assert lines[2].split() == ["aurora-gru-h8", "FAILED", "41_1", "0/10", "-", "-", "-", "2.0h", "0"]
-    assert lines[3:5] == ["    | Traceback", "    | ValueError: bad"] and lines[-1] == "1 FAILED, 1 RUNNING"
+    assert lines[0].split() == ["run", "state", "job", "epoch", "train", "dev", "best", "dev", "heartbeat", "ckpt", "age",
+                                "requeues"]
+    assert lines[1].split() == ["aurora-lstm-h8", "RUNNING", "41_0", "3/10", "0.5000", "0.2500", "0.2000", "4s", "30s", "1"]
+    assert lines[2].split() == ["aurora-gru-h8", "FAILED", "41_1", "0/10", "-", "-", "-", "-", "2.0h", "0"]
+    assert lines[3:5] == ["    | Traceback", "    | ValueError: bad"]
+    assert lines[5].split()[:4] == ["circuit-lstm-h8", "PENDING", "(Resources)", "41_2"]
+    assert lines[-1] == "1 FAILED, 2 PENDING (1 Dependency, 1 Resources), 1 RUNNING"
+    assert len({len(ln) for ln in (lines[0], lines[1], lines[5], lines[6])}) == 1  # the columns line up
 
 
 def test_local_job_liveness():

@@ -455,18 +455,20 @@ def status(out_dir) -> dict:
     infos = sched.states([j for j in (an_job, merge) if j])
     if merge:
         pre["merge_job"], pre["merge_state"] = merge, infos[merge].state if merge in infos else None
+        pre["merge_reason"] = (infos[merge].reason or None) if merge in infos else None
 
     train = {"state": "NOT_SUBMITTED", "runs": 0, "by_state": {}}
     if sw.load_state(paths.sweep.root).runs:
+        from gruv_hpc.cluster.sweep.status import count_reasons, count_states
         rows = sw.status(paths.sweep.root)
-        counts: dict[str, int] = {}
-        for r in rows:
-            counts[r["state"]] = counts.get(r["state"], 0) + 1
-        train = {"runs": len(rows), "by_state": counts, "state": _overall([r["state"] for r in rows])}
+        # by state, and why the pending ones wait (Slurm's reasons), from the same rows as `gruv sweep status`
+        train = {"runs": len(rows), "by_state": count_states(rows), "state": _overall([r["state"] for r in rows]),
+                 "pending_reasons": count_reasons([r for r in rows if r["state"] == "PENDING"])}
         if local_live and sub.stage == "train" and train["state"] not in ACTIVE:
             train["state"] = "RUNNING"
 
     an = {"job": an_job, "job_state": infos[an_job].state if an_job in infos else None,
+          "job_reason": (infos[an_job].reason or None) if an_job in infos else None,
           "report": str(paths.report_index), "report_exists": paths.report_index.is_file(), "stale": None}
     an["stale"] = report_stale(paths)
     if an["job_state"] in ACTIVE:
@@ -509,9 +511,13 @@ def _alive_here(sub: Submission) -> bool:
 def format_status(st: dict) -> str:
     pre, train, an = st["preprocess"], st["train"], st["analysis"]
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(st["submitted"]))
-    merge = f"; merge job {pre['merge_job']} {pre['merge_state'] or '-'}" if pre.get("merge_job") else ""
-    runs = ", ".join(f"{n} {s}" for s, n in sorted(train["by_state"].items())) or "-"
-    job = f"job {an['job']} {an['job_state'] or '-'}; " if an["job"] else ""
+    why = lambda r: f" ({r})" if r else ""  # noqa: E731  Slurm's reason a job waits
+    merge = f"; merge job {pre['merge_job']} {pre['merge_state'] or '-'}{why(pre.get('merge_reason'))}" \
+        if pre.get("merge_job") else ""
+    waits = ", ".join(f"{n} {r}" for r, n in (train.get("pending_reasons") or {}).items())
+    runs = ", ".join(f"{n} {s}" + (why(waits) if s == "PENDING" else "")
+                     for s, n in sorted(train["by_state"].items())) or "-"
+    job = f"job {an['job']} {an['job_state'] or '-'}{why(an.get('job_reason'))}; " if an["job"] else ""
     report = an["report"] + ("" if an["report_exists"] else " (not yet)") + (f" ({an['stale']})" if an["report_exists"] and an["stale"] else "")
     note = lambda x: f" ({x['note']})" if x.get("note") else ""  # noqa: E731
     return "\n".join([

@@ -28,6 +28,10 @@ class JobInfo:
     state: str  # COMPLETED, CANCELLED, RUNNING ... ("CANCELLED by 0" is CANCELLED)
     requeues: int = 0  # REQUEUED rows before the current one
     exit_code: str = ""  # "0:0", "1:0", "0:15" ...
+    # Why a queued job waits, in Slurm's words (squeue's %r): Resources, Priority, Dependency,
+    # BeginTime (a requeued job's short hold), JobHeldUser, PartitionConfig (it asks for more than
+    # the partition has) ...; "" when it does not wait or nothing says.
+    reason: str = ""
 
 
 @dataclass(frozen=True)

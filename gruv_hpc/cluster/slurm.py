@@ -18,7 +18,7 @@ from gruv_hpc.cluster.config import SlurmConfig
 from gruv_hpc.cluster.scheduler import ACTIVE, Dependency, JobInfo, Scheduler
 
 __all__ = ["ACTIVE", "JobInfo", "SlurmScheduler", "expand_array_id", "job_states", "max_array_size", "parse_max_array_size",
-           "parse_sacct", "parse_squeue", "sbatch_parameters", "sbatch_script", "scancel", "slurm_available"]
+           "merge_states", "parse_sacct", "parse_squeue", "sbatch_parameters", "sbatch_script", "scancel", "slurm_available"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -55,14 +55,31 @@ def parse_sacct(stdout: str) -> dict[str, JobInfo]:
     return res
 
 
-def parse_squeue(stdout: str) -> dict[str, str]:
-    """``squeue -h -o '%i|%T'`` -> {job_id: state}."""
+def parse_squeue(stdout: str) -> dict[str, JobInfo]:
+    """``squeue -h -o '%i|%T|%r'`` -> {job_id: JobInfo(state, reason=...)}. The reason is why a
+    pending job waits (Resources, Priority, Dependency, BeginTime, JobHeldUser, PartitionConfig
+    ...); squeue says "None" for a job that does not wait, which is ""."""
     res = {}
     for line in stdout.splitlines():
-        jid, sep, state = line.strip().partition("|")
-        if sep and jid:
-            for j in expand_array_id(jid):
-                res[j] = state.strip()
+        parts = line.strip().split("|")
+        if len(parts) < 2 or not parts[0] or not parts[1].strip():
+            continue
+        reason = parts[2].strip() if len(parts) > 2 else ""
+        for j in expand_array_id(parts[0]):
+            res[j] = JobInfo(parts[1].strip(), reason="" if reason == "None" else reason)
+    return res
+
+
+def merge_states(sacct: dict[str, JobInfo], squeue: dict[str, JobInfo]) -> dict[str, JobInfo]:
+    """One JobInfo per job from both answers. squeue, where it lists a job, is the live truth:
+    the controller's own state and pending reason. sacct's record can be stale for seconds or
+    longer (it still holds an array's pending row "123_[1-3]" while squeue runs task 1, or a
+    requeued job's old row), so it gives only the ended jobs squeue no longer lists, and the
+    requeue count and exit code, which squeue does not know."""
+    res = dict(sacct)
+    for j, live in squeue.items():
+        acct = sacct.get(j)
+        res[j] = JobInfo(live.state, acct.requeues if acct else 0, acct.exit_code if acct else "", live.reason)
     return res
 
 
@@ -104,21 +121,19 @@ def max_array_size() -> int:
 
 
 def job_states(job_ids: list[str]) -> dict[str, JobInfo]:
-    """{job_id: JobInfo} from a single sacct call; jobs it does not know yet come from squeue."""
+    """{job_id: JobInfo} from one sacct call and one squeue call, whatever the number of jobs
+    (an array's tasks are asked for by the array's id), merged by ``merge_states``. sacct is
+    asked first, so that squeue's answer is the newer one. Either may be missing or fail: a job
+    squeue has forgotten (or every id ended long ago: squeue then fails with "Invalid job id")
+    is what sacct says; without accounting, what squeue still lists."""
     if not job_ids:
         return {}
-    r = _run(["sacct", "-n", "-P", "-X", "--duplicates", "-j", ",".join(sorted({j.split("_")[0] for j in job_ids})),
-              "-o", "JobID,State,ExitCode"], timeout=30)
-    if r is None:
-        return {}
-    res = parse_sacct(r.stdout) if r.returncode == 0 else {}
-    missing = sorted({j.split("_")[0] for j in job_ids if j not in res})
-    if missing:
-        # Just-submitted jobs can take a moment to reach the accounting database.
-        q = _run(["squeue", "-h", "-j", ",".join(missing), "-o", "%i|%T"], timeout=30)
-        for j, state in parse_squeue(q.stdout if q else "").items():
-            res.setdefault(j, JobInfo(state))
-    return res
+    ids = ",".join(sorted({j.split("_")[0] for j in job_ids}))
+    r = _run(["sacct", "-n", "-P", "-X", "--duplicates", "-j", ids, "-o", "JobID,State,ExitCode"], timeout=30)
+    q = _run(["squeue", "-h", "-j", ids, "-o", "%i|%T|%r"], timeout=30)
+    acct = parse_sacct(r.stdout) if r is not None and r.returncode == 0 else {}
+    live = parse_squeue(q.stdout) if q is not None and q.returncode == 0 else {}
+    return merge_states(acct, live)
 
 
 def scancel(job_ids: list[str]) -> None:
@@ -176,8 +191,8 @@ def sbatch_script(params: dict, folder: Path, n_jobs: int) -> str:
 # The scheduler
 
 class SlurmScheduler(Scheduler):
-    """Jobs queued with sbatch (one call per array), their states from one sacct call (squeue for
-    the ones accounting does not list yet), scancel. The calls above, looked up when called (a
+    """Jobs queued with sbatch (one call per array), their states from one sacct call and one
+    squeue call (``job_states``), scancel. The calls above, looked up when called (a
     test may replace one)."""
     kind = "slurm"
     foreground = False

@@ -36,7 +36,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         from gruv_hpc.training.config import TrainConfig
         from gruv_hpc.config import build
         from gruv_hpc.errors import TrainingError
-        from gruv_hpc.training.trainer import StopFlag, main, preempt_signal, stop_signals
+        from gruv_hpc.training.trainer import StopFlag, main, preempt_signal, stop_line, stop_signals
 
         env = submitit.JobEnvironment()
         distributed.export_env()  # side effect, stated: torchrun's variables from Slurm's, for every task
@@ -56,7 +56,9 @@ class TrainJob(submitit.helpers.Checkpointable):
                 # write a 'success' result for a run that is not finished.
                 while True:
                     time.sleep(60)
-            if result["signal"] == sig.name and callable(requeue):
+            requeues = result["signal"] == sig.name and callable(requeue)
+            print(stop_line(result, requeue=requeues), flush=True)  # the run's own log says why it ends here
+            if requeues:
                 requeue(sig, None)  # checkpoint() -> requeue -> exit
             # Cancelled (TERM, INT, HUP): the checkpoint is written; resubmitting resumes.
             raise TrainingError(f"stopped by {result['signal']} at step {result['step']} with a checkpoint; "

@@ -35,7 +35,7 @@ from gruv_hpc.dataset.clips import ClipDataset, DatasetHandle, Normalizer, batch
 from gruv_hpc.training.distributed import Dist
 from gruv_hpc.training.schedule import lr_at
 from gruv_hpc.errors import TrainingError
-from gruv_hpc.fsio import atomic_write_json, atomic_write_text, dumps
+from gruv_hpc.fsio import atomic_write_json, atomic_write_text, dumps, temp_name
 from gruv_hpc.lock import Lock, LockedError
 from gruv_hpc.dataset.manifest import DatasetError, dataset_id
 from gruv_hpc.training.model import GRUVModel
@@ -45,6 +45,16 @@ from gruv_hpc.paths import RunPaths
 # Exit status of a run stopped by a signal after writing its checkpoint: sysexits' EX_TEMPFAIL,
 # "temporary failure, try again" (running the same command again resumes).
 EXIT_STOPPED = 75
+
+
+def stop_line(res: dict, requeue: bool) -> str:
+    """What a stopped run says in its own log (stdout: the job's log file), from ``main``'s
+    "stopped" result: which signal, where in training, the checkpoint written, and whether a
+    requeue follows (the preemption signal under submitit) or the process just exits."""
+    sig = res.get("signal") or "request"
+    sig = sig[3:] if sig.startswith("SIG") else sig
+    return (f"stop signal {sig} at epoch {res['epoch'] + 1} batch {res['pos']}: checkpoint step {res['step']} written, "
+            + ("exiting for requeue" if requeue else "exiting"))
 
 
 def preempt_signal() -> signal.Signals:
@@ -233,10 +243,16 @@ def build_data(cfg: TrainConfig, d: Dist, dataset: DatasetHandle) -> Data:
 # What a run reports
 
 class RunLogger:
-    """metrics.jsonl, TensorBoard and stdout. Rank 0 only: on other ranks every method does nothing."""
+    """metrics.jsonl, TensorBoard, heartbeat.json and stdout. Rank 0 only: on other ranks every
+    method does nothing."""
+
+    # The heartbeat is rewritten at each log interval, but not more often than this: with a tiny
+    # model a log interval can take milliseconds.
+    HEARTBEAT_MIN_S = 1.0
 
     def __init__(self, paths: RunPaths, cfg: TrainConfig, enabled: bool):
         self.paths, self.cfg, self.enabled, self.writer = paths, cfg, enabled, None
+        self._beat = 0.0
 
     def start(self, state: TrainState, resumed_from: Path | None) -> None:
         if not self.enabled:
@@ -247,12 +263,37 @@ class RunLogger:
         self.writer = SummaryWriter(str(self.paths.tb), purge_step=state.step + 1 if resumed_from else None)
         _write_hparams(self.writer, self.cfg)
         if resumed_from:
-            print(f"resumed from {resumed_from} (epoch {state.epoch}, step {state.step}, batch {state.pos} of the epoch)",
+            # the epoch under way, 1-based, as the stop line names it
+            print(f"resumed from {resumed_from} (epoch {state.epoch + 1}, step {state.step}, batch {state.pos} of the "
+                  "epoch)", flush=True)
+        restarts = jobenv.restart_count()
+        if restarts:  # Slurm requeued this job (a preemption, a time limit, a node failure): say so in its own log
+            print(f"resumed after requeue {restarts} from step {state.step}" if resumed_from else
+                  f"restarted after requeue {restarts} with no checkpoint to resume from: training from step 0",
                   flush=True)
+        self.heartbeat(state, force=True)
 
     def train_loss(self, loss: float, step: int) -> None:
         if self.enabled:
             self.writer.add_scalar("loss/train_step", loss, step)
+
+    def heartbeat(self, state: TrainState, force: bool = False) -> None:
+        """Rewrite heartbeat.json: when training was last seen alive, and where (the epoch under
+        way, 1-based, and the batches done in it). ``gruv sweep status`` shows its age. Not fsynced
+        (a lost heartbeat costs nothing; a checkpoint's write is the one that must survive), and a
+        failed write never stops training: a full disk is reported by the next checkpoint."""
+        now = time.time()
+        if not self.enabled or (not force and now - self._beat < self.HEARTBEAT_MIN_S):
+            return
+        self._beat = now
+        path = self.paths.heartbeat
+        tmp = temp_name(path)
+        try:
+            tmp.write_text(dumps({"time": now, "step": state.step, "epoch": state.epoch + 1, "batch": state.pos,
+                                  "epochs": self.cfg.epochs, "job": jobenv.task_job_id()}))
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
 
     def epoch(self, line: dict, model, device, dev_set: ClipDataset) -> None:
         """Called after the epoch's checkpoint: a metrics line is never ahead of the saved state."""
@@ -410,6 +451,7 @@ class Trainer:
             raise TrainingError(f"loss became {v} near step {self.state.step} (epoch {self.state.epoch + 1}); "
                                 f"stopping; {why}. The last good checkpoint stays in {self.paths.ckpt_dir}")
         self.log.train_loss(v / self._loss_n, self.state.step)
+        self.log.heartbeat(self.state)
         self.state.loss_sum += v
         self.state.loss_n += self._loss_n
         self._loss.zero_()
@@ -764,11 +806,13 @@ def _train(cfg: TrainConfig, dataset: DatasetHandle, paths: RunPaths, d: Dist, s
             stats = t.train_epoch()
             if stats is None:  # stopped on request, between two steps: save, and let the caller requeue
                 t.save()
+                t.log.heartbeat(st, force=True)
                 return {"status": "stopped", "signal": stop.signal, "epoch": st.epoch, "step": st.step, "pos": st.pos}
             line, is_best = t.end_epoch(stats, *t.evaluate())
             if t.ckpt.due_at_epoch_end(st.epoch, cfg.epochs, is_best):
                 t.save(is_best)
             t.log.epoch(line, t.model, d.device, t.data.dev_set)
+            t.log.heartbeat(st, force=True)  # once an epoch whatever the rate limit: the last one is exact
         t.log.done(st)
         return {"status": "done", **(st.history[-1] if st.history else {})}
     finally:

@@ -104,11 +104,16 @@ def status(sweep_dir) -> list[dict]:
         info = infos.get(job.job_id) if job else None
         st = run_state(paths, job, infos, r.config.get("epochs", 0), queued=name in queue, logs=state.paths.logs)
         mt = paths.newest_ckpt_mtime()
+        beat = paths.last_heartbeat()
         row = {"name": name, "state": st, "job_id": job.job_id if job else None,
+               # why it waits (Slurm's reason), for a run whose job is queued
+               "reason": (info.reason or None) if info and st == info.state else None,
                "epoch": number(last.get("epoch")) or 0, "epochs": r.config.get("epochs"),
                # a damaged metrics line shows as "-", and is named below the row (never a crash)
                "train_loss": number(last.get("train_loss")), "dev_loss": number(last.get("dev_loss")),
                "best_dev_loss": number(last.get("best_dev_loss")), "ckpt_age_s": (now - mt) if mt else None,
+               # when training last said it was alive (heartbeat.json, each log interval)
+               "heartbeat_age_s": max(0.0, now - beat["time"]) if beat else None,
                "requeues": info.requeues if info else 0, "submissions": len(r.jobs),
                "run_dir": str(paths.root), "log": log_path(state.paths.logs, job),
                "err_log": log_path(state.paths.logs, job, err=True),
@@ -147,27 +152,54 @@ def format_status(rows: list[dict]) -> str:
             return "-"
         return f"{s:.0f}s" if s < 120 else (f"{s / 60:.0f}m" if s < 7200 else f"{s / 3600:.1f}h")
 
+    def shown(r):  # a waiting run says why: "PENDING (Resources)"
+        return f"{r['state']} ({r['reason']})" if r.get("reason") else r["state"]
+
     w = max([28, *(len(r["name"]) for r in rows)])
-    sw = max(len(s) for s in STATES)  # every state fits its column
-    head = f"{'run':<{w}} {'state':<{sw}} {'job':<14} {'epoch':>11} {'train':>8} {'dev':>8} {'best dev':>8} {'ckpt age':>8} {'requeues':>8}"
+    sw = max([*(len(s) for s in STATES), *(len(shown(r)) for r in rows)])  # every state fits its column
+    head = (f"{'run':<{w}} {'state':<{sw}} {'job':<14} {'epoch':>11} {'train':>8} {'dev':>8} {'best dev':>8} "
+            f"{'heartbeat':>9} {'ckpt age':>8} {'requeues':>8}")
     out = [head]
     for r in rows:
-        out.append(f"{r['name']:<{w}} {r['state']:<{sw}} {str(r['job_id'] or '-'):<14} {str(r['epoch']) + '/' + str(r['epochs']):>11} "
-                   f"{f(r['train_loss']):>8} {f(r['dev_loss']):>8} {f(r['best_dev_loss']):>8} {age(r['ckpt_age_s']):>8} {r['requeues']:>8}")
+        out.append(f"{r['name']:<{w}} {shown(r):<{sw}} {str(r['job_id'] or '-'):<14} {str(r['epoch']) + '/' + str(r['epochs']):>11} "
+                   f"{f(r['train_loss']):>8} {f(r['dev_loss']):>8} {f(r['best_dev_loss']):>8} "
+                   f"{age(r.get('heartbeat_age_s')):>9} {age(r['ckpt_age_s']):>8} {r['requeues']:>8}")
         if r.get("damaged"):
             out.append(f"    ! {r['damaged']}")
         if r["error"]:
             out.extend("    | " + ln for ln in r["error"].splitlines())
             if r.get("err_log"):
                 out.append(f"    log: {r['err_log']}")
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r["state"]] = counts.get(r["state"], 0) + 1
-    out.append(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    out.append(summary(rows))
     logs = next((Path(r["log"]).parent for r in rows if r.get("log")), None)
     if logs:
         out.append(f"job logs in {logs}; one run's, every attempt: gruv sweep logs {logs.parent} RUN [--err] [--follow]")
     return "\n".join(out)
+
+
+def count_states(rows: list[dict]) -> dict[str, int]:
+    """{state: runs}, from the rows themselves: the summary can never disagree with the table."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def count_reasons(rows: list[dict]) -> dict[str, int]:
+    """{Slurm's reason: runs} of the rows that wait for one."""
+    reasons: dict[str, int] = {}
+    for r in rows:
+        if r.get("reason"):
+            reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+    return dict(sorted(reasons.items()))
+
+
+def summary(rows: list[dict]) -> str:
+    """"2 COMPLETED, 1 RUNNING, 3 PENDING (2 Resources, 1 Dependency)": the rows by state, and why
+    the pending ones wait."""
+    reasons = count_reasons([r for r in rows if r["state"] == "PENDING"])
+    why = f" ({', '.join(f'{n} {k}' for k, n in reasons.items())})" if reasons else ""
+    return ", ".join(f"{n} {k}" + (why if k == "PENDING" else "") for k, n in count_states(rows).items())
 
 
 def cancel(sweep_dir, run: str | None = None, out=print) -> list[str]:
