@@ -118,7 +118,7 @@ def _sweep(a) -> int:
         res = sweep.submit(a.sweep_file, a.out, executor=a.executor, dry_run=a.dry_run, overrides=a.overrides,
                            max_parallel=a.max_parallel, progress=not a.quiet)
         if a.dry_run:
-            return 0
+            return 1 if res.get("failing") else 0  # a run would refuse the submission
         rows = sweep.wait(a.out, progress=not a.quiet) if a.wait else sweep.status(a.out)
         print(sweep.format_status(rows))
         if a.wait:
