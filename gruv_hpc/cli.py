@@ -141,6 +141,11 @@ def _sweep(a) -> int:
     if a.sweep_cmd == "logs":
         from gruv_hpc.cluster.sweep.logs import show_logs
         return show_logs(a.sweep_dir, a.run, err=a.err, follow=a.follow)
+    if a.sweep_cmd == "best":
+        from gruv_hpc.cluster.sweep.best import best_runs, format_best
+        res = best_runs(a.sweep_dir, by=a.by, artist=a.artist, cell=a.cell, top=a.top, highest=a.highest)
+        print(json.dumps(res, indent=1) if a.json else format_best(res))
+        return 0 if res["runs"] else 1
     if a.sweep_cmd == "wait":
         rows = sweep.wait(a.sweep_dir, poll_s=a.interval)
         print(sweep.format_status(rows))
@@ -301,6 +306,18 @@ def build_parser() -> argparse.ArgumentParser:
     s5.add_argument("--err", action="store_true", help="stderr instead of stdout (tracebacks, warnings)")
     s5.add_argument("--follow", "-f", action="store_true", help="keep printing the newest attempt's output "
                     "until its job ends (or Ctrl-C)")
+    s6 = ssub.add_parser("best", help="the best run(s) by a metric (best_dev_loss), with the run directory, the "
+                         "checkpoint and the gruv generate command line")
+    s6.add_argument("sweep_dir")
+    s6.add_argument("--by", default="best_dev_loss", metavar="METRIC",
+                    help="a key of the runs' metrics.jsonl lines; a run's value is its lowest over its epochs "
+                    "(default: best_dev_loss)")
+    s6.add_argument("--highest", action="store_true", help="rank by the highest value instead (a metric where more "
+                    "is better)")
+    s6.add_argument("--artist", help="only runs trained on this artist (alone or with others)")
+    s6.add_argument("--cell", help="only runs of this cell (lstm, gru, ...)")
+    s6.add_argument("--top", type=int, default=1, metavar="N", help="the N best (default: 1)")
+    s6.add_argument("--json", action="store_true")
     sp.set_defaults(fn=_sweep)
 
     an = sub.add_parser("analyze", help="figures, results table, generated audio and an HTML report for a sweep")
