@@ -155,6 +155,10 @@ def _sweep(a) -> int:
 
 def _pipeline(a) -> int:
     from gruv_hpc.cluster import pipeline
+    if a.pipeline_cmd == "submit" and a.dry_run:
+        res = pipeline.dry_run(a.pipeline_file, a.out, executor=a.executor, overrides=a.overrides,
+                               max_parallel=a.max_parallel)
+        return 1 if res["train"].get("failing") else 0  # a run would refuse the submission
     if a.pipeline_cmd == "submit":
         sub = pipeline.submit(a.pipeline_file, a.out, executor=a.executor, overrides=a.overrides,
                               max_parallel=a.max_parallel, progress=not a.quiet)
@@ -339,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="slurm: queue the three stages and return; local: run them here in order (debug: the runs "
                      "inside this process); auto: slurm where a cluster answers")
     pl1.add_argument("--max-parallel", type=int, default=2, help="local executor: training runs at a time")
+    pl1.add_argument("--dry-run", action="store_true", help="print every stage: its sbatch scripts and what each "
+                     "waits for (Slurm), or what runs here in order (local); check what submit checks; write nothing")
     pl1.add_argument("--wait", action="store_true", help="slurm: then wait for the report (exit 1 without one)")
     pl1.add_argument("--quiet", action="store_true")
     pl1.add_argument("overrides", nargs="*", metavar="key=value", help="corpus.ARTIST=DIR, preprocess[.slurm].KEY=v, "

@@ -219,3 +219,55 @@ def test_best_skips_damaged_runs_and_names_bad_options(trained, tmp_path):
         best_runs(d, top=0)
     r = cli("sweep", "best", tmp_path / "nothing")
     assert r.returncode == 2 and "not a sweep directory" in r.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# gruv pipeline submit --dry-run
+
+def test_pipeline_dry_run_prints_every_stage_and_writes_nothing(corpus, tmp_path):
+    from gruv_hpc.cluster import pipeline
+    from test_pipeline import tiny_tables, write
+    f = write(tmp_path / "p.toml", tiny_tables(corpus))
+    out = tmp_path / "out"
+    said = []
+    res = pipeline.dry_run(f, out, executor="slurm", say=said.append)
+    text = "\n".join(said)
+    tasks, merge = res["preprocess"]["scripts"]
+    assert "#SBATCH --array=0-1%" in tasks and "--dependency" not in tasks
+    assert "#SBATCH --dependency=afterok:PREPROCESS_TASKS" in merge and "#SBATCH --job-name=gruv-merge-data" in merge
+    [train] = res["train"]["scripts"]
+    assert "#SBATCH --dependency=afterok:MERGE" in train and "#SBATCH --array=0-1%" in train
+    [analysis] = res["analysis"]["scripts"]
+    assert "#SBATCH --dependency=afterany:TRAIN_ARRAYS,afterok:MERGE" in analysis
+    for script in (tasks, merge, train, analysis):
+        assert script in text
+    assert "start lstm: epoch 0 -> 1" in said and "# stage 3 of 3: analysis" in text
+    assert not out.exists()
+    said = []
+    res = pipeline.dry_run(f, out, executor="local", say=said.append)
+    assert [res[s]["scripts"] for s in ("preprocess", "train", "analysis")] == [[], [], []]
+    assert any(ln.startswith("# runs here: 2 process(es)") for ln in said)
+    assert any(ln.startswith("# runs here, last: gruv analyze") for ln in said) and not out.exists()
+    r = cli("pipeline", "submit", f, "--out", out, "--executor", "slurm", "--dry-run", "sweep.grid.hidden=4,8")
+    assert r.returncode == 0, r.stderr
+    assert "lstm-h8: " in r.stdout and r.stdout.count("#SBATCH --dependency=") == 3 and not out.exists()
+
+
+def test_pipeline_dry_run_over_a_built_dataset_changes_nothing(corpus, data, tmp_path):
+    """DIR holds the dataset already (the same songs and parameters): preprocessing is skipped, the
+    runs are checked against the real manifest, training waits for nothing; DIR is as it was."""
+    from gruv_hpc.cluster import pipeline
+    from test_pipeline import tiny_tables, write
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copytree(data, out / "data")
+    f = write(tmp_path / "p.toml", tiny_tables(corpus, preprocess={"jobs": 1, **__import__("conftest").TINY}))
+    before = tree(out)
+    said = []
+    res = pipeline.dry_run(f, out, executor="slurm", say=said.append)
+    assert res["preprocess"]["state"] == "complete" and res["preprocess"]["scripts"] == []
+    [train] = res["train"]["scripts"]
+    assert "--dependency" not in train and "#SBATCH --dependency=afterany:TRAIN_ARRAYS" in res["analysis"]["scripts"][0]
+    assert tree(out) == before
+    with pytest.raises(ConfigError, match="hidden"):  # the sweep is checked as a submission checks it
+        pipeline.dry_run(f, out, executor="slurm", overrides=["sweep.hidden=0"], say=said.append)

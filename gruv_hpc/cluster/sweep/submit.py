@@ -130,7 +130,7 @@ def submit(sweep_file, sweep_dir, executor: str = "auto", dry_run: bool = False,
     sched = scheduler(executor)
     kind = sched.kind
     if dry_run:
-        return _dry_run(sweep, paths, sched, max_parallel, out)
+        return _dry_run(sweep, paths, sched, max_parallel, out, after)
     validate(sweep, paths.root, kind)
     for note in sweep.notes:
         out(f"warning: {note}")
@@ -175,12 +175,15 @@ def submit(sweep_file, sweep_dir, executor: str = "auto", dry_run: bool = False,
     return {"submitted": [r.name for r in todo], "skipped": skipped, "executor": kind, "failed": failed}
 
 
-def _dry_run(sweep: Sweep, paths: SweepPaths, sched: Scheduler, max_parallel: int, out) -> dict:
+def _dry_run(sweep: Sweep, paths: SweepPaths, sched: Scheduler, max_parallel: int, out,
+             after: Dependency | None = None) -> dict:
     """What submit() would do, down to the sbatch scripts, run by run: each run's values as it
     trains (command-line overrides applied), what becomes of it (start, continue from epoch E,
     skip, or fail, which refuses the submission) and why. Changes nothing."""
     kind = sched.kind
-    checked = Path(sweep.data).exists()  # a dry run also works away from the data (e.g. on a laptop)
+    # A dry run also works away from the data (e.g. on a laptop); a pipeline's planned dataset is
+    # checked as planned.
+    checked = sweep.planned is not None or Path(sweep.data).exists()
     if checked:
         validate(sweep, paths.root, kind, create=False)
     for note in sweep.notes:
@@ -204,7 +207,7 @@ def _dry_run(sweep: Sweep, paths: SweepPaths, sched: Scheduler, max_parallel: in
     if not sched.foreground and todo:
         arrays = job_arrays(todo, sched)
         for i, runs in enumerate(arrays):
-            scripts.append(sched.script(sweep.slurm, paths.logs, sweep.path.stem, len(runs)))
+            scripts.append(sched.script(sweep.slurm, paths.logs, sweep.path.stem, len(runs), after))
             out(f"# sbatch script {i + 1} of {len(arrays)}: {len(runs)} run(s), {runs[0].name} .. {runs[-1].name}")
             out(scripts[-1])
     elif todo:
