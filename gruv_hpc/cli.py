@@ -287,12 +287,15 @@ def build_parser() -> argparse.ArgumentParser:
     s1.add_argument("sweep_file")
     s1.add_argument("--out", required=True, help="sweep directory (SWEEP_DIR)")
     s1.add_argument("--executor", choices=EXECUTORS, default="auto")
-    s1.add_argument("--dry-run", action="store_true", help="print the runs and the sbatch script; submit nothing")
+    s1.add_argument("--dry-run", action="store_true", help="print the runs with their values, what becomes of each "
+                    "(start, continue from epoch E, skip, fail) and the sbatch script; write nothing; exit 1 when a "
+                    "run would fail")
     s1.add_argument("--max-parallel", type=int, default=2, help="local executor: runs at a time")
     s1.add_argument("--wait", action="store_true", help="then wait until every run has ended, as `gruv sweep wait` "
                     "(local runs have ended when submit returns); exit 1 unless all completed")
     s1.add_argument("--quiet", action="store_true")
-    s1.add_argument("overrides", nargs="*", metavar="key=value", help="train keys, data=..., slurm.KEY=...")
+    s1.add_argument("overrides", nargs="*", metavar="key=value", help="train keys (KEY=v: every run), grid axes "
+                    "(grid.KEY=v1,v2: replaces that axis), data=..., slurm.KEY=...")
     s2 = ssub.add_parser("status", help="one row per run")
     s2.add_argument("sweep_dir")
     s2.add_argument("--json", action="store_true")
@@ -348,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl1.add_argument("--wait", action="store_true", help="slurm: then wait for the report (exit 1 without one)")
     pl1.add_argument("--quiet", action="store_true")
     pl1.add_argument("overrides", nargs="*", metavar="key=value", help="corpus.ARTIST=DIR, preprocess[.slurm].KEY=v, "
-                     "sweep.KEY=v, sweep.slurm.KEY=v, analysis[.slurm].KEY=v")
+                     "sweep.KEY=v, sweep.grid.KEY=v1,v2, sweep.slurm.KEY=v, analysis[.slurm].KEY=v")
     pl2 = plsub.add_parser("status", help="each stage: preprocess tasks and merge, runs by state, analysis and report")
     pl2.add_argument("dir")
     pl2.add_argument("--json", action="store_true")

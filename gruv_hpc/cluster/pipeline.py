@@ -29,8 +29,10 @@ command line; ``jobs/pipeline_demo.toml`` is an annotated example)::
     [analysis.slurm]        # SlurmConfig of the analysis job
 
 Overrides on the command line name the table: ``corpus.ARTIST=DIR``, ``preprocess.KEY=v``,
-``preprocess.slurm.KEY=v``, ``sweep.KEY=v`` (a train key) and ``sweep.slurm.KEY=v``,
-``analysis.KEY=v``, ``analysis.slurm.KEY=v``.
+``preprocess.slurm.KEY=v``, ``sweep.KEY=v`` (a train key), ``sweep.grid.KEY=v1,v2`` (a grid axis)
+and ``sweep.slurm.KEY=v``, ``analysis.KEY=v``, ``analysis.slurm.KEY=v``.
+
+``dry_run`` shows what ``submit`` would do, stage by stage, and writes nothing.
 """
 from __future__ import annotations
 
@@ -114,7 +116,7 @@ def _overrides(items) -> dict:
         prefix = next((p for p in OVERRIDE_PREFIXES if k.startswith(p) and len(k) > len(p)), None)
         if prefix is None:
             raise ConfigError(f"override {k}={v}: expected corpus.ARTIST, preprocess.KEY, preprocess.slurm.KEY, "
-                              "sweep.KEY (a train key, or slurm.KEY), analysis.KEY or analysis.slurm.KEY")
+                              "sweep.KEY (a train key, grid.KEY or slurm.KEY), analysis.KEY or analysis.slurm.KEY")
         groups[prefix][k[len(prefix):]] = v
     return groups
 
