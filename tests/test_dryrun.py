@@ -174,6 +174,11 @@ def test_another_dataset_is_flagged_at_dry_run_and_refused_at_submit(trained, ot
     assert after == before  # refused before anything was recorded or queued
     r = cli("sweep", "submit", f, "--out", d, "--executor", "local", f"data={other_data}")
     assert r.returncode == 2 and r.stderr.startswith("gruv: error: run lstm-h4 was trained on dataset")
+    # on Slurm too: refused before sbatch, not when the jobs start after their queue wait
+    with pytest.raises(DatasetError, match="^run lstm-h4 was trained on dataset"):
+        sweep.submit(f, d, executor="slurm", overrides=[f"data={other_data}"], out=lambda *a: None)
+    after = tree(d)
+    assert after.pop(".lock") and after == before
 
 
 # ---------------------------------------------------------------------------------------------
