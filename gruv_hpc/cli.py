@@ -121,7 +121,7 @@ def _sweep(a) -> int:
         res = sweep.submit(a.sweep_file, a.out, executor=a.executor, dry_run=a.dry_run, overrides=a.overrides,
                            max_parallel=a.max_parallel, progress=not a.quiet)
         if a.dry_run:
-            return 0
+            return 1 if res.get("failing") else 0  # a run would refuse the submission
         rows = sweep.wait(a.out, progress=not a.quiet) if a.wait else sweep.status(a.out)
         print(sweep.format_status(rows))
         if a.wait:
@@ -144,6 +144,11 @@ def _sweep(a) -> int:
     if a.sweep_cmd == "logs":
         from gruv_hpc.cluster.sweep.logs import show_logs
         return show_logs(a.sweep_dir, a.run, err=a.err, follow=a.follow)
+    if a.sweep_cmd == "best":
+        from gruv_hpc.cluster.sweep.best import best_runs, format_best
+        res = best_runs(a.sweep_dir, by=a.by, artist=a.artist, cell=a.cell, top=a.top, highest=a.highest)
+        print(json.dumps(res, indent=1) if a.json else format_best(res))
+        return 0 if res["runs"] else 1
     if a.sweep_cmd == "wait":
         rows = sweep.wait(a.sweep_dir, poll_s=a.interval)
         print(sweep.format_status(rows))
@@ -153,6 +158,10 @@ def _sweep(a) -> int:
 
 def _pipeline(a) -> int:
     from gruv_hpc.cluster import pipeline
+    if a.pipeline_cmd == "submit" and a.dry_run:
+        res = pipeline.dry_run(a.pipeline_file, a.out, executor=a.executor, overrides=a.overrides,
+                               max_parallel=a.max_parallel)
+        return 1 if res["train"].get("failing") else 0  # a run would refuse the submission
     if a.pipeline_cmd == "submit":
         sub = pipeline.submit(a.pipeline_file, a.out, executor=a.executor, overrides=a.overrides,
                               max_parallel=a.max_parallel, progress=not a.quiet)
@@ -281,12 +290,15 @@ def build_parser() -> argparse.ArgumentParser:
     s1.add_argument("sweep_file")
     s1.add_argument("--out", required=True, help="sweep directory (SWEEP_DIR)")
     s1.add_argument("--executor", choices=EXECUTORS, default="auto")
-    s1.add_argument("--dry-run", action="store_true", help="print the runs and the sbatch script; submit nothing")
+    s1.add_argument("--dry-run", action="store_true", help="print the runs with their values, what becomes of each "
+                    "(start, continue from epoch E, skip, fail) and the sbatch script; write nothing; exit 1 when a "
+                    "run would fail")
     s1.add_argument("--max-parallel", type=int, default=2, help="local executor: runs at a time")
     s1.add_argument("--wait", action="store_true", help="then wait until every run has ended, as `gruv sweep wait` "
                     "(local runs have ended when submit returns); exit 1 unless all completed")
     s1.add_argument("--quiet", action="store_true")
-    s1.add_argument("overrides", nargs="*", metavar="key=value", help="train keys, data=..., slurm.KEY=...")
+    s1.add_argument("overrides", nargs="*", metavar="key=value", help="train keys (KEY=v: every run), grid axes "
+                    "(grid.KEY=v1,v2: replaces that axis), data=..., slurm.KEY=...")
     s2 = ssub.add_parser("status", help="one row per run")
     s2.add_argument("sweep_dir")
     s2.add_argument("--json", action="store_true")
@@ -304,6 +316,18 @@ def build_parser() -> argparse.ArgumentParser:
     s5.add_argument("--err", action="store_true", help="stderr instead of stdout (tracebacks, warnings)")
     s5.add_argument("--follow", "-f", action="store_true", help="keep printing the newest attempt's output "
                     "until its job ends (or Ctrl-C)")
+    s6 = ssub.add_parser("best", help="the best run(s) by a metric (best_dev_loss), with the run directory, the "
+                         "checkpoint and the gruv generate command line")
+    s6.add_argument("sweep_dir")
+    s6.add_argument("--by", default="best_dev_loss", metavar="METRIC",
+                    help="a key of the runs' metrics.jsonl lines; a run's value is its lowest over its epochs "
+                    "(default: best_dev_loss)")
+    s6.add_argument("--highest", action="store_true", help="rank by the highest value instead (a metric where more "
+                    "is better)")
+    s6.add_argument("--artist", help="only runs trained on this artist (alone or with others)")
+    s6.add_argument("--cell", help="only runs of this cell (lstm, gru, ...)")
+    s6.add_argument("--top", type=int, default=1, metavar="N", help="the N best (default: 1)")
+    s6.add_argument("--json", action="store_true")
     sp.set_defaults(fn=_sweep)
 
     an = sub.add_parser("analyze", help="figures, results table, generated audio and an HTML report for a sweep")
@@ -325,10 +349,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="slurm: queue the three stages and return; local: run them here in order (debug: the runs "
                      "inside this process); auto: slurm where a cluster answers")
     pl1.add_argument("--max-parallel", type=int, default=2, help="local executor: training runs at a time")
+    pl1.add_argument("--dry-run", action="store_true", help="print every stage: its sbatch scripts and what each "
+                     "waits for (Slurm), or what runs here in order (local); check what submit checks; write nothing")
     pl1.add_argument("--wait", action="store_true", help="slurm: then wait for the report (exit 1 without one)")
     pl1.add_argument("--quiet", action="store_true")
     pl1.add_argument("overrides", nargs="*", metavar="key=value", help="corpus.ARTIST=DIR, preprocess[.slurm].KEY=v, "
-                     "sweep.KEY=v, sweep.slurm.KEY=v, analysis[.slurm].KEY=v")
+                     "sweep.KEY=v, sweep.grid.KEY=v1,v2, sweep.slurm.KEY=v, analysis[.slurm].KEY=v")
     pl2 = plsub.add_parser("status", help="each stage: preprocess tasks and merge, runs by state, analysis and report")
     pl2.add_argument("dir")
     pl2.add_argument("--json", action="store_true")

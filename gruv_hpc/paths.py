@@ -61,6 +61,15 @@ class RunPaths:
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
 
+    def recorded_dataset(self) -> dict | None:
+        """The dataset the run trained on, as its config.json records it ({"id", "path"}), None
+        before its first start (or when config.json is unreadable: the trainer itself says why)."""
+        try:
+            d = json.loads(self.config.read_text()).get("dataset")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return d if isinstance(d, dict) else None
+
     def newest_ckpt_mtime(self) -> float | None:
         c = self.step_ckpts()
         return c[0].stat().st_mtime if c else None

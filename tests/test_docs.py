@@ -472,6 +472,9 @@ def work(path: list[str], argv: list[str], scratch: Scratch, copies: dict[str, s
             corpus = [f"corpus.{a}={scratch.artist_dir(i)}" for i, a in enumerate(dict.fromkeys(artists))
                       if not is_placeholder(a)]
             load_pipeline(file, scratch.tmp / "pipeline", corpus + keep)
+        if "--dry-run" in argv:  # run it: the tiny corpus for the user's folders, the user's other overrides
+            return [w for w in argv if w not in ovr and w != argv[2]][:2] + [file] + \
+                [w for w in argv[3:] if w not in ovr] + corpus + keep
     return argv
 
 

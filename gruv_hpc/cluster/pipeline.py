@@ -29,8 +29,10 @@ command line; ``jobs/pipeline_demo.toml`` is an annotated example)::
     [analysis.slurm]        # SlurmConfig of the analysis job
 
 Overrides on the command line name the table: ``corpus.ARTIST=DIR``, ``preprocess.KEY=v``,
-``preprocess.slurm.KEY=v``, ``sweep.KEY=v`` (a train key) and ``sweep.slurm.KEY=v``,
-``analysis.KEY=v``, ``analysis.slurm.KEY=v``.
+``preprocess.slurm.KEY=v``, ``sweep.KEY=v`` (a train key), ``sweep.grid.KEY=v1,v2`` (a grid axis)
+and ``sweep.slurm.KEY=v``, ``analysis.KEY=v``, ``analysis.slurm.KEY=v``.
+
+``dry_run`` shows what ``submit`` would do, stage by stage, and writes nothing.
 """
 from __future__ import annotations
 
@@ -114,7 +116,7 @@ def _overrides(items) -> dict:
         prefix = next((p for p in OVERRIDE_PREFIXES if k.startswith(p) and len(k) > len(p)), None)
         if prefix is None:
             raise ConfigError(f"override {k}={v}: expected corpus.ARTIST, preprocess.KEY, preprocess.slurm.KEY, "
-                              "sweep.KEY (a train key, or slurm.KEY), analysis.KEY or analysis.slurm.KEY")
+                              "sweep.KEY (a train key, grid.KEY or slurm.KEY), analysis.KEY or analysis.slurm.KEY")
         groups[prefix][k[len(prefix):]] = v
     return groups
 
@@ -227,12 +229,13 @@ def submit(pipeline_file, out_dir, executor: str = "auto", overrides=(), max_par
             raise
 
 
-def _preprocess_plan(pl: Pipeline, paths: PipelinePaths, kind: str) -> tuple[dict, dict | None]:
+def _preprocess_plan(pl: Pipeline, paths: PipelinePaths, kind: str, dry: bool = False) -> tuple[dict, dict | None]:
     """What the preprocess stage will do, decided before anything is queued: ({"state": "complete"
     (the dataset is built, of the same plan: nothing to do), "live" (a Slurm build of the same
-    plan runs: wait for it), or "build"}, the planned manifest when the dataset is not built yet)."""
+    plan runs: wait for it), or "build"}, the planned manifest when the dataset is not built yet).
+    ``dry``: reading only (a dry run)."""
     out = paths.data
-    live = PJ.live_build(out)  # (cancels a merge job that can never start)
+    live = PJ.live_build(out, cancel_dead=not dry)  # (cancels a merge job that can never start)
     p = plan(pl.corpus, pl.preprocess, pl.options.split_file)  # planned once: the build takes this plan
     planned = {"params": p.params, "artists": p.artists}
     if live:
@@ -379,6 +382,90 @@ def _run_local(pl: Pipeline, paths: PipelinePaths, state: PipelineState, sub: Su
     sub.stage = "done"
     state.save()
     return sub
+
+
+# ---------------------------------------------------------------------------------------------
+# Dry run
+
+def dry_run(pipeline_file, out_dir, executor: str = "auto", overrides=(), max_parallel: int = 2, say=print) -> dict:
+    """What ``submit`` would do, stage by stage: on Slurm each stage's sbatch script(s) and what
+    it waits for (job ids that do not exist yet are named in capitals: PREPROCESS_TASKS, MERGE,
+    TRAIN_ARRAYS); locally, what runs here, in order. Checks what submit checks first (the file, the corpus, the dataset in DIR,
+    the sweep against the planned dataset, each run against what it was trained with). Reads
+    only: DIR is not made, no lock taken, no job cancelled, nothing written. Returns
+    {"executor", "dir", "preprocess", "train" (the sweep's dry run), "analysis"}, each stage's
+    "scripts" among them."""
+    from gruv_hpc.cluster import sweep as sw
+    from gruv_hpc.cluster.sweep.status import sweep_infos
+    if not isinstance(max_parallel, int) or max_parallel < 1:
+        raise ConfigError(f"--max-parallel: must be >= 1, got {max_parallel}")
+    paths = PipelinePaths(Path(out_dir).expanduser().resolve())
+    pl = load_pipeline(pipeline_file, paths.root, overrides)
+    sched = scheduler(executor)
+    kind, local = sched.kind, sched.foreground
+    pre, planned = _preprocess_plan(pl, paths, kind, dry=True)
+    pl.sweep.planned = planned
+    say(f"# pipeline {pl.path} into {paths.root}, {kind} executor: " + (
+        "the three stages run here, in order, in the foreground" if local else
+        "the three stages are queued at once, each behind the one before (job ids not known before "
+        "submission are named in capitals)"))
+
+    say(f"# stage 1 of 3: preprocess {', '.join(pl.corpus)} -> {paths.data}")
+    merge = None
+    stage1 = {"state": pre["state"], "scripts": []}
+    if pre["state"] == "complete":
+        say(f"preprocess: {paths.data} is built from the same songs and parameters: skipped")
+    elif pre["state"] == "live":
+        merge = pre["merge"]
+        say(f"preprocess: in progress (merge job {merge}); training waits for it")
+    else:
+        p = pre["plan"]
+        n = max(1, min(pl.options.jobs, len(p.songs)))  # (as start_build: no more tasks than songs)
+        stage1.update(songs=len(p.songs), tasks=n)
+        say(f"preprocess: {len(p.songs)} song(s) of {len(p.artists)} artist(s) in {n} task(s), then a merge "
+            f"(tasks a stopped build of the same plan finished are kept)")
+        if local:
+            say(f"# runs here: {n} process(es) write their shards into {BuildPaths(paths.data).staging}, then the "
+                f"merge moves the dataset into {paths.data}")
+        else:
+            tasks = sched.script(pl.preprocess_slurm, paths.logs, f"gruv-preprocess-{paths.data.name}", n)
+            dep = Dependency(after_ok=("PREPROCESS_TASKS",))
+            merge_script = sched.script(pl.preprocess_slurm, paths.logs, f"gruv-merge-{paths.data.name}", 1, dep)
+            say(f"# sbatch script: preprocess tasks ({n} task(s)), waiting for nothing")
+            say(tasks)
+            say(f"# sbatch script: merge, waiting for {dep}")
+            say(merge_script)
+            stage1["scripts"] = [tasks, merge_script]
+            merge = "MERGE"
+
+    say(f"# stage 2 of 3: train {len(pl.sweep.runs)} run(s) -> {paths.sweep.root}"
+        + (f", waiting for afterok:{merge}" if merge and not local else ""))
+    after = Dependency(after_ok=(merge,)) if merge and not local else None
+    train = sw.submit(pl.sweep, paths.sweep.root, executor=kind, dry_run=True, max_parallel=max_parallel, out=say,
+                      after=after)
+
+    say(f"# stage 3 of 3: analysis -> {paths.report}")
+    stage3 = {"scripts": []}
+    stale = report_stale(paths)
+    if local:
+        stage3["runs"] = bool(train["todo"] or stale)
+        say(f"# runs here, last: gruv analyze {paths.sweep.root} --out {paths.report}" if stage3["runs"] else
+            "analysis: the report is up to date: skipped")
+    else:
+        sstate = sw.load_state(paths.sweep.root)
+        infos = sweep_infos(sstate)
+        live = sorted({r.job.job_id.split("_")[0] for r in sstate.runs.values() if r.job and r.job.executor == kind
+                       and infos.get(r.job.job_id) and infos[r.job.job_id].state in ACTIVE})
+        arrays = ("TRAIN_ARRAYS",) if train["todo"] else ()
+        if not (arrays or live or stale):
+            say("analysis: the report is up to date: skipped")
+        else:
+            dep = Dependency(after_ok=(merge,) if merge else (), after_any=(*arrays, *live))
+            script = sched.script(pl.analysis_slurm, paths.logs, f"gruv-analyze-{paths.root.name}", 1, dep or None)
+            say(f"# sbatch script: analysis, waiting for {dep or 'nothing'}")
+            say(script)
+            stage3["scripts"] = [script]
+    return {"executor": kind, "dir": str(paths.root), "preprocess": stage1, "train": train, "analysis": stage3}
 
 
 # ---------------------------------------------------------------------------------------------

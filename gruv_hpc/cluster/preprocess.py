@@ -245,10 +245,11 @@ def _scheduler(sub: dict) -> Scheduler:
     return scheduler(sub.get("executor", "slurm"))
 
 
-def live_build(out: Path) -> dict | None:
+def live_build(out: Path, cancel_dead: bool = True) -> dict | None:
     """The queued submission (Slurm) building ``out``'s staging directory, when one of its jobs may
     still run: the submission with "live" = "tasks" or "merge". One sacct call. A merge job waiting
-    on a task that ended otherwise than COMPLETED can never start: it is cancelled, and None returned."""
+    on a task that ended otherwise than COMPLETED can never start: it is cancelled (unless not
+    ``cancel_dead``: a dry run changes nothing), and None returned."""
     sub = read_submission(BuildPaths(out).staging)
     if not sub:
         return None
@@ -266,6 +267,8 @@ def live_build(out: Path) -> dict | None:
         failed = [t for t, j in sub["tasks"].items() if state[j] != "COMPLETED"]
         if not failed:
             return {**sub, "live": "merge", "states": state}
+        if not cancel_dead:
+            return None
         sched.cancel_and_wait([sub["merge"]])
         warnings.warn(f"{out}: cancelled merge job {sub['merge']}: task(s) {', '.join(failed)} ended "
                       f"({', '.join(str(state[sub['tasks'][t]]) for t in failed)}), so it could never start", stacklevel=2)

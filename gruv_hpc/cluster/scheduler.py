@@ -121,9 +121,9 @@ class Scheduler(ABC):
         """The most jobs one array may hold (Slurm's MaxArraySize); larger ones are split."""
         return 1 << 30
 
-    def script(self, cfg, folder: Path, name: str, n_jobs: int) -> str | None:
-        """What ``submit`` would send to the batch system for ``n_jobs`` jobs (a dry run shows it);
-        None when there is no such thing."""
+    def script(self, cfg, folder: Path, name: str, n_jobs: int, after: Dependency | None = None) -> str | None:
+        """What ``submit`` would send to the batch system for ``n_jobs`` jobs held back by ``after``
+        (a dry run shows it, its job ids maybe placeholders); None when there is no such thing."""
         return None
 
     def ended(self, folder: Path, job_id: str) -> str | None:

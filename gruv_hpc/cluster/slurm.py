@@ -217,5 +217,6 @@ class SlurmScheduler(Scheduler):
     def max_array_size(self) -> int:
         return max(1, max_array_size())
 
-    def script(self, cfg: SlurmConfig, folder: Path, name: str, n_jobs: int) -> str:
-        return sbatch_script(sbatch_parameters(cfg, name), folder, n_jobs)
+    def script(self, cfg: SlurmConfig, folder: Path, name: str, n_jobs: int, after: Dependency | None = None) -> str:
+        return sbatch_script({**sbatch_parameters(cfg, name), **({"dependency": str(after)} if after else {})}, folder,
+                             n_jobs)

@@ -11,18 +11,24 @@ A sweep file (TOML)::
     hidden = [256, 512]
     [slurm]                         # SlurmConfig
     partition = "gpu"
+
+On the command line: ``KEY=v`` sets a train key for every run (over a grid axis of that key, it
+pins the axis to one value, and the sweep says so: ``Sweep.notes``), ``grid.KEY=v1,v2`` replaces
+(or adds) the grid axis KEY, ``slurm.KEY=v`` a Slurm key, ``data=DIR`` the dataset.
 """
 from __future__ import annotations
 
 import itertools
+import json
 import os
-from dataclasses import dataclass
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gruv_hpc.cluster.config import SlurmConfig
 from gruv_hpc.cluster.executors import scheduler
 from gruv_hpc.training.config import TrainConfig, resolve
-from gruv_hpc.config import build, check_keys, parse_overrides, read_file, table, to_dict
+from gruv_hpc.config import build, check_keys, field_names, parse_value, parse_overrides, read_file, table, to_dict
 from gruv_hpc.errors import ConfigError, GruvError
 
 TOP_KEYS = ("data", "train", "grid", "slurm")
@@ -31,7 +37,7 @@ TOP_KEYS = ("data", "train", "grid", "slurm")
 @dataclass
 class Run:
     name: str
-    grid: dict
+    grid: dict  # the run's value of each grid axis, as it trains (after command-line overrides)
     config: dict  # resolved TrainConfig as a dict
 
     @property
@@ -49,6 +55,11 @@ class Sweep:
     # A dataset not built yet (a pipeline queues training behind its preprocessing): validate
     # against this manifest-like {"params": ..., "artists": ...} instead of reading one.
     planned: dict | None = None
+    # What the command line changed that a reader of the file would not expect (an override that
+    # pins a grid axis to one value): printed by submit and by a dry run.
+    notes: list[str] = field(default_factory=list)
+    overrides: dict = field(default_factory=dict)  # train keys set on the command line, for every run
+    dataset_id: str | None = None  # the manifest's dataset id, once validate() has read it
 
 
 def name_part(key: str, value) -> str:
@@ -82,12 +93,14 @@ def sweep_from_table(raw: dict, path: Path, text: str, overrides: list[str] = ()
     for k, v in grid.items():
         if not isinstance(v, list) or not v:
             raise ConfigError(f"{where} [grid] {k}: expected a non-empty list of values")
-    cli_train, cli_slurm = {}, {}
+    cli_train, cli_slurm, cli_grid = {}, {}, {}
     for k, v in parse_overrides(list(overrides)).items():
         if k == "data":
             data = v
         elif k.startswith("slurm."):
             cli_slurm[k[6:]] = v
+        elif k.startswith("grid."):
+            cli_grid[k[5:]] = v
         else:
             cli_train[k] = v
     if not isinstance(data, str):
@@ -96,8 +109,17 @@ def sweep_from_table(raw: dict, path: Path, text: str, overrides: list[str] = ()
         raise ConfigError(f"{where}: no dataset: set data = \"DATA_DIR\" in the file or data=... on the command line")
     data = str(Path(data).expanduser().resolve())
     check_keys(TrainConfig, cli_train, "the command line")
+    for k, v in cli_grid.items():
+        if k in cli_train:
+            raise ConfigError(f"the command line sets both {k}={cli_train[k]} and grid.{k}={v}; give one of them")
+        grid[k] = grid_axis(k, v, list(grid))
+    notes = []
     for k in cli_train:
         if k in grid:  # a command-line value pins a grid key (the run name keeps showing it)
+            if len(grid[k]) > 1:
+                notes.append(f"{k}={cli_train[k]} on the command line collapses the grid axis {k} = "
+                             f"{_toml(grid[k])} of {where}: its {len(grid[k])} points all train {k}={cli_train[k]} "
+                             f"(to sweep other values: grid.{k}=V1,V2)")
             grid[k] = grid[k][:1]
     scfg = build(SlurmConfig, slurm, cli_slurm, source=f"{where} [slurm]")
     runs, seen = [], {}
@@ -111,21 +133,51 @@ def sweep_from_table(raw: dict, path: Path, text: str, overrides: list[str] = ()
         if name in seen:
             raise ConfigError(f"{where}: grid points {seen[name]} and {point} both get the run name {name!r}")
         seen[name] = point
-        runs.append(Run(name, point, to_dict(cfg)))
-    return Sweep(path, text, data, scfg, runs)
+        runs.append(Run(name, {k: cfg.__dict__[k] for k in keys}, to_dict(cfg)))
+    return Sweep(path, text, data, scfg, runs, notes=notes, overrides={k: runs[0].config[k] for k in cli_train} if runs else {})
+
+
+def grid_axis(key: str, text: str, axes: list[str]) -> list:
+    """``grid.KEY=v1,v2,...`` from the command line: the axis's values, each typed as the train
+    key's (ints stay ints). A list key's element joins its items with '+', as run names show
+    them: ``grid.artists=aurora,circuit,aurora+circuit``."""
+    if key not in field_names(TrainConfig):
+        raise ConfigError(f"grid.{key}: unknown grid axis; this sweep's axes: {', '.join(axes) or '(none)'}; "
+                          f"any train key may be one: {', '.join(field_names(TrainConfig))}")
+    is_list = typing.get_origin(typing.get_type_hints(TrainConfig)[key]) is list
+    parts = [p.strip() for p in text.split(",")]
+    if not text.strip() or not all(parts):
+        raise ConfigError(f"grid.{key}={text}: expected comma-separated values, e.g. grid.{key}=V1,V2")
+    values = []
+    for p in parts:
+        try:
+            values.append(parse_value(TrainConfig, key, p.replace("+", ",") if is_list else p))
+        except ConfigError as e:
+            raise ConfigError(f"grid.{key}={text}: {e}") from None
+    dup = [v for i, v in enumerate(values) if v in values[:i]]
+    if dup:
+        raise ConfigError(f"grid.{key}={text}: {dup[0]!r} given twice")
+    return values
+
+
+def _toml(values: list) -> str:
+    return json.dumps(values)
 
 
 def validate(sweep: Sweep, sweep_dir: Path, executor: str, create: bool = True) -> None:
     """Everything that can be checked on the login node, before anything is queued: each run's
-    config against the dataset (config.resolve, as the job will), and a writable SWEEP_DIR
+    config against the dataset (config.resolve, as the job will; the dataset's id goes to
+    ``sweep.dataset_id``, for ``submit.plan`` to hold against the runs' own), and a writable SWEEP_DIR
     (``create=False``, for a dry run: one that could be made, and nothing written).
 
     ``executor`` is the kind that will run the jobs: only a scheduler that allocates (Slurm)
     splits a batch over slurm.nodes x slurm.tasks_per_node processes and knows the GPUs
     (slurm.gpus_per_node); the local and debug executors run one process on whatever this
     machine has."""
-    from gruv_hpc.dataset.manifest import load_manifest  # numpy: not for `gruv sweep status`
+    from gruv_hpc.dataset.manifest import dataset_id, load_manifest  # numpy: not for `gruv sweep status`
     manifest = sweep.planned or load_manifest(sweep.data)
+    # A planned dataset has no id yet (each job checks the built one when it starts).
+    sweep.dataset_id = None if sweep.planned else dataset_id(manifest)
     allocates = scheduler(executor).allocates
     world, gpus = (sweep.slurm.world_size, sweep.slurm.gpus_per_node) if allocates else (1, None)
     for run in sweep.runs:

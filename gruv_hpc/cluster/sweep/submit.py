@@ -10,13 +10,14 @@ import os
 import signal
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from gruv_hpc.training.config import RUNTIME_KEYS, available_cpus
 from gruv_hpc.config import diff
-from gruv_hpc.errors import ConfigError, GruvError
+from gruv_hpc.errors import ConfigError, DatasetError, GruvError
 from gruv_hpc.fsio import atomic_write_text
-from gruv_hpc.paths import SweepPaths
+from gruv_hpc.paths import SweepPaths, number, read_jsonl
 from gruv_hpc.cluster.executors import scheduler
 from gruv_hpc.cluster.scheduler import ACTIVE, Dependency, Scheduler
 from gruv_hpc.cluster.sweep.spec import Run, Sweep, load_sweep, validate
@@ -24,26 +25,82 @@ from gruv_hpc.cluster.sweep.state import JobRecord, RunRecord, SweepState, load_
 from gruv_hpc.cluster.sweep.status import mark_cancelled, run_state, sweep_infos
 
 
-def plan(sweep: Sweep, state: SweepState) -> tuple[list[Run], dict[str, str]]:
-    """Which runs to submit now, and why each other run is left alone."""
+@dataclass
+class RunPlan:
+    """What a submission does with one run, and why: ``start`` (new), ``continue`` (from
+    ``from_epoch`` to ``epochs``), ``skip`` (done, or its job lives), or ``fail`` (``error``: the
+    submission is refused)."""
+    run: Run
+    action: str
+    why: str = ""
+    from_epoch: int = 0
+    epochs: int = 0
+    error: GruvError | None = None
+
+
+def review(sweep: Sweep, state: SweepState) -> list[RunPlan]:
+    """Each run's ``RunPlan``, reading only: what a submission would do and what a dry run shows."""
     infos = sweep_infos(state)
-    todo, skipped = [], {}
+    plans = []
     for run in sweep.runs:
         old = state.runs.get(run.name)
-        if old:
-            d = diff(old.config, run.config, ignore=RUNTIME_KEYS)
-            if d:
-                raise ConfigError(f"run {run.name} in {state.paths.root} was submitted with another config "
-                                  f"({'; '.join(d)}); use a new sweep directory, or restore the old values")
+        rp = state.run_paths(run.name)
+        epochs = run.config["epochs"]
+        error = _refusal(run, old, rp, sweep, state)
+        if error:
+            plans.append(RunPlan(run, "fail", str(error), epochs=epochs, error=error))
+            continue
         job = old.job if old else None
-        st = run_state(state.run_paths(run.name), job, infos, run.config["epochs"], logs=state.paths.logs)
+        st = run_state(rp, job, infos, epochs, logs=state.paths.logs)
+        at = _epochs_done(rp)
         if st == "COMPLETED":
-            skipped[run.name] = "done"
+            plans.append(RunPlan(run, "skip", "done", at, epochs))
         elif st in ACTIVE:
-            skipped[run.name] = f"job {job.job_id} is {st}"
+            plans.append(RunPlan(run, "skip", f"job {job.job_id} is {st}", at, epochs))
+        elif at or rp.step_ckpts():
+            plans.append(RunPlan(run, "continue", f"from epoch {at} -> {epochs}", at, epochs))
         else:
-            todo.append(run)
+            plans.append(RunPlan(run, "start", f"epoch 0 -> {epochs}", 0, epochs))
+    return plans
+
+
+def plan(sweep: Sweep, state: SweepState) -> tuple[list[Run], dict[str, str]]:
+    """Which runs to submit now, and why each other run is left alone; a run that may not go on
+    (another config, another dataset) refuses the whole submission."""
+    todo, skipped = [], {}
+    for p in review(sweep, state):
+        if p.error:
+            raise p.error
+        if p.action == "skip":
+            skipped[p.run.name] = p.why
+        else:
+            todo.append(p.run)
     return todo, skipped
+
+
+def _refusal(run: Run, old: RunRecord | None, rp, sweep: Sweep, state: SweepState) -> GruvError | None:
+    """Why ``run`` may not be submitted to this sweep directory, or None: it was submitted with
+    another config, or trained on another dataset than ``sweep.data`` (known once ``validate`` has
+    read its manifest). Checked here, not only when the job starts hours later in the queue."""
+    if old:
+        d = diff(old.config, run.config, ignore=RUNTIME_KEYS)
+        if d:
+            return ConfigError(f"run {run.name} in {state.paths.root} was submitted with another config "
+                               f"({'; '.join(d)}); use a new sweep directory, or restore the old values")
+    was = rp.recorded_dataset()
+    if sweep.dataset_id and was and was.get("id") and was["id"] != sweep.dataset_id:
+        return DatasetError(f"run {run.name} was trained on dataset {was['id']} ({was.get('path')}), but {sweep.data} "
+                            f"is dataset {sweep.dataset_id}; use a new sweep directory, or data= the dataset it was "
+                            f"trained on")
+    return None
+
+
+def _epochs_done(rp) -> int:
+    """The epochs a run has finished, from its metrics.jsonl (never ahead of its checkpoint: the
+    trainer rewrites it from the checkpoint it resumes)."""
+    last = next((h for h in reversed(read_jsonl(rp.metrics)) if isinstance(h, dict)), {})
+    e = number(last.get("epoch"))
+    return int(e) if e else 0
 
 
 def first_start_only(run: Run, state: SweepState) -> Run:
@@ -73,8 +130,10 @@ def submit(sweep_file, sweep_dir, executor: str = "auto", dry_run: bool = False,
     sched = scheduler(executor)
     kind = sched.kind
     if dry_run:
-        return _dry_run(sweep, paths, sched, max_parallel, out)
+        return _dry_run(sweep, paths, sched, max_parallel, out, after)
     validate(sweep, paths.root, kind)
+    for note in sweep.notes:
+        out(f"warning: {note}")
     with submit_lock(paths.root):
         state = load_state(paths.root)
         todo, skipped = plan(sweep, state)
@@ -116,30 +175,54 @@ def submit(sweep_file, sweep_dir, executor: str = "auto", dry_run: bool = False,
     return {"submitted": [r.name for r in todo], "skipped": skipped, "executor": kind, "failed": failed}
 
 
-def _dry_run(sweep: Sweep, paths: SweepPaths, sched: Scheduler, max_parallel: int, out) -> dict:
-    """What submit() would do, down to the sbatch scripts; changes nothing."""
+def _dry_run(sweep: Sweep, paths: SweepPaths, sched: Scheduler, max_parallel: int, out,
+             after: Dependency | None = None) -> dict:
+    """What submit() would do, down to the sbatch scripts, run by run: each run's values as it
+    trains (command-line overrides applied), what becomes of it (start, continue from epoch E,
+    skip, or fail, which refuses the submission) and why. Changes nothing."""
     kind = sched.kind
-    if Path(sweep.data).exists():  # a dry run also works away from the data (e.g. on a laptop)
+    # A dry run also works away from the data (e.g. on a laptop); a pipeline's planned dataset is
+    # checked as planned.
+    checked = sweep.planned is not None or Path(sweep.data).exists()
+    if checked:
         validate(sweep, paths.root, kind, create=False)
-    todo, skipped = plan(sweep, load_state(paths.root))
-    for run in sweep.runs:
-        out(f"{run.name}: {json.dumps(run.grid)}")
-    for name, why in skipped.items():
-        out(f"skip {name}: {why}")
+    for note in sweep.notes:
+        out(f"warning: {note}")
+    if sweep.overrides:
+        out(f"every run: {json.dumps(sweep.overrides)} (command line)")
+    plans = review(sweep, load_state(paths.root))
+    out(f"# {len(plans)} run(s), with the values they train with:")
+    for p in plans:
+        out(f"{p.run.name}: {json.dumps(p.run.grid)}")
+    out(f"# what a submission to {paths.root} does with each:")
+    for p in plans:
+        out(f"{p.action} {p.run.name}: {p.why}")
+    if not checked:
+        out(f"# {sweep.data} is not here: the runs were not checked against the dataset (its parameters, artists "
+            f"and id); a submission checks them")
+    todo = [p.run for p in plans if p.action in ("start", "continue")]
+    failing = [p for p in plans if p.action == "fail"]
+    skipped = {p.run.name: p.why for p in plans if p.action == "skip"}
     scripts = []
     if not sched.foreground and todo:
         arrays = job_arrays(todo, sched)
         for i, runs in enumerate(arrays):
-            scripts.append(sched.script(sweep.slurm, paths.logs, sweep.path.stem, len(runs)))
+            scripts.append(sched.script(sweep.slurm, paths.logs, sweep.path.stem, len(runs), after))
             out(f"# sbatch script {i + 1} of {len(arrays)}: {len(runs)} run(s), {runs[0].name} .. {runs[-1].name}")
             out(scripts[-1])
     elif todo:
         out(f"# {len(todo)} run(s) for the {kind} executor, at most {max_parallel} at a time, on this machine and in "
             f"the foreground: the submission returns when they end; job logs in {paths.logs}; no sbatch script")
-    else:
+    elif not failing:
         out("nothing to submit")
+    if failing:
+        out(f"# {len(failing)} run(s) would fail: the submission would be refused, nothing queued "
+            f"({', '.join(p.run.name for p in failing)})")
     return {"submitted": [], "skipped": skipped, "runs": [r.name for r in sweep.runs], "todo": [r.name for r in todo],
-            "executor": kind, "scripts": scripts}
+            "failing": {p.run.name: p.why for p in failing},
+            "plan": {p.run.name: {"action": p.action, "why": p.why, "from_epoch": p.from_epoch, "epochs": p.epochs}
+                     for p in plans},
+            "executor": kind, "scripts": scripts, "notes": list(sweep.notes)}
 
 
 def _submit_queued(sched: Scheduler, arrays: list[list[Run]], sweep: Sweep, paths: SweepPaths,

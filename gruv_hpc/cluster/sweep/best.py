@@ -1,0 +1,85 @@
+"""``gruv sweep best``: a sweep's best run(s) by a metric of their metrics.jsonl (best_dev_loss by
+default), with the run directory and checkpoint that ``gruv generate`` takes.
+
+The runs are read as ``gruv sweep status`` reads them (``status.status``: state, run directory,
+a damaged metrics file named); a damaged run, or one with no value of the metric yet, is listed
+among the skipped ones, never a crash."""
+from __future__ import annotations
+
+import math
+import shlex
+
+from gruv_hpc.errors import GruvError
+from gruv_hpc.paths import RunPaths, number, read_jsonl
+from gruv_hpc.cluster.sweep.state import load_state
+from gruv_hpc.cluster.sweep.status import status
+
+
+def best_runs(sweep_dir, by: str = "best_dev_loss", artist: str | None = None, cell: str | None = None, top: int = 1,
+              highest: bool = False) -> dict:
+    """{"by", "runs": the ``top`` best, best first (name, state, value, epoch it was reached,
+    run_dir, checkpoint, generate: the command line), "skipped": [{name, why}]}. A run's value is
+    its lowest (``highest``: highest) finite ``by`` over its epochs."""
+    if not isinstance(top, int) or top < 1:
+        raise GruvError(f"--top: must be >= 1, got {top}")
+    state = load_state(sweep_dir, must_exist=True)
+    rows = [r for r in status(sweep_dir) if r["name"] in state.runs]
+    chosen = [r for r in rows if _matches(state.runs[r["name"]].config, artist, cell)]
+    if not chosen:
+        have = lambda key: sorted({str(x) for r in state.runs.values() for x in _as_list(r.config.get(key))})  # noqa: E731
+        raise GruvError(f"{state.paths.root}: no run matches" + (f" --artist {artist}" if artist else "")
+                        + (f" --cell {cell}" if cell else "") + f"; artists: {', '.join(have('artists')) or '-'}; "
+                        f"cells: {', '.join(have('cell')) or '-'}")
+    ranked, skipped, seen_keys = [], [], set()
+    for r in chosen:
+        if r["damaged"]:
+            skipped.append({"name": r["name"], "why": f"damaged: {r['damaged']}"})
+            continue
+        paths = RunPaths(r["run_dir"])
+        hist = [h for h in read_jsonl(paths.metrics) if isinstance(h, dict)]
+        for h in hist:
+            seen_keys.update(k for k, v in h.items() if number(v) is not None)
+        vals = [(v, h["epoch"]) for h in hist if (v := number(h.get(by))) is not None and math.isfinite(v)]
+        if not vals:
+            skipped.append({"name": r["name"], "why": f"no {by} in {paths.metrics} yet ({r['state']})"})
+            continue
+        value, epoch = (max if highest else min)(vals, key=lambda x: x[0])
+        ckpt = paths.best if paths.best.is_file() else next(iter(paths.step_ckpts()), None)
+        if ckpt is None:
+            skipped.append({"name": r["name"], "why": f"no checkpoint in {paths.ckpt_dir} ({r['state']})"})
+            continue
+        which = [] if ckpt == paths.best else ["--checkpoint", "last"]
+        cmd = ["gruv", "generate", str(paths.root), "--out", f"{r['name']}.wav", *which]
+        ranked.append({"name": r["name"], "state": r["state"], by: value, "value": value, "epoch": epoch,
+                       "epochs": r["epochs"], "run_dir": str(paths.root), "checkpoint": str(ckpt),
+                       "generate": " ".join(shlex.quote(c) for c in cmd)})
+    if not ranked and seen_keys and by not in seen_keys:
+        raise GruvError(f"no run of {state.paths.root} records {by!r} in its metrics.jsonl; "
+                        f"metrics: {', '.join(sorted(seen_keys))}")
+    ranked.sort(key=lambda x: x["value"], reverse=highest)
+    return {"sweep": str(state.paths.root), "by": by, "highest": highest, "runs": ranked[:top], "ranked": len(ranked),
+            "skipped": skipped}
+
+
+def _as_list(v) -> list:
+    return v if isinstance(v, list) else [] if v is None else [v]
+
+
+def _matches(config: dict, artist: str | None, cell: str | None) -> bool:
+    """--artist A: runs trained on A (alone or with others); --cell C: runs of that cell."""
+    return (artist is None or artist in _as_list(config.get("artists"))) and (cell is None or config.get("cell") == cell)
+
+
+def format_best(res: dict) -> str:
+    by = res["by"]
+    out = []
+    if not res["runs"]:
+        out.append(f"no run of {res['sweep']} has a {by} yet")
+    for i, r in enumerate(res["runs"], 1):
+        out.append(f"{i}. {r['name']}: {by} {r['value']:.6g} at epoch {r['epoch']} of {r['epochs']} ({r['state']})")
+        out.append(f"   run dir:    {r['run_dir']}")
+        out.append(f"   checkpoint: {r['checkpoint']}")
+        out.append(f"   {r['generate']}")
+    for s in res["skipped"]:
+        out.append(f"skipped {s['name']}: {s['why']}")
+    return "\n".join(out)
