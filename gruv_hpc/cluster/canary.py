@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shlex
 import socket
 import sys
@@ -112,10 +113,17 @@ def submit_canary(sched: Scheduler, cfg: SlurmConfig, job: CanaryJob, folder: Pa
     try:
         found = j.result()
     except Exception as e:  # noqa: BLE001 - reported as one line; nothing else starts
-        last = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        raise GruvError(f"canary failed, nothing else started: {last}") from None
+        raise GruvError(f"canary failed, nothing else started: {_error_line(str(e))} (its log: "
+                        f"{folder}/{j.job_id}_0_log.err)") from None
     say(f"canary: OK ({found['wall_s']} s)")
     return None
+
+
+def _error_line(text: str) -> str:
+    """The exception line of a submitit failure's text (a traceback, then the log paths)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    errs = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Exit|Interrupt)\b", ln)]
+    return (errs or lines or ["(no message)"])[-1]
 
 
 def after_canary(after: Dependency | None, canary: str | None) -> Dependency | None:

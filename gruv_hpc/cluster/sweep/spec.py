@@ -133,8 +133,12 @@ def sweep_from_table(raw: dict, path: Path, text: str, overrides: list[str] = ()
             raise ConfigError(f"{where}: grid points {seen[name]} and {point} both get the run name {name!r}")
         seen[name] = point
         chosen = {k: v for sel, res in when if _selects(sel, point) for k, v in res.items()}
-        rcfg = build(SlurmConfig, {**slurm, **chosen}, cli_slurm, source=f"{where} [[slurm.when]] (run {name})") \
-            if chosen else None
+        rcfg = None
+        if chosen:
+            try:
+                rcfg = build(SlurmConfig, {**slurm, **chosen}, cli_slurm, source=f"{where} [[slurm.when]] (run {name})")
+            except ConfigError as e:  # a value of the rule's, or the resources it makes up together
+                raise ConfigError(f"{where} [[slurm.when]] (run {name}): {e}") from None
         runs.append(Run(name, point, to_dict(cfg), rcfg))
     return Sweep(path, text, data, scfg, runs)
 
