@@ -312,3 +312,22 @@ def test_a_passing_canary_lets_the_grid_run(data, tmp_path):
     assert st == {canary: "COMPLETED", run: "COMPLETED"}, st
     assert "gruv canary: OK" in (d / "logs" / f"{canary}_0_log.out").read_text()
     assert (d / "runs" / "gru" / "metrics.jsonl").exists()
+
+
+@pytest.mark.slurm
+def test_a_pipeline_canary_holds_every_stage(corpus, tmp_path):
+    """A failing setup line in [sweep.slurm]: the canary fails, and the preprocessing, the runs and
+    the analysis, all queued behind it, never run."""
+    from test_pipeline import tiny_tables, write
+    from gruv_hpc.cluster import pipeline
+    t = tiny_tables(corpus)
+    t["sweep.slurm"] = {**t["sweep.slurm"], "setup": ["false"]}
+    f = write(tmp_path / "p.toml", t)
+    out = tmp_path / "pl"
+    sub = pipeline.submit(f, out, executor="slurm", canary=True, say=lambda *a: None)
+    assert json.loads((out / "pipeline.json").read_text())["submissions"][-1]["canary"] == sub["canary"]
+    ids = [*sub["preprocess"]["tasks"].values(), sub["preprocess"]["merge"], *sub["train"]["job_ids"], sub["analysis"]["job"]]
+    assert _wait_ended([sub["canary"]])[sub["canary"]] == "FAILED"
+    st = _wait_ended(ids)
+    assert set(st.values()) == {"CANCELLED"}, st
+    assert not (out / "data" / "manifest.json").exists() and not (out / "report").exists()
