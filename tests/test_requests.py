@@ -331,3 +331,29 @@ def test_a_pipeline_canary_holds_every_stage(corpus, tmp_path):
     st = _wait_ended(ids)
     assert set(st.values()) == {"CANCELLED"}, st
     assert not (out / "data" / "manifest.json").exists() and not (out / "report").exists()
+
+
+@pytest.mark.slurm
+def test_when_rules_on_slurm_each_run_records_the_job_of_its_own_array(data, tmp_path):
+    f = write_sweep(tmp_path / "w.toml", data, {"epochs": 1, "batch_size": 4, "workers": 0, "gen_seconds": 0.0},
+                    {"cell": ["lstm", "gru"], "hidden": [8, 16]})  # (grid order mixes the two resource sets)
+    f.write_text(f.read_text() + WHEN)
+    d = tmp_path / "sw"
+    sweep.submit(f, d, executor="slurm", out=lambda *a: None)
+    runs = json.loads((d / "sweep.json").read_text())["runs"]
+    ids = {n: r["jobs"][-1]["job_id"] for n, r in runs.items()}
+    try:
+        # squeue (pending array tasks as one row, 123_[0-1]); its memory and time limit per job
+        q = subprocess.run(["squeue", "-h", "-j", ",".join({j.split("_")[0] for j in ids.values()}), "-o", "%i|%m|%l"],
+                           capture_output=True, text=True).stdout
+        rows = {}
+        for line in q.splitlines():
+            jid, mem, limit = line.split("|")
+            for j in slurm.expand_array_id(jid):
+                rows[j] = (mem, limit)
+        for name, jid in ids.items():  # (a task that already ended is not listed: nothing to hold it to)
+            if jid in rows:
+                assert rows[jid] == (("2G", "20:00") if name.endswith("h16") else ("1G", "10:00")), (name, rows)
+        assert len([j for j in ids.values() if j in rows]) >= 2, rows
+    finally:
+        sweep.cancel(d)

@@ -125,7 +125,9 @@ def submit(sweep_file, sweep_dir, executor: str = "auto", dry_run: bool = False,
         failed: list[str] = []
         if not sched.foreground:
             try:
-                jobs = _submit_queued(sched, job_arrays(todo, sched), sweep, paths, after)
+                arrays = job_arrays(todo, sched)
+                todo = [run for runs in arrays for run in runs]  # the order of the jobs: array by array
+                jobs = _submit_queued(sched, arrays, sweep, paths, after)
             except BaseException:
                 state.submissions.remove(sub)  # refused (sbatch said no): not a submission
                 state.save()
