@@ -236,7 +236,12 @@ def submit(pipeline_file, out_dir, executor: str = "auto", overrides=(), max_par
 def requests(pl: Pipeline) -> dict[str, SlurmConfig]:
     """Every job request of the pipeline, named for errors: the preprocessing tasks', the runs'
     (each distinct one) and the analysis job's."""
-    runs = {k.replace(f"{pl.sweep.path} [slurm]", f"{pl.path} [sweep.slurm]"): v for k, v in pl.sweep.requests().items()}
+    inline = pl.sweep.path == pl.path  # a [sweep] table, not a sweep file of its own
+    named = {f"{pl.path} [slurm]": f"{pl.path} [sweep.slurm]", f"{pl.path} [[slurm.when]]": f"{pl.path} [[sweep.slurm.when]]"}
+    runs = {}
+    for k, v in pl.sweep.requests().items():
+        old = next((o for o in named if inline and k.startswith(o)), None)
+        runs[named[old] + k[len(old):] if old else k] = v
     return {f"{pl.path} [preprocess.slurm]": pl.preprocess_slurm, **runs, f"{pl.path} [analysis.slurm]": pl.analysis_slurm}
 
 
