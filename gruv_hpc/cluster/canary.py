@@ -92,9 +92,9 @@ class CanaryJob:
         loss = torch.nn.functional.mse_loss(model(x)[0], y)
         loss.backward()
         opt.step()
-        if not torch.isfinite(loss):
+        if not torch.isfinite(loss.detach()):
             raise GruvError(f"canary on {found['host']}: the training step's loss is {loss.item()}")
-        found["loss"], found["wall_s"] = float(loss), round(time.time() - t0, 2)
+        found["loss"], found["wall_s"] = loss.item(), round(time.time() - t0, 2)
         print(f"gruv canary: OK {found}", flush=True)
         return found
 
