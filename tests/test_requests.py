@@ -165,6 +165,13 @@ def test_canary_setup_lines_stop_at_the_first_failure(tmp_path):
     assert cfg.time_min == 20 and not cfg.requeue and cfg.max_num_timeout == 0
 
 
+@pytest.mark.parametrize("run_device, gpus, device", [("auto", 1, "cuda"), ("auto", 0, "cpu"), ("cpu", 2, "cpu"),
+                                                       ("cuda", None, "cuda"), ("auto", None, "cpu")])
+def test_the_canary_tests_the_device_the_runs_get(run_device, gpus, device):
+    from gruv_hpc.cluster.canary import canary_device
+    assert canary_device(run_device, gpus) == device
+
+
 def test_canary_job_trains_one_step_on_the_dataset(data):
     found = CanaryJob(str(data), "cpu", "gru")()
     assert found["train_clips"] > 0 and found["device"] == "cpu" and found["loss"] > 0

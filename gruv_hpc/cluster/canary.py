@@ -126,6 +126,17 @@ def _error_line(text: str) -> str:
     return (errs or lines or ["(no message)"])[-1]
 
 
+def canary_device(run_device: str, gpus: int | None) -> str:
+    """The device a run will train on, as the canary tests it: ``run_device`` is the run's
+    TrainConfig.device; ``gpus`` the GPUs its job gets (None: a scheduler that does not allocate,
+    so only device=cuda says cuda)."""
+    if run_device == "cpu":
+        return "cpu"
+    if gpus is None:
+        return "cuda" if run_device == "cuda" else "cpu"
+    return "cuda" if gpus > 0 else "cpu"
+
+
 def after_canary(after: Dependency | None, canary: str | None) -> Dependency | None:
     """``after`` with the canary's job added to its afterok."""
     if not canary:

@@ -248,10 +248,9 @@ def requests(pl: Pipeline) -> dict[str, SlurmConfig]:
 def _canary(pl: Pipeline, paths: PipelinePaths, pre: dict, sched, say) -> str | None:
     """The canary with the runs' resources: the corpus folders readable where the dataset is to
     be built, else the dataset opens (a queueing scheduler: its job id; locally it runs now)."""
-    from gruv_hpc.cluster.canary import CanaryJob, submit_canary
+    from gruv_hpc.cluster.canary import CanaryJob, canary_device, submit_canary
     cfg, first = pl.sweep.slurm, pl.sweep.runs[0].config
-    gpus = cfg.gpus_per_node if sched.allocates else int(first.get("device") == "cuda")
-    device = "cuda" if gpus and first.get("device") != "cpu" else "cpu"
+    device = canary_device(first.get("device", "auto"), cfg.gpus_per_node if sched.allocates else None)
     build = pre["state"] == "build"
     job = CanaryJob(None if build else str(paths.data), device, first["cell"],
                     tuple(str(d) for d in pl.corpus.values()) if build else ())

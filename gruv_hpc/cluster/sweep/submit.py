@@ -17,7 +17,7 @@ from gruv_hpc.config import diff
 from gruv_hpc.errors import ConfigError, GruvError
 from gruv_hpc.fsio import atomic_write_text
 from gruv_hpc.paths import SweepPaths
-from gruv_hpc.cluster.canary import CanaryJob, after_canary, canary_config, submit_canary
+from gruv_hpc.cluster.canary import CanaryJob, after_canary, canary_config, canary_device, submit_canary
 from gruv_hpc.cluster.executors import scheduler
 from gruv_hpc.cluster.scheduler import ACTIVE, Dependency, Scheduler
 from gruv_hpc.cluster.sweep.spec import Run, Sweep, load_sweep, validate
@@ -149,9 +149,7 @@ def _canary(sweep: Sweep, sched: Scheduler, paths: SweepPaths, todo: list[Run], 
             out) -> str | None:
     """Queue the canary with the sweep's [slurm] resources (or, locally, run it and wait)."""
     cfg, first = sweep.slurm, todo[0].config
-    gpus = cfg.gpus_per_node if sched.allocates else None
-    device = "cpu" if first.get("device") == "cpu" else ("cuda" if (gpus if gpus is not None else first.get("device") == "cuda")
-                                                         else "cpu")
+    device = canary_device(first.get("device", "auto"), cfg.gpus_per_node if sched.allocates else None)
     data = None if sweep.planned else sweep.data  # a pipeline's dataset is built after the canary
     paths.logs.mkdir(parents=True, exist_ok=True)
     return submit_canary(sched, cfg, CanaryJob(data, device, first["cell"]), paths.logs, sweep.path.stem, after, out)
