@@ -119,7 +119,7 @@ def _sweep(a) -> int:
     from gruv_hpc.cluster import sweep
     if a.sweep_cmd == "submit":
         res = sweep.submit(a.sweep_file, a.out, executor=a.executor, dry_run=a.dry_run, overrides=a.overrides,
-                           max_parallel=a.max_parallel, progress=not a.quiet)
+                           max_parallel=a.max_parallel, progress=not a.quiet, canary=a.canary)
         if a.dry_run:
             return 1 if res.get("failing") else 0  # a run would refuse the submission
         rows = sweep.wait(a.out, progress=not a.quiet) if a.wait else sweep.status(a.out)
@@ -164,7 +164,7 @@ def _pipeline(a) -> int:
         return 1 if res["train"].get("failing") else 0  # a run would refuse the submission
     if a.pipeline_cmd == "submit":
         sub = pipeline.submit(a.pipeline_file, a.out, executor=a.executor, overrides=a.overrides,
-                              max_parallel=a.max_parallel, progress=not a.quiet)
+                              max_parallel=a.max_parallel, progress=not a.quiet, canary=a.canary)
         foreground = scheduler(sub["executor"]).foreground
         if not foreground and a.wait:
             st = pipeline.wait(a.out, say=None if a.quiet else print)
@@ -294,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(start, continue from epoch E, skip, fail) and the sbatch script; write nothing; exit 1 when a "
                     "run would fail")
     s1.add_argument("--max-parallel", type=int, default=2, help="local executor: runs at a time")
+    s1.add_argument("--canary", action="store_true", help="first one short job with the same resources and setup "
+                    "lines (imports, the dataset, one training step); the runs wait for it to succeed")
     s1.add_argument("--wait", action="store_true", help="then wait until every run has ended, as `gruv sweep wait` "
                     "(local runs have ended when submit returns); exit 1 unless all completed")
     s1.add_argument("--quiet", action="store_true")
@@ -351,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl1.add_argument("--max-parallel", type=int, default=2, help="local executor: training runs at a time")
     pl1.add_argument("--dry-run", action="store_true", help="print every stage: its sbatch scripts and what each "
                      "waits for (Slurm), or what runs here in order (local); check what submit checks; write nothing")
+    pl1.add_argument("--canary", action="store_true", help="first one short job with the training resources and "
+                     "setup lines (imports, one training step); every stage waits for it to succeed")
     pl1.add_argument("--wait", action="store_true", help="slurm: then wait for the report (exit 1 without one)")
     pl1.add_argument("--quiet", action="store_true")
     pl1.add_argument("overrides", nargs="*", metavar="key=value", help="corpus.ARTIST=DIR, preprocess[.slurm].KEY=v, "

@@ -139,7 +139,10 @@ def test_the_sweep_is_validated_against_the_planned_dataset_before_anything_is_q
     for change, err, needle in [
         ({"sweep.grid": {"artists": [["aurora"], ["nobody"]]}}, DatasetError, "run nobody: artist(s) nobody not in the dataset; it has: aurora, circuit"),
         ({"sweep.train": {"epochs": 1, "sample_rate": 16000}}, DatasetError, "dataset parameter 'sample_rate' is 8000, but the"),
-        ({"sweep.slurm": {**SLURM_SMALL, "tasks_per_node": 3}}, ConfigError, "batch_size: 4 is not divisible by the 3"),
+        # (2 tasks: 3 would be refused first, by the resource check, on the local 2-CPU node)
+        ({"sweep.slurm": {**SLURM_SMALL, "tasks_per_node": 2},
+          "sweep.train": {"epochs": 1, "hidden": 8, "batch_size": 3, "workers": 0, "gen_seconds": 0.0}},
+         ConfigError, "batch_size: 3 is not divisible by the 2"),
     ]:
         f = write(tmp_path / "p.toml", tiny_tables(corpus, **change))
         with pytest.raises(err, match=needle.replace("(", r"\(").replace(")", r"\)")):

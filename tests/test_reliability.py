@@ -1,6 +1,7 @@
 """Issue 22's medium and low defects: each one a refusal or one-line error naming the value, or a
 damaged part listed and skipped, never a silent mix-up or a traceback."""
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -270,7 +271,9 @@ def test_tensorboard_is_this_interpreters_and_a_comma_in_the_path_is_safe(tmp_pa
 def test_an_sbatch_refusal_is_one_line_and_not_recorded(data, tmp_path):
     from conftest import write_sweep
     f = write_sweep(tmp_path / "s.toml", data, {"epochs": 1}, {"hidden": [4]})
-    r = cli("sweep", "submit", f, "--out", tmp_path / "sw", "--executor", "slurm", "slurm.partition=nosuch")
+    # (the resource check, skipped here, refuses it first: tests/test_requests.py; this is sbatch's refusal)
+    r = cli("sweep", "submit", f, "--out", tmp_path / "sw", "--executor", "slurm", "slurm.partition=nosuch",
+            env={**os.environ, "GRUV_SKIP_RESOURCE_CHECK": "1"})
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("gruv: error: sbatch refused the job:") and "partition" in r.stderr
     assert json.loads((tmp_path / "sw" / "sweep.json").read_text())["submissions"] == []
@@ -282,7 +285,8 @@ def test_a_refused_pipeline_submission_is_not_recorded(corpus, tmp_path):
     t = tiny_tables(corpus)
     t["preprocess.slurm"] = {**t["preprocess.slurm"], "partition": "nosuch"}
     f = write(tmp_path / "p.toml", t)
-    r = cli("pipeline", "submit", f, "--out", tmp_path / "out", "--executor", "slurm")
+    r = cli("pipeline", "submit", f, "--out", tmp_path / "out", "--executor", "slurm",
+            env={**os.environ, "GRUV_SKIP_RESOURCE_CHECK": "1"})  # (sbatch's refusal, not the resource check's)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "sbatch refused" in r.stderr, r.stderr
     st = tmp_path / "out" / "pipeline.json"
     assert not st.exists() or json.loads(st.read_text())["submissions"] == []

@@ -198,15 +198,19 @@ def _nothing_ran(sub: Submission) -> bool:
 
 
 def submit(pipeline_file, out_dir, executor: str = "auto", overrides=(), max_parallel: int = 2, progress: bool = True,
-           say=print) -> dict:
+           say=print, canary: bool = False) -> dict:
     """Validate everything, then submit (Slurm) or run (local) what is left to do. Returns the
-    submission's record, as pipeline.json keeps it (``Submission.to_json``)."""
+    submission's record, as pipeline.json keeps it (``Submission.to_json``). ``canary``: a short
+    job with the training resources proves the environment first (``cluster.canary``)."""
     if not isinstance(max_parallel, int) or max_parallel < 1:
         raise ConfigError(f"--max-parallel: must be >= 1, got {max_parallel}")
     paths = PipelinePaths(Path(out_dir).expanduser().resolve())
     pl = load_pipeline(pipeline_file, paths.root, overrides)
     sched = scheduler(executor)
     kind = sched.kind
+    checked = sched.check(requests(pl))  # every stage's jobs against the cluster, before anything is queued
+    if checked:
+        say(checked)
     try:
         paths.root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -219,14 +223,41 @@ def submit(pipeline_file, out_dir, executor: str = "auto", overrides=(), max_par
         state.submissions.append(sub)
         try:
             if sched.foreground:
-                return _run_local(pl, paths, state, sub, max_parallel, progress, say).to_json()
-            return _submit_slurm(pl, paths, state, sub, prev, say).to_json()
+                return _run_local(pl, paths, state, sub, max_parallel, progress, say, canary).to_json()
+            return _submit_slurm(pl, paths, state, sub, prev, say, canary).to_json()
         except BaseException:
             if _nothing_ran(sub):  # refused before anything ran (sbatch said no): not a submission
+                if sub.canary:
+                    sched.cancel([sub.canary])  # nothing waits for it
                 state.submissions.remove(sub)
                 if paths.state.exists():
                     state.save()
             raise
+
+
+def requests(pl: Pipeline) -> dict[str, SlurmConfig]:
+    """Every job request of the pipeline, named for errors: the preprocessing tasks', the runs'
+    (each distinct one) and the analysis job's."""
+    inline = pl.sweep.path == pl.path  # a [sweep] table, not a sweep file of its own
+    named = {f"{pl.path} [slurm]": f"{pl.path} [sweep.slurm]", f"{pl.path} [[slurm.when]]": f"{pl.path} [[sweep.slurm.when]]"}
+    runs = {}
+    for k, v in pl.sweep.requests().items():
+        old = next((o for o in named if inline and k.startswith(o)), None)
+        runs[named[old] + k[len(old):] if old else k] = v
+    return {f"{pl.path} [preprocess.slurm]": pl.preprocess_slurm, **runs, f"{pl.path} [analysis.slurm]": pl.analysis_slurm}
+
+
+def _canary(pl: Pipeline, paths: PipelinePaths, pre: dict, sched, say) -> str | None:
+    """The canary with the runs' resources: the corpus folders readable where the dataset is to
+    be built, else the dataset opens (a queueing scheduler: its job id; locally it runs now)."""
+    from gruv_hpc.cluster.canary import CanaryJob, canary_device, submit_canary
+    cfg, first = pl.sweep.slurm, pl.sweep.runs[0].config
+    device = canary_device(first.get("device", "auto"), cfg.gpus_per_node if sched.allocates else None)
+    build = pre["state"] == "build"
+    job = CanaryJob(None if build else str(paths.data), device, first["cell"],
+                    tuple(str(d) for d in pl.corpus.values()) if build else ())
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    return submit_canary(sched, cfg, job, paths.logs, f"gruv-{paths.root.name}", None, say)
 
 
 def _preprocess_plan(pl: Pipeline, paths: PipelinePaths, kind: str, dry: bool = False) -> tuple[dict, dict | None]:
@@ -255,7 +286,8 @@ def _preprocess_plan(pl: Pipeline, paths: PipelinePaths, kind: str, dry: bool = 
     return {"state": "build", "plan": p}, planned
 
 
-def _preprocess_run(pl: Pipeline, paths: PipelinePaths, pre: dict, kind: str, progress: bool, say) -> PreprocessStage:
+def _preprocess_run(pl: Pipeline, paths: PipelinePaths, pre: dict, kind: str, progress: bool, say,
+                    after: Dependency | None = None) -> PreprocessStage:
     """Carry out ``_preprocess_plan``'s decision; returns the stage's record."""
     out = paths.data
     if pre["state"] == "live":
@@ -266,7 +298,7 @@ def _preprocess_run(pl: Pipeline, paths: PipelinePaths, pre: dict, kind: str, pr
         return PreprocessStage(**pre)
     res = PJ.build(pl.corpus, out, pl.preprocess, jobs=pl.options.jobs, executor=kind, slurm=pl.preprocess_slurm,
                    split_file=pl.options.split_file, progress=progress, wait=False, logs=paths.logs, say=say,
-                   planned=pre["plan"])
+                   planned=pre["plan"], after=after, check=False)
     if scheduler(kind).foreground:
         return PreprocessStage("built", res["tasks"], ran=res["ran"])
     s = res["submission"]
@@ -281,19 +313,22 @@ def _validate_sweep(pl: Pipeline, paths: PipelinePaths, kind: str, planned: dict
 
 
 def _submit_slurm(pl: Pipeline, paths: PipelinePaths, state: PipelineState, sub: Submission, prev: Submission | None,
-                  say) -> Submission:
+                  say, canary: bool = False) -> Submission:
     """The three stages queued at once, each behind the one before (a queueing scheduler: Slurm)."""
     from gruv_hpc.cluster import sweep as sw
+    from gruv_hpc.cluster.canary import after_canary
     from gruv_hpc.cluster.sweep.status import sweep_infos
     sched = scheduler(sub.executor)
     pre, planned = _preprocess_plan(pl, paths, sched.kind)
     _validate_sweep(pl, paths, sched.kind, planned)
-    pre = sub.preprocess = _preprocess_run(pl, paths, pre, sched.kind, False, say)
+    if canary:
+        sub.canary = _canary(pl, paths, pre, sched, say)
+    pre = sub.preprocess = _preprocess_run(pl, paths, pre, sched.kind, False, say, after_canary(None, sub.canary))
     state.save()
     _cancel_dead_dependents(prev, say)
 
-    after = Dependency(after_ok=(pre.merge,)) if pre.merge else None
-    res = sw.submit(pl.sweep, paths.sweep.root, executor=sched.kind, progress=False, out=say, after=after)
+    after = after_canary(Dependency(after_ok=(pre.merge,)) if pre.merge else None, sub.canary)
+    res = sw.submit(pl.sweep, paths.sweep.root, executor=sched.kind, progress=False, out=say, after=after, check=False)
     sstate = sw.load_state(paths.sweep.root)
     new_ids = [sstate.runs[n].job.job_id for n in res["submitted"]]
     infos = sweep_infos(sstate)
@@ -315,7 +350,7 @@ def _submit_slurm(pl: Pipeline, paths: PipelinePaths, state: PipelineState, sub:
             sched.cancel_and_wait([old])  # it would analyse too early; a new one waits for the new runs
         why = ("runs are training" if live else None) or report_stale(paths)
         if why:
-            dep = Dependency(after_ok=(pre.merge,) if pre.merge else (),
+            dep = Dependency(after_ok=tuple(j for j in (pre.merge, sub.canary) if j),
                              after_any=tuple(sorted({j.split('_')[0] for j in live})))
             an.job, an.dependency, an.why = _submit_analysis(sched, pl, paths, dep), str(dep) or None, why
             say(f"analysis: job {an.job}" + (f" after {an.dependency}" if an.dependency else "")
@@ -355,18 +390,20 @@ def _submit_analysis(sched, pl: Pipeline, paths: PipelinePaths, after: Dependenc
 
 
 def _run_local(pl: Pipeline, paths: PipelinePaths, state: PipelineState, sub: Submission, max_parallel: int,
-               progress: bool, say) -> Submission:
+               progress: bool, say, canary: bool = False) -> Submission:
     """The three stages in order, in this process (the sweep's runs as local jobs)."""
     from gruv_hpc.cluster import sweep as sw
     pre, planned = _preprocess_plan(pl, paths, sub.executor)
     _validate_sweep(pl, paths, sub.executor, planned)
+    if canary:
+        _canary(pl, paths, pre, scheduler(sub.executor), say)  # raises when it failed: nothing else runs
     state.save()
     sub.preprocess = _preprocess_run(pl, paths, pre, sub.executor, progress, say)
     sub.stage = "train"
     state.save()
     pl.sweep.planned = None  # built: the sweep validates against the real manifest
     res = sw.submit(pl.sweep, paths.sweep.root, executor=sub.executor, max_parallel=max_parallel, progress=progress,
-                    out=say)
+                    out=say, check=False)
     sub.train = TrainStage(res["submitted"], res["skipped"], failed=res.get("failed", []))
     sub.stage = "analysis"
     state.save()
@@ -403,6 +440,9 @@ def dry_run(pipeline_file, out_dir, executor: str = "auto", overrides=(), max_pa
     pl = load_pipeline(pipeline_file, paths.root, overrides)
     sched = scheduler(executor)
     kind, local = sched.kind, sched.foreground
+    checked = sched.check(requests(pl))  # as submit: every stage's jobs against the cluster
+    if checked:
+        say(checked)
     pre, planned = _preprocess_plan(pl, paths, kind, dry=True)
     pl.sweep.planned = planned
     say(f"# pipeline {pl.path} into {paths.root}, {kind} executor: " + (
@@ -441,7 +481,7 @@ def dry_run(pipeline_file, out_dir, executor: str = "auto", overrides=(), max_pa
     say(f"# stage 2 of 3: train {len(pl.sweep.runs)} run(s) -> {paths.sweep.root}"
         + (f", waiting for afterok:{merge}" if merge and not local else ""))
     after = Dependency(after_ok=(merge,)) if merge and not local else None
-    train = sw.submit(pl.sweep, paths.sweep.root, executor=kind, dry_run=True, max_parallel=max_parallel, out=say,
+    train = sw.submit(pl.sweep, paths.sweep.root, executor=kind, dry_run=True, max_parallel=max_parallel, out=say, check=False,
                       after=after)
 
     say(f"# stage 3 of 3: analysis -> {paths.report}")

@@ -4,7 +4,7 @@ It is read and written here and nowhere else, always whole and atomically (``gru
 status`` may read it while a submission rewrites it). The format (version 1)::
 
     {"version": 1,
-     "submissions": [{"time", "executor", "host", "pid", "file", "overrides", "stage",
+     "submissions": [{"time", "executor", "host", "pid", "file", "overrides", "stage", "canary"?,
                       "preprocess": {"state", "tasks"?, "array"?, "merge"?, "n_tasks"?, "ran"?},
                       "train": {"submitted"?, "skipped"?, "job_ids"?, "dependency"?, "live"?, "failed"?},
                       "analysis": {"job"?, "skipped"?, "dependency"?, "why"?, "ran"?}}]}
@@ -100,11 +100,13 @@ class Submission:
     preprocess: PreprocessStage = field(default_factory=PreprocessStage)
     train: TrainStage = field(default_factory=TrainStage)
     analysis: AnalysisStage = field(default_factory=AnalysisStage)
+    canary: str | None = None  # queued: the canary's job, which every stage waits for (afterok)
 
     def to_json(self) -> dict:
         return {"time": self.time, "executor": self.executor, "host": self.host, "pid": self.pid, "file": self.file,
                 "overrides": list(self.overrides), "stage": self.stage, "preprocess": self.preprocess.to_json(),
-                "train": self.train.to_json(), "analysis": self.analysis.to_json()}
+                "train": self.train.to_json(), "analysis": self.analysis.to_json(),
+                **({"canary": self.canary} if self.canary else {})}
 
     @classmethod
     def from_json(cls, d: dict) -> "Submission":
@@ -113,7 +115,7 @@ class Submission:
                    stage=d.get("stage") or "preprocess",
                    preprocess=_from_json(PreprocessStage, d.get("preprocess") or {}),
                    train=_from_json(TrainStage, d.get("train") or {}),
-                   analysis=AnalysisStage.from_json(d.get("analysis") or {}))
+                   analysis=AnalysisStage.from_json(d.get("analysis") or {}), canary=d.get("canary"))
 
 
 @dataclass

@@ -68,14 +68,19 @@ def read_slurm_file(path: str | Path) -> dict:
 def build(sources: dict[str, Path], out: str | Path, cfg: PreprocessConfig, jobs: int = 1, executor: str = "local",
           slurm: SlurmConfig | None = None, overwrite: bool = False, split_file: str | Path | None = None,
           progress: bool = True, wait: bool = True, logs: str | Path | None = None, say=print,
-          planned: Plan | None = None) -> dict:
+          planned: Plan | None = None, after: Dependency | None = None, check: bool = True) -> dict:
     """Build ``out`` in ``jobs`` tasks. Returns {"executor", "tasks" (how many), "ran" (the tasks run
     now), "manifest" (once built: locally, or on Slurm with ``wait``), "submission" (Slurm)}.
-    ``planned``: the plan of these sources and options when the caller made it already."""
+    ``planned``: the plan of these sources and options when the caller made it already.
+    ``after``: what the queued jobs wait for. ``check``: the resources against the cluster (False:
+    the caller checked them)."""
     cfg.validate()
     if jobs < 1:
         raise ConfigError(f"--jobs: must be >= 1, got {jobs}")
     sched = scheduler(executor)
+    checked = sched.check({"preprocess [slurm]": slurm or slurm_config()}) if check and not sched.foreground else None
+    if checked:  # before anything is queued
+        say(checked)
     out = check_out(out)
     if sched.foreground and jobs == 1:
         return {"executor": sched.kind, "tasks": 1, "ran": [0],
@@ -94,7 +99,8 @@ def build(sources: dict[str, Path], out: str | Path, cfg: PreprocessConfig, jobs
                 if isinstance(e, OSError):
                     raise disk_error(e, out, staging) from None
                 raise
-        sub = _submit_queued(sched, out, staging, n_tasks, todo, slurm or slurm_config(), Path(logs or BuildPaths(out).jobs))
+        sub = _submit_queued(sched, out, staging, n_tasks, todo, slurm or slurm_config(), Path(logs or BuildPaths(out).jobs),
+                             after)
     finally:
         lock.release()
     done = n_tasks - len(todo)

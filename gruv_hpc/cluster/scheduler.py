@@ -117,6 +117,14 @@ class Scheduler(ABC):
                 return
             time.sleep(poll_s)
 
+    def check(self, requests: dict) -> str | None:
+        """Whether each of ``requests`` ({where: SlurmConfig}, ``where`` naming it in errors: "sweep
+        [slurm]") could ever start here, before anything is queued: raises ConfigError naming the
+        resource and the limit where not, else returns one line saying what was checked (or why
+        nothing could be). A scheduler that ignores the requests (one process here) has nothing to
+        check: None."""
+        return None
+
     def max_array_size(self) -> int:
         """The most jobs one array may hold (Slurm's MaxArraySize); larger ones are split."""
         return 1 << 30

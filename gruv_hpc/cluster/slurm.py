@@ -7,18 +7,25 @@ and answer "nothing known" rather than fail where Slurm is missing or slow.
 """
 from __future__ import annotations
 
+import os
+import re
 import shlex
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 from gruv_hpc.cluster.config import SlurmConfig
 from gruv_hpc.cluster.scheduler import ACTIVE, Dependency, JobInfo, Scheduler
 
-__all__ = ["ACTIVE", "JobInfo", "SlurmScheduler", "expand_array_id", "job_states", "max_array_size", "parse_max_array_size",
-           "merge_states", "parse_sacct", "parse_squeue", "sbatch_parameters", "sbatch_script", "scancel", "slurm_available"]
+__all__ = ["ACTIVE", "JobInfo", "NodeInfo", "PartitionInfo", "SlurmScheduler", "check_request", "cluster_info",
+           "expand_array_id", "job_states", "max_array_size", "merge_states", "parse_gres_gpus", "parse_max_array_size", "parse_nodes",
+           "parse_partitions", "parse_sacct", "parse_squeue", "parse_time_min", "sbatch_parameters", "sbatch_script",
+           "scancel", "slurm_available"]
+
+SKIP_CHECK_ENV = "GRUV_SKIP_RESOURCE_CHECK"  # set (to anything): SlurmScheduler.check asks nothing
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,6 +102,169 @@ def parse_max_array_size(config_text: str) -> int | None:
     return None
 
 
+# What a partition's nodes offer, for checking requests before anything is queued (check_request).
+
+@dataclass(frozen=True)
+class PartitionInfo:
+    name: str
+    default: bool = False
+    state: str = "UP"
+    max_time_min: int | None = None  # None: UNLIMITED
+    max_nodes: int | None = None
+    max_cpus_per_node: int | None = None
+    max_mem_per_node_mb: int | None = None
+    total_nodes: int = 0
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    name: str
+    cpus: int
+    mem_mb: int  # RealMemory: what a job may ask for on it
+    gpus: int
+    partitions: tuple[str, ...]
+    features: tuple[str, ...] = ()
+    state: str = ""
+
+
+def _fields(line: str) -> dict[str, str]:
+    """One ``scontrol show ... -o`` line as {Key: value}. Values hold no spaces, except OS=
+    (``OS=Linux 6.1 #1 SMP ...``): a word without '=' belongs to the value before it."""
+    out: dict[str, str] = {}
+    key = None
+    for word in line.split():
+        k, sep, v = word.partition("=")
+        if sep and k and re.fullmatch(r"[A-Za-z_:.]+", k):
+            key = k
+            out[key] = v
+        elif key is not None:
+            out[key] += " " + word
+    return out
+
+
+def parse_time_min(text: str) -> int | None:
+    """A Slurm time (``MaxTime``, sinfo's ``%l``) in minutes, rounded up: ``UNLIMITED``/``infinite``
+    -> None; ``D-HH:MM:SS``, ``D-HH``, ``HH:MM:SS``, ``MM:SS``, ``MM``."""
+    t = text.strip()
+    if t.upper() in ("UNLIMITED", "INFINITE", "NONE", ""):
+        return None
+    days, _, rest = t.rpartition("-")
+    parts = [int(x) for x in rest.split(":")]
+    if days:
+        h, m, s = (parts + [0, 0, 0])[:3]
+    else:
+        h, m, s = ([0] * (3 - len(parts)) + parts) if len(parts) > 1 else (0, parts[0], 0)
+    return int(days or 0) * 1440 + h * 60 + m + (1 if s else 0)
+
+
+def parse_gres_gpus(gres: str) -> int:
+    """GPUs in a node's ``Gres=`` (``gpu:2``, ``gpu:a100:4(S:0-1)``, ``gpu:a100:2,gpu:v100:1``,
+    ``(null)``): the sum of its gpu entries."""
+    n = 0
+    for item in re.split(r",(?![^(]*\))", gres):
+        item = item.split("(")[0].strip()
+        parts = item.split(":")
+        if parts[0] == "gpu":
+            try:
+                n += int(parts[-1]) if len(parts) > 1 else 1
+            except ValueError:  # gpu:a100 without a count: one
+                n += 1
+    return n
+
+
+def _limit(value: str | None) -> int | None:
+    if value is None or value.upper() in ("UNLIMITED", "N/A", "NONE", "INFINITE"):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+def parse_partitions(text: str) -> dict[str, PartitionInfo]:
+    """``scontrol show partition -o`` -> {name: PartitionInfo}."""
+    out = {}
+    for line in text.splitlines():
+        f = _fields(line)
+        if "PartitionName" not in f:
+            continue
+        name = f["PartitionName"]
+        out[name] = PartitionInfo(name, f.get("Default") == "YES", f.get("State", "UP"),
+                                  parse_time_min(f.get("MaxTime", "UNLIMITED")), _limit(f.get("MaxNodes")),
+                                  _limit(f.get("MaxCPUsPerNode")), _limit(f.get("MaxMemPerNode")),
+                                  _limit(f.get("TotalNodes")) or 0)
+    return out
+
+
+def parse_nodes(text: str) -> dict[str, NodeInfo]:
+    """``scontrol show node -o`` -> {name: NodeInfo}. CPUs are CPUEfctv where Slurm gives it (the
+    CPUs jobs may use: CPUTot less the specialized ones), else CPUTot."""
+    out = {}
+    for line in text.splitlines():
+        f = _fields(line)
+        if "NodeName" not in f:
+            continue
+        feats = f.get("AvailableFeatures", "(null)")
+        out[f["NodeName"]] = NodeInfo(
+            f["NodeName"], _limit(f.get("CPUEfctv")) or _limit(f.get("CPUTot")) or 0, _limit(f.get("RealMemory")) or 0,
+            parse_gres_gpus(f.get("Gres", "(null)")), tuple(p for p in f.get("Partitions", "").split(",") if p),
+            tuple(x for x in feats.split(",") if x and feats != "(null)"), f.get("State", ""))
+    return out
+
+
+def check_request(cfg: SlurmConfig, partitions: dict[str, PartitionInfo], nodes: dict[str, NodeInfo],
+                  where: str = "slurm") -> str | None:
+    """Why the job ``cfg`` asks for could never start in its partition (one line, naming the
+    resource and the limit), or None when some node of it offers everything at once: CPUs
+    (cpus_per_task x tasks_per_node), memory, GPUs, the time limit and the node count."""
+    if not partitions:
+        return None
+    name = cfg.partition or next((p.name for p in partitions.values() if p.default), None)
+    if name is None:
+        return f"{where}: no partition given and the cluster has no default one; set partition to one of: " \
+               f"{', '.join(sorted(partitions))}"
+    part = partitions.get(name)
+    if part is None:
+        return f"{where}: partition={name} does not exist; partitions: {', '.join(sorted(partitions))}"
+    members = [n for n in nodes.values() if name in n.partitions]
+    if cfg.constraint and re.fullmatch(r"[\w.-]+", cfg.constraint):  # a plain feature (not an expression)
+        with_feature = [n for n in members if cfg.constraint in n.features]
+        if not with_feature:
+            return f"{where}: constraint={cfg.constraint} but no node of partition {name} has that feature"
+        members = with_feature
+    if not members:
+        return f"{where}: partition {name} has no nodes"
+    cpus = cfg.cpus_per_task * cfg.tasks_per_node
+    mem = int(cfg.mem_gb * 1024)  # MB, as sbatch_parameters asks
+    ask_cpus = f"cpus_per_task={cfg.cpus_per_task}" + (f" x tasks_per_node={cfg.tasks_per_node} = {cpus} CPUs"
+                                                        if cfg.tasks_per_node > 1 else "")
+    for ok, why in (  # GPUs first: asking for more GPUs also asks for more tasks, hence CPUs
+        (cfg.gpus_per_node <= max(n.gpus for n in members),
+         f"gpus_per_node={cfg.gpus_per_node} but partition {name}'s largest node has {max(n.gpus for n in members)} "
+         f"GPUs"),
+        (cpus <= max(n.cpus for n in members), f"{ask_cpus} but partition {name}'s largest node has "
+                                                f"{max(n.cpus for n in members)} CPUs"),
+        (part.max_cpus_per_node is None or cpus <= part.max_cpus_per_node,
+         f"{ask_cpus} but partition {name} allows {part.max_cpus_per_node} CPUs per node (MaxCPUsPerNode)"),
+        (mem <= max(n.mem_mb for n in members), f"mem_gb={cfg.mem_gb:g} ({mem} MB) but partition {name}'s largest "
+                                                f"node has {max(n.mem_mb for n in members)} MB"),
+        (part.max_mem_per_node_mb is None or mem <= part.max_mem_per_node_mb,
+         f"mem_gb={cfg.mem_gb:g} ({mem} MB) but partition {name} allows {part.max_mem_per_node_mb} MB per node "
+         f"(MaxMemPerNode)"),
+        (part.max_time_min is None or cfg.time_min <= part.max_time_min,
+         f"time_min={cfg.time_min} but partition {name}'s time limit is {part.max_time_min} min (MaxTime)"),
+        (part.max_nodes is None or cfg.nodes <= part.max_nodes,
+         f"nodes={cfg.nodes} but partition {name} allows {part.max_nodes} per job (MaxNodes)"),
+    ):
+        if not ok:
+            return f"{where}: {why}"
+    fit = [n for n in members if n.cpus >= cpus and n.mem_mb >= mem and n.gpus >= cfg.gpus_per_node]
+    if len(fit) < cfg.nodes:
+        return (f"{where}: nodes={cfg.nodes} of {cpus} CPUs, {mem} MB and {cfg.gpus_per_node} GPUs each, but partition "
+                f"{name} has {len(fit)} node(s) with all of that at once")
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # Calls
 
@@ -134,6 +304,15 @@ def job_states(job_ids: list[str]) -> dict[str, JobInfo]:
     acct = parse_sacct(r.stdout) if r is not None and r.returncode == 0 else {}
     live = parse_squeue(q.stdout) if q is not None and q.returncode == 0 else {}
     return merge_states(acct, live)
+
+
+def cluster_info() -> tuple[dict[str, PartitionInfo], dict[str, NodeInfo]] | None:
+    """The partitions and nodes (two scontrol calls), or None where Slurm does not answer."""
+    rp = _run(["scontrol", "show", "partition", "-o"], timeout=15)
+    rn = _run(["scontrol", "show", "node", "-o"], timeout=15)
+    if rp is None or rn is None or rp.returncode or rn.returncode:
+        return None
+    return parse_partitions(rp.stdout), parse_nodes(rn.stdout)
 
 
 def scancel(job_ids: list[str]) -> None:
@@ -213,6 +392,24 @@ class SlurmScheduler(Scheduler):
 
     def cancel(self, job_ids: Sequence[str]) -> None:
         scancel(list(job_ids))  # scancel of an ended job does nothing: they are not asked about first
+
+    def check(self, requests: dict) -> str:
+        """Each of ``requests`` ({where: SlurmConfig}) against its partition's nodes (one scontrol
+        question for all); raises ConfigError naming the first that could never start."""
+        from gruv_hpc.errors import ConfigError
+        if os.environ.get(SKIP_CHECK_ENV):  # nodes this cluster starts on demand, unknown to scontrol yet
+            return f"resource check skipped: {SKIP_CHECK_ENV} is set"
+        info = cluster_info()
+        if info is None:
+            return "resource check skipped: Slurm does not answer here (scontrol)"
+        parts, nodes = info
+        for where, cfg in requests.items():
+            why = check_request(cfg, parts, nodes, where)
+            if why:
+                raise ConfigError(why)
+        names = sorted({cfg.partition or next((p.name for p in parts.values() if p.default), "?")
+                        for cfg in requests.values()})
+        return f"resources checked against partition(s) {', '.join(names)}: {len(requests)} request(s) fit"
 
     def max_array_size(self) -> int:
         return max(1, max_array_size())

@@ -11,6 +11,9 @@ A sweep file (TOML)::
     hidden = [256, 512]
     [slurm]                         # SlurmConfig
     partition = "gpu"
+    [[slurm.when]]                  # resources of some grid points: grid keys select, slurm keys set
+    hidden = 512
+    mem_gb = 16.0
 
 On the command line: ``KEY=v`` sets a train key for every run (over a grid axis of that key, it
 pins the axis to one value, and the sweep says so: ``Sweep.notes``), ``grid.KEY=v1,v2`` replaces
@@ -18,6 +21,7 @@ pins the axis to one value, and the sweep says so: ``Sweep.notes``), ``grid.KEY=
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -39,6 +43,7 @@ class Run:
     name: str
     grid: dict  # the run's value of each grid axis, as it trains (after command-line overrides)
     config: dict  # resolved TrainConfig as a dict
+    slurm: SlurmConfig | None = None  # its resources where a [[slurm.when]] rule chose them; None: the sweep's
 
     @property
     def cfg(self) -> TrainConfig:
@@ -60,6 +65,20 @@ class Sweep:
     notes: list[str] = field(default_factory=list)
     overrides: dict = field(default_factory=dict)  # train keys set on the command line, for every run
     dataset_id: str | None = None  # the manifest's dataset id, once validate() has read it
+
+    def resources(self, run: Run) -> SlurmConfig:
+        """The resources of ``run``'s job: the [slurm] table, with the [[slurm.when]] rules that
+        select it applied, then the command line's slurm.KEY=value."""
+        return run.slurm or self.slurm
+
+    def requests(self) -> dict[str, SlurmConfig]:
+        """Each distinct job request of the sweep, named for errors: {"FILE [slurm]": the table's,
+        "FILE [[slurm.when]] (run NAME)": the first run a rule gives other resources, ...}."""
+        out = {f"{self.path} [slurm]": self.slurm}
+        for run in self.runs:
+            if run.slurm is not None and run.slurm not in out.values():
+                out[f"{self.path} [[slurm.when]] (run {run.name})"] = run.slurm
+        return out
 
 
 def name_part(key: str, value) -> str:
@@ -87,12 +106,14 @@ def sweep_from_table(raw: dict, path: Path, text: str, overrides: list[str] = ()
     if unknown:
         raise ConfigError(f"{where}: unknown top-level key(s) {', '.join(sorted(unknown))}; valid: {', '.join(TOP_KEYS)}")
     data, train, grid, slurm = raw.get("data", ""), table(raw, "train", where), table(raw, "grid", where), table(raw, "slurm", where)
+    when = slurm.pop("when", [])
     check_keys(TrainConfig, train, f"{where} [train]")
     check_keys(TrainConfig, grid, f"{where} [grid]")
     check_keys(SlurmConfig, slurm, f"{where} [slurm]")
     for k, v in grid.items():
         if not isinstance(v, list) or not v:
             raise ConfigError(f"{where} [grid] {k}: expected a non-empty list of values")
+    when = when_rules(when, grid, f"{where} [[slurm.when]]")  # checked against the file's own grid
     cli_train, cli_slurm, cli_grid = {}, {}, {}
     for k, v in parse_overrides(list(overrides)).items():
         if k == "data":
@@ -133,7 +154,16 @@ def sweep_from_table(raw: dict, path: Path, text: str, overrides: list[str] = ()
         if name in seen:
             raise ConfigError(f"{where}: grid points {seen[name]} and {point} both get the run name {name!r}")
         seen[name] = point
-        runs.append(Run(name, {k: cfg.__dict__[k] for k in keys}, to_dict(cfg)))
+        trains = {k: cfg.__dict__[k] for k in keys}  # the point as it trains, after command-line overrides
+        # [[slurm.when]] rules select by what a run trains, so a pinned or replaced axis gets its resources
+        chosen = {k: v for sel, res in when if _selects(sel, trains) for k, v in res.items()}
+        rcfg = None
+        if chosen:
+            try:
+                rcfg = build(SlurmConfig, {**slurm, **chosen}, cli_slurm, source=f"{where} [[slurm.when]] (run {name})")
+            except ConfigError as e:  # a value of the rule's, or the resources it makes up together
+                raise ConfigError(f"{where} [[slurm.when]] (run {name}): {e}") from None
+        runs.append(Run(name, trains, to_dict(cfg), rcfg))
     return Sweep(path, text, data, scfg, runs, notes=notes, overrides={k: runs[0].config[k] for k in cli_train} if runs else {})
 
 
@@ -164,6 +194,40 @@ def _toml(values: list) -> str:
     return json.dumps(values)
 
 
+def when_rules(rules, grid: dict, where: str) -> list[tuple[dict, dict]]:
+    """The ``[[slurm.when]]`` tables as (selector, resources) pairs. In each table the grid's keys
+    select points (a value, or a list of values: any of them) and SlurmConfig's keys give their
+    resources; rules apply in file order, a later one over an earlier one, and the command line's
+    slurm.KEY=value over both. A selector value not in the grid is a typo, not a rule to skip."""
+    if isinstance(rules, dict):
+        rules = [rules]
+    if not isinstance(rules, list) or not all(isinstance(r, dict) for r in rules):
+        raise ConfigError(f"{where}: expected tables ([[slurm.when]] ... ), got {rules!r}")
+    slurm_keys = [f.name for f in dataclasses.fields(SlurmConfig)]
+    out = []
+    for i, rule in enumerate(rules, 1):
+        here = f"{where} #{i}"
+        unknown = [k for k in rule if k not in grid and k not in slurm_keys]
+        if unknown:
+            raise ConfigError(f"{here}: unknown key(s) {', '.join(map(repr, unknown))}; valid: grid keys "
+                              f"({', '.join(grid) or 'none'}) to select points, slurm keys ({', '.join(slurm_keys)})")
+        sel = {k: v for k, v in rule.items() if k in grid}
+        res = {k: v for k, v in rule.items() if k in slurm_keys}
+        if not sel or not res:
+            raise ConfigError(f"{here}: needs a grid key to select points ({', '.join(grid) or 'the grid is empty'}) "
+                              f"and a slurm key to set ({rule!r})")
+        for k, v in sel.items():
+            if v not in grid[k] and not (isinstance(v, list) and v and all(x in grid[k] for x in v)):
+                raise ConfigError(f"{here}: {k} = {v!r} is not a value of [grid] {k} ({grid[k]!r})")
+        check_keys(SlurmConfig, res, here)
+        out.append((sel, res))
+    return out
+
+
+def _selects(sel: dict, point: dict) -> bool:
+    return all(point[k] == v or (isinstance(v, list) and point[k] in v) for k, v in sel.items())
+
+
 def validate(sweep: Sweep, sweep_dir: Path, executor: str, create: bool = True) -> None:
     """Everything that can be checked on the login node, before anything is queued: each run's
     config against the dataset (config.resolve, as the job will; the dataset's id goes to
@@ -179,8 +243,9 @@ def validate(sweep: Sweep, sweep_dir: Path, executor: str, create: bool = True) 
     # A planned dataset has no id yet (each job checks the built one when it starts).
     sweep.dataset_id = None if sweep.planned else dataset_id(manifest)
     allocates = scheduler(executor).allocates
-    world, gpus = (sweep.slurm.world_size, sweep.slurm.gpus_per_node) if allocates else (1, None)
     for run in sweep.runs:
+        res = sweep.resources(run)
+        world, gpus = (res.world_size, res.gpus_per_node) if allocates else (1, None)
         try:
             run.config = to_dict(resolve(run.cfg, manifest, world_size=world, gpus=gpus))
         except GruvError as e:  # a DatasetError or a ConfigError, named after the run

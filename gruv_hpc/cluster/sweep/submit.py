@@ -18,6 +18,7 @@ from gruv_hpc.config import diff
 from gruv_hpc.errors import ConfigError, DatasetError, GruvError
 from gruv_hpc.fsio import atomic_write_text
 from gruv_hpc.paths import SweepPaths, number, read_jsonl
+from gruv_hpc.cluster.canary import CanaryJob, after_canary, canary_config, canary_device, submit_canary
 from gruv_hpc.cluster.executors import scheduler
 from gruv_hpc.cluster.scheduler import ACTIVE, Dependency, Scheduler
 from gruv_hpc.cluster.sweep.spec import Run, Sweep, load_sweep, validate
@@ -114,23 +115,42 @@ def first_start_only(run: Run, state: SweepState) -> Run:
 
 
 def job_arrays(todo: list[Run], sched: Scheduler) -> list[list[Run]]:
-    """The runs of each job array: one array per MaxArraySize runs (task ids 0 .. MaxArraySize - 1)."""
+    """The runs of each job array: one array per resources (a job array has one set: runs that
+    [[slurm.when]] gives other resources go to another), and per MaxArraySize runs (task ids
+    0 .. MaxArraySize - 1)."""
     limit = max(1, sched.max_array_size())
-    return [todo[i:i + limit] for i in range(0, len(todo), limit)]
+    groups: list[list[Run]] = []
+    for run in todo:
+        same = next((g for g in groups if g[0].slurm == run.slurm), None)
+        if same is None:
+            groups.append([run])
+        else:
+            same.append(run)
+    return [g[i:i + limit] for g in groups for i in range(0, len(g), limit)]
 
 
 def submit(sweep_file, sweep_dir, executor: str = "auto", dry_run: bool = False, overrides=(), max_parallel: int = 2,
-           progress: bool = True, out=print, after: Dependency | None = None) -> dict:
+           progress: bool = True, out=print, after: Dependency | None = None, canary: bool = False,
+           check: bool = True) -> dict:
     """Validate, then submit what needs submitting. Returns {"submitted": [...], "skipped": {...}}.
-    ``sweep_file`` may be a loaded Sweep; ``after`` holds its jobs back (a queueing scheduler's)."""
+    ``sweep_file`` may be a loaded Sweep; ``after`` holds its jobs back (a queueing scheduler's).
+    ``canary``: a short job that proves the environment first (``cluster.canary``), the runs
+    behind it. ``check``: the resources against the cluster (False: the caller checked them)."""
     if not isinstance(max_parallel, int) or max_parallel < 1:
         raise ConfigError(f"--max-parallel: must be >= 1, got {max_parallel}")
     sweep = sweep_file if isinstance(sweep_file, Sweep) else load_sweep(sweep_file, overrides)
     paths = SweepPaths(Path(sweep_dir).resolve())
     sched = scheduler(executor)
     kind = sched.kind
+    checked = sched.check(sweep.requests()) if check else None  # before anything is queued, dry run or not
+    if checked:
+        out(checked)
     if dry_run:
-        return _dry_run(sweep, paths, sched, max_parallel, out, after)
+        res = _dry_run(sweep, paths, sched, max_parallel, out, after)
+        if canary and res["todo"] and not sched.foreground:
+            out("# the canary, which the arrays wait for (afterok):")
+            out(sched.script(canary_config(sweep.slurm), paths.logs, f"{sweep.path.stem}-canary", 1))
+        return res
     validate(sweep, paths.root, kind)
     for note in sweep.notes:
         out(f"warning: {note}")
@@ -139,6 +159,9 @@ def submit(sweep_file, sweep_dir, executor: str = "auto", dry_run: bool = False,
         todo, skipped = plan(sweep, state)
         for name, why in skipped.items():
             out(f"skip {name}: {why}")
+        # The canary first: a local one runs now (and raises when it fails), before anything is recorded.
+        canary_id = _canary(sweep, sched, paths, todo, after, out) if canary and todo else None
+        after = after_canary(after, canary_id)
         atomic_write_text(paths.spec, sweep.text)
         for run in sweep.runs:
             rec = state.runs.setdefault(run.name, RunRecord(run.config, run.grid))
@@ -147,6 +170,8 @@ def submit(sweep_file, sweep_dir, executor: str = "auto", dry_run: bool = False,
         sub = {"time": time.time(), "executor": kind, "runs": [r.name for r in todo], "job_ids": [],
                "host": socket.gethostname(), "pid": os.getpid(),
                "overrides": list(overrides), "file": str(sweep.path), "file_sha256": hashlib.sha256(sweep.text.encode()).hexdigest()}
+        if canary_id:
+            sub["canary"] = canary_id
         state.submissions.append(sub)
         state.slurm = dataclasses.asdict(sweep.slurm)
         state.save()
@@ -159,10 +184,14 @@ def submit(sweep_file, sweep_dir, executor: str = "auto", dry_run: bool = False,
         failed: list[str] = []
         if not sched.foreground:
             try:
-                jobs = _submit_queued(sched, job_arrays(todo, sched), sweep, paths, after)
+                arrays = job_arrays(todo, sched)
+                todo = [run for runs in arrays for run in runs]  # the order of the jobs: array by array
+                jobs = _submit_queued(sched, arrays, sweep, paths, after)
             except BaseException:
                 state.submissions.remove(sub)  # refused (sbatch said no): not a submission
                 state.save()
+                if canary_id:
+                    sched.cancel([canary_id])  # nothing waits for it
                 raise
             for run, job in zip(todo, jobs):
                 state.runs[run.name].jobs.append(JobRecord(job.job_id, kind, time.time()))
@@ -173,6 +202,16 @@ def submit(sweep_file, sweep_dir, executor: str = "auto", dry_run: bool = False,
         else:
             failed = _run_locally(todo, sweep, paths, sched, state, sub, max_parallel, progress, out)
     return {"submitted": [r.name for r in todo], "skipped": skipped, "executor": kind, "failed": failed}
+
+
+def _canary(sweep: Sweep, sched: Scheduler, paths: SweepPaths, todo: list[Run], after: Dependency | None,
+            out) -> str | None:
+    """Queue the canary with the sweep's [slurm] resources (or, locally, run it and wait)."""
+    cfg, first = sweep.slurm, todo[0].config
+    device = canary_device(first.get("device", "auto"), cfg.gpus_per_node if sched.allocates else None)
+    data = None if sweep.planned else sweep.data  # a pipeline's dataset is built after the canary
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    return submit_canary(sched, cfg, CanaryJob(data, device, first["cell"]), paths.logs, sweep.path.stem, after, out)
 
 
 def _dry_run(sweep: Sweep, paths: SweepPaths, sched: Scheduler, max_parallel: int, out,
@@ -207,7 +246,7 @@ def _dry_run(sweep: Sweep, paths: SweepPaths, sched: Scheduler, max_parallel: in
     if not sched.foreground and todo:
         arrays = job_arrays(todo, sched)
         for i, runs in enumerate(arrays):
-            scripts.append(sched.script(sweep.slurm, paths.logs, sweep.path.stem, len(runs), after))
+            scripts.append(sched.script(sweep.resources(runs[0]), paths.logs, sweep.path.stem, len(runs), after))
             out(f"# sbatch script {i + 1} of {len(arrays)}: {len(runs)} run(s), {runs[0].name} .. {runs[-1].name}")
             out(scripts[-1])
     elif todo:
@@ -230,8 +269,8 @@ def _submit_queued(sched: Scheduler, arrays: list[list[Run]], sweep: Sweep, path
     from gruv_hpc.training.job import TrainJob
     jobs = []
     for runs in arrays:  # one sbatch call per array
-        jobs += sched.submit([TrainJob(str(paths.run(run.name).root), run.config) for run in runs], sweep.slurm,
-                             paths.logs, sweep.path.stem, after)
+        jobs += sched.submit([TrainJob(str(paths.run(run.name).root), run.config) for run in runs],
+                             sweep.resources(runs[0]), paths.logs, sweep.path.stem, after)
     return jobs
 
 
@@ -259,8 +298,8 @@ def _run_locally(todo, sweep, paths, sched: Scheduler, state, sub, max_parallel,
                     bar.update(1)
                     continue
                 rp.cancelled.unlink(missing_ok=True)
-                [job] = sched.submit([TrainJob(str(rp.root), run.config, threads=threads)], sweep.slurm, paths.logs,
-                                     sweep.path.stem)
+                [job] = sched.submit([TrainJob(str(rp.root), run.config, threads=threads)], sweep.resources(run),
+                                     paths.logs, sweep.path.stem)
                 state.runs[run.name].jobs.append(JobRecord(str(job.job_id), sched.kind, time.time(), sched.pid(job)))
                 sub["job_ids"].append(str(job.job_id))
                 state.save()
