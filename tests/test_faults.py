@@ -180,7 +180,7 @@ def test_bad_train_values(data, tmp_path, kv):
 def test_metrics_jsonl_is_strict_json(data, tmp_path, monkeypatch):
     """An empty dev split gives a NaN dev loss: it is written as null, never as NaN."""
     import gruv_hpc.training.trainer as train
-    monkeypatch.setattr(train.Trainer, "evaluate", lambda self: float("nan"))
+    monkeypatch.setattr(train.Trainer, "evaluate", lambda self: (float("nan"), {}))  # (dev loss, per artist)
     main(tiny_config(data, epochs=1), tmp_path / "r")
     line = (tmp_path / "r" / "metrics.jsonl").read_text()
     assert "NaN" not in line and json.loads(line, parse_constant=lambda c: pytest.fail(c))["dev_loss"] is None
