@@ -39,6 +39,8 @@ os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 import torch  # noqa: E402
 
+torch.set_flush_denormal(True)  # as training's entry points do (training.distributed.flush_denormals), for both loops
+
 from gruv_hpc.training import cells
 from gruv_hpc.training.cells.gru import GRU
 from gruv_hpc.training.cells.lstm import PeepholeLSTM

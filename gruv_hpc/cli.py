@@ -92,6 +92,7 @@ def _train(a) -> int:
     from gruv_hpc.training.trainer import main as train_main
     distributed.export_env()  # side effect, stated: under plain srun, torchrun's variables from Slurm's
     distributed.prefer_huge_pages()  # side effect, stated: before torch's first large allocation
+    distributed.flush_denormals()  # side effect, stated: before torch's intra-op threads start
     # TERM, INT, HUP and the preemption signal stop at the next step boundary with a checkpoint.
     res = train_main(cfg, a.run_dir, stop=StopFlag().install())
     if int(os.environ.get("RANK", "0")) == 0:  # one summary line, not one per rank
@@ -106,6 +107,8 @@ def _train(a) -> int:
 
 def _generate(a) -> int:
     from gruv_hpc.generate import describe, generate
+    from gruv_hpc.training import distributed
+    distributed.flush_denormals()  # side effect, stated: before torch's intra-op threads start
     side = generate(a.run_dir, a.out, seed_seconds=a.seed_seconds, length_ratio=a.length_ratio, seed_from=a.seed_from,
                     seed_index=a.seed_index, seed_start=a.seed_start, algorithm=a.algorithm, checkpoint=a.checkpoint,
                     with_seed=a.with_seed, float32=a.float, normalize=a.normalize, device=a.device, noise=a.noise,
@@ -186,6 +189,8 @@ def _tensorboard(a) -> int:
 
 def _analyze(a) -> int:
     from gruv_hpc.analysis.report import analyze_atomic
+    from gruv_hpc.training import distributed
+    distributed.flush_denormals()  # side effect, stated: before torch's intra-op threads start
     t = time.time()
     print(f"analyzing {a.sweep_dir}")
     analyze_atomic(a.sweep_dir, a.out, hidden=a.hidden, n_seed_clips=a.seed_clips, seed_seconds=a.seed_seconds,

@@ -531,6 +531,8 @@ def run_analysis(paths: PipelinePaths, cfg: AnalysisConfig, log=print) -> dict:
     an analysis killed half-way leaves the previous report as it was."""
     from gruv_hpc.analysis.report import analyze
     from gruv_hpc.fsio import fsync_dir
+    from gruv_hpc.training import distributed
+    distributed.flush_denormals()  # side effect, stated: the stage's entry point (here or as AnalyzeJob)
     report, staging, aside = paths.report, paths.report_staging, paths.report_aside
     if aside.is_dir():  # a crash between the two renames below
         if report.exists():

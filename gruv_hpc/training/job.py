@@ -41,6 +41,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         env = submitit.JobEnvironment()
         distributed.export_env()  # side effect, stated: torchrun's variables from Slurm's, for every task
         distributed.prefer_huge_pages()  # side effect, stated: before torch's first large allocation
+        distributed.flush_denormals()  # side effect, stated: before torch's intra-op threads start
         threads = self.threads or jobenv.cpus_per_task()
         if threads:
             torch.set_num_threads(threads)
