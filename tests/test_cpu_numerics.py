@@ -1,8 +1,8 @@
 """Subnormal floats are flushed to zero in every process that trains, generates or analyses.
 
 A trained recurrent model's saturated gates and their gradients fall below float32's smallest
-normal number, and the CPU computes with such operands on a slow path (the demo's LSTM epochs
-grew 5x as it trained). The flag is per thread: torch's intra-op threads copy it only when they
+normal number, and the CPU computes with such operands on a slow path (the demo's LSTM H=128 epochs
+ran up to 5x slower). The flag is per thread: torch's intra-op threads copy it only when they
 start, so the entry points set it before torch's first parallel operation."""
 import subprocess
 import sys

@@ -49,7 +49,7 @@ def flush_denormals() -> bool:
     """Flush subnormal floats (below 1.2e-38) to zero on the CPU, as GPUs do for bf16/TF32 math.
     A trained recurrent model's saturated gates and their gradients fall into that range, and the
     CPU takes a slow microcode path for every such operand: the demo's LSTM H=128 epochs grew from
-    0.7 s to 2.6 s as it trained, and stayed at 0.5 s with flushing, to the same dev loss in every
+    1.4 s to 2.6 s as it trained, and ran at 0.5 s with flushing, to the same dev loss in every
     printed digit. The flag is per thread and torch's intra-op threads copy it when they start, so
     entry points call this before torch's first parallel operation. Returns False where the CPU
     has no such mode."""
