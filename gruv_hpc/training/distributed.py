@@ -46,7 +46,7 @@ def prefer_huge_pages(env=os.environ) -> None:
 
 
 def flush_denormals() -> bool:
-    """Flush subnormal floats (below 1.2e-38) to zero on the CPU, as GPUs do for bf16/TF32 math.
+    """Flush subnormal floats (below 1.2e-38) to zero on the CPU.
     A trained recurrent model's saturated gates and their gradients fall into that range, and the
     CPU takes a slow microcode path for every such operand: the demo's LSTM H=128 epochs grew from
     1.4 s to 2.6 s as it trained, and ran at 0.5 s with flushing, to the same dev loss in every
