@@ -70,6 +70,10 @@ MODES = {
 MIN_STEP_S = 15  # a step is not started with less time than this left in the budget
 GOAL_GRU_VS_LSTM = 0.8          # the paper's GRU at this fraction of the LSTM's frames/s, or better
 GOAL_LSTM_FRAMES_PER_S = 60000  # the LSTM at the paper's shape (bench_train_paper)
+# Frames one cell's half of the paper's grid trains (2 artists x 4 hidden sizes x 2000 epochs),
+# from issue 23's own estimate: 8 GPU-hours of LSTM at 27 110 frames/s. Timed at H = 2048 for every
+# run, so the hours it gives are an upper bound.
+GRID_FRAMES_PER_CELL = 8 * 3600 * 27110
 # A dry run of the CUDA mode's shapes on a machine without a GPU: GPU_CHECK_DEVICE=cpu (slow, partial).
 if os.environ.get("GPU_CHECK_DEVICE"):
     MODES["cuda"]["device"] = os.environ["GPU_CHECK_DEVICE"]
@@ -318,6 +322,15 @@ def goals(figures: dict) -> dict:
              "floor_ms_lstm": f.get(f"floor_ms_{lstm}"), "layer_gru_graph": f.get("layer_gru_graph"),
              "layer_lstm_graph": f.get("layer_lstm_graph")}
         g["gru_vs_lstm_met"] = None if g["gru_vs_lstm"] is None else g["gru_vs_lstm"] >= GOAL_GRU_VS_LSTM
+        # the step replayed from one CUDA graph (training's default on CUDA) against the step op by op
+        for c in (lstm, gru):
+            se = f.get(f"bare_{c}_step_eager")
+            g[f"{c}_step_eager_frames_per_s"] = se
+            g[f"{c}_step_graph_speedup"] = f.get(f"bare_{c}") / se if se and f.get(f"bare_{c}") else None
+        if name == "bench_train_paper":
+            hours = (lambda *fr: sum(GRID_FRAMES_PER_CELL / x / 3600 for x in fr) if all(fr) else None)
+            g["grid_gpu_hours"] = hours(fl, fg)
+            g["grid_gpu_hours_step_eager"] = hours(g[f"{lstm}_step_eager_frames_per_s"], g[f"{gru}_step_eager_frames_per_s"])
         if name == "bench_train_paper":
             g["lstm_frames_per_s_met"] = None if fl is None else fl >= GOAL_LSTM_FRAMES_PER_S
         out[name] = g
@@ -469,7 +482,11 @@ def orchestrate(a) -> int:
               f"({f(v['ms_per_step_gru'], '.2f')} ms/step) -> GRU/LSTM x{f(v['gru_vs_lstm'], '.2f')} "
               f"(goal >= {GOAL_GRU_VS_LSTM}: {v['gru_vs_lstm_met']})"
               + (f"; LSTM goal >= {GOAL_LSTM_FRAMES_PER_S}: {v['lstm_frames_per_s_met']}"
-                 if "lstm_frames_per_s_met" in v else ""), flush=True)
+                 if "lstm_frames_per_s_met" in v else "")
+              + f"; step graph vs op by op: LSTM x{f(v['lstm_step_graph_speedup'], '.2f')}, "
+                f"GRU x{f(v['gru_step_graph_speedup'], '.2f')}"
+              + (f"; the paper's grid: {f(v['grid_gpu_hours'], '.1f')} GPU-hours "
+                 f"(op by op: {f(v['grid_gpu_hours_step_eager'], '.1f')})" if "grid_gpu_hours" in v else ""), flush=True)
     write()
     print("\nstep                 result   seconds")
     for name, r in report["steps"].items():

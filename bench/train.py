@@ -5,9 +5,11 @@
 1. gruv's training loop (train.main: the data path, logging, checkpointing) against a bare
    PyTorch loop of the same model on in-memory tensors, at D = 22050 (the paper's features).
 2. The whole model, bare loop, for every registered cell (gruv_hpc.training.cells: the paper's
-   peephole LSTM and GRU with their recurrences as chosen on this device, torch.nn.LSTM), and the
-   LSTM with its eager recurrence: frames/s, ms per training step, achieved TFLOP/s and MFU, and
-   achieved GB/s against the memory-traffic floor of a step (below).
+   peephole LSTM and GRU with their recurrences as chosen on this device, torch.nn.LSTM), with
+   training's own step (training/step.py: on CUDA the whole step replayed from one CUDA graph);
+   the LSTM with its eager recurrence; the paper's two cells with the step taken op by op
+   ("_step_eager", as before issue 23's step graph): frames/s, ms per training step, achieved
+   TFLOP/s and MFU, and achieved GB/s against the memory-traffic floor of a step (below).
 3. The affine GEMMs alone (D->H and H->D, forward + backward, at B*T rows): TFLOP/s and MFU.
 4. The recurrent layer alone (H, B, T = 40, forward + backward): the peephole LSTM's CUDA-graph
    path (on CUDA), its eager Function, plain autograd, torch.nn.LSTM, and the GRU's CUDA-graph
@@ -46,6 +48,7 @@ from gruv_hpc.training.cells.gru import GRU
 from gruv_hpc.training.cells.lstm import PeepholeLSTM
 from gruv_hpc.training.config import TrainConfig
 from gruv_hpc.training.model import GRUVModel
+from gruv_hpc.training.step import TrainStep, step_graph_mode
 from gruv_hpc.training.trainer import make_optimizer
 
 
@@ -101,23 +104,22 @@ def _sync():
         torch.cuda.synchronize()
 
 
-def bare_loop(cell: str, dim: int, hidden: int, batch: int, T: int, steps: int, warmup: int = 3,
-              recurrence: str = "auto") -> float:
+def bare_loop(cell: str, dim: int, hidden: int, batch: int, T: int, steps: int, warmup: int = 4,
+              recurrence: str = "auto", step_graph: str = "auto") -> float:
+    """The whole model trained on in-memory tensors with training's own step (training/step.py):
+    on CUDA, by default, replayed from one CUDA graph (its capture is in the warm-up)."""
     torch.manual_seed(0)
     model = GRUVModel(dim, hidden, cell, recurrence=recurrence).to(DEVICE)
-    opt = make_optimizer(TrainConfig(), model.parameters())  # the training default: RMSprop as in the paper's code
-    x, y = torch.randn(batch, T, dim, device=DEVICE), torch.randn(batch, T, dim, device=DEVICE)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=DEVICE.type == "cuda")
+    cfg = TrainConfig()  # the training default: RMSprop as in the paper's code
+    mode = step_graph_mode(step_graph, DEVICE, 1, cfg.optimizer, cfg.lr_schedule)
+    opt = make_optimizer(cfg, model.parameters(), capturable=mode == "graph" and DEVICE.type == "cuda")
+    step = TrainStep(model, opt, mode=mode, device=DEVICE, amp=True, full_batch=batch)
+    win = torch.randn(batch, T + 1, dim, device=DEVICE)
     for i in range(warmup + steps):
         if i == warmup:
             _sync()
             t0 = time.perf_counter()
-        with amp:
-            pred, _ = model(x)
-        loss = torch.nn.functional.mse_loss(pred.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        step(win, win[:, 1:], True)
     _sync()
     return steps * batch * T / (time.perf_counter() - t0)
 
@@ -245,7 +247,10 @@ def main(argv=None) -> dict:
     if a.loop_only:
         return res
     # 2. Every registered cell's whole model, and the default cell with its eager recurrence.
-    models = [(key_of(c), c, {}) for c in cells.names()] + [(f"{d}_eager", cells.DEFAULT, {"recurrence": "eager"})]
+    # On CUDA each whole step is replayed from one CUDA graph (step_graph=auto); "_step_eager" is
+    # the paper's cells with the step taken op by op (the recurrences still graphed): before issue 23's step graph.
+    models = [(key_of(c), c, {}) for c in cells.names()] + [(f"{d}_eager", cells.DEFAULT, {"recurrence": "eager"})] \
+        + [(f"{key_of(c)}_step_eager", c, {"step_graph": "eager"}) for c in (cells.PAPER_LSTM, cells.PAPER_GRU)]
     for k, cell, kw in models:
         if k != d:
             measure(f"bare_{k}", bare_loop, cell, dim, H, B, T, a.steps, **kw)
@@ -258,7 +263,8 @@ def main(argv=None) -> dict:
         res[f"gbps_{k}"] = res[f"floor_gb_{k}"] / (res[f"ms_per_step_{k}"] / 1e3) if fr else None
         res[f"floor_ms_{k}"] = 1e3 * res[f"floor_gb_{k}"] / gbps if gbps else None
     mfu = (lambda k: f" (MFU {res[k]:.1%})" if res[k] is not None else "")
-    print("2. whole model, frames/s: " + ", ".join(f"{cells.label(c)}{' eager recurrence' if kw else ''} "
+    what = (lambda kw: " eager recurrence" if kw.get("recurrence") else " step op by op" if kw.get("step_graph") else "")
+    print("2. whole model, frames/s: " + ", ".join(f"{cells.label(c)}{what(kw)} "
                                                    f"{fmt(res[f'bare_{k}'])}" for k, c, kw in models), flush=True)
     print("   achieved TFLOP/s: " + ", ".join(f"{k} {fmt(res[f'tflops_{k}'], '.3f')}{mfu(f'mfu_{k}')}"
                                              for k, _, _ in models), flush=True)

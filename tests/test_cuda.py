@@ -38,6 +38,20 @@ def fp32_reference():
         mm.allow_tf32, cudnn.allow_tf32 = saved
 
 
+@contextlib.contextmanager
+def no_sync(dev):
+    """torch.cuda.set_sync_debug_mode("error") inside, on CUDA: a host sync is an error. Nothing on the CPU."""
+    if dev.type != "cuda":
+        yield
+        return
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 @pytest.fixture
 def dev(monkeypatch):
     if torch.cuda.is_available():
@@ -190,22 +204,8 @@ def test_training_steps_do_not_sync_the_host(dev):
     torch.cuda.set_sync_debug_mode("error"): a host sync in the loop is an error. The first steps
     (where the graphs are captured: a capture synchronizes) run before. On the CPU the same steps
     run without the check."""
-    import contextlib
-
     from gruv_hpc.training.config import TrainConfig
     from gruv_hpc.training.trainer import make_optimizer
-
-    @contextlib.contextmanager
-    def no_sync():
-        if dev.type != "cuda":
-            yield
-            return
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            yield
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
 
     for cell in cells.names():
         torch.manual_seed(0)
@@ -227,9 +227,60 @@ def test_training_steps_do_not_sync_the_host(dev):
 
         for _ in range(3):
             step()
-        with no_sync():
+        with no_sync(dev):
             for _ in range(3):
                 norm = step()
+        assert torch.isfinite(total) and torch.isfinite(norm), cell
+
+
+def test_whole_step_graph_trains_like_eager_without_host_syncs(dev, monkeypatch):
+    """The training step replayed from one CUDA graph (training/step.py) against the same step
+    taken eagerly with the same optimizer (capturable on CUDA), under the training's autocast, a
+    scheduled lr written before each step, gradient clipping, and a partial batch after the
+    capture: the same weights and losses, bitwise on the CPU (no capture there), within 1e-5
+    (relative) on CUDA. Then more replays under set_sync_debug_mode("error"): no host sync, and
+    the lr written into the graph's tensor is the one it uses."""
+    from gruv_hpc.training import step as S
+    from gruv_hpc.training.config import TrainConfig
+    from gruv_hpc.training.trainer import make_optimizer
+    monkeypatch.setattr(S, "_failed", False)
+    cuda = dev.type == "cuda"
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(3 if full else 2, 13, 24, generator=g).to(dev) for full in (1, 1, 1, 1, 0, 1, 1)]
+    for cell in ("lstm", "gru"):
+        models, steps = [], []
+        for mode in ("eager", "graph"):
+            torch.manual_seed(0)
+            m = GRUVModel(dim=24, hidden=16, cell=cell).to(dev)
+            o = make_optimizer(TrainConfig(), m.parameters(), capturable=cuda)
+            models.append(m)
+            steps.append(S.TrainStep(m, o, mode=mode, device=dev, grad_clip=1.0, amp=True, full_batch=3))
+        losses = [[], []]
+        for i, win in enumerate(batches):
+            for ts, ls in zip(steps, losses):
+                S.set_lr(ts.optimizer, 1e-3 * (1 - 0.1 * i))
+                ls.append(ts(win, win[:, 1:], True)[0].clone())
+        if cuda:
+            assert steps[1].captures == 1 and steps[1].replays == 3, cell  # 3 warm-up steps, then captured
+        for a, b in zip(*losses):
+            assert torch.equal(a, b) if not cuda else (a - b).abs() <= 1e-5 * a.abs(), cell
+        for (n, p), q in zip(models[0].named_parameters(), models[1].parameters()):
+            if cuda:
+                assert (p - q).abs().max() <= 1e-5 * max(p.abs().max(), 1e-3), (cell, n)
+            else:
+                assert torch.equal(p, q), (cell, n)
+        params = list(models[1].parameters())
+        snaps = [[p.detach().clone() for p in params]]
+        total = torch.zeros((), dtype=torch.float64, device=dev)
+        with no_sync(dev):
+            for lr in (5e-4, 0.0):
+                S.set_lr(steps[1].optimizer, lr)
+                loss, norm = steps[1](batches[0], batches[0][:, 1:], True)
+                total += loss
+                snaps.append([p.detach().clone() for p in params])  # device copies: no sync
+        assert steps[1].replays == (5 if cuda else 0), cell
+        moved = [any(not torch.equal(a, b) for a, b in zip(x, y)) for x, y in zip(snaps, snaps[1:])]
+        assert moved == [True, False], cell  # lr 5e-4 moved the weights, lr 0 (written into the graph's tensor) not
         assert torch.isfinite(total) and torch.isfinite(norm), cell
 
 

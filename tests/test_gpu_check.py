@@ -40,6 +40,9 @@ def test_gpu_check_cpu_mode_passes(tmp_path):
     assert b["gbps_lstm"] == pytest.approx(b["floor_gb_lstm"] / (b["ms_per_step_lstm"] / 1e3), rel=2e-3)
     g = f["goals"]["bench_train_h256"]
     assert g["gru_vs_lstm"] == pytest.approx(b["bare_gru"] / b["bare_lstm"], rel=2e-3) and g["gru_vs_lstm_met"] in (True, False)
+    for c in ("lstm", "gru"):  # the step op by op, against training's own step (replayed from a graph on CUDA)
+        assert b[f"bare_{c}_step_eager"] > 0
+        assert g[f"{c}_step_graph_speedup"] == pytest.approx(b[f"bare_{c}"] / b[f"bare_{c}_step_eager"], rel=2e-3)
     for k in ("stream_w0", "stream_w1", "resident"):
         assert f["bench_data"][k]["clips_per_s"] > 0, k
     assert f["bench_data"]["need"]["clips_per_s"] == 4 / 0.005
@@ -60,3 +63,19 @@ def test_a_failing_step_is_recorded_and_the_rest_run(tmp_path):
     end = p.stdout[p.stdout.index("\nstep                 result"):]
     assert "-- bench_data failed (exit code 1); the end of" in end and "DatasetError" in end.split("GPU_CHECK_JSON")[0]
     assert "DatasetError" in r["steps"]["bench_data"]["last_line"]
+
+
+def test_goals_and_the_paper_grids_gpu_hours():
+    """The grid's GPU-hours from the paper-shape figures: issue 23's own figures give its estimate
+    back (8 GPU-hours of LSTM at 27 110 frames/s, the GRU's 5 220 about 41.5)."""
+    import sys
+    sys.path.insert(0, str(ROOT / "bench"))
+    import gpu_check
+    f = {"bare_lstm": 60000.0, "bare_gru": 48000.0, "bare_lstm_step_eager": 27110.0, "bare_gru_step_eager": 5220.0}
+    g = gpu_check.goals({"bench_train_paper": f})["bench_train_paper"]
+    assert g["grid_gpu_hours_step_eager"] == pytest.approx(8 + 8 * 27110 / 5220)
+    assert g["grid_gpu_hours"] == pytest.approx(8 * 27110 / 60000 + 8 * 27110 / 48000)
+    assert g["gru_vs_lstm"] == 0.8 and g["gru_vs_lstm_met"] and g["lstm_frames_per_s_met"]
+    assert g["gru_step_graph_speedup"] == pytest.approx(48000 / 5220)
+    g = gpu_check.goals({"bench_train_paper": {"bare_lstm": 1.0}})["bench_train_paper"]
+    assert g["grid_gpu_hours"] is None and g["gru_vs_lstm_met"] is None and not g["lstm_frames_per_s_met"]

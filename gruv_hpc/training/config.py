@@ -21,6 +21,16 @@ RESUME = ("auto", "require", "never")
 # model to divergence with SGD at lr=1e30).
 MAX_LR = 3.4028234663852886e38  # float32 max (this module imports no numpy)
 DATA_ON_DEVICE = ("auto", "true", "false")
+STEP_GRAPHS = ("auto", "graph", "eager")
+
+
+def graph_unsupported(optimizer: str, lr_schedule: str) -> str | None:
+    """Why a training step with this optimizer cannot be replayed from a CUDA graph, or None
+    (training/step.py)."""
+    if optimizer == "sgd" and lr_schedule != "constant":
+        return ("torch's SGD has no capturable form, so a graph would bake its lr in; use lr_schedule=constant, "
+                "another optimizer, or step_graph=eager")
+    return None
 
 
 @dataclass
@@ -83,6 +93,9 @@ class TrainConfig:
     data_on_device: str = opt("auto", "keep the train and dev clips in device memory and batch by on-device gathers "
                               "(no DataLoader): auto (when they fit in 25% of free GPU memory, or on the CPU of "
                               "available RAM shared by the ranks), true, or false (stream from the HDF5 shards)")
+    step_graph: str = opt("auto", "the training step (forward, backward, optimizer) replayed from one CUDA graph "
+                          "(training/step.py): auto (on CUDA with one process and a capturable optimizer), graph "
+                          "(on the CPU: the same buffers without a capture), or eager")
 
     def __post_init__(self):
         if isinstance(self.data_on_device, str):  # "False" on a command line means false
@@ -96,6 +109,11 @@ class TrainConfig:
             raise ConfigError(f"device: {self.device!r} is not one of auto, cpu, cuda")
         if self.resume not in RESUME:
             raise ConfigError(f"resume: {self.resume!r} is not one of {', '.join(RESUME)}")
+        if self.step_graph not in STEP_GRAPHS:
+            raise ConfigError(f"step_graph: {self.step_graph!r} is not one of {', '.join(STEP_GRAPHS)}")
+        why = graph_unsupported(self.optimizer, self.lr_schedule) if self.step_graph == "graph" else None
+        if why:
+            raise ConfigError(f"step_graph: graph with optimizer={self.optimizer}, lr_schedule={self.lr_schedule}: {why}")
         if self.data_on_device not in DATA_ON_DEVICE:
             raise ConfigError(f"data_on_device: {self.data_on_device!r} is not one of {', '.join(DATA_ON_DEVICE)}")
         for k in ("hidden", "layers", "epochs", "batch_size", "keep_last", "ckpt_every_epochs", "log_every_steps"):
@@ -141,7 +159,7 @@ def run_config(saved: dict) -> dict:
 
 # Keys that may change between a run's starts without making it a different run.
 RUNTIME_KEYS = {"data", "epochs", "workers", "device", "resume", "ckpt_every_min", "ckpt_every_epochs", "keep_last",
-                "log_every_steps", "gen_every_epochs", "gen_seconds", "data_on_device"}
+                "log_every_steps", "gen_every_epochs", "gen_seconds", "data_on_device", "step_graph"}
 
 
 def resolve(cfg: TrainConfig, manifest: dict, world_size: int = 1, gpus: int | None = None,
@@ -157,6 +175,9 @@ def resolve(cfg: TrainConfig, manifest: dict, world_size: int = 1, gpus: int | N
     select_artists(manifest, cfg.artists)
     if cfg.batch_size % world_size:
         raise ConfigError(f"batch_size: {cfg.batch_size} is not divisible by the {world_size} training processes")
+    if cfg.step_graph == "graph" and world_size > 1:
+        raise ConfigError(f"step_graph: graph needs one training process (DDP's all-reduce is not captured), "
+                          f"not {world_size}; use auto or eager")
     if cfg.device == "cuda" and gpus == 0:
         raise ConfigError("device: 'cuda' is asked for, but no GPU is visible")
     return dataclasses.replace(cfg, **{k: manifest["params"][k] for k in PARAM_KEYS})

@@ -34,6 +34,8 @@ from gruv_hpc.config import ConfigError, diff, to_dict
 from gruv_hpc.dataset.clips import ClipDataset, DatasetHandle, Normalizer, batch_collate
 from gruv_hpc.training.distributed import Dist
 from gruv_hpc.training.schedule import lr_at
+from gruv_hpc.training.step import (TrainStep, capturable_optimizer, conform_optimizer, optimizer_flags, set_lr,
+                                    step_graph_mode, wants_capturable)
 from gruv_hpc.errors import TrainingError
 from gruv_hpc.fsio import atomic_write_json, atomic_write_text, dumps, temp_name
 from gruv_hpc.lock import Lock, LockedError
@@ -134,14 +136,17 @@ class TrainState:
             setattr(self, k, mine[k])
 
 
-def make_optimizer(cfg: TrainConfig, params):
+def make_optimizer(cfg: TrainConfig, params, capturable: bool = False):
     """The optimizer, with the fewest kernel launches its device allows. On CUDA: the multi-tensor
     (foreach) update, one launch per op for all parameters instead of one per parameter (torch's
     RMSprop has no fused kernel; Adam's fused one is one launch in all). On the CPU the
     per-parameter loop, as it always was (foreach is a GPU optimization there; the CPU runs the
-    bit-for-bit same arithmetic it always did, which the bitwise-resume tests pin)."""
+    bit-for-bit same arithmetic it always did, which the bitwise-resume tests pin).
+    ``capturable``: the form a step replayed from a CUDA graph needs (step.capturable_optimizer)."""
     params = list(params)
     cuda = bool(params) and all(p.is_cuda for p in params)
+    if capturable:
+        return capturable_optimizer(cfg.optimizer, params, cfg.lr, params[0].device)
     if cfg.optimizer == "rmsprop":
         # Keras' RMSprop (the original code's): rho 0.9, eps 1e-7. torch's alpha is rho.
         return torch.optim.RMSprop(params, lr=cfg.lr, alpha=0.9, eps=1e-7, foreach=cuda)
@@ -372,9 +377,20 @@ class Trainer:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ConfigError(f"hidden={cfg.hidden}, layers={cfg.layers}: cannot allocate the model on {d.device} "
                               f"({msg[:200]})") from e
-        self.optimizer = make_optimizer(cfg, self.model.parameters())
+        # The step: replayed from one CUDA graph or eager (training/step.py); the graph on CUDA
+        # wants the optimizer in its capturable form.
+        self.step_mode = step_graph_mode(cfg.step_graph, d.device, d.world, cfg.optimizer, cfg.lr_schedule)
+        self.optimizer = make_optimizer(cfg, self.model.parameters(), capturable=wants_capturable(self.step_mode, d.device))
+        self._optimizer_flags = optimizer_flags(self.optimizer)
+        self.lr_now = cfg.lr  # the lr of the last update, as a number (a capturable optimizer's is a device tensor)
         self.ddp = DDP(self.model, device_ids=[d.device.index] if d.device.type == "cuda" else None) \
             if d.world > 1 else self.model
+        self.train_step = TrainStep(self.model, self.optimizer, mode=self.step_mode, device=d.device,
+                              grad_clip=cfg.grad_clip, amp=cfg.amp, full_batch=self.data.local_bs, forward=self.ddp)
+        if self.step_mode == "graph" and d.is_main:
+            what = (f"the whole training step replayed from one CUDA graph on {d.device}" if d.device.type == "cuda"
+                    else "the graph path's buffers, without a capture (the CPU)")
+            _log(f"step: {what} (step_graph={cfg.step_graph}; eager turns it off)")
         self.amp = torch.autocast("cuda", dtype=torch.bfloat16) if (d.device.type == "cuda" and cfg.amp) \
             else torch.autocast("cpu", enabled=False)
         self.state = TrainState()
@@ -400,6 +416,8 @@ class Trainer:
 
     def load_state_dict(self, sd: dict) -> None:
         unpack(self.parts, sd)
+        # this process's device flags, not the checkpoint's; the lr as it was saved
+        self.lr_now = conform_optimizer(self.optimizer, self._optimizer_flags)
 
     def resume(self) -> Path | None:
         """Load the newest loadable checkpoint of the run directory, as ``cfg.resume`` says."""
@@ -496,20 +514,14 @@ class Trainer:
                 t0 = time.time()
             win, y = data.to_window(blk, d.device)
             inp, drop_last = self._inputs(win)  # the data's window itself unless an option against loops is on
-            with self.amp:
-                pred, _ = self.ddp(inp, drop_last=drop_last)
-            loss = torch.nn.functional.mse_loss(pred.float(), y)  # eq. 1, in normalized units
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            if cfg.lr_schedule != "constant":  # constant leaves the lr as built: the paper's step, untouched
+                self.lr_now = lr_at(cfg, st.step, data.steps_per_epoch)  # a pure function of the checkpointed step
+                set_lr(self.optimizer, self.lr_now)
+            loss, norm = self.train_step(inp, y, drop_last)  # forward, backward, clip, update: one graph or eager
+            if norm is not None:
+                grad_norm = norm
             elif st.pos + 1 == data.steps_per_epoch:  # logged once an epoch: no norm over every gradient per step
                 grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
-            if cfg.lr_schedule != "constant":  # constant leaves the lr as built: the paper's step, untouched
-                lr = lr_at(cfg, st.step, data.steps_per_epoch)  # a pure function of the checkpointed step
-                for g in self.optimizer.param_groups:
-                    g["lr"] = lr
-            self.optimizer.step()
             self._loss += loss.detach()
             self._loss_n += 1
             st.step, st.pos, frames = st.step + 1, st.pos + 1, frames + y.shape[0] * y.shape[1] * d.world
@@ -602,7 +614,7 @@ class Trainer:
         st.best_dev = min(st.best_dev, dev_loss)
         line = {"epoch": st.epoch, "step": st.step, "train_loss": train_loss, "dev_loss": dev_loss,
                 "best_dev_loss": st.best_dev, "dev_loss_by_artist": dev_by_artist or {},
-                "lr": self.optimizer.param_groups[0]["lr"], **stats,
+                "lr": self.lr_now, **stats,
                 "train_time_s": st.train_time, "wall": time.time(), "peak_mem_mb": _peak_mem_mb(self.d.device)}
         st.history.append(line)
         return line, is_best

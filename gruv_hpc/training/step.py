@@ -1,0 +1,225 @@
+"""One training step, eager or replayed from one CUDA graph (``TrainStep``).
+
+A step is the forward pass, eq. 1's L2 loss, the backward pass, the optional gradient clip and the
+optimizer's update. At the paper's shape (D = 22050, H = 2048, batch 5) it moves about 3.5 GB of
+memory, 0.75 ms on an H200, yet took 7.4 ms eagerly: the rest was the launch of a few hundred
+small kernels from Python (issue 23). Replayed from one CUDA graph, they are launched at once.
+
+What makes the step capturable, and what this module does about each:
+
+- **A static shape.** A graph replays on fixed addresses, so the step's inputs are copied into
+  fixed buffers. The trainer's full batches share one shape, the first one ``TrainStep`` is
+  given with the batch it was told is full; any other (an epoch's last partial batch) takes the
+  eager step, which computes the same update.
+- **A capturable optimizer.** Its step counter and learning rate live on the device
+  (``capturable_optimizer``); a scheduled lr is written into that tensor before each step
+  (``set_lr``), never baked into the graph. SGD has no capturable form in torch, so SGD with a
+  schedule stays eager.
+- **No host sync inside.** The loss comes back as a device tensor; the clip's norm stays there.
+- **One process.** DDP's all-reduce is not captured: with world_size > 1 the step is eager.
+- **Autocast without its cast cache** (``cache_enabled=False``), as torch's CUDA-graph notes ask:
+  the cache would keep casts made during the capture.
+
+The recurrences' own graphs (cells/graphs.py) step aside inside this capture, so their eager
+Functions, the same kernels, are captured inline.
+
+On CUDA the static shape's first ``CAPTURE_AT - 1`` steps run eagerly on a side stream (lazy
+initialisation, cuBLAS workspaces, the optimizer's state, must not happen in the capture), the
+next is captured and every later one replayed. Should a capture fail, the failure is warned once,
+the step is taken eagerly and every later step too (``_failed``, per process). On the CPU
+``step_graph=graph`` runs the same buffers and copies without capturing: what CI tests.
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from gruv_hpc.training.config import STEP_GRAPHS, graph_unsupported
+
+CAPTURE_AT = 4  # the static shape's 4th step is captured; the three before warm up (as torch's example does)
+_failed = False  # one failed capture makes every later step eager, in this process (warned once)
+
+
+def step_graph_mode(requested: str, device, world: int, optimizer: str = "rmsprop",
+                    lr_schedule: str = "constant") -> str:
+    """'graph' or 'eager'. ``auto``: the graph on CUDA with one process and a capturable
+    optimizer, else eager. ``graph`` on the CPU runs the graph path without capturing."""
+    if requested not in STEP_GRAPHS:
+        raise ValueError(f"step_graph {requested!r} is not one of {', '.join(STEP_GRAPHS)}")
+    if requested == "auto":
+        cuda = torch.device(device).type == "cuda"
+        requested = "graph" if cuda and world == 1 and not graph_unsupported(optimizer, lr_schedule) else "eager"
+    return "eager" if _failed else requested
+
+
+def wants_capturable(mode: str, device) -> bool:
+    """Whether a step in this mode on this device needs the capturable optimizer: a real capture,
+    so the graph on CUDA (the CPU's graph path captures nothing)."""
+    return mode == "graph" and torch.device(device).type == "cuda"
+
+
+def capturable_optimizer(name: str, params, lr: float, device) -> torch.optim.Optimizer:
+    """The optimizer of ``trainer.make_optimizer`` in its capturable form on CUDA: the step counter
+    and the lr (a 0-dim tensor, ``set_lr`` writes it) on the device. The same update; torch's
+    capturable RMSprop divides by -lr where the other multiplies by it, so the weights agree to
+    float32 rounding, not bitwise, with the eager optimizer."""
+    lr_t = torch.tensor(float(lr), dtype=torch.float32, device=device)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr_t, alpha=0.9, eps=1e-7, foreach=True, capturable=True)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr_t, fused=True, capturable=True)
+    return torch.optim.SGD(params, lr=float(lr), momentum=0.9, foreach=True)  # constant lr only (graph_unsupported)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Every group's lr: written into its tensor (a capturable optimizer's, which a graph reads)
+    or set as a number."""
+    for g in optimizer.param_groups:
+        _set_group_lr(g, lr)
+
+
+def _set_group_lr(g: dict, lr: float) -> None:
+    if isinstance(g["lr"], torch.Tensor):
+        g["lr"].fill_(lr)  # a kernel launch with the value as its argument: no host sync
+    else:
+        g["lr"] = lr
+
+
+def conform_optimizer(optimizer: torch.optim.Optimizer, built: list[dict]) -> float:
+    """After ``optimizer.load_state_dict``: give its groups back this process's own device flags
+    and lr object (``optimizer_flags`` at construction), keeping the loaded lr's value. torch
+    takes them from the checkpoint, so a run checkpointed with the graph (a capturable optimizer,
+    a tensor lr) and resumed eagerly or on the CPU would otherwise inherit them, and the other way
+    round. The step counters go where these flags want them: the device if capturable or fused,
+    else the CPU. Returns the (first group's) loaded lr, as a number."""
+    lrs = []
+    for g, own in zip(optimizer.param_groups, built):
+        lr = float(g["lr"])
+        lrs.append(lr)
+        g.update({k: v for k, v in own.items() if k != "lr"})
+        g["lr"] = own["lr"]  # this process's own object: a tensor a graph may read, or a number
+        _set_group_lr(g, lr)
+        on_device = bool(g.get("capturable")) or bool(g.get("fused"))
+        for p in g["params"]:
+            st = optimizer.state.get(p)
+            if st and isinstance(st.get("step"), torch.Tensor):
+                # as torch's own load does: float32 on the device for a capturable or fused optimizer
+                st["step"] = st["step"].to(dtype=torch.float32, device=p.device) if on_device else st["step"].cpu()
+    return lrs[0]
+
+
+def optimizer_flags(optimizer: torch.optim.Optimizer) -> list[dict]:
+    """Each group's device flags and lr object, as built (for ``conform_optimizer``)."""
+    keys = ("lr", "foreach", "fused", "capturable")
+    return [{k: g[k] for k in keys if k in g} for g in optimizer.param_groups]
+
+
+def _capture(fn, device):
+    """``fn`` captured as a CUDA graph (recorded, not run): the graph and ``fn``'s outputs, which
+    each replay overwrites. Looked up at call time, so that a test can make a capture fail."""
+    with torch.cuda.device(device):
+        g = torch.cuda.CUDAGraph()
+        # thread_local: another thread's CUDA calls (a watchdog) cannot spoil the capture
+        with torch.cuda.graph(g, capture_error_mode="thread_local"):
+            out = fn()
+    return g, out
+
+
+class TrainStep:
+    """Calls as ``step(inp, y, drop_last) -> (loss, clip norm or None)``, both device tensors:
+    one whole training step of ``model`` (called through ``forward``: the DDP wrapper or the model
+    itself). ``mode``: 'graph' or 'eager' (``step_graph_mode``). ``full_batch``: the batch size of
+    a full batch, the one shape the graph is built for. ``captures``/``replays`` count for tests
+    and benchmarks."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, mode: str, device,
+                 grad_clip: float = 0.0, amp: bool = False, full_batch: int | None = None, forward=None):
+        self.model, self.optimizer, self.mode = model, optimizer, mode
+        self.forward = forward or model
+        self.device = torch.device(device)
+        self.grad_clip, self.full_batch = grad_clip, full_batch
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        cuda_amp = amp and self.device.type == "cuda"
+        self._amp = (lambda cache: torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache)) if cuda_amp \
+            else (lambda cache: contextlib.nullcontext())
+        self.capture = self.device.type == "cuda"
+        self.key = None          # the static shape: (inp shape, y shape, drop_last)
+        self.uses = 0            # steps of the static shape so far
+        self.static = None       # (inp, y) buffers, once built
+        self.graph = self.out = self.grads = None
+        self.captures = self.replays = 0
+
+    # -- the step itself, as both paths compute it ------------------------------------------
+    def _compute(self, inp, y, drop_last: bool, cache: bool):
+        with self._amp(cache):
+            pred, _ = self.forward(inp, drop_last=drop_last)
+        loss = F.mse_loss(pred.float(), y)  # eq. 1, in normalized units
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip) if self.grad_clip > 0 else None
+        self.optimizer.step()
+        return loss.detach(), norm
+
+    def eager(self, inp, y, drop_last: bool):
+        self.optimizer.zero_grad(set_to_none=True)
+        return self._compute(inp, y, drop_last, cache=True)
+
+    # -- the graph path ------------------------------------------------------------------------
+    def __call__(self, inp, y, drop_last: bool):
+        if self.mode != "graph" or _failed:
+            return self.eager(inp, y, drop_last)
+        key = (tuple(inp.shape), tuple(y.shape), drop_last, inp.dtype)
+        if self.key is None and (self.full_batch is None or inp.shape[0] == self.full_batch):
+            self.key = key
+        if key != self.key:
+            return self.eager(inp, y, drop_last)  # another shape (a partial batch): the same update, eagerly
+        self.uses += 1
+        if self.static is None:
+            if self.capture and self.uses < CAPTURE_AT:
+                return self._warm_up(inp, y, drop_last)
+            try:
+                self._build(inp, y, drop_last)
+            except Exception as e:  # noqa: BLE001 - any capture failure: the eager step from now on
+                self._fail(e)
+                return self.eager(inp, y, drop_last)
+        self.static[0].copy_(inp)
+        self.static[1].copy_(y)
+        if self.graph is None:  # the CPU: the same buffers, no capture
+            return self.eager(*self.static, drop_last)
+        self.graph.replay()
+        self.replays += 1
+        for p, g in zip(self.params, self.grads):
+            p.grad = g  # the graph's gradients, which it overwrote: what an eager step would leave there
+        return self.out
+
+    def _warm_up(self, inp, y, drop_last):
+        cur = torch.cuda.current_stream(self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(cur)
+        with torch.cuda.stream(side):
+            loss, norm = self.eager(inp, y, drop_last)
+        cur.wait_stream(side)
+        return loss, norm
+
+    def _build(self, inp, y, drop_last):
+        self.static = (inp.detach().clone(), y.detach().clone())
+        if not self.capture:
+            return
+        # The gradients are made inside the capture, from its memory pool: each replay overwrites
+        # them (no zero_grad in the graph).
+        self.optimizer.zero_grad(set_to_none=True)
+        self.graph, self.out = _capture(lambda: self._compute(*self.static, drop_last, cache=False), self.device)
+        self.grads = [p.grad for p in self.params]
+        self.captures += 1
+
+    def _fail(self, err: BaseException) -> None:
+        global _failed
+        if not _failed:
+            warnings.warn(f"capturing the training step as a CUDA graph failed ({type(err).__name__}: {err}); "
+                          "taking every step eagerly from now on", RuntimeWarning, stacklevel=3)
+        _failed = True
+        # A failed capture ran nothing (kernels are recorded, not run); gradients it may have left
+        # behind are dropped by the eager step's zero_grad(set_to_none=True).
+        self.static = self.graph = self.out = self.grads = None
