@@ -223,3 +223,82 @@ def test_a_run_with_the_capturable_optimizer_checkpoints_and_resumes_either_way(
     from gruv_hpc.paths import RunPaths
     saved = load_checkpoint(RunPaths(a).step_ckpts()[0])["optimizer"]["param_groups"][0]
     assert saved["capturable"] and isinstance(saved["lr"], torch.Tensor)
+
+
+class FakeGraph:
+    """A CUDA graph's semantics on the CPU, for the capture path's control flow: capturing records
+    and (in effect) runs nothing, each replay runs the step again on the same buffers, writing its
+    gradients and outputs into the tensors the capture made. Emulated by running the step at
+    capture time and rolling the parameters and the optimizer's state back."""
+
+    def __init__(self, fn, ts):
+        self.fn, self.ts = fn, ts
+
+    def capture(self):
+        ts = self.ts
+        saved = [p.detach().clone() for p in ts.params]
+        state = {id(t): (t, t.clone()) for st in ts.optimizer.state.values() for t in st.values()
+                 if isinstance(t, torch.Tensor)}
+        self.out = self.fn()
+        with torch.no_grad():
+            for p, v in zip(ts.params, saved):
+                p.copy_(v)
+            for t, v in state.values():
+                t.copy_(v)
+        self.grads = [p.grad for p in ts.params]
+        return self, self.out
+
+    def replay(self):
+        before = [p.grad for p in self.ts.params]  # a replay changes no Python attribute: put back after
+        for p, g in zip(self.ts.params, self.grads):
+            p.grad = g.zero_()  # the capture's gradient tensors, overwritten
+        out = self.fn()
+        for o, n in zip(self.out, out):
+            if o is not None:
+                o.copy_(n)
+        for p, g in zip(self.ts.params, before):
+            p.grad = g
+
+
+@pytest.fixture
+def fake_capture(monkeypatch):
+    """TrainStep on the CPU as on CUDA: warm-up steps (eager, no side stream here), a capture, replays."""
+    made = []
+    monkeypatch.setattr(S.TrainStep, "_warm_up", lambda self, inp, y, d: self.eager(inp, y, d))
+    real_init = S.TrainStep.__init__
+
+    def init(self, *a, **kw):
+        real_init(self, *a, **kw)
+        self.capture = self.mode == "graph"
+        made.append(self)
+
+    monkeypatch.setattr(S.TrainStep, "__init__", init)
+    monkeypatch.setattr(S, "_capture", lambda fn, device: FakeGraph(fn, made[-1]).capture())
+    return made
+
+
+@pytest.mark.parametrize("clip", [0.0, 0.5])
+def test_the_capture_path_trains_as_the_eager_step(fake_capture, clip):
+    """Warm-up, capture at the 4th full batch, that step replayed (not skipped), a partial batch
+    eager in between, replays after: the eager step's weights, losses and norms, bit for bit."""
+    steps = (1, 1, 1, 1, 0, 1, 1, 1)
+    a, _, _, la, na = _train("gru", "eager", clip, batches=_batches(steps=steps))
+    b, _, gb, lb, nb = _train("gru", "graph", clip, batches=_batches(steps=steps))
+    assert (gb.captures, gb.replays) == (1, 4)
+    assert_bitwise_equal(a.state_dict(), b.state_dict())
+    assert all(torch.equal(x, y) for x, y in zip(la, lb))
+    assert all((x is None and y is None) or torch.equal(x, y) for x, y in zip(na, nb))
+    assert all(p.grad is g for p, g in zip(gb.params, gb.grads))  # the graph's gradients, after a replay
+
+
+def test_a_run_through_the_capture_path_is_the_eager_run(data, tmp_path, fake_capture):
+    e, g = tmp_path / "eager", tmp_path / "graph"
+    sched = dict(lr_schedule="cosine", lr_horizon_epochs=2, lr_min_ratio=0.1)
+    main(tiny_config(data, epochs=2, step_graph="eager", **sched), e)
+    main(tiny_config(data, epochs=2, step_graph="graph", **sched), g)
+    ts = [t for t in fake_capture if t.mode == "graph"][0]
+    assert ts.captures == 1 and ts.replays > 10
+    assert_bitwise_equal(weights(e), weights(g))
+    he, hg = read_jsonl(e / "metrics.jsonl"), read_jsonl(g / "metrics.jsonl")
+    for k in ("train_loss", "dev_loss", "lr", "grad_norm"):
+        assert [h[k] for h in he] == [h[k] for h in hg], k
