@@ -179,9 +179,10 @@ def test_a_failed_capture_is_warned_once_and_the_step_taken_eagerly(monkeypatch)
     """A capture that fails (here after leaving gradients behind, as a half-recorded backward
     can) runs nothing: the step is taken eagerly, with the same result, and so is every later one."""
     monkeypatch.setattr(S.TrainStep, "_warm_up", lambda self, inp, y, d: self.eager(inp, y, d))
+    monkeypatch.setattr(S.TrainStep, "_side_stream", lambda self: None)  # no streams on the CPU
     calls = []
 
-    def bad_capture(fn, device):
+    def bad_capture(fn, device, stream):
         calls.append(device)
         for p in ts.params:
             p.grad = torch.full_like(p, 1e3)
@@ -265,6 +266,7 @@ def fake_capture(monkeypatch):
     """TrainStep on the CPU as on CUDA: warm-up steps (eager, no side stream here), a capture, replays."""
     made = []
     monkeypatch.setattr(S.TrainStep, "_warm_up", lambda self, inp, y, d: self.eager(inp, y, d))
+    monkeypatch.setattr(S.TrainStep, "_side_stream", lambda self: None)  # no streams on the CPU
     real_init = S.TrainStep.__init__
 
     def init(self, *a, **kw):
@@ -273,7 +275,7 @@ def fake_capture(monkeypatch):
         made.append(self)
 
     monkeypatch.setattr(S.TrainStep, "__init__", init)
-    monkeypatch.setattr(S, "_capture", lambda fn, device: FakeGraph(fn, made[-1]).capture())
+    monkeypatch.setattr(S, "_capture", lambda fn, device, stream: FakeGraph(fn, made[-1]).capture())
     return made
 
 

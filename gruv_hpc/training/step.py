@@ -23,9 +23,9 @@ What makes the step capturable, and what this module does about each:
 The recurrences' own graphs (cells/graphs.py) step aside inside this capture, so their eager
 Functions, the same kernels, are captured inline.
 
-On CUDA the static shape's first ``CAPTURE_AT - 1`` steps run eagerly on a side stream (lazy
-initialisation, cuBLAS workspaces, the optimizer's state, must not happen in the capture), the
-next is captured and every later one replayed. Should a capture fail, the failure is warned once,
+On CUDA the static shape's first ``CAPTURE_AT - 1`` steps run eagerly on a side stream, the one
+the capture then records on (lazy initialisation, cuBLAS handles and workspaces, the optimizer's
+state, must not happen in the capture); the next is captured and every later one replayed. Should a capture fail, the failure is warned once,
 the step is taken eagerly and every later step too (``_failed``, per process). On the CPU
 ``step_graph=graph`` runs the same buffers and copies without capturing: what CI tests.
 """
@@ -117,13 +117,14 @@ def optimizer_flags(optimizer: torch.optim.Optimizer) -> list[dict]:
     return [{k: g[k] for k in keys if k in g} for g in optimizer.param_groups]
 
 
-def _capture(fn, device):
-    """``fn`` captured as a CUDA graph (recorded, not run): the graph and ``fn``'s outputs, which
-    each replay overwrites. Looked up at call time, so that a test can make a capture fail."""
+def _capture(fn, device, stream):
+    """``fn`` captured as a CUDA graph on ``stream`` (recorded, not run): the graph and ``fn``'s
+    outputs, which each replay overwrites. Looked up at call time, so that a test can make a
+    capture fail."""
     with torch.cuda.device(device):
         g = torch.cuda.CUDAGraph()
         # thread_local: another thread's CUDA calls (a watchdog) cannot spoil the capture
-        with torch.cuda.graph(g, capture_error_mode="thread_local"):
+        with torch.cuda.graph(g, stream=stream, capture_error_mode="thread_local"):
             out = fn()
     return g, out
 
@@ -151,6 +152,7 @@ class TrainStep:
         self.static = None       # (inp, y) buffers, once built
         self.graph = self.out = self.grads = None
         self.captures = self.replays = 0
+        self._stream = None      # the warm-up's and the capture's stream (CUDA)
 
     # -- the step itself, as both paths compute it ------------------------------------------
     def _compute(self, inp, y, drop_last: bool, cache: bool):
@@ -194,9 +196,17 @@ class TrainStep:
             p.grad = g  # the graph's gradients, which it overwrote: what an eager step would leave there
         return self.out
 
+    def _side_stream(self):
+        """The stream the warm-up steps run on and the capture records on: the same one, so that
+        what the library creates per stream on first use (cuBLAS handles and workspaces) exists
+        before the capture (a lazy creation inside it fails the capture)."""
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(self.device)
+        return self._stream
+
     def _warm_up(self, inp, y, drop_last):
         cur = torch.cuda.current_stream(self.device)
-        side = torch.cuda.Stream(self.device)
+        side = self._side_stream()
         side.wait_stream(cur)
         with torch.cuda.stream(side):
             loss, norm = self.eager(inp, y, drop_last)
@@ -210,7 +220,8 @@ class TrainStep:
         # The gradients are made inside the capture, from its memory pool: each replay overwrites
         # them (no zero_grad in the graph).
         self.optimizer.zero_grad(set_to_none=True)
-        self.graph, self.out = _capture(lambda: self._compute(*self.static, drop_last, cache=False), self.device)
+        self.graph, self.out = _capture(lambda: self._compute(*self.static, drop_last, cache=False), self.device,
+                                        self._side_stream())
         self.grads = [p.grad for p in self.params]
         self.captures += 1
 
