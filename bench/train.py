@@ -60,6 +60,7 @@ PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("GH200", 989.4), ("H2
 PEAK_GBPS = (("H100 PCIe", 2000.0), ("H100 NVL", 3900.0), ("GH200", 4900.0), ("H200", 4800.0), ("H100", 3350.0),
              ("A100-SXM4-40GB", 1555.0), ("A100", 2039.0), ("L40S", 864.0), ("L4", 300.0))
 FLOOR_BYTES_PER_PARAM = 2 + 2 + 4 + 5 * 4  # see the module docstring
+STEP_PATHS: dict[str, str] = {}  # bare_loop's models: how each step was taken (graph, eager, ...)
 
 
 def _peak(table, name: str | None) -> float | None:
@@ -121,7 +122,12 @@ def bare_loop(cell: str, dim: int, hidden: int, batch: int, T: int, steps: int, 
             t0 = time.perf_counter()
         step(win, win[:, 1:], True)
     _sync()
-    return steps * batch * T / (time.perf_counter() - t0)
+    fps = steps * batch * T / (time.perf_counter() - t0)
+    # how the step was taken, so that a figure is never labelled with a path it did not take
+    path = ("graph" if step.replays else "graph path, no capture") if mode == "graph" and not step.failed else \
+        "eager (the capture failed)" if step.failed else "eager"
+    STEP_PATHS[f"{cell}{'/recurrence=' + recurrence if recurrence != 'auto' else ''}/step_graph={step_graph}"] = path
+    return fps
 
 
 def affine_alone(dim: int, hidden: int, rows: int, n: int) -> float:
@@ -273,6 +279,8 @@ def main(argv=None) -> dict:
           + ", ".join(f"{k} {fmt(res[f'ms_per_step_{k}'], '.2f')} ms, floor {res[f'floor_gb_{k}']:.3g} GB"
                       + (f" = {res[f'floor_ms_{k}']:.3f} ms" if gbps else "") + f" -> {fmt(res[f'gbps_{k}'], '.3g')} GB/s"
                       for k, _, _ in models), flush=True)
+    res["step_paths"] = dict(STEP_PATHS)
+    print("   each step taken as: " + ", ".join(f"{k}: {v}" for k, v in STEP_PATHS.items()), flush=True)
     save()
     measure("affine_tflops", affine_alone, dim, H, B * T, max(a.steps, 5))
     res["affine_mfu"] = res["affine_tflops"] / peak if peak and res["affine_tflops"] else None

@@ -40,6 +40,7 @@ def test_gpu_check_cpu_mode_passes(tmp_path):
     assert b["gbps_lstm"] == pytest.approx(b["floor_gb_lstm"] / (b["ms_per_step_lstm"] / 1e3), rel=2e-3)
     g = f["goals"]["bench_train_h256"]
     assert g["gru_vs_lstm"] == pytest.approx(b["bare_gru"] / b["bare_lstm"], rel=2e-3) and g["gru_vs_lstm_met"] in (True, False)
+    assert set(b["step_paths"].values()) == {"eager"} and "gru/step_graph=eager" in b["step_paths"]  # no capture on the CPU
     for c in ("lstm", "gru"):  # the step op by op, against training's own step (replayed from a graph on CUDA)
         assert b[f"bare_{c}_step_eager"] > 0
         assert g[f"{c}_step_graph_speedup"] == pytest.approx(b[f"bare_{c}"] / b[f"bare_{c}_step_eager"], rel=2e-3)

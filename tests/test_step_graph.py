@@ -17,15 +17,11 @@ from gruv_hpc.config import ConfigError
 from gruv_hpc.dataset.manifest import load_manifest
 from gruv_hpc.paths import read_jsonl
 from gruv_hpc.training import step as S
+from gruv_hpc.training.cells import graphs as recurrence_graphs
 from gruv_hpc.training.config import TrainConfig, resolve
 from gruv_hpc.training.model import GRUVModel
 from gruv_hpc.training.trainer import main, make_optimizer
 from test_train import StopAfter, assert_bitwise_equal, weights
-
-
-@pytest.fixture(autouse=True)
-def _fresh(monkeypatch):
-    monkeypatch.setattr(S, "_failed", False)
 
 
 def _batches(full=4, part=2, steps=(1, 1, 0, 1, 1, 1), T=9, D=24):
@@ -38,9 +34,9 @@ def _batches(full=4, part=2, steps=(1, 1, 0, 1, 1, 1), T=9, D=24):
     return out
 
 
-def _train(cell, mode, clip=0.0, lrs=None, capturable=False, batches=None):
+def _train(cell, mode, clip=0.0, lrs=None, capturable=False, batches=None, recurrence="auto"):
     torch.manual_seed(0)
-    m = GRUVModel(dim=24, hidden=12, cell=cell)
+    m = GRUVModel(dim=24, hidden=12, cell=cell, recurrence=recurrence)
     cfg = TrainConfig()
     opt = make_optimizer(cfg, m.parameters(), capturable=capturable)
     ts = S.TrainStep(m, opt, mode=mode, device="cpu", grad_clip=clip, full_batch=4)
@@ -178,7 +174,6 @@ def test_checkpoints_cross_between_capturable_and_plain_optimizers(capturable_on
 def test_a_failed_capture_is_warned_once_and_the_step_taken_eagerly(monkeypatch):
     """A capture that fails (here after leaving gradients behind, as a half-recorded backward
     can) runs nothing: the step is taken eagerly, with the same result, and so is every later one."""
-    monkeypatch.setattr(S.TrainStep, "_warm_up", lambda self, inp, y, d: self.eager(inp, y, d))
     monkeypatch.setattr(S.TrainStep, "_side_stream", lambda self: None)  # no streams on the CPU
     calls = []
 
@@ -197,20 +192,21 @@ def test_a_failed_capture_is_warned_once_and_the_step_taken_eagerly(monkeypatch)
     ts.capture = True  # as on CUDA
     with pytest.warns(RuntimeWarning, match="capturing the training step as a CUDA graph failed.*not permitted"):
         lb = [ts(win, y, True)[0].clone() for win, y in _batches()]
-    assert len(calls) == 1 and S._failed and ts.static is None
-    assert S.step_graph_mode("auto", "cuda", 1) == "eager"
+    assert len(calls) == 1 and ts.failed and ts.static is None
     assert_bitwise_equal(a.state_dict(), m.state_dict())
     assert all(torch.equal(x, y) for x, y in zip(la, lb))
 
 
+@pytest.mark.parametrize("sched", [{}, dict(lr_schedule="cosine", lr_horizon_epochs=2, lr_min_ratio=0.1)],
+                         ids=["constant", "cosine"])
 def test_a_run_with_the_capturable_optimizer_checkpoints_and_resumes_either_way(data, tmp_path, monkeypatch,
-                                                                                capturable_on_cpu):
+                                                                                capturable_on_cpu, sched):
     """The trainer with the optimizer a CUDA graph needs (let onto the CPU): its checkpoints (a tensor
     lr, device step counters) resume it bit for bit, and resume the run eagerly with the plain
-    optimizer too (step_graph is a runtime key), to float32 rounding."""
+    optimizer too (step_graph is a runtime key), to float32 rounding. The lr in metrics.jsonl stays
+    the config's, not its float32 rounding, across the resumes."""
     import gruv_hpc.training.trainer as T
     monkeypatch.setattr(T, "wants_capturable", lambda mode, device: mode == "graph")
-    sched = dict(lr_schedule="cosine", lr_horizon_epochs=2, lr_min_ratio=0.1)
     a, b, c = tmp_path / "whole", tmp_path / "resumed", tmp_path / "resumed-eager"
     main(tiny_config(data, epochs=2, step_graph="graph", **sched), a)
     for run, then in ((b, "graph"), (c, "eager")):
@@ -219,7 +215,9 @@ def test_a_run_with_the_capturable_optimizer_checkpoints_and_resumes_either_way(
     assert_bitwise_equal(weights(a), weights(b))
     for k, v in weights(a).items():
         torch.testing.assert_close(v, weights(c)[k], rtol=1e-4, atol=1e-6, msg=k)
-    assert [h["lr"] for h in read_jsonl(a / "metrics.jsonl")] == [h["lr"] for h in read_jsonl(c / "metrics.jsonl")]
+    lrs = [h["lr"] for h in read_jsonl(a / "metrics.jsonl")]
+    assert lrs == [h["lr"] for h in read_jsonl(b / "metrics.jsonl")] == [h["lr"] for h in read_jsonl(c / "metrics.jsonl")]
+    assert (lrs == [1e-3, 1e-3]) if not sched else (lrs[0] > lrs[1] >= 1e-4)
     from gruv_hpc.training.checkpoint import load_checkpoint
     from gruv_hpc.paths import RunPaths
     saved = load_checkpoint(RunPaths(a).step_ckpts()[0])["optimizer"]["param_groups"][0]
@@ -240,7 +238,8 @@ class FakeGraph:
         saved = [p.detach().clone() for p in ts.params]
         state = {id(t): (t, t.clone()) for st in ts.optimizer.state.values() for t in st.values()
                  if isinstance(t, torch.Tensor)}
-        self.out = self.fn()
+        with recurrence_graphs.inline():  # as S._capture records it
+            self.out = self.fn()
         with torch.no_grad():
             for p, v in zip(ts.params, saved):
                 p.copy_(v)
@@ -253,7 +252,8 @@ class FakeGraph:
         before = [p.grad for p in self.ts.params]  # a replay changes no Python attribute: put back after
         for p, g in zip(self.ts.params, self.grads):
             p.grad = g.zero_()  # the capture's gradient tensors, overwritten
-        out = self.fn()
+        with recurrence_graphs.inline():  # a replay runs what was recorded
+            out = self.fn()
         for o, n in zip(self.out, out):
             if o is not None:
                 o.copy_(n)
@@ -265,7 +265,6 @@ class FakeGraph:
 def fake_capture(monkeypatch):
     """TrainStep on the CPU as on CUDA: warm-up steps (eager, no side stream here), a capture, replays."""
     made = []
-    monkeypatch.setattr(S.TrainStep, "_warm_up", lambda self, inp, y, d: self.eager(inp, y, d))
     monkeypatch.setattr(S.TrainStep, "_side_stream", lambda self: None)  # no streams on the CPU
     real_init = S.TrainStep.__init__
 
@@ -284,18 +283,25 @@ def test_the_capture_path_trains_as_the_eager_step(fake_capture, clip):
     """Warm-up, capture at the 4th full batch, that step replayed (not skipped), a partial batch
     eager in between, replays after: the eager step's weights, losses and norms, bit for bit."""
     steps = (1, 1, 1, 1, 0, 1, 1, 1)
-    a, _, _, la, na = _train("gru", "eager", clip, batches=_batches(steps=steps))
-    b, _, gb, lb, nb = _train("gru", "graph", clip, batches=_batches(steps=steps))
+    a, _, _, la, na = _train("gru", "eager", clip, batches=_batches(steps=steps), recurrence="graph")
+    b, _, gb, lb, nb = _train("gru", "graph", clip, batches=_batches(steps=steps), recurrence="graph")
     assert (gb.captures, gb.replays) == (1, 4)
+    # the recurrence's own graph path: built in the eager run; in the warm-up and the capture the
+    # eager Function runs inline (graphs.inline), as a real capture records it
+    assert (a.rnns[0].graphs.captures, b.rnns[0].graphs.captures) == (1, 0)
     assert_bitwise_equal(a.state_dict(), b.state_dict())
     assert all(torch.equal(x, y) for x, y in zip(la, lb))
     assert all((x is None and y is None) or torch.equal(x, y) for x, y in zip(na, nb))
     assert all(p.grad is g for p, g in zip(gb.params, gb.grads))  # the graph's gradients, after a replay
 
 
-def test_a_run_through_the_capture_path_is_the_eager_run(data, tmp_path, fake_capture):
+@pytest.mark.parametrize("opts", [dict(lr_schedule="cosine", lr_horizon_epochs=2, lr_min_ratio=0.1),
+                                  dict(own_input_prob=0.5, own_input_ramp_epochs=1.0)], ids=["cosine", "own-input-ramp"])
+def test_a_run_through_the_capture_path_is_the_eager_run(data, tmp_path, fake_capture, opts):
+    """The trainer with the capture path: the eager run bit for bit. With own_input_prob ramped up
+    from 0 the first step feeds the window and the later ones x: the graph follows the shape."""
     e, g = tmp_path / "eager", tmp_path / "graph"
-    sched = dict(lr_schedule="cosine", lr_horizon_epochs=2, lr_min_ratio=0.1)
+    sched = opts
     main(tiny_config(data, epochs=2, step_graph="eager", **sched), e)
     main(tiny_config(data, epochs=2, step_graph="graph", **sched), g)
     ts = [t for t in fake_capture if t.mode == "graph"][0]

@@ -25,8 +25,9 @@ Functions, the same kernels, are captured inline.
 
 On CUDA the static shape's first ``CAPTURE_AT - 1`` steps run eagerly on a side stream, the one
 the capture then records on (lazy initialisation, cuBLAS handles and workspaces, the optimizer's
-state, must not happen in the capture); the next is captured and every later one replayed. Should a capture fail, the failure is warned once,
-the step is taken eagerly and every later step too (``_failed``, per process). On the CPU
+state, must not happen in the capture); the next is captured and every later one replayed. The recurrences take their eager Functions in
+the warm-up as in the capture (``graphs.inline``). Should a capture fail, the failure is warned,
+and that step and every later one of this ``TrainStep`` are taken eagerly (``failed``). On the CPU
 ``step_graph=graph`` runs the same buffers and copies without capturing: what CI tests.
 """
 from __future__ import annotations
@@ -37,10 +38,10 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from gruv_hpc.training.cells import graphs as recurrence_graphs
 from gruv_hpc.training.config import STEP_GRAPHS, graph_unsupported
 
 CAPTURE_AT = 4  # the static shape's 4th step is captured; the three before warm up (as torch's example does)
-_failed = False  # one failed capture makes every later step eager, in this process (warned once)
 
 
 def step_graph_mode(requested: str, device, world: int, optimizer: str = "rmsprop",
@@ -52,7 +53,7 @@ def step_graph_mode(requested: str, device, world: int, optimizer: str = "rmspro
     if requested == "auto":
         cuda = torch.device(device).type == "cuda"
         requested = "graph" if cuda and world == 1 and not graph_unsupported(optimizer, lr_schedule) else "eager"
-    return "eager" if _failed else requested
+    return requested
 
 
 def wants_capturable(mode: str, device) -> bool:
@@ -68,10 +69,14 @@ def capturable_optimizer(name: str, params, lr: float, device) -> torch.optim.Op
     float32 rounding, not bitwise, with the eager optimizer."""
     lr_t = torch.tensor(float(lr), dtype=torch.float32, device=device)
     if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr_t, alpha=0.9, eps=1e-7, foreach=True, capturable=True)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr_t, fused=True, capturable=True)
-    return torch.optim.SGD(params, lr=float(lr), momentum=0.9, foreach=True)  # constant lr only (graph_unsupported)
+        opt = torch.optim.RMSprop(params, lr=lr_t, alpha=0.9, eps=1e-7, foreach=True, capturable=True)
+    elif name == "adam":
+        opt = torch.optim.Adam(params, lr=lr_t, fused=True, capturable=True)
+    else:
+        return torch.optim.SGD(params, lr=float(lr), momentum=0.9, foreach=True)  # constant lr only (graph_unsupported)
+    # Its steps outside a capture (the warm-up, a partial batch) are meant: not worth torch's warning.
+    opt._warned_capturable_if_run_uncaptured = True
+    return opt
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -122,10 +127,16 @@ def _capture(fn, device, stream):
     outputs, which each replay overwrites. Looked up at call time, so that a test can make a
     capture fail."""
     with torch.cuda.device(device):
+        cur = torch.cuda.current_stream(device)
         g = torch.cuda.CUDAGraph()
-        # thread_local: another thread's CUDA calls (a watchdog) cannot spoil the capture
-        with torch.cuda.graph(g, stream=stream, capture_error_mode="thread_local"):
-            out = fn()
+        try:
+            # thread_local: another thread's CUDA calls (a watchdog) cannot spoil the capture
+            with torch.cuda.graph(g, stream=stream, capture_error_mode="thread_local"), recurrence_graphs.inline():
+                out = fn()
+        finally:
+            # torch.cuda.graph's exit ends the capture before it restores the stream: a failed
+            # capture would leave every later step on the capture's stream
+            torch.cuda.set_stream(cur)
     return g, out
 
 
@@ -153,6 +164,7 @@ class TrainStep:
         self.graph = self.out = self.grads = None
         self.captures = self.replays = 0
         self._stream = None      # the warm-up's and the capture's stream (CUDA)
+        self.failed = False      # a capture failed: every step eager from then on
 
     # -- the step itself, as both paths compute it ------------------------------------------
     def _compute(self, inp, y, drop_last: bool, cache: bool):
@@ -170,11 +182,13 @@ class TrainStep:
 
     # -- the graph path ------------------------------------------------------------------------
     def __call__(self, inp, y, drop_last: bool):
-        if self.mode != "graph" or _failed:
+        if self.mode != "graph" or self.failed:
             return self.eager(inp, y, drop_last)
         key = (tuple(inp.shape), tuple(y.shape), drop_last, inp.dtype)
-        if self.key is None and (self.full_batch is None or inp.shape[0] == self.full_batch):
-            self.key = key
+        if self.static is None and key != self.key and (self.full_batch is None or inp.shape[0] == self.full_batch):
+            # a full batch's shape, until the graph is built: a shape that changes early (own_input_prob
+            # ramped up from 0 gives the model x instead of the window) is followed
+            self.key, self.uses = key, 0
         if key != self.key:
             return self.eager(inp, y, drop_last)  # another shape (a partial batch): the same update, eagerly
         self.uses += 1
@@ -205,12 +219,15 @@ class TrainStep:
         return self._stream
 
     def _warm_up(self, inp, y, drop_last):
-        cur = torch.cuda.current_stream(self.device)
         side = self._side_stream()
-        side.wait_stream(cur)
-        with torch.cuda.stream(side):
-            loss, norm = self.eager(inp, y, drop_last)
-        cur.wait_stream(side)
+        with recurrence_graphs.inline():  # the code the capture will record
+            if side is None:  # (a test's stand-in for CUDA on the CPU)
+                return self.eager(inp, y, drop_last)
+            cur = torch.cuda.current_stream(self.device)
+            side.wait_stream(cur)
+            with torch.cuda.stream(side):
+                loss, norm = self.eager(inp, y, drop_last)
+            cur.wait_stream(side)
         return loss, norm
 
     def _build(self, inp, y, drop_last):
@@ -226,11 +243,14 @@ class TrainStep:
         self.captures += 1
 
     def _fail(self, err: BaseException) -> None:
-        global _failed
-        if not _failed:
-            warnings.warn(f"capturing the training step as a CUDA graph failed ({type(err).__name__}: {err}); "
-                          "taking every step eagerly from now on", RuntimeWarning, stacklevel=3)
-        _failed = True
+        # A failed capture's own error is often "operation failed due to a previous error": the
+        # cause is the exception it was raised while handling.
+        why = f"{type(err).__name__}: {err}"
+        if err.__context__ is not None:
+            why += f" (after {type(err.__context__).__name__}: {err.__context__})"
+        warnings.warn(f"capturing the training step as a CUDA graph failed ({why}); taking every step eagerly "
+                      "from now on", RuntimeWarning, stacklevel=3)
+        self.failed = True
         # A failed capture ran nothing (kernels are recorded, not run); gradients it may have left
         # behind are dropped by the eager step's zero_grad(set_to_none=True).
         self.static = self.graph = self.out = self.grads = None

@@ -416,8 +416,13 @@ class Trainer:
 
     def load_state_dict(self, sd: dict) -> None:
         unpack(self.parts, sd)
-        # this process's device flags, not the checkpoint's; the lr as it was saved
+        # this process's device flags, not the checkpoint's; the lr as it was saved (a scheduled
+        # one is set again before the next step), a constant one exactly cfg.lr: a capturable
+        # optimizer saved it as a float32 tensor, 0.0010000000474974513 for 1e-3
         self.lr_now = conform_optimizer(self.optimizer, self._optimizer_flags)
+        if self.cfg.lr_schedule == "constant":
+            self.lr_now = self.cfg.lr
+            set_lr(self.optimizer, self.lr_now)
 
     def resume(self) -> Path | None:
         """Load the newest loadable checkpoint of the run directory, as ``cfg.resume`` says."""

@@ -25,6 +25,21 @@ RECURRENCE_ENV = "GRUV_LSTM_RECURRENCE"   # overrides 'auto' for every graphed c
 GRAPH_MIN_STEPS = 8    # shorter sequences (generation's one-block steps) stay eager
 GRAPH_CACHE = 6        # captured shapes kept per layer, least recently used dropped
 _graphs_failed = False  # one failed capture turns graphs off for the whole process (warned once)
+_inline = 0  # > 0: an outer graph (training/step.py) warms up or captures: the eager Functions, inline
+
+
+class inline:
+    """Inside, every recurrence takes its cell's eager Function, as it does inside an outer
+    capture: the whole-step graph's warm-up (training/step.py) then runs the very code its
+    capture records, and builds no recurrence graphs that would never be replayed."""
+
+    def __enter__(self):
+        global _inline
+        _inline += 1
+
+    def __exit__(self, *exc):
+        global _inline
+        _inline -= 1
 
 
 def check_recurrence(requested: str) -> str:
@@ -162,7 +177,7 @@ class GraphCache:
         """The entry for this call's shape (built at the shape's second use), or None: eager.
         ``alias_u``: the entry reads the weights in place, so it is also keyed by their address
         (``alias_key``, by default U's)."""
-        if _graphs_failed or xp.shape[0] < self.min_steps:
+        if _graphs_failed or _inline or xp.shape[0] < self.min_steps:
             return None
         capture = self.capture and xp.is_cuda
         if capture and torch.cuda.is_current_stream_capturing():
