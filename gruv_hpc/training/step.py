@@ -167,18 +167,19 @@ class TrainStep:
         self.failed = False      # a capture failed: every step eager from then on
 
     # -- the step itself, as both paths compute it ------------------------------------------
-    def _compute(self, inp, y, drop_last: bool, cache: bool):
+    def _compute(self, inp, y, drop_last: bool, cache: bool, zero_grad: bool):
         with self._amp(cache):
             pred, _ = self.forward(inp, drop_last=drop_last)
         loss = F.mse_loss(pred.float(), y)  # eq. 1, in normalized units
+        if zero_grad:  # here, after the forward, as the eager loop always did (a capture has none: see _build)
+            self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip) if self.grad_clip > 0 else None
         self.optimizer.step()
         return loss.detach(), norm
 
     def eager(self, inp, y, drop_last: bool):
-        self.optimizer.zero_grad(set_to_none=True)
-        return self._compute(inp, y, drop_last, cache=True)
+        return self._compute(inp, y, drop_last, cache=True, zero_grad=True)
 
     # -- the graph path ------------------------------------------------------------------------
     def __call__(self, inp, y, drop_last: bool):
@@ -237,7 +238,7 @@ class TrainStep:
         # The gradients are made inside the capture, from its memory pool: each replay overwrites
         # them (no zero_grad in the graph).
         self.optimizer.zero_grad(set_to_none=True)
-        self.graph, self.out = _capture(lambda: self._compute(*self.static, drop_last, cache=False), self.device,
+        self.graph, self.out = _capture(lambda: self._compute(*self.static, drop_last, cache=False, zero_grad=False), self.device,
                                         self._side_stream())
         self.grads = [p.grad for p in self.params]
         self.captures += 1
