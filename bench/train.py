@@ -41,15 +41,16 @@ os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 import torch  # noqa: E402
 
-torch.set_flush_denormal(True)  # as training's entry points do (training.distributed.flush_denormals), for both loops
 
-from gruv_hpc.training import cells
+from gruv_hpc.training import cells, distributed
 from gruv_hpc.training.cells.gru import GRU
 from gruv_hpc.training.cells.lstm import PeepholeLSTM
 from gruv_hpc.training.config import TrainConfig
 from gruv_hpc.training.model import GRUVModel
 from gruv_hpc.training.step import TrainStep, step_graph_mode
 from gruv_hpc.training.trainer import make_optimizer
+
+distributed.flush_denormals()  # as training's entry points do, for both loops
 
 
 DEVICE = torch.device("cpu")

@@ -61,3 +61,14 @@ def test_train_job_flushes(data, tmp_path, flush_calls, monkeypatch):
     cfg = dict(data=str(data), epochs=1, hidden=4, limit_train_batches=2, gen_seconds=0.0, workers=0)
     assert TrainJob(str(tmp_path / "r"), cfg, threads=1)()["status"] == "done"
     assert flush_calls == [1]
+
+
+def test_gruv_analyze_flushes(tmp_path, flush_calls, monkeypatch):
+    """gruv analyze, before its figures' and audio's torch work (the report itself stood in for)."""
+    from gruv_hpc.analysis import report
+    from gruv_hpc.cli import main
+    seen = []
+    monkeypatch.setattr(report, "analyze_atomic", lambda sweep, out, **kw: seen.append(list(flush_calls)))
+    (tmp_path / "sweep").mkdir()
+    assert main(["analyze", str(tmp_path / "sweep"), "--out", str(tmp_path / "report")]) == 0
+    assert flush_calls == [1] and seen == [[1]]  # flushed once, before the report started
