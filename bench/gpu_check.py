@@ -331,7 +331,6 @@ def goals(figures: dict) -> dict:
             hours = (lambda *fr: sum(GRID_FRAMES_PER_CELL / x / 3600 for x in fr) if all(fr) else None)
             g["grid_gpu_hours"] = hours(fl, fg)
             g["grid_gpu_hours_step_eager"] = hours(g[f"{lstm}_step_eager_frames_per_s"], g[f"{gru}_step_eager_frames_per_s"])
-        if name == "bench_train_paper":
             g["lstm_frames_per_s_met"] = None if fl is None else fl >= GOAL_LSTM_FRAMES_PER_S
         out[name] = g
     return out

@@ -41,13 +41,12 @@ os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 import torch  # noqa: E402
 
-
 from gruv_hpc.training import cells, distributed
 from gruv_hpc.training.cells.gru import GRU
 from gruv_hpc.training.cells.lstm import PeepholeLSTM
 from gruv_hpc.training.config import TrainConfig
 from gruv_hpc.training.model import GRUVModel
-from gruv_hpc.training.step import TrainStep, step_graph_mode
+from gruv_hpc.training.step import TrainStep, step_graph_mode, wants_capturable
 from gruv_hpc.training.trainer import make_optimizer
 
 distributed.flush_denormals()  # as training's entry points do, for both loops
@@ -114,7 +113,7 @@ def bare_loop(cell: str, dim: int, hidden: int, batch: int, T: int, steps: int, 
     model = GRUVModel(dim, hidden, cell, recurrence=recurrence).to(DEVICE)
     cfg = TrainConfig()  # the training default: RMSprop as in the paper's code
     mode = step_graph_mode(step_graph, DEVICE, 1, cfg.optimizer, cfg.lr_schedule)
-    opt = make_optimizer(cfg, model.parameters(), capturable=mode == "graph" and DEVICE.type == "cuda")
+    opt = make_optimizer(cfg, model.parameters(), capturable=wants_capturable(mode, DEVICE))
     step = TrainStep(model, opt, mode=mode, device=DEVICE, amp=True, full_batch=batch)
     win = torch.randn(batch, T + 1, dim, device=DEVICE)
     for i in range(warmup + steps):

@@ -12,7 +12,7 @@ What makes the step capturable, and what this module does about each:
   given with the batch it was told is full; any other (an epoch's last partial batch) takes the
   eager step, which computes the same update.
 - **A capturable optimizer.** Its step counter and learning rate live on the device
-  (``capturable_optimizer``); a scheduled lr is written into that tensor before each step
+  (``trainer.make_optimizer(..., capturable=True)``); a scheduled lr is written into that tensor before each step
   (``set_lr``), never baked into the graph. SGD has no capturable form in torch, so SGD with a
   schedule stays eager.
 - **No host sync inside.** The loss comes back as a device tensor; the clip's norm stays there.
@@ -60,23 +60,6 @@ def wants_capturable(mode: str, device) -> bool:
     """Whether a step in this mode on this device needs the capturable optimizer: a real capture,
     so the graph on CUDA (the CPU's graph path captures nothing)."""
     return mode == "graph" and torch.device(device).type == "cuda"
-
-
-def capturable_optimizer(name: str, params, lr: float, device) -> torch.optim.Optimizer:
-    """The optimizer of ``trainer.make_optimizer`` in its capturable form on CUDA: the step counter
-    and the lr (a 0-dim tensor, ``set_lr`` writes it) on the device. The same update; torch's
-    capturable RMSprop divides by -lr where the other multiplies by it, so the weights agree to
-    float32 rounding, not bitwise, with the eager optimizer."""
-    lr_t = torch.tensor(float(lr), dtype=torch.float32, device=device)
-    if name == "rmsprop":
-        opt = torch.optim.RMSprop(params, lr=lr_t, alpha=0.9, eps=1e-7, foreach=True, capturable=True)
-    elif name == "adam":
-        opt = torch.optim.Adam(params, lr=lr_t, fused=True, capturable=True)
-    else:
-        return torch.optim.SGD(params, lr=float(lr), momentum=0.9, foreach=True)  # constant lr only (graph_unsupported)
-    # Its steps outside a capture (the warm-up, a partial batch) are meant: not worth torch's warning.
-    opt._warned_capturable_if_run_uncaptured = True
-    return opt
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -149,7 +132,7 @@ class TrainStep:
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, mode: str, device,
                  grad_clip: float = 0.0, amp: bool = False, full_batch: int | None = None, forward=None):
-        self.model, self.optimizer, self.mode = model, optimizer, mode
+        self.optimizer, self.mode = optimizer, mode
         self.forward = forward or model
         self.device = torch.device(device)
         self.grad_clip, self.full_batch = grad_clip, full_batch
@@ -238,8 +221,8 @@ class TrainStep:
         # The gradients are made inside the capture, from its memory pool: each replay overwrites
         # them (no zero_grad in the graph).
         self.optimizer.zero_grad(set_to_none=True)
-        self.graph, self.out = _capture(lambda: self._compute(*self.static, drop_last, cache=False, zero_grad=False), self.device,
-                                        self._side_stream())
+        step = (lambda: self._compute(*self.static, drop_last, cache=False, zero_grad=False))
+        self.graph, self.out = _capture(step, self.device, self._side_stream())
         self.grads = [p.grad for p in self.params]
         self.captures += 1
 

@@ -34,8 +34,8 @@ from gruv_hpc.config import ConfigError, diff, to_dict
 from gruv_hpc.dataset.clips import ClipDataset, DatasetHandle, Normalizer, batch_collate
 from gruv_hpc.training.distributed import Dist
 from gruv_hpc.training.schedule import lr_at
-from gruv_hpc.training.step import (TrainStep, capturable_optimizer, conform_optimizer, optimizer_flags, set_lr,
-                                    step_graph_mode, wants_capturable)
+from gruv_hpc.training.step import (TrainStep, conform_optimizer, optimizer_flags, set_lr, step_graph_mode,
+                                    wants_capturable)
 from gruv_hpc.errors import TrainingError
 from gruv_hpc.fsio import atomic_write_json, atomic_write_text, dumps, temp_name
 from gruv_hpc.lock import Lock, LockedError
@@ -142,17 +142,26 @@ def make_optimizer(cfg: TrainConfig, params, capturable: bool = False):
     RMSprop has no fused kernel; Adam's fused one is one launch in all). On the CPU the
     per-parameter loop, as it always was (foreach is a GPU optimization there; the CPU runs the
     bit-for-bit same arithmetic it always did, which the bitwise-resume tests pin).
-    ``capturable``: the form a step replayed from a CUDA graph needs (step.capturable_optimizer)."""
+
+    ``capturable``: the form a step replayed from a CUDA graph needs (training/step.py): the step
+    counter and the lr (a 0-dim tensor, which ``step.set_lr`` writes) on the device. The same
+    update; torch's capturable RMSprop divides by -lr where the other multiplies by it, so the
+    weights agree to float32 rounding, not bitwise, with the other form. SGD has no capturable
+    form: its lr stays a number (a graph bakes it in, so only a constant lr: config.graph_unsupported)."""
     params = list(params)
     cuda = bool(params) and all(p.is_cuda for p in params)
-    if capturable:
-        return capturable_optimizer(cfg.optimizer, params, cfg.lr, params[0].device)
+    lr = torch.tensor(float(cfg.lr), dtype=torch.float32, device=params[0].device) \
+        if capturable and cfg.optimizer != "sgd" else cfg.lr
     if cfg.optimizer == "rmsprop":
         # Keras' RMSprop (the original code's): rho 0.9, eps 1e-7. torch's alpha is rho.
-        return torch.optim.RMSprop(params, lr=cfg.lr, alpha=0.9, eps=1e-7, foreach=cuda)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, **({"fused": True} if cuda else {"foreach": False}))
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, foreach=cuda)
+        opt = torch.optim.RMSprop(params, lr=lr, alpha=0.9, eps=1e-7, foreach=cuda or capturable, capturable=capturable)
+    elif cfg.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=lr, capturable=capturable, **({"fused": True} if cuda else {"foreach": False}))
+    else:
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, foreach=cuda)
+    if capturable:  # its steps outside a capture (the warm-up, a partial batch) are meant: not worth torch's warning
+        opt._warned_capturable_if_run_uncaptured = True
+    return opt
 
 
 # ---------------------------------------------------------------------------------------------
