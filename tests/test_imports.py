@@ -1,6 +1,6 @@
 """No import cycles among the project's own modules, lazy (function-level) imports included.
 
-Every module under gruv_hpc/ and analysis/ (installed as gruv_hpc.analysis) is parsed with ast, not
+Every module under gruv_hpc/ is parsed with ast, not
 imported: an import inside a function counts as much as one at the top, since it runs too, later
 and in an order nobody checks. A cycle is a design fault even when Python happens to resolve it
 (the lower layer knows the upper one); the failure prints each cycle, module by module, with the
@@ -14,12 +14,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "gruv_hpc"
-# analysis/ is installed as gruv_hpc.analysis (gruv_hpc/analysis is a symlink to it).
-SOURCES = {PACKAGE: ROOT / "gruv_hpc", f"{PACKAGE}.analysis": ROOT / "analysis"}
+SOURCES = {PACKAGE: ROOT / "gruv_hpc"}
 
 
 def module_files(sources: dict[str, Path] = SOURCES) -> dict[str, Path]:
-    """Module name -> file, for every .py file of each source tree (symlinked folders not followed:
+    """Module name -> file, for every .py file of each source tree (symlinks not followed).
     gruv_hpc/analysis is the analysis/ tree, listed under its own name)."""
     mods: dict[str, Path] = {}
     for name, root in sources.items():
