@@ -19,7 +19,6 @@ SOURCES = {PACKAGE: ROOT / "gruv_hpc"}
 
 def module_files(sources: dict[str, Path] = SOURCES) -> dict[str, Path]:
     """Module name -> file, for every .py file of each source tree (symlinks not followed).
-    gruv_hpc/analysis is the analysis/ tree, listed under its own name)."""
     mods: dict[str, Path] = {}
     for name, root in sources.items():
         stack = [root]
