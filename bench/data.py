@@ -2,7 +2,7 @@
 
     python bench/data.py [--data DIR] [--device auto] [--batch 5] [--workers 0 1 2] [--step-ms 5]
 
-Each path is ``train.build_data`` (the code training uses) followed by ``Data.to_window`` per batch:
+Each path is ``trainer.build_data`` (the code training uses) followed by ``Data.to_window`` per batch:
 
 - streaming: a DataLoader over the HDF5 shards with 0, 1, 2 ... worker processes (batched clip
   reads into the batch buffer, pinned on CUDA), the host-to-device copy, the normalization;

@@ -1,4 +1,4 @@
-"""What the launcher tells a process about its job: every ``SLURM_*`` variable is read here.
+"""What the batch system or launcher tells a process about its job: every ``SLURM_*`` variable is read here.
 
 One small class per backend (after Lightning's ``SLURMEnvironment`` and submitit's
 ``JobEnvironment``): ``Slurm`` (a task started by srun or submitit), ``Torchrun`` (torchrun's

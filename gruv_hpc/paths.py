@@ -1,7 +1,7 @@
 """The run-directory and sweep-directory layouts, defined in one place (importable without torch).
 
-Every path the trainer, the Slurm launcher, generation, status and analysis use comes from
-``RunPaths`` or ``SweepPaths``: a requeued job cannot look for its checkpoint under another name
+Every path the trainer, the training job (``training.job.TrainJob``), generation, status and
+analysis use comes from ``RunPaths`` or ``SweepPaths``: a requeued job cannot look for its checkpoint under another name
 than the one it was saved as, and no module spells ``sweep.json`` itself.
 """
 from __future__ import annotations

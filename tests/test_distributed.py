@@ -1,4 +1,4 @@
-"""The distributed environment and the launcher's signal, without a cluster (the GPU mocked)."""
+"""The distributed environment (jobenv's backends) and the preemption signal, without a cluster (the GPU mocked)."""
 import shutil
 import subprocess
 import sys

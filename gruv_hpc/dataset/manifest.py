@@ -7,10 +7,10 @@ A dataset directory (format version 2) holds::
     shards/<artist>-<split>-<task>-<k>.h5
 
 Each shard holds one split of one artist. Its ``blocks`` dataset (n, S) stores each song's block
-sequence once, as the stored half of the spectrum (``features.blocks_to_stored``: S = N values
+sequence once, as the stored half of the spectrum (``transforms.blocks_to_stored``: S = N values
 per block, ``params.storage_dim``, in ``params.dtype``, float32 or float16); the model's features
 (``params.feature_dim`` = D values, 2N for ``fft``) are a gather with signs over it
-(``features.expansion``), done by whoever reads. Clip ``k`` of a segment is the window
+(``Transform.expansion``), done by whoever reads. Clip ``k`` of a segment is the window
 ``blocks[o + k*C : o + k*C + C + 1]`` (x = the first C blocks, y = the last C: the target at step
 t is block t + 1). Segments start on a chunk boundary and the chunk height divides C, so reading
 one clip touches only about one clip's bytes. A segment is ``[song id, first row, clips, first

@@ -1,9 +1,9 @@
-"""The Slurm job: a thin submitit Checkpointable around ``train.main`` (DINO/MAE style).
+"""The Slurm job: a thin submitit Checkpointable around ``trainer.main`` (DINO/MAE style).
 
 On the timeout/preemption signal (USR2 by default, ``signal_delay_s`` before the end; submitit's
 ``SUBMITIT_PREEMPT_SIGNAL`` names another) the handler only sets a flag. The training loop sees it
 between two optimizer steps, writes a consistent checkpoint, and returns; then submitit's own
-handler requeues the job. The requeued job calls ``train.main`` again, which resumes from the
+handler requeues the job. The requeued job calls ``trainer.main`` again, which resumes from the
 newest checkpoint in the run directory: the run directory is the only state. So the job is a
 frozen dataclass of its arguments, and submitit's ``Checkpointable.checkpoint`` (resubmit this
 object) resubmits exactly them: nothing a run learns can ride along in the pickle.
