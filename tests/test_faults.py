@@ -3,10 +3,12 @@ checkpoints, another dataset, a full disk and bad values (issue: datasets, runs 
 survive mistakes, races, signals and bad input)."""
 import json
 import os
+import queue
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -62,13 +64,41 @@ def test_stop_signal_writes_checkpoint_and_exits_distinctly(data, tmp_path, sig)
 
 
 def test_second_signal_aborts(data, tmp_path):
-    """Ctrl-C twice: the second one is not ignored."""
-    p = start_train(data, tmp_path / "r", "epochs=100000", "ckpt_every_min=1e-9")  # a save at every step: slow
-    wait_for_epoch(tmp_path / "r")
+    """Ctrl-C twice: the second one aborts at once (130, KeyboardInterrupt's code), where one
+    alone stops with a checkpoint (EXIT_STOPPED). Two signals sent together reach Python as one,
+    so the second goes once the run has said it saw the first; and so that the run cannot end in
+    between, its stdout is a 4 KiB pipe left unread until it is full: the stop's own output (its
+    line and the result, ~400 bytes) cannot be written, so the run is still there for the second."""
+    import array
+    import fcntl
+    import termios
+    p = start_train(data, tmp_path / "r", "epochs=100000", "limit_train_batches=1")
+    fcntl.fcntl(p.stdout.fileno(), 1031, 4096)  # F_SETPIPE_SZ: the smallest pipe, one page
+    queued = array.array("i", [0])
+    for _ in range(1200):
+        fcntl.ioctl(p.stdout.fileno(), termios.FIONREAD, queued)
+        if queued[0] > 4096 - 400 or p.poll() is not None:
+            break
+        time.sleep(0.1)
+    assert queued[0] > 4096 - 400, f"stdout holds {queued[0]} bytes"
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in iter(p.stderr.readline, "")] + [lines.put("")],
+                     daemon=True).start()
     p.send_signal(signal.SIGINT)
+    seen = []
+    while not seen or "SIGINT received" not in seen[-1]:
+        try:
+            seen.append(lines.get(timeout=60))
+        except queue.Empty:
+            p.kill()
+            raise AssertionError("the run did not say it saw the signal: " + "".join(seen)) from None
+        assert seen[-1], "".join(seen)  # EOF: the run ended without saying it saw the signal
     p.send_signal(signal.SIGINT)
-    p.communicate(timeout=60)
-    assert p.returncode in (EXIT_STOPPED, 130)
+    out = p.stdout.read()
+    p.wait(timeout=60)
+    err = "".join(seen) + "".join(iter(lambda: lines.get(timeout=10), ""))
+    assert p.returncode == 130, err
+    assert "stop signal INT" not in out and "gruv: interrupted" in err  # not the one-signal stop
 
 
 # --- 2. one writer per run directory -------------------------------------------------------------

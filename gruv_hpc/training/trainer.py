@@ -96,6 +96,9 @@ class StopFlag:
             return
         self.requested = True
         self.signal = signal.Signals(signum).name if signum is not None else "request"
+        if signum is not None:  # said at once (a Ctrl-C is seen); os.write: safe inside a handler
+            os.write(2, f"{self.signal} received: stopping at the next step boundary with a checkpoint "
+                        f"(send it again to abort at once)\n".encode())
 
     def install(self, signals=None) -> "StopFlag":
         for sig in signals or stop_signals():
