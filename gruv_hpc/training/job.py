@@ -1,9 +1,9 @@
-"""The Slurm job: a thin submitit Checkpointable around ``train.main`` (DINO/MAE style).
+"""The Slurm job: a thin submitit Checkpointable around ``trainer.main`` (DINO/MAE style).
 
 On the timeout/preemption signal (USR2 by default, ``signal_delay_s`` before the end; submitit's
 ``SUBMITIT_PREEMPT_SIGNAL`` names another) the handler only sets a flag. The training loop sees it
 between two optimizer steps, writes a consistent checkpoint, and returns; then submitit's own
-handler requeues the job. The requeued job calls ``train.main`` again, which resumes from the
+handler requeues the job. The requeued job calls ``trainer.main`` again, which resumes from the
 newest checkpoint in the run directory: the run directory is the only state. So the job is a
 frozen dataclass of its arguments, and submitit's ``Checkpointable.checkpoint`` (resubmit this
 object) resubmits exactly them: nothing a run learns can ride along in the pickle.
@@ -27,6 +27,7 @@ class TrainJob(submitit.helpers.Checkpointable):
     run_dir: str
     config: dict
     threads: int = 0  # 0: the CPUs Slurm gave the task
+    hooks: tuple = ()  # epoch-end hooks (training/hooks.py), built by whoever submits the job
 
     def __call__(self) -> dict:
         import torch
@@ -50,7 +51,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         requeue = signal.getsignal(sig)  # submitit's checkpoint-and-requeue handler
         stop = StopFlag().install(stop_signals())  # every stop signal, the preemption one included
         cfg = build(TrainConfig, self.config)
-        result = main(cfg, self.run_dir, stop=stop)
+        result = main(cfg, self.run_dir, stop=stop, hooks=self.hooks)
         if result["status"] == "stopped":
             if env.global_rank != 0:
                 # Rank 0 requeues the whole job, which ends this task too; returning here would
