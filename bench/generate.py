@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from gruv_hpc.generate import generate_refeed, generate_stateful
+from gruv_hpc.generation import generate_refeed, generate_stateful
 from gruv_hpc.training import cells
 from gruv_hpc.training.model import GRUVModel
 

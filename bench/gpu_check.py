@@ -239,7 +239,7 @@ def step_run(mode: dict, work: Path, c: Checks) -> None:
 def step_generate(mode: dict, work: Path, c: Checks) -> None:
     import torch
 
-    from gruv_hpc.generate import generate, generate_refeed, generate_stateful, load_run, seed_features
+    from gruv_hpc.generation import generate, generate_refeed, generate_stateful, load_run, seed_features
     run, dev, s = work / "runs" / "a", mode["device"], mode["seed_s"]
     side = generate(run, work / "gen.wav", seed_seconds=s, length_ratio=1.0, device=dev, algorithm="stateful")
     c.figures["stateful_wall_s"] = side["wall_s"]

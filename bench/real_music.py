@@ -103,7 +103,7 @@ def _stat(xs: list) -> dict:
 def measure(out: Path, checkpoint: str = "best") -> dict:
     """Every run of every variant: its best dev loss, and the diagnostics of its continuations."""
     from gruv_hpc.analysis.audio import convergence, seed_indices
-    from gruv_hpc.generate import generate, load_run
+    from gruv_hpc.generation import generate, load_run
     from gruv_hpc.paths import read_jsonl
     res = {}
     for name in VARIANTS:
@@ -137,7 +137,7 @@ COLUMNS = [("best_dev_loss", "best dev loss", "{:.4f}"), ("loop_onset_s", "loop 
            ("click_ratio", "click ratio", "{:.2f}"), ("seed_click_ratio", "seed click ratio", "{:.2f}"),
            ("nearest_train_distance", "nearest-train distance", "{:.3f}"),
            ("nearest_train_relative", "nearest-train / dev-train", "{:.2f}"),
-           ("band_flatness", "band flatness", "{:.3f}")]
+           ("flatness", "flatness (music band)", "{:.3f}")]
 
 
 def _clip_value(c: dict, key: str):

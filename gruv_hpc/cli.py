@@ -94,7 +94,8 @@ def _train(a) -> int:
     distributed.prefer_huge_pages()  # side effect, stated: before torch's first large allocation
     distributed.flush_denormals()  # side effect, stated: before torch's intra-op threads start
     # TERM, INT, HUP and the preemption signal stop at the next step boundary with a checkpoint.
-    res = train_main(cfg, a.run_dir, stop=StopFlag().install())
+    from gruv_hpc.generation.tensorboard import training_hooks
+    res = train_main(cfg, a.run_dir, stop=StopFlag().install(), hooks=training_hooks())
     if int(os.environ.get("RANK", "0")) == 0:  # one summary line, not one per rank
         if res["status"] == "stopped":
             print(stop_line(res, requeue=False), flush=True)  # nothing requeues a plain `gruv train`
@@ -106,13 +107,13 @@ def _train(a) -> int:
 
 
 def _generate(a) -> int:
-    from gruv_hpc.generate import describe, generate
+    from gruv_hpc.generation import describe, generate
     from gruv_hpc.training import distributed
     distributed.flush_denormals()  # side effect, stated: before torch's intra-op threads start
     side = generate(a.run_dir, a.out, seed_seconds=a.seed_seconds, length_ratio=a.length_ratio, seed_from=a.seed_from,
                     seed_index=a.seed_index, seed_start=a.seed_start, algorithm=a.algorithm, checkpoint=a.checkpoint,
                     with_seed=a.with_seed, float32=a.float, normalize=a.normalize, device=a.device, noise=a.noise,
-                    noise_seed=a.noise_seed)
+                    noise_seed=a.noise_seed, temperature=a.temperature)
     print(f"wrote {a.out}: {side['generated_s']:.2f} s generated from {side['seed']['seconds']:.2f} s of seed "
           f"({side['algorithm']}, {side['wall_s']:.2f} s); {describe(side['diagnostics'], side['clipped_samples'])}")
     return 0
@@ -189,11 +190,12 @@ def _tensorboard(a) -> int:
 
 def _analyze(a) -> int:
     from gruv_hpc.analysis.report import analyze_atomic
+    from gruv_hpc.cluster.sweep import analysis_listing
     from gruv_hpc.training import distributed
     distributed.flush_denormals()  # side effect, stated: before torch's intra-op threads start
     t = time.time()
     print(f"analyzing {a.sweep_dir}")
-    analyze_atomic(a.sweep_dir, a.out, hidden=a.hidden, n_seed_clips=a.seed_clips, seed_seconds=a.seed_seconds,
+    analyze_atomic(a.sweep_dir, a.out, analysis_listing(a.sweep_dir), hidden=a.hidden, n_seed_clips=a.seed_clips, seed_seconds=a.seed_seconds,
                    max_clips=a.max_clips)
     print(f"report ({time.time() - t:.1f} s): {Path(a.out).resolve() / 'index.html'}")
     return 0
@@ -287,7 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     gp.add_argument("--noise", type=float, default=0.0, metavar="SIGMA",
                     help="add Gaussian noise of SIGMA (normalized units) to each fed-back prediction, against "
                          "generation loops; the output is the predictions themselves (default 0: off)")
-    gp.add_argument("--noise-seed", type=int, default=0, help="seed of --noise's draws")
+    gp.add_argument("--temperature", type=float, default=0.0, metavar="T",
+                    help="sample each frame from a Gaussian around the prediction, per dimension T x the model's "
+                         "residual std on the train set; the sample is fed back (0: the mean prediction, the paper's)")
+    gp.add_argument("--noise-seed", type=int, default=0, help="seed of --noise's and --temperature's draws")
     gp.set_defaults(fn=_generate)
     sp = sub.add_parser("sweep", help="grid sweeps on Slurm (or locally)")
     ssub = sp.add_subparsers(dest="sweep_cmd", required=True)

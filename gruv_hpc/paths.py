@@ -176,3 +176,15 @@ class PipelinePaths:
     spec = property(lambda s: s.root / "pipeline.toml")
     logs = property(lambda s: s.root / "logs")
     lock = property(lambda s: s.root / ".lock")
+
+
+def name_part(key: str, value) -> str:
+    """A grid value as it appears in a run's name (runs are named by their grid values: h512, lr0.01)."""
+    short = {"hidden": "h", "layers": "l", "batch_size": "b", "lr": "lr", "seed": "s", "epochs": "e"}
+    if key == "artists":
+        return "+".join(value) if value else "all"
+    if key in ("cell", "optimizer", "transform"):
+        return str(value)
+    if key == "data":
+        return Path(value).name
+    return f"{short.get(key, key)}{value}"

@@ -190,6 +190,7 @@ def test_floor_names_the_groups_that_do_not_beat_it():
 
 def test_partial_sweep_with_failed_and_running_runs(demo, tmp_path):
     from gruv_hpc.analysis.report import analyze
+    from gruv_hpc.cluster.sweep import analysis_listing
     sw, _ = demo
     part = tmp_path / "sweep"
     state = json.loads((copy_sweep(sw, part) / "sweep.json").read_text())
@@ -205,7 +206,7 @@ def test_partial_sweep_with_failed_and_running_runs(demo, tmp_path):
     (part / "sweep.json").write_text(json.dumps(state))
     try:
         rep = tmp_path / "rep"
-        summary = analyze(part, rep, n_seed_clips=1, seed_seconds=0.32, log=lambda *a: None)
+        summary = analyze(part, rep, analysis_listing(part), n_seed_clips=1, seed_seconds=0.32, log=lambda *a: None)
     finally:
         sleeper.kill()
     rows = {r["name"]: r for r in summary["runs"]}
@@ -216,7 +217,7 @@ def test_partial_sweep_with_failed_and_running_runs(demo, tmp_path):
     assert len(summary["fig1"]["curves"]["aurora-lstm-h8"]["dev"]) == 1  # its curve so far
     (part / "runs" / "circuit-lstm-h8" / "metrics.jsonl").unlink()  # a run with nothing yet
     shutil.rmtree(part / "runs" / "circuit-lstm-h8" / "checkpoints")
-    summary = analyze(part, tmp_path / "rep2", n_seed_clips=1, seed_seconds=0.32, log=lambda *a: None)
+    summary = analyze(part, tmp_path / "rep2", analysis_listing(part), n_seed_clips=1, seed_seconds=0.32, log=lambda *a: None)
     assert {r["name"] for r in summary["runs"]} >= {"circuit-lstm-h8"}
 
 
@@ -231,6 +232,7 @@ def test_unreadable_runs_are_reported_and_the_others_analysed(demo, tmp_path):
     """One run whose checkpoints are all unreadable, one whose best.pt alone is: the report names
     the first, the second falls back to its newest readable checkpoint, the rest are analysed."""
     from gruv_hpc.analysis.report import analyze
+    from gruv_hpc.cluster.sweep import analysis_listing
     sw, _ = demo
     part = tmp_path / "sweep"
     copy_sweep(sw, part)
@@ -240,7 +242,7 @@ def test_unreadable_runs_are_reported_and_the_others_analysed(demo, tmp_path):
     best.unlink()  # a hard link: replace it, do not write through it into the step checkpoint
     best.write_bytes(b"garbage")
     with pytest.warns(UserWarning, match="best.pt is unreadable"):
-        summary = analyze(part, tmp_path / "rep", n_seed_clips=1, seed_seconds=0.32, log=lambda *a: None)
+        summary = analyze(part, tmp_path / "rep", analysis_listing(part), n_seed_clips=1, seed_seconds=0.32, log=lambda *a: None)
     assert "aurora-gru-h4" in summary["audio"] and summary["audio"]["aurora-gru-h4"]["error"]
     assert summary["audio"]["aurora-lstm-h4"]["clips"]  # fell back, generated
     assert len([n for n, a in summary["audio"].items() if a["clips"]]) == 7
@@ -257,6 +259,7 @@ def test_each_runs_checkpoint_is_loaded_once(demo, tmp_path, monkeypatch):
     import torch
 
     from gruv_hpc.analysis.report import analyze
+    from gruv_hpc.cluster.sweep import analysis_listing
     sw, _ = demo
     loads, real = Counter(), torch.load
 
@@ -264,7 +267,7 @@ def test_each_runs_checkpoint_is_loaded_once(demo, tmp_path, monkeypatch):
         loads[Path(f)] += 1
         return real(f, *a, **kw)
     monkeypatch.setattr(torch, "load", counting)
-    summary = analyze(sw, tmp_path / "rep", n_seed_clips=1, seed_seconds=0.32, log=lambda *a: None)
+    summary = analyze(sw, tmp_path / "rep", analysis_listing(sw), n_seed_clips=1, seed_seconds=0.32, log=lambda *a: None)
     runs = sorted(p for p in (sw / "runs").iterdir() if p.is_dir())
     assert len(runs) == 8 and loads == Counter({r / "checkpoints" / "best.pt": 1 for r in runs}), loads
     assert len(summary["fig3"]["band_runs"]) == 4 and all(a["clips"] for a in summary["audio"].values())

@@ -110,7 +110,7 @@ def test_a_registered_cell_trains_generates_and_goes_through_the_report(tanh_cel
     assert set(f3["band_runs"]) == {"tanh-rnn", "lstm", "gru"}
     audio = generate_audio(runs, out, n_seed_clips=1, seed_seconds=0.32, length_ratio=1.0)
     assert not audio["tanh-rnn"].get("error"), audio["tanh-rnn"]
-    rows = collect(tmp_path, out, audio, runs, f3.get("band_runs"))
+    rows = collect(runs, out, audio, f3.get("band_runs"))
     assert {r["cell"]: r["params"] for r in rows}["tanh-rnn"] == sum(p.numel() for p in TanhRNN(8, 8).parameters()) \
         + 2 * (runs[0].config["feature_dim"] * 8) + 8 + runs[0].config["feature_dim"]
     groups = group_rows(rows)

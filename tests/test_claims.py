@@ -144,10 +144,10 @@ def test_a_difference_between_models_that_beat_no_floor_is_not_decided():
 
 
 def test_the_claims_table_links_to_the_floor_section(tmp_path):
-    from gruv_hpc.analysis.report import PAGE_COLUMNS, write_html
+    from gruv_hpc.analysis.report import page_columns, write_html
     rows = floored({("c", "lstm", 8): [1.3, 1.31], ("c", "gru", 8): [1.4, 1.41]}, 1.2)
     for r in rows:
         r.update(group=r["name"][:-3], state="COMPLETED", epochs_done=1, epochs=1, error="")
-        r.update({k: r.get(k) for k in PAGE_COLUMNS})
+        r.update({k: r.get(k) for k in page_columns()})
     page = write_html(tmp_path, [], rows, claims(rows), {}, {}, {}, {}, [], {"c": {"dev_loss": 1.2, "dev_clips": 2}}).read_text()
     assert "href='#floor'" in page and "id='floor'" in page and "not decided: nothing beat the floor" in page

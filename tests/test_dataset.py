@@ -34,7 +34,7 @@ def split_of(manifest: dict, artist: str) -> dict:
 def test_one_artists_run_does_not_depend_on_the_other_artists(corpus, tmp_path):
     """The same songs and seed: a dataset of aurora alone and one of circuit and aurora give
     aurora the same split, the same statistics and the same training losses."""
-    from gruv_hpc.generate import open_dataset
+    from gruv_hpc.generation import open_dataset
     from gruv_hpc.training.trainer import main
     alone, both = tmp_path / "alone", tmp_path / "both"
     cfg = PreprocessConfig(**TINY)

@@ -293,7 +293,7 @@ def test_loop_stats_memory_is_linear(tmp_path):
 
     import numpy as np
 
-    from gruv_hpc.generate import loop_stats
+    from gruv_hpc.generation import loop_stats
     rng = np.random.default_rng(0)
     frames = rng.standard_normal((3000, 16))
     frames[2000:2300] = np.tile(frames[1990:2000], (30, 1))  # a loop of period 10

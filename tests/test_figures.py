@@ -60,7 +60,7 @@ def test_flatness_is_taken_over_the_music_band():
     import numpy as np
     from scipy.signal import butter, sosfilt
 
-    from gruv_hpc.generate import spectral_flatness
+    from gruv_hpc.generation import spectral_flatness
     sr = 22050
     noise = np.random.default_rng(0).standard_normal(4 * sr)
     low = sosfilt(butter(12, 1000, fs=sr, output="sos"), noise)  # noise, but only below 1 kHz
@@ -72,7 +72,7 @@ def test_flatness_is_taken_over_the_music_band():
 def test_words_mean_one_thing():
     """--seed-clips counts the dev clips generated from (not the grid's seeds); stateful and refeed
     are equal up to float rounding, not 'the same blocks'."""
-    import gruv_hpc.generate as gen
+    import gruv_hpc.generation.algorithms as gen
     from gruv_hpc.cli import build_parser
     p = build_parser()
     a = p.parse_args(["analyze", "sw", "--out", "rep", "--seed-clips", "3"])

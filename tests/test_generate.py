@@ -7,7 +7,7 @@ import soundfile as sf
 import torch
 
 from gruv_hpc.errors import GenerationError
-from gruv_hpc.generate import (generate, generate_refeed, generate_stateful, load_run, loop_stats, rms_db, seed_features, spectral_flatness)
+from gruv_hpc.generation import (generate, generate_refeed, generate_stateful, load_run, loop_stats, rms_db, seed_features, spectral_flatness)
 
 
 def test_stateful_equals_refeed_on_trained_model(trained_run):
@@ -44,7 +44,7 @@ def test_generate_writes_wav_and_sidecar(trained_run, tmp_path):
 
 
 def test_clipping_is_reported(trained_run, tmp_path, monkeypatch):
-    import gruv_hpc.generate as g
+    import gruv_hpc.generation.synthesis as g
     monkeypatch.setattr(g, "to_audio", lambda run, feats: np.full(len(feats) * 64, 3.0, np.float32))
     side = generate(trained_run, tmp_path / "c.wav", seed_seconds=0.16, length_ratio=1)
     assert side["clipped_samples"] == 20 * 64
@@ -163,7 +163,7 @@ def test_sidecar_diagnostics_agree_with_the_wav(trained_run, tmp_path, monkeypat
     """click_ratio and level_change_db in the sidecar against a measurement of the written WAVs
     (the continuation and the seed, read back with soundfile): a continuation whose blocks jump at
     every edge, a smooth one, and the model's own."""
-    import gruv_hpc.generate as g
+    import gruv_hpc.generation.synthesis as g
     rng = np.random.default_rng(1)
     if kind != "model":
         def to_audio(run, feats):
@@ -205,7 +205,7 @@ def test_click_ratio_of_stft_continuations_is_every_hop(corpus, tmp_path):
 
 def test_click_ratio_and_music_band_on_synthetic_signals():
     from scipy.signal import butter, sosfilt
-    from gruv_hpc.generate import click_ratio, music_band
+    from gruv_hpc.generation import click_ratio, music_band
     rng = np.random.default_rng(0)
     sr, hop = 8000, 64
     t = np.arange(sr) / sr
@@ -222,8 +222,8 @@ def test_click_ratio_and_music_band_on_synthetic_signals():
 
 
 def test_nearest_train_finds_a_copied_clip(trained_run, monkeypatch):
-    import gruv_hpc.generate as g
-    from gruv_hpc.generate import nearest_train
+    import gruv_hpc.generation.measures as g
+    from gruv_hpc.generation import nearest_train
     # every train frame in the pool, so the copied clip is surely in it (by default: a random subsample)
     monkeypatch.setattr(g, "NEAREST_CLIPS", 10**6)
     monkeypatch.setattr(g, "NEAREST_FRAMES", 10**7)
@@ -244,14 +244,17 @@ def test_nearest_train_finds_a_copied_clip(trained_run, monkeypatch):
 
 
 def test_describe_and_tensorboard_name_the_diagnostics(trained_run, tmp_path):
-    from gruv_hpc.generate import describe, log_to_tensorboard
+    from gruv_hpc.generation import describe
+    from gruv_hpc.generation.tensorboard import AudioSampler
+    from gruv_hpc.training.hooks import EpochEnd
     side = generate(trained_run, tmp_path / "g.wav", seed_seconds=0.32, length_ratio=2)
     d = side["diagnostics"]
-    for k in ("click_ratio", "level_change_db", "nearest_train", "loop_onset_s", "band_flatness", "band_hz"):
+    for k in ("click_ratio", "level_change_db", "nearest_train", "loop_onset_s", "flatness", "flatness_band_hz",
+              "spectral_distance"):
         assert k in d
     assert set(d["nearest_train"]) >= {"song", "offset_s", "distance", "relative"}
     words = describe(d, 0)
-    assert "clicks" in words and "nearest train" in words and "music's band" in words and " dB)" in words
+    assert "clicks" in words and "nearest train" in words and "seed's band" in words and " dB)" in words
 
     class Writer:
         def __init__(self):
@@ -268,16 +271,17 @@ def test_describe_and_tensorboard_name_the_diagnostics(trained_run, tmp_path):
 
     w, run = Writer(), load_run(trained_run)
     cfg = run.cfg.__class__(**{**run.cfg.__dict__, "gen_seconds": 0.32})
-    log_to_tensorboard(w, run.model, cfg, 7, "cpu", run.data.split("dev", as_blocks=True))
+    numbers = AudioSampler()(EpochEnd(7, 7, run.model, cfg, "cpu", run.data.split("dev", as_blocks=True), w))
+    assert set(numbers) >= {"click_ratio", "level_change_db", "loop_fraction", "spectral_distance"}
     for k in ("click_ratio", "level_change_db", "loop_fraction", "nearest_train_distance", "nearest_train_relative"):
-        assert f"generated/{k}" in w.tags
+        assert k in numbers  # the trainer logs them as generated/<name> (training/hooks.run_hooks)
 
 
 # ---------------------------------------------------------------------------------------------
 # Generation-time noise against loops
 
 def test_generation_noise(trained_run, tmp_path):
-    from gruv_hpc.generate import feedback_noise
+    from gruv_hpc.generation import feedback_noise
     run = load_run(trained_run)
     seed, _ = seed_features(run, "dev", 0, 0.32)
     s = torch.from_numpy(seed)
@@ -330,3 +334,42 @@ def test_figure3_reads_the_stft_spectrum_of_the_audio(corpus, tmp_path):
     for t in (1, 2, 5):
         frame = audio[start + t * 32: start + t * 32 + 64]
         np.testing.assert_allclose(m[t - 1], np.abs(np.fft.rfft(w * frame)), rtol=1e-3, atol=1e-4)
+
+
+def test_temperature_samples_around_the_prediction(trained_run, tmp_path):
+    """T = 0 is the mean prediction bitwise; T > 0 feeds back and keeps samples whose spread per
+    dimension is T x the train residual std, the same for the same seed, other for another."""
+    import torch
+
+    from gruv_hpc.generation.command import train_residual_std
+    run = load_run(trained_run)
+    plain = generate(trained_run, tmp_path / "p.wav", seed_seconds=0.32, length_ratio=2, float32=True, run=run)
+    zero = generate(trained_run, tmp_path / "z.wav", seed_seconds=0.32, length_ratio=2, float32=True, run=run,
+                    temperature=0.0)
+    assert np.array_equal(sf.read(tmp_path / "p.wav")[0], sf.read(tmp_path / "z.wav")[0])
+    assert zero["temperature"] == 0 and plain["residual_std_mean"] is None
+    hot = generate(trained_run, tmp_path / "h.wav", seed_seconds=0.32, length_ratio=2, float32=True, run=run,
+                   temperature=1.0, noise_seed=3)
+    again = generate(trained_run, tmp_path / "h2.wav", seed_seconds=0.32, length_ratio=2, float32=True, run=run,
+                     temperature=1.0, noise_seed=3)
+    other = generate(trained_run, tmp_path / "h3.wav", seed_seconds=0.32, length_ratio=2, float32=True, run=run,
+                     temperature=1.0, noise_seed=4)
+    h = sf.read(tmp_path / "h.wav")[0]
+    assert np.array_equal(h, sf.read(tmp_path / "h2.wav")[0]) and not np.array_equal(h, sf.read(tmp_path / "h3.wav")[0])
+    assert not np.allclose(h, sf.read(tmp_path / "p.wav")[0])
+    std = train_residual_std(run)
+    assert hot["residual_std_mean"] == pytest.approx(float(std.mean())) and other["temperature"] == 1.0
+    # the residual, measured independently: teacher-forced predictions of every train clip
+    train = run.data.split("train", normalize=False)
+    res = []
+    for i in range(len(train)):
+        f = torch.from_numpy(((train.features(i) - run.mean) / run.std).astype(np.float32))[None]
+        with torch.no_grad():
+            p, _ = run.model(f, drop_last=True)
+        res.append((p - f[:, 1:])[0].numpy())
+    assert len(train) <= 64  # so the run's measure saw every clip too
+    assert np.allclose(std.numpy(), np.sqrt(np.mean(np.concatenate(res) ** 2, 0)), rtol=1e-4)
+    with pytest.raises(GenerationError, match="give one"):
+        generate(trained_run, tmp_path / "x.wav", run=run, seed_seconds=0.32, noise=0.1, temperature=1.0)
+    with pytest.raises(GenerationError, match="--temperature"):
+        generate(trained_run, tmp_path / "x.wav", run=run, seed_seconds=0.32, temperature=float("nan"))

@@ -190,28 +190,60 @@ def test_cycle_detection_catches_lazy_and_from_imports(tmp_path):
     assert cycles(graph) == []
 
 
-# The layers, lowest first: each may import only from the layers before it. The shared machinery
-# (configs, paths, files, locks, errors, progress, plotting) stands on no package; dataset on it alone;
-# training reads datasets; cluster runs both (and the analysis) as jobs. Top-level modules not
-# listed (cli, generate, tbserver) are applications and may import any layer.
+# The layers, lowest first: each may import only from the layers before it (and from its own).
+# The shared machinery (configs, paths, files, locks, errors, progress, plotting, the job's
+# environment) stands on no package; dataset on it alone; training reads datasets; generation
+# continues trained runs; analysis reads runs (and generates from them); cluster runs all of them
+# as jobs; the applications (the command line, the TensorBoard server) sit on top. Every module
+# has a layer: test_every_module_has_a_layer.
 LAYERS = [
-    {f"{PACKAGE}.{m}" for m in ("config", "errors", "fsio", "lock", "paths", "plotting", "progress")},
+    {f"{PACKAGE}"} | {f"{PACKAGE}.{m}" for m in ("config", "errors", "fsio", "lock", "paths", "plotting", "progress",
+                                                 "jobenv")},
     {f"{PACKAGE}.dataset"},
     {f"{PACKAGE}.training"},
+    {f"{PACKAGE}.generation"},
+    {f"{PACKAGE}.analysis"},
     {f"{PACKAGE}.cluster"},
+    {f"{PACKAGE}.cli", f"{PACKAGE}.tbserver"},
 ]
+NAMES = "shared < dataset < training < generation < analysis < cluster < apps"
 
 
 def layer_of(mod: str) -> int | None:
+    """The most specific layer entry naming ``mod`` or a package above it (gruv_hpc itself is the
+    shared layer only as a module, not as the prefix of every module)."""
+    best, depth = None, -1
     for i, layer in enumerate(LAYERS):
-        if any(mod == m or mod.startswith(m + ".") for m in layer):
-            return i
-    return None
+        for m in layer:
+            if (mod == m or mod.startswith(m + ".")) and m != PACKAGE or mod == m:
+                if m.count(".") > depth:
+                    best, depth = i, m.count(".")
+    return best
+
+
+def test_every_module_has_a_layer():
+    _, mods = import_graph()
+    loose = sorted(m for m in mods if layer_of(m) is None)
+    assert not loose, f"modules in no layer (add each to LAYERS in {Path(__file__).name}): {', '.join(loose)}"
 
 
 def test_lower_layers_do_not_import_upper_ones():
     graph, mods = import_graph()
     bad = [f"{a} ({mods[a].relative_to(ROOT)}:{line}) imports {b}"
            for a, edges in sorted(graph.items()) for b, line in edges.items()
-           if layer_of(a) is not None and layer_of(b) is not None and layer_of(b) > layer_of(a)]
-    assert not bad, "imports from a higher layer (shared < dataset < training < cluster):\n  " + "\n  ".join(bad)
+           if layer_of(b) > layer_of(a)]
+    assert not bad, f"imports from a higher layer ({NAMES}):\n  " + "\n  ".join(bad)
+
+
+def test_layer_check_catches_an_upward_import(tmp_path):
+    """The checker itself: a training module that imports generation is named, with its line."""
+    pkg = tmp_path / "gruv_hpc"
+    for sub in ("training", "generation"):
+        (pkg / sub).mkdir(parents=True)
+        (pkg / sub / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "generation" / "sample.py").write_text("import os\n")
+    (pkg / "training" / "trainer.py").write_text("import os\n\ndef hook():\n    from gruv_hpc.generation import sample\n")
+    graph, mods = import_graph({PACKAGE: pkg})
+    up = [(a, b) for a, edges in graph.items() for b in edges if layer_of(b) > layer_of(a)]
+    assert up == [("gruv_hpc.training.trainer", "gruv_hpc.generation.sample")]

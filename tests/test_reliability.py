@@ -125,9 +125,10 @@ def test_one_damaged_run_is_listed_and_skipped(small_sweep, tmp_path, damage):
 
 def test_a_completed_run_without_checkpoints_is_listed(small_sweep, tmp_path):
     from gruv_hpc.analysis.report import analyze
+    from gruv_hpc.cluster.sweep import analysis_listing
     sw = copy_sweep(small_sweep, tmp_path / "sw")
     shutil.rmtree(sw / "runs" / "gru" / "checkpoints")
-    summary = analyze(sw, tmp_path / "rep", n_seed_clips=1, seed_seconds=0.16, max_clips=4, log=lambda *a: None)
+    summary = analyze(sw, tmp_path / "rep", analysis_listing(sw), n_seed_clips=1, seed_seconds=0.16, max_clips=4, log=lambda *a: None)
     assert "no checkpoint left" in summary["skipped_runs"]["gru"]
     assert "gru: COMPLETED, but it has no checkpoint" in (tmp_path / "rep" / "index.html").read_text()
 

@@ -181,7 +181,7 @@ def test_seed_start_in_a_seed_file(trained_run, tmp_path):
     import numpy as np
     import soundfile as sf
 
-    from gruv_hpc.generate import generate
+    from gruv_hpc.generation import generate
     rng = np.random.default_rng(0)
     audio = 0.3 * rng.standard_normal(8000).clip(-3, 3) / 3  # 1 s at the run's rate: no resampling
     sf.write(tmp_path / "seed.wav", audio, 8000, subtype="FLOAT")
@@ -220,7 +220,7 @@ def test_generate_prints_the_loop_onset_in_seconds(trained_run, tmp_path):
 
 
 def test_describe_in_words():
-    from gruv_hpc.generate import describe
+    from gruv_hpc.generation import describe
     d = {"loop_onset_s": 0.75, "loop_fraction": 0.5, "rms_db": -38.2, "seed_rms_db": -20.4, "flatness": 0.01,
          "seed_flatness": 0.2}
     assert describe(d, 0) == "loops from 0.75 s (50% of it in loops); level -38 dBFS, seed -20 dBFS; " \

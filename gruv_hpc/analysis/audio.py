@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gruv_hpc.analysis.common import RunInfo, cli, load_runs
+from gruv_hpc.analysis.common import RunInfo
 
 
 def seed_indices(n_clips: int, n_seed_clips: int) -> list[int]:
@@ -73,7 +73,7 @@ def run_audio(run: RunInfo, lr, out_dir, n_seed_clips: int = 2, seed_seconds: fl
     import matplotlib.pyplot  # noqa: F401  (imsave)
     import soundfile as sf
 
-    from gruv_hpc.generate import describe, generate
+    from gruv_hpc.generation import describe, generate
     out_dir = Path(out_dir)
     out = out_dir / "audio"
     cfg = lr.cfg
@@ -93,22 +93,20 @@ def run_audio(run: RunInfo, lr, out_dir, n_seed_clips: int = 2, seed_seconds: fl
                       "words": describe(side["diagnostics"], side["clipped_samples"])})
     if not clips:
         return None
-    for c in clips:  # flat copies of nearest_train's numbers, for the tables
-        near = c.get("nearest_train") or {}
-        c["nearest_train_distance"], c["nearest_train_relative"] = near.get("distance"), near.get("relative")
-
     def mean(key):
         v = [c[key] for c in clips if c.get(key) is not None and np.isfinite(c[key])]
         return float(np.mean(v)) if v else None
-    return {"clips": clips, **{k: mean(k) for k in MEAN_KEYS},
+    return {"clips": clips, **{k: mean(k) for k in mean_keys()},
             "convergence": convergence(lr, [out_dir / c["wav"] for c in clips],
                                        [out_dir / c["seed_wav"] for c in clips])}
 
 
-# The diagnostics a run reports as the mean over its seed clips.
-MEAN_KEYS = ("flatness", "seed_flatness", "band_flatness", "seed_band_flatness", "loop_onset_s", "loop_fraction",
-             "rms_db", "seed_rms_db", "level_change_db", "click_ratio", "seed_click_ratio", "nearest_train_distance",
-             "nearest_train_relative")
+def mean_keys() -> list[str]:
+    """The diagnostics a run reports as the mean over its seed clips: the registry's ``mean`` ones."""
+    from gruv_hpc.generation.diagnostics import names
+    return names("mean")
+
+
 CONVERGED_COSINE = 0.9  # end frames this alike (normalized features) are the same output to a listener
 
 
@@ -137,7 +135,7 @@ def convergence(run, wavs: list[Path], seed_wavs: list[Path]) -> dict | None:
 
     import soundfile as sf
 
-    from gruv_hpc.generate import rms_db
+    from gruv_hpc.generation import rms_db
     ends, seeds = [_end_frames(run, w) for w in wavs], [_end_frames(run, w) for w in seed_wavs]
     if any(len(f) == 0 for f in ends + seeds):  # shorter than one frame: nothing to compare
         return None
@@ -149,12 +147,3 @@ def convergence(run, wavs: list[Path], seed_wavs: list[Path]) -> dict | None:
     return {"end_cosine": cos, "seed_end_cosine": seed_cos, "clips": len(wavs),
             "level_spread_db": float(max(levels) - min(levels)) if levels else None,
             "converged": bool(cos >= CONVERGED_COSINE and cos > seed_cos)}
-
-
-if __name__ == "__main__":
-    p = cli(__doc__)
-    p.add_argument("--seed-clips", type=int, default=2, help="dev clips each run continues")
-    p.add_argument("--seed-seconds", type=float, default=10.0)
-    a = p.parse_args()
-    for name, r in generate_audio(load_runs(a.sweep_dir), a.out, a.seed_clips, a.seed_seconds).items():
-        print(f"{name}: {len(r['clips'])} clips, flatness {r['flatness']:.3f}, loop fraction {r['loop_fraction']:.2f}")

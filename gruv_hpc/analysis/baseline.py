@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gruv_hpc.analysis.common import RunInfo, load_runs
+from gruv_hpc.analysis.common import RunInfo
 from gruv_hpc.dataset.manifest import STD_FLOOR
 
 
@@ -84,13 +84,3 @@ def baselines(runs: list[RunInfo]) -> dict:
         except (GruvError, OSError) as e:
             out[r.artist] = {"error": str(e)}
     return out
-
-
-if __name__ == "__main__":
-    import argparse
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("sweep_dir")
-    a = ap.parse_args()
-    for artist, b in baselines(load_runs(a.sweep_dir)).items():
-        print(f"{artist}: " + (f"dev loss of predicting the train mean {b['dev_loss']:.4f} over {b['dev_clips']} clips"
-                               if b.get("dev_loss") is not None else b.get("error") or "the dev split has no clips"))

@@ -33,10 +33,9 @@ e.g. Figure 2's claim with one hidden size per cell; the table then says what is
 """
 from __future__ import annotations
 
-import json
 import math
 
-from gruv_hpc.analysis.common import cli, finite, mean_std
+from gruv_hpc.analysis.common import finite, mean_std
 from gruv_hpc.training import cells
 
 HOLDS, NOT, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
@@ -198,12 +197,3 @@ def claims(rows: list[dict]) -> list[dict]:
                           _cells(rows, "in_band_energy", gru, lstm, "<"), G, L,
                           f"no {L}/{G} pair in Figure 3"))
     return out
-
-
-if __name__ == "__main__":
-    import csv
-    from pathlib import Path
-    a = cli(__doc__).parse_args()
-    with open(Path(a.out) / "results.csv") as f:
-        rows = list(csv.DictReader(f))
-    print(json.dumps(claims(rows), indent=1))

@@ -3,20 +3,27 @@ and the groups of runs that differ only in seed (mean and spread of each number;
 from __future__ import annotations
 
 import csv
-import sys
 from pathlib import Path
 
-from gruv_hpc.analysis.common import RunInfo, cli, load_runs, mean_std
+from gruv_hpc.analysis.common import RunInfo, mean_std
 
-COLUMNS = ["name", "group", "artists", "cell", "hidden", "layers", "seed", "variant", "state", "epochs_done", "epochs",
-           "final_train_loss", "final_dev_loss", "best_train_loss", "best_dev_loss", "baseline_dev_loss", "params", "device", "device_hours",
-           "flatness", "seed_flatness", "loop_onset_s", "loop_fraction", "rms_db", "seed_rms_db", "in_band_energy",
-           "band_flatness", "level_change_db", "click_ratio", "nearest_train_distance", "nearest_train_relative",
-           "seeds_converge", "error"]
-# The numbers a group reports as mean and standard deviation over its seeds.
-GROUP_NUMBERS = ["final_dev_loss", "best_dev_loss", "best_train_loss", "flatness", "loop_fraction", "loop_onset_s",
-                 "rms_db", "in_band_energy", "band_flatness", "level_change_db", "click_ratio", "nearest_train_distance",
-                 "nearest_train_relative"]
+# The columns that are not diagnostics; the diagnostics' come from their registry (``columns``).
+RUN_COLUMNS = ["name", "group", "artists", "cell", "hidden", "layers", "seed", "variant", "state", "epochs_done", "epochs",
+               "final_train_loss", "final_dev_loss", "best_train_loss", "best_dev_loss", "baseline_dev_loss", "params",
+               "device", "device_hours", "in_band_energy"]
+# The losses a group reports as mean and standard deviation over its seeds (and the registry's ``group`` diagnostics).
+GROUP_LOSSES = ["final_dev_loss", "best_dev_loss", "best_train_loss", "in_band_energy"]
+
+
+def columns() -> list[str]:
+    """results.csv's columns: the run's, then every diagnostic a run reports a mean of."""
+    from gruv_hpc.generation.diagnostics import names
+    return [*RUN_COLUMNS, *names("mean"), "seeds_converge", "error"]
+
+
+def group_numbers() -> list[str]:
+    from gruv_hpc.generation.diagnostics import names
+    return [*GROUP_LOSSES, *names("group")]
 
 
 def param_count(config: dict) -> int | None:
@@ -48,8 +55,8 @@ def row_for(run: RunInfo, diagnostics: dict | None = None, band: dict | None = N
            "device_hours": last.get("train_time_s", 0.0) * world / 3600 if h else 0.0,
            "error": (run.error or "").strip().splitlines()[-1] if run.error else ""}
     d = (diagnostics or {}).get(run.name, {})
-    for k in ("flatness", "seed_flatness", "loop_onset_s", "loop_fraction", "rms_db", "seed_rms_db", "band_flatness",
-              "level_change_db", "click_ratio", "nearest_train_distance", "nearest_train_relative"):
+    from gruv_hpc.generation.diagnostics import names
+    for k in names("mean"):
         row[k] = d.get(k)
     conv = d.get("convergence")
     row["seeds_converge"] = None if not conv else conv["converged"]
@@ -69,32 +76,23 @@ def group_rows(rows: list[dict]) -> list[dict]:
         g = {"group": name, **{k: rs[0][k] for k in ("artists", "cell", "hidden", "layers", "variant", "baseline_dev_loss")},
              "n_seeds": len(rs), "seeds": sorted(r["seed"] for r in rs), "runs": [r["name"] for r in rs],
              "states": sorted({r["state"] for r in rs})}
-        for k in GROUP_NUMBERS:
+        for k in group_numbers():
             g[f"{k}_mean"], g[f"{k}_std"], g[f"{k}_n"] = mean_std(r[k] for r in rs)
         out.append(g)
     return out
 
 
-def collect(sweep_dir, out_dir, diagnostics: dict | None = None, runs: list[RunInfo] | None = None,
-            band: dict | None = None, baseline: dict | None = None) -> list[dict]:
+def collect(runs: list[RunInfo], out_dir, diagnostics: dict | None = None, band: dict | None = None,
+            baseline: dict | None = None) -> list[dict]:
     """``band``: Figure 3's in-band energy per run ({name: {"in_band_energy": ...}}); ``baseline``:
     analysis/baseline.py's floors per artist."""
-    runs = runs if runs is not None else load_runs(sweep_dir)
     rows = [row_for(r, diagnostics, band, baseline) for r in runs]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        cols = columns()
+        w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
         for r in rows:
-            w.writerow({k: ("" if r[k] is None else r[k]) for k in COLUMNS})
+            w.writerow({k: ("" if r[k] is None else r[k]) for k in cols})
     return rows
-
-
-if __name__ == "__main__":
-    a = cli(__doc__).parse_args()
-    from gruv_hpc.analysis.baseline import baselines
-    runs = load_runs(a.sweep_dir)
-    rows = collect(a.sweep_dir, a.out, runs=runs, baseline=baselines(runs))
-    print(f"wrote {Path(a.out) / 'results.csv'} ({len(rows)} runs)")
-    sys.exit(0)

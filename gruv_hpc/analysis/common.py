@@ -1,12 +1,10 @@
 """What every analysis script shares: reading a sweep as training wrote it (never TensorBoard)."""
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gruv_hpc.paths import RunPaths, read_jsonl
-from gruv_hpc.cluster.sweep import load_state, status
+from gruv_hpc.paths import RunPaths, name_part, read_jsonl
 
 
 @dataclass
@@ -39,13 +37,11 @@ class RunInfo:
     def variant(self) -> str:
         """The run's other grid values (not artists, cell, hidden or seed), e.g. "lr0.01": runs are
         compared only within one variant."""
-        from gruv_hpc.cluster.sweep.spec import name_part
         return "-".join(name_part(k, v) for k, v in self.grid.items() if k not in ("artists", "cell", "hidden", "seed"))
 
     @property
     def group(self) -> str:
         """The run's name without its seed: runs that differ only in seed form one group."""
-        from gruv_hpc.cluster.sweep.spec import name_part
         return "-".join(name_part(k, v) for k, v in self.grid.items() if k != "seed") if "seed" in self.grid else self.name
 
     @property
@@ -58,19 +54,19 @@ class RunInfo:
         return min(devs) if devs else None
 
 
-def load_runs(sweep_dir, skipped: dict[str, str] | None = None) -> list[RunInfo]:
-    """The sweep's runs. A run whose config.json is not valid JSON, or whose metrics.jsonl holds a
-    line that is not an epoch line (no loss, a text loss), is left out, its reason put in
-    ``skipped`` ({name: why}) and warned about: one damaged run never stops the analysis of the
-    others."""
+def load_runs(listing: list[dict], skipped: dict[str, str] | None = None) -> list[RunInfo]:
+    """The runs of a sweep, from its ``listing`` (the cluster layer's ``sweep.analysis_listing``: each
+    run's name, job state, error, config, grid and run directory, states read before the analysis
+    starts). A run whose config.json is not valid JSON, or whose metrics.jsonl holds a line that is
+    not an epoch line (no loss, a text loss), is left out, its reason put in ``skipped`` ({name:
+    why}) and warned about: one damaged run never stops the analysis of the others."""
     import json
     import warnings
 
     from gruv_hpc.paths import metrics_problem
-    state = load_state(sweep_dir)
     runs = []
-    for row in status(sweep_dir):
-        r, paths = state.runs[row["name"]], state.run_paths(row["name"])
+    for row in listing:
+        paths = RunPaths(row["run_dir"])
         history = read_jsonl(paths.metrics)
         why = metrics_problem(history)
         why = f"{paths.metrics}: {why}" if why else None
@@ -86,7 +82,7 @@ def load_runs(sweep_dir, skipped: dict[str, str] | None = None) -> list[RunInfo]
             if skipped is not None:
                 skipped[row["name"]] = why
             continue
-        runs.append(RunInfo(row["name"], row["state"], r.config, r.grid, paths, history, row.get("error")))
+        runs.append(RunInfo(row["name"], row["state"], row["config"], row["grid"], paths, history, row.get("error")))
     return runs
 
 
@@ -96,7 +92,7 @@ def load_each(runs: list[RunInfo]):
     (run, None, why) when the run cannot be read, so the report names it and analyses the
     others. One run is held at a time."""
     from gruv_hpc.errors import GruvError
-    from gruv_hpc.generate import load_run
+    from gruv_hpc.generation import load_run
     for run in runs:
         if not run.has_checkpoint:
             continue
@@ -133,13 +129,6 @@ def note(ax, text: str, data: dict) -> None:
     data.setdefault("notes", []).append(text.replace("\n", " "))
     ax.set_axis_off()
     ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=10, color="0.35", transform=ax.transAxes)
-
-
-def cli(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("sweep_dir")
-    p.add_argument("--out", required=True, help="report directory")
-    return p
 
 
 def log_y_if_wide(ax, values, ratio: float = 10.0) -> bool:

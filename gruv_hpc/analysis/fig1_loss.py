@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gruv_hpc.analysis.common import RunInfo, cli, load_runs, log_y_if_wide, note, save_fig, with_metrics
+from gruv_hpc.analysis.common import RunInfo, log_y_if_wide, note, save_fig, with_metrics
 from gruv_hpc.training import cells
 
 SEED_MARKERS = "osD^v<>p"
@@ -65,10 +65,3 @@ def fig1(runs: list[RunInfo], out_dir, hidden: int | None = None, baseline: dict
     fig.suptitle("Figure 1: training and dev loss")
     data["files"] = save_fig(fig, Path(out_dir), "fig1_loss")
     return data
-
-
-if __name__ == "__main__":
-    p = cli(__doc__)
-    p.add_argument("--hidden", type=int, default=None, help="hidden size to show (default: the largest)")
-    a = p.parse_args()
-    print(fig1(load_runs(a.sweep_dir), a.out, a.hidden).get("files"))

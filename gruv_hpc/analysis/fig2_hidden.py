@@ -7,7 +7,7 @@ from pathlib import Path
 
 from gruv_hpc.training import cells
 
-from gruv_hpc.analysis.common import RunInfo, cli, load_runs, mean_std, note, save_fig
+from gruv_hpc.analysis.common import RunInfo, mean_std, note, save_fig
 
 
 def fig2(runs: list[RunInfo], out_dir, baseline: dict | None = None) -> dict:
@@ -60,8 +60,3 @@ def fig2(runs: list[RunInfo], out_dir, baseline: dict | None = None) -> dict:
     fig.suptitle("Figure 2: dev loss against hidden size")
     data["files"] = save_fig(fig, Path(out_dir), "fig2_hidden")
     return data
-
-
-if __name__ == "__main__":
-    a = cli(__doc__).parse_args()
-    print(fig2(load_runs(a.sweep_dir), a.out).get("files"))

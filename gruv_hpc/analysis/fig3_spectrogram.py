@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gruv_hpc.analysis.common import RunInfo, cli, load_runs, note, save_fig
+from gruv_hpc.analysis.common import RunInfo, note, save_fig
 from gruv_hpc.plotting import log_frequency_edges
 from gruv_hpc.training import cells as cell_registry
 
@@ -192,11 +192,3 @@ def draw_fig3(plan: Fig3Plan | None, out_dir) -> dict:
     np.savez(out / "fig3_data.npz", **arrays)
     data["max_clips"] = plan.max_clips
     return data
-
-
-if __name__ == "__main__":
-    p = cli(__doc__)
-    p.add_argument("--hidden", type=int, default=None)
-    p.add_argument("--max-clips", type=int, default=64)
-    a = p.parse_args()
-    print(fig3(load_runs(a.sweep_dir), a.out, a.hidden, a.max_clips).get("files"))

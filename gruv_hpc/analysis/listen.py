@@ -72,7 +72,7 @@ def _player(src: str, label: str) -> str:
 
 def write_listen(out_dir, runs, audio: dict, shuffle_seed: int = 0) -> Path | None:
     """listen.html and its WAVs; None when no run has generated audio."""
-    from gruv_hpc.generate import describe
+    from gruv_hpc.generation import describe
     e = html.escape
     out = Path(out_dir)
     by_name = {r.name: r for r in runs}

@@ -12,7 +12,7 @@ from gruv_hpc.analysis.audio import run_audio
 from gruv_hpc.analysis.baseline import baselines
 from gruv_hpc.analysis.claims import claims
 from gruv_hpc.analysis.collect import collect, group_rows
-from gruv_hpc.analysis.common import cli, load_each, load_runs
+from gruv_hpc.analysis.common import load_each, load_runs
 from gruv_hpc.errors import ConfigError, GruvError
 from gruv_hpc.fsio import dumps
 from gruv_hpc.analysis.fig1_loss import fig1
@@ -21,7 +21,7 @@ from gruv_hpc.analysis.fig3_spectrogram import Fig3Plan, draw_fig3, prepare_fig3
 from gruv_hpc.analysis.listen import write_listen
 
 
-def analyze(sweep_dir, out_dir, hidden: int | None = None, n_seed_clips: int = 2, seed_seconds: float = 10.0,
+def analyze(sweep_dir, out_dir, listing: list[dict], hidden: int | None = None, n_seed_clips: int = 2, seed_seconds: float = 10.0,
             max_clips: int = 64, log=print) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -35,7 +35,7 @@ def analyze(sweep_dir, out_dir, hidden: int | None = None, n_seed_clips: int = 2
         return res
 
     skipped: dict[str, str] = {}  # runs too damaged to read, and why: listed in the report
-    runs = stage("load", load_runs, sweep_dir, skipped)
+    runs = stage("load", load_runs, listing, skipped)
     sizes = sorted({r.hidden for r in runs})
     if hidden is not None and hidden not in sizes:
         raise ConfigError(f"--hidden {hidden}: no run of {sweep_dir} has that hidden size (it has: "
@@ -46,7 +46,7 @@ def analyze(sweep_dir, out_dir, hidden: int | None = None, n_seed_clips: int = 2
     plan = stage("fig3 truth", prepare_fig3, runs, hidden, max_clips)
     audio = stage("models (fig3, audio)", each_run, runs, plan, out, n_seed_clips, seed_seconds)
     f3 = stage("fig3", draw_fig3, plan, out)
-    rows = stage("collect", collect, sweep_dir, out, audio, runs, f3.get("band_runs"), floor)
+    rows = stage("collect", collect, runs, out, audio, f3.get("band_runs"), floor)
     groups = group_rows(rows)
     table = stage("claims", claims, rows)
     # A completed run without a checkpoint (deleted since) has no audio and no Figure 3 line: say so.
@@ -82,7 +82,7 @@ def each_run(runs, plan: Fig3Plan | None, out: Path, n_seed_clips: int, seed_sec
     return audio
 
 
-def analyze_atomic(sweep_dir, out_dir, log=print, **kw) -> dict:
+def analyze_atomic(sweep_dir, out_dir, listing: list[dict], log=print, **kw) -> dict:
     """``analyze`` into ``.<name>.staging`` beside ``out_dir``, then swapped into place by two
     renames (the old report to ``.<name>.old`` and away): a killed analysis leaves the previous
     report whole, never new figures beside an old index.html. A directory that is not a report is
@@ -104,7 +104,7 @@ def analyze_atomic(sweep_dir, out_dir, log=print, **kw) -> dict:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise GruvError(f"--out {out}: cannot write beside it ({e.strerror})") from e
-    summary = analyze(sweep_dir, staging, log=log, **kw)
+    summary = analyze(sweep_dir, staging, listing, log=log, **kw)
     from gruv_hpc.fsio import fsync_dir
     if out.exists():
         os.rename(out, aside)
@@ -122,10 +122,17 @@ def _fmt(v):
     return html.escape(str(v))
 
 
-# The results table on the page: the columns to compare runs by; every column is in results.csv.
-PAGE_COLUMNS = ["name", "seed", "state", "epochs_done", "final_dev_loss", "best_dev_loss", "baseline_dev_loss", "params",
-                "device_hours", "flatness", "band_flatness", "loop_fraction", "loop_onset_s", "rms_db", "level_change_db",
-                "click_ratio", "nearest_train_relative", "seeds_converge", "in_band_energy"]
+# The results table on the page: the columns to compare runs by (every column is in results.csv),
+# then the diagnostics their registry marks ``page``.
+PAGE_RUN_COLUMNS = ["name", "seed", "state", "epochs_done", "final_dev_loss", "best_dev_loss", "baseline_dev_loss",
+                    "params", "device_hours"]
+
+
+def page_columns() -> list[str]:
+    from gruv_hpc.generation.diagnostics import names
+    return [*PAGE_RUN_COLUMNS, *names("page"), "seeds_converge", "in_band_energy"]
+
+
 VERDICT_CLASS = {"holds": "good", "does not hold": "bad", "inconclusive": "meh",
                  "not decided: nothing beat the floor": "bad"}
 
@@ -253,9 +260,9 @@ def write_html(out: Path, runs, rows, table, f1, f2, f3, audio, groups: list[dic
     parts.append("<h2>Results</h2><p>One row per run; every column (grid values, losses, parameters, diagnostics) "
                  "is in <a href='results.csv'>results.csv</a>, and the mean and spread of each group of seeds in "
                  "<a href='summary.json'>summary.json</a> (<code>groups</code>).</p><div class='scroll'><table><tr>" +
-                 "".join(f"<th>{e(c)}</th>" for c in PAGE_COLUMNS) + "</tr>")
+                 "".join(f"<th>{e(c)}</th>" for c in page_columns()) + "</tr>")
     for r in rows:
-        parts.append("<tr>" + "".join(f"<td{' class=left' if c == 'name' else ''}>{_fmt(r[c])}</td>" for c in PAGE_COLUMNS)
+        parts.append("<tr>" + "".join(f"<td{' class=left' if c == 'name' else ''}>{_fmt(r[c])}</td>" for c in page_columns())
                      + "</tr>")
     parts.append("</table></div>")
     parts.append(convergence_html(audio))
@@ -278,12 +285,3 @@ def write_html(out: Path, runs, rows, table, f1, f2, f3, audio, groups: list[dic
     path = out / "index.html"
     path.write_text("\n".join(parts))
     return path
-
-
-if __name__ == "__main__":
-    p = cli(__doc__)
-    p.add_argument("--hidden", type=int, default=None)
-    p.add_argument("--seed-clips", type=int, default=2, help="dev clips each run continues")
-    a = p.parse_args()
-    analyze_atomic(a.sweep_dir, a.out, hidden=a.hidden, n_seed_clips=a.seed_clips)
-    print(f"report: {Path(a.out) / 'index.html'}")

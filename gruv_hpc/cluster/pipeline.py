@@ -540,7 +540,8 @@ def run_analysis(paths: PipelinePaths, cfg: AnalysisConfig, log=print) -> dict:
         else:
             os.rename(aside, report)
     shutil.rmtree(staging, ignore_errors=True)
-    summary = analyze(paths.sweep.root, staging, hidden=cfg.hidden, n_seed_clips=cfg.seed_clips, seed_seconds=cfg.seed_seconds,
+    from gruv_hpc.cluster.sweep import analysis_listing
+    summary = analyze(paths.sweep.root, staging, analysis_listing(paths.sweep.root), hidden=cfg.hidden, n_seed_clips=cfg.seed_clips, seed_seconds=cfg.seed_seconds,
                       max_clips=cfg.max_clips, log=log)
     if report.exists():
         os.rename(report, aside)

@@ -27,6 +27,7 @@ class TrainJob(submitit.helpers.Checkpointable):
     run_dir: str
     config: dict
     threads: int = 0  # 0: the CPUs Slurm gave the task
+    hooks: tuple = ()  # epoch-end hooks (training/hooks.py), built by whoever submits the job
 
     def __call__(self) -> dict:
         import torch
@@ -50,7 +51,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         requeue = signal.getsignal(sig)  # submitit's checkpoint-and-requeue handler
         stop = StopFlag().install(stop_signals())  # every stop signal, the preemption one included
         cfg = build(TrainConfig, self.config)
-        result = main(cfg, self.run_dir, stop=stop)
+        result = main(cfg, self.run_dir, stop=stop, hooks=self.hooks)
         if result["status"] == "stopped":
             if env.global_rank != 0:
                 # Rank 0 requeues the whole job, which ends this task too; returning here would

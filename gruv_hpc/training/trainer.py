@@ -19,6 +19,7 @@ import traceback
 import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -33,6 +34,7 @@ from gruv_hpc.training.config import RUNTIME_KEYS, TrainConfig, available_cpus, 
 from gruv_hpc.config import ConfigError, diff, to_dict
 from gruv_hpc.dataset.clips import ClipDataset, DatasetHandle, Normalizer, batch_collate
 from gruv_hpc.training.distributed import Dist
+from gruv_hpc.training.hooks import EpochEnd, EpochHook, run_hooks
 from gruv_hpc.training.schedule import lr_at
 from gruv_hpc.training.step import (TrainStep, conform_optimizer, optimizer_flags, set_lr, step_graph_mode,
                                     wants_capturable)
@@ -312,7 +314,7 @@ class RunLogger:
         except OSError:
             tmp.unlink(missing_ok=True)
 
-    def epoch(self, line: dict, model, device, dev_set: ClipDataset) -> None:
+    def epoch(self, line: dict) -> None:
         """Called after the epoch's checkpoint: a metrics line is never ahead of the saved state."""
         if not self.enabled:
             return
@@ -332,9 +334,6 @@ class RunLogger:
             w.add_scalar(f"epoch/dev_loss/{artist}", v, epoch)
         w.add_scalar("epoch/step", step, epoch)  # where the epoch ends on loss/train_step's axis
         w.flush()
-        if cfg.gen_seconds > 0 and (epoch == cfg.epochs or (cfg.gen_every_epochs and epoch % cfg.gen_every_epochs == 0)):
-            from gruv_hpc.generate import log_to_tensorboard
-            log_to_tensorboard(w, model, cfg, epoch, device, dev_set)
         by = line.get("dev_loss_by_artist", {})
         each = f" ({', '.join(f'{a} {v:.5f}' for a, v in by.items())})" if len(by) > 1 else ""
         print(f"epoch {epoch}/{cfg.epochs} train {line['train_loss']:.5f} dev {line['dev_loss']:.5f}{each} "
@@ -757,8 +756,9 @@ def _lock_run_dir(paths: RunPaths, d: Dist) -> Lock | None:
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
 
-def main(cfg: TrainConfig, run_dir: str | Path, stop: StopFlag | None = None) -> dict:
-    """Train (or resume) the run in ``run_dir``. Returns a status dict:
+def main(cfg: TrainConfig, run_dir: str | Path, stop: StopFlag | None = None, hooks: Sequence[EpochHook] = ()) -> dict:
+    """Train (or resume) the run in ``run_dir``; ``hooks`` run at each epoch's end (training/hooks.py:
+    the entry point builds them, e.g. generation's TensorBoard sampler). Returns a status dict:
     {"status": "done"|"stopped", "epoch": ..., ...}. Raises on errors (and records them in error.txt)."""
     paths = RunPaths(run_dir)
     if paths.root.exists() and not paths.root.is_dir():
@@ -774,7 +774,7 @@ def main(cfg: TrainConfig, run_dir: str | Path, stop: StopFlag | None = None) ->
         cfg = resolve(cfg, dataset.manifest, world, gpus=torch.cuda.device_count())
         d = distributed.setup(cfg.device, tf32=cfg.amp)
         lock = _lock_run_dir(paths, d)
-        result = _train(cfg, dataset, paths, d, stop or StopFlag())
+        result = _train(cfg, dataset, paths, d, stop or StopFlag(), tuple(hooks))
     except LockedError:
         raise  # the run directory is another process's: write nothing into it
     except BaseException as e:
@@ -810,7 +810,8 @@ def _check_orphan_checkpoints(paths: RunPaths, cfg: TrainConfig) -> None:
                               f"another config ({'; '.join(d)}); pass those values, or use a new run directory")
 
 
-def _train(cfg: TrainConfig, dataset: DatasetHandle, paths: RunPaths, d: Dist, stop: StopFlag) -> dict:
+def _train(cfg: TrainConfig, dataset: DatasetHandle, paths: RunPaths, d: Dist, stop: StopFlag,
+           hooks: tuple = ()) -> dict:
     origin = {"id": dataset_id(dataset.manifest), "path": cfg.data}
     old = check_run_dir(paths, cfg, origin)
     if old is None and cfg.resume != "never" and paths.step_ckpts():
@@ -838,9 +839,12 @@ def _train(cfg: TrainConfig, dataset: DatasetHandle, paths: RunPaths, d: Dist, s
                 t.log.heartbeat(st, force=True)
                 return {"status": "stopped", "signal": stop.signal, "epoch": st.epoch, "step": st.step, "pos": st.pos}
             line, is_best = t.end_epoch(stats, *t.evaluate())
+            if d.is_main and hooks:  # before the checkpoint: their numbers are in its history
+                run_hooks(hooks, EpochEnd(st.epoch, cfg.epochs, t.model, cfg, d.device, t.data.dev_set, t.log.writer),
+                          line)
             if t.ckpt.due_at_epoch_end(st.epoch, cfg.epochs, is_best):
                 t.save(is_best)
-            t.log.epoch(line, t.model, d.device, t.data.dev_set)
+            t.log.epoch(line)
             t.log.heartbeat(st, force=True)  # once an epoch whatever the rate limit: the last one is exact
         t.log.done(st)
         return {"status": "done", **(st.history[-1] if st.history else {})}

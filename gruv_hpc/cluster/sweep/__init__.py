@@ -14,8 +14,8 @@ from gruv_hpc.cluster.scheduler import ACTIVE
 from gruv_hpc.cluster.slurm import slurm_available
 from gruv_hpc.cluster.sweep.spec import Run, Sweep, load_sweep, validate
 from gruv_hpc.cluster.sweep.state import JobRecord, RunRecord, SweepState, load_state
-from gruv_hpc.cluster.sweep.status import cancel, format_status, status, wait
+from gruv_hpc.cluster.sweep.status import analysis_listing, cancel, format_status, status, wait
 from gruv_hpc.cluster.sweep.submit import plan, submit
 
-__all__ = ["ACTIVE", "JobRecord", "Run", "RunRecord", "Sweep", "SweepState", "cancel", "format_status", "load_state",
+__all__ = ["ACTIVE", "JobRecord", "analysis_listing", "Run", "RunRecord", "Sweep", "SweepState", "cancel", "format_status", "load_state",
            "load_sweep", "plan", "slurm_available", "status", "submit", "validate", "wait"]

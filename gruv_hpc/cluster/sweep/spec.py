@@ -34,6 +34,7 @@ from gruv_hpc.cluster.executors import scheduler
 from gruv_hpc.training.config import TrainConfig, resolve
 from gruv_hpc.config import build, check_keys, field_names, parse_value, parse_overrides, read_file, table, to_dict
 from gruv_hpc.errors import ConfigError, GruvError
+from gruv_hpc.paths import name_part
 
 TOP_KEYS = ("data", "train", "grid", "slurm")
 
@@ -79,17 +80,6 @@ class Sweep:
             if run.slurm is not None and run.slurm not in out.values():
                 out[f"{self.path} [[slurm.when]] (run {run.name})"] = run.slurm
         return out
-
-
-def name_part(key: str, value) -> str:
-    short = {"hidden": "h", "layers": "l", "batch_size": "b", "lr": "lr", "seed": "s", "epochs": "e"}
-    if key == "artists":
-        return "+".join(value) if value else "all"
-    if key in ("cell", "optimizer", "transform"):
-        return str(value)
-    if key == "data":
-        return Path(value).name
-    return f"{short.get(key, key)}{value}"
 
 
 def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:

@@ -125,6 +125,16 @@ def status(sweep_dir) -> list[dict]:
     return rows
 
 
+def analysis_listing(sweep_dir) -> list[dict]:
+    """The sweep's runs as the analysis takes them (analysis.common.load_runs): name, job state and
+    error (from ``status``: the scheduler is asked here, once, not while the report is built),
+    config, grid and run directory."""
+    state = load_state(sweep_dir, must_exist=True)
+    return [{"name": row["name"], "state": row["state"], "error": row.get("error"),
+             "config": state.runs[row["name"]].config, "grid": state.runs[row["name"]].grid,
+             "run_dir": row["run_dir"]} for row in status(sweep_dir)]
+
+
 def log_path(logs: Path, job: JobRecord | None, err: bool = False) -> str | None:
     """Where submitit puts (or will put) the job's task-0 stdout or stderr: task 0 is the rank that
     reports. ``gruv sweep logs`` shows every attempt's (sweep/logs.py)."""

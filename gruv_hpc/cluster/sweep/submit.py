@@ -266,10 +266,11 @@ def _dry_run(sweep: Sweep, paths: SweepPaths, sched: Scheduler, max_parallel: in
 
 def _submit_queued(sched: Scheduler, arrays: list[list[Run]], sweep: Sweep, paths: SweepPaths,
                    after: Dependency | None = None):
+    from gruv_hpc.generation.tensorboard import training_hooks
     from gruv_hpc.training.job import TrainJob
     jobs = []
     for runs in arrays:  # one sbatch call per array
-        jobs += sched.submit([TrainJob(str(paths.run(run.name).root), run.config) for run in runs],
+        jobs += sched.submit([TrainJob(str(paths.run(run.name).root), run.config, hooks=training_hooks()) for run in runs],
                              sweep.resources(runs[0]), paths.logs, sweep.path.stem, after)
     return jobs
 
@@ -278,6 +279,7 @@ def _run_locally(todo, sweep, paths, sched: Scheduler, state, sub, max_parallel,
     """A foreground scheduler's jobs, at most ``max_parallel`` runs at a time; blocks until all end.
     Returns the runs that failed. Ctrl-C (or TERM) stops every running run at its next step
     boundary with a checkpoint, marks the rest cancelled, and says how to resume."""
+    from gruv_hpc.generation.tensorboard import training_hooks
     from gruv_hpc.training.job import TrainJob
     from gruv_hpc.progress import progress as progress_bar
     threads = max(1, available_cpus() // max(1, max_parallel))  # the allocation's CPUs, not the host's
@@ -298,7 +300,7 @@ def _run_locally(todo, sweep, paths, sched: Scheduler, state, sub, max_parallel,
                     bar.update(1)
                     continue
                 rp.cancelled.unlink(missing_ok=True)
-                [job] = sched.submit([TrainJob(str(rp.root), run.config, threads=threads)], sweep.resources(run),
+                [job] = sched.submit([TrainJob(str(rp.root), run.config, threads=threads, hooks=training_hooks())], sweep.resources(run),
                                      paths.logs, sweep.path.stem)
                 state.runs[run.name].jobs.append(JobRecord(str(job.job_id), sched.kind, time.time(), sched.pid(job)))
                 sub["job_ids"].append(str(job.job_id))

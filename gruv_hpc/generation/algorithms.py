@@ -1,0 +1,82 @@
+"""Generation algorithms: continue a seed (normalized features) by feeding predictions back.
+
+``refeed`` is the paper's algorithm: feed the whole sequence, append the last prediction, repeat
+(quadratic). ``stateful`` runs the seed once and then steps the recurrent state one block at a
+time (linear). The model is causal, so the two are equal up to float rounding, which a trained
+recurrent model can amplify (on one, 1 LSB for the first 5 s, then 0.02 by 10 s): a long
+continuation drifts apart, both equally valid.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def feedback_noise(n: int, dim: int, sigma: float, seed: int = 0, device="cpu") -> torch.Tensor | None:
+    """The noise added to the n - 1 predictions that are fed back (row k: to the k-th), or None
+    when sigma is 0. Drawn on the CPU from its own generator: the same rows on any device."""
+    if sigma <= 0 or n < 2:
+        return None
+    g = torch.Generator().manual_seed(seed)
+    return (sigma * torch.randn(n - 1, dim, generator=g)).to(device)
+
+
+@torch.no_grad()
+def residual_std(model, clips, device="cpu") -> torch.Tensor:
+    """The model's per-dimension residual std (normalized units) on ``clips``: an iterable of (T + 1,
+    D) normalized feature arrays, each scored teacher-forced as in training (the prediction at t
+    against frame t + 1). The spread ``--temperature`` samples with."""
+    sq, n = None, 0
+    for clip in clips:
+        win = torch.as_tensor(clip, dtype=torch.float32, device=device).unsqueeze(0)
+        pred, _ = model(win, drop_last=True)
+        r = (pred.float() - win[:, 1:]).square().sum((0, 1)).double()
+        sq, n = (r if sq is None else sq + r), n + win.shape[1] - 1
+    if not n:
+        raise ValueError("no clips to measure the residual on")
+    return (sq / n).sqrt().float().cpu()
+
+
+def sampling_noise(n: int, sigma: torch.Tensor, seed: int = 0, device="cpu") -> torch.Tensor:
+    """Draws for sampled generation: row k is the deviation of sampled frame k from the model's
+    prediction, per dimension ``sigma`` (D,) (the temperature times the residual std). Drawn on
+    the CPU from its own generator: the same samples on any device."""
+    g = torch.Generator().manual_seed(seed)
+    return (sigma.float() * torch.randn(n, sigma.numel(), generator=g)).to(device)
+
+
+@torch.no_grad()
+def generate_stateful(model, seed: torch.Tensor, n: int, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """seed (T0, D) normalized -> the next n blocks (n, D). Linear in n. ``noise`` (n - 1, D): added
+    to each prediction before it is fed back (``feedback_noise``); the blocks returned are the
+    predictions themselves.
+
+    Feeding a prediction back in is out(h) followed by inp(.): two affine maps with nothing in
+    between, so they compose into one H x H map (computed once per call). Each step then costs
+    only H-sized work; the D-sized output layer runs once, batched, over all the generated steps.
+    The result equals feeding every prediction back through both layers (``generate_refeed``)
+    up to float rounding, which a trained recurrent model can amplify."""
+    h, state = model.recur(model.inp(seed.unsqueeze(0)))
+    h = h[:, -1:]
+    w_in = model.inp.weight
+    feed_w = (w_in @ model.out.weight).to(h.dtype)                       # inp(out(h)) = feed_w h + feed_b
+    feed_b = torch.addmv(model.inp.bias, w_in, model.out.bias).to(h.dtype)
+    noise_in = None if noise is None else (noise.to(w_in.dtype) @ w_in.t()).to(h.dtype)  # inp(out(h) + e) adds w_in e
+    hs = [h]
+    for k in range(n - 1):
+        x = torch.addmm(feed_b, h[0], feed_w.t())
+        if noise_in is not None:
+            x = x + noise_in[k]
+        h, state = model.recur(x.unsqueeze(0), state)
+        hs.append(h)
+    return model.out(torch.cat(hs, 1))[0]
+
+
+@torch.no_grad()
+def generate_refeed(model, seed: torch.Tensor, n: int, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """The paper's algorithm: re-run the whole sequence for every new block. Quadratic in n."""
+    seq, preds = seed, []
+    for k in range(n):
+        pred, _ = model(seq.unsqueeze(0))
+        preds.append(pred[0, -1:])
+        seq = torch.cat([seq, preds[-1] if noise is None or k == n - 1 else preds[-1] + noise[k]])
+    return torch.cat(preds)
