@@ -88,14 +88,15 @@ def _train(a) -> int:
         overrides["data"] = a.data
     cfg = build(TrainConfig, values, overrides, source=a.config or "config")
     from gruv_hpc.training import distributed
-    from gruv_hpc.training.trainer import EXIT_STOPPED, StopFlag, stop_line
+    from gruv_hpc.training.jobcontrol import EXIT_STOPPED, StopFlag, stop_line
     from gruv_hpc.training.trainer import main as train_main
     distributed.export_env()  # side effect, stated: under plain srun, torchrun's variables from Slurm's
     distributed.prefer_huge_pages()  # side effect, stated: before torch's first large allocation
     distributed.flush_denormals()  # side effect, stated: before torch's intra-op threads start
     # TERM, INT, HUP and the preemption signal stop at the next step boundary with a checkpoint.
     from gruv_hpc.generation.tensorboard import training_hooks
-    res = train_main(cfg, a.run_dir, stop=StopFlag().install(), hooks=training_hooks())
+    with StopFlag() as stop:
+        res = train_main(cfg, a.run_dir, stop=stop, hooks=training_hooks())
     if int(os.environ.get("RANK", "0")) == 0:  # one summary line, not one per rank
         if res["status"] == "stopped":
             print(stop_line(res, requeue=False), flush=True)  # nothing requeues a plain `gruv train`

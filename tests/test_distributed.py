@@ -135,8 +135,52 @@ def test_setup_does_not_write_the_environment():
 
 
 def test_preemption_signal_follows_submitit_setting():
-    code = "from gruv_hpc.training.trainer import preempt_signal; print(preempt_signal().name)"
+    code = "from gruv_hpc.training.jobcontrol import preempt_signal; print(preempt_signal().name)"
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path)}
     run = lambda e: subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, check=True).stdout.strip()  # noqa: E731
     assert run(env) == "SIGUSR2"
     assert run({**env, "SUBMITIT_PREEMPT_SIGNAL": "TERM"}) == "SIGTERM"
+
+
+# ---------------------------------------------------------------------------------------------
+# Job control: the stop flag gives the signals back; a stopped task of a job ends
+
+def test_stop_flag_restores_the_handlers_before_it():
+    import signal
+
+    from gruv_hpc.training.jobcontrol import StopFlag
+    mine = lambda signum, frame: None  # noqa: E731
+    before = signal.signal(signal.SIGUSR1, mine)
+    try:
+        with StopFlag().install([signal.SIGUSR1]) as stop:
+            assert signal.getsignal(signal.SIGUSR1) == stop.request
+            with pytest.raises(RuntimeError):
+                with StopFlag().install([signal.SIGUSR1]):  # nested, left by an exception: restored too
+                    raise RuntimeError
+            assert signal.getsignal(signal.SIGUSR1) == stop.request
+        assert signal.getsignal(signal.SIGUSR1) is mine
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+
+
+def _stopped(sig="SIGUSR2"):
+    return {"status": "stopped", "signal": sig, "epoch": 1, "step": 7, "pos": 3}
+
+
+def test_after_stop_rank_zero_requeues_other_ranks_do_not_wait_forever(capsys):
+    import signal
+    import time as _time
+
+    from gruv_hpc.training.job import after_stop
+    calls = []
+    with pytest.raises(TrainingError, match="resubmit"):  # a requeue that returns did not happen
+        after_stop(_stopped(), 0, signal.SIGUSR2, lambda *a: calls.append(a))
+    assert calls == [(signal.SIGUSR2, None)] and "exiting for requeue" in capsys.readouterr().out
+    t = _time.monotonic()
+    with pytest.raises(TrainingError, match=r"rank 1: .*rank 0 did not requeue the job within 0 s"):
+        after_stop(_stopped(), 1, signal.SIGUSR2, lambda *a: calls.append(a), wait_s=0.3)
+    assert 0.3 <= _time.monotonic() - t < 5 and len(calls) == 1  # waited, bounded; only rank 0 requeues
+    t = _time.monotonic()
+    with pytest.raises(TrainingError, match="stopped by SIGTERM at step 7"):  # a cancel: at once
+        after_stop(_stopped("SIGTERM"), 1, signal.SIGUSR2, lambda *a: calls.append(a))
+    assert _time.monotonic() - t < 0.3 and len(calls) == 1

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from gruv_hpc.config import opt
 from gruv_hpc.errors import ConfigError
 from gruv_hpc.training import cells
+from gruv_hpc.training.optim import OPTIMIZERS
 
 RESUME = ("auto", "require", "never")
 # The largest lr accepted: the optimizers compute in float32, and a larger lr (1e308) overflowed
@@ -27,7 +28,7 @@ STEP_GRAPHS = ("auto", "graph", "eager")
 def graph_unsupported(optimizer: str, lr_schedule: str) -> str | None:
     """Why a training step with this optimizer cannot be replayed from a CUDA graph, or None
     (training/step.py)."""
-    if optimizer == "sgd" and lr_schedule != "constant":
+    if optimizer in OPTIMIZERS and not OPTIMIZERS[optimizer].capturable and lr_schedule != "constant":
         return ("torch's SGD has no capturable form, so a graph would bake its lr in; use lr_schedule=constant, "
                 "another optimizer, or step_graph=eager")
     return None
@@ -103,8 +104,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         cells.get(self.cell)  # an unknown cell: a ConfigError naming the registered ones
-        if self.optimizer not in ("rmsprop", "adam", "sgd"):
-            raise ConfigError(f"optimizer: {self.optimizer!r} is not one of rmsprop, adam, sgd")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer: {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device: {self.device!r} is not one of auto, cpu, cuda")
         if self.resume not in RESUME:
