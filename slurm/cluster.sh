@@ -48,6 +48,30 @@ wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
 
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
+common_conf() {  # the slurm.conf settings both clusters share (the notes say why each is there)
+  cat <<EOF
+SlurmUser=root
+AuthType=auth/munge
+AuthInfo=cred_expire=5
+CredType=cred/munge
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+MpiDefault=none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=1024
+SchedulerParameters=sched_interval=2,bf_interval=1
+MailProg=/bin/true
+KillWait=5
+ReturnToService=2
+InactiveLimit=0
+MinJobAge=300
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=localhost
+EOF
+}
+
 write_configs() {
   local topo mem cpus
   topo=$(slurmd -C | head -1 | tr ' ' '\n' | grep -E '^(CPUs|Boards|SocketsPerBoard|CoresPerSocket|ThreadsPerCore)=' | tr '\n' ' ')
@@ -59,33 +83,15 @@ write_configs() {
 # written by gruv-hpc slurm/cluster.sh
 ClusterName=gruvlocal
 SlurmctldHost=$HOST(127.0.0.1)
-SlurmUser=root
-AuthType=auth/munge
-AuthInfo=cred_expire=5
-CredType=cred/munge
 StateSaveLocation=$STATE/ctld
 SlurmdSpoolDir=$STATE/spool
 SlurmctldPidFile=$PIDS/slurmctld.pid
 SlurmdPidFile=$PIDS/slurmd.pid
 SlurmctldLogFile=$STATE/log/slurmctld.log
 SlurmdLogFile=$STATE/log/slurmd.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-MpiDefault=none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core_Memory
-DefMemPerCPU=1024
-SchedulerParameters=sched_interval=2,bf_interval=1
+$(common_conf)
 FirstJobId=$(( $(date +%s) % 50000000 + 1000 ))
 MaxArraySize=1001
-MailProg=/bin/true
-KillWait=5
-ReturnToService=2
-InactiveLimit=0
-MinJobAge=300
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/slurmdbd
-AccountingStorageHost=localhost
 
 GresTypes=gpu
 NodeName=$HOST NodeAddr=127.0.0.1 $topo RealMemory=$mem Gres=gpu:2 State=UNKNOWN
@@ -208,32 +214,15 @@ write_configs2() {
 ClusterName=gruv2n
 SlurmctldHost=$HOST(127.0.0.1)
 SlurmctldPort=17000
-SlurmUser=root
-AuthType=auth/munge
-AuthInfo=cred_expire=5
-CredType=cred/munge
 StateSaveLocation=$STATE2/ctld
 SlurmdSpoolDir=$STATE2/spool.%n
 SlurmctldPidFile=$STATE2/pids/slurmctld.pid
 SlurmdPidFile=$STATE2/pids/slurmd.%n.pid
 SlurmctldLogFile=$STATE2/log/slurmctld.log
 SlurmdLogFile=$STATE2/log/slurmd.%n.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-MpiDefault=none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core_Memory
-DefMemPerCPU=1024
-SchedulerParameters=sched_interval=2,bf_interval=1
-FirstJobId=$(( $(date +%s) % 50000000 + 11000 ))  # ports (20000 + id % 20000) apart from the first cluster's
-MailProg=/bin/true
-KillWait=5
-ReturnToService=2
-InactiveLimit=0
-MinJobAge=300
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/slurmdbd
-AccountingStorageHost=localhost
+$(common_conf)
+# job ids 10000 above the first cluster's: rendezvous ports (20000 + id % 20000) apart from its
+FirstJobId=$(( $(date +%s) % 50000000 + 11000 ))
 
 NodeName=gruvn1 NodeHostname=$HOST NodeAddr=127.0.0.1 Port=17001 CPUs=1 RealMemory=2000 State=UNKNOWN
 NodeName=gruvn2 NodeHostname=$HOST NodeAddr=127.0.0.1 Port=17002 CPUs=1 RealMemory=2000 State=UNKNOWN

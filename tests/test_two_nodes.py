@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from gruv_hpc.cluster import sweep
 from gruv_hpc.paths import RunPaths, read_jsonl
 from gruv_hpc.training.checkpoint import load_checkpoint
 
-from conftest import write_sweep
+from conftest import wait_for_checkpoint, write_sweep
 
 pytestmark = pytest.mark.slurm
 
@@ -68,11 +67,7 @@ def test_two_node_run_preempted_resumes_bitwise(two_nodes, data, tmp_path):
                             "--executor", "slurm"], capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr
     run = RunPaths(a / "runs" / "lstm")
-    for _ in range(1200):
-        if run.step_ckpts():
-            break
-        time.sleep(0.1)
-    assert run.step_ckpts(), "no first checkpoint"
+    wait_for_checkpoint(run.root)
     jid = job_of(a)
     subprocess.run(["scancel", "--signal=USR2", jid], check=True)
     rows = {r["name"]: r for r in sweep.wait(a, poll_s=1, progress=False, timeout_s=300)}
