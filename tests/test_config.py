@@ -36,3 +36,24 @@ def test_a_wrong_element_is_named(values, msg):
 def test_a_wrong_element_on_the_command_line_is_named():
     with pytest.raises(ConfigError, match="sizes: expected a list of int, got element 'big'"):
         build(Lists, overrides={"sizes": "1,big"})
+
+
+def test_the_optimizers_are_a_registry(monkeypatch):
+    """TrainConfig's optimizer key is checked against the registry (training/optim.py), and an
+    optimizer registered there is built by make_optimizer: no string switch to extend."""
+    import torch
+
+    from gruv_hpc.training import optim
+    from gruv_hpc.training.config import TrainConfig
+    with pytest.raises(ConfigError, match="optimizer: 'lion' is not one of rmsprop, adam, sgd"):
+        build(TrainConfig, {"optimizer": "lion"})
+    built = []
+    monkeypatch.setitem(optim.OPTIMIZERS, "lion", optim.OptimizerSpec(
+        "lion", lambda params, lr, cuda, capturable: built.append((lr, cuda, capturable)) or torch.optim.SGD(params, lr=lr),
+        capturable=False))
+    cfg = build(TrainConfig, {"optimizer": "lion", "lr": 0.01})
+    p = torch.nn.Parameter(torch.zeros(2))
+    assert isinstance(optim.make_optimizer(cfg, [p], capturable=True), torch.optim.SGD)
+    assert built == [(0.01, False, False)]  # no capturable form: asked for one, built without
+    rms = optim.make_optimizer(build(TrainConfig, {}), [p])
+    assert isinstance(rms, torch.optim.RMSprop) and rms.defaults["alpha"] == 0.9 and rms.defaults["eps"] == 1e-7
