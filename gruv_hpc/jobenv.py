@@ -204,12 +204,13 @@ class Slurm(JobEnv):
 
 @dataclass(frozen=True)
 class Local(JobEnv):
-    """One process on its own: rank 0 of 1."""
+    """One process on its own: rank 0 of 1. Its restart count is SLURM_RESTART_COUNT all the
+    same: a lone process in a batch script (no srun) of a requeued job is restarted too."""
     name: ClassVar[str] = "local"
 
     @classmethod
     def detect(cls, env):
-        return cls(node_name=socket.gethostname())
+        return cls(restart_count=_slurm_restarts(env), node_name=socket.gethostname())
 
 
 BACKENDS: tuple[type[JobEnv], ...] = (Torchrun, Slurm, Local)  # the first that detects itself wins

@@ -56,6 +56,7 @@ def test_each_backend_detects_itself():
                                                 main_address="g4", main_port=jobenv.rendezvous_port(77),
                                                 restart_count=2, node_name="g5")
     assert jobenv.restart_count(slurm) == 2 and jobenv.restart_count({}) == 0
+    assert jobenv.restart_count({"SLURM_RESTART_COUNT": "3", "SLURM_JOB_ID": "9"}) == 3  # a batch script, no srun
     torchrun = {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4", "GROUP_RANK": "1",
                 "MASTER_ADDR": "h1", "MASTER_PORT": "29400", "TORCHELASTIC_RESTART_COUNT": "1"}
     t = jobenv.detect({**slurm, **torchrun})  # torchrun inside a Slurm job: torchrun's ranks
