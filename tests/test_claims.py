@@ -1,4 +1,4 @@
-"""The claims table's verdicts (analysis/claims.py), on constructed results: no training needed."""
+"""The claims table's verdicts (gruv_hpc/analysis/claims.py), on constructed results: no training needed."""
 import math
 
 import pytest

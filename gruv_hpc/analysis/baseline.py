@@ -52,7 +52,7 @@ def mean_prediction_loss(data, artists: list[str] | None, split: str = "dev", st
     import torch
 
     from gruv_hpc.dataset.clips import ClipDataset
-    ds = ClipDataset(data, split, artists or None, std_floor=std_floor)
+    ds = ClipDataset(data, split, artists or None, std_floor=std_floor)  # data: a path, or an open handle
     total = torch.zeros((), dtype=torch.float64)
     per_feature = np.zeros(ds.mean.shape)
     for i in range(len(ds)):
@@ -65,11 +65,12 @@ def mean_prediction_loss(data, artists: list[str] | None, split: str = "dev", st
     return (float(total) / len(ds), len(ds)) if len(ds) else (None, 0)
 
 
-def baselines(runs: list[RunInfo]) -> dict:
+def baselines(runs: list[RunInfo], datasets=None) -> dict:
     """{artist label: {"dev_loss", "dev_clips", "dominant"} or {"error"}}, from the first run of
     each artist (the runs of one artist share its data and statistics; their normalization is
     the first run's std_floor). A dataset that cannot be read gives its error, not an exception:
-    the rest of the report is still drawn."""
+    the rest of the report is still drawn. ``datasets``: the analysis' open datasets
+    (``common.Datasets``)."""
     from gruv_hpc.errors import GruvError
     from gruv_hpc.training.config import run_config
     out: dict = {}
@@ -79,7 +80,8 @@ def baselines(runs: list[RunInfo]) -> dict:
         try:
             detail: dict = {}
             floor = float(run_config(r.config)["std_floor"])
-            loss, n = mean_prediction_loss(r.config["data"], r.config.get("artists"), std_floor=floor, detail=detail)
+            data = datasets(r.config["data"], r.config.get("artists"), floor) if datasets else r.config["data"]
+            loss, n = mean_prediction_loss(data, r.config.get("artists"), std_floor=floor, detail=detail)
             out[r.artist] = {"dev_loss": loss, "dev_clips": n, "std_floor": floor, "dominant": detail.get("dominant")}
         except (GruvError, OSError) as e:
             out[r.artist] = {"error": str(e)}
