@@ -52,6 +52,8 @@ def test_logmag_values_mean_what_the_transform_says():
         np.testing.assert_allclose(power, np.square(mag).sum(0))
         assert tf.stored_value_name(32, sr) == ("log|X|", 1000.0)
         assert tf.stored_bound(1.0) < 20 and get_transform("fft", n).stored_bound(1.0) == n  # no float16 worry
+        runaway = np.full_like(f[:8], 500.0)  # a drifting model's prediction: exp(500) is no float32
+        assert np.isfinite(tf.synthesize(runaway)).all() and np.isfinite(tf.magnitude(runaway)).all()
         with pytest.raises(NotImplementedError, match="stores no phase"):
             tf.to_frames(f)
         with pytest.raises(ValueError, match="values per frame"):
@@ -127,8 +129,13 @@ def test_a_log_magnitude_dataset_builds_trains_and_generates(name, corpus, tmp_p
     want = tf.features(load_mono(song["path"], TINY["sample_rate"]))[: clip + 1]
     np.testing.assert_allclose(train.features(0), want, atol=2e-2)  # float16
     run = tmp_path / "run"
-    res = main(tiny_config(out, predict="delta", epochs=1, limit_train_batches=3), run)
+    # gen_seconds: the end of training logs a continuation and its spectrogram (magnitude, frequencies)
+    res = main(tiny_config(out, predict="delta", epochs=1, limit_train_batches=3, gen_seconds=0.1), run)
     assert res["status"] == "done"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    tb = EventAccumulator(str(run / "tb"), size_guidance={"images": 0, "audio": 0})
+    tb.Reload()
+    assert "generated/spectrogram" in tb.Tags()["images"] and "generated/audio" in tb.Tags()["audio"]
     side = generate(run, tmp_path / "g.wav", seed_seconds=0.1, length_ratio=1.0)
     assert side["generated_blocks"] == side["seed"]["blocks"] > 1
 

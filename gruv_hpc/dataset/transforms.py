@@ -439,9 +439,16 @@ class LogMag(STFT):
         return overlap_add(scipy.fft.irfft(spec, n=self.frame, axis=-1, workers=1), self.w, self.hop)
 
     # -- what the values mean ------------------------------------------------------------------
+    # A log-magnitude above this many times the largest a full-scale frame can give (sum(w)) is no
+    # audio's: a runaway prediction (a delta model's drift) is capped here, 60 dB over full scale,
+    # so it becomes loud audio that is clipped and reported, never an overflow to inf.
+    HEADROOM = 1e3
+
     def magnitude(self, features):
-        """|X_k| = exp(log-magnitude) - eps (never below 0): (..., D) -> (..., n_bins)."""
-        return np.maximum(np.exp(np.asarray(features, np.float64)[..., : self.n_bins]) - self.eps, 0.0)
+        """|X_k| = exp(log-magnitude) - eps (never below 0; the log-magnitude capped at HEADROOM
+        times full scale): (..., D) -> (..., n_bins)."""
+        cap = float(np.log(float(self.w.sum()) * self.HEADROOM))
+        return np.maximum(np.exp(np.minimum(np.asarray(features, np.float64)[..., : self.n_bins], cap)) - self.eps, 0.0)
 
     def add_power(self, power, stored):
         power += np.square(self.magnitude(stored)).sum(0)
