@@ -45,7 +45,7 @@ def test_generate_writes_wav_and_sidecar(trained_run, tmp_path):
 
 def test_clipping_is_reported(trained_run, tmp_path, monkeypatch):
     import gruv_hpc.generation.synthesis as g
-    monkeypatch.setattr(g, "to_audio", lambda run, feats: np.full(len(feats) * 64, 3.0, np.float32))
+    monkeypatch.setattr(g, "to_audio", lambda run, feats, seed_audio=None: np.full(len(feats) * 64, 3.0, np.float32))
     side = generate(trained_run, tmp_path / "c.wav", seed_seconds=0.16, length_ratio=1)
     assert side["clipped_samples"] == 20 * 64
     a, _ = sf.read(tmp_path / "c.wav")
@@ -166,7 +166,7 @@ def test_sidecar_diagnostics_agree_with_the_wav(trained_run, tmp_path, monkeypat
     import gruv_hpc.generation.synthesis as g
     rng = np.random.default_rng(1)
     if kind != "model":
-        def to_audio(run, feats):
+        def to_audio(run, feats, seed_audio=None):
             n = len(feats) * 64
             t = np.arange(n) / 8000
             x = 0.2 * np.sin(2 * np.pi * 220 * t) + 0.01 * rng.standard_normal(n)
@@ -361,6 +361,7 @@ def test_temperature_samples_around_the_prediction(trained_run, tmp_path, monkey
     assert not np.allclose(h, sf.read(tmp_path / "p.wav")[0])
     std = train_residual_std(run)
     assert hot["residual_std_mean"] == pytest.approx(float(std.mean())) and other["temperature"] == 1.0
+    assert again["noise_seed"] == 3 and other["noise_seed"] == 4
     # the residual, measured independently: teacher-forced predictions of every train clip
     train = run.data.split("train", normalize=False)
     res = []

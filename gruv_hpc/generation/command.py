@@ -19,7 +19,7 @@ from gruv_hpc.generation.algorithms import (feedback_noise, generate_refeed, gen
                                             sampling_noise)
 from gruv_hpc.generation.diagnostics import diagnostics
 from gruv_hpc.generation.run import LoadedRun, check_device, load_run
-from gruv_hpc.generation.synthesis import seed_and_continuation_audio, seed_features
+from gruv_hpc.generation.synthesis import seed_and_continuation_audio, seed_features, seed_waveform
 
 
 def generate(run_dir, out_wav, seed_seconds: float = 10.0, length_ratio: float = 3.0, seed_from: str = "dev",
@@ -81,7 +81,10 @@ def generate(run_dir, out_wav, seed_seconds: float = 10.0, length_ratio: float =
     if not np.all(np.isfinite(gen)):
         raise GenerationError(f"the model produced non-finite features (checkpoint {run.ckpt_path})")
     sr = run.cfg.sample_rate
-    seed_audio, gen_audio = seed_and_continuation_audio(run, seed, gen)
+    wave = seed_waveform(run, info)
+    if run.transform.phase_from_seed:
+        info["phase_from"] = "the seed's audio" if wave is not None else f"fitted (no audio at {info.get('song') or info['source']})"
+    seed_audio, gen_audio = seed_and_continuation_audio(run, seed, gen, wave)
     if audio_out is not None:
         audio_out.update(seed=seed_audio, continuation=gen_audio)
     audio = np.concatenate([seed_audio, gen_audio]) if with_seed else gen_audio
