@@ -118,7 +118,7 @@ def test_figures_match_their_sources(demo):
     lstm, gru = float(rows["aurora-lstm-h8"]["best_dev_loss"]), float(rows["aurora-gru-h8"]["best_dev_loss"])
     c = claims["The LSTM's dev loss "]
     floor = float(rows["aurora-lstm-h8"]["baseline_dev_loss"])
-    learned = min(lstm, gru) < floor  # else neither beat the floor: nothing to compare (analysis/claims.py)
+    learned = min(lstm, gru) < floor  # else neither beat the floor: nothing to compare (gruv_hpc/analysis/claims.py)
     why = "one seed" if learned else "nothing beat the floor"
     assert f"aurora H=8: LSTM {lstm:.4g} vs GRU {gru:.4g} (one seed each), D = {lstm - gru:+.2g}: {why}" in c["evidence"]
     # one seed: the noise between seeds is unknown
@@ -430,7 +430,7 @@ def test_seeds_in_the_grid_are_grouped_and_judged(data, tmp_path):
     floor = float(rows["aurora-lstm-h6-s1"]["baseline_dev_loss"])
     gru = [float(rows[f"aurora-gru-h6-s{s}"]["best_dev_loss"]) for s in (1, 2)]
     judged = ("holds", "contradicts", "within noise") if min(np.mean(lstm), np.mean(gru)) < floor else \
-        ("nothing beat the floor",)  # neither side learned anything: not decided (analysis/claims.py)
+        ("nothing beat the floor",)  # neither side learned anything: not decided (gruv_hpc/analysis/claims.py)
     assert cmp["n_a"] == cmp["n_b"] == 2 and cmp["threshold"] > 0 and cmp["verdict"] in judged
     assert claims["Dev loss falls as th"]["verdict"] == "inconclusive"
     assert "needs at least 2 hidden sizes per cell" in claims["Dev loss falls as th"]["why"]
@@ -516,5 +516,5 @@ def test_report_says_whether_seeds_converge(demo):
         c = a["convergence"]
         assert c["clips"] == len(a["clips"]) and -1 <= c["end_cosine"] <= 1 + 1e-9
         assert rows[name]["seeds_converge"] == str(c["converged"])
-        for k in ("click_ratio", "level_change_db", "nearest_train_distance", "band_flatness"):
+        for k in ("click_ratio", "level_change_db", "nearest_train_distance", "flatness", "spectral_distance"):
             assert rows[name][k] != ""

@@ -1,4 +1,4 @@
-"""The claims table's verdicts (analysis/claims.py), on constructed results: no training needed."""
+"""The claims table's verdicts (gruv_hpc/analysis/claims.py), on constructed results: no training needed."""
 import math
 
 import pytest
@@ -106,15 +106,22 @@ def test_the_floor_section_names_the_few_bins_that_dominate_it():
 
     from gruv_hpc.analysis.baseline import dominant_values
     from gruv_hpc.analysis.report import baseline_html
+    from gruv_hpc.dataset.transforms import get_transform
     per = np.ones(1000)
-    assert dominant_values(per, 1000, 8000) is None  # spread out: nothing to name
+    fft = get_transform("fft", 1000)
+    assert dominant_values(per, fft, 8000) is None  # spread out: nothing to name
     per[[999, 998, 997]] = 400.0  # Im near 4 kHz (the stored layout: Re_0..Re_500 | Im_1..Im_499)
-    dom = dominant_values(per, 1000, 8000)
+    dom = dominant_values(per, fft, 8000)
     assert dom["n"] == 3 and dom["of"] == 1000 and [v["part"] for v in dom["values"]] == ["Im"] * 3
     assert dom["values"][0]["hz"] == pytest.approx(499 * 8.0)
     page = baseline_html([], {"a": {"dev_loss": 12.0, "dev_clips": 3, "std_floor": 0.0, "dominant": dom}})
     assert "3 of the 1000 stored values" in page and "Im 3.99 kHz" in page and "std_floor" in page
     assert "id='floor'" in page
+    # a log-magnitude dataset's stored values are bins, not Re/Im: the transform says so
+    per = np.ones(2 * 513)
+    per[[513 + 500, 200]] = 1000.0
+    dom = dominant_values(per, get_transform("logmag_if", 1024), 8000)
+    assert [(v["part"], v["hz"]) for v in dom["values"]] == [("IF", 500 * 8000 / 1024), ("log|X|", 200 * 8000 / 1024)]
 
 
 def floored(values: dict, floor: float, key="best_dev_loss") -> list[dict]:

@@ -1,4 +1,4 @@
-"""What the figures show (analysis/fig1_loss.py, common.py), on constructed runs: no training needed."""
+"""What the figures show (gruv_hpc/analysis/fig1_loss.py, common.py), on constructed runs: no training needed."""
 import json
 
 import pytest

@@ -91,7 +91,9 @@ def test_hparams_metrics_over_http_and_a_run_that_starts_later(data, tmp_path):
         # A run that starts after the server: linked in and read within a reload or two.
         main(tiny_config(data, epochs=1, hidden=4), runs / "lstm-h4")
         _until("the late run", lambda: "lstm-h4" in _get(port, "/data/runs"), p)
-        late = _until("the late run's metrics", lambda: _session_groups(port).get("lstm-h4"), p)
+        # until its dev loss is in: TensorBoard can list a run's first scalars a reload before the rest
+        late = _until("the late run's metrics", lambda: (g := _session_groups(port).get("lstm-h4")) and
+                      "epoch/dev_loss" in g and g, p)
         assert late["epoch/dev_loss"] == pytest.approx(read_jsonl(runs / "lstm-h4" / "metrics.jsonl")[-1]["dev_loss"],
                                                        rel=1e-6)
     finally:

@@ -66,13 +66,11 @@ def generate_audio(runs: list[RunInfo], out_dir, n_seed_clips: int = 2, seed_sec
 
 def run_audio(run: RunInfo, lr, out_dir, n_seed_clips: int = 2, seed_seconds: float = 10.0,
               length_ratio: float = 3.0, band_hz: tuple | None = None) -> dict | None:
-    """One run's clips and their mean diagnostics, from ``lr``: the run as ``generate.load_run``
+    """One run's clips and their mean diagnostics, from ``lr``: the run as ``generation.load_run``
     loaded it. None when its dev split has no clip to seed from."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot  # noqa: F401  (imsave)
-    import soundfile as sf
-
     from gruv_hpc.generation import describe, generate
     out_dir = Path(out_dir)
     out = out_dir / "audio"
@@ -80,13 +78,15 @@ def run_audio(run: RunInfo, lr, out_dir, n_seed_clips: int = 2, seed_seconds: fl
     # A seed no longer than one clip always fits inside a dev clip's segment.
     secs = min(seed_seconds, lr.transform.seconds(cfg.clip_blocks, cfg.sample_rate))
     ds = lr.data.split("dev", normalize=False)
-    clips = []
+    clips, made_audio = [], []
     for k in seed_indices(len(ds), n_seed_clips):
         wav, seed_wav = out / run.name / f"seed{k}.wav", out / run.name / f"seed{k}_seed.wav"
+        made: dict = {}  # the audio as arrays: measured from memory, never read back from the WAVs
         side = generate(run.paths.root, wav, seed_seconds=secs, length_ratio=length_ratio, seed_from="dev",
-                        seed_index=k, run=lr, seed_out=seed_wav, band_hz=band_hz)
+                        seed_index=k, run=lr, seed_out=seed_wav, band_hz=band_hz, audio_out=made)
+        made_audio.append(made)
         png = wav.with_suffix(".png")
-        spectrogram_png(sf.read(seed_wav)[0], sf.read(wav)[0], cfg.sample_rate, png)
+        spectrogram_png(made["seed"], made["continuation"], cfg.sample_rate, png)
         clips.append({"seed_index": k, "wav": str(wav.relative_to(out_dir)), "seed_wav": str(seed_wav.relative_to(out_dir)),
                       "png": str(png.relative_to(out_dir)), **side["diagnostics"],
                       "clipped_samples": side["clipped_samples"],
@@ -97,8 +97,7 @@ def run_audio(run: RunInfo, lr, out_dir, n_seed_clips: int = 2, seed_seconds: fl
         v = [c[key] for c in clips if c.get(key) is not None and np.isfinite(c[key])]
         return float(np.mean(v)) if v else None
     return {"clips": clips, **{k: mean(k) for k in mean_keys()},
-            "convergence": convergence(lr, [out_dir / c["wav"] for c in clips],
-                                       [out_dir / c["seed_wav"] for c in clips])}
+            "convergence": convergence(lr, [m["continuation"] for m in made_audio], [m["seed"] for m in made_audio])}
 
 
 def mean_keys() -> list[str]:
@@ -110,11 +109,9 @@ def mean_keys() -> list[str]:
 CONVERGED_COSINE = 0.9  # end frames this alike (normalized features) are the same output to a listener
 
 
-def _end_frames(run, wav: Path, n: int = 8) -> np.ndarray:
-    """The last ``n`` frames of a WAV as the run's normalized features, unit length."""
-    import soundfile as sf
-    audio = sf.read(wav, dtype="float32")[0]
-    f = (run.transform.features(audio)[-n:] - run.mean) / run.std
+def _end_frames(run, audio: np.ndarray, n: int = 8) -> np.ndarray:
+    """The last ``n`` frames of some audio as the run's normalized features, unit length."""
+    f = (run.transform.features(np.asarray(audio, np.float32))[-n:] - run.mean) / run.std
     return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
 
 
@@ -124,26 +121,23 @@ def _pair_cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(((a[-1] @ b.T).max() + (b[-1] @ a.T).max()) / 2)
 
 
-def convergence(run, wavs: list[Path], seed_wavs: list[Path]) -> dict | None:
-    """Do continuations from different seed clips of one run converge to the same output? Read
-    from the WAVs: the cosine between the continuations' endings (``_pair_cosine``, mean over
-    pairs), beside the same measure between the seeds' endings (how alike the starting points
-    were), and the spread of the continuations' levels. None with fewer than two clips."""
-    if len(wavs) < 2:
+def convergence(run, continuations: list[np.ndarray], seeds: list[np.ndarray]) -> dict | None:
+    """Do continuations from different seed clips of one run converge to the same output? From the
+    audio: the cosine between the continuations' endings (``_pair_cosine``, mean over pairs),
+    beside the same measure between the seeds' endings (how alike the starting points were), and
+    the spread of the continuations' levels. None with fewer than two clips."""
+    if len(continuations) < 2:
         return None
     import itertools
 
-    import soundfile as sf
-
     from gruv_hpc.generation import rms_db
-    ends, seeds = [_end_frames(run, w) for w in wavs], [_end_frames(run, w) for w in seed_wavs]
-    if any(len(f) == 0 for f in ends + seeds):  # shorter than one frame: nothing to compare
+    ends, starts = [_end_frames(run, a) for a in continuations], [_end_frames(run, a) for a in seeds]
+    if any(len(f) == 0 for f in ends + starts):  # shorter than one frame: nothing to compare
         return None
-    pairs = list(itertools.combinations(range(len(wavs)), 2))
+    pairs = list(itertools.combinations(range(len(continuations)), 2))
     cos = float(np.mean([_pair_cosine(ends[i], ends[j]) for i, j in pairs]))
-    seed_cos = float(np.mean([_pair_cosine(seeds[i], seeds[j]) for i, j in pairs]))
-    levels = [rms_db(sf.read(w, dtype="float32")[0]) for w in wavs]
-    levels = [v for v in levels if np.isfinite(v)]
-    return {"end_cosine": cos, "seed_end_cosine": seed_cos, "clips": len(wavs),
+    seed_cos = float(np.mean([_pair_cosine(starts[i], starts[j]) for i, j in pairs]))
+    levels = [v for v in (rms_db(a) for a in continuations) if np.isfinite(v)]
+    return {"end_cosine": cos, "seed_end_cosine": seed_cos, "clips": len(continuations),
             "level_spread_db": float(max(levels) - min(levels)) if levels else None,
             "converged": bool(cos >= CONVERGED_COSINE and cos > seed_cos)}

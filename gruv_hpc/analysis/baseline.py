@@ -14,22 +14,15 @@ from gruv_hpc.analysis.common import RunInfo
 from gruv_hpc.dataset.manifest import STD_FLOOR
 
 
-def stored_value_name(j: int, block_size: int, sample_rate: int) -> tuple[str, float]:
-    """(part, Hz) of stored value ``j``: the layout [Re_0 .. Re_{N//2} | Im_1 .. Im_{(N-1)//2}]
-    of ``transforms.blocks_to_stored``."""
-    n_re = block_size // 2 + 1
-    k, part = (j, "Re") if j < n_re else (j - n_re + 1, "Im")
-    return part, k * sample_rate / block_size
-
-
 # When fewer than this share of the stored values carry half of the floor, the report names them.
 FEW = 0.01
 
 
-def dominant_values(per_value: np.ndarray, block_size: int, sample_rate: int, top: int = 10) -> dict | None:
+def dominant_values(per_value: np.ndarray, transform, sample_rate: int, top: int = 10) -> dict | None:
     """The smallest set of stored values that holds half of the floor's loss, when it is a few
     (at most FEW of them): {"n", "of", "share", "values": [{"part", "hz", "share"}] (the ``top``
-    largest)}; None when the loss is spread out."""
+    largest)}; None when the loss is spread out. ``transform``: the dataset's, which says what
+    each stored value is (``Transform.stored_value_name``: Re or Im of a bin, its log-magnitude...)."""
     total = float(per_value.sum())
     if total <= 0:
         return None
@@ -39,7 +32,7 @@ def dominant_values(per_value: np.ndarray, block_size: int, sample_rate: int, to
         return None
     vals = []
     for j in order[:min(n, top)]:
-        part, hz = stored_value_name(int(j), block_size, sample_rate)
+        part, hz = transform.stored_value_name(int(j), sample_rate)
         vals.append({"part": part, "hz": hz, "share": float(per_value[j] / total)})
     return {"n": n, "of": len(per_value), "share": float(per_value[order[:n]].sum() / total), "values": vals}
 
@@ -52,7 +45,7 @@ def mean_prediction_loss(data, artists: list[str] | None, split: str = "dev", st
     import torch
 
     from gruv_hpc.dataset.clips import ClipDataset
-    ds = ClipDataset(data, split, artists or None, std_floor=std_floor)
+    ds = ClipDataset(data, split, artists or None, std_floor=std_floor)  # data: a path, or an open handle
     total = torch.zeros((), dtype=torch.float64)
     per_feature = np.zeros(ds.mean.shape)
     for i in range(len(ds)):
@@ -61,15 +54,16 @@ def mean_prediction_loss(data, artists: list[str] | None, split: str = "dev", st
         per_feature += y.double().square().mean(0).numpy()
     if detail is not None and len(ds):
         per_value = np.bincount(ds.expand_index, weights=per_feature * (ds.sign != 0), minlength=ds.params["storage_dim"])
-        detail["dominant"] = dominant_values(per_value, ds.params["block_size"], ds.params["sample_rate"])
+        detail["dominant"] = dominant_values(per_value, ds.transform, ds.params["sample_rate"])
     return (float(total) / len(ds), len(ds)) if len(ds) else (None, 0)
 
 
-def baselines(runs: list[RunInfo]) -> dict:
+def baselines(runs: list[RunInfo], datasets=None) -> dict:
     """{artist label: {"dev_loss", "dev_clips", "dominant"} or {"error"}}, from the first run of
     each artist (the runs of one artist share its data and statistics; their normalization is
     the first run's std_floor). A dataset that cannot be read gives its error, not an exception:
-    the rest of the report is still drawn."""
+    the rest of the report is still drawn. ``datasets``: the analysis' open datasets
+    (``common.Datasets``)."""
     from gruv_hpc.errors import GruvError
     from gruv_hpc.training.config import run_config
     out: dict = {}
@@ -79,7 +73,8 @@ def baselines(runs: list[RunInfo]) -> dict:
         try:
             detail: dict = {}
             floor = float(run_config(r.config)["std_floor"])
-            loss, n = mean_prediction_loss(r.config["data"], r.config.get("artists"), std_floor=floor, detail=detail)
+            data = datasets(r.config["data"], r.config.get("artists"), floor) if datasets else r.config["data"]
+            loss, n = mean_prediction_loss(data, r.config.get("artists"), std_floor=floor, detail=detail)
             out[r.artist] = {"dev_loss": loss, "dev_clips": n, "std_floor": floor, "dominant": detail.get("dominant")}
         except (GruvError, OSError) as e:
             out[r.artist] = {"error": str(e)}

@@ -18,7 +18,7 @@ comparison left with no value on a side is not made. With the n_A and n_B values
   freedom: a pooled two-sample t-test at the 5% level (t = 4.30 for 2 seeds a side, 2.78 for 3,
   2.31 for 5);
 - nothing learned: when the rows carry the floor (``baseline_dev_loss``, the dev loss of
-  predicting the train mean, analysis/baseline.py) and neither side's mean best dev loss is below
+  predicting the train mean, gruv_hpc/analysis/baseline.py) and neither side's mean best dev loss is below
   it, the comparison is "nothing beat the floor": two models that learned nothing that carries to
   dev differ in noise, whatever the t-test says;
 - verdict: "one seed" when a side has fewer than 2 values (there is no spread to judge D by);

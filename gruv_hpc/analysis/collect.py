@@ -39,10 +39,9 @@ def param_count(config: dict) -> int | None:
 
 
 def row_for(run: RunInfo, diagnostics: dict | None = None, band: dict | None = None, baseline: dict | None = None) -> dict:
-    """``baseline``: the dev loss of predicting the train mean, per artist (analysis/baseline.py)."""
-    import json
+    """``baseline``: the dev loss of predicting the train mean, per artist (gruv_hpc/analysis/baseline.py)."""
     h = run.history
-    meta = json.loads(run.paths.config.read_text()) if run.paths.config.exists() else {}
+    meta = run.meta
     last = h[-1] if h else {}
     world = meta.get("world_size", 1)
     row = {"name": run.name, "group": run.group, "artists": run.artist, "cell": run.cell, "hidden": run.hidden,
@@ -85,7 +84,7 @@ def group_rows(rows: list[dict]) -> list[dict]:
 def collect(runs: list[RunInfo], out_dir, diagnostics: dict | None = None, band: dict | None = None,
             baseline: dict | None = None) -> list[dict]:
     """``band``: Figure 3's in-band energy per run ({name: {"in_band_energy": ...}}); ``baseline``:
-    analysis/baseline.py's floors per artist."""
+    gruv_hpc/analysis/baseline.py's floors per artist."""
     rows = [row_for(r, diagnostics, band, baseline) for r in runs]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ class RunInfo:
     paths: RunPaths
     history: list[dict] = field(default_factory=list)
     error: str | None = None
+    meta: dict = field(default_factory=dict)  # config.json as training wrote it (read once, by load_runs)
 
     @property
     def artist(self) -> str:
@@ -70,6 +71,7 @@ def load_runs(listing: list[dict], skipped: dict[str, str] | None = None) -> lis
         history = read_jsonl(paths.metrics)
         why = metrics_problem(history)
         why = f"{paths.metrics}: {why}" if why else None
+        meta = {}
         if why is None and paths.config.exists():
             try:
                 meta = json.loads(paths.config.read_text())
@@ -82,13 +84,36 @@ def load_runs(listing: list[dict], skipped: dict[str, str] | None = None) -> lis
             if skipped is not None:
                 skipped[row["name"]] = why
             continue
-        runs.append(RunInfo(row["name"], row["state"], row["config"], row["grid"], paths, history, row.get("error")))
+        runs.append(RunInfo(row["name"], row["state"], row["config"], row["grid"], paths, history, row.get("error"), meta))
     return runs
 
 
-def load_each(runs: list[RunInfo]):
+class Datasets:
+    """The datasets an analysis reads, opened once: each directory's manifest is read once, and
+    one handle (its statistics) is kept per (path, artists, std_floor). The floors, Figure 3 and
+    every run's loading share one; call it as ``DatasetHandle`` is called."""
+
+    def __init__(self):
+        self._manifests: dict[str, dict] = {}
+        self._handles: dict[tuple, object] = {}
+
+    def __call__(self, path, artists: list[str] | None = None, std_floor: float | None = None):
+        from gruv_hpc.dataset.clips import DatasetHandle
+        from gruv_hpc.dataset.manifest import STD_FLOOR, load_manifest
+        std_floor = STD_FLOOR if std_floor is None else float(std_floor)
+        where = str(Path(path).expanduser().resolve())
+        key = (where, tuple(artists or ()), std_floor)
+        if key not in self._handles:
+            if where not in self._manifests:
+                self._manifests[where] = load_manifest(where)
+            self._handles[key] = DatasetHandle(where, artists or None, std_floor=std_floor,
+                                               manifest=self._manifests[where])
+        return self._handles[key]
+
+
+def load_each(runs: list[RunInfo], datasets: Datasets | None = None):
     """(run, loaded, None) for each run with a checkpoint: its best checkpoint (best.pt, or the
-    newest readable one) loaded once, with its model and dataset (``generate.load_run``); or
+    newest readable one) loaded once, with its model and dataset (``generation.load_run``); or
     (run, None, why) when the run cannot be read, so the report names it and analyses the
     others. One run is held at a time."""
     from gruv_hpc.errors import GruvError
@@ -97,7 +122,7 @@ def load_each(runs: list[RunInfo]):
         if not run.has_checkpoint:
             continue
         try:
-            loaded = load_run(run.paths.root, "best")
+            loaded = load_run(run.paths.root, "best", datasets=datasets, meta=run.meta or None)
         except GruvError as e:
             yield run, None, str(e)
             continue

@@ -13,7 +13,7 @@ SEED_MARKERS = "osD^v<>p"
 
 
 def fig1(runs: list[RunInfo], out_dir, hidden: int | None = None, baseline: dict | None = None) -> dict:
-    """``baseline``: {artist: {"dev_loss": ...}} (analysis/baseline.py), drawn as a dotted line."""
+    """``baseline``: {artist: {"dev_loss": ...}} (gruv_hpc/analysis/baseline.py), drawn as a dotted line."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -11,7 +11,7 @@ from gruv_hpc.analysis.common import RunInfo, mean_std, note, save_fig
 
 
 def fig2(runs: list[RunInfo], out_dir, baseline: dict | None = None) -> dict:
-    """``baseline``: {artist: {"dev_loss": ...}} (analysis/baseline.py), drawn as a dotted line."""
+    """``baseline``: {artist: {"dev_loss": ...}} (gruv_hpc/analysis/baseline.py), drawn as a dotted line."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -31,7 +31,7 @@ def truth_mean_magnitude(ds, max_clips: int | None = None) -> np.ndarray:
 
 def predicted_mean_magnitude(lr, ds, max_clips: int | None = None, batch: int = 8) -> np.ndarray:
     """Mean |prediction| over the dev clips of ``ds``: (C, F), from ``lr``, a loaded run
-    (``generate.load_run``)."""
+    (``generation.load_run``)."""
     import torch
 
     n = len(ds) if max_clips is None else min(len(ds), max_clips)
@@ -84,7 +84,7 @@ class Fig3Plan:
         return band_fraction(d[2], d[2], d[1])[1]
 
     def add(self, run: RunInfo, lr) -> None:
-        """``run``'s prediction, from ``lr``: the run as ``generate.load_run`` loaded it."""
+        """``run``'s prediction, from ``lr``: the run as ``generation.load_run`` loaded it."""
         from gruv_hpc.errors import GruvError
         try:
             self.predicted[run.name] = predicted_mean_magnitude(lr, self.dev[run.artist][0], self.max_clips)
@@ -92,8 +92,10 @@ class Fig3Plan:
             self.errors[run.name] = str(e)
 
 
-def prepare_fig3(runs: list[RunInfo], hidden: int | None = None, max_clips: int | None = 64) -> Fig3Plan | None:
-    """Figure 3's plan (None when no run has a checkpoint): its runs, and each artist's dev truth."""
+def prepare_fig3(runs: list[RunInfo], hidden: int | None = None, max_clips: int | None = 64,
+                 datasets=None) -> Fig3Plan | None:
+    """Figure 3's plan (None when no run has a checkpoint): its runs, and each artist's dev truth
+    (from ``datasets``, the analysis' open datasets, when given)."""
     from gruv_hpc.dataset.clips import ClipDataset
     usable = [r for r in runs if r.has_checkpoint]
     if not usable:
@@ -104,7 +106,8 @@ def prepare_fig3(runs: list[RunInfo], hidden: int | None = None, max_clips: int 
                     sorted({r.cell for r in chosen}, key=cell_registry.order_key))
     for artist in plan.artists:
         cfg = next(r for r in chosen if r.artist == artist).config
-        ds = ClipDataset(cfg["data"], "dev", cfg.get("artists") or None, normalize=False)
+        ds = ClipDataset(datasets(cfg["data"], cfg.get("artists"), cfg.get("std_floor")), "dev", normalize=False) \
+            if datasets else ClipDataset(cfg["data"], "dev", cfg.get("artists") or None, normalize=False)
         truth = truth_mean_magnitude(ds, max_clips) if len(ds) else None
         plan.dev[artist] = (ds, ds.transform.frequencies(cfg["sample_rate"]) if len(ds) else None, truth)
     return plan

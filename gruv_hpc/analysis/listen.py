@@ -8,7 +8,7 @@
   random order; the key is in a <details> element, shown on request. The paper's central claim is
   a listening judgment: the page lets a reader make it.
 
-The WAVs go to REPORT_DIR/listen/; the generated audio itself is analysis/audio.py's.
+The WAVs go to REPORT_DIR/listen/; the generated audio itself is gruv_hpc/analysis/audio.py's.
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from gruv_hpc.analysis.audio import run_audio
 from gruv_hpc.analysis.baseline import baselines
 from gruv_hpc.analysis.claims import claims
 from gruv_hpc.analysis.collect import collect, group_rows
-from gruv_hpc.analysis.common import load_each, load_runs
+from gruv_hpc.analysis.common import Datasets, load_each, load_runs
 from gruv_hpc.errors import ConfigError, GruvError
 from gruv_hpc.fsio import dumps
 from gruv_hpc.analysis.fig1_loss import fig1
@@ -40,11 +40,12 @@ def analyze(sweep_dir, out_dir, listing: list[dict], hidden: int | None = None, 
     if hidden is not None and hidden not in sizes:
         raise ConfigError(f"--hidden {hidden}: no run of {sweep_dir} has that hidden size (it has: "
                           f"{', '.join(map(str, sizes))})")
-    floor = stage("baseline", baselines, runs)
+    datasets = Datasets()  # each dataset's manifest read once, shared by the floor, Figure 3 and the runs
+    floor = stage("baseline", baselines, runs, datasets)
     f1 = stage("fig1", fig1, runs, out, hidden, floor)
     f2 = stage("fig2", fig2, runs, out, floor)
-    plan = stage("fig3 truth", prepare_fig3, runs, hidden, max_clips)
-    audio = stage("models (fig3, audio)", each_run, runs, plan, out, n_seed_clips, seed_seconds)
+    plan = stage("fig3 truth", prepare_fig3, runs, hidden, max_clips, datasets)
+    audio = stage("models (fig3, audio)", each_run, runs, plan, out, n_seed_clips, seed_seconds, datasets)
     f3 = stage("fig3", draw_fig3, plan, out)
     rows = stage("collect", collect, runs, out, audio, f3.get("band_runs"), floor)
     groups = group_rows(rows)
@@ -60,14 +61,14 @@ def analyze(sweep_dir, out_dir, listing: list[dict], hidden: int | None = None, 
     return summary
 
 
-def each_run(runs, plan: Fig3Plan | None, out: Path, n_seed_clips: int, seed_seconds: float) -> dict:
+def each_run(runs, plan: Fig3Plan | None, out: Path, n_seed_clips: int, seed_seconds: float, datasets=None) -> dict:
     """The analysis' one pass over the runs' models: each best checkpoint is loaded once
     (``load_each``), for both of its uses, its Figure 3 prediction (added to ``plan``) and its
     audio (``audio.run_audio``; flatness over the band that holds the artist's music, Figure 3's,
     not over empty bins). Returns the audio: {run: {"clips": [...], ...}}, or {"clips": [],
     "error": why} for a run that cannot be read."""
     audio = {}
-    for run, lr, error in load_each(runs):
+    for run, lr, error in load_each(runs, datasets):
         drawn = plan is not None and plan.wants(run)
         if error:  # named in the report (Figure 3's panel and the audio); the others are analysed
             if drawn:
@@ -142,7 +143,7 @@ def _hz(hz: float) -> str:
 
 
 def dominant_html(dom: dict | None, std_floor: float | None) -> str:
-    """Why a floor is high, when a few frequency bins carry half of it (analysis/baseline.py)."""
+    """Why a floor is high, when a few frequency bins carry half of it (gruv_hpc/analysis/baseline.py)."""
     if not dom:
         return ""
     e = html.escape
@@ -234,7 +235,7 @@ def write_html(out: Path, runs, rows, table, f1, f2, f3, audio, groups: list[dic
                  f"<p>Each difference is judged against the spread between seeds ({seeds} seed{'s' if seeds != 1 else ''} per "
                  "grid point here): "
                  "D is the difference of the seed means, and it counts only beyond the noise threshold of a two-sample "
-                 "t-test at 5% (see <code>analysis/claims.py</code>). A difference within the noise, or one from a "
+                 "t-test at 5% (see <code>gruv_hpc/analysis/claims.py</code>). A difference within the noise, or one from a "
                  "single seed, is inconclusive, never a “no”; one where neither model beats <a href='#floor'>the "
                  "floor</a> (the dev loss of predicting the train mean) is not decided: nothing was learned to "
                  "compare.</p>"

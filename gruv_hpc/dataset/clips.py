@@ -104,11 +104,12 @@ class DatasetHandle:
     than from the directory again."""
 
     def __init__(self, data_dir: str | Path, artists: list[str] | None = None, expect: dict | None = None,
-                 std_floor: float = STD_FLOOR):
+                 std_floor: float = STD_FLOOR, manifest: dict | None = None):
         """``std_floor``: TrainConfig.std_floor, the run's choice of the std's floor
-        (``manifest.floored_std``; 0: the paper's z-scoring)."""
+        (``manifest.floored_std``; 0: the paper's z-scoring). ``manifest``: the directory's manifest
+        when the caller has read it already (handles of one dataset for several artists share it)."""
         self.path = Path(data_dir)
-        self.manifest = load_manifest(self.path)
+        self.manifest = manifest if manifest is not None else load_manifest(self.path)
         if expect:
             check_params(self.manifest, expect)
         self.params = self.manifest["params"]

@@ -13,11 +13,14 @@ DTYPES = ("float32", "float16")
 @dataclass
 class PreprocessConfig:
     sample_rate: int = opt(44100, "target sample rate (Hz); every song is resampled to it")
-    block_size: int = opt(11025, "samples per block N (11025 = 0.25 s at 44.1 kHz, the paper's)")
+    block_size: int | None = opt(None, "samples per block (frame) N; None = the transform's default: 11025 (0.25 s "
+                                       "at 44.1 kHz, the paper's) for fft, rfft and stft, 2048 for logmag and logmag_if")
     clip_blocks: int = opt(40, "blocks per training clip (40 = 10 s, the paper's)")
     transform: str = opt("fft", "feature transform (gruv_hpc.dataset.transforms.TRANSFORMS): fft ([Re|Im] of the "
-                               "full DFT, 2N values, the paper's), rfft (the non-redundant half) or stft "
-                               "(overlapping sqrt-Hann frames, hop default block_size/2, overlap-added back)")
+                               "full DFT, 2N values, the paper's), rfft (the non-redundant half), stft "
+                               "(overlapping sqrt-Hann frames, hop default block_size/2, overlap-added back), logmag "
+                               "(log |STFT| of Hann frames, hop default block_size/4, N/2+1 values, Griffin-Lim back) "
+                               "or logmag_if (logmag and instantaneous frequency, 2 (N/2+1) values, exact back)")
     hop: int | None = opt(None, "samples between the starts of consecutive frames; None = the transform's default "
                                 "(block_size for the paper's non-overlapping fft and rfft)")
     dev_fraction: float = opt(0.2, "fraction of each artist's songs held out as the dev split")
@@ -25,6 +28,11 @@ class PreprocessConfig:
     shard_mb: float = opt(512.0, "upper bound of one shard's size, MiB")
     shard_clips: int = opt(0, "upper bound of clips per shard (0: the size bound only)")
     dtype: str = opt("float32", "stored value type: float32, or float16 (half the bytes; read back as float32)")
+
+    def __post_init__(self):
+        if self.block_size is None:  # the transform's own frame (an unknown transform is named by validate)
+            from gruv_hpc.dataset.transforms import TRANSFORMS, Transform
+            self.block_size = TRANSFORMS.get(self.transform, Transform).default_frame
 
     def validate(self) -> None:
         if self.dtype not in DTYPES:

@@ -48,27 +48,9 @@ def sampling_noise(n: int, sigma: torch.Tensor, seed: int = 0, device="cpu") -> 
 def generate_stateful(model, seed: torch.Tensor, n: int, noise: torch.Tensor | None = None) -> torch.Tensor:
     """seed (T0, D) normalized -> the next n blocks (n, D). Linear in n. ``noise`` (n - 1, D): added
     to each prediction before it is fed back (``feedback_noise``); the blocks returned are the
-    predictions themselves.
-
-    Feeding a prediction back in is out(h) followed by inp(.): two affine maps with nothing in
-    between, so they compose into one H x H map (computed once per call). Each step then costs
-    only H-sized work; the D-sized output layer runs once, batched, over all the generated steps.
-    The result equals feeding every prediction back through both layers (``generate_refeed``)
-    up to float rounding, which a trained recurrent model can amplify."""
-    h, state = model.recur(model.inp(seed.unsqueeze(0)))
-    h = h[:, -1:]
-    w_in = model.inp.weight
-    feed_w = (w_in @ model.out.weight).to(h.dtype)                       # inp(out(h)) = feed_w h + feed_b
-    feed_b = torch.addmv(model.inp.bias, w_in, model.out.bias).to(h.dtype)
-    noise_in = None if noise is None else (noise.to(w_in.dtype) @ w_in.t()).to(h.dtype)  # inp(out(h) + e) adds w_in e
-    hs = [h]
-    for k in range(n - 1):
-        x = torch.addmm(feed_b, h[0], feed_w.t())
-        if noise_in is not None:
-            x = x + noise_in[k]
-        h, state = model.recur(x.unsqueeze(0), state)
-        hs.append(h)
-    return model.out(torch.cat(hs, 1))[0]
+    predictions themselves. The model's own free run (``GRUVModel.rollout``: one H x H map a
+    step, for either ``predict``), equal to ``generate_refeed`` up to float rounding."""
+    return model.rollout(seed, n, noise)
 
 
 @torch.no_grad()

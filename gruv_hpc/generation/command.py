@@ -19,14 +19,14 @@ from gruv_hpc.generation.algorithms import (feedback_noise, generate_refeed, gen
                                             sampling_noise)
 from gruv_hpc.generation.diagnostics import diagnostics
 from gruv_hpc.generation.run import LoadedRun, check_device, load_run
-from gruv_hpc.generation.synthesis import seed_and_continuation_audio, seed_features
+from gruv_hpc.generation.synthesis import seed_and_continuation_audio, seed_features, seed_waveform
 
 
 def generate(run_dir, out_wav, seed_seconds: float = 10.0, length_ratio: float = 3.0, seed_from: str = "dev",
              seed_index: int | None = None, algorithm: str = "stateful", checkpoint: str = "best", with_seed: bool = False,
              float32: bool = False, normalize: bool = False, device: str = "cpu", run: LoadedRun | None = None,
              seed_out=None, seed_start: float | None = None, band_hz: tuple[float, float] | None = None,
-             noise: float = 0.0, noise_seed: int = 0, temperature: float = 0.0) -> dict:
+             noise: float = 0.0, noise_seed: int = 0, temperature: float = 0.0, audio_out: dict | None = None) -> dict:
     """Write OUT.wav and OUT.json (the sidecar), and the seed alone to ``seed_out`` if given;
     returns the sidecar dict. ``seed_index`` (default 0) picks a clip of the dev/train split,
     ``seed_start`` (seconds, default 0) a point in a seed file: each is refused with the other
@@ -36,7 +36,9 @@ def generate(run_dir, out_wav, seed_seconds: float = 10.0, length_ratio: float =
     generation loops (0: off). ``temperature``: sample each frame from a Gaussian around the
     prediction, per dimension temperature x the model's residual std on the train set
     (``train_residual_std``); the sample is what is fed back and heard (0: the mean prediction,
-    the paper's, bitwise). ``noise_seed`` seeds either's draws."""
+    the paper's, bitwise). ``noise_seed`` seeds either's draws. ``audio_out``: a dict that gets the
+    seed's and the continuation's audio as arrays (``seed``, ``continuation``; float, before the
+    WAV's quantization), for callers that measure them further without reading the WAVs back."""
     split = seed_from in ("dev", "train")
     if split and seed_start is not None:
         raise GenerationError(f"--seed-start is for a seed file; with --seed-from {seed_from}, pick the clip with --seed-index")
@@ -79,7 +81,12 @@ def generate(run_dir, out_wav, seed_seconds: float = 10.0, length_ratio: float =
     if not np.all(np.isfinite(gen)):
         raise GenerationError(f"the model produced non-finite features (checkpoint {run.ckpt_path})")
     sr = run.cfg.sample_rate
-    seed_audio, gen_audio = seed_and_continuation_audio(run, seed, gen)
+    wave = seed_waveform(run, info)
+    if run.transform.phase_from_seed:
+        info["phase_from"] = "the seed's audio" if wave is not None else f"fitted (no audio at {info.get('song') or info['source']})"
+    seed_audio, gen_audio = seed_and_continuation_audio(run, seed, gen, wave)
+    if audio_out is not None:
+        audio_out.update(seed=seed_audio, continuation=gen_audio)
     audio = np.concatenate([seed_audio, gen_audio]) if with_seed else gen_audio
     try:
         out_wav.parent.mkdir(parents=True, exist_ok=True)

@@ -134,7 +134,7 @@ def _flatness_words(d: dict) -> str | None:
         return None
     band = d.get("flatness_band_hz")
     where = f" over {band[0]:.0f}-{band[1]:.0f} Hz ({d.get('flatness_band_source', 'seed')}'s band)" if band else ""
-    seed = f", seed {d['seed_flatness']:.3g}" if _finite(d.get("seed_flatness")) else ""
+    seed = f" (seed {d['seed_flatness']:.3g})" if _finite(d.get("seed_flatness")) else ""
     return f"spectral flatness {d['flatness']:.3g}{where}{seed}"
 
 

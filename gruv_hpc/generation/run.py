@@ -39,9 +39,11 @@ class LoadedRun:
         return self.data.transform
 
 
-def load_run(run_dir, checkpoint: str = "best", device="cpu") -> LoadedRun:
+def load_run(run_dir, checkpoint: str = "best", device="cpu", datasets=None, meta: dict | None = None) -> LoadedRun:
     """A run's model and statistics. ``checkpoint``: best (best.pt, or the newest readable one
-    with a warning when it is missing or unreadable), last (the newest readable), or a PATH."""
+    with a warning when it is missing or unreadable), last (the newest readable), or a PATH.
+    ``datasets``: a callable (path, artists, std_floor) -> DatasetHandle that shares open datasets
+    between runs (the analysis' cache); ``meta``: config.json's content, when already read."""
     paths = RunPaths(run_dir)
     if not paths.config.exists():
         raise GenerationError(f"{run_dir}: not a run directory (no config.json)")
@@ -61,12 +63,13 @@ def load_run(run_dir, checkpoint: str = "best", device="cpu") -> LoadedRun:
     if state is None:
         raise GenerationError(f"{run_dir}: no readable checkpoint to generate from (has training saved one yet?)")
     # The dataset's newest known place: config.json follows a moved dataset, the checkpoint does not.
-    data = json.loads(paths.config.read_text()).get("config", {}).get("data") or state["config"]["data"]
+    meta = meta if meta is not None else json.loads(paths.config.read_text())
+    data = meta.get("config", {}).get("data") or state["config"]["data"]
     cfg = build(TrainConfig, {**run_config(state["config"]), "data": data})
-    model = GRUVModel(cfg.feature_dim, cfg.hidden, cfg.cell, cfg.layers).to(device)
+    model = GRUVModel(cfg.feature_dim, cfg.hidden, cfg.cell, cfg.layers, predict=cfg.predict).to(device)
     model.load_state_dict(state["model"])
     model.eval()
-    return LoadedRun(model, cfg, path, _epoch(state), open_dataset(cfg))
+    return LoadedRun(model, cfg, path, _epoch(state), open_dataset(cfg, datasets))
 
 
 def check_device(device: str) -> torch.device:
@@ -83,10 +86,11 @@ def _epoch(state: dict) -> int:
     return upgrade(state)["train"]["epoch"]
 
 
-def open_dataset(cfg: TrainConfig) -> DatasetHandle:
+def open_dataset(cfg: TrainConfig, datasets=None) -> DatasetHandle:
     """The run's dataset, with the normalization statistics the run trained with (float64 mean
-    and std): those of the train split of the run's artists (all when it names none)."""
-    data = DatasetHandle(cfg.data, cfg.artists, std_floor=cfg.std_floor)
+    and std): those of the train split of the run's artists (all when it names none); from
+    ``datasets`` (path, artists, std_floor) -> handle when given."""
+    data = (datasets or DatasetHandle)(cfg.data, cfg.artists, std_floor=cfg.std_floor)
     if data.params["feature_dim"] != cfg.feature_dim:
         raise GenerationError(f"dataset {cfg.data} has feature_dim {data.params['feature_dim']}, "
                               f"the run was trained with {cfg.feature_dim}")

@@ -55,15 +55,38 @@ def seed_features(run: LoadedRun, source: str, index: int, seconds: float, start
     return feats.astype(np.float32), info
 
 
-def to_audio(run: LoadedRun, feats: np.ndarray) -> np.ndarray:
+def seed_waveform(run: LoadedRun, info: dict) -> np.ndarray | None:
+    """The seed's own audio, for a transform whose features hold no phase (``phase_from_seed``:
+    logmag, logmag_if): the seed file's excerpt, or the dev/train song's, decoded again from where
+    the manifest says it is. None for other transforms, and when the song is no longer there
+    (synthesis then fits every phase; the sidecar says which: ``seed.phase_from``)."""
+    tf, sr = run.transform, run.cfg.sample_rate
+    if not tf.phase_from_seed:
+        return None
+    path = Path(info["song"] if info.get("index") is not None else info["source"])
+    try:
+        audio = load_mono(path, sr) if path.is_file() else None
+    except Exception:  # a song changed or damaged since the build: fitted phases, said in the sidecar
+        audio = None
+    if audio is None:
+        return None
+    start = int(round(info["start_s"] * sr))
+    return audio[start: start + tf.n_samples(info["blocks"])]
+
+
+def to_audio(run: LoadedRun, feats: np.ndarray, seed_audio: np.ndarray | None = None) -> np.ndarray:
     raw = np.asarray(feats, np.float64) * run.std + run.mean
-    return run.transform.synthesize(raw)
+    if seed_audio is None:
+        return run.transform.synthesize(raw)
+    return run.transform.synthesize(raw, seed_audio=seed_audio)
 
 
-def seed_and_continuation_audio(run: LoadedRun, seed: np.ndarray, gen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def seed_and_continuation_audio(run: LoadedRun, seed: np.ndarray, gen: np.ndarray,
+                                seed_audio: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The seed's audio and the continuation's, synthesized as one sequence and cut where the
     continuation's first frame starts: where frames overlap, the seed's last frame and the
-    continuation's first are added together, as in any other pair of neighbours."""
-    audio = to_audio(run, np.concatenate([seed, gen]))
+    continuation's first are added together, as in any other pair of neighbours. ``seed_audio``
+    (``seed_waveform``): the seed's own audio, whose phases a phase-less transform continues."""
+    audio = to_audio(run, np.concatenate([seed, gen]), seed_audio)
     cut = len(seed) * run.transform.hop
     return audio[:cut], audio[cut:]

@@ -17,7 +17,7 @@ from gruv_hpc.errors import GenerationError
 from gruv_hpc.generation.algorithms import generate_stateful
 from gruv_hpc.generation.diagnostics import diagnostics, names
 from gruv_hpc.generation.run import LoadedRun
-from gruv_hpc.generation.synthesis import seed_and_continuation_audio, seed_features, to_audio
+from gruv_hpc.generation.synthesis import seed_and_continuation_audio, seed_features, seed_waveform, to_audio
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class AudioSampler:
         model, cfg, dev_set, step, w = end.model, end.cfg, end.dev_set, end.epoch, end.writer
         run = LoadedRun(model, cfg, Path(""), end.epoch, dev_set.handle)
         try:
-            seed, _ = seed_features(run, "dev", 0, min(cfg.gen_seconds, run.transform.seconds(cfg.clip_blocks, cfg.sample_rate)),
+            seed, info = seed_features(run, "dev", 0, min(cfg.gen_seconds, run.transform.seconds(cfg.clip_blocks, cfg.sample_rate)),
                                     split=dev_set)
         except (GenerationError, DatasetError):
             return None
@@ -48,10 +48,13 @@ class AudioSampler:
         model.train(was_training)
         out = None
         if np.all(np.isfinite(gen)):
-            seed_audio, gen_audio = seed_and_continuation_audio(run, seed, gen)
+            seed_audio, gen_audio = seed_and_continuation_audio(run, seed, gen, seed_waveform(run, info))
             diag = diagnostics(run, gen, seed_audio, gen_audio, seed=seed)
             out = {k: diag[k] for k in names("tensorboard")}
-        audio = np.clip(np.nan_to_num(to_audio(run, gen)), -1, 1)
+            audio = gen_audio  # the continuation as generate writes it (its phases continue the seed's)
+        else:
+            audio = to_audio(run, gen)
+        audio = np.clip(np.nan_to_num(audio), -1, 1)
         w.add_audio("generated/audio", torch.from_numpy(audio).unsqueeze(0), step, sample_rate=cfg.sample_rate)
         w.add_image("generated/spectrogram", sample_spectrogram(run, seed, gen, step), step, dataformats="HWC")
         return out

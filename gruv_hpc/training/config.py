@@ -22,6 +22,8 @@ RESUME = ("auto", "require", "never")
 # model to divergence with SGD at lr=1e30).
 MAX_LR = 3.4028234663852886e38  # float32 max (this module imports no numpy)
 DATA_ON_DEVICE = ("auto", "true", "false")
+# What the model outputs (training/model.py): the next frame (the paper's), or its change from the current one.
+PREDICT = ("next", "delta")
 STEP_GRAPHS = ("auto", "graph", "eager")
 
 
@@ -40,6 +42,9 @@ class TrainConfig:
     cell: str = opt(cells.DEFAULT, f"recurrent cell: {cells.describe()}")
     hidden: int = opt(1024, "hidden size H (the paper goes up to 2048)")
     layers: int = opt(1, "number of stacked recurrent layers (the paper uses 1)")
+    predict: str = opt("next", "what the model outputs: next (the next frame, the paper's) or delta (the change "
+                               "from the current frame, added to it in normalized units: zero output weights are "
+                               "persistence, next = current)")
     # data
     data: str = opt("", "dataset directory made by `gruv preprocess`")
     artists: list[str] = opt([], "artists of the dataset to train on; empty = all")
@@ -104,6 +109,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         cells.get(self.cell)  # an unknown cell: a ConfigError naming the registered ones
+        if self.predict not in PREDICT:
+            raise ConfigError(f"predict: {self.predict!r} is not one of {', '.join(PREDICT)}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer: {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
         if self.device not in ("auto", "cpu", "cuda"):

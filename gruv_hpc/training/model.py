@@ -5,9 +5,11 @@ registry are in gruv_hpc.training.cells: the model asks the registry for the lay
 """
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from gruv_hpc.training import cells
+from gruv_hpc.training.config import PREDICT
 
 
 def make_cell(cell: str, input_size: int, hidden: int, recurrence: str = "auto") -> nn.Module:
@@ -15,11 +17,20 @@ def make_cell(cell: str, input_size: int, hidden: int, recurrence: str = "auto")
 
 
 class GRUVModel(nn.Module):
-    """affine (D->H), ``layers`` recurrent layers, affine (H->D). Causal: step t sees steps <= t."""
+    """affine (D->H), ``layers`` recurrent layers, affine (H->D). Causal: step t sees steps <= t.
 
-    def __init__(self, dim: int, hidden: int, cell: str = cells.DEFAULT, layers: int = 1, recurrence: str = "auto"):
+    ``predict="delta"``: the prediction of frame t + 1 is frame t plus the output affine's value
+    (all in normalized units), so with zero output weights and bias the model is persistence
+    (next = current), the floor a model of log-magnitude music must beat; with "next" (the
+    paper's) the bottleneck D -> H -> D has to learn to copy its input before it can do as well.
+    Whoever feeds predictions back calls ``forward`` or ``rollout``, which both add the frame."""
+
+    def __init__(self, dim: int, hidden: int, cell: str = cells.DEFAULT, layers: int = 1, recurrence: str = "auto",
+                 predict: str = "next"):
         super().__init__()
-        self.dim, self.hidden, self.cell, self.layers = dim, hidden, cell, layers
+        if predict not in PREDICT:
+            raise ValueError(f"predict: {predict!r} is not one of {', '.join(PREDICT)}")
+        self.dim, self.hidden, self.cell, self.layers, self.predict = dim, hidden, cell, layers, predict
         self.inp = nn.Linear(dim, hidden)
         self.rnns = nn.ModuleList(make_cell(cell, hidden, hidden, recurrence) for _ in range(layers))
         self.out = nn.Linear(hidden, dim)
@@ -33,7 +44,10 @@ class GRUVModel(nn.Module):
         clip in that GEMM costs 1/T of it."""
         z = self.inp(x)
         h, state = self.recur(z[:, :-1] if drop_last else z, state)
-        return self.out(h), state
+        y = self.out(h)
+        if self.predict == "delta":
+            y = y + (x[:, :-1] if drop_last else x)
+        return y, state
 
     def recur(self, z, state=None):
         """The recurrent layers alone: (B, T, H) -> top layer's hidden sequence, new state."""
@@ -42,3 +56,44 @@ class GRUVModel(nn.Module):
             z, s = rnn(z, None if state is None else state[k])
             new_state.append(s)
         return z, new_state
+
+    @torch.no_grad()
+    def rollout(self, seed: torch.Tensor, n: int, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Free-running: seed (T0, D) normalized -> the next n predicted frames (n, D), each fed
+        back as the next input. Linear in n. ``noise`` (n - 1, D): added to each prediction before
+        it is fed back; the frames returned are the predictions themselves.
+
+        Feeding a prediction back in is out(h) followed by inp(.): two affine maps with nothing in
+        between, so they compose into one H x H map (computed once per call). Each step then costs
+        only H-sized work; the D-sized output layer runs once, batched, over all the steps. With
+        ``predict="delta"`` the fed-back frame is the current one plus out(h), so its input affine
+        is the current one's plus the same composed map (less inp's bias), and the predictions
+        are the seed's last frame plus the running sum of the outputs (and of the noise fed back).
+        The result equals feeding every prediction back through ``forward`` (generation's
+        ``generate_refeed``) up to float rounding, which a trained recurrent model can amplify."""
+        z_seed = self.inp(seed.unsqueeze(0))
+        h, state = self.recur(z_seed)
+        h = h[:, -1:]
+        w_in = self.inp.weight
+        delta = self.predict == "delta"
+        feed_w = (w_in @ self.out.weight).to(h.dtype)  # inp(out(h)) = feed_w h + feed_b
+        feed_b = (w_in @ self.out.bias if delta else torch.addmv(self.inp.bias, w_in, self.out.bias)).to(h.dtype)
+        noise_in = None if noise is None else (noise.to(w_in.dtype) @ w_in.t()).to(h.dtype)  # inp(out(h) + e) adds w_in e
+        z = z_seed[0, -1:].to(h.dtype)
+        hs = [h]
+        for k in range(n - 1):
+            x = torch.addmm(feed_b, h[0], feed_w.t())
+            if delta:
+                x = x + z  # inp(current + out(h))
+            if noise_in is not None:
+                x = x + noise_in[k]
+            z = x
+            h, state = self.recur(x.unsqueeze(0), state)
+            hs.append(h)
+        out = self.out(torch.cat(hs, 1))[0]
+        if not delta:
+            return out
+        fed = out.cumsum(0)
+        if noise is not None and n > 1:
+            fed[1:] += noise.to(fed.dtype)[: n - 1].cumsum(0)
+        return seed[-1] + fed

@@ -15,15 +15,9 @@ BANDWIDTH_ENERGY = 0.9999
 BANDWIDTH_RATIO = 1.5
 
 
-def add_power(power: np.ndarray, stored: np.ndarray) -> None:
-    """Add the energy per bin (|X_k|^2, k = 0 .. N//2) of stored rows (blocks_to_stored's layout)."""
-    n_re = len(power)
-    st = stored.astype(np.float64)
-    power += np.square(st[:, :n_re]).sum(0)
-    power[1: 1 + st.shape[1] - n_re] += np.square(st[:, n_re:]).sum(0)
-
-
 def bandwidth_hz(power: np.ndarray, sample_rate: int, block_size: int) -> float | None:
+    """The frequency below which BANDWIDTH_ENERGY of ``power`` lies: the energy of the rfft bins
+    of ``block_size``-sample frames, as the transform's ``add_power`` sums it."""
     total = power.sum()
     if not total > 0:
         return None

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from gruv_hpc.dataset.audio import AudioError, load_mono
-from gruv_hpc.dataset.build.bandwidth import add_power, bandwidth_hz
+from gruv_hpc.dataset.build.bandwidth import bandwidth_hz
 from gruv_hpc.dataset.build.shards import BATCH_BLOCKS, FLOAT16_MAX, ShardWriter
 from gruv_hpc.dataset.build.staging import (
     TASK_DIR,
@@ -72,7 +72,7 @@ def _run_task(p: Plan, task: int, n_tasks: int, staging: Path, progress: bool) -
             if n_clips < 1:
                 res["skipped"] = (f"shorter than one clip: {res['duration_s']:.2f} s, needs "
                                   f"{transform.n_samples(C + 1) / cfg.sample_rate:.2f} s")
-            elif cfg.dtype == "float16" and cfg.block_size * float(np.abs(audio).max()) >= FLOAT16_MAX:
+            elif cfg.dtype == "float16" and transform.stored_bound(float(np.abs(audio).max())) >= FLOAT16_MAX:
                 res["skipped"] = (f"samples up to {float(np.abs(audio).max()):.2f}: its spectrum could exceed float16's "
                                   "range; use --dtype float32")
             if res["skipped"]:
@@ -80,7 +80,7 @@ def _run_task(p: Plan, task: int, n_tasks: int, staging: Path, progress: bool) -
                 continue
             res["clips"] = n_clips
             content = hashlib.sha256()  # the song's stored blocks in order: what the dataset id is made of
-            power = np.zeros(cfg.block_size // 2 + 1)  # the song's energy per frequency bin, for its bandwidth
+            power = np.zeros(transform.n_bins)  # the song's energy per frequency bin, for its bandwidth
             if song["holdout"]:
                 res["dev_clips"] = max(1, int(round(cfg.dev_fraction * n_clips))) if n_clips >= 2 else 0
                 if res["dev_clips"] == 0:
@@ -108,8 +108,8 @@ def _run_task(p: Plan, task: int, n_tasks: int, staging: Path, progress: bool) -
                     b0, b1 = done * C, (done + take) * C + 1
                     for s in range(b0, b1, BATCH_BLOCKS):
                         e = min(s + BATCH_BLOCKS, b1)
-                        stored = transform.analyze(frames[s:e]).astype(cfg.dtype, copy=False)
-                        add_power(power, stored)
+                        stored = transform.analyze_rows(frames, s, e).astype(cfg.dtype, copy=False)
+                        transform.add_power(power, stored)
                         ds[row + s - b0: row + e - b0] = stored
                         w.check()
                         # The boundary block shared by two segments is counted (and hashed) once.

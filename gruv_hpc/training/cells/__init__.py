@@ -103,7 +103,7 @@ def describe() -> str:
     return ", ".join(f"{s.name} ({s.help})" if s.help else s.name for s in map(get, names()))
 
 
-# The two cells the paper compares: its claims (analysis/claims.py) are about these.
+# The two cells the paper compares: its claims (gruv_hpc/analysis/claims.py) are about these.
 PAPER_LSTM = "lstm"
 PAPER_GRU = "gru"
 DEFAULT = PAPER_LSTM
