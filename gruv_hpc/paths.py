@@ -170,8 +170,6 @@ class PipelinePaths:
     report = property(lambda s: s.root / "report")
     report_index = property(lambda s: s.root / "report" / "index.html")
     # The report is written here and renamed into place whole (a killed analysis leaves the old one).
-    report_staging = property(lambda s: s.root / ".report.staging")
-    report_aside = property(lambda s: s.root / ".report.old")
     state = property(lambda s: s.root / "pipeline.json")
     spec = property(lambda s: s.root / "pipeline.toml")
     logs = property(lambda s: s.root / "logs")

@@ -191,11 +191,11 @@ def test_cycle_detection_catches_lazy_and_from_imports(tmp_path):
 
 
 # The layers, lowest first: each may import only from the layers before it. The shared machinery
-# (configs, paths, files, locks, errors, progress, plotting) stands on no package; dataset on it alone;
+# (configs, paths, files, locks, folder swaps, errors, progress, plotting) stands on no package; dataset on it alone;
 # training reads datasets; cluster runs both (and the analysis) as jobs. Top-level modules not
 # listed (cli, generate, tbserver) are applications and may import any layer.
 LAYERS = [
-    {f"{PACKAGE}.{m}" for m in ("config", "errors", "fsio", "lock", "paths", "plotting", "progress")},
+    {f"{PACKAGE}.{m}" for m in ("config", "errors", "fsio", "lock", "paths", "plotting", "progress", "swap")},
     {f"{PACKAGE}.dataset"},
     {f"{PACKAGE}.training"},
     {f"{PACKAGE}.cluster"},

@@ -204,7 +204,7 @@ def test_local_pipeline_end_to_end_and_resubmission(corpus, data, tmp_path):
     shutil.rmtree(paths.report)
     sub = pipeline.submit(f, out, executor="local", overrides=["sweep.epochs=2"], progress=False, say=said.append)
     assert sub["train"]["submitted"] == [] and sub["analysis"] == {"ran": True, "why": "no report yet"}
-    assert paths.report_index.is_file() and not paths.report_staging.exists()
+    assert paths.report_index.is_file() and not list(paths.root.glob(".report.staging*"))
 
     # Another corpus for the same DIR is refused: its runs were trained on this dataset.
     f2 = write(tmp_path / "p2.toml", tiny_tables(corpus, corpus={"aurora": str(corpus / "aurora")}))

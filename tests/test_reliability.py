@@ -81,7 +81,7 @@ def test_a_killed_analyze_leaves_the_previous_report_whole(small_sweep, tmp_path
     monkeypatch.undo()
     assert gcli.main(analyze_args(small_sweep, rep)) == 0  # the next run replaces it (and its leftover staging)
     assert (rep / "index.html").stat().st_mtime_ns > before["index.html"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["rep"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".rep.lock", "rep"]  # (the lock's file stays, empty)
 
 
 def test_analyze_never_replaces_a_directory_that_is_not_a_report(small_sweep, tmp_path):

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import socket
 import time
 from dataclasses import asdict, dataclass
@@ -527,26 +526,15 @@ def report_stale(paths: PipelinePaths) -> str | None:
 
 
 def run_analysis(paths: PipelinePaths, cfg: AnalysisConfig, log=print) -> dict:
-    """``gruv analyze DIR/sweep --out DIR/report``, written beside and renamed into place whole:
-    an analysis killed half-way leaves the previous report as it was."""
-    from gruv_hpc.analysis.report import analyze
-    from gruv_hpc.fsio import fsync_dir
+    """``gruv analyze DIR/sweep --out DIR/report`` (``analyze_atomic``: written beside and renamed
+    into place whole; an analysis killed half-way leaves the previous report as it was)."""
+    from gruv_hpc.analysis.report import analyze_atomic
     from gruv_hpc.training import distributed
     distributed.flush_denormals()  # side effect, stated: the stage's entry point (here or as AnalyzeJob)
-    report, staging, aside = paths.report, paths.report_staging, paths.report_aside
-    if aside.is_dir():  # a crash between the two renames below
-        if report.exists():
-            shutil.rmtree(aside)
-        else:
-            os.rename(aside, report)
-    shutil.rmtree(staging, ignore_errors=True)
-    summary = analyze(paths.sweep.root, staging, hidden=cfg.hidden, n_seed_clips=cfg.seed_clips, seed_seconds=cfg.seed_seconds,
-                      max_clips=cfg.max_clips, log=log)
-    if report.exists():
-        os.rename(report, aside)
-    os.rename(staging, report)
-    fsync_dir(paths.root)
-    shutil.rmtree(aside, ignore_errors=True)
+    # gruv analyze's own path: the same lock on the report, so a user's analysis of it meanwhile
+    # (or an overlapping submission's) fails at once naming this job, never mixes with it
+    summary = analyze_atomic(paths.sweep.root, paths.report, hidden=cfg.hidden, n_seed_clips=cfg.seed_clips,
+                             seed_seconds=cfg.seed_seconds, max_clips=cfg.max_clips, log=log)
     return {"report": str(paths.report_index), "runs": len(summary.get("runs", [])), "timings_s": summary.get("timings_s")}
 
 

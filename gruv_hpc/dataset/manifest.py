@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gruv_hpc import swap
 from gruv_hpc.errors import DatasetError  # noqa: F401  (re-exported)
 FORMAT = "gruv-hpc-spectral"
 VERSION = 2
@@ -45,8 +46,7 @@ PARAM_KEYS = ("sample_rate", "block_size", "hop", "clip_blocks", "transform", "f
 
 def aside_path(data_dir: str | Path) -> Path:
     """Where ``gruv preprocess`` moves the dataset it replaces, for the moment of the swap."""
-    data_dir = Path(data_dir)
-    return data_dir.with_name(f".{data_dir.name}.old")
+    return swap.aside_path(Path(data_dir))
 
 
 class RunningStats:
