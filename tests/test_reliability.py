@@ -290,3 +290,93 @@ def test_a_refused_pipeline_submission_is_not_recorded(corpus, tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr and "sbatch refused" in r.stderr, r.stderr
     st = tmp_path / "out" / "pipeline.json"
     assert not st.exists() or json.loads(st.read_text())["submissions"] == []
+
+
+# --- Issue 32: a folder gruv replaces is one gruv wrote; one writer per report --------------------
+
+def test_analyze_refuses_a_web_folder_by_name_and_keeps_it(small_sweep, tmp_path):
+    web = tmp_path / "public_html"
+    (web / "blog").mkdir(parents=True)
+    files = {"index.html": "<h1>my site</h1>", "blog/post1.md": "hello", "cv.pdf": "%PDF"}
+    for rel, text in files.items():
+        (web / rel).write_text(text)
+    r = cli(*analyze_args(small_sweep, web))
+    one_line_error(r, "not a report", "blog", "cv.pdf", "index.html")
+    assert {rel: (web / rel).read_text() for rel in files} == files
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".public_html.lock", "public_html"]
+
+
+def test_a_report_with_a_file_added_is_refused_by_name_and_a_plain_one_replaced(small_sweep, tmp_path):
+    from gruv_hpc import cli as gcli, swap
+    rep = tmp_path / "rep"
+    assert gcli.main(analyze_args(small_sweep, rep)) == 0
+    listed = json.loads((rep / swap.MARKER).read_text())["entries"]
+    assert "index.html" in listed and "summary.json" in listed
+    made = (rep / "index.html").stat().st_mtime_ns
+    (rep / "audio" / "notes.md").write_text("mine")
+    r = cli(*analyze_args(small_sweep, rep))
+    one_line_error(r, "audio/notes.md", "not written by gruv analyze")
+    assert (rep / "audio" / "notes.md").read_text() == "mine" and (rep / "index.html").stat().st_mtime_ns == made
+    (rep / "audio" / "notes.md").unlink()
+    # a report made before the marker (no marker, only a report's names, a report's summary) is replaced
+    (rep / swap.MARKER).unlink()
+    assert gcli.main(analyze_args(small_sweep, rep)) == 0
+    assert (rep / swap.MARKER).is_file() and (rep / "index.html").stat().st_mtime_ns > made
+
+
+def test_a_second_analysis_of_one_report_is_refused_in_one_line(small_sweep, tmp_path):
+    """gruv analyze and the pipeline's analysis take one lock on --out: the second fails at once."""
+    from gruv_hpc.cluster.pipeline import AnalysisConfig, run_analysis
+    from gruv_hpc.lock import Lock, LockedError
+    from gruv_hpc.paths import PipelinePaths
+    from gruv_hpc import swap
+    paths = PipelinePaths(tmp_path)
+    with Lock(swap.lock_path(paths.report), "report"):  # a gruv analyze of DIR/report, running
+        r = cli(*analyze_args(small_sweep, paths.report))
+        one_line_error(r, f"report {paths.report} is in use by pid {os.getpid()}")
+        with pytest.raises(LockedError, match=f"pid {os.getpid()}"):
+            run_analysis(paths, AnalysisConfig())
+    assert not paths.report.exists() and not list(tmp_path.glob(".report.staging*"))
+    # each writer stages in its own folder, and a dead writer's is cleared by the next
+    assert swap.staging_path(paths.report) != swap.staging_path(paths.report, pid=1)
+    dead = swap.staging_path(paths.report, pid=2 ** 22 + 1)
+    (dead / "half").mkdir(parents=True)
+    assert swap.replace_dir(paths.report, "report", lambda d: d.mkdir()) is None
+    assert not dead.exists() and (paths.report / swap.MARKER).is_file()
+
+
+def test_a_swap_interrupted_after_its_renames_carries_the_users_files_over(tmp_path):
+    from gruv_hpc import swap
+    out, old = tmp_path / "ds", swap.aside_path(tmp_path / "ds")
+    (old / "shards").mkdir(parents=True)
+    (old / "split.tsv").write_text("mine")
+    (out / "shards").mkdir(parents=True)
+    from gruv_hpc.dataset.build.swap import foreign
+    assert swap.recover(out, foreign) == "finished"
+    assert (out / "split.tsv").read_text() == "mine" and not old.exists()
+    # a user's name the new folder has too is never overwritten: the old folder stays, named
+    (old / "shards").mkdir(parents=True)
+    (old / "split.tsv").write_text("older")
+    with pytest.raises(Exception, match="split.tsv: not written by gruv"):
+        swap.recover(out, foreign)
+    assert (old / "split.tsv").read_text() == "older" and (out / "split.tsv").read_text() == "mine"
+
+
+def test_a_dataset_rebuild_keeps_the_users_files_and_its_split_file(corpus, tmp_path):
+    from gruv_hpc.dataset.corpus import format_split
+    srcs = parse_sources([f"aurora={corpus / 'aurora'}", f"circuit={corpus / 'circuit'}"])
+    cfg, out = PreprocessConfig(**TINY), tmp_path / "data"
+    preprocess(srcs, out, cfg, progress=False)
+    (out / "split.tsv").write_text(format_split(plan(srcs, cfg)))
+    (out / "NOTES.md").write_text("notes")
+    for _ in range(2):  # the same command twice: the second finds its split file still there
+        preprocess(srcs, out, cfg, progress=False, split_file=out / "split.tsv")
+        assert sorted(p.name for p in out.iterdir()) == ["NOTES.md", "manifest.json", "shards", "split.tsv", "stats.npz"]
+    preprocess(srcs, out, cfg, progress=False, overwrite=True)
+    assert (out / "NOTES.md").read_text() == "notes"
+    # what a rebuild would replace is refused by name: a file in shards/, a split file that is its own
+    (out / "shards" / "split.tsv").write_text((out / "split.tsv").read_text())
+    r = cli("preprocess", f"aurora={corpus / 'aurora'}", f"circuit={corpus / 'circuit'}", "--out", out,
+            "--sample-rate", 8000, "--block-size", 64, "--clip-blocks", 8, "--split-file", out / "shards" / "split.tsv")
+    one_line_error(r, "shards/split.tsv: not a shard", "move it out")
+    assert (out / "shards" / "split.tsv").is_file()
