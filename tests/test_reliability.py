@@ -380,3 +380,18 @@ def test_a_dataset_rebuild_keeps_the_users_files_and_its_split_file(corpus, tmp_
             "--sample-rate", 8000, "--block-size", 64, "--clip-blocks", 8, "--split-file", out / "shards" / "split.tsv")
     one_line_error(r, "shards/split.tsv: not a shard", "move it out")
     assert (out / "shards" / "split.tsv").is_file()
+
+
+@pytest.mark.parametrize("where", ["same artist", "other artist"])
+def test_a_copy_with_other_bytes_is_found_by_its_decoded_content(corpus, tmp_path, where):
+    import soundfile as sf
+    a, c = tmp_path / "a", tmp_path / "c"
+    shutil.copytree(corpus / "aurora", a)
+    shutil.copytree(corpus / "circuit", c)
+    song = sorted(a.glob("*.wav"))[0]
+    audio, sr = sf.read(song, dtype="int16")
+    copy = (a if where == "same artist" else c) / "resaved.flac"  # other bytes, the same audio
+    sf.write(copy, audio, sr, subtype="PCM_16")
+    with pytest.raises(Exception, match=f"resaved.flac and .*{song.name} decode to the same audio"):
+        preprocess(parse_sources([f"a={a}", f"c={c}"]), tmp_path / "ds", PreprocessConfig(**TINY), progress=False)
+    assert not (tmp_path / "ds").exists()

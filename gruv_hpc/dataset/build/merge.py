@@ -33,6 +33,21 @@ from gruv_hpc.dataset.manifest import (
 from gruv_hpc.fsio import atomic_write_text, fsync_dir
 
 
+def _refuse_content_copies(used: list[dict]) -> None:
+    """Two files whose decoded content is the same (an MP3 with another tag, a WAV saved again as
+    FLAC: other bytes, so the plan's byte check let them through) are one song: under two artists
+    they would give one song to both, under one they could put it in train and dev. Only decoding
+    tells, so it is refused here, by name, before the dataset is written: the user removes one."""
+    first: dict[str, dict] = {}
+    for s in used:
+        o = first.setdefault(s.get("content_sha256") or f"none-{s['id']}", s)
+        if o is not s:
+            where = (f"both under artist {s['artist']}" if o["artist"] == s["artist"] else
+                     f"artists {o['artist']} and {s['artist']}; a song may belong to one artist only")
+            raise DatasetError(f"{s['path']} and {o['path']} decode to the same audio ({where}): move one of them out of "
+                               "the corpus and run the same command again")
+
+
 def merge(staging: str | Path, out: str | Path) -> dict:
     """Check every task's output in ``staging``, pool their moments, write ``stats.npz`` and then
     ``manifest.json``, and swap the staging directory into place as ``out``. Returns the manifest."""
@@ -69,6 +84,7 @@ def merge(staging: str | Path, out: str | Path) -> dict:
         raise DatasetError("every file was skipped; no dataset written. Reasons:\n" +
                            "\n".join(f"  {r['path']}: {r['reason']}" for r in p.excluded) +
                            "".join(f"\n  {s['path']}: {s['skipped']}" for s in songs))
+    _refuse_content_copies(used)
     for a in p.artists:
         if moments[a].n == 0:
             raise DatasetError(f"artist {a}: no train blocks; its train songs were all skipped:" +
