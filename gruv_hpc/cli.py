@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import sys
 import time
 import warnings
@@ -101,8 +102,17 @@ def _train(a) -> int:
         print(json.dumps(res))
         if res["status"] == "stopped":
             print(f"gruv: stopped by {res['signal']} at epoch {res['epoch'] + 1}, step {res['step']}; the checkpoint "
-                  f"is written. Run the same command again to resume.", file=sys.stderr)
+                  f"is written. {_resume_hint(cfg)}", file=sys.stderr)
     return EXIT_STOPPED if res["status"] == "stopped" else 0
+
+
+def _resume_hint(cfg) -> str:
+    """How to resume a stopped `gruv train`: the same command, but resume=never would start over
+    (and move the checkpoint just written aside), so that one gets resume=auto instead."""
+    if cfg.resume != "never":
+        return "Run the same command again to resume."
+    args = [x for x in sys.argv[1:] if not x.startswith("resume=")] + ["resume=auto"]
+    return f"To resume, run it with resume=auto (resume=never starts over): gruv {shlex.join(args)}"
 
 
 def _generate(a) -> int:

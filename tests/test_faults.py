@@ -61,6 +61,26 @@ def test_stop_signal_writes_checkpoint_and_exits_distinctly(data, tmp_path, sig)
         in again.stdout  # the epoch under way, as the stop line names it
 
 
+def test_a_stopped_resume_never_run_names_the_command_that_resumes(data, tmp_path):
+    """Issue 32 M5: "run the same command again" would start a resume=never run over."""
+    import shlex
+    run = tmp_path / "r"
+    p = start_train(data, run, "epochs=100000", "resume=never")
+    wait_for_epoch(run)
+    os.kill(p.pid, signal.SIGTERM)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == EXIT_STOPPED, err
+    res = json.loads(out.strip().splitlines()[-1])
+    hint = err.strip().splitlines()[-1]
+    assert "resume=never starts over" in hint and "Run the same command again" not in err, err
+    args = shlex.split(hint.partition(": gruv ")[2])
+    assert "resume=auto" in args and "resume=never" not in args
+    args = [a if not a.startswith("epochs=") else f"epochs={res['epoch'] + 1}" for a in args]  # (so that it ends)
+    again = gruv(*args)
+    assert again.returncode == 0 and "resumed from" in again.stdout, again.stderr
+    assert not list(run.glob("discarded-*"))
+
+
 def test_second_signal_aborts(data, tmp_path):
     """Ctrl-C twice: the second one is not ignored."""
     p = start_train(data, tmp_path / "r", "epochs=100000", "ckpt_every_min=1e-9")  # a save at every step: slow
