@@ -103,12 +103,23 @@ class SweepPaths:
         return RunPaths(self.runs / name)
 
 
+class NotText(str):
+    """A line of a JSONL file that is not UTF-8 (a flipped bit, a foreign writer): kept in its place
+    so that ``metrics_problem`` names it, where the whole file could not be read before."""
+
+
 def read_jsonl(path: Path) -> list[dict]:
-    """Lines of a JSONL file; a torn last line (a kill mid-write) is ignored."""
+    """Lines of a JSONL file; a torn last line (a kill mid-write) is ignored, a line that is not
+    UTF-8 is a ``NotText``."""
     if not path.exists():
         return []
     out = []
-    for line in path.read_text().splitlines():
+    for raw in path.read_bytes().splitlines():
+        try:
+            line = raw.decode()
+        except UnicodeDecodeError:
+            out.append(NotText(raw.decode(errors="replace")))
+            continue
         try:
             out.append(json.loads(line))
         except json.JSONDecodeError:
@@ -121,6 +132,8 @@ def metrics_problem(records: list) -> str | None:
     writes it (an int ``epoch``, numbers ``train_loss`` and ``dev_loss``), or None. A reader lists
     and skips a damaged run instead of failing on it."""
     for i, h in enumerate(records, 1):
+        if isinstance(h, NotText):
+            return f"line {i} is not UTF-8 text"
         if not isinstance(h, dict):
             return f"line {i} is {type(h).__name__}, not an object"
         if not isinstance(h.get("epoch"), int) or isinstance(h.get("epoch"), bool):

@@ -91,7 +91,7 @@ def test_analyze_never_replaces_a_directory_that_is_not_a_report(small_sweep, tm
     assert (tmp_path / "mine.txt").read_text() == "precious"
 
 
-@pytest.mark.parametrize("damage", ["config", "no-loss", "text-loss"])
+@pytest.mark.parametrize("damage", ["config", "no-loss", "text-loss", "not-utf8"])
 def test_one_damaged_run_is_listed_and_skipped(small_sweep, tmp_path, damage):
     sw = copy_sweep(small_sweep, tmp_path / "sw")
     run = sw / "runs" / "gru"
@@ -102,9 +102,9 @@ def test_one_damaged_run_is_listed_and_skipped(small_sweep, tmp_path, damage):
         h = json.loads(lines[0])
         if damage == "no-loss":
             del h["train_loss"]
-        else:
+        elif damage == "text-loss":
             h["train_loss"] = "0.5"
-        (run / "metrics.jsonl").write_text(json.dumps(h) + "\n")
+        (run / "metrics.jsonl").write_bytes(json.dumps(h).encode() + (b"\xff\n" if damage == "not-utf8" else b"\n"))
     rep = tmp_path / "rep"
     r = cli(*analyze_args(sw, rep))
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
@@ -118,7 +118,9 @@ def test_one_damaged_run_is_listed_and_skipped(small_sweep, tmp_path, damage):
     if damage != "config":
         st = cli("sweep", "status", sw)
         assert st.returncode == 0 and "Traceback" not in st.stderr, st.stderr
-        assert "metrics.jsonl: line 1" in st.stdout
+        assert "metrics.jsonl: line 1" in st.stdout and ("not UTF-8" in st.stdout) == (damage == "not-utf8")
+        best = cli("sweep", "best", sw)
+        assert best.returncode in (0, 1) and "Traceback" not in best.stderr, best.stderr
         js = json.loads(cli("sweep", "status", sw, "--json").stdout)
         assert {x["name"]: x["train_loss"] for x in js["runs"]}["gru"] is None
 
