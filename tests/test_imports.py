@@ -18,7 +18,7 @@ SOURCES = {PACKAGE: ROOT / "gruv_hpc"}
 
 
 def module_files(sources: dict[str, Path] = SOURCES) -> dict[str, Path]:
-    """Module name -> file, for every .py file of each source tree (symlinks not followed).
+    """Module name -> file, for every .py file of each source tree (symlinks not followed)."""
     mods: dict[str, Path] = {}
     for name, root in sources.items():
         stack = [root]
