@@ -323,6 +323,27 @@ def test_a_passing_canary_lets_the_grid_run(data, tmp_path):
 
 
 @pytest.mark.slurm
+def test_each_resource_set_gets_its_own_canary(data, tmp_path):
+    """Issue 32 M8: a [[slurm.when]] rule's setup lines are proven too. Its canary fails, and only
+    its array is cancelled; the base table's canary passes and its run trains."""
+    f = write_sweep(tmp_path / "c.toml", data, {"epochs": 1, "batch_size": 4, "workers": 0, "gen_seconds": 0.0,
+                                                "hidden": 8, "limit_train_batches": 2},
+                    {"cell": ["lstm", "gru"]}, {"setup": ["echo setting up"]})
+    f.write_text(f.read_text() + '\n[[slurm.when]]\ncell = "gru"\nsetup = ["echo gru node", "false"]\n')
+    d = tmp_path / "sw"
+    printed = []
+    sweep.submit(f, d, executor="slurm", canary=True, dry_run=True, out=printed.append)
+    assert sum("# the canary " in p for p in printed) == 2 and any("setup line failed: false" in p for p in printed)
+    sweep.submit(f, d, executor="slurm", canary=True, out=lambda *a: None)
+    state = json.loads((d / "sweep.json").read_text())
+    base, rule = state["submissions"][-1]["canaries"]
+    jobs = {n: state["runs"][n]["jobs"][-1]["job_id"] for n in ("lstm", "gru")}
+    st = _wait_ended([base, rule, *jobs.values()])
+    assert st == {base: "COMPLETED", rule: "FAILED", jobs["lstm"]: "COMPLETED", jobs["gru"]: "CANCELLED"}, st
+    assert "gruv canary: setup line failed: false (exit 1)" in (d / "logs" / f"{rule}_0_log.err").read_text()
+
+
+@pytest.mark.slurm
 def test_a_pipeline_canary_holds_every_stage(corpus, tmp_path):
     """A failing setup line in [sweep.slurm]: the canary fails, and the preprocessing, the runs and
     the analysis, all queued behind it, never run."""

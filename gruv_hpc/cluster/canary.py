@@ -137,9 +137,25 @@ def canary_device(run_device: str, gpus: int | None) -> str:
     return "cuda" if gpus > 0 else "cpu"
 
 
-def after_canary(after: Dependency | None, canary: str | None) -> Dependency | None:
-    """``after`` with the canary's job added to its afterok."""
-    if not canary:
+def after_canary(after: Dependency | None, canary: str | list[str] | None) -> Dependency | None:
+    """``after`` with the canary's job (or each of several) added to its afterok."""
+    ids = [canary] if isinstance(canary, str) else [c for c in canary or () if c]
+    if not ids:
         return after
     after = after or Dependency()
-    return Dependency(after_ok=(*after.after_ok, canary), after_any=after.after_any)
+    return Dependency(after_ok=(*after.after_ok, *ids), after_any=after.after_any)
+
+
+def canary_sets(runs: list, resources, sched: Scheduler) -> list[tuple[SlurmConfig, str, object]]:
+    """One canary per distinct resource set of ``runs``: [(resources, device, its first run)].
+    ``resources(run)``: the run's job resources ([slurm] with the [[slurm.when]] rules that select
+    it). A queueing scheduler gets one per set (another partition, other GPUs or setup lines are
+    another node and environment); a foreground one runs every set on this machine, so one per
+    device it trains on."""
+    sets: list[tuple[SlurmConfig, str, object]] = []
+    for run in runs:
+        cfg = resources(run)
+        device = canary_device(run.config.get("device", "auto"), cfg.gpus_per_node if sched.allocates else None)
+        if not any((d == device) if sched.foreground else (c == cfg) for c, d, _ in sets):
+            sets.append((cfg, device, run))
+    return sets

@@ -226,8 +226,8 @@ def submit(pipeline_file, out_dir, executor: str = "auto", overrides=(), max_par
             return _submit_slurm(pl, paths, state, sub, prev, say, canary).to_json()
         except BaseException:
             if _nothing_ran(sub):  # refused before anything ran (sbatch said no): not a submission
-                if sub.canary:
-                    sched.cancel([sub.canary])  # nothing waits for it
+                if sub.canaries:
+                    sched.cancel(sub.canaries)  # nothing waits for them
                 state.submissions.remove(sub)
                 if paths.state.exists():
                     state.save()
@@ -246,17 +246,18 @@ def requests(pl: Pipeline) -> dict[str, SlurmConfig]:
     return {f"{pl.path} [preprocess.slurm]": pl.preprocess_slurm, **runs, f"{pl.path} [analysis.slurm]": pl.analysis_slurm}
 
 
-def _canary(pl: Pipeline, paths: PipelinePaths, pre: dict, sched, say) -> str | None:
-    """The canary with the runs' resources: the corpus folders readable where the dataset is to
-    be built, else the dataset opens (a queueing scheduler: its job id; locally it runs now)."""
-    from gruv_hpc.cluster.canary import CanaryJob, canary_device, submit_canary
-    cfg, first = pl.sweep.slurm, pl.sweep.runs[0].config
-    device = canary_device(first.get("device", "auto"), cfg.gpus_per_node if sched.allocates else None)
+def _canary(pl: Pipeline, paths: PipelinePaths, pre: dict, sched, say) -> list[str]:
+    """A canary per resource set of the runs (``canary_sets``): the corpus folders readable where
+    the dataset is to be built, else the dataset opens (a queueing scheduler: their job ids;
+    locally each runs now)."""
+    from gruv_hpc.cluster.canary import CanaryJob, canary_sets, submit_canary
     build = pre["state"] == "build"
-    job = CanaryJob(None if build else str(paths.data), device, first["cell"],
-                    tuple(str(d) for d in pl.corpus.values()) if build else ())
     paths.logs.mkdir(parents=True, exist_ok=True)
-    return submit_canary(sched, cfg, job, paths.logs, f"gruv-{paths.root.name}", None, say)
+    ids = [submit_canary(sched, cfg, CanaryJob(None if build else str(paths.data), device, run.config["cell"],
+                                               tuple(str(d) for d in pl.corpus.values()) if build else ()),
+                         paths.logs, f"gruv-{paths.root.name}", None, say)
+           for cfg, device, run in canary_sets(pl.sweep.runs, pl.sweep.resources, sched)]
+    return [i for i in ids if i]
 
 
 def _preprocess_plan(pl: Pipeline, paths: PipelinePaths, kind: str, dry: bool = False) -> tuple[dict, dict | None]:
@@ -321,12 +322,13 @@ def _submit_slurm(pl: Pipeline, paths: PipelinePaths, state: PipelineState, sub:
     pre, planned = _preprocess_plan(pl, paths, sched.kind)
     _validate_sweep(pl, paths, sched.kind, planned)
     if canary:
-        sub.canary = _canary(pl, paths, pre, sched, say)
-    pre = sub.preprocess = _preprocess_run(pl, paths, pre, sched.kind, False, say, after_canary(None, sub.canary))
+        sub.canaries = _canary(pl, paths, pre, sched, say)
+        sub.canary = sub.canaries[0] if sub.canaries else None
+    pre = sub.preprocess = _preprocess_run(pl, paths, pre, sched.kind, False, say, after_canary(None, sub.canaries))
     state.save()
     _cancel_dead_dependents(prev, say)
 
-    after = after_canary(Dependency(after_ok=(pre.merge,)) if pre.merge else None, sub.canary)
+    after = after_canary(Dependency(after_ok=(pre.merge,)) if pre.merge else None, sub.canaries)
     res = sw.submit(pl.sweep, paths.sweep.root, executor=sched.kind, progress=False, out=say, after=after, check=False)
     sstate = sw.load_state(paths.sweep.root)
     new_ids = [sstate.runs[n].job.job_id for n in res["submitted"]]
@@ -349,7 +351,7 @@ def _submit_slurm(pl: Pipeline, paths: PipelinePaths, state: PipelineState, sub:
             sched.cancel_and_wait([old])  # it would analyse too early; a new one waits for the new runs
         why = ("runs are training" if live else None) or report_stale(paths)
         if why:
-            dep = Dependency(after_ok=tuple(j for j in (pre.merge, sub.canary) if j),
+            dep = Dependency(after_ok=tuple(j for j in (pre.merge, *sub.canaries) if j),
                              after_any=tuple(sorted({j.split('_')[0] for j in live})))
             an.job, an.dependency, an.why = _submit_analysis(sched, pl, paths, dep), str(dep) or None, why
             say(f"analysis: job {an.job}" + (f" after {an.dependency}" if an.dependency else "")
