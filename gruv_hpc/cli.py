@@ -106,6 +106,26 @@ def _train(a) -> int:
     return EXIT_STOPPED if res["status"] == "stopped" else 0
 
 
+def _check_generate_args(a, paths) -> None:
+    """What generation would fail on deep inside, or overwrite, refused by name first: a damaged
+    config.json, a noise seed numpy cannot take, a sidecar (OUT.json) that would replace a file
+    gruv generate did not write (``--out DATA/manifest.wav`` would replace the dataset's manifest)."""
+    from gruv_hpc.paths import read_run_config
+    if paths.config.exists():
+        read_run_config(paths.config)
+    if not 0 <= a.noise_seed < 2 ** 64:
+        raise ConfigError(f"--noise-seed {a.noise_seed}: must be 0 .. 2**64-1")
+    side = Path(a.out).with_suffix(".json")
+    if side.exists() or side.is_symlink():
+        try:
+            ours = {"generated_s", "diagnostics"} <= set(json.loads(side.read_bytes()))
+        except (OSError, ValueError, TypeError):
+            ours = False
+        if not ours:
+            raise ConfigError(f"--out {a.out}: its sidecar {side} exists and is not one gruv generate wrote; it would "
+                              "be replaced: give --out another name")
+
+
 def _resume_hint(cfg) -> str:
     """How to resume a stopped `gruv train`: the same command, but resume=never would start over
     (and move the checkpoint just written aside), so that one gets resume=auto instead."""
@@ -117,8 +137,10 @@ def _resume_hint(cfg) -> str:
 
 def _generate(a) -> int:
     from gruv_hpc.generate import describe, generate
+    from gruv_hpc.paths import RunPaths
     from gruv_hpc.training import distributed
     distributed.flush_denormals()  # side effect, stated: before torch's intra-op threads start
+    _check_generate_args(a, RunPaths(a.run_dir))
     side = generate(a.run_dir, a.out, seed_seconds=a.seed_seconds, length_ratio=a.length_ratio, seed_from=a.seed_from,
                     seed_index=a.seed_index, seed_start=a.seed_start, algorithm=a.algorithm, checkpoint=a.checkpoint,
                     with_seed=a.with_seed, float32=a.float, normalize=a.normalize, device=a.device, noise=a.noise,

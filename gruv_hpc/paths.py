@@ -103,6 +103,21 @@ class SweepPaths:
         return RunPaths(self.runs / name)
 
 
+def read_run_config(path: Path) -> dict:
+    """A run's config.json, or one line naming it when it is damaged (a torn copy, an edit): that
+    was a raw JSONDecodeError from train and generate alike."""
+    from gruv_hpc.errors import ConfigError
+    try:
+        rec = json.loads(path.read_bytes())
+        if not isinstance(rec, dict) or not isinstance(rec.get("config"), dict):
+            raise ValueError("it holds no \"config\" object")
+        return rec
+    except ValueError as e:  # (JSONDecodeError and UnicodeDecodeError are ValueErrors)
+        raise ConfigError(f"{path}: not a run's config.json ({str(e).splitlines()[0][:120]}); move it aside (mv {path} "
+                          f"{path}.bad) and run the run's `gruv train` command again: it checks that command against "
+                          "the newest checkpoint's config and writes config.json anew") from None
+
+
 class NotText(str):
     """A line of a JSONL file that is not UTF-8 (a flipped bit, a foreign writer): kept in its place
     so that ``metrics_problem`` names it, where the whole file could not be read before."""

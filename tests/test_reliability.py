@@ -397,3 +397,34 @@ def test_a_copy_with_other_bytes_is_found_by_its_decoded_content(corpus, tmp_pat
     with pytest.raises(Exception, match=f"resaved.flac and .*{song.name} decode to the same audio"):
         preprocess(parse_sources([f"a={a}", f"c={c}"]), tmp_path / "ds", PreprocessConfig(**TINY), progress=False)
     assert not (tmp_path / "ds").exists()
+
+
+def test_a_damaged_config_json_is_one_line_and_its_advice_works(trained_run, tmp_path):
+    """Issue 32 L1: train and generate on a run whose config.json is not JSON were raw tracebacks."""
+    import shlex
+    run = tmp_path / "lstm"
+    shutil.copytree(trained_run, run)
+    (run / "config.json").write_text('{"config": {"hidden": 12,')  # torn
+    r = cli("generate", run, "--out", tmp_path / "g.wav", "--seed-seconds", "0.2", "--length-ratio", "1")
+    one_line_error(r, f"{run / 'config.json'}: not a run's config.json", "mv ")
+    from conftest import tiny_config
+    cfg = tiny_config(json.loads((trained_run / "config.json").read_text())["config"]["data"], epochs=3, hidden=12)
+    over = [f"{k}={getattr(cfg, k)}" for k in ("hidden", "epochs", "batch_size", "workers", "gen_seconds",
+                                              "log_every_steps", "limit_train_batches")]
+    args = ["train", "--data", cfg.data, "--run-dir", run, *over]
+    one_line_error(cli(*args), "not a run's config.json")
+    mv = r.stderr.split("(mv ", 1)[1].split(")", 1)[0]
+    subprocess.run(["mv", *shlex.split(mv)], check=True)
+    again = cli(*args)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((run / "config.json").read_text())["config"]["hidden"] == 12
+
+
+def test_generate_refuses_what_it_would_overwrite_or_cannot_seed(trained_run, tmp_path):
+    """Issue 32 L6/L1: OUT.json replaced whatever was beside --out; a seed beyond 64 bits was a traceback."""
+    (tmp_path / "manifest.json").write_text('{"format": "gruv-hpc-spectral"}')
+    one_line_error(cli("generate", trained_run, "--out", tmp_path / "manifest.wav", "--seed-seconds", "0.2"),
+                   f"its sidecar {tmp_path / 'manifest.json'} exists and is not one gruv generate wrote")
+    assert (tmp_path / "manifest.json").read_text() == '{"format": "gruv-hpc-spectral"}'
+    one_line_error(cli("generate", trained_run, "--out", tmp_path / "g.wav", "--noise-seed", 2 ** 64),
+                   f"--noise-seed {2 ** 64}: must be 0 .. 2**64-1")

@@ -41,7 +41,7 @@ from gruv_hpc.fsio import atomic_write_json, atomic_write_text, dumps, temp_name
 from gruv_hpc.lock import Lock, LockedError
 from gruv_hpc.dataset.manifest import DatasetError, dataset_id
 from gruv_hpc.training.model import GRUVModel
-from gruv_hpc.paths import RunPaths
+from gruv_hpc.paths import RunPaths, read_run_config
 
 
 # Exit status of a run stopped by a signal after writing its checkpoint: sysexits' EX_TEMPFAIL,
@@ -673,7 +673,7 @@ def check_run_dir(paths: RunPaths, cfg: TrainConfig, dataset: dict) -> dict | No
     Returns what config.json holds (None for a new run)."""
     if not paths.config.exists():
         return None
-    old = json.loads(paths.config.read_text())
+    old = read_run_config(paths.config)
     # A key the run's config predates had its default then (new options are off by default).
     was = {**{k: v for k, v in to_dict(TrainConfig()).items() if k not in old["config"]}, **old["config"]}
     d = diff(was, to_dict(cfg), ignore=RUNTIME_KEYS)
