@@ -428,3 +428,17 @@ def test_generate_refuses_what_it_would_overwrite_or_cannot_seed(trained_run, tm
     assert (tmp_path / "manifest.json").read_text() == '{"format": "gruv-hpc-spectral"}'
     one_line_error(cli("generate", trained_run, "--out", tmp_path / "g.wav", "--noise-seed", 2 ** 64),
                    f"--noise-seed {2 ** 64}: must be 0 .. 2**64-1")
+
+
+@pytest.mark.parametrize("name", ["a,b", "a+b", "line\nbreak"])
+def test_an_artist_name_that_artists_cannot_select_is_refused(corpus, name):
+    """Issue 32 L3: artists=A,B and grid values A+B split at ',' and '+': such an artist could never be chosen."""
+    from gruv_hpc.errors import DatasetError
+    with pytest.raises(DatasetError, match="must not contain ',', '\\+' or control characters"):
+        parse_sources([f"{name}={corpus / 'aurora'}"])
+
+
+def test_listening_page_links_are_url_quoted():
+    """Issue 32 L3: a '#' in a run's name cut the player's URL (escaped for HTML, not quoted)."""
+    from gruv_hpc.analysis.listen import _player
+    assert "src='listen/h%2316%3Fx%25/seed0.wav'" in _player("listen/h#16?x%/seed0.wav", "h#16")
