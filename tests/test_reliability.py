@@ -442,3 +442,19 @@ def test_listening_page_links_are_url_quoted():
     """Issue 32 L3: a '#' in a run's name cut the player's URL (escaped for HTML, not quoted)."""
     from gruv_hpc.analysis.listen import _player
     assert "src='listen/h%2316%3Fx%25/seed0.wav'" in _player("listen/h#16?x%/seed0.wav", "h#16")
+
+
+def test_a_file_that_decodes_to_far_less_than_its_header_says_is_skipped(corpus, tmp_path):
+    """Issue 32 L8: a damaged MP3 (header 324.6 s) entered the dataset as 38.9 s, silently."""
+    import numpy as np
+    import soundfile as sf
+    a = tmp_path / "a"
+    shutil.copytree(corpus / "aurora", a)
+    audio, sr = sf.read(sorted(a.glob("*.wav"))[0], dtype="float32")
+    sf.write(tmp_path / "whole.mp3", np.tile(audio, 3), sr, format="MP3")
+    data = (tmp_path / "whole.mp3").read_bytes()
+    (a / "cut.mp3").write_bytes(data[:len(data) // 4])  # the header still declares the whole song
+    with pytest.warns(UserWarning, match="cut.mp3: damaged: it decodes to .* s of the .* s its header declares"):
+        m = preprocess(parse_sources([f"a={a}", f"c={corpus / 'circuit'}"]), tmp_path / "ds", PreprocessConfig(**TINY),
+                       progress=False)
+    assert "damaged" in next(s["skipped"] for s in m["songs"] if s["relpath"] == "cut.mp3")
