@@ -318,6 +318,13 @@ def verify(data_dir: str | Path, deep: bool = True) -> dict:
         verify_file(data_dir, m, rel)
     songs = 0
     if deep:
+        used = [s for s in m["songs"] if not s.get("skipped")]
+        unhashed = [s for s in used if not s.get("content_sha256")]
+        if unhashed:  # nothing to compare their rows with: not an OK
+            raise DatasetError(f"{data_dir / MANIFEST}: {len(unhashed)} of {len(used)} songs record no content_sha256 "
+                               f"(e.g. {unhashed[0].get('path')}; a manifest from before it, or edited), so their rows "
+                               f"cannot be checked; the files alone: gruv dataset verify --quick {data_dir}; to check "
+                               "the rows, rebuild the dataset (gruv preprocess ... --overwrite)")
         for song_id, h in song_content_hashes(data_dir, m).items():
             song = m["songs"][song_id]
             if song.get("content_sha256") and song["content_sha256"] != h:
