@@ -158,6 +158,24 @@ def run_config(saved: dict) -> dict:
 
 
 # Keys that may change between a run's starts without making it a different run.
+def command_line(cfg: "TrainConfig", run_dir, **changes) -> str:
+    """The ``gruv train`` command that gives this config (every key that differs from its default),
+    with ``changes``: what an error tells the user to run, so that it runs."""
+    import shlex
+
+    def word(v) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (list, tuple)):
+            return ",".join(map(str, v))
+        return "none" if v is None else str(v)
+    default = dataclasses.asdict(TrainConfig())
+    vals = {**dataclasses.asdict(cfg), **changes}
+    words = ["gruv", "train", "--run-dir", str(run_dir), "--data", str(vals.pop("data"))]
+    words += [f"{k}={word(v)}" for k, v in vals.items() if k in changes or v != default.get(k)]
+    return shlex.join(words)
+
+
 RUNTIME_KEYS = {"data", "epochs", "workers", "device", "resume", "ckpt_every_min", "ckpt_every_epochs", "keep_last",
                 "log_every_steps", "gen_every_epochs", "gen_seconds", "data_on_device", "step_graph"}
 

@@ -29,7 +29,7 @@ from gruv_hpc.training import distributed
 from gruv_hpc.dataset import resident
 from gruv_hpc.training.checkpoint import (DATA_ORDER, RANK, Checkpointer, derive_seed, git_info, pack, rng_state,
                                           seed_everything, set_rng_state, unpack)
-from gruv_hpc.training.config import RUNTIME_KEYS, TrainConfig, available_cpus, resolve, resolve_workers
+from gruv_hpc.training.config import RUNTIME_KEYS, TrainConfig, available_cpus, command_line, resolve, resolve_workers
 from gruv_hpc.config import ConfigError, diff, to_dict
 from gruv_hpc.dataset.clips import ClipDataset, DatasetHandle, Normalizer, batch_collate
 from gruv_hpc.training.distributed import Dist
@@ -456,8 +456,8 @@ class Trainer:
             why = (f"none of its {len(unreadable)} checkpoint(s) loads (set aside in {self.paths.unreadable})"
                    if unreadable else "it has no checkpoint, and resume=require")
             raise TrainingError(f"{self.paths.root}: {why}. To start this run over, start it once by hand: "
-                                f"gruv train --run-dir {self.paths.root} resume=never (its old files are moved "
-                                "aside, not deleted), or use a new run directory")
+                                f"{command_line(self.cfg, self.paths.root, resume='never')} (its old files are "
+                                "moved aside, not deleted), or use a new run directory")
         return None
 
     def save(self, is_best: bool = False) -> None:
