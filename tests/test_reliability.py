@@ -458,3 +458,30 @@ def test_a_file_that_decodes_to_far_less_than_its_header_says_is_skipped(corpus,
         m = preprocess(parse_sources([f"a={a}", f"c={corpus / 'circuit'}"]), tmp_path / "ds", PreprocessConfig(**TINY),
                        progress=False)
     assert "damaged" in next(s["skipped"] for s in m["songs"] if s["relpath"] == "cut.mp3")
+
+
+def test_input_noise_that_drowns_the_inputs_is_refused():
+    """Issue 32 L4: input_noise=1e30 was accepted."""
+    from gruv_hpc.config import build
+    from gruv_hpc.errors import ConfigError
+    from gruv_hpc.training.config import TrainConfig
+    with pytest.raises(ConfigError, match="input_noise: must be at most 10 .* got 1e\\+30"):
+        build(TrainConfig, {"data": "d", "input_noise": 1e30}).validate()
+    build(TrainConfig, {"data": "d", "input_noise": 0.5}).validate()
+
+
+def test_a_cosine_horizon_that_ends_before_the_epochs_is_said(data):
+    """Issue 32 L4: epochs past the horizon trained at lr 0 with no warning."""
+    from gruv_hpc.training.config import resolve
+    m = load_manifest(data)
+    with pytest.warns(UserWarning, match="epochs 3..5 train at lr 0"):
+        resolve(tiny_config_of(data, epochs=5, lr_schedule="cosine", lr_horizon_epochs=2), m)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resolve(tiny_config_of(data, epochs=5, lr_schedule="cosine", lr_horizon_epochs=2, lr_min_ratio=0.1), m)
+
+
+def tiny_config_of(data, **kw):
+    from conftest import tiny_config
+    return tiny_config(data, **kw)

@@ -164,6 +164,9 @@ def load_pipeline(path: str | Path, root: str | Path, overrides=()) -> Pipeline:
     acfg = build(AnalysisConfig, an, ov["analysis."], source=f"{path} [analysis]")
     aslurm = build(SlurmConfig, {**ANALYSIS_SLURM_DEFAULTS, **an_slurm}, ov["analysis.slurm."],
                    source=f"{path} [analysis.slurm]")
+    if aslurm.gpus_per_node:  # the analysis runs its models on the CPU: the GPUs would sit idle, and be charged
+        raise ConfigError(f"{path} [analysis.slurm]: gpus_per_node={aslurm.gpus_per_node}, but the analysis runs on "
+                          "the CPU; set it to 0 (or leave it out)")
     return Pipeline(path, text, sources, pcfg, popt, pslurm, sweep, acfg, aslurm)
 
 
