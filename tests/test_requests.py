@@ -344,6 +344,24 @@ def test_each_resource_set_gets_its_own_canary(data, tmp_path):
 
 
 @pytest.mark.slurm
+def test_sweep_cancel_cancels_a_queued_canary(data, tmp_path):
+    """Issue 32 L2: `gruv sweep cancel` left the queued canary to run."""
+    from gruv_hpc.cluster.scheduler import Dependency
+    held = subprocess.run(["sbatch", "--hold", "--parsable", "-t", "1", "--wrap", "true"], capture_output=True,
+                          text=True, check=True).stdout.strip().split(";")[0]
+    try:
+        f = write_sweep(tmp_path / "c.toml", data, {"epochs": 1, "batch_size": 4, "workers": 0, "gen_seconds": 0.0,
+                                                    "hidden": 8, "limit_train_batches": 2}, {"cell": ["gru"]})
+        d = tmp_path / "sw"
+        sweep.submit(f, d, executor="slurm", canary=True, out=lambda *a: None, after=Dependency(after_ok=(held,)))
+        canary = json.loads((d / "sweep.json").read_text())["submissions"][-1]["canary"]
+        sweep.cancel(d, out=lambda *a: None)
+        assert _wait_ended([canary])[canary] == "CANCELLED"
+    finally:
+        subprocess.run(["scancel", held])
+
+
+@pytest.mark.slurm
 def test_a_pipeline_canary_holds_every_stage(corpus, tmp_path):
     """A failing setup line in [sweep.slurm]: the canary fails, and the preprocessing, the runs and
     the analysis, all queued behind it, never run."""

@@ -222,6 +222,11 @@ def cancel(sweep_dir, run: str | None = None, out=print) -> list[str]:
             cancelled.append(name)
         if live:
             jobs.setdefault(job.executor, []).append(job.job_id)
+    if run is None:  # a queued canary would still run, for nothing, and then fail status's reading of it
+        for sub in state.submissions[-1:]:
+            canaries = sub.get("canaries") or ([sub["canary"]] if sub.get("canary") else [])
+            if canaries and not scheduler(sub["executor"]).foreground:
+                jobs.setdefault(sub["executor"], []).extend(canaries)
     for kind, ids in jobs.items():
         scheduler(kind).cancel(ids)
     out(f"cancelled {len(cancelled)} run(s): {', '.join(cancelled) or '-'}")
