@@ -485,3 +485,27 @@ def test_a_cosine_horizon_that_ends_before_the_epochs_is_said(data):
 def tiny_config_of(data, **kw):
     from conftest import tiny_config
     return tiny_config(data, **kw)
+
+
+def test_analyze_on_a_full_disk_is_one_line_and_leaves_the_report_and_no_staging(small_sweep, tmp_path, monkeypatch):
+    """Issue 32 L1: a full disk mid-analysis was a traceback and left a partial .staging."""
+    import errno
+    from gruv_hpc import cli as gcli
+    from gruv_hpc.analysis import report
+    rep = tmp_path / "rep"
+    assert gcli.main(analyze_args(small_sweep, rep)) == 0
+    before = sorted(p.name for p in rep.iterdir())
+
+    def full(runs, out, *a, **kw):
+        (out / "half.png").write_bytes(b"x")
+        raise OSError(errno.ENOSPC, "No space left on device", str(out / "fig2_hidden.png"))
+    monkeypatch.setattr(report, "fig2", full)
+    import io
+    import contextlib
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert gcli.main(analyze_args(small_sweep, rep)) == 2
+    assert len(err.getvalue().strip().splitlines()) == 1 and "No space left on device" in err.getvalue()
+    assert sorted(p.name for p in rep.iterdir()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".rep.lock", "rep"]
+    assert (gcli.main(["analyze", str(small_sweep), "--out", "/"]) == 2)
