@@ -299,6 +299,10 @@ def test_a_failing_setup_line_fails_the_canary_and_no_run_trains(data, tmp_path)
     assert "gruv canary: setup line failed: false (exit 1)" in err
     st = _wait_ended(runs)
     assert set(st.values()) == {"CANCELLED"}, st  # kill-on-invalid-dep: never started
+    # status says why (issue 32 L2: it read CANCELLED, no reason)
+    for row in sweep.status(d):
+        assert f"cancelled: its canary, job {canary}, ended FAILED" in row["error"], row["error"]
+        assert "setup line failed: false" in row["error"]
     for n in res["submitted"]:
         assert not (d / "runs" / n / "metrics.jsonl").exists() and not list((d / "runs" / n).glob("ckpt*"))
 

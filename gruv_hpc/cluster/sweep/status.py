@@ -120,9 +120,31 @@ def status(sweep_dir) -> list[dict]:
                "error": None, "damaged": f"{paths.metrics}: {damaged}" if damaged else None}
         if st in ("FAILED", "OUT_OF_MEMORY", "NODE_FAIL", "TIMEOUT", "UNKNOWN", "CANCELLED") or (paths.error.exists() and st not in ACTIVE):
             why = None if paths.error.exists() or st in ACTIVE else ended(job, state.paths.logs)
+            if st == "CANCELLED" and why is None:
+                why = canary_why(state, job)
             row["error"] = "\n".join(filter(None, [why, _error_tail(paths, state.paths.logs, job)])) or None
         rows.append(row)
     return rows
+
+
+def canary_why(state, job: JobRecord | None) -> str | None:
+    """Why a run's job was cancelled when its submission's canary did not succeed (Slurm cancels
+    what waits on a failed job): which canary, how it ended, its last error line, its log."""
+    sub = next((s for s in reversed(state.submissions) if job and job.job_id in s.get("job_ids", [])), None)
+    ids = [i for i in ((sub.get("canaries") or [sub.get("canary")]) if sub else []) if i]
+    if not ids:
+        return None
+    infos = scheduler(job.executor).states(ids)
+    bad = [(i, infos[i].state) for i in ids if i in infos and infos[i].state not in (*ACTIVE, "COMPLETED")]
+    if not bad:
+        return None
+    i, st = bad[0]
+    err = state.paths.logs / f"{i}_0_log.err"
+    try:
+        last = next((ln.strip() for ln in reversed(err.read_text(errors="replace").splitlines()) if ln.strip()), "")
+    except OSError:
+        last = ""
+    return f"cancelled: its canary, job {i}, ended {st}" + (f": {last}" if last else "") + f" (its log: {err})"
 
 
 def log_path(logs: Path, job: JobRecord | None, err: bool = False) -> str | None:
