@@ -242,6 +242,27 @@ def test_full_disk_keeps_last_checkpoint_and_says_why(data, tiny_disk):
     assert torch.load(RunPaths(run).step_ckpts()[0], weights_only=True)["train"]["epoch"] == 1
 
 
+def test_a_disk_that_fills_inside_torch_save_is_a_full_disk_not_unexpected_pos(tmp_path, monkeypatch):
+    """Issue 32 L1: ENOSPC inside torch.save came out as "RuntimeError: ... unexpected pos", which the
+    trainer's full-disk message (above) never saw: a raw traceback."""
+    import errno
+    import io
+    from gruv_hpc import fsio
+    from gruv_hpc.training.checkpoint import atomic_torch_save
+
+    class Full(io.FileIO):  # a disk with 1000 bytes left
+        def write(self, b):
+            if self.tell() + len(b) > 1000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().write(b)
+    monkeypatch.setattr(fsio, "open", lambda path, mode: Full(path, "w"), raising=False)
+    target = tmp_path / "step.pt"
+    with pytest.raises(OSError) as e:
+        atomic_torch_save({"w": torch.zeros(10000)}, target)
+    assert e.value.errno == errno.ENOSPC
+    assert list(tmp_path.iterdir()) == []  # no temp file left
+
+
 # --- 6, 11. generation: a fallback for an unreadable best.pt, one-line errors -------------------
 
 def test_generate_falls_back_from_an_unreadable_best(trained_run, tmp_path):
