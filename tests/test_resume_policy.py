@@ -90,3 +90,17 @@ def test_the_start_over_command_a_refusal_names_works(data, tmp_path):
     again = subprocess.run([sys.executable, "-m", "gruv_hpc.cli", *cmd[1:]], capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
     assert RunPaths(run).config.exists()
+
+
+def test_a_resubmission_with_resume_never_says_that_it_resumes(data, tmp_path):
+    """Issue 32 L5: it resumed silently, where resume=never reads as "start over"."""
+    f = write_sweep(tmp_path / "s.toml", data, {"epochs": 1, "batch_size": 4, "workers": 0, "gen_seconds": 0.0,
+                                                "hidden": 4, "limit_train_batches": 2, "resume": "never"},
+                    {"cell": ["gru"]})
+    said = []
+    assert not sweep.submit(f, tmp_path / "sw", executor="local", progress=False, out=said.append)["failed"]
+    assert not any("resume=never applies" in s for s in said)
+    said.clear()
+    sweep.submit(f, tmp_path / "sw", executor="local", progress=False, out=said.append, overrides=["epochs=2"])
+    assert any("resume=never applies to a run's first start: gru started before, so it resumes" in s for s in said)
+    assert len(read_jsonl(RunPaths(tmp_path / "sw" / "runs" / "gru").metrics)) == 2  # it did resume

@@ -186,7 +186,12 @@ def submit(sweep_file, sweep_dir, executor: str = "auto", dry_run: bool = False,
         if not todo:
             out("nothing to submit")
             return {"submitted": [], "skipped": skipped, "executor": kind}
+        first = todo
         todo = [first_start_only(run, state) for run in todo]
+        again = [a.name for a, b in zip(first, todo) if a is not b]
+        if again:  # said, not silent: resume=never would otherwise be read as "start over"
+            out(f"resume=never applies to a run's first start: {', '.join(again)} started before, so it resumes; "
+                f"to start a run over, remove its run directory first ({paths.run(again[0]).root})")
         for run in todo:
             paths.run(run.name).cancelled.unlink(missing_ok=True)  # resubmitted: no longer cancelled
         failed: list[str] = []
