@@ -134,6 +134,10 @@ def sweep_from_table(raw: dict, path: Path, text: str, overrides: list[str] = ()
         if k in cli_train:
             raise ConfigError(f"the command line sets both {k}={cli_train[k]} and grid.{k}={v}; give one of them")
         grid[k] = grid_axis(k, v, list(grid))
+    if "data" in grid:  # each run would train on its own dataset, which submit checks only one of
+        raise ConfigError(f"{where}: data cannot be a grid axis ([grid] data or grid.data=): a sweep trains on one "
+                          "dataset, checked before anything is queued; submit one sweep per dataset "
+                          "(gruv sweep submit FILE --out SWEEP_DIR data=DATA_DIR)")
     notes = []
     for k in cli_train:
         if k in grid:  # a command-line value pins a grid key (the run name keeps showing it)
@@ -164,6 +168,10 @@ def sweep_from_table(raw: dict, path: Path, text: str, overrides: list[str] = ()
             except ConfigError as e:  # a value of the rule's, or the resources it makes up together
                 raise ConfigError(f"{where} [[slurm.when]] (run {name}): {e}") from None
         runs.append(Run(name, trains, to_dict(cfg), rcfg))
+    for i, (sel, res) in enumerate(when, 1):  # in the file a rule that selects nothing is refused; here, said
+        if runs and not any(_selects(sel, r.grid) for r in runs):
+            notes.append(f"{where} [[slurm.when]] rule {i} ({json.dumps(sel)}) selects no run once the command line "
+                         f"is applied: its resources ({json.dumps(res)}) apply to nothing")
     return Sweep(path, text, data, scfg, runs, notes=notes, overrides={k: runs[0].config[k] for k in cli_train} if runs else {})
 
 
