@@ -395,6 +395,10 @@ def test_a_pipeline_canary_holds_every_stage(corpus, tmp_path):
     st = _wait_ended(ids)
     assert set(st.values()) == {"CANCELLED"}, st
     assert not (out / "data" / "manifest.json").exists() and not (out / "report").exists()
+    # status blames the canary, not the preprocessing (issue 32 L2)
+    text = pipeline.format_status(pipeline.status(out))
+    assert f"cancelled: its canary, job {sub['canary']}, ended FAILED" in text, text
+    assert "the preprocessing failed" not in text
 
 
 @pytest.mark.slurm

@@ -159,3 +159,22 @@ def canary_sets(runs: list, resources, sched: Scheduler) -> list[tuple[SlurmConf
         if not any((d == device) if sched.foreground else (c == cfg) for c, d, _ in sets):
             sets.append((cfg, device, run))
     return sets
+
+
+def failed_canary(sched: Scheduler, ids: list[str], logs: Path) -> str | None:
+    """The first of ``ids`` (a submission's canaries) that ended without succeeding, in words:
+    which job, how it ended, its log's last line, its log; None when none did (yet). What waits on
+    it was cancelled (kill-on-invalid-dep), and status says this rather than a bare CANCELLED."""
+    ids = [i for i in ids if i]
+    infos = sched.states(ids) if ids else {}
+    from gruv_hpc.cluster.scheduler import ACTIVE
+    bad = [(i, infos[i].state) for i in ids if i in infos and infos[i].state not in (*ACTIVE, "COMPLETED")]
+    if not bad:
+        return None
+    i, st = bad[0]
+    err = Path(logs) / f"{i}_0_log.err"
+    try:
+        last = next((ln.strip() for ln in reversed(err.read_text(errors="replace").splitlines()) if ln.strip()), "")
+    except OSError:
+        last = ""
+    return f"its canary, job {i}, ended {st}" + (f": {last}" if last else "") + f" (its log: {err})"

@@ -603,7 +603,13 @@ def status(out_dir) -> dict:
         an["state"] = an["job_state"] if an["job_state"] != "COMPLETED" else "STALE"
     else:
         an["state"] = "STALE" if an["report_exists"] else "NOT_SUBMITTED"
-    if pre["state"] == "FAILED" and sub.executor == "slurm":
+    from gruv_hpc.cluster.canary import failed_canary
+    canary = failed_canary(sched, sub.canaries, paths.logs) if sub.canaries and not sched.foreground else None
+    if canary:  # every stage waited on it: the preprocessing did not fail, it never ran
+        for stage in (pre, train, an):
+            if stage["state"] != "COMPLETED":
+                stage["note"] = f"cancelled: {canary}; fix that and resubmit the pipeline"
+    elif pre["state"] == "FAILED" and sub.executor == "slurm":
         # What waits on the dataset never runs: Slurm cancels it (--kill-on-invalid-dep), and so
         # does wait() where it has not yet. Say so rather than PENDING / "not yet".
         why = "the preprocessing failed" + (f" (merge job {pre['merge_job']} {pre['merge_state'] or 'never ran'})"
@@ -644,7 +650,8 @@ def format_status(st: dict) -> str:
     note = lambda x: f" ({x['note']})" if x.get("note") else ""  # noqa: E731
     return "\n".join([
         f"pipeline {st['dir']} (submission {st['submissions']}, {when}, {st['executor']})",
-        f"{'preprocess':<11} {pre['state']:<13} tasks {pre['tasks_done']}/{pre['tasks_total']} done{merge}; {pre['dataset']}",
+        f"{'preprocess':<11} {pre['state']:<13} tasks {pre['tasks_done']}/{pre['tasks_total']} done{merge}; {pre['dataset']}"
+        f"{note(pre)}",
         f"{'train':<11} {train['state']:<13} {train['runs']} run(s): {runs}{note(train)}",
         f"{'analysis':<11} {an['state']:<13} {job}report {report}{note(an)}",
     ])

@@ -128,23 +128,12 @@ def status(sweep_dir) -> list[dict]:
 
 
 def canary_why(state, job: JobRecord | None) -> str | None:
-    """Why a run's job was cancelled when its submission's canary did not succeed (Slurm cancels
-    what waits on a failed job): which canary, how it ended, its last error line, its log."""
+    """Why a run's job was cancelled when its submission's canary did not succeed."""
+    from gruv_hpc.cluster.canary import failed_canary
     sub = next((s for s in reversed(state.submissions) if job and job.job_id in s.get("job_ids", [])), None)
-    ids = [i for i in ((sub.get("canaries") or [sub.get("canary")]) if sub else []) if i]
-    if not ids:
-        return None
-    infos = scheduler(job.executor).states(ids)
-    bad = [(i, infos[i].state) for i in ids if i in infos and infos[i].state not in (*ACTIVE, "COMPLETED")]
-    if not bad:
-        return None
-    i, st = bad[0]
-    err = state.paths.logs / f"{i}_0_log.err"
-    try:
-        last = next((ln.strip() for ln in reversed(err.read_text(errors="replace").splitlines()) if ln.strip()), "")
-    except OSError:
-        last = ""
-    return f"cancelled: its canary, job {i}, ended {st}" + (f": {last}" if last else "") + f" (its log: {err})"
+    ids = (sub.get("canaries") or [sub.get("canary")]) if sub else []
+    why = failed_canary(scheduler(job.executor), ids, state.paths.logs) if any(ids) else None
+    return f"cancelled: {why}" if why else None
 
 
 def log_path(logs: Path, job: JobRecord | None, err: bool = False) -> str | None:
