@@ -61,7 +61,7 @@ def _dataset_verify(a) -> int:
     t0 = time.time()
     res = verify(a.data_dir, deep=not a.quick)
     wall = time.time() - t0
-    songs = f", {res['songs']} songs' content hashes" if not a.quick else ""
+    songs = f", {res['songs']} songs' content hashes and the train statistics" if not a.quick else ""
     print(f"{a.data_dir}: OK, dataset {dataset_id(load_manifest(a.data_dir))}: {res['files']} files "
           f"({res['bytes'] / 2**20:.1f} MiB) match the manifest's sha256{songs} ({wall:.2f} s)")
     return 0

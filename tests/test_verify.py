@@ -184,6 +184,20 @@ def test_deep_verify_is_no_ok_for_songs_without_a_content_hash(data, tmp_path):
     assert ok.returncode == 0 and ": OK" in ok.stdout, ok.stderr
 
 
+def test_deep_verify_recomputes_the_stats_from_the_rows(data, tmp_path):
+    """Issue 32 L5: stats.npz was checked against its sha256 only, which a rewrite can update too."""
+    d = copy(data, tmp_path)
+    M.verify(d)  # the stats the build pooled agree with the rows, to float64 rounding
+    with np.load(d / "stats.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["mean"] = arrays["mean"] * 1.01
+    np.savez(d / "stats.npz", **arrays)
+    rehash(d)
+    M.verify(d, deep=False)  # its hash agrees now ...
+    with pytest.raises(DatasetError, match="stats.npz: artist .* train statistics .* are not those of its train rows"):
+        M.verify(d)  # ... the rows do not
+
+
 def test_a_non_finite_loss_names_the_damaged_shard(data, tmp_path):
     d = copy(data, tmp_path)
     shard = first_train_shard(d)
