@@ -294,6 +294,28 @@ def test_a_refused_pipeline_submission_is_not_recorded(corpus, tmp_path):
     assert not st.exists() or json.loads(st.read_text())["submissions"] == []
 
 
+@pytest.mark.slurm
+def test_a_pipeline_refused_at_its_analysis_cancels_what_it_queued_and_is_not_recorded(corpus, tmp_path):
+    """Issue 32 L7: the preprocessing and runs stayed queued, recorded as a submission with no analysis."""
+    from test_pipeline import tiny_tables, write
+    from gruv_hpc.cluster import slurm
+    t = tiny_tables(corpus)
+    t["analysis.slurm"] = {**t.get("analysis.slurm", {}), "partition": "nosuch"}
+    f = write(tmp_path / "p.toml", t)
+    r = cli("pipeline", "submit", f, "--out", tmp_path / "out", "--executor", "slurm",
+            env={**os.environ, "GRUV_SKIP_RESOURCE_CHECK": "1"})  # (sbatch's refusal, not the resource check's)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "sbatch refused" in r.stderr, r.stderr
+    st = tmp_path / "out" / "pipeline.json"
+    assert not st.exists() or json.loads(st.read_text())["submissions"] == []
+    ids = r.stdout.split("cancelled what this submission had queued: job(s) ", 1)[1].splitlines()[0].split(", ")
+    assert len(ids) >= 3  # the preprocessing's array and merge, the runs
+    import time
+    deadline = time.time() + 60
+    while any(i.state in slurm.ACTIVE for i in slurm.job_states(ids).values()):
+        assert time.time() < deadline, slurm.job_states(ids)
+        time.sleep(1)
+
+
 # --- Issue 32: a folder gruv replaces is one gruv wrote; one writer per report --------------------
 
 def test_analyze_refuses_a_web_folder_by_name_and_keeps_it(small_sweep, tmp_path):

@@ -194,6 +194,12 @@ def _load_sweep(raw: dict, path: Path, text: str, paths: PipelinePaths, ov: dict
 # ---------------------------------------------------------------------------------------------
 # Submit
 
+def _queued_now(sub: Submission) -> list[str]:
+    """The jobs ``sub`` queued itself (not the live ones of earlier submissions it waits on)."""
+    pre = [j for j in (sub.preprocess.array, sub.preprocess.merge) if j] if sub.preprocess.state == "submitted" else []
+    return [*pre, *(sub.train.job_ids or []), *([sub.analysis.job] if sub.analysis.job and not sub.analysis.skipped else [])]
+
+
 def _nothing_ran(sub: Submission) -> bool:
     """No stage of ``sub`` has recorded anything yet."""
     return all(stage.to_json() == type(stage)().to_json() for stage in (sub.preprocess, sub.train, sub.analysis))
@@ -228,9 +234,14 @@ def submit(pipeline_file, out_dir, executor: str = "auto", overrides=(), max_par
                 return _run_local(pl, paths, state, sub, max_parallel, progress, say, canary).to_json()
             return _submit_slurm(pl, paths, state, sub, prev, say, canary).to_json()
         except BaseException:
-            if _nothing_ran(sub):  # refused before anything ran (sbatch said no): not a submission
-                if sub.canaries:
-                    sched.cancel(sub.canaries)  # nothing waits for them
+            if _nothing_ran(sub) or not sched.foreground:
+                # Refused (sbatch said no to a later stage): not a submission. What it had queued
+                # already is cancelled, so no half pipeline runs unrecorded (a preprocessing with
+                # no analysis behind it); the next submission queues it all again.
+                queued = [*sub.canaries, *_queued_now(sub)]
+                if queued:
+                    sched.cancel(queued)
+                    say(f"cancelled what this submission had queued: job(s) {', '.join(queued)}")
                 state.submissions.remove(sub)
                 if paths.state.exists():
                     state.save()
