@@ -111,15 +111,16 @@ WHEN = '\n[[slurm.when]]\nhidden = 16\nmem_gb = 2.0\ntime_min = 20\n'
 
 def test_a_when_rule_the_command_line_empties_is_said_and_data_is_no_grid_axis(data, tmp_path):
     """Issue 32 L4: a rule emptied by hidden=8 was dropped silently; grid.data= values were not checked."""
-    from gruv_hpc.errors import ConfigError
     f = write_sweep(tmp_path / "w.toml", data, {"epochs": 1}, {"hidden": [8, 16]})
     f.write_text(f.read_text() + WHEN)
     sw = sweep.load_sweep(f, ["hidden=8"])
     assert any("[[slurm.when]] rule 1 ({\"hidden\": 16}) selects no run once the command line is applied" in n
                for n in sw.notes), sw.notes
     assert not any("slurm.when" in n for n in sweep.load_sweep(f).notes)
-    with pytest.raises(ConfigError, match="data cannot be a grid axis"):
-        sweep.load_sweep(f, [f"grid.data={data},/nowhere"])
+    from gruv_hpc.errors import DatasetError
+    with pytest.raises(DatasetError, match="run .*nowhere: /nowhere: dataset directory does not exist"):
+        sweep.submit(f, tmp_path / "sw", executor="local", dry_run=True, out=lambda *a: None,
+                     overrides=[f"grid.data={data},/nowhere"])
 
 
 def test_when_rules_give_their_points_other_resources_and_arrays(data, tmp_path):

@@ -134,10 +134,6 @@ def sweep_from_table(raw: dict, path: Path, text: str, overrides: list[str] = ()
         if k in cli_train:
             raise ConfigError(f"the command line sets both {k}={cli_train[k]} and grid.{k}={v}; give one of them")
         grid[k] = grid_axis(k, v, list(grid))
-    if "data" in grid:  # each run would train on its own dataset, which submit checks only one of
-        raise ConfigError(f"{where}: data cannot be a grid axis ([grid] data or grid.data=): a sweep trains on one "
-                          "dataset, checked before anything is queued; submit one sweep per dataset "
-                          "(gruv sweep submit FILE --out SWEEP_DIR data=DATA_DIR)")
     notes = []
     for k in cli_train:
         if k in grid:  # a command-line value pins a grid key (the run name keeps showing it)
@@ -251,11 +247,15 @@ def validate(sweep: Sweep, sweep_dir: Path, executor: str, create: bool = True) 
     # A planned dataset has no id yet (each job checks the built one when it starts).
     sweep.dataset_id = None if sweep.planned else dataset_id(manifest)
     allocates = scheduler(executor).allocates
+    manifests = {sweep.data: manifest}  # a grid over data: each run is checked against its own dataset
     for run in sweep.runs:
         res = sweep.resources(run)
         world, gpus = (res.world_size, res.gpus_per_node) if allocates else (1, None)
+        data = run.config.get("data") or sweep.data
         try:
-            run.config = to_dict(resolve(run.cfg, manifest, world_size=world, gpus=gpus))
+            if data not in manifests:
+                manifests[data] = load_manifest(data)
+            run.config = to_dict(resolve(run.cfg, manifests[data], world_size=world, gpus=gpus))
         except GruvError as e:  # a DatasetError or a ConfigError, named after the run
             raise type(e)(f"run {run.name}: {e}") from None
     if not create:
