@@ -109,7 +109,7 @@ def test_the_local_scheduler_checks_nothing(tmp_path):
 WHEN = '\n[[slurm.when]]\nhidden = 16\nmem_gb = 2.0\ntime_min = 20\n'
 
 
-def test_a_when_rule_the_command_line_empties_is_said_and_data_is_no_grid_axis(data, tmp_path):
+def test_a_when_rule_the_command_line_empties_is_said_and_grid_data_values_are_checked(data, tmp_path):
     """Issue 32 L4: a rule emptied by hidden=8 was dropped silently; grid.data= values were not checked."""
     f = write_sweep(tmp_path / "w.toml", data, {"epochs": 1}, {"hidden": [8, 16]})
     f.write_text(f.read_text() + WHEN)
