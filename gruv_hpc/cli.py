@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import sys
 import time
 import warnings
@@ -60,7 +61,7 @@ def _dataset_verify(a) -> int:
     t0 = time.time()
     res = verify(a.data_dir, deep=not a.quick)
     wall = time.time() - t0
-    songs = f", {res['songs']} songs' content hashes" if not a.quick else ""
+    songs = f", {res['songs']} songs' content hashes and the train statistics" if not a.quick else ""
     print(f"{a.data_dir}: OK, dataset {dataset_id(load_manifest(a.data_dir))}: {res['files']} files "
           f"({res['bytes'] / 2**20:.1f} MiB) match the manifest's sha256{songs} ({wall:.2f} s)")
     return 0
@@ -103,14 +104,45 @@ def _train(a) -> int:
         print(json.dumps(res))
         if res["status"] == "stopped":
             print(f"gruv: stopped by {res['signal']} at epoch {res['epoch'] + 1}, step {res['step']}; the checkpoint "
-                  f"is written. Run the same command again to resume.", file=sys.stderr)
+                  f"is written. {_resume_hint(cfg)}", file=sys.stderr)
     return EXIT_STOPPED if res["status"] == "stopped" else 0
+
+
+def _check_generate_args(a, paths) -> None:
+    """What generation would fail on deep inside, or overwrite, refused by name first: a damaged
+    config.json, a noise seed numpy cannot take, a sidecar (OUT.json) that would replace a file
+    gruv generate did not write (``--out DATA/manifest.wav`` would replace the dataset's manifest)."""
+    from gruv_hpc.paths import read_run_config
+    if paths.config.exists():
+        read_run_config(paths.config)
+    if not 0 <= a.noise_seed < 2 ** 64:
+        raise ConfigError(f"--noise-seed {a.noise_seed}: must be 0 .. 2**64-1")
+    side = Path(a.out).with_suffix(".json")
+    if side.exists() or side.is_symlink():
+        try:
+            ours = {"generated_s", "diagnostics"} <= set(json.loads(side.read_bytes()))
+        except (OSError, ValueError, TypeError):
+            ours = False
+        if not ours:
+            raise ConfigError(f"--out {a.out}: its sidecar {side} exists and is not one gruv generate wrote; it would "
+                              "be replaced: give --out another name")
+
+
+def _resume_hint(cfg) -> str:
+    """How to resume a stopped `gruv train`: the same command, but resume=never would start over
+    (and move the checkpoint just written aside), so that one gets resume=auto instead."""
+    if cfg.resume != "never":
+        return "Run the same command again to resume."
+    args = [x for x in sys.argv[1:] if not x.startswith("resume=")] + ["resume=auto"]
+    return f"To resume, run it with resume=auto (resume=never starts over): gruv {shlex.join(args)}"
 
 
 def _generate(a) -> int:
     from gruv_hpc.generation import describe, generate
+    from gruv_hpc.paths import RunPaths
     from gruv_hpc.training import distributed
     distributed.flush_denormals()  # side effect, stated: before torch's intra-op threads start
+    _check_generate_args(a, RunPaths(a.run_dir))
     side = generate(a.run_dir, a.out, seed_seconds=a.seed_seconds, length_ratio=a.length_ratio, seed_from=a.seed_from,
                     seed_index=a.seed_index, seed_start=a.seed_start, algorithm=a.algorithm, checkpoint=a.checkpoint,
                     with_seed=a.with_seed, float32=a.float, normalize=a.normalize, device=a.device, noise=a.noise,

@@ -63,6 +63,26 @@ def test_stop_signal_writes_checkpoint_and_exits_distinctly(data, tmp_path, sig)
         in again.stdout  # the epoch under way, as the stop line names it
 
 
+def test_a_stopped_resume_never_run_names_the_command_that_resumes(data, tmp_path):
+    """Issue 32 M5: "run the same command again" would start a resume=never run over."""
+    import shlex
+    run = tmp_path / "r"
+    p = start_train(data, run, "epochs=100000", "resume=never")
+    wait_for_epoch(run)
+    os.kill(p.pid, signal.SIGTERM)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == EXIT_STOPPED, err
+    res = json.loads(out.strip().splitlines()[-1])
+    hint = err.strip().splitlines()[-1]
+    assert "resume=never starts over" in hint and "Run the same command again" not in err, err
+    args = shlex.split(hint.partition(": gruv ")[2])
+    assert "resume=auto" in args and "resume=never" not in args
+    args = [a if not a.startswith("epochs=") else f"epochs={res['epoch'] + 1}" for a in args]  # (so that it ends)
+    again = gruv(*args)
+    assert again.returncode == 0 and "resumed from" in again.stdout, again.stderr
+    assert not list(run.glob("discarded-*"))
+
+
 def test_second_signal_aborts(data, tmp_path):
     """Ctrl-C twice: the second one aborts at once (130, KeyboardInterrupt's code), where one
     alone stops with a checkpoint (EXIT_STOPPED). Two signals sent together reach Python as one,
@@ -250,6 +270,27 @@ def test_full_disk_keeps_last_checkpoint_and_says_why(data, tiny_disk):
         assert (RunPaths(run).ckpt_dir / name).read_bytes() == blob
     assert not list(RunPaths(run).ckpt_dir.glob(".*tmp*"))  # no temp file left filling the disk
     assert torch.load(RunPaths(run).step_ckpts()[0], weights_only=True)["train"]["epoch"] == 1
+
+
+def test_a_disk_that_fills_inside_torch_save_is_a_full_disk_not_unexpected_pos(tmp_path, monkeypatch):
+    """Issue 32 L1: ENOSPC inside torch.save came out as "RuntimeError: ... unexpected pos", which the
+    trainer's full-disk message (above) never saw: a raw traceback."""
+    import errno
+    import io
+    from gruv_hpc import fsio
+    from gruv_hpc.training.checkpoint import atomic_torch_save
+
+    class Full(io.FileIO):  # a disk with 1000 bytes left
+        def write(self, b):
+            if self.tell() + len(b) > 1000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().write(b)
+    monkeypatch.setattr(fsio, "open", lambda path, mode: Full(path, "w"), raising=False)
+    target = tmp_path / "step.pt"
+    with pytest.raises(OSError) as e:
+        atomic_torch_save({"w": torch.zeros(10000)}, target)
+    assert e.value.errno == errno.ENOSPC
+    assert list(tmp_path.iterdir()) == []  # no temp file left
 
 
 # --- 6, 11. generation: a fallback for an unreadable best.pt, one-line errors -------------------

@@ -1,10 +1,10 @@
 """`gruv analyze SWEEP_DIR --out REPORT_DIR`: every analysis stage, then an offline index.html."""
 from __future__ import annotations
 
+import errno
 import html
 import json
-import os
-import shutil
+import re
 import time
 from pathlib import Path
 
@@ -12,6 +12,7 @@ from gruv_hpc.analysis.audio import run_audio
 from gruv_hpc.analysis.baseline import baselines
 from gruv_hpc.analysis.claims import claims
 from gruv_hpc.analysis.collect import collect, group_rows
+from gruv_hpc import swap
 from gruv_hpc.analysis.common import Datasets, load_each, load_runs
 from gruv_hpc.errors import ConfigError, GruvError
 from gruv_hpc.fsio import dumps
@@ -83,36 +84,54 @@ def each_run(runs, plan: Fig3Plan | None, out: Path, n_seed_clips: int, seed_sec
     return audio
 
 
+# What a report made before reports carried a marker (swap.MARKER) holds at its top level: such a
+# folder is still recognised as a report (its summary.json must be one too), anything else is not.
+LEGACY_REPORT = re.compile(r"(index\.html|summary\.json|results\.csv|listen\.html|fig3_data\.npz|audio|listen|"
+                           r"fig\d\w*\.(png|pdf|svg))")
+
+
+def _check_report_dir(out: Path) -> None:
+    """``out`` may be replaced: it is empty, or a report whose marker lists everything in it (or one
+    made before the marker, nothing else beside it). Anything else is refused by name."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    extra = swap.unlisted(out)
+    if extra is None:
+        names = sorted(p.name for p in out.iterdir())
+        try:
+            legacy = {"runs", "claims", "timings_s"} <= set(json.loads((out / "summary.json").read_text()))
+        except (OSError, ValueError, TypeError):
+            legacy = False
+        extra = [n for n in names if not (legacy and LEGACY_REPORT.fullmatch(n))]
+        if extra:
+            raise ConfigError(f"--out {out}: not a report (no {swap.MARKER}) and it holds {', '.join(extra[:5])}"
+                              f"{' ...' if len(extra) > 5 else ''}, which gruv analyze would delete: give a new or "
+                              "empty directory")
+    elif extra:
+        raise ConfigError(f"--out {out}: {', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''} not written by gruv "
+                          f"analyze (not in {swap.MARKER}), and the report is replaced whole: move them out of "
+                          f"{out}, or give another --out")
+
+
 def analyze_atomic(sweep_dir, out_dir, listing: list[dict], log=print, **kw) -> dict:
-    """``analyze`` into ``.<name>.staging`` beside ``out_dir``, then swapped into place by two
-    renames (the old report to ``.<name>.old`` and away): a killed analysis leaves the previous
-    report whole, never new figures beside an old index.html. A directory that is not a report is
-    never replaced."""
+    """``analyze`` into a staging folder of this process beside ``out_dir``, then swapped into place
+    (``gruv_hpc.swap.replace_dir``): a killed analysis leaves the previous report whole; a second
+    analysis of the same ``out_dir`` (a user's beside the pipeline's) fails at once naming the first;
+    a folder that holds anything gruv did not write is never replaced."""
     out = Path(out_dir).expanduser().resolve()
-    staging, aside = out.with_name(f".{out.name}.staging"), out.with_name(f".{out.name}.old")
+    if out == out.parent:
+        raise ConfigError(f"--out {out}: the filesystem's root cannot be a report directory; give a new directory")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: not a directory")
-    if out.is_dir() and any(out.iterdir()) and not ((out / "index.html").exists() or (out / "summary.json").exists()):
-        raise ConfigError(f"--out {out}: a directory with other files in it, not a report; give a new or a report "
-                          "directory (it is replaced whole)")
-    if aside.is_dir():  # a crash between the two renames below
-        if out.exists():
-            shutil.rmtree(aside)
-        else:
-            os.rename(aside, out)
     try:
-        shutil.rmtree(staging, ignore_errors=True)
         out.parent.mkdir(parents=True, exist_ok=True)
+        return swap.replace_dir(out, f"report {out}", lambda staging: analyze(sweep_dir, staging, listing, log=log, **kw),
+                                check=_check_report_dir, foreign=swap.unlisted_top)
     except OSError as e:
-        raise GruvError(f"--out {out}: cannot write beside it ({e.strerror})") from e
-    summary = analyze(sweep_dir, staging, listing, log=log, **kw)
-    from gruv_hpc.fsio import fsync_dir
-    if out.exists():
-        os.rename(out, aside)
-    os.rename(staging, out)
-    fsync_dir(out.parent)
-    shutil.rmtree(aside, ignore_errors=True)
-    return summary
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM):
+            raise
+        raise GruvError(f"--out {out}: {e.filename or out}: {e.strerror}; nothing was written (the report in {out}, if "
+                        "any, is as it was)") from None
 
 
 def _fmt(v):

@@ -25,7 +25,20 @@ __all__ = ["ACTIVE", "JobInfo", "NodeInfo", "PartitionInfo", "SlurmScheduler", "
            "parse_partitions", "parse_sacct", "parse_squeue", "parse_time_min", "sbatch_parameters", "sbatch_script",
            "scancel", "slurm_available"]
 
-SKIP_CHECK_ENV = "GRUV_SKIP_RESOURCE_CHECK"  # set (to anything): SlurmScheduler.check asks nothing
+SKIP_CHECK_ENV = "GRUV_SKIP_RESOURCE_CHECK"  # =1: SlurmScheduler.check asks nothing
+
+
+def skip_check() -> bool:
+    """Whether ``GRUV_SKIP_RESOURCE_CHECK`` asks to skip the check: 1/true/yes/on; unset, empty,
+    0/false/no/off do not (=0 skipped it before); anything else is refused by name."""
+    from gruv_hpc.errors import ConfigError
+    v = os.environ.get(SKIP_CHECK_ENV, "").strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("", "0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{SKIP_CHECK_ENV}={os.environ[SKIP_CHECK_ENV]!r}: set it to 1 to skip the resource check, "
+                      "or unset it")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,7 +410,7 @@ class SlurmScheduler(Scheduler):
         """Each of ``requests`` ({where: SlurmConfig}) against its partition's nodes (one scontrol
         question for all); raises ConfigError naming the first that could never start."""
         from gruv_hpc.errors import ConfigError
-        if os.environ.get(SKIP_CHECK_ENV):  # nodes this cluster starts on demand, unknown to scontrol yet
+        if skip_check():  # nodes this cluster starts on demand, unknown to scontrol yet
             return f"resource check skipped: {SKIP_CHECK_ENV} is set"
         info = cluster_info()
         if info is None:

@@ -4,7 +4,6 @@ run (``check_run_dir``, ``check_orphan_checkpoints``), config.json's record of e
 the one-writer lock (``lock_run_dir``). The layout itself is ``gruv_hpc.paths.RunPaths``."""
 from __future__ import annotations
 
-import json
 import os
 import time
 import warnings
@@ -16,7 +15,7 @@ from gruv_hpc.config import ConfigError, diff, to_dict
 from gruv_hpc.dataset.manifest import DatasetError
 from gruv_hpc.fsio import atomic_write_json
 from gruv_hpc.lock import Lock, LockedError
-from gruv_hpc.paths import RunPaths
+from gruv_hpc.paths import RunPaths, read_run_config
 from gruv_hpc.training.config import RUNTIME_KEYS, TrainConfig
 from gruv_hpc.training.distributed import Dist
 
@@ -26,7 +25,7 @@ def check_run_dir(paths: RunPaths, cfg: TrainConfig, dataset: dict) -> dict | No
     Returns what config.json holds (None for a new run)."""
     if not paths.config.exists():
         return None
-    old = json.loads(paths.config.read_text())
+    old = read_run_config(paths.config)
     # A key the run's config predates had its default then (new options are off by default).
     was = {**{k: v for k, v in to_dict(TrainConfig()).items() if k not in old["config"]}, **old["config"]}
     d = diff(was, to_dict(cfg), ignore=RUNTIME_KEYS)

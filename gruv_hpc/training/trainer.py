@@ -36,7 +36,7 @@ from gruv_hpc.paths import RunPaths
 from gruv_hpc.training import distributed
 from gruv_hpc.training.checkpoint import (RANK, Checkpointer, derive_seed, git_info, pack, rng_state, seed_everything,
                                           set_rng_state, unpack)
-from gruv_hpc.training.config import TrainConfig, resolve
+from gruv_hpc.training.config import TrainConfig, command_line, resolve
 from gruv_hpc.training.data import ResumableSampler, build_data  # noqa: F401 (ResumableSampler: re-exported)
 from gruv_hpc.training.distributed import Dist
 from gruv_hpc.training.hooks import EpochEnd, EpochHook, run_hooks
@@ -136,8 +136,8 @@ class Trainer:
             why = (f"none of its {len(unreadable)} checkpoint(s) loads (set aside in {self.paths.unreadable})"
                    if unreadable else "it has no checkpoint, and resume=require")
             raise TrainingError(f"{self.paths.root}: {why}. To start this run over, start it once by hand: "
-                                f"gruv train --run-dir {self.paths.root} resume=never (its old files are moved "
-                                "aside, not deleted), or use a new run directory")
+                                f"{command_line(self.cfg, self.paths.root, resume='never')} (its old files are "
+                                "moved aside, not deleted), or use a new run directory")
         return None
 
     def save(self, is_best: bool = False) -> None:

@@ -154,6 +154,10 @@ def sweep_from_table(raw: dict, path: Path, text: str, overrides: list[str] = ()
             except ConfigError as e:  # a value of the rule's, or the resources it makes up together
                 raise ConfigError(f"{where} [[slurm.when]] (run {name}): {e}") from None
         runs.append(Run(name, trains, to_dict(cfg), rcfg))
+    for i, (sel, res) in enumerate(when, 1):  # in the file a rule that selects nothing is refused; here, said
+        if runs and not any(_selects(sel, r.grid) for r in runs):
+            notes.append(f"{where} [[slurm.when]] rule {i} ({json.dumps(sel)}) selects no run once the command line "
+                         f"is applied: its resources ({json.dumps(res)}) apply to nothing")
     return Sweep(path, text, data, scfg, runs, notes=notes, overrides={k: runs[0].config[k] for k in cli_train} if runs else {})
 
 
@@ -233,11 +237,15 @@ def validate(sweep: Sweep, sweep_dir: Path, executor: str, create: bool = True) 
     # A planned dataset has no id yet (each job checks the built one when it starts).
     sweep.dataset_id = None if sweep.planned else dataset_id(manifest)
     allocates = scheduler(executor).allocates
+    manifests = {sweep.data: manifest}  # a grid over data: each run is checked against its own dataset
     for run in sweep.runs:
         res = sweep.resources(run)
         world, gpus = (res.world_size, res.gpus_per_node) if allocates else (1, None)
+        data = run.config.get("data") or sweep.data
         try:
-            run.config = to_dict(resolve(run.cfg, manifest, world_size=world, gpus=gpus))
+            if data not in manifests:
+                manifests[data] = load_manifest(data)
+            run.config = to_dict(resolve(run.cfg, manifests[data], world_size=world, gpus=gpus))
         except GruvError as e:  # a DatasetError or a ConfigError, named after the run
             raise type(e)(f"run {run.name}: {e}") from None
     if not create:

@@ -120,6 +120,8 @@ def status(sweep_dir) -> list[dict]:
                "error": None, "damaged": f"{paths.metrics}: {damaged}" if damaged else None}
         if st in ("FAILED", "OUT_OF_MEMORY", "NODE_FAIL", "TIMEOUT", "UNKNOWN", "CANCELLED") or (paths.error.exists() and st not in ACTIVE):
             why = None if paths.error.exists() or st in ACTIVE else ended(job, state.paths.logs)
+            if st == "CANCELLED" and why is None:
+                why = canary_why(state, job)
             row["error"] = "\n".join(filter(None, [why, _error_tail(paths, state.paths.logs, job)])) or None
         rows.append(row)
     return rows
@@ -133,6 +135,15 @@ def analysis_listing(sweep_dir) -> list[dict]:
     return [{"name": row["name"], "state": row["state"], "error": row.get("error"),
              "config": state.runs[row["name"]].config, "grid": state.runs[row["name"]].grid,
              "run_dir": row["run_dir"]} for row in status(sweep_dir)]
+
+
+def canary_why(state, job: JobRecord | None) -> str | None:
+    """Why a run's job was cancelled when its submission's canary did not succeed."""
+    from gruv_hpc.cluster.canary import failed_canary
+    sub = next((s for s in reversed(state.submissions) if job and job.job_id in s.get("job_ids", [])), None)
+    ids = (sub.get("canaries") or [sub.get("canary")]) if sub else []
+    why = failed_canary(scheduler(job.executor), ids, state.paths.logs) if any(ids) else None
+    return f"cancelled: {why}" if why else None
 
 
 def log_path(logs: Path, job: JobRecord | None, err: bool = False) -> str | None:
@@ -232,6 +243,11 @@ def cancel(sweep_dir, run: str | None = None, out=print) -> list[str]:
             cancelled.append(name)
         if live:
             jobs.setdefault(job.executor, []).append(job.job_id)
+    if run is None:  # a queued canary would still run, for nothing, and then fail status's reading of it
+        for sub in state.submissions[-1:]:
+            canaries = sub.get("canaries") or ([sub["canary"]] if sub.get("canary") else [])
+            if canaries and not scheduler(sub["executor"]).foreground:
+                jobs.setdefault(sub["executor"], []).extend(canaries)
     for kind, ids in jobs.items():
         scheduler(kind).cancel(ids)
     out(f"cancelled {len(cancelled)} run(s): {', '.join(cancelled) or '-'}")
