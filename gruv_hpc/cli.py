@@ -39,8 +39,19 @@ def _preprocess(a) -> int:
               f"{res['submission']['merge']} ends")
         return 0
     m = res["manifest"]
+    _show_dataset(a.out, m)
+    from gruv_hpc.dataset.adequacy import steps_warnings
+    from gruv_hpc.training.config import TrainConfig
+    steps = [w for artist in m["artists"] for w in steps_warnings(m, [artist], TrainConfig.batch_size,
+                                                                   " (gruv train's default; a sweep checks its own)")]
+    # Built by Slurm jobs, its warnings went to the merge job's log; the manifest records them.
+    _print_warnings((m.get("warnings", []) if "submission" in res else []) + steps)
+    return 0
+
+
+def _show_dataset(out, m: dict) -> None:
     s = m["summary"]
-    print(f"dataset {a.out}: {s['songs']} songs, {s['hours']:.3f} h of audio, {s['clips']} clips "
+    print(f"dataset {out}: {s['songs']} songs, {s['hours']:.3f} h of audio, {s['clips']} clips "
           f"({s['train_clips']} train / {s['dev_clips']} dev), {len(m['shards'])} shards, "
           f"{s['bytes_per_audio_s'] / 1000:.0f} KB per audio second, "
           f"{s['wall_s']:.1f} s ({s['hours'] * 3600 / max(s['wall_s'], 1e-9):.0f}x realtime"
@@ -52,6 +63,25 @@ def _preprocess(a) -> int:
         for song in m["songs"]:
             if song["skipped"]:
                 print(f"  {song['path']}: {song['skipped']}")
+
+
+def _print_warnings(lines) -> None:
+    """Warnings recorded elsewhere (a job's, a manifest's), as the ones raised here print: one line each."""
+    for w in lines:
+        print(f"warning: {w}", file=sys.stderr, flush=True)
+
+
+def _dataset_info(a) -> int:
+    from gruv_hpc.dataset.adequacy import data_warnings, split_sizes
+    from gruv_hpc.dataset.manifest import dataset_id, load_manifest
+    m = load_manifest(a.data_dir)
+    _show_dataset(a.data_dir, m)
+    print(f"id {dataset_id(m)}; " + ", ".join(f"{k} {v}" for k, v in m["params"].items()))
+    for artist in m["artists"]:
+        z = split_sizes(m, artist)
+        print(f"  {artist}: {z['train_clips']} train clips, {z['dev_clips']} dev clips from {len(z['dev_songs'])} "
+              f"dev song(s) ({sum(t for _, t in z['dev_songs']):.0f} s)")
+    _print_warnings(data_warnings(m, [([artist], a.batch_size) for artist in m["artists"]] if a.batch_size else []))
     return 0
 
 
@@ -249,6 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
     dv.add_argument("data_dir")
     dv.add_argument("--quick", action="store_true", help="the files' sha256 only (what training checks)")
     dv.set_defaults(fn=_dataset_verify)
+    di = dsub.add_parser("info", help="a dataset's summary, each artist's split, and its warnings (thin dev "
+                         "splits, dropped files, bandwidth: also those of a build that ran as Slurm jobs)")
+    di.add_argument("data_dir")
+    di.add_argument("--batch-size", type=int, default=None, help="also warn when an artist's train split gives "
+                    "fewer than 10 optimizer steps an epoch at this batch size")
+    di.set_defaults(fn=_dataset_info)
 
     cp = sub.add_parser("corpus", help="corpus utilities")
     csub = cp.add_subparsers(dest="corpus_cmd", required=True)

@@ -654,7 +654,7 @@ def format_status(st: dict) -> str:
         f"{'preprocess':<11} {pre['state']:<13} tasks {pre['tasks_done']}/{pre['tasks_total']} done{merge}; {pre['dataset']}",
         f"{'train':<11} {train['state']:<13} {train['runs']} run(s): {runs}{note(train)}",
         f"{'analysis':<11} {an['state']:<13} {job}report {report}{note(an)}",
-    ])
+    ] + [f"warning: {w}" for w in pre.get("warnings", [])])
 
 
 def wait(out_dir, poll_s: float = 5.0, timeout_s: float | None = None, say=None) -> dict:

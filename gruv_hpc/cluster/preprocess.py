@@ -325,7 +325,9 @@ def build_status(out: str | Path) -> dict:
         res["tasks_total"], res["tasks_done"] = n, sum(task_finished(staging, t, n) for t in range(n))
     elif res["complete"]:
         try:
-            n = int(json.loads((out / MANIFEST).read_text())["summary"].get("tasks", 1))
+            m = json.loads((out / MANIFEST).read_text())
+            n = int(m["summary"].get("tasks", 1))
+            res["warnings"] = list(m.get("warnings", []))  # the merge job's, which went to its log
         except (OSError, ValueError, KeyError, TypeError):
             n = 1
         res["tasks_total"] = res["tasks_done"] = n

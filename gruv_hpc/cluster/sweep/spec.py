@@ -250,6 +250,12 @@ def validate(sweep: Sweep, sweep_dir: Path, executor: str, create: bool = True) 
             run.config = to_dict(resolve(run.cfg, manifest, world_size=world, gpus=gpus))
         except GruvError as e:  # a DatasetError or a ConfigError, named after the run
             raise type(e)(f"run {run.name}: {e}") from None
+    if "songs" in manifest:  # built (a pipeline's planned dataset has no clips yet)
+        from gruv_hpc.dataset.adequacy import data_warnings
+        batches = sorted({(tuple(r.config.get("artists") or ()), r.config["batch_size"]) for r in sweep.runs})
+        for w in data_warnings(manifest, [(list(a), b) for a, b in batches], " (the grid's)"):
+            if w not in sweep.notes:  # (a pipeline validates its sweep twice)
+                sweep.notes.append(w)
     if not create:
         _check_could_create(sweep_dir)
         return

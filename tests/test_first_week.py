@@ -1,0 +1,79 @@
+"""Issue 31, "a first week on real music": warnings raised inside jobs reach the terminal, thin data
+is warned about by name before compute is spent, and the commands say what a result rests on."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import TINY, write_sweep
+from gruv_hpc.cluster import sweep
+from gruv_hpc.dataset.manifest import load_manifest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
+
+
+def cli(*args, cwd=None, timeout=300):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "gruv_hpc.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=timeout)
+
+
+def thin_corpus(corpus: Path, d: Path) -> Path:
+    """The session corpus, plus a file in circuit's folder too short for one clip."""
+    shutil.copytree(corpus, d)
+    sf.write(d / "circuit" / "zz_short.wav", np.zeros(80, dtype=np.float32), 8000)  # 10 ms: under one clip
+    return d
+
+
+def warning_lines(text: str) -> list[str]:
+    return [ln for ln in text.splitlines() if ln.startswith("warning: ")]
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. A build's warnings reach the user wherever it ran; 2. thin data, said by name
+
+@pytest.mark.slurm
+def test_slurm_build_warnings_reach_the_terminal(corpus, tmp_path):
+    """Built by a Slurm array and merge job with --wait, the merge's warnings (dropped files, a
+    one-song dev split) print as one-line warnings: recorded in the manifest, and shown again by
+    `gruv dataset info`. Before, they stayed in the merge job's log as raw UserWarnings."""
+    c = thin_corpus(corpus, tmp_path / "corpus")
+    out = tmp_path / "ds"
+    r = cli("preprocess", f"aurora={c / 'aurora'}", f"circuit={c / 'circuit'}", "--out", out, "--quiet", *TINY_FLAGS,
+            "--jobs", "2", "--executor", "slurm", "--wait", "slurm.time_min=10", "slurm.mem_gb=1")
+    assert r.returncode == 0, r.stderr
+    warned = warning_lines(r.stderr)
+    dropped = [w for w in warned if w.startswith("warning: artist circuit: 1 of 4 file(s) dropped: zz_short.wav "
+                                                 "(shorter than one clip")]
+    assert len(dropped) == 1 and "--clip-blocks" in dropped[0]
+    dev = [w for w in warned if w.startswith("warning: artist aurora: its dev split is one song")]
+    assert len(dev) == 1 and "--dev-fraction" in dev[0] and "--split-file" in dev[0]
+    assert "UserWarning" not in r.stderr
+    m = load_manifest(out)
+    assert any(w.startswith("artist circuit: 1 of 4 file(s) dropped") for w in m["warnings"])
+    info = cli("dataset", "info", out)
+    assert info.returncode == 0, info.stderr
+    assert warning_lines(info.stderr) == [f"warning: {w}" for w in m["warnings"]]
+
+
+def test_sweep_dry_run_and_submit_warn_of_thin_data(data, tmp_path):
+    """A grid whose batch size leaves an artist under 10 optimizer steps an epoch is warned about
+    by name, with the data's own warnings, at dry run and at submit, before anything trains."""
+    f = write_sweep(tmp_path / "s.toml", data, {"epochs": 1, "hidden": 4, "batch_size": 40},
+                    {"artists": [["aurora"], ["circuit"]]})
+    for dry in (True, False):
+        out = []
+        sweep.submit(f, tmp_path / "sw", executor="local", dry_run=dry, out=out.append, progress=False,
+                     overrides=["limit_train_batches=1", "gen_seconds=0", "workers=0"])
+        warned = warning_lines("\n".join(out))
+        steps = [w for w in warned if "optimizer step(s) an epoch at batch_size 40 (the grid's)" in w]
+        assert [w.split(":")[1].strip() for w in steps] == ["artist aurora", "artist circuit"], out
+        assert all("a shorter --clip-blocks" in w for w in steps)
+        assert sum("artist aurora: its dev split is one song" in w for w in warned) == 1
