@@ -174,6 +174,9 @@ def _sweep(a) -> int:
     if a.sweep_cmd == "cancel":
         sweep.cancel(a.sweep_dir, a.run)
         return 0
+    if a.sweep_cmd == "preempt":
+        sweep.preempt(a.sweep_dir, a.run)
+        return 0
     if a.sweep_cmd == "logs":
         from gruv_hpc.cluster.sweep.logs import show_logs
         return show_logs(a.sweep_dir, a.run, err=a.err, follow=a.follow)
@@ -350,6 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
     s3 = ssub.add_parser("cancel", help="cancel the sweep's jobs (or one run's)")
     s3.add_argument("sweep_dir")
     s3.add_argument("--run")
+    s7 = ssub.add_parser("preempt", help="send a running run's job the preemption signal (USR2) once, as a "
+                         "preemption would: it checkpoints, is requeued and resumes; returns at once; refuses a run "
+                         "that is not running (Slurm only)")
+    s7.add_argument("sweep_dir")
+    s7.add_argument("run")
     s4 = ssub.add_parser("wait", help="wait (with a progress bar) until every run has ended")
     s4.add_argument("sweep_dir")
     s4.add_argument("--interval", type=float, default=5.0)

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -77,3 +78,49 @@ def test_sweep_dry_run_and_submit_warn_of_thin_data(data, tmp_path):
         assert [w.split(":")[1].strip() for w in steps] == ["artist aurora", "artist circuit"], out
         assert all("a shorter --clip-blocks" in w for w in steps)
         assert sum("artist aurora: its dev split is one song" in w for w in warned) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. gruv sweep preempt: one call, one requeue
+
+def _sweep_state(d: Path) -> dict:
+    return json.loads((d / "sweep.json").read_text())
+
+
+@pytest.mark.slurm
+def test_sweep_preempt_sends_one_signal_and_makes_one_requeue(data, tmp_path):
+    from gruv_hpc.cluster.slurm import job_states
+    from gruv_hpc.paths import RunPaths
+    train = {"epochs": 40, "batch_size": 4, "workers": 0, "gen_seconds": 0.0, "hidden": 8}
+    f = write_sweep(tmp_path / "s.toml", data, train, {"cell": ["lstm"]}, slurm={"signal_delay_s": 60})
+    d = tmp_path / "sw"
+    sweep.submit(f, d, executor="slurm", out=lambda *a: None)
+    run = RunPaths(d / "runs" / "lstm")
+    t0 = time.time()
+    while not run.step_ckpts():  # training, its signal handlers installed
+        assert time.time() - t0 < 120, "no first checkpoint"
+        time.sleep(0.2)
+    t = time.time()
+    r = cli("sweep", "preempt", d, "lstm")
+    took = time.time() - t
+    assert r.returncode == 0, r.stderr
+    assert took < 10 and "sent USR2 to job" in r.stdout
+    jid = _sweep_state(d)["runs"]["lstm"]["jobs"][-1]["job_id"]
+    # a second call before the requeue is refused (a second signal would abort the checkpointing run)
+    again = cli("sweep", "preempt", d, "lstm")
+    assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1
+    assert "gruv: error: run lstm: job" in again.stderr
+    rows = {r["name"]: r for r in sweep.wait(d, poll_s=1, progress=False, timeout_s=300)}
+    assert rows["lstm"]["state"] == "COMPLETED"
+    for _ in range(60):  # done.json lands a moment before Slurm sees the job end
+        info = job_states([jid]).get(jid)
+        if info and info.state == "COMPLETED":
+            break
+        time.sleep(0.5)
+    assert info.state == "COMPLETED" and info.requeues == 1  # exactly one
+    log = "".join(p.read_text() for p in (d / "logs").glob(f"{jid}_0_log.out"))
+    assert log.count("stop signal USR2") == 1 and "resumed after requeue 1" in log
+    # an ended run is refused, in one line, and nothing is sent
+    done = cli("sweep", "preempt", d, "lstm")
+    assert done.returncode == 2 and done.stderr.startswith(f"gruv: error: run lstm: job {jid} is COMPLETED, not RUNNING")
+    assert len(done.stderr.strip().splitlines()) == 1
