@@ -157,6 +157,7 @@ def _sweep(a) -> int:
             return 1 if res.get("failing") else 0  # a run would refuse the submission
         rows = sweep.wait(a.out, progress=not a.quiet) if a.wait else sweep.status(a.out)
         print(sweep.format_status(rows))
+        _print_canary(a.out)
         if a.wait:
             return 0 if all(r["state"] == "COMPLETED" for r in rows) else 1
         return 1 if res.get("failed") else 0  # a local submission has waited for its runs
@@ -167,6 +168,7 @@ def _sweep(a) -> int:
                 print(json.dumps({"runs": rows}, indent=1))
             else:
                 print(sweep.format_status(rows), flush=True)
+                _print_canary(a.sweep_dir)
             if not a.watch or all(r["state"] not in sweep.ACTIVE for r in rows):
                 return 0
             time.sleep(a.interval)
@@ -190,6 +192,13 @@ def _sweep(a) -> int:
         print(sweep.format_status(rows))
         return 0 if all(r["state"] == "COMPLETED" for r in rows) else 1
     return 2
+
+
+def _print_canary(sweep_dir) -> None:
+    from gruv_hpc.cluster.sweep.status import canary_line
+    line = canary_line(sweep_dir)
+    if line:
+        print(line, flush=True)
 
 
 def _pipeline(a) -> int:

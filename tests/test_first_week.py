@@ -124,3 +124,11 @@ def test_sweep_preempt_sends_one_signal_and_makes_one_requeue(data, tmp_path):
     done = cli("sweep", "preempt", d, "lstm")
     assert done.returncode == 2 and done.stderr.startswith(f"gruv: error: run lstm: job {jid} is COMPLETED, not RUNNING")
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_grid_of_one_artist_is_warned_of_its_own_data_only(data, tmp_path):
+    f = write_sweep(tmp_path / "s.toml", data, {"epochs": 1, "hidden": 4}, {"artists": [["circuit"]]})
+    out = []
+    sweep.submit(f, tmp_path / "sw", executor="local", dry_run=True, out=out.append)
+    warned = warning_lines("\n".join(out))
+    assert any("artist circuit: its dev split" in w for w in warned) and not any("aurora" in w for w in warned)

@@ -102,6 +102,9 @@ def data_warnings(manifest: dict, batches: list[tuple[list[str] | None, int]] = 
     manifest's ``warnings``; computed afresh for a dataset built before they were recorded), and
     the steps an epoch of each (artists, batch_size) a grid trains with, once each."""
     out = list(manifest["warnings"]) if "warnings" in manifest else build_warnings(manifest)
+    if batches and all(a for a, _ in batches):  # only the artists trained on (a run of all artists: all)
+        mine = {x for a, _ in batches for x in a}
+        out = [w for w in out if not w.startswith("artist ") or w.split(":", 1)[0].removeprefix("artist ") in mine]
     for artists, bs in batches:
         for w in steps_warnings(manifest, artists, bs, where):
             if w not in out:

@@ -143,7 +143,7 @@ def sweep_from_table(raw: dict, path: Path, text: str, overrides: list[str] = ()
                              f"(to sweep other values: grid.{k}=V1,V2)")
             grid[k] = grid[k][:1]
     scfg = build(SlurmConfig, slurm, cli_slurm, source=f"{where} [slurm]")
-    runs, seen = [], {}
+    runs, seen, matched = [], {}, set()
     keys = list(grid)
     for values in itertools.product(*(grid[k] for k in keys)):
         point = dict(zip(keys, values))
@@ -156,7 +156,9 @@ def sweep_from_table(raw: dict, path: Path, text: str, overrides: list[str] = ()
         seen[name] = point
         trains = {k: cfg.__dict__[k] for k in keys}  # the point as it trains, after command-line overrides
         # [[slurm.when]] rules select by what a run trains, so a pinned or replaced axis gets its resources
-        chosen = {k: v for sel, res in when if _selects(sel, trains) for k, v in res.items()}
+        hits = [i for i, (sel, _) in enumerate(when) if _selects(sel, trains)]
+        matched.update(hits)
+        chosen = {k: v for i in hits for k, v in when[i][1].items()}
         rcfg = None
         if chosen:
             try:
@@ -164,6 +166,11 @@ def sweep_from_table(raw: dict, path: Path, text: str, overrides: list[str] = ()
             except ConfigError as e:  # a value of the rule's, or the resources it makes up together
                 raise ConfigError(f"{where} [[slurm.when]] (run {name}): {e}") from None
         runs.append(Run(name, trains, to_dict(cfg), rcfg))
+    for i, (sel, res) in enumerate(when):
+        if i not in matched:  # the grid was changed (grid.KEY=... on the command line): the rule gives nobody its resources
+            notes.append(f"{where} [[slurm.when]] #{i + 1} selects {', '.join(f'{k} = {_toml(v)}' for k, v in sel.items())}"
+                         f", which no run trains: its {', '.join(f'{k} = {_toml(v)}' for k, v in res.items())} go to no "
+                         f"run (to give them to some: slurm.KEY=value on the command line sets every run's)")
     return Sweep(path, text, data, scfg, runs, notes=notes, overrides={k: runs[0].config[k] for k in cli_train} if runs else {})
 
 

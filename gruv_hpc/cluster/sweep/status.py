@@ -229,6 +229,22 @@ def cancel(sweep_dir, run: str | None = None, out=print) -> list[str]:
     return cancelled
 
 
+def canary_line(sweep_dir) -> str | None:
+    """The last submission's canary, when it had one: its job id and state, what waits on it,
+    and its log (one line, for ``gruv sweep status`` and submit); None without one."""
+    state = load_state(sweep_dir, must_exist=True)
+    sub = state.submissions[-1] if state.submissions else {}
+    jid = sub.get("canary")
+    if not jid:
+        return None
+    st = scheduler(sub.get("executor", "slurm")).states([jid]).get(jid)
+    st = st.state if st else "unknown"
+    waits = (f"the {len(sub.get('job_ids') or [])} run(s) of this submission wait for it (afterok)"
+             if st in ACTIVE else "the runs started after it" if st == "COMPLETED" else
+             "the runs waiting for it never start (Slurm cancels them): read its log, fix, resubmit")
+    return f"canary job {jid}: {st}; {waits}; its log: {job_log_path(state.paths.logs, jid)}"
+
+
 def preempt(sweep_dir, run: str, out=print) -> str:
     """Send one run's running job the preemption signal once, as a preemption or the time limit
     would: it checkpoints at its next step boundary and is requeued, then resumes. Returns at

@@ -20,7 +20,7 @@ from gruv_hpc.fsio import atomic_write_text
 from gruv_hpc.paths import SweepPaths, number, read_jsonl
 from gruv_hpc.cluster.canary import CanaryJob, after_canary, canary_config, canary_device, submit_canary
 from gruv_hpc.cluster.executors import scheduler
-from gruv_hpc.cluster.scheduler import ACTIVE, Dependency, Scheduler
+from gruv_hpc.cluster.scheduler import ACTIVE, Dependency, Scheduler, log_path
 from gruv_hpc.cluster.sweep.spec import Run, Sweep, load_sweep, validate
 from gruv_hpc.cluster.sweep.state import JobRecord, RunRecord, SweepState, load_state, submit_lock
 from gruv_hpc.cluster.sweep.status import mark_cancelled, run_state, sweep_infos
@@ -198,7 +198,9 @@ def submit(sweep_file, sweep_dir, executor: str = "auto", dry_run: bool = False,
                 sub["job_ids"].append(job.job_id)
             state.save()
             arrays = sorted({j.job_id.split("_")[0] for j in jobs})
-            out(f"submitted {len(todo)} run(s) as {len(arrays)} job array(s): {', '.join(arrays)}")
+            out(f"submitted {len(todo)} run(s) as {len(arrays)} job array(s): {', '.join(arrays)}" + (
+                f"; they wait for canary job {canary_id} (afterok: they start only if it succeeds; its log: "
+                f"{log_path(paths.logs, canary_id)})" if canary_id else ""))
         else:
             failed = _run_locally(todo, sweep, paths, sched, state, sub, max_parallel, progress, out)
     return {"submitted": [r.name for r in todo], "skipped": skipped, "executor": kind, "failed": failed}
