@@ -132,3 +132,51 @@ def test_a_grid_of_one_artist_is_warned_of_its_own_data_only(data, tmp_path):
     sweep.submit(f, tmp_path / "sw", executor="local", dry_run=True, out=out.append)
     warned = warning_lines("\n".join(out))
     assert any("artist circuit: its dev split" in w for w in warned) and not any("aurora" in w for w in warned)
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. The README's cluster path, followed literally on the local Slurm (6: the canary named)
+
+def readme_cluster_commands() -> list[str]:
+    section = (ROOT / "README.md").read_text().split("## On your cluster", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```bash", 1)[1].split("```", 1)[0]
+    return [ln.split(" #")[0].strip() for ln in block.splitlines() if ln.startswith("gruv ")]
+
+
+@pytest.mark.slurm
+def test_the_readme_cluster_section_works_as_written(corpus, tmp_path):
+    """Each `gruv` line of the README's cluster section, in order, on the local Slurm. Only the
+    user's own values change: the music folders and artist names (the tiny corpus's), /scratch/$USER
+    (a temporary folder); tiny data and a one-epoch grid go on the command lines as the README says
+    other values do. The preprocessing is a Slurm array, the first grid needs no file edited."""
+    cmds = readme_cluster_commands()
+    assert [c.split()[1] for c in cmds] == ["preprocess", "dataset", "sweep", "sweep", "sweep", "sweep"]
+    assert "--executor slurm" in cmds[0] and "--jobs" in cmds[0]
+    mine = {"/music/a": str(corpus / "aurora"), "/music/b": str(corpus / "circuit"), "artist_a": "aurora",
+            "artist_b": "circuit", "/scratch/$USER": str(tmp_path)}
+    extra = {"preprocess": [*TINY_FLAGS, "--quiet", "slurm.mem_gb=1"],
+             "submit": ["epochs=1", "grid.hidden=8", "limit_train_batches=2", "gen_every_epochs=0", "slurm.mem_gb=1"]}
+    outputs = []
+    for c in cmds:
+        for k, v in mine.items():
+            c = c.replace(k, v)
+        argv = c.split()[1:]
+        if argv[:2] == ["sweep", "logs"]:
+            argv[3] = "aurora-lstm-h8"  # RUN
+        argv += extra.get(argv[0], []) + extra.get(argv[1] if argv[0] == "sweep" else "", [])
+        r = cli(*argv, cwd=ROOT, timeout=400)
+        assert r.returncode == 0, (argv, r.stdout, r.stderr)
+        outputs.append(r)
+        if argv[:2] == ["sweep", "submit"] and "--canary" in argv:
+            canary = _sweep_state(tmp_path / "grid")["submissions"][-1]["canary"]
+            assert f"they wait for canary job {canary} (afterok" in r.stdout and f"{canary}_0_log.out" in r.stdout
+            sweep.wait(tmp_path / "grid", poll_s=1, progress=False, timeout_s=300)
+    pre, info, dry, sub, status, logs = outputs
+    assert "submitted as job array" in pre.stdout and "6 tasks)" in pre.stdout  # a Slurm array, not the login node
+    assert any("its dev split is one song" in w for w in warning_lines(pre.stderr))  # the merge job's, here
+    assert warning_lines(info.stderr) and "aurora:" in info.stdout
+    assert "resources checked against partition(s) debug" in dry.stdout
+    assert any("[[slurm.when]] #1 selects hidden = 256, which no run trains" in w for w in warning_lines(dry.stdout))
+    assert "canary job" in status.stdout and "COMPLETED" in status.stdout
+    assert "4 COMPLETED" in status.stdout, status.stdout
+    assert logs.stdout.strip()
