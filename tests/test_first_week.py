@@ -180,3 +180,30 @@ def test_the_readme_cluster_section_works_as_written(corpus, tmp_path):
     assert "canary job" in status.stdout and "COMPLETED" in status.stdout
     assert "4 COMPLETED" in status.stdout, status.stdout
     assert logs.stdout.strip()
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. Small untruths
+
+def _hparams_of(run: Path) -> dict:
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams import plugin_data_pb2
+    for f in sorted((run / "tb").glob("events.*")):
+        for ev in EventFileLoader(str(f)).Load():
+            for v in ev.summary.value:
+                if v.tag == "_hparams_/session_start_info":
+                    pd = plugin_data_pb2.HParamsPluginData.FromString(v.metadata.plugin_data.content)
+                    return {k: x.WhichOneof("kind") and getattr(x, x.WhichOneof("kind"))
+                            for k, x in pd.session_start_info.hparams.items()}
+    raise AssertionError(f"no hparams in {run / 'tb'}")
+
+
+def test_hparams_record_the_effective_amp_on_cpu(data, tmp_path):
+    """amp (bf16 autocast) is on by default and takes effect on CUDA only: a CPU run records amp = 0."""
+    from conftest import tiny_config
+    from gruv_hpc.training.trainer import main
+    cfg = tiny_config(data, epochs=1, limit_train_batches=2, device="cpu")
+    assert cfg.amp  # the default: the config says on, the run cannot
+    main(cfg, tmp_path / "run")
+    hp = _hparams_of(tmp_path / "run")
+    assert hp["amp"] == 0 and hp["hidden"] == 8  # torch writes a bool as a number: it was 1)
