@@ -257,8 +257,28 @@ def add_config_options(p: argparse.ArgumentParser, cls) -> None:
                        help=f"{f.metadata.get('help', '')} (default: {f.default})", **kw)
 
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless it names it already or has none worth
+    showing (None: "not given"; a flag's False)."""
+
+    def _get_help_string(self, action):
+        h = action.help or ""
+        d = action.default
+        if not action.option_strings or "default" in h.lower() or d is None or d is False or d is argparse.SUPPRESS:
+            return h
+        return f"{h} (default: %(default)s)".lstrip()
+
+
+class _Parser(argparse.ArgumentParser):
+    """The ``gruv`` parser and, through add_subparsers, every subcommand's: defaults in --help."""
+
+    def __init__(self, *args, **kw):
+        kw.setdefault("formatter_class", _DefaultsFormatter)
+        super().__init__(*args, **kw)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gruv", description=__doc__)
+    p = _Parser(prog="gruv", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
 
     pp = sub.add_parser("preprocess", help="audio folders -> sharded HDF5 spectral dataset")
@@ -303,8 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     cs = csub.add_parser("synth", help="write a synthetic two-artist corpus (no download needed)")
     cs.add_argument("--out", required=True)
     cs.add_argument("--songs", type=int, default=6, help="songs per artist")
-    cs.add_argument("--min-seconds", type=float, default=30)
-    cs.add_argument("--max-seconds", type=float, default=60)
+    cs.add_argument("--min-seconds", type=float, default=30, help="shortest song")
+    cs.add_argument("--max-seconds", type=float, default=60, help="longest song")
     cs.add_argument("--seed", type=int, default=0)
     cs.set_defaults(fn=_corpus_synth)
 
@@ -318,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     gp = sub.add_parser("generate", help="generate audio from a trained run")
     gp.add_argument("run_dir")
     gp.add_argument("--out", required=True, help="output WAV; a .json sidecar is written beside it")
-    gp.add_argument("--seed-seconds", type=float, default=10.0)
+    gp.add_argument("--seed-seconds", type=float, default=10.0, help="seconds of seed audio the model continues")
     gp.add_argument("--length-ratio", type=float, default=3.0, help="continuation length / seed length")
     gp.add_argument("--seed-from", default="dev", help="dev (default), train, or an audio FILE")
     gp.add_argument("--seed-index", type=int, default=None, help="dev/train seed: the clip's index in the split (default 0)")
@@ -331,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     gp.add_argument("--with-seed", action="store_true", help="prepend the seed audio")
     gp.add_argument("--float", action="store_true", help="32-bit float WAV instead of 16-bit PCM")
     gp.add_argument("--normalize", action="store_true", help="peak-normalize instead of clipping")
-    gp.add_argument("--device", default="cpu")
+    gp.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     gp.add_argument("--noise", type=float, default=0.0, metavar="SIGMA",
                     help="add Gaussian noise of SIGMA (normalized units) to each fed-back prediction, against "
                          "generation loops; the output is the predictions themselves (default 0: off)")
@@ -342,7 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     s1 = ssub.add_parser("submit", help="validate and submit a sweep file; resubmits what needs it")
     s1.add_argument("sweep_file")
     s1.add_argument("--out", required=True, help="sweep directory (SWEEP_DIR)")
-    s1.add_argument("--executor", choices=EXECUTORS, default="auto")
+    s1.add_argument("--executor", choices=EXECUTORS, default="auto", help="slurm: queue job arrays and return; "
+                    "local: run here, --max-parallel at a time (debug: in this process); auto: slurm where a cluster "
+                    "answers")
     s1.add_argument("--dry-run", action="store_true", help="print the runs with their values, what becomes of each "
                     "(start, continue from epoch E, skip, fail) and the sbatch script; write nothing; exit 1 when a "
                     "run would fail")
@@ -358,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     s2.add_argument("sweep_dir")
     s2.add_argument("--json", action="store_true")
     s2.add_argument("--watch", action="store_true", help="refresh until every run has ended")
-    s2.add_argument("--interval", type=float, default=10.0)
+    s2.add_argument("--interval", type=float, default=10.0, help="--watch: seconds between refreshes")
     s3 = ssub.add_parser("cancel", help="cancel the sweep's jobs (or one run's)")
     s3.add_argument("sweep_dir")
     s3.add_argument("--run")
@@ -369,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     s7.add_argument("run")
     s4 = ssub.add_parser("wait", help="wait (with a progress bar) until every run has ended")
     s4.add_argument("sweep_dir")
-    s4.add_argument("--interval", type=float, default=5.0)
+    s4.add_argument("--interval", type=float, default=5.0, help="seconds between looks")
     s5 = ssub.add_parser("logs", help="a run's job output (stdout, or --err), every attempt, oldest first")
     s5.add_argument("sweep_dir")
     s5.add_argument("run")
@@ -396,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--hidden", type=int, default=None, help="hidden size for figures 1 and 3 (default: largest)")
     an.add_argument("--seed-clips", type=int, default=2, help="dev clips each run continues, for the generated audio "
                     "(not the grid's random seeds)")
-    an.add_argument("--seed-seconds", type=float, default=10.0)
+    an.add_argument("--seed-seconds", type=float, default=10.0, help="seconds of seed audio each continuation starts from")
     an.add_argument("--max-clips", type=int, default=64, help="dev clips averaged in figure 3")
     an.set_defaults(fn=_analyze)
 
@@ -426,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("sweep_dir")
     tb.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this node only; from a laptop, "
                     "go through the ssh -L tunnel it prints)")
-    tb.add_argument("--port", type=int, default=6006)
+    tb.add_argument("--port", type=int, default=6006, help="port to listen on")
     tb.add_argument("--reload-interval", type=float, default=DEFAULT_RELOAD_S, metavar="S",
                     help="seconds between looks for new runs and new data (default: %(default)s, TensorBoard's own)")
     tb.set_defaults(fn=_tensorboard)

@@ -207,3 +207,34 @@ def test_hparams_record_the_effective_amp_on_cpu(data, tmp_path):
     main(cfg, tmp_path / "run")
     hp = _hparams_of(tmp_path / "run")
     assert hp["amp"] == 0 and hp["hidden"] == 8  # torch writes a bool as a number: it was 1)
+
+
+def test_no_doc_page_repeats_a_section():
+    """Every heading, and every paragraph that opens with a bold title, is there once per page
+    (docs/reproducing.md had two sections twice, almost word for word)."""
+    import re
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        titles = re.findall(r"^(#+ .+|\*\*[^*]+\*\*)", page.read_text(), flags=re.M)
+        twice = sorted({t for t in titles if titles.count(t) > 1})
+        assert not twice, f"{page.name} repeats {twice}"
+
+
+def test_every_option_with_a_default_shows_it_in_help():
+    """`gruv ... --help` everywhere: an option with a default (not None, not a flag's False) says it."""
+    import argparse
+    from gruv_hpc.cli import build_parser
+    missing = []
+
+    def walk(p, path):
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, sp in a.choices.items():
+                    walk(sp, path + [name])
+            elif a.option_strings and a.default not in (None, False, argparse.SUPPRESS) and a.help != argparse.SUPPRESS:
+                shown = p._get_formatter()._expand_help(a) if a.help else ""  # what --help prints for it
+                if "default" not in shown:
+                    missing.append(f"gruv {' '.join(path)} {a.option_strings[-1]}")
+    walk(build_parser(), [])
+    assert not missing, missing
+    text = " ".join(cli("generate", "--help").stdout.split())
+    assert "--seed-seconds SEED_SECONDS seconds of seed audio the model continues (default: 10.0)" in text
