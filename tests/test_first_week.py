@@ -238,3 +238,11 @@ def test_every_option_with_a_default_shows_it_in_help():
     assert not missing, missing
     text = " ".join(cli("generate", "--help").stdout.split())
     assert "--seed-seconds SEED_SECONDS seconds of seed audio the model continues (default: 10.0)" in text
+
+
+def test_the_stft_sentence_says_what_overlap_add_does_not_remove():
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    gen = " ".join((ROOT / "docs" / "generation.md").read_text().split())
+    assert "stft continuations do not click" not in readme
+    for text in (readme, gen):
+        assert "Overlap-add removes" in text and "it does not remove a change the model makes" in text
