@@ -36,7 +36,7 @@ def _preprocess(a) -> int:
                         progress=not a.quiet, split_file=a.split_file, wait=a.wait)
     if "manifest" not in res:
         print(f"follow it with: squeue -u $USER; the dataset appears in {a.out} when merge job "
-              f"{res['submission']['merge']} ends")
+              f"{res['submission']['merge']} ends; then gruv dataset info {a.out} prints its warnings")
         return 0
     m = res["manifest"]
     _show_dataset(a.out, m)

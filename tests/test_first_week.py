@@ -246,3 +246,23 @@ def test_the_stft_sentence_says_what_overlap_add_does_not_remove():
     assert "stft continuations do not click" not in readme
     for text in (readme, gen):
         assert "Overlap-add removes" in text and "it does not remove a change the model makes" in text
+
+
+def test_a_pipeline_warns_of_thin_data_before_its_dataset_is_built(corpus, tmp_path):
+    """A pipeline queues the build and the grid at once: its dry run and its submission warn from
+    the files' headers (a one-song dev split, a file shorter than a clip, too few steps an epoch at
+    the grid's batch size), before anything is queued or decoded."""
+    from gruv_hpc.cluster import pipeline
+    from test_pipeline import tiny_tables, write
+    c = thin_corpus(corpus, tmp_path / "corpus")
+    t = tiny_tables(c)
+    t["sweep.train"] = {**t["sweep.train"], "batch_size": 64}  # the runs train on both artists: ~400 clips
+    f = write(tmp_path / "p.toml", t)
+    said = []
+    pipeline.dry_run(f, tmp_path / "out", executor="local", say=said.append)
+    warned = warning_lines("\n".join(said))
+    assert any(w.startswith("warning: artist circuit: 1 of 4 file(s) dropped: zz_short.wav") for w in warned), said
+    assert any(w.startswith("warning: artist aurora: its dev split is one song") for w in warned)
+    assert any(w.startswith("warning: artists aurora,circuit: its train split is") and
+               "optimizer step(s) an epoch at batch_size 64 (the grid's)" in w for w in warned)
+    assert not (tmp_path / "out").exists()

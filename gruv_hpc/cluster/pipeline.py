@@ -47,6 +47,7 @@ from pathlib import Path
 from submitit.helpers import Checkpointable
 
 from gruv_hpc.cluster import preprocess as PJ
+from gruv_hpc.dataset.adequacy import planned_manifest
 from gruv_hpc.dataset.config import PreprocessConfig
 from gruv_hpc.cluster.config import SlurmConfig
 from gruv_hpc.cluster.executors import scheduler
@@ -268,7 +269,8 @@ def _preprocess_plan(pl: Pipeline, paths: PipelinePaths, kind: str, dry: bool = 
     out = paths.data
     live = PJ.live_build(out, cancel_dead=not dry)  # (cancels a merge job that can never start)
     p = plan(pl.corpus, pl.preprocess, pl.options.split_file)  # planned once: the build takes this plan
-    planned = {"params": p.params, "artists": p.artists}
+    # with the songs as their headers give them: the sweep warns of thin data before anything is queued
+    planned = planned_manifest(p)
     if live:
         staged = read_staging_plan(BuildPaths(out).staging)
         ids = ", ".join([*live["tasks"].values(), live["merge"]])

@@ -92,6 +92,23 @@ def steps_warnings(manifest: dict, artists: list[str] | None, batch_size: int, w
             f"each song), or a smaller batch_size"]
 
 
+def planned_manifest(p) -> dict:
+    """A manifest-like {"params", "artists", "songs", "excluded"} of a build's plan (a
+    ``corpus.Plan``), each song's length and clips estimated from its header: what the adequacy
+    checks can say before a queued build has decoded anything (a pipeline's sweep, a Slurm build
+    that does not wait). The merge's own warnings, from the decoded songs, replace these."""
+    from gruv_hpc.dataset.config import PreprocessConfig
+    cfg = PreprocessConfig(**p.config)
+    transform = cfg.make_transform()
+    songs = []
+    for s in p.songs:
+        n = int(s.get("est_s", 0.0) * cfg.sample_rate)
+        clips = max(0, (transform.n_frames(n) - 1) // cfg.clip_blocks)
+        dev = (max(1, int(round(cfg.dev_fraction * clips))) if clips >= 2 else 0) if s.get("holdout") else 0
+        songs.append({**s, "duration_s": s.get("est_s", 0.0), "clips": clips, "dev_clips": dev, "skipped": None})
+    return {"params": p.params, "artists": p.artists, "songs": songs, "excluded": p.excluded}
+
+
 def build_warnings(manifest: dict) -> list[str]:
     """What the build knows without a batch size: the dev splits and the dropped files."""
     return dev_warnings(manifest) + dropped_warnings(manifest)
