@@ -266,3 +266,16 @@ def test_a_pipeline_warns_of_thin_data_before_its_dataset_is_built(corpus, tmp_p
     assert any(w.startswith("warning: artists aurora,circuit: its train split is") and
                "optimizer step(s) an epoch at batch_size 64 (the grid's)" in w for w in warned)
     assert not (tmp_path / "out").exists()
+
+
+def test_pipeline_status_prints_the_built_datasets_warnings(data):
+    from gruv_hpc.cluster import pipeline
+    from gruv_hpc.cluster.preprocess import build_status
+    pre = build_status(data)
+    assert pre["state"] == "COMPLETED" and pre["warnings"] == load_manifest(data)["warnings"] and pre["warnings"]
+    st = {"dir": "/x", "submitted": 0, "submissions": 1, "executor": "slurm", "preprocess": pre,
+          "train": {"state": "COMPLETED", "runs": 2, "by_state": {"COMPLETED": 2}},
+          "analysis": {"state": "COMPLETED", "job": None, "report": "/x/report/index.html", "report_exists": True,
+                       "stale": None}}
+    text = pipeline.format_status(st)
+    assert warning_lines(text) == [f"warning: {w}" for w in pre["warnings"]]
