@@ -43,7 +43,7 @@ def _preprocess(a) -> int:
     from gruv_hpc.dataset.adequacy import steps_warnings
     from gruv_hpc.training.config import TrainConfig
     steps = [w for artist in m["artists"] for w in steps_warnings(m, [artist], TrainConfig.batch_size,
-                                                                   " (gruv train's default; a sweep checks its own)")]
+                                                                   "gruv train's default ")]
     # Built by Slurm jobs, its warnings went to the merge job's log; the manifest records them.
     _print_warnings((m.get("warnings", []) if "submission" in res else []) + steps)
     return 0

@@ -74,7 +74,7 @@ def test_sweep_dry_run_and_submit_warn_of_thin_data(data, tmp_path):
         sweep.submit(f, tmp_path / "sw", executor="local", dry_run=dry, out=out.append, progress=False,
                      overrides=["limit_train_batches=1", "gen_seconds=0", "workers=0"])
         warned = warning_lines("\n".join(out))
-        steps = [w for w in warned if "optimizer step(s) an epoch at batch_size 40 (the grid's)" in w]
+        steps = [w for w in warned if "optimizer step(s) an epoch at the grid's batch_size 40, fewer than 10" in w]
         assert [w.split(":")[1].strip() for w in steps] == ["artist aurora", "artist circuit"], out
         assert all("a shorter --clip-blocks" in w for w in steps)
         assert sum("artist aurora: its dev split is one song" in w for w in warned) == 1
@@ -122,7 +122,9 @@ def test_sweep_preempt_sends_one_signal_and_makes_one_requeue(data, tmp_path):
     assert log.count("stop signal USR2") == 1 and "resumed after requeue 1" in log
     # an ended run is refused, in one line, and nothing is sent
     done = cli("sweep", "preempt", d, "lstm")
-    assert done.returncode == 2 and done.stderr.startswith(f"gruv: error: run lstm: job {jid} is COMPLETED, not RUNNING")
+    assert done.returncode == 2 and done.stderr.startswith(
+        f"gruv: error: run lstm: job {jid} is COMPLETED, not RUNNING: only a running job takes the preemption signal; "
+        "it has ended")
     assert len(done.stderr.strip().splitlines()) == 1
 
 
@@ -264,7 +266,7 @@ def test_a_pipeline_warns_of_thin_data_before_its_dataset_is_built(corpus, tmp_p
     assert any(w.startswith("warning: artist circuit: 1 of 4 file(s) dropped: zz_short.wav") for w in warned), said
     assert any(w.startswith("warning: artist aurora: its dev split is one song") for w in warned)
     assert any(w.startswith("warning: artists aurora,circuit: its train split is") and
-               "optimizer step(s) an epoch at batch_size 64 (the grid's)" in w for w in warned)
+               "optimizer step(s) an epoch at the grid's batch_size 64, fewer than 10" in w for w in warned)
     assert not (tmp_path / "out").exists()
 
 

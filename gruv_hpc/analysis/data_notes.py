@@ -24,7 +24,7 @@ def data_warnings_of(runs) -> list[str]:
         except (GruvError, OSError) as e:
             out.append(f"{data}: its warnings could not be read: {e}")
             continue
-        out += [w for w in data_warnings(m, [(list(a), b) for a, b in sorted(batches)], " (the runs')")
+        out += [w for w in data_warnings(m, [(list(a), b) for a, b in sorted(batches)], "the runs' ")
                 if w not in out]
     return out
 

@@ -425,8 +425,9 @@ class SlurmScheduler(Scheduler):
         info = job_states([job_id]).get(job_id)
         if info is None or info.state != "RUNNING":
             raise GruvError(f"job {job_id} is {info.state if info else 'unknown to Slurm'}, not RUNNING: only a running "
-                            "job can take the preemption signal" + (
-                                " (requeued: it takes one when it runs again)" if info and info.state in ACTIVE else ""))
+                            "job takes the preemption signal" + (
+                                "; try again when gruv sweep status shows it RUNNING" if info and info.state in ACTIVE
+                                else "; it has ended" if info else ""))
         return signal_once(job_id, PREEMPT_SIGNAL)
 
     def check(self, requests: dict) -> str:

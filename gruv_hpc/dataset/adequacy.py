@@ -77,7 +77,7 @@ def dropped_warnings(manifest: dict) -> list[str]:
     return out
 
 
-def steps_warnings(manifest: dict, artists: list[str] | None, batch_size: int, where: str = "") -> list[str]:
+def steps_warnings(manifest: dict, artists: list[str] | None, batch_size: int, whose: str = "") -> list[str]:
     """The warning when the train split of ``artists`` (None or []: all of the dataset's) gives
     fewer than MIN_STEPS optimizer steps an epoch at ``batch_size`` (full batches only, as the
     trainer draws them), or [] when it gives enough."""
@@ -87,9 +87,9 @@ def steps_warnings(manifest: dict, artists: list[str] | None, batch_size: int, w
     if steps >= MIN_STEPS:
         return []
     who = f"artist {artists[0]}" if len(artists) == 1 else f"artists {','.join(artists)}"
-    return [f"{who}: its train split is {clips} clip(s), {steps} optimizer step(s) an epoch at batch_size "
-            f"{batch_size}{where} (fewer than {MIN_STEPS}); add more music, a shorter --clip-blocks (more clips of "
-            f"each song), or a smaller batch_size"]
+    return [f"{who}: its train split is {clips} clip(s), {steps} optimizer step(s) an epoch at {whose}batch_size "
+            f"{batch_size}, fewer than {MIN_STEPS}; add more music, a shorter --clip-blocks (more clips of each song), "
+            "or a smaller batch_size"]
 
 
 def planned_manifest(p) -> dict:
@@ -114,7 +114,7 @@ def build_warnings(manifest: dict) -> list[str]:
     return dev_warnings(manifest) + dropped_warnings(manifest)
 
 
-def data_warnings(manifest: dict, batches: list[tuple[list[str] | None, int]] = (), where: str = "") -> list[str]:
+def data_warnings(manifest: dict, batches: list[tuple[list[str] | None, int]] = (), whose: str = "") -> list[str]:
     """Everything to warn about a dataset before training on it: what its build recorded (the
     manifest's ``warnings``; computed afresh for a dataset built before they were recorded), and
     the steps an epoch of each (artists, batch_size) a grid trains with, once each."""
@@ -123,7 +123,7 @@ def data_warnings(manifest: dict, batches: list[tuple[list[str] | None, int]] = 
         mine = {x for a, _ in batches for x in a}
         out = [w for w in out if not w.startswith("artist ") or w.split(":", 1)[0].removeprefix("artist ") in mine]
     for artists, bs in batches:
-        for w in steps_warnings(manifest, artists, bs, where):
+        for w in steps_warnings(manifest, artists, bs, whose):
             if w not in out:
                 out.append(w)
     return out

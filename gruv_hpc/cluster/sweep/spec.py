@@ -260,7 +260,7 @@ def validate(sweep: Sweep, sweep_dir: Path, executor: str, create: bool = True) 
     if "songs" in manifest:  # built (a pipeline's planned dataset has no clips yet)
         from gruv_hpc.dataset.adequacy import data_warnings
         batches = sorted({(tuple(r.config.get("artists") or ()), r.config["batch_size"]) for r in sweep.runs})
-        for w in data_warnings(manifest, [(list(a), b) for a, b in batches], " (the grid's)"):
+        for w in data_warnings(manifest, [(list(a), b) for a, b in batches], "the grid's "):
             if w not in sweep.notes:  # (a pipeline validates its sweep twice)
                 sweep.notes.append(w)
     if not create:
