@@ -418,7 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--hidden", type=int, default=None, help="hidden size for figures 1 and 3 (default: largest)")
     an.add_argument("--seed-clips", type=int, default=2, help="dev clips each run continues, for the generated audio "
                     "(not the grid's random seeds)")
-    an.add_argument("--seed-seconds", type=float, default=10.0, help="seconds of seed audio each continuation starts from")
+    an.add_argument("--seed-seconds", type=float, default=10.0,
+                    help="seconds of seed audio each continuation starts from")
     an.add_argument("--max-clips", type=int, default=64, help="dev clips averaged in figure 3")
     an.set_defaults(fn=_analyze)
 

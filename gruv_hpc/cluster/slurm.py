@@ -424,10 +424,10 @@ class SlurmScheduler(Scheduler):
         from gruv_hpc.errors import GruvError
         info = job_states([job_id]).get(job_id)
         if info is None or info.state != "RUNNING":
-            raise GruvError(f"job {job_id} is {info.state if info else 'unknown to Slurm'}, not RUNNING: only a running "
-                            "job takes the preemption signal" + (
-                                "; try again when gruv sweep status shows it RUNNING" if info and info.state in ACTIVE
-                                else "; it has ended" if info else ""))
+            state = info.state if info else "unknown to Slurm"
+            then = ("; try again when gruv sweep status shows it RUNNING" if info and info.state in ACTIVE
+                    else "; it has ended" if info else "")
+            raise GruvError(f"job {job_id} is {state}, not RUNNING: only a running job takes the preemption signal{then}")
         return signal_once(job_id, PREEMPT_SIGNAL)
 
     def check(self, requests: dict) -> str:

@@ -121,7 +121,8 @@ def format_best(res: dict) -> str:
                      + ("beats it" if r["beats_floor"] else "does NOT beat it"))
         elif "floor_error" in r:
             floor = f"; floor not computed: {r['floor_error']}"
-        out.append(f"{i}. {r['name']}: {by} {r['value']:.6g} at epoch {r['epoch']} of {r['epochs']} ({r['state']}){floor}")
+        out.append(f"{i}. {r['name']}: {by} {r['value']:.6g} at epoch {r['epoch']} of {r['epochs']} "
+                   f"({r['state']}){floor}")
         out.append(f"   run dir:    {r['run_dir']}")
         out.append(f"   checkpoint: {r['checkpoint']}")
         out.append(f"   {r['generate']}")
