@@ -219,10 +219,12 @@ def test_best_shows_each_runs_floor_and_says_when_the_best_sits_at_it(trained, d
     (d / "sweep.json").write_text(json.dumps(state))
     from gruv_hpc.training.config import run_config
     floor = mean_prediction_loss(data, None, std_floor=run_config(state["runs"]["gru-h4"]["config"])["std_floor"])[0]
-    # gru-h4 trained to exactly its floor: the "best" checkpoint is the near-mean model
+    # gru-h4 trained to exactly its floor at epoch 1, then (an epoch 2 written here) went on: the
+    # "best" checkpoint is the near-mean model, the last one is another
     m = d / "runs" / "gru-h4" / "metrics.jsonl"
-    m.write_text("".join(json.dumps({**json.loads(ln), "best_dev_loss": floor, "dev_loss": floor}) + "\n"
-                         for ln in m.read_text().splitlines()))
+    [line] = [json.loads(ln) for ln in m.read_text().splitlines()]
+    m.write_text(json.dumps({**line, "best_dev_loss": floor, "dev_loss": floor}) + "\n"
+                 + json.dumps({**line, "epoch": 2, "best_dev_loss": floor, "dev_loss": floor * 1.2}) + "\n")
     res = best_runs(d, top=2)
     by = {r["name"]: r for r in res["runs"]}
     assert by["gru-h4"]["floor"] == pytest.approx(floor, rel=1e-12) == by["lstm-h4"]["floor"]
@@ -231,7 +233,7 @@ def test_best_shows_each_runs_floor_and_says_when_the_best_sits_at_it(trained, d
     text = format_best(res)
     assert f"best_dev_loss {floor:.6g} at epoch 1 of 1 (COMPLETED); floor {floor:.6g} (predicting the train mean): " \
            "does NOT beat it" in text
-    assert "note: its best checkpoint sits at the floor" in text
+    assert "note: its best checkpoint (epoch 1) sits at the floor" in text and "the last checkpoint (epoch 2)" in text
     assert f"gruv generate {d / 'runs' / 'gru-h4'} --out gru-h4-last.wav --checkpoint last" in text
     # a metric the floor does not measure gets none
     assert "floor" not in best_runs(d, by="train_loss")["runs"][0]

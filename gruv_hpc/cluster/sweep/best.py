@@ -53,7 +53,8 @@ def best_runs(sweep_dir, by: str = "best_dev_loss", artist: str | None = None, c
         cmd = ["gruv", "generate", str(paths.root), "--out", f"{r['name']}.wav", *which]
         ranked.append({"name": r["name"], "state": r["state"], by: value, "value": value, "epoch": epoch,
                        "epochs": r["epochs"], "run_dir": str(paths.root), "checkpoint": str(ckpt),
-                       "generate": " ".join(shlex.quote(c) for c in cmd), "config": state.runs[r["name"]].config})
+                       "generate": " ".join(shlex.quote(c) for c in cmd), "config": state.runs[r["name"]].config,
+                       "last_epoch": max((e for h in hist if (e := number(h.get("epoch"))) is not None), default=epoch)})
     if not ranked and seen_keys and by not in seen_keys:
         raise GruvError(f"no run of {state.paths.root} records {by!r} in its metrics.jsonl; "
                         f"metrics: {', '.join(sorted(seen_keys))}")
@@ -62,7 +63,7 @@ def best_runs(sweep_dir, by: str = "best_dev_loss", artist: str | None = None, c
     for x in shown:
         config = x.pop("config")
         if by in FLOOR_METRICS:
-            x.update(floor_verdict(config, x["value"], x["run_dir"], floors))
+            x.update(floor_verdict(config, x, floors))
     return {"sweep": str(state.paths.root), "by": by, "highest": highest, "runs": shown, "ranked": len(ranked),
             "skipped": skipped}
 
@@ -74,9 +75,11 @@ FLOOR_METRICS = ("best_dev_loss", "dev_loss")
 AT_FLOOR = 0.01
 
 
-def floor_verdict(config: dict, value: float, run_dir: str, cache: dict) -> dict:
-    """{"floor", "beats_floor", "at_floor", "advice"} of one run's value against its artists' floor
-    (analysis/baseline.py; ``cache``: computed once per dataset, artists and std_floor), or {"floor_error"}."""
+def floor_verdict(config: dict, run: dict, cache: dict) -> dict:
+    """{"floor", "beats_floor", "at_floor", "advice"} of one ranked run's value against its artists'
+    floor (analysis/baseline.py; ``cache``: computed once per dataset, artists and std_floor), or
+    {"floor_error"}."""
+    value, run_dir = run["value"], run["run_dir"]
     from gruv_hpc.analysis.baseline import mean_prediction_loss
     from gruv_hpc.training.config import run_config
     cfg = run_config(config)
@@ -91,12 +94,14 @@ def floor_verdict(config: dict, value: float, run_dir: str, cache: dict) -> dict
         return {"floor_error": str(floor) if floor is not None else "the dev split has no clips"}
     at = value >= floor * (1 - AT_FLOOR)
     out = {"floor": floor, "beats_floor": value < floor, "at_floor": at}
-    if at:
-        out["advice"] = ("its best checkpoint sits at the floor: it predicts about the train mean, and a continuation "
-                         "from it is likely a near-silent drone; the last checkpoint may sound more like music: "
-                         + " ".join(shlex.quote(c) for c in ["gruv", "generate", run_dir, "--out",
-                                                             f"{Path(run_dir).name}-last.wav",
-                                                             "--checkpoint", "last"]))
+    if at and run["last_epoch"] > run["epoch"]:
+        last = ["gruv", "generate", run_dir, "--out", f"{Path(run_dir).name}-last.wav", "--checkpoint", "last"]
+        out["advice"] = (f"its best checkpoint (epoch {run['epoch']}) sits at the floor: it predicts about the train "
+                         "mean, and a continuation from it is likely a near-silent drone; the last checkpoint (epoch "
+                         f"{run['last_epoch']}) may sound more like music: {' '.join(shlex.quote(c) for c in last)}")
+    elif at:
+        out["advice"] = ("it sits at the floor: nothing it learned carries over to the dev songs, and a continuation "
+                         "from it is likely a near-silent drone; train longer, or on more music")
     return out
 
 
