@@ -96,12 +96,13 @@ def floor_verdict(config: dict, run: dict, cache: dict) -> dict:
     out = {"floor": floor, "beats_floor": value < floor, "at_floor": at}
     if at and run["last_epoch"] > run["epoch"]:
         last = ["gruv", "generate", run_dir, "--out", f"{Path(run_dir).name}-last.wav", "--checkpoint", "last"]
-        out["advice"] = (f"its best checkpoint (epoch {run['epoch']}) sits at the floor: it predicts about the train "
-                         "mean, and a continuation from it is likely a near-silent drone; the last checkpoint (epoch "
-                         f"{run['last_epoch']}) may sound more like music: {' '.join(shlex.quote(c) for c in last)}")
+        out["advice"] = (f"its best checkpoint (epoch {run['epoch']}) sits at or above the floor: it predicts about "
+                         "the train mean, and a continuation from it is likely a near-silent drone; the last checkpoint "
+                         f"(epoch {run['last_epoch']}) may sound more like music: "
+                         + " ".join(shlex.quote(c) for c in last))
     elif at:
-        out["advice"] = ("it sits at the floor: nothing it learned carries over to the dev songs, and a continuation "
-                         "from it is likely a near-silent drone; train longer, or on more music")
+        out["advice"] = ("it sits at or above the floor: nothing it learned carries over to the dev songs, and a "
+                         "continuation from it is likely a near-silent drone; train longer, or on more music")
     return out
 
 
