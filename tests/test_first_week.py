@@ -208,7 +208,7 @@ def test_hparams_record_the_effective_amp_on_cpu(data, tmp_path):
     assert cfg.amp  # the default: the config says on, the run cannot
     main(cfg, tmp_path / "run")
     hp = _hparams_of(tmp_path / "run")
-    assert hp["amp"] == 0 and hp["hidden"] == 8  # torch writes a bool as a number: it was 1)
+    assert hp["amp"] == 0 and hp["hidden"] == 8  # torch writes a bool as a number (it was 1)
 
 
 def test_no_doc_page_repeats_a_section():
