@@ -8,11 +8,10 @@ import json
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 
 from gruv_hpc.cluster.executors import KINDS as EXECUTORS, scheduler
-from gruv_hpc.errors import ConfigError, GruvError
+from gruv_hpc.errors import ConfigError, GruvError, plain_warnings
 from gruv_hpc.tbserver import DEFAULT_RELOAD_S
 
 
@@ -457,10 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Process-wide, and stated here at the entry point: warnings (a skipped file, a corrupt
-    # checkpoint) print as one plain line each, every time, without the source line behind them.
-    warnings.simplefilter("always")
-    warnings.formatwarning = lambda msg, *args, **kw: f"warning: {msg}\n"
+    plain_warnings()  # side effect, stated: every warning prints as one line, every time
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides (and preprocess's ARTIST=DIR) may follow options (argparse stops filling a

@@ -15,6 +15,7 @@ import soundfile as sf
 from conftest import TINY, write_sweep
 from gruv_hpc.cluster import sweep
 from gruv_hpc.dataset.manifest import load_manifest
+from gruv_hpc.paths import BuildPaths
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
@@ -57,6 +58,8 @@ def test_slurm_build_warnings_reach_the_terminal(corpus, tmp_path):
     dev = [w for w in warned if w.startswith("warning: artist aurora: its dev split is one song")]
     assert len(dev) == 1 and "--dev-fraction" in dev[0] and "--split-file" in dev[0]
     assert "UserWarning" not in r.stderr
+    merge_log = BuildPaths(out).jobs.glob("*_log.err")  # the jobs' own logs: one-line warnings too
+    assert not any("UserWarning" in p.read_text() for p in merge_log)
     m = load_manifest(out)
     assert any(w.startswith("artist circuit: 1 of 4 file(s) dropped") for w in m["warnings"])
     info = cli("dataset", "info", out)

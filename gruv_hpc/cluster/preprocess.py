@@ -35,7 +35,7 @@ from gruv_hpc.cluster.config import SlurmConfig
 from gruv_hpc.cluster.executors import scheduler
 from gruv_hpc.cluster.scheduler import ACTIVE, Dependency, Scheduler, log_path
 from gruv_hpc.config import build as build_config, read_file
-from gruv_hpc.errors import ConfigError, DatasetError, GruvError
+from gruv_hpc.errors import ConfigError, DatasetError, GruvError, plain_warnings
 from gruv_hpc.fsio import atomic_write_json
 from gruv_hpc.lock import Lock, LockedError, pid_alive
 from gruv_hpc.dataset.manifest import MANIFEST, load_manifest
@@ -186,6 +186,7 @@ class TaskJob(Checkpointable):
     task: int
 
     def __call__(self) -> dict:
+        plain_warnings()  # side effect, stated: the job's log holds the same one-line warnings as a terminal
         p, n_tasks = read_plan(Path(self.staging))
         rec = run_task(p, self.task, n_tasks, Path(self.staging))
         return {"task": self.task, "songs": len(rec["songs"]), "shards": len(rec["shards"])}
@@ -198,6 +199,7 @@ class MergeJob(Checkpointable):
     out: str
 
     def __call__(self) -> dict:
+        plain_warnings()  # side effect, stated: the job's log holds the same one-line warnings as a terminal
         out = Path(self.out)
         lock = Lock(BuildPaths(out).lock, f"dataset {out}")
         deadline = time.time() + MERGE_LOCK_WAIT_S
