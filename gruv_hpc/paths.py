@@ -30,6 +30,7 @@ class RunPaths:
     done = property(lambda s: s.root / "done.json")
     error = property(lambda s: s.root / "error.txt")
     cancelled = property(lambda s: s.root / "cancelled.json")  # a user stopped it (gruv sweep cancel, Ctrl-C)
+    preempted = property(lambda s: s.root / "preempted.json")  # gruv sweep preempt's last signal: job, requeues
     tb = property(lambda s: s.root / "tb")
     ckpt_dir = property(lambda s: s.root / "checkpoints")
     best = property(lambda s: s.root / "checkpoints" / "best.pt")

@@ -1,5 +1,6 @@
 """A reduced demo end to end (local executor, tiny shapes), and the report's numbers against their sources."""
 import csv
+import html
 import json
 import re
 import shutil
@@ -13,6 +14,7 @@ import soundfile as sf
 
 from conftest import copy_sweep, write_sweep
 from gruv_hpc.cluster import sweep
+from gruv_hpc.dataset.manifest import load_manifest
 from gruv_hpc.dataset.transforms import get_transform
 from gruv_hpc.paths import read_jsonl
 
@@ -173,6 +175,18 @@ def test_baseline_is_the_dev_loss_of_predicting_the_train_mean(demo, data):
             if r["artists"] == artist:
                 assert float(r["baseline_dev_loss"]) == pytest.approx(b["dev_loss"], rel=1e-12)
         assert f"{artist}: {b['dev_loss']:.4g} over {len(clips)} dev clips" in page
+
+
+def test_floor_section_repeats_the_data_warnings(demo, data):
+    """The fixture's artists each have a one-song dev split of seconds: the floor section says so by
+    name, as preprocessing did (issue 31), after the floor's own list."""
+    _, rep = demo
+    page = (rep / "index.html").read_text()
+    floor = page[page.index("<h2 id='floor'>"):]
+    floor = floor[:floor.find("<h2", 4)]
+    for w in load_manifest(data)["warnings"]:
+        assert f"<li class='bad'>{html.escape(w)}</li>" in floor
+    assert "artist aurora: its dev split is one song" in floor
 
 
 def test_floor_names_the_groups_that_do_not_beat_it():

@@ -206,6 +206,39 @@ def test_best_run_by_dev_loss_with_its_paths(trained):
     assert r.returncode == 0 and [x["name"] for x in json.loads(r.stdout)["runs"]] == ["lstm-h4"]
 
 
+def test_best_shows_each_runs_floor_and_says_when_the_best_sits_at_it(trained, data, tmp_path):
+    """Each run's floor (the dev loss of predicting its artists' train mean) and whether it beats
+    it; a best checkpoint at the floor is named as such, with the last checkpoint's command line."""
+    from gruv_hpc.analysis.baseline import mean_prediction_loss
+    _, d0 = trained
+    d = tmp_path / "sw"
+    shutil.copytree(d0, d)
+    state = json.loads((d / "sweep.json").read_text())
+    for r in state["runs"].values():
+        r["run_dir"] = r["run_dir"].replace(str(d0), str(d))
+    (d / "sweep.json").write_text(json.dumps(state))
+    from gruv_hpc.training.config import run_config
+    floor = mean_prediction_loss(data, None, std_floor=run_config(state["runs"]["gru-h4"]["config"])["std_floor"])[0]
+    # gru-h4 trained to exactly its floor at epoch 1, then (an epoch 2 written here) went on: the
+    # "best" checkpoint is the near-mean model, the last one is another
+    m = d / "runs" / "gru-h4" / "metrics.jsonl"
+    [line] = [json.loads(ln) for ln in m.read_text().splitlines()]
+    m.write_text(json.dumps({**line, "best_dev_loss": floor, "dev_loss": floor}) + "\n"
+                 + json.dumps({**line, "epoch": 2, "best_dev_loss": floor, "dev_loss": floor * 1.2}) + "\n")
+    res = best_runs(d, top=2)
+    by = {r["name"]: r for r in res["runs"]}
+    assert by["gru-h4"]["floor"] == pytest.approx(floor, rel=1e-12) == by["lstm-h4"]["floor"]
+    assert by["gru-h4"]["beats_floor"] is False and by["gru-h4"]["at_floor"] is True
+    assert by["lstm-h4"]["beats_floor"] == (by["lstm-h4"]["value"] < floor)
+    text = format_best(res)
+    assert f"best_dev_loss {floor:.6g} at epoch 1 of 1 (COMPLETED); floor {floor:.6g} (predicting the train mean): " \
+           "does NOT beat it" in text
+    assert "note: its best checkpoint (epoch 1) sits at or above the floor" in text and "the last checkpoint (epoch 2)" in text
+    assert f"gruv generate {d / 'runs' / 'gru-h4'} --out gru-h4-last.wav --checkpoint last" in text
+    # a metric the floor does not measure gets none
+    assert "floor" not in best_runs(d, by="train_loss")["runs"][0]
+
+
 def test_best_skips_damaged_runs_and_names_bad_options(trained, tmp_path):
     _, d0 = trained
     d = tmp_path / "sw"

@@ -14,6 +14,7 @@ from gruv_hpc.analysis.claims import claims
 from gruv_hpc.analysis.collect import collect, group_rows
 from gruv_hpc import swap
 from gruv_hpc.analysis.common import Datasets, load_each, load_runs
+from gruv_hpc.analysis.data_notes import data_notes_html
 from gruv_hpc.errors import ConfigError, GruvError
 from gruv_hpc.fsio import dumps
 from gruv_hpc.analysis.fig1_loss import fig1
@@ -268,6 +269,7 @@ def write_html(out: Path, runs, rows, table, f1, f2, f3, audio, groups: list[dic
                      f"<td class='left'>{e(c['comparison'])}</td><td class='left'><ul class='cmp'>{items}</ul></td></tr>")
     parts.append("</table></div>")
     parts.append(baseline_html(groups or [], floor or {}))
+    parts.append(data_notes_html(runs))  # (in the floor section: what it rests on)
     for title, data, why in (("Figure 1: train and dev loss", f1, "finished an epoch"),
                              ("Figure 2: dev loss against hidden size", f2, "a dev loss"),
                              ("Figure 3: mean spectrogram of dev next-block predictions", f3, "a checkpoint")):

@@ -46,6 +46,7 @@ from pathlib import Path
 from submitit.helpers import Checkpointable
 
 from gruv_hpc.cluster import preprocess as PJ
+from gruv_hpc.dataset.adequacy import planned_manifest
 from gruv_hpc.dataset.config import PreprocessConfig
 from gruv_hpc.cluster.config import SlurmConfig
 from gruv_hpc.cluster.executors import scheduler
@@ -282,7 +283,8 @@ def _preprocess_plan(pl: Pipeline, paths: PipelinePaths, kind: str, dry: bool = 
     out = paths.data
     live = PJ.live_build(out, cancel_dead=not dry)  # (cancels a merge job that can never start)
     p = plan(pl.corpus, pl.preprocess, pl.options.split_file)  # planned once: the build takes this plan
-    planned = {"params": p.params, "artists": p.artists}
+    # with the songs as their headers give them: the sweep warns of thin data before anything is queued
+    planned = planned_manifest(p)
     if live:
         staged = read_staging_plan(BuildPaths(out).staging)
         ids = ", ".join([*live["tasks"].values(), live["merge"]])
@@ -666,7 +668,7 @@ def format_status(st: dict) -> str:
         f"{note(pre)}",
         f"{'train':<11} {train['state']:<13} {train['runs']} run(s): {runs}{note(train)}",
         f"{'analysis':<11} {an['state']:<13} {job}report {report}{note(an)}",
-    ])
+    ] + [f"warning: {w}" for w in pre.get("warnings", [])])
 
 
 def wait(out_dir, poll_s: float = 5.0, timeout_s: float | None = None, say=None) -> dict:

@@ -65,8 +65,11 @@ class TrainJob(submitit.helpers.Checkpointable):
         from gruv_hpc.training import distributed
         from gruv_hpc.training.config import TrainConfig
         from gruv_hpc.config import build
+        from gruv_hpc.errors import plain_warnings
         from gruv_hpc.training.jobcontrol import StopFlag, preempt_signal, stop_signals
         from gruv_hpc.training.trainer import main
+
+        plain_warnings()  # side effect, stated: the job's log holds the same one-line warnings as a terminal
 
         env = submitit.JobEnvironment()
         distributed.export_env()  # side effect, stated: torchrun's variables from Slurm's, for every task

@@ -28,6 +28,7 @@ class RunLogger:
     def __init__(self, paths: RunPaths, cfg: TrainConfig, enabled: bool):
         self.paths, self.cfg, self.enabled, self.writer = paths, cfg, enabled, None
         self._beat = 0.0
+        self.effective: dict = {}  # config values as they take effect here (amp: on CUDA only), for HParams
 
     def start(self, state: TrainState, resumed_from: Path | None) -> None:
         if not self.enabled:
@@ -36,7 +37,7 @@ class RunLogger:
         atomic_write_text(self.paths.metrics, "".join(dumps(h) + "\n" for h in state.history))
         from torch.utils.tensorboard import SummaryWriter
         self.writer = SummaryWriter(str(self.paths.tb), purge_step=state.step + 1 if resumed_from else None)
-        _write_hparams(self.writer, self.cfg)
+        _write_hparams(self.writer, self.cfg, self.effective)
         if resumed_from:
             # the epoch under way, 1-based, as the stop line names it
             print(f"resumed from {resumed_from} (epoch {state.epoch + 1}, step {state.step}, batch {state.pos} of the "
@@ -111,13 +112,13 @@ class RunLogger:
 HPARAMS_METRICS = ("best_dev_loss", "dev_loss", "train_loss")
 
 
-def _write_hparams(writer, cfg: TrainConfig) -> None:
+def _write_hparams(writer, cfg: TrainConfig, effective: dict | None = None) -> None:
     """Write the run's hparams into its own event file, so the HParams dashboard lists one row
     per run (add_hparams would make a separate sub-run). Only the session summaries are written,
     no experiment summary: TensorBoard then builds the experiment from every run's values and
     marks the hparams that differ between runs (the grid's axes) as differing."""
     from torch.utils.tensorboard.summary import hparams
-    hp = {k: (",".join(v) if isinstance(v, list) else v) for k, v in to_dict(cfg).items()
+    hp = {k: (",".join(v) if isinstance(v, list) else v) for k, v in {**to_dict(cfg), **(effective or {})}.items()
           if k not in RUNTIME_KEYS and v is not None}
     _, ssi, sei = hparams(hp, {f"epoch/{k}": 0 for k in HPARAMS_METRICS})
     for s in (ssi, sei):

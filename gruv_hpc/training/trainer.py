@@ -85,6 +85,7 @@ class Trainer:
         self.state = TrainState()
         self.ckpt = Checkpointer(paths, cfg.ckpt_every_epochs, cfg.ckpt_every_min, cfg.keep_last, enabled=d.is_main)
         self.log = RunLogger(paths, cfg, enabled=d.is_main)
+        self.log.effective["amp"] = bool(cfg.amp and d.device.type == "cuda")  # bf16 autocast runs on CUDA only
         self.git = git
         # What a checkpoint holds, by name: each part has state_dict/load_state_dict. New state is
         # one more entry here (and a format version where old checkpoints need upgrading).

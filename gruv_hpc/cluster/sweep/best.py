@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import shlex
+from pathlib import Path
 
 from gruv_hpc.errors import GruvError
 from gruv_hpc.paths import RunPaths, number, read_jsonl
@@ -52,13 +53,57 @@ def best_runs(sweep_dir, by: str = "best_dev_loss", artist: str | None = None, c
         cmd = ["gruv", "generate", str(paths.root), "--out", f"{r['name']}.wav", *which]
         ranked.append({"name": r["name"], "state": r["state"], by: value, "value": value, "epoch": epoch,
                        "epochs": r["epochs"], "run_dir": str(paths.root), "checkpoint": str(ckpt),
-                       "generate": " ".join(shlex.quote(c) for c in cmd)})
+                       "generate": " ".join(shlex.quote(c) for c in cmd), "config": state.runs[r["name"]].config,
+                       "last_epoch": max((e for h in hist if (e := number(h.get("epoch"))) is not None), default=epoch)})
     if not ranked and seen_keys and by not in seen_keys:
         raise GruvError(f"no run of {state.paths.root} records {by!r} in its metrics.jsonl; "
                         f"metrics: {', '.join(sorted(seen_keys))}")
     ranked.sort(key=lambda x: x["value"], reverse=highest)
-    return {"sweep": str(state.paths.root), "by": by, "highest": highest, "runs": ranked[:top], "ranked": len(ranked),
+    shown, floors = ranked[:top], {}
+    for x in shown:
+        config = x.pop("config")
+        if by in FLOOR_METRICS:
+            x.update(floor_verdict(config, x, floors))
+    return {"sweep": str(state.paths.root), "by": by, "highest": highest, "runs": shown, "ranked": len(ranked),
             "skipped": skipped}
+
+
+# The metrics a run's floor (the dev loss of predicting its artists' train mean) compares with.
+FLOOR_METRICS = ("best_dev_loss", "dev_loss")
+# A best dev loss within this share of the floor is "at the floor": the model predicts about the
+# train mean, and continuing from it gives a near-silent drone (issue 31: 0.3760 against 0.3742).
+AT_FLOOR = 0.01
+
+
+def floor_verdict(config: dict, run: dict, cache: dict) -> dict:
+    """{"floor", "beats_floor", "at_floor", "advice"} of one ranked run's value against its artists'
+    floor (analysis/baseline.py; ``cache``: computed once per dataset, artists and std_floor), or
+    {"floor_error"}."""
+    value, run_dir = run["value"], run["run_dir"]
+    from gruv_hpc.analysis.baseline import mean_prediction_loss
+    from gruv_hpc.training.config import run_config
+    cfg = run_config(config)
+    key = (cfg.get("data"), tuple(cfg.get("artists") or ()), float(cfg["std_floor"]))
+    if key not in cache:
+        try:
+            cache[key] = mean_prediction_loss(key[0], list(key[1]) or None, std_floor=key[2])[0]
+        except (GruvError, OSError) as e:
+            cache[key] = e
+    floor = cache[key]
+    if isinstance(floor, Exception) or floor is None:
+        return {"floor_error": str(floor) if floor is not None else "the dev split has no clips"}
+    at = value >= floor * (1 - AT_FLOOR)
+    out = {"floor": floor, "beats_floor": value < floor, "at_floor": at}
+    if at and run["last_epoch"] > run["epoch"]:
+        last = ["gruv", "generate", run_dir, "--out", f"{Path(run_dir).name}-last.wav", "--checkpoint", "last"]
+        out["advice"] = (f"its best checkpoint (epoch {run['epoch']}) sits at or above the floor: it predicts about "
+                         "the train mean, and a continuation from it is likely a near-silent drone; the last checkpoint "
+                         f"(epoch {run['last_epoch']}) may sound more like music: "
+                         + " ".join(shlex.quote(c) for c in last))
+    elif at:
+        out["advice"] = ("it sits at or above the floor: nothing it learned carries over to the dev songs, and a "
+                         "continuation from it is likely a near-silent drone; train longer, or on more music")
+    return out
 
 
 def _as_list(v) -> list:
@@ -76,10 +121,19 @@ def format_best(res: dict) -> str:
     if not res["runs"]:
         out.append(f"no run of {res['sweep']} has a {by} yet")
     for i, r in enumerate(res["runs"], 1):
-        out.append(f"{i}. {r['name']}: {by} {r['value']:.6g} at epoch {r['epoch']} of {r['epochs']} ({r['state']})")
+        floor = ""
+        if "floor" in r:
+            floor = (f"; floor {r['floor']:.6g} (predicting the train mean): "
+                     + ("beats it" if r["beats_floor"] else "does NOT beat it"))
+        elif "floor_error" in r:
+            floor = f"; floor not computed: {r['floor_error']}"
+        out.append(f"{i}. {r['name']}: {by} {r['value']:.6g} at epoch {r['epoch']} of {r['epochs']} "
+                   f"({r['state']}){floor}")
         out.append(f"   run dir:    {r['run_dir']}")
         out.append(f"   checkpoint: {r['checkpoint']}")
         out.append(f"   {r['generate']}")
+        if r.get("advice"):
+            out.append(f"   note: {r['advice']}")
     for s in res["skipped"]:
         out.append(f"skipped {s['name']}: {s['why']}")
     return "\n".join(out)

@@ -21,7 +21,7 @@ from gruv_hpc.paths import SweepPaths, number, read_jsonl
 from gruv_hpc.cluster.config import SlurmConfig
 from gruv_hpc.cluster.canary import CanaryJob, after_canary, canary_config, canary_sets, submit_canary
 from gruv_hpc.cluster.executors import scheduler
-from gruv_hpc.cluster.scheduler import ACTIVE, Dependency, Scheduler
+from gruv_hpc.cluster.scheduler import ACTIVE, Dependency, Scheduler, log_path
 from gruv_hpc.cluster.sweep.spec import Run, Sweep, load_sweep, validate
 from gruv_hpc.cluster.sweep.state import JobRecord, RunRecord, SweepState, load_state, submit_lock
 from gruv_hpc.cluster.sweep.status import mark_cancelled, run_state, sweep_infos
@@ -211,7 +211,11 @@ def submit(sweep_file, sweep_dir, executor: str = "auto", dry_run: bool = False,
                 sub["job_ids"].append(job.job_id)
             state.save()
             arrays = sorted({j.job_id.split("_")[0] for j in jobs})
-            out(f"submitted {len(todo)} run(s) as {len(arrays)} job array(s): {', '.join(arrays)}")
+            ids = [c for c in canary_ids if c]
+            out(f"submitted {len(todo)} run(s) as {len(arrays)} job array(s): {', '.join(arrays)}" + (
+                f"; they wait for canary job{'s' if len(ids) > 1 else ''} {', '.join(ids)} (afterok: they start only if "
+                f"it succeeds; log{'s' if len(ids) > 1 else ''}: {', '.join(str(log_path(paths.logs, c)) for c in ids)})"
+                if ids else ""))
         else:
             failed = _run_locally(todo, sweep, paths, sched, state, sub, max_parallel, progress, out)
     return {"submitted": [r.name for r in todo], "skipped": skipped, "executor": kind, "failed": failed}

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from gruv_hpc import __version__
+from gruv_hpc.dataset.adequacy import build_warnings
 from gruv_hpc.dataset.build.bandwidth import warn_bandwidths
 from gruv_hpc.dataset.build.staging import (
     PLAN,
@@ -113,7 +114,7 @@ def merge(staging: str | Path, out: str | Path) -> dict:
                                "".join(f"\n  {s['path']}: {s['skipped']}" for s in songs
                                        if s["artist"] == a and s["split"] == "train"))
     write_moments(staging / STATS, p.artists, moments)
-    warn_bandwidths(songs, p.artists)
+    bandwidth = warn_bandwidths(songs, p.artists)
     hours = sum(s["duration_s"] for s in used) / 3600
     total_bytes = sum(sh["bytes"] for sh in shards)
     dev = sum(s["clips"] if s["split"] == "dev" else s["dev_clips"] for s in used)
@@ -130,6 +131,12 @@ def merge(staging: str | Path, out: str | Path) -> dict:
             "tasks": n_tasks, "wall_s": time.time() - p.started,
         },
     }
+    # Recorded, not only warned: a merge that ran as a Slurm job warns into its log, and the
+    # commands that show the dataset (and the sweeps trained on it) print these.
+    adequacy = build_warnings(manifest)
+    for w in adequacy:
+        warnings.warn(w, stacklevel=2)
+    manifest["warnings"] = bandwidth + adequacy
     atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=1))
     shutil.rmtree(staging / TASK_DIR)
     (staging / PLAN).unlink()
