@@ -269,7 +269,7 @@ def _analyze(a) -> int:
     distributed.flush_denormals()  # side effect, stated: before torch's intra-op threads start
     t = time.time()
     print(f"analyzing {a.sweep_dir}")
-    analyze_atomic(a.sweep_dir, a.out, analysis_listing(a.sweep_dir), hidden=a.hidden, n_seed_clips=a.seed_clips, seed_seconds=a.seed_seconds,
+    analyze_atomic(a.sweep_dir, a.out, lambda: analysis_listing(a.sweep_dir), hidden=a.hidden, n_seed_clips=a.seed_clips, seed_seconds=a.seed_seconds,
                    max_clips=a.max_clips)
     print(f"report ({time.time() - t:.1f} s): {Path(a.out).resolve() / 'index.html'}")
     return 0

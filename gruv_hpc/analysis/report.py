@@ -23,7 +23,7 @@ from gruv_hpc.analysis.fig3_spectrogram import Fig3Plan, draw_fig3, prepare_fig3
 from gruv_hpc.analysis.listen import write_listen
 
 
-def analyze(sweep_dir, out_dir, listing: list[dict], hidden: int | None = None, n_seed_clips: int = 2, seed_seconds: float = 10.0,
+def analyze(sweep_dir, out_dir, listing, hidden: int | None = None, n_seed_clips: int = 2, seed_seconds: float = 10.0,
             max_clips: int = 64, log=print) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -37,7 +37,7 @@ def analyze(sweep_dir, out_dir, listing: list[dict], hidden: int | None = None, 
         return res
 
     skipped: dict[str, str] = {}  # runs too damaged to read, and why: listed in the report
-    runs = stage("load", load_runs, listing, skipped)
+    runs = stage("load", load_runs, listing() if callable(listing) else listing, skipped)
     sizes = sorted({r.hidden for r in runs})
     if hidden is not None and hidden not in sizes:
         raise ConfigError(f"--hidden {hidden}: no run of {sweep_dir} has that hidden size (it has: "
@@ -114,11 +114,12 @@ def _check_report_dir(out: Path) -> None:
                           f"{out}, or give another --out")
 
 
-def analyze_atomic(sweep_dir, out_dir, listing: list[dict], log=print, **kw) -> dict:
+def analyze_atomic(sweep_dir, out_dir, listing, log=print, **kw) -> dict:
     """``analyze`` into a staging folder of this process beside ``out_dir``, then swapped into place
     (``gruv_hpc.swap.replace_dir``): a killed analysis leaves the previous report whole; a second
     analysis of the same ``out_dir`` (a user's beside the pipeline's) fails at once naming the first;
-    a folder that holds anything gruv did not write is never replaced."""
+    a folder that holds anything gruv did not write is never replaced. ``listing``: the sweep's runs
+    (``cluster.sweep.analysis_listing``), or a function that reads them once the report is ours."""
     out = Path(out_dir).expanduser().resolve()
     if out == out.parent:
         raise ConfigError(f"--out {out}: the filesystem's root cannot be a report directory; give a new directory")

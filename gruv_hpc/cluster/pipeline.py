@@ -552,7 +552,7 @@ def run_analysis(paths: PipelinePaths, cfg: AnalysisConfig, log=print) -> dict:
     # gruv analyze's own path: the same lock on the report, so a user's analysis of it meanwhile
     # (or an overlapping submission's) fails at once naming this job, never mixes with it
     from gruv_hpc.cluster.sweep import analysis_listing
-    summary = analyze_atomic(paths.sweep.root, paths.report, analysis_listing(paths.sweep.root), hidden=cfg.hidden, n_seed_clips=cfg.seed_clips,
+    summary = analyze_atomic(paths.sweep.root, paths.report, lambda: analysis_listing(paths.sweep.root), hidden=cfg.hidden, n_seed_clips=cfg.seed_clips,
                              seed_seconds=cfg.seed_seconds, max_clips=cfg.max_clips, log=log)
     return {"report": str(paths.report_index), "runs": len(summary.get("runs", [])), "timings_s": summary.get("timings_s")}
 
