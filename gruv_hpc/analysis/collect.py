@@ -6,15 +6,23 @@ import csv
 import sys
 from pathlib import Path
 
+from gruv_hpc.analysis.baseline import FLOORS
 from gruv_hpc.analysis.common import RunInfo, cli, load_runs, mean_std
+from gruv_hpc.analysis.rollout import HORIZONS_S, REFERENCES, horizon_key
 
+# The floors (analysis/baseline.py: the artist's, then the run's best checkpoint against them, clip
+# by clip) and the rollout horizons (analysis/rollout.py).
+FLOOR_COLUMNS = ["persistence_dev_loss", "linear_dev_loss", "best_floor", "best_floor_dev_loss", "eval_dev_loss",
+                 "eval_noise", "floor_diff", "floor_diff_low", "floor_diff_high", "beats_floor", "floor_songs",
+                 "floor_clips", *(f"{k}_diff{s}" for k in FLOORS for s in ("", "_low", "_high")),
+                 *(horizon_key(h, r) for h in HORIZONS_S for r in REFERENCES)]
 COLUMNS = ["name", "group", "artists", "cell", "hidden", "layers", "seed", "variant", "state", "epochs_done", "epochs",
-           "final_train_loss", "final_dev_loss", "best_train_loss", "best_dev_loss", "baseline_dev_loss", "params", "device", "device_hours",
+           "final_train_loss", "final_dev_loss", "best_train_loss", "best_dev_loss", "baseline_dev_loss", *FLOOR_COLUMNS, "params", "device", "device_hours",
            "flatness", "seed_flatness", "loop_onset_s", "loop_fraction", "rms_db", "seed_rms_db", "in_band_energy",
            "band_flatness", "level_change_db", "click_ratio", "nearest_train_distance", "nearest_train_relative",
            "seeds_converge", "error"]
 # The numbers a group reports as mean and standard deviation over its seeds.
-GROUP_NUMBERS = ["final_dev_loss", "best_dev_loss", "best_train_loss", "flatness", "loop_fraction", "loop_onset_s",
+GROUP_NUMBERS = ["final_dev_loss", "best_dev_loss", "floor_diff", "rollout_1s_model", "best_train_loss", "flatness", "loop_fraction", "loop_onset_s",
                  "rms_db", "in_band_energy", "band_flatness", "level_change_db", "click_ratio", "nearest_train_distance",
                  "nearest_train_relative"]
 
@@ -31,8 +39,10 @@ def param_count(config: dict) -> int | None:
     return sum(p.numel() for p in m.parameters())
 
 
-def row_for(run: RunInfo, diagnostics: dict | None = None, band: dict | None = None, baseline: dict | None = None) -> dict:
-    """``baseline``: the dev loss of predicting the train mean, per artist (analysis/baseline.py)."""
+def row_for(run: RunInfo, diagnostics: dict | None = None, band: dict | None = None, baseline: dict | None = None,
+            vs_floor: dict | None = None) -> dict:
+    """``baseline``: the floors per artist (analysis/baseline.py); ``vs_floor``: each run's
+    per-clip comparison with them and its rollout horizons (report.floor_and_rollout)."""
     import json
     h = run.history
     meta = json.loads(run.paths.config.read_text()) if run.paths.config.exists() else {}
@@ -55,6 +65,9 @@ def row_for(run: RunInfo, diagnostics: dict | None = None, band: dict | None = N
     row["seeds_converge"] = None if not conv else conv["converged"]
     row["in_band_energy"] = (band or {}).get(run.name, {}).get("in_band_energy")
     row["baseline_dev_loss"] = (baseline or {}).get(run.artist, {}).get("dev_loss")
+    b = (baseline or {}).get(run.artist, {})
+    mine = (vs_floor or {}).get(run.name, {})
+    row.update({k: mine.get(k, b.get(k)) for k in FLOOR_COLUMNS})
     return row
 
 
@@ -66,7 +79,7 @@ def group_rows(rows: list[dict]) -> list[dict]:
         groups.setdefault(r["group"], []).append(r)
     out = []
     for name, rs in groups.items():
-        g = {"group": name, **{k: rs[0][k] for k in ("artists", "cell", "hidden", "layers", "variant", "baseline_dev_loss")},
+        g = {"group": name, **{k: rs[0][k] for k in ("artists", "cell", "hidden", "layers", "variant", "baseline_dev_loss", *FLOOR_COLUMNS[:4])},
              "n_seeds": len(rs), "seeds": sorted(r["seed"] for r in rs), "runs": [r["name"] for r in rs],
              "states": sorted({r["state"] for r in rs})}
         for k in GROUP_NUMBERS:
@@ -76,11 +89,11 @@ def group_rows(rows: list[dict]) -> list[dict]:
 
 
 def collect(sweep_dir, out_dir, diagnostics: dict | None = None, runs: list[RunInfo] | None = None,
-            band: dict | None = None, baseline: dict | None = None) -> list[dict]:
+            band: dict | None = None, baseline: dict | None = None, vs_floor: dict | None = None) -> list[dict]:
     """``band``: Figure 3's in-band energy per run ({name: {"in_band_energy": ...}}); ``baseline``:
     analysis/baseline.py's floors per artist."""
     runs = runs if runs is not None else load_runs(sweep_dir)
-    rows = [row_for(r, diagnostics, band, baseline) for r in runs]
+    rows = [row_for(r, diagnostics, band, baseline, vs_floor) for r in runs]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "results.csv", "w", newline="") as f:

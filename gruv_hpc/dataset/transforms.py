@@ -69,6 +69,10 @@ class Transform:
     name = ""
     help = ""
     window = "none"  # recorded in the manifest
+    # The feature vector is ``parts`` equal parts that describe the same frequency bins in turn:
+    # 2 for [Re | Im] (feature d and d + D/2 are one bin's complex value); 1 for a real layout
+    # (e.g. a log magnitude). Analysis fits its per-bin floors by it (``analysis.baseline``).
+    parts = 2
 
     def __init__(self, frame: int, hop: int | None = None):
         if frame < 2:
