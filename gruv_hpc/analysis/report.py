@@ -10,9 +10,9 @@ from pathlib import Path
 
 from gruv_hpc.analysis.audio import run_audio
 from gruv_hpc.analysis.baseline import FLOOR_LABELS, FLOORS, against_floors, baselines, model_clip_losses
-from gruv_hpc.analysis.claims import MARGIN, NOT_DECIDED, claims
+from gruv_hpc.analysis.claims import MARGIN, NOT_DECIDED, claims, side_beats_floor
 from gruv_hpc.analysis.collect import collect, group_rows
-from gruv_hpc.analysis.common import cli, load_each, load_runs
+from gruv_hpc.analysis.common import cli, finite, load_each, load_runs
 from gruv_hpc.errors import ConfigError, GruvError
 from gruv_hpc.fsio import dumps
 from gruv_hpc.analysis.fig1_loss import fig1
@@ -71,8 +71,8 @@ def each_run(runs, plan: Fig3Plan | None, out: Path, n_seed_clips: int, seed_sec
     (``load_each``), for both of its uses, its Figure 3 prediction (added to ``plan``) and its
     audio (``audio.run_audio``; flatness over the band that holds the artist's music, Figure 3's,
     not over empty bins), and, given ``per_clip`` (the floors' per-clip losses), its per-clip dev
-    losses against them and its rollout horizons (into ``vs_floor``). Returns the audio: {run: {"clips": [...], ...}}, or {"clips": [],
-    "error": why} for a run that cannot be read."""
+    losses against them and its rollout horizons (into ``vs_floor``). Returns the audio: {run:
+    {"clips": [...], ...}}, or {"clips": [], "error": why} for a run that cannot be read."""
     audio = {}
     for run, lr, error in load_each(runs):
         drawn = plan is not None and plan.wants(run)
@@ -108,7 +108,6 @@ def numerical_noise(rows: list[dict]) -> dict:
     checkpoint's dev loss evaluated here and the one training recorded (other threads, batch
     sizes, kernels), with the thread count it ran on."""
     import torch
-    from gruv_hpc.analysis.common import finite
     seen = finite(r.get("eval_noise") for r in rows)
     return {"noise": max(seen) if seen else 0.0, "runs": len(seen), "threads": torch.get_num_threads()}
 
@@ -207,7 +206,6 @@ def baseline_html(groups: list[dict], floor: dict, rows: list[dict] | None = Non
     e = html.escape
     if not floor:
         return ""
-    from gruv_hpc.analysis.claims import side_beats_floor
     items = []
     for artist, b in sorted(floor.items()):
         if b.get("error"):
