@@ -53,10 +53,15 @@ def dev_warnings(manifest: dict) -> list[str]:
         if len(z["dev_songs"]) >= MIN_DEV_SONGS and secs >= MIN_DEV_S:
             continue
         n = len(z["dev_songs"])
-        what = ("no dev song" if not n else f"{'one song' if n == 1 else f'{n} songs'}, {secs:.0f} s, "
-                f"{z['dev_clips']} clip(s): " + ", ".join(name for name, _ in z["dev_songs"]))
+        fix = "Give dev more songs with --dev-fraction or a --split-file, or add more music"
+        if not n:
+            out.append(f"artist {a}: its dev split has no song: {a} has no dev loss (no best checkpoint, floor or "
+                       f"figure line). {fix}")
+            continue
+        what = (f"{'one song' if n == 1 else f'{n} songs'}, {secs:.0f} s, {z['dev_clips']} clip(s): "
+                + ", ".join(name for name, _ in z["dev_songs"]))
         out.append(f"artist {a}: its dev split is {what}; every dev loss of {a} (best checkpoint, floor, figures) "
-                   f"rests on it. Give dev more songs with --dev-fraction or a --split-file, or add more music")
+                   f"rests on it. {fix}")
     return out
 
 
