@@ -199,3 +199,15 @@ def test_a_difference_within_the_numerical_noise_is_never_decided():
     rows = rows_of({("a", "lstm", 8): [1.00, 1.0001], ("a", "gru", 8): [1.10, 1.1001]})
     c = by_claim(claims(rows, noise=0.2))["LSTM's"]
     assert c["verdict"] == "inconclusive" and "within the numerical noise" in c["why"]
+
+
+def test_report_links_are_url_quoted(tmp_path):
+    """A run named with '#', '?' or '%' (issue 32 L3): each audio and image path is URL-quoted, then
+    HTML-escaped, so the browser asks for the file that exists."""
+    from gruv_hpc.analysis.report import write_html
+    name = "a#b?c%d&e"
+    clip = {"seed_index": 0, "wav": f"audio/{name}/seed0.wav", "seed_wav": f"audio/{name}/seed0_seed.wav",
+            "png": f"audio/{name}/seed0.png", "words": "w"}
+    page = write_html(tmp_path, [], [], [], {}, {}, {}, {name: {"clips": [clip]}}, [], {}).read_text()
+    assert "src='audio/a%23b%3Fc%25d%26e/seed0.wav'" in page and "src='audio/a%23b%3Fc%25d%26e/seed0.png'" in page
+    assert "a#b?c%d&amp;e" in page  # the name itself, as text, only escaped

@@ -84,7 +84,7 @@ def test_the_paired_bootstrap_resamples_songs():
 
 
 def test_rollout_horizons_score_the_free_run_against_persistence_and_the_mean():
-    from gruv_hpc.analysis.rollout import rollout_horizons
+    from gruv_hpc.generation.rollout import rollout_horizons
     from gruv_hpc.generation import generate_stateful
     from gruv_hpc.training.model import GRUVModel
     torch.manual_seed(0)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from gruv_hpc.analysis.baseline import FLOORS
 from gruv_hpc.analysis.common import RunInfo, mean_std
-from gruv_hpc.analysis.rollout import HORIZONS_S, REFERENCES, horizon_key
+from gruv_hpc.generation.rollout import HORIZONS_S, REFERENCES, horizon_key
 
 # The floors (analysis/baseline.py: the artist's, then the run's best checkpoint against them, clip
 # by clip) and the rollout horizons (analysis/rollout.py).

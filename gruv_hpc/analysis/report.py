@@ -7,6 +7,7 @@ import json
 import re
 import time
 from pathlib import Path
+from urllib.parse import quote  # a run's name may hold '#', '?' or '%': each path is URL-quoted, then escaped
 
 from gruv_hpc.analysis.audio import run_audio
 from gruv_hpc.analysis.baseline import FLOOR_LABELS, FLOORS, against_floors, baselines, model_clip_losses
@@ -21,7 +22,7 @@ from gruv_hpc.analysis.fig1_loss import fig1
 from gruv_hpc.analysis.fig2_hidden import fig2
 from gruv_hpc.analysis.fig3_spectrogram import Fig3Plan, draw_fig3, prepare_fig3
 from gruv_hpc.analysis.listen import write_listen
-from gruv_hpc.analysis.rollout import HORIZONS_S, REFERENCES, dev_clips, horizon_key, rollout_horizons
+from gruv_hpc.generation.rollout import HORIZONS_S, REFERENCES, dev_clips, horizon_key, rollout_horizons
 
 
 def analyze(sweep_dir, out_dir, listing, hidden: int | None = None, n_seed_clips: int = 2, seed_seconds: float = 10.0,
@@ -377,7 +378,7 @@ def write_html(out: Path, runs, rows, table, f1, f2, f3, audio, groups: list[dic
         if data.get("files"):
             png = next(f for f in data["files"] if f.endswith(".png"))
             pdf = next(f for f in data["files"] if f.endswith(".pdf"))
-            parts.append(f"<h2>{e(title)}</h2><img src='{e(png)}' alt='{e(title)}'><p><a href='{e(pdf)}'>PDF</a></p>")
+            parts.append(f"<h2>{e(title)}</h2><img src='{e(quote(png))}' alt='{e(title)}'><p><a href='{e(quote(pdf))}'>PDF</a></p>")
         else:
             parts.append(f"<h2>{e(title)}</h2><p>Nothing to draw yet: no run has {why}.</p>")
     parts.append("<h2>Results</h2><p>One row per run; every column (grid values, losses, parameters, diagnostics) "
@@ -400,9 +401,9 @@ def write_html(out: Path, runs, rows, table, f1, f2, f3, audio, groups: list[dic
     for name, a in audio.items():
         for c in a["clips"]:
             parts.append(f"<tr><td class='left'>{e(name)}</td><td>{c['seed_index']}</td>"
-                         f"<td><audio controls preload='metadata' src='{e(c['seed_wav'])}'></audio></td>"
-                         f"<td><audio controls preload='metadata' src='{e(c['wav'])}'></audio></td>"
-                         f"<td class='left'><img class='spec' src='{e(c['png'])}' alt='spectrogram of {e(name)}, seed "
+                         f"<td><audio controls preload='metadata' src='{e(quote(c['seed_wav']))}'></audio></td>"
+                         f"<td><audio controls preload='metadata' src='{e(quote(c['wav']))}'></audio></td>"
+                         f"<td class='left'><img class='spec' src='{e(quote(c['png']))}' alt='spectrogram of {e(name)}, seed "
                          f"{c['seed_index']}'>{e(c['words'])}</td></tr>")
     parts.append("</table></div></body></html>")
     path = out / "index.html"

@@ -36,7 +36,7 @@ def rollout_horizons(model, clips, fps: float, horizons=HORIZONS_S, context: int
     plus "rollout_context_frames" and "rollout_clips". Horizons past the clip's end are left out."""
     import torch
 
-    from gruv_hpc.generation import generate_stateful
+    from gruv_hpc.generation.algorithms import generate_stateful
     b, t = int(clips.shape[0]), int(clips.shape[1])
     frames = {h: horizon_frames(h, fps) for h in horizons}
     if context is None:
