@@ -309,3 +309,23 @@ def test_pipeline_dry_run_over_a_built_dataset_changes_nothing(corpus, data, tmp
     assert tree(out) == before
     with pytest.raises(ConfigError, match="hidden"):  # the sweep is checked as a submission checks it
         pipeline.dry_run(f, out, executor="slurm", overrides=["sweep.hidden=0"], say=said.append)
+
+
+def test_best_finds_all_artist_runs_and_recommends_a_checkpoint_that_loads(trained, tmp_path):
+    """Issue 32 L5: --artist A finds the runs trained on all the dataset's artists (A among them), and
+    a best.pt that does not load is not recommended: the newest checkpoint that loads is, said so."""
+    from conftest import copy_sweep
+
+    from gruv_hpc.training.checkpoint import load_checkpoint
+    _, d0 = trained
+    d = copy_sweep(d0, tmp_path / "sw")
+    assert {r["name"] for r in best_runs(d, artist="aurora", top=5)["runs"]} == {"lstm-h4", "gru-h4"}
+    top = best_runs(d)["runs"][0]
+    best = Path(top["checkpoint"])
+    assert best.name == "best.pt" and "note" not in top
+    best.write_bytes(b"a torn copy")
+    again = best_runs(d)["runs"][0]
+    assert again["name"] == top["name"] and again["checkpoint"] != str(best)
+    assert "does not load" in again["note"] and f"--checkpoint {again['checkpoint']}" in again["generate"]
+    assert load_checkpoint(Path(again["checkpoint"]))["model"]  # the one recommended loads
+    assert f"note: {again['note']}" in format_best(best_runs(d))

@@ -479,3 +479,23 @@ def test_local_submission_of_failing_runs_exits_nonzero(data, tmp_path):
 def test_analyze_a_directory_that_is_not_a_sweep(tmp_path):
     r = gruv("analyze", tmp_path, "--out", tmp_path / "rep")
     assert r.returncode == 2 and "not a sweep directory" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_generate_on_a_full_disk_leaves_no_truncated_wav(data, tmp_path, tiny_disk):
+    """Issue 32 L6: the WAV is written beside its name and moved into place, so a full disk is one
+    line and the file that was there stays whole (no truncated WAV, no temp file left)."""
+    run = tmp_path / "r"
+    main(tiny_config(data, epochs=1), run)
+    out = tiny_disk / "g.wav"
+    assert gruv("generate", run, "--out", out, "--seed-seconds", "0.16", "--length-ratio", "1").returncode == 0
+    before = out.read_bytes()
+    with open(tiny_disk / "filler", "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+        except OSError:
+            pass
+    r = gruv("generate", run, "--out", out, "--seed-seconds", "0.32", "--length-ratio", "20")
+    assert r.returncode == 2 and "No space left on device" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert out.read_bytes() == before and not list(tiny_disk.glob(".g.wav.tmp*"))

@@ -282,32 +282,31 @@ def test_an_sbatch_refusal_is_one_line_and_not_recorded(data, tmp_path):
     assert json.loads((tmp_path / "sw" / "sweep.json").read_text())["submissions"] == []
 
 
-@pytest.mark.slurm
-def test_a_refused_pipeline_submission_is_not_recorded(corpus, tmp_path):
+def _refused_pipeline(corpus, tmp_path, table: str):
+    """A pipeline whose ``table`` (preprocess.slurm or analysis.slurm) names a partition sbatch
+    refuses: one line, and no submission recorded. Returns the command's result."""
     from test_pipeline import tiny_tables, write
     t = tiny_tables(corpus)
-    t["preprocess.slurm"] = {**t["preprocess.slurm"], "partition": "nosuch"}
+    t[table] = {**t.get(table, {}), "partition": "nosuch"}
     f = write(tmp_path / "p.toml", t)
     r = cli("pipeline", "submit", f, "--out", tmp_path / "out", "--executor", "slurm",
             env={**os.environ, "GRUV_SKIP_RESOURCE_CHECK": "1"})  # (sbatch's refusal, not the resource check's)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "sbatch refused" in r.stderr, r.stderr
     st = tmp_path / "out" / "pipeline.json"
     assert not st.exists() or json.loads(st.read_text())["submissions"] == []
+    return r
+
+
+@pytest.mark.slurm
+def test_a_refused_pipeline_submission_is_not_recorded(corpus, tmp_path):
+    _refused_pipeline(corpus, tmp_path, "preprocess.slurm")
 
 
 @pytest.mark.slurm
 def test_a_pipeline_refused_at_its_analysis_cancels_what_it_queued_and_is_not_recorded(corpus, tmp_path):
     """Issue 32 L7: the preprocessing and runs stayed queued, recorded as a submission with no analysis."""
-    from test_pipeline import tiny_tables, write
     from gruv_hpc.cluster import slurm
-    t = tiny_tables(corpus)
-    t["analysis.slurm"] = {**t.get("analysis.slurm", {}), "partition": "nosuch"}
-    f = write(tmp_path / "p.toml", t)
-    r = cli("pipeline", "submit", f, "--out", tmp_path / "out", "--executor", "slurm",
-            env={**os.environ, "GRUV_SKIP_RESOURCE_CHECK": "1"})  # (sbatch's refusal, not the resource check's)
-    assert r.returncode == 2 and "Traceback" not in r.stderr and "sbatch refused" in r.stderr, r.stderr
-    st = tmp_path / "out" / "pipeline.json"
-    assert not st.exists() or json.loads(st.read_text())["submissions"] == []
+    r = _refused_pipeline(corpus, tmp_path, "analysis.slurm")
     ids = r.stdout.split("cancelled what this submission had queued: job(s) ", 1)[1].splitlines()[0].split(", ")
     assert len(ids) >= 3  # the preprocessing's array and merge, the runs
     import time

@@ -25,7 +25,8 @@ def best_runs(sweep_dir, by: str = "best_dev_loss", artist: str | None = None, c
         raise GruvError(f"--top: must be >= 1, got {top}")
     state = load_state(sweep_dir, must_exist=True)
     rows = [r for r in status(sweep_dir) if r["name"] in state.runs]
-    chosen = [r for r in rows if _matches(state.runs[r["name"]].config, artist, cell)]
+    everyone: dict = {}  # dataset -> its artists, for runs trained on all of them
+    chosen = [r for r in rows if _matches(state.runs[r["name"]].config, artist, cell, everyone)]
     if not chosen:
         have = lambda key: sorted({str(x) for r in state.runs.values() for x in _as_list(r.config.get(key))})  # noqa: E731
         raise GruvError(f"{state.paths.root}: no run matches" + (f" --artist {artist}" if artist else "")
@@ -62,6 +63,7 @@ def best_runs(sweep_dir, by: str = "best_dev_loss", artist: str | None = None, c
     shown, floors = ranked[:top], {}
     for x in shown:
         config = x.pop("config")
+        _readable_checkpoint(x)
         if by in FLOOR_METRICS:
             x.update(floor_verdict(config, x, floors))
     return {"sweep": str(state.paths.root), "by": by, "highest": highest, "runs": shown, "ranked": len(ranked),
@@ -110,9 +112,44 @@ def _as_list(v) -> list:
     return v if isinstance(v, list) else [] if v is None else [v]
 
 
-def _matches(config: dict, artist: str | None, cell: str | None) -> bool:
-    """--artist A: runs trained on A (alone or with others); --cell C: runs of that cell."""
-    return (artist is None or artist in _as_list(config.get("artists"))) and (cell is None or config.get("cell") == cell)
+def _readable_checkpoint(x: dict) -> None:
+    """The checkpoint a ranked run recommends must load: an unreadable best.pt (a torn copy) gives
+    way to the newest checkpoint that loads, said in ``note``, and the command follows it."""
+    from gruv_hpc.training.checkpoint import load_checkpoint, load_latest
+    try:
+        load_checkpoint(Path(x["checkpoint"]))
+        return
+    except Exception as e:  # truncated zip, bad pickle, a file that is not a checkpoint
+        why = f"{x['checkpoint']} does not load ({type(e).__name__})"
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the unreadable ones are named in the note
+        _, path = load_latest(RunPaths(x["run_dir"]))
+    if path is None:
+        x.update(checkpoint=None, generate=None, note=f"{why}, and no other checkpoint of the run loads")
+        return
+    cmd = ["gruv", "generate", x["run_dir"], "--out", f"{x['name']}.wav", "--checkpoint", str(path)]
+    x.update(checkpoint=str(path), generate=" ".join(shlex.quote(c) for c in cmd),
+             note=f"{why}: the newest checkpoint that loads, {path.name}, instead")
+
+
+def _matches(config: dict, artist: str | None, cell: str | None, everyone: dict | None = None) -> bool:
+    """--artist A: runs trained on A (alone or with others, or on all the dataset's artists when
+    the run names none); --cell C: runs of that cell."""
+    if cell is not None and config.get("cell") != cell:
+        return False
+    if artist is None or artist in _as_list(config.get("artists")):
+        return True
+    if _as_list(config.get("artists")) or not config.get("data"):
+        return False
+    everyone = {} if everyone is None else everyone
+    if config["data"] not in everyone:
+        from gruv_hpc.dataset.manifest import load_manifest
+        try:
+            everyone[config["data"]] = set(load_manifest(config["data"])["artists"])
+        except Exception:  # a dataset moved or damaged: it cannot say, so the run is not matched
+            everyone[config["data"]] = set()
+    return artist in everyone[config["data"]]
 
 
 def format_best(res: dict) -> str:
@@ -131,7 +168,10 @@ def format_best(res: dict) -> str:
                    f"({r['state']}){floor}")
         out.append(f"   run dir:    {r['run_dir']}")
         out.append(f"   checkpoint: {r['checkpoint']}")
-        out.append(f"   {r['generate']}")
+        if r.get("note"):
+            out.append(f"   note: {r['note']}")
+        if r.get("generate"):
+            out.append(f"   {r['generate']}")
         if r.get("advice"):
             out.append(f"   note: {r['advice']}")
     for s in res["skipped"]:
