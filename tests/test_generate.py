@@ -375,3 +375,20 @@ def test_temperature_samples_around_the_prediction(trained_run, tmp_path, monkey
         generate(trained_run, tmp_path / "x.wav", run=run, seed_seconds=0.32, noise=0.1, temperature=1.0)
     with pytest.raises(GenerationError, match="--temperature"):
         generate(trained_run, tmp_path / "x.wav", run=run, seed_seconds=0.32, temperature=float("nan"))
+
+
+def test_loops_are_set_in_seconds_so_overlapping_frames_are_not_loops():
+    """A slowly turning spectrum at a 16 ms hop: each frame is within cosine 0.95 of its neighbours
+    (they overlap), never of a frame 0.25 s back: no loop. The same frames repeated with a period
+    of 1 s: a loop. On the paper's 0.25 s blocks the counts are the old ones (8 steps, lag 1)."""
+    from gruv_hpc.generation.measures import loop_steps
+    assert loop_steps(0.25) == {"min_run": 8, "min_lag": 1}
+    step = 256 / 16000
+    n, dim = 400, 64
+    angle = np.arange(n) * 0.02  # neighbours: cosine 0.9998; 16 steps (0.25 s) apart: turned on
+    turning = np.stack([np.cos(angle[:, None] * (1 + np.arange(dim)[None, :] / 8))], 0)[0]
+    assert loop_stats(turning)["loop_onset_step"] is not None  # step by step, the old rule calls it a loop
+    assert loop_stats(turning, **loop_steps(step))["loop_onset_step"] is None
+    period = int(round(1.0 / step))
+    repeated = np.concatenate([turning[:period]] * 6)
+    assert loop_stats(repeated, **loop_steps(step))["loop_onset_step"] == period

@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from gruv_hpc.generation.measures import (click_ratio, loop_stats, music_band, nearest_train, rms_db,
+from gruv_hpc.generation.measures import (click_ratio, loop_stats, loop_steps, music_band, nearest_train, rms_db,
                                           spectral_flatness)
 
 
@@ -43,7 +43,7 @@ class Continuation:
 
     @cached_property
     def loops(self) -> dict:
-        return loop_stats(self.gen)
+        return loop_stats(self.gen, **loop_steps(self.run.transform.seconds(1, self.sample_rate)))
 
     @cached_property
     def band(self) -> tuple[float, float] | None:
@@ -157,8 +157,8 @@ def _spectral_words(d: dict) -> str | None:
 
 # -- the registry: one entry per number, in the order the words and columns show them -----------
 register(Diagnostic("loop_onset_s", _loop_onset_s, "s",
-                    "when the continuation first loops: 8 steps in a row each within cosine 0.95 of an earlier "
-                    "frame (None: never)", _loop_words, tensorboard=True, mean=True, group=True, page=True))
+                    "when the continuation first loops: 2 s in a row (8 of the paper's blocks) of frames each within "
+                    "cosine 0.95 of one at least 0.25 s earlier (None: never)", _loop_words, tensorboard=True, mean=True, group=True, page=True))
 register(Diagnostic("loop_fraction", lambda c: c.loops["loop_fraction"], "",
                     "the fraction of the continuation's steps inside such loops", None,
                     tensorboard=True, mean=True, group=True, page=True))
@@ -241,7 +241,7 @@ def diagnostics(run, gen: np.ndarray, seed_audio: np.ndarray, gen_audio: np.ndar
     c = Continuation(run, seed if seed is not None else gen[:0], gen, seed_audio, gen_audio, band_hz)
     out = {name: d.fn(c) for name, d in REGISTRY.items()}
     out.update({"loop_onset_step": c.loops["loop_onset_step"], "loop_threshold": c.loops["loop_threshold"],
-                "loop_min_run": c.loops["loop_min_run"], "flatness_band_hz": c.band,
+                "loop_min_run": c.loops["loop_min_run"], "loop_min_lag": c.loops["loop_min_lag"], "flatness_band_hz": c.band,
                 "flatness_band_source": c.band_source if c.band else None,
                 "frame_hop": run.transform.hop, "nearest_train": c.nearest})
     return out

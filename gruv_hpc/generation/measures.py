@@ -12,10 +12,13 @@ import numpy as np
 from gruv_hpc.dataset.transforms import audio_to_blocks
 
 
-def loop_stats(frames: np.ndarray, threshold: float = 0.95, min_run: int = 8) -> dict:
+def loop_stats(frames: np.ndarray, threshold: float = 0.95, min_run: int = 8, min_lag: int = 1) -> dict:
     """Generation loops: step t is 'looping' when it is within cosine similarity ``threshold`` of
-    some earlier frame (any period, a fixed point included). A loop is ``min_run`` such steps in
-    a row. Returns the first loop's onset step (None if never) and the fraction of steps in loops."""
+    some frame at least ``min_lag`` steps earlier (any period, a fixed point included). A loop is
+    ``min_run`` such steps in a row. Returns the first loop's onset step (None if never) and the
+    fraction of steps in loops. (``loop_steps`` gives the two counts for a frame rate: with
+    overlapping frames a step's neighbours are alike by construction, so the lag and the run are
+    set in seconds, not steps.)"""
     n = len(frames)
     # Unit frames in float32, and the similarities a block of rows at a time: memory stays linear in
     # the length (a whole n x n matrix is 1 GB at --length-ratio 150).
@@ -25,7 +28,7 @@ def loop_stats(frames: np.ndarray, threshold: float = 0.95, min_run: int = 8) ->
     for a in range(0, n, 256):
         b = min(n, a + 256)
         sim = f[a:b] @ f[:b].T  # rows a..b-1 against every frame up to b-1
-        sim[np.arange(b)[None, :] >= np.arange(a, b)[:, None]] = -np.inf  # only earlier frames count
+        sim[np.arange(b)[None, :] > np.arange(a, b)[:, None] - min_lag] = -np.inf  # only frames min_lag or more back
         looping[a:b] = sim.max(axis=1) >= threshold
     onset, in_loop, run = None, np.zeros(n, bool), 0
     for t in range(n):
@@ -35,7 +38,18 @@ def loop_stats(frames: np.ndarray, threshold: float = 0.95, min_run: int = 8) ->
             if onset is None:
                 onset = t - run + 1
     return {"loop_onset_step": onset, "loop_fraction": float(in_loop.mean()) if n else 0.0,
-            "loop_threshold": threshold, "loop_min_run": min_run}
+            "loop_threshold": threshold, "loop_min_run": min_run, "loop_min_lag": min_lag}
+
+
+LOOP_RUN_S = 2.0   # a loop lasts this long: 8 of the paper's 0.25 s blocks
+LOOP_LAG_S = 0.25  # and repeats frames at least this far back: one of the paper's blocks
+
+
+def loop_steps(step_s: float) -> dict:
+    """``loop_stats``' min_run and min_lag for frames ``step_s`` seconds apart: LOOP_RUN_S and
+    LOOP_LAG_S in steps, so a loop means the same on any transform (the paper's blocks: 8 and 1,
+    as before; a 16 ms hop: 125 and 16, where its neighbours, overlapping, no longer count)."""
+    return {"min_run": max(8, round(LOOP_RUN_S / step_s)), "min_lag": max(1, round(LOOP_LAG_S / step_s))}
 
 
 def spectral_flatness(audio: np.ndarray, sample_rate: int, window_s: float = 0.25,
