@@ -270,9 +270,12 @@ def own_click_ratio(audio: np.ndarray, hop: int) -> float | None:
 
 
 def own_loops(audio: np.ndarray, sample_rate: int) -> dict:
-    """Self-similarity: the fraction of frames whose log spectrum correlates above OWN_LOOP_CORR
-    with some frame at least OWN_LOOP_LAG_S earlier, and the first such frame's time (s)."""
-    s = _own_log_spectra(audio)
+    """Self-similarity: the fraction of frames whose log band spectrum correlates above OWN_LOOP_CORR
+    with some frame at least OWN_LOOP_LAG_S earlier, and the first such frame's time (s). A loop of
+    the models here is a whole number of their frames, each a multiple of OWN_HOP, so its repeats
+    fall on this analysis' frame grid."""
+    p = 10 ** (_own_log_spectra(audio)[:, :512] / 10)  # power; then 64 bands of 8 bins, so that a repeat
+    s = 10 * np.log10(p.reshape(len(p), 64, 8).mean(2) + 1e-18)  # off the hop grid still correlates
     s = s - s.mean(1, keepdims=True)
     s /= np.maximum(np.linalg.norm(s, axis=1, keepdims=True), 1e-12)
     sim = s @ s.T
