@@ -2,7 +2,7 @@
 
     python bench/data.py [--data DIR] [--device auto] [--batch 5] [--workers 0 1 2] [--step-ms 5]
 
-Each path is ``train.build_data`` (the code training uses) followed by ``Data.to_window`` per batch:
+Each path is ``data.build_data`` (the code training uses) followed by ``Data.to_window`` per batch:
 
 - streaming: a DataLoader over the HDF5 shards with 0, 1, 2 ... worker processes (batched clip
   reads into the batch buffer, pinned on CUDA), the host-to-device copy, the normalization;
@@ -29,7 +29,7 @@ from gruv_hpc.config import build
 from gruv_hpc.training.distributed import Dist
 from gruv_hpc.dataset.manifest import load_manifest
 from gruv_hpc.dataset.clips import DatasetHandle
-from gruv_hpc.training.trainer import build_data
+from gruv_hpc.training.data import build_data
 
 
 def make_dataset(out: Path, songs: int, min_s: float, max_s: float, sample_rate: int, block_size: int,

@@ -47,7 +47,7 @@ from gruv_hpc.training.cells.lstm import PeepholeLSTM
 from gruv_hpc.training.config import TrainConfig
 from gruv_hpc.training.model import GRUVModel
 from gruv_hpc.training.step import TrainStep, step_graph_mode, wants_capturable
-from gruv_hpc.training.trainer import make_optimizer
+from gruv_hpc.training.optim import make_optimizer
 
 distributed.flush_denormals()  # as training's entry points do, for both loops
 

@@ -6,13 +6,13 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import sys
 import time
-import warnings
 from pathlib import Path
 
 from gruv_hpc.cluster.executors import KINDS as EXECUTORS, scheduler
-from gruv_hpc.errors import ConfigError, GruvError
+from gruv_hpc.errors import ConfigError, GruvError, plain_warnings
 from gruv_hpc.tbserver import DEFAULT_RELOAD_S
 
 
@@ -36,11 +36,22 @@ def _preprocess(a) -> int:
                         progress=not a.quiet, split_file=a.split_file, wait=a.wait)
     if "manifest" not in res:
         print(f"follow it with: squeue -u $USER; the dataset appears in {a.out} when merge job "
-              f"{res['submission']['merge']} ends")
+              f"{res['submission']['merge']} ends; then gruv dataset info {a.out} prints its warnings")
         return 0
     m = res["manifest"]
+    _show_dataset(a.out, m)
+    from gruv_hpc.dataset.adequacy import steps_warnings
+    from gruv_hpc.training.config import TrainConfig
+    steps = [w for artist in m["artists"] for w in steps_warnings(m, [artist], TrainConfig.batch_size,
+                                                                   "gruv train's default ")]
+    # Built by Slurm jobs, its warnings went to the merge job's log; the manifest records them.
+    _print_warnings((m.get("warnings", []) if "submission" in res else []) + steps)
+    return 0
+
+
+def _show_dataset(out, m: dict) -> None:
     s = m["summary"]
-    print(f"dataset {a.out}: {s['songs']} songs, {s['hours']:.3f} h of audio, {s['clips']} clips "
+    print(f"dataset {out}: {s['songs']} songs, {s['hours']:.3f} h of audio, {s['clips']} clips "
           f"({s['train_clips']} train / {s['dev_clips']} dev), {len(m['shards'])} shards, "
           f"{s['bytes_per_audio_s'] / 1000:.0f} KB per audio second, "
           f"{s['wall_s']:.1f} s ({s['hours'] * 3600 / max(s['wall_s'], 1e-9):.0f}x realtime"
@@ -52,6 +63,25 @@ def _preprocess(a) -> int:
         for song in m["songs"]:
             if song["skipped"]:
                 print(f"  {song['path']}: {song['skipped']}")
+
+
+def _print_warnings(lines) -> None:
+    """Warnings recorded elsewhere (a job's, a manifest's), as the ones raised here print: one line each."""
+    for w in lines:
+        print(f"warning: {w}", file=sys.stderr, flush=True)
+
+
+def _dataset_info(a) -> int:
+    from gruv_hpc.dataset.adequacy import data_warnings, split_sizes
+    from gruv_hpc.dataset.manifest import dataset_id, load_manifest
+    m = load_manifest(a.data_dir)
+    _show_dataset(a.data_dir, m)
+    print(f"id {dataset_id(m)}; " + ", ".join(f"{k} {v}" for k, v in m["params"].items()))
+    for artist in m["artists"]:
+        z = split_sizes(m, artist)
+        print(f"  {artist}: {z['train_clips']} train clips, {z['dev_clips']} dev clips from {len(z['dev_songs'])} "
+              f"dev song(s) ({sum(t for _, t in z['dev_songs']):.0f} s)")
+    _print_warnings(data_warnings(m, [([artist], a.batch_size) for artist in m["artists"]] if a.batch_size else []))
     return 0
 
 
@@ -60,7 +90,7 @@ def _dataset_verify(a) -> int:
     t0 = time.time()
     res = verify(a.data_dir, deep=not a.quick)
     wall = time.time() - t0
-    songs = f", {res['songs']} songs' content hashes" if not a.quick else ""
+    songs = f", {res['songs']} songs' content hashes and the train statistics" if not a.quick else ""
     print(f"{a.data_dir}: OK, dataset {dataset_id(load_manifest(a.data_dir))}: {res['files']} files "
           f"({res['bytes'] / 2**20:.1f} MiB) match the manifest's sha256{songs} ({wall:.2f} s)")
     return 0
@@ -88,28 +118,60 @@ def _train(a) -> int:
         overrides["data"] = a.data
     cfg = build(TrainConfig, values, overrides, source=a.config or "config")
     from gruv_hpc.training import distributed
-    from gruv_hpc.training.trainer import EXIT_STOPPED, StopFlag, stop_line
+    from gruv_hpc.training.jobcontrol import EXIT_STOPPED, StopFlag, stop_line
     from gruv_hpc.training.trainer import main as train_main
     distributed.export_env()  # side effect, stated: under plain srun, torchrun's variables from Slurm's
     distributed.prefer_huge_pages()  # side effect, stated: before torch's first large allocation
     distributed.flush_denormals()  # side effect, stated: before torch's intra-op threads start
     # TERM, INT, HUP and the preemption signal stop at the next step boundary with a checkpoint.
     from gruv_hpc.generation.tensorboard import training_hooks
-    res = train_main(cfg, a.run_dir, stop=StopFlag().install(), hooks=training_hooks())
+    with StopFlag() as stop:
+        res = train_main(cfg, a.run_dir, stop=stop, hooks=training_hooks())
     if int(os.environ.get("RANK", "0")) == 0:  # one summary line, not one per rank
         if res["status"] == "stopped":
             print(stop_line(res, requeue=False), flush=True)  # nothing requeues a plain `gruv train`
         print(json.dumps(res))
         if res["status"] == "stopped":
             print(f"gruv: stopped by {res['signal']} at epoch {res['epoch'] + 1}, step {res['step']}; the checkpoint "
-                  f"is written. Run the same command again to resume.", file=sys.stderr)
+                  f"is written. {_resume_hint(cfg)}", file=sys.stderr)
     return EXIT_STOPPED if res["status"] == "stopped" else 0
+
+
+def _check_generate_args(a, paths) -> None:
+    """What generation would fail on deep inside, or overwrite, refused by name first: a damaged
+    config.json, a noise seed numpy cannot take, a sidecar (OUT.json) that would replace a file
+    gruv generate did not write (``--out DATA/manifest.wav`` would replace the dataset's manifest)."""
+    from gruv_hpc.paths import read_run_config
+    if paths.config.exists():
+        read_run_config(paths.config)
+    if not 0 <= a.noise_seed < 2 ** 64:
+        raise ConfigError(f"--noise-seed {a.noise_seed}: must be 0 .. 2**64-1")
+    side = Path(a.out).with_suffix(".json")
+    if side.exists() or side.is_symlink():
+        try:
+            ours = {"generated_s", "diagnostics"} <= set(json.loads(side.read_bytes()))
+        except (OSError, ValueError, TypeError):
+            ours = False
+        if not ours:
+            raise ConfigError(f"--out {a.out}: its sidecar {side} exists and is not one gruv generate wrote; it would "
+                              "be replaced: give --out another name")
+
+
+def _resume_hint(cfg) -> str:
+    """How to resume a stopped `gruv train`: the same command, but resume=never would start over
+    (and move the checkpoint just written aside), so that one gets resume=auto instead."""
+    if cfg.resume != "never":
+        return "Run the same command again to resume."
+    args = [x for x in sys.argv[1:] if not x.startswith("resume=")] + ["resume=auto"]
+    return f"To resume, run it with resume=auto (resume=never starts over): gruv {shlex.join(args)}"
 
 
 def _generate(a) -> int:
     from gruv_hpc.generation import describe, generate
+    from gruv_hpc.paths import RunPaths
     from gruv_hpc.training import distributed
     distributed.flush_denormals()  # side effect, stated: before torch's intra-op threads start
+    _check_generate_args(a, RunPaths(a.run_dir))
     side = generate(a.run_dir, a.out, seed_seconds=a.seed_seconds, length_ratio=a.length_ratio, seed_from=a.seed_from,
                     seed_index=a.seed_index, seed_start=a.seed_start, algorithm=a.algorithm, checkpoint=a.checkpoint,
                     with_seed=a.with_seed, float32=a.float, normalize=a.normalize, device=a.device, noise=a.noise,
@@ -128,6 +190,7 @@ def _sweep(a) -> int:
             return 1 if res.get("failing") else 0  # a run would refuse the submission
         rows = sweep.wait(a.out, progress=not a.quiet) if a.wait else sweep.status(a.out)
         print(sweep.format_status(rows))
+        _print_canary(a.out)
         if a.wait:
             return 0 if all(r["state"] == "COMPLETED" for r in rows) else 1
         return 1 if res.get("failed") else 0  # a local submission has waited for its runs
@@ -138,12 +201,16 @@ def _sweep(a) -> int:
                 print(json.dumps({"runs": rows}, indent=1))
             else:
                 print(sweep.format_status(rows), flush=True)
+                _print_canary(a.sweep_dir)
             if not a.watch or all(r["state"] not in sweep.ACTIVE for r in rows):
                 return 0
             time.sleep(a.interval)
             print()
     if a.sweep_cmd == "cancel":
         sweep.cancel(a.sweep_dir, a.run)
+        return 0
+    if a.sweep_cmd == "preempt":
+        sweep.preempt(a.sweep_dir, a.run)
         return 0
     if a.sweep_cmd == "logs":
         from gruv_hpc.cluster.sweep.logs import show_logs
@@ -158,6 +225,13 @@ def _sweep(a) -> int:
         print(sweep.format_status(rows))
         return 0 if all(r["state"] == "COMPLETED" for r in rows) else 1
     return 2
+
+
+def _print_canary(sweep_dir) -> None:
+    from gruv_hpc.cluster.sweep.status import canary_line
+    line = canary_line(sweep_dir)
+    if line:
+        print(line, flush=True)
 
 
 def _pipeline(a) -> int:
@@ -195,7 +269,7 @@ def _analyze(a) -> int:
     distributed.flush_denormals()  # side effect, stated: before torch's intra-op threads start
     t = time.time()
     print(f"analyzing {a.sweep_dir}")
-    analyze_atomic(a.sweep_dir, a.out, analysis_listing(a.sweep_dir), hidden=a.hidden, n_seed_clips=a.seed_clips, seed_seconds=a.seed_seconds,
+    analyze_atomic(a.sweep_dir, a.out, lambda: analysis_listing(a.sweep_dir), hidden=a.hidden, n_seed_clips=a.seed_clips, seed_seconds=a.seed_seconds,
                    max_clips=a.max_clips)
     print(f"report ({time.time() - t:.1f} s): {Path(a.out).resolve() / 'index.html'}")
     return 0
@@ -217,8 +291,28 @@ def add_config_options(p: argparse.ArgumentParser, cls) -> None:
                        help=f"{f.metadata.get('help', '')} (default: {f.default})", **kw)
 
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless it names it already or has none worth
+    showing (None: "not given"; a flag's False)."""
+
+    def _get_help_string(self, action):
+        h = action.help or ""
+        d = action.default
+        if not action.option_strings or "default" in h.lower() or d is None or d is False or d is argparse.SUPPRESS:
+            return h
+        return f"{h} (default: %(default)s)".lstrip()
+
+
+class _Parser(argparse.ArgumentParser):
+    """The ``gruv`` parser and, through add_subparsers, every subcommand's: defaults in --help."""
+
+    def __init__(self, *args, **kw):
+        kw.setdefault("formatter_class", _DefaultsFormatter)
+        super().__init__(*args, **kw)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gruv", description=__doc__)
+    p = _Parser(prog="gruv", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
 
     pp = sub.add_parser("preprocess", help="audio folders -> sharded HDF5 spectral dataset")
@@ -251,14 +345,20 @@ def build_parser() -> argparse.ArgumentParser:
     dv.add_argument("data_dir")
     dv.add_argument("--quick", action="store_true", help="the files' sha256 only (what training checks)")
     dv.set_defaults(fn=_dataset_verify)
+    di = dsub.add_parser("info", help="a dataset's summary, each artist's split, and its warnings (thin dev "
+                         "splits, dropped files, bandwidth: also those of a build that ran as Slurm jobs)")
+    di.add_argument("data_dir")
+    di.add_argument("--batch-size", type=int, default=None, help="also warn when an artist's train split gives "
+                    "fewer than 10 optimizer steps an epoch at this batch size")
+    di.set_defaults(fn=_dataset_info)
 
     cp = sub.add_parser("corpus", help="corpus utilities")
     csub = cp.add_subparsers(dest="corpus_cmd", required=True)
     cs = csub.add_parser("synth", help="write a synthetic two-artist corpus (no download needed)")
     cs.add_argument("--out", required=True)
     cs.add_argument("--songs", type=int, default=6, help="songs per artist")
-    cs.add_argument("--min-seconds", type=float, default=30)
-    cs.add_argument("--max-seconds", type=float, default=60)
+    cs.add_argument("--min-seconds", type=float, default=30, help="shortest song")
+    cs.add_argument("--max-seconds", type=float, default=60, help="longest song")
     cs.add_argument("--seed", type=int, default=0)
     cs.set_defaults(fn=_corpus_synth)
 
@@ -272,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     gp = sub.add_parser("generate", help="generate audio from a trained run")
     gp.add_argument("run_dir")
     gp.add_argument("--out", required=True, help="output WAV; a .json sidecar is written beside it")
-    gp.add_argument("--seed-seconds", type=float, default=10.0)
+    gp.add_argument("--seed-seconds", type=float, default=10.0, help="seconds of seed audio the model continues")
     gp.add_argument("--length-ratio", type=float, default=3.0, help="continuation length / seed length")
     gp.add_argument("--seed-from", default="dev", help="dev (default), train, or an audio FILE")
     gp.add_argument("--seed-index", type=int, default=None, help="dev/train seed: the clip's index in the split (default 0)")
@@ -285,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     gp.add_argument("--with-seed", action="store_true", help="prepend the seed audio")
     gp.add_argument("--float", action="store_true", help="32-bit float WAV instead of 16-bit PCM")
     gp.add_argument("--normalize", action="store_true", help="peak-normalize instead of clipping")
-    gp.add_argument("--device", default="cpu")
+    gp.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     gp.add_argument("--noise", type=float, default=0.0, metavar="SIGMA",
                     help="add Gaussian noise of SIGMA (normalized units) to each fed-back prediction, against "
                          "generation loops; the output is the predictions themselves (default 0: off)")
@@ -299,7 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     s1 = ssub.add_parser("submit", help="validate and submit a sweep file; resubmits what needs it")
     s1.add_argument("sweep_file")
     s1.add_argument("--out", required=True, help="sweep directory (SWEEP_DIR)")
-    s1.add_argument("--executor", choices=EXECUTORS, default="auto")
+    s1.add_argument("--executor", choices=EXECUTORS, default="auto", help="slurm: queue job arrays and return; "
+                    "local: run here, --max-parallel at a time (debug: in this process); auto: slurm where a cluster "
+                    "answers")
     s1.add_argument("--dry-run", action="store_true", help="print the runs with their values, what becomes of each "
                     "(start, continue from epoch E, skip, fail) and the sbatch script; write nothing; exit 1 when a "
                     "run would fail")
@@ -315,13 +417,18 @@ def build_parser() -> argparse.ArgumentParser:
     s2.add_argument("sweep_dir")
     s2.add_argument("--json", action="store_true")
     s2.add_argument("--watch", action="store_true", help="refresh until every run has ended")
-    s2.add_argument("--interval", type=float, default=10.0)
+    s2.add_argument("--interval", type=float, default=10.0, help="--watch: seconds between refreshes")
     s3 = ssub.add_parser("cancel", help="cancel the sweep's jobs (or one run's)")
     s3.add_argument("sweep_dir")
     s3.add_argument("--run")
+    s7 = ssub.add_parser("preempt", help="send a running run's job the preemption signal (USR2) once, as a "
+                         "preemption would: it checkpoints, is requeued and resumes; returns at once; refuses a run "
+                         "that is not running (Slurm only)")
+    s7.add_argument("sweep_dir")
+    s7.add_argument("run")
     s4 = ssub.add_parser("wait", help="wait (with a progress bar) until every run has ended")
     s4.add_argument("sweep_dir")
-    s4.add_argument("--interval", type=float, default=5.0)
+    s4.add_argument("--interval", type=float, default=5.0, help="seconds between looks")
     s5 = ssub.add_parser("logs", help="a run's job output (stdout, or --err), every attempt, oldest first")
     s5.add_argument("sweep_dir")
     s5.add_argument("run")
@@ -348,7 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--hidden", type=int, default=None, help="hidden size for figures 1 and 3 (default: largest)")
     an.add_argument("--seed-clips", type=int, default=2, help="dev clips each run continues, for the generated audio "
                     "(not the grid's random seeds)")
-    an.add_argument("--seed-seconds", type=float, default=10.0)
+    an.add_argument("--seed-seconds", type=float, default=10.0,
+                    help="seconds of seed audio each continuation starts from")
     an.add_argument("--max-clips", type=int, default=64, help="dev clips averaged in figure 3")
     an.set_defaults(fn=_analyze)
 
@@ -378,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("sweep_dir")
     tb.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this node only; from a laptop, "
                     "go through the ssh -L tunnel it prints)")
-    tb.add_argument("--port", type=int, default=6006)
+    tb.add_argument("--port", type=int, default=6006, help="port to listen on")
     tb.add_argument("--reload-interval", type=float, default=DEFAULT_RELOAD_S, metavar="S",
                     help="seconds between looks for new runs and new data (default: %(default)s, TensorBoard's own)")
     tb.set_defaults(fn=_tensorboard)
@@ -386,10 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Process-wide, and stated here at the entry point: warnings (a skipped file, a corrupt
-    # checkpoint) print as one plain line each, every time, without the source line behind them.
-    warnings.simplefilter("always")
-    warnings.formatwarning = lambda msg, *args, **kw: f"warning: {msg}\n"
+    plain_warnings()  # side effect, stated: every warning prints as one line, every time
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides (and preprocess's ARTIST=DIR) may follow options (argparse stops filling a

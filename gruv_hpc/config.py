@@ -19,10 +19,13 @@ from pathlib import Path
 
 from gruv_hpc.errors import ConfigError  # noqa: F401  (re-exported)
 
-def opt(default, help: str):
+def opt(default, help: str, split: bool = True):
+    """A config field. ``split=False`` (a list of shell lines): a command-line value is one element,
+    never cut at its commas (``export CUDA_VISIBLE_DEVICES=0,1``); several are a TOML array."""
+    meta = {"help": help, "split": split}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 def field_names(cls) -> list[str]:
@@ -51,6 +54,13 @@ def _coerce(cls, key: str, value, from_string: bool):
         if optional and value.lower() in ("none", "null", ""):
             return None
         if typing.get_origin(base) is list:
+            if value.lstrip().startswith("["):  # a TOML array: ['module load cuda', 'export X=0,1']
+                try:
+                    return [_element(key, base, v) for v in tomllib.loads(f"v = {value}")["v"]]
+                except tomllib.TOMLDecodeError as e:
+                    raise ConfigError(f"{key}: {value!r} is not a TOML array ({e})") from None
+            if not next(f for f in dataclasses.fields(cls) if f.name == key).metadata.get("split", True):
+                return [value] if value.strip() else []
             return [_element(key, base, s) for s in (p.strip() for p in value.split(",")) if s]
         if base is bool:
             if value.lower() in ("1", "true", "yes", "on"):
@@ -82,6 +92,8 @@ def _coerce(cls, key: str, value, from_string: bool):
             return dict(value)
         if base is bool and not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        if base in (int, float) and isinstance(value, bool):  # float(True) would be 1.0: mem_gb = true
+            raise ConfigError(f"{key}: expected {_type_name(base)}, got {str(value).lower()}")
         if base is str and isinstance(value, bool):  # a TOML true for a string key such as data_on_device
             return "true" if value else "false"
         if base is int and isinstance(value, float) and not value.is_integer():

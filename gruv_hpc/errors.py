@@ -1,4 +1,6 @@
-"""User-facing errors. The CLI prints these as one clear line (no traceback) and exits 2."""
+"""User-facing errors. The CLI prints these as one clear line (no traceback) and exits 2; warnings
+print as one line too (``plain_warnings``), on the terminal and in a job's log."""
+import warnings
 
 
 class GruvError(Exception):
@@ -19,3 +21,11 @@ class GenerationError(GruvError, ValueError):
 
 class TrainingError(GruvError, RuntimeError):
     pass
+
+
+def plain_warnings() -> None:
+    """Process-wide, stated where it is called (the CLI's entry, a job's start): a warning (a skipped
+    file, a thin dev split) prints as one ``warning: ...`` line, every time, without the source line
+    behind it: the same words on the terminal and in a job's log."""
+    warnings.simplefilter("always")
+    warnings.formatwarning = lambda msg, *args, **kw: f"warning: {msg}\n"

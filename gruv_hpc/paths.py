@@ -1,7 +1,7 @@
 """The run-directory and sweep-directory layouts, defined in one place (importable without torch).
 
-Every path the trainer, the Slurm launcher, generation, status and analysis use comes from
-``RunPaths`` or ``SweepPaths``: a requeued job cannot look for its checkpoint under another name
+Every path the trainer, the training job (``training.job.TrainJob``), generation, status and
+analysis use comes from ``RunPaths`` or ``SweepPaths``: a requeued job cannot look for its checkpoint under another name
 than the one it was saved as, and no module spells ``sweep.json`` itself.
 """
 from __future__ import annotations
@@ -30,6 +30,7 @@ class RunPaths:
     done = property(lambda s: s.root / "done.json")
     error = property(lambda s: s.root / "error.txt")
     cancelled = property(lambda s: s.root / "cancelled.json")  # a user stopped it (gruv sweep cancel, Ctrl-C)
+    preempted = property(lambda s: s.root / "preempted.json")  # gruv sweep preempt's last signal: job, requeues
     tb = property(lambda s: s.root / "tb")
     ckpt_dir = property(lambda s: s.root / "checkpoints")
     best = property(lambda s: s.root / "checkpoints" / "best.pt")
@@ -103,12 +104,38 @@ class SweepPaths:
         return RunPaths(self.runs / name)
 
 
+def read_run_config(path: Path) -> dict:
+    """A run's config.json, or one line naming it when it is damaged (a torn copy, an edit): that
+    was a raw JSONDecodeError from train and generate alike."""
+    from gruv_hpc.errors import ConfigError
+    try:
+        rec = json.loads(path.read_bytes())
+        if not isinstance(rec, dict) or not isinstance(rec.get("config"), dict):
+            raise ValueError("it holds no \"config\" object")
+        return rec
+    except ValueError as e:  # (JSONDecodeError and UnicodeDecodeError are ValueErrors)
+        raise ConfigError(f"{path}: not a run's config.json ({str(e).splitlines()[0][:120]}); move it aside (mv {path} "
+                          f"{path}.bad) and run the run's `gruv train` command again: it checks that command against "
+                          "the newest checkpoint's config and writes config.json anew") from None
+
+
+class NotText(str):
+    """A line of a JSONL file that is not UTF-8 (a flipped bit, a foreign writer): kept in its place
+    so that ``metrics_problem`` names it, where the whole file could not be read before."""
+
+
 def read_jsonl(path: Path) -> list[dict]:
-    """Lines of a JSONL file; a torn last line (a kill mid-write) is ignored."""
+    """Lines of a JSONL file; a torn last line (a kill mid-write) is ignored, a line that is not
+    UTF-8 is a ``NotText``."""
     if not path.exists():
         return []
     out = []
-    for line in path.read_text().splitlines():
+    for raw in path.read_bytes().splitlines():
+        try:
+            line = raw.decode()
+        except UnicodeDecodeError:
+            out.append(NotText(raw.decode(errors="replace")))
+            continue
         try:
             out.append(json.loads(line))
         except json.JSONDecodeError:
@@ -121,6 +148,8 @@ def metrics_problem(records: list) -> str | None:
     writes it (an int ``epoch``, numbers ``train_loss`` and ``dev_loss``), or None. A reader lists
     and skips a damaged run instead of failing on it."""
     for i, h in enumerate(records, 1):
+        if isinstance(h, NotText):
+            return f"line {i} is not UTF-8 text"
         if not isinstance(h, dict):
             return f"line {i} is {type(h).__name__}, not an object"
         if not isinstance(h.get("epoch"), int) or isinstance(h.get("epoch"), bool):
@@ -170,8 +199,6 @@ class PipelinePaths:
     report = property(lambda s: s.root / "report")
     report_index = property(lambda s: s.root / "report" / "index.html")
     # The report is written here and renamed into place whole (a killed analysis leaves the old one).
-    report_staging = property(lambda s: s.root / ".report.staging")
-    report_aside = property(lambda s: s.root / ".report.old")
     state = property(lambda s: s.root / "pipeline.json")
     spec = property(lambda s: s.root / "pipeline.toml")
     logs = property(lambda s: s.root / "logs")

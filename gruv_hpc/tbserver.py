@@ -6,6 +6,7 @@ step with the sweep: each run under its own name, new runs as they start."""
 from __future__ import annotations
 
 import getpass
+import math
 import os
 import shutil
 import signal
@@ -42,6 +43,18 @@ def _remove_orphans() -> None:
             pass  # alive (another user's pid, or ours)
 
 
+def _own_tb(run_dir: Path) -> Path | None:
+    """A run's TensorBoard folder, resolved, where it lies inside the run directory; None where
+    there is none, or where ``tb`` is a link out of the run (to ``/etc``, say): TensorBoard would
+    read, and show, whatever it leads to."""
+    tb = RunPaths(run_dir).tb
+    try:
+        real = tb.resolve(strict=True)
+        return real if real.is_dir() and real.is_relative_to(run_dir.resolve(strict=True)) else None
+    except (OSError, RuntimeError):  # missing, or a loop of links
+        return None
+
+
 class RunLinks:
     """A directory of one symlink per run, NAME -> SWEEP/runs/NAME/tb, that TensorBoard reads as
     its one ``--logdir``. Why not the alternatives:
@@ -67,7 +80,7 @@ class RunLinks:
     def sync(self) -> list[str]:
         """Bring the links in line with runs/; returns the names added."""
         try:
-            want = {d.name: RunPaths(d).tb.resolve() for d in self.runs.iterdir() if RunPaths(d).tb.is_dir()}
+            want = {d.name: tb for d in self.runs.iterdir() if (tb := _own_tb(d)) is not None}
         except OSError:
             return []  # runs/ moved away or unreadable for a moment: keep what is linked
         have = {p.name: p for p in self.dir.iterdir()}
@@ -140,8 +153,11 @@ def serve(sweep_dir, host: str, port: int, grace_s: float = 15.0, out=print,
     """Run TensorBoard until it exits or this process is told to stop. Returns the exit status.
     Every ``reload_s`` seconds new runs of the sweep are linked in; TensorBoard, reloading at the
     same interval, shows them at its next reload."""
-    if not reload_s > 0:
-        raise ConfigError(f"--reload-interval {reload_s:g}: must be more than 0 seconds")
+    if not 0 < reload_s < math.inf:
+        raise ConfigError(f"--reload-interval {reload_s:g}: must be a number of seconds above 0 (default "
+                          f"{DEFAULT_RELOAD_S:g})")
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--port {port}: must be 1 .. 65535 (default 6006; another gruv tensorboard may use it)")
     _check_port(host, port)
     links = RunLinks(sweep_dir)
     try:

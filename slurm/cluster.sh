@@ -6,6 +6,13 @@
 #   slurm/cluster.sh start     # write configs, start every daemon, wait until the node is idle
 #   slurm/cluster.sh status
 #   slurm/cluster.sh stop      # stop every daemon through its pid file (never by process name)
+#   slurm/cluster.sh start|stop|status --two-nodes
+#       # a second, separate cluster beside it: two 1-CPU nodes gruvn1, gruvn2 on this machine
+#
+# --two-nodes: its own slurm.conf ($GRUV_SLURM2_STATE/slurm.conf, default /tmp/gruv-slurm-2n; clients
+# find it through SLURM_CONF), ClusterName gruv2n, its own ports, state and pid files. It shares the
+# first cluster's munge and slurmdbd, so that one must be up. Its node names resolve through one
+# marked /etc/hosts line, which stop removes. The first cluster is never touched.
 #
 # State lives in $GRUV_SLURM_STATE (default /tmp/gruv-slurm) and is wiped by `start`.
 # Configs go to /etc/slurm (where every Slurm client looks). See ../shared/notes/local-slurm.md
@@ -41,6 +48,30 @@ wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
 
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
+common_conf() {  # the slurm.conf settings both clusters share (the notes say why each is there)
+  cat <<EOF
+SlurmUser=root
+AuthType=auth/munge
+AuthInfo=cred_expire=5
+CredType=cred/munge
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+MpiDefault=none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=1024
+SchedulerParameters=sched_interval=2,bf_interval=1
+MailProg=/bin/true
+KillWait=5
+ReturnToService=2
+InactiveLimit=0
+MinJobAge=300
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=localhost
+EOF
+}
+
 write_configs() {
   local topo mem cpus
   topo=$(slurmd -C | head -1 | tr ' ' '\n' | grep -E '^(CPUs|Boards|SocketsPerBoard|CoresPerSocket|ThreadsPerCore)=' | tr '\n' ' ')
@@ -52,33 +83,15 @@ write_configs() {
 # written by gruv-hpc slurm/cluster.sh
 ClusterName=gruvlocal
 SlurmctldHost=$HOST(127.0.0.1)
-SlurmUser=root
-AuthType=auth/munge
-AuthInfo=cred_expire=5
-CredType=cred/munge
 StateSaveLocation=$STATE/ctld
 SlurmdSpoolDir=$STATE/spool
 SlurmctldPidFile=$PIDS/slurmctld.pid
 SlurmdPidFile=$PIDS/slurmd.pid
 SlurmctldLogFile=$STATE/log/slurmctld.log
 SlurmdLogFile=$STATE/log/slurmd.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-MpiDefault=none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core_Memory
-DefMemPerCPU=1024
-SchedulerParameters=sched_interval=2,bf_interval=1
+$(common_conf)
 FirstJobId=$(( $(date +%s) % 50000000 + 1000 ))
 MaxArraySize=1001
-MailProg=/bin/true
-KillWait=5
-ReturnToService=2
-InactiveLimit=0
-MinJobAge=300
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/slurmdbd
-AccountingStorageHost=localhost
 
 GresTypes=gpu
 NodeName=$HOST NodeAddr=127.0.0.1 $topo RealMemory=$mem Gres=gpu:2 State=UNKNOWN
@@ -181,10 +194,89 @@ status() {
   pid_alive "$PIDS/slurmctld.pid" && sinfo -N -o '%N %t %c %m %G' || true
 }
 
+# ---- --two-nodes: a second cluster beside the first ----------------------------------------------
+STATE2=${GRUV_SLURM2_STATE:-/tmp/gruv-slurm-2n}
+CONF2=$STATE2/slurm.conf
+HOSTS_MARK="# gruv-hpc slurm/cluster.sh --two-nodes"
+NODES2="gruvn1 gruvn2"
+
+hosts_remove() {  # rewrite in place: /etc/hosts may be a bind mount, which a rename would break
+  if grep -qF "$HOSTS_MARK" /etc/hosts; then
+    local kept; kept=$(grep -vF "$HOSTS_MARK" /etc/hosts)
+    printf '%s\n' "$kept" > /etc/hosts
+  fi
+}
+
+write_configs2() {
+  mkdir -p "$STATE2"/{ctld,log,pids}
+  cat > "$CONF2" <<EOF
+# written by gruv-hpc slurm/cluster.sh --two-nodes
+ClusterName=gruv2n
+SlurmctldHost=$HOST(127.0.0.1)
+SlurmctldPort=17000
+StateSaveLocation=$STATE2/ctld
+SlurmdSpoolDir=$STATE2/spool.%n
+SlurmctldPidFile=$STATE2/pids/slurmctld.pid
+SlurmdPidFile=$STATE2/pids/slurmd.%n.pid
+SlurmctldLogFile=$STATE2/log/slurmctld.log
+SlurmdLogFile=$STATE2/log/slurmd.%n.log
+$(common_conf)
+# job ids 10000 above the first cluster's: rendezvous ports (20000 + id % 20000) apart from its
+FirstJobId=$(( $(date +%s) % 50000000 + 11000 ))
+
+NodeName=gruvn1 NodeHostname=$HOST NodeAddr=127.0.0.1 Port=17001 CPUs=1 RealMemory=2000 State=UNKNOWN
+NodeName=gruvn2 NodeHostname=$HOST NodeAddr=127.0.0.1 Port=17002 CPUs=1 RealMemory=2000 State=UNKNOWN
+PartitionName=two Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+EOF
+}
+
+start2() {
+  install_check
+  if pid_alive "$STATE2/pids/slurmctld.pid"; then log "two-node cluster already running"; return 0; fi
+  if ! pid_alive "$PIDS/slurmdbd.pid" || ! pid_alive /run/munge/munged.pid; then
+    log "the two-node cluster uses the first cluster's munge and slurmdbd: run '$0 start' first"
+    exit 1
+  fi
+  stop2_quiet
+  rm -rf "$STATE2"
+  write_configs2
+  printf '127.0.0.1 gruvn1 gruvn2 %s\n' "$HOSTS_MARK" >> /etc/hosts
+  export SLURM_CONF=$CONF2
+  slurmctld
+  wait_for 30 "slurmctld (two nodes)" scontrol ping
+  for n in $NODES2; do slurmd -N "$n"; done
+  wait_for 60 "both nodes idle" sh -c "[ \$(sinfo -h -N -t idle -o '%N' | sort -u | wc -l) = 2 ]"
+  log "two-node cluster up (SLURM_CONF=$CONF2): $(sinfo -h -N -o '%N %t %c CPUs %m MB' | tr '\n' ' ')"
+}
+
+stop2_quiet() {
+  for n in $NODES2; do stop_pidfile "$STATE2/pids/slurmd.$n.pid"; done
+  stop_pidfile "$STATE2/pids/slurmctld.pid"
+  hosts_remove
+}
+
+status2() {
+  for n in slurmctld slurmd.gruvn1 slurmd.gruvn2; do
+    local f=$STATE2/pids/$n.pid
+    if pid_alive "$f"; then echo "$n: running (pid $(cat "$f"))"; else echo "$n: stopped"; fi
+  done
+  if pid_alive "$STATE2/pids/slurmctld.pid"; then SLURM_CONF=$CONF2 sinfo -N -o '%N %t %c %m'; fi
+}
+
+if [ "${2:-}" = --two-nodes ]; then
+  case "${1:-}" in
+    start) start2 ;;
+    stop) stop2_quiet; log "two-node cluster stopped" ;;
+    status) status2 ;;
+    *) echo "usage: $0 start|stop|status --two-nodes" >&2; exit 2 ;;
+  esac
+  exit 0
+fi
+
 case "${1:-}" in
   install) install ;;
   start) start ;;
   stop) stop ;;
   status) status ;;
-  *) echo "usage: $0 install|start|stop|status" >&2; exit 2 ;;
+  *) echo "usage: $0 install|start|stop|status [--two-nodes]" >&2; exit 2 ;;
 esac

@@ -97,6 +97,17 @@ def copy_sweep(sw: Path, part: Path) -> Path:
     return part
 
 
+def wait_for_checkpoint(run, timeout: float = 120) -> None:
+    """Until run directory ``run`` holds a step checkpoint (a Slurm job may queue first)."""
+    import time
+
+    from gruv_hpc.paths import RunPaths
+    t = time.time()
+    while not RunPaths(run).step_ckpts():
+        assert time.time() - t < timeout, "no first checkpoint"
+        time.sleep(0.1)
+
+
 def wait_for_epoch(run, n: int = 1, timeout: float = 120) -> None:
     """Until run directory ``run`` has logged ``n`` epochs (a Slurm job may queue first)."""
     import time

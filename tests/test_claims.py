@@ -82,13 +82,15 @@ def test_figure_2_needs_two_hidden_sizes():
 
 
 def test_the_threshold_is_a_two_sample_t_test_at_5_percent():
-    """Decisive exactly when a pooled two-sample t-test rejects equal means at the 5% level."""
+    """Past the threshold exactly when a pooled two-sample t-test rejects equal means at the 5%
+    level (with margin 1: no marginal zone)."""
     cases = [([1.0, 1.1], [1.3, 1.35]), ([1.0, 1.1, 1.05], [1.12, 1.2, 1.15]), ([0.5, 0.52, 0.49], [0.55, 0.6]),
              ([2.0, 2.2], [2.1, 2.25]), ([1.0, 1.02, 0.98, 1.01], [1.03, 1.05, 1.02, 1.04])]
     for a, b in cases:
-        c = compare(a, b, "<")
+        c = compare(a, b, "<", margin=1.0)
         p = ttest_ind(a, b, equal_var=True).pvalue
         assert (c["verdict"] in ("holds", "contradicts")) == (p < 0.05), (a, b, p, c)
+        assert (compare(a, b, "<")["verdict"] in ("holds", "contradicts", "marginal")) == (p < 0.05)
         n_a, n_b = len(a), len(b)
         assert c["spread"] == pytest.approx(math.sqrt(((n_a - 1) * c["a_std"] ** 2 + (n_b - 1) * c["b_std"] ** 2) / (n_a + n_b - 2)))
 
@@ -132,22 +134,22 @@ def test_a_difference_between_models_that_beat_no_floor_is_not_decided():
     """Clearly apart by the t-test, but both at or above the dev loss of predicting the train mean."""
     rows = floored({("circuit", "lstm", 32): [1.235, 1.236], ("circuit", "gru", 32): [1.26, 1.261]}, 1.231)
     c = by_claim(claims(rows))["LSTM's"]
-    assert c["comparisons"][0]["verdict"] == "nothing beat the floor"
-    assert c["verdict"] == "not decided: nothing beat the floor" and "beat the floor" in c["why"]
+    assert c["comparisons"][0]["verdict"] == "nothing beat the best floor"
+    assert c["verdict"] == "not decided: nothing beat the best floor" and "beat the best floor" in c["why"]
     # One side below the floor: judged as before.
     rows = floored({("circuit", "lstm", 32): [1.10, 1.101], ("circuit", "gru", 32): [1.26, 1.261]}, 1.231)
     assert by_claim(claims(rows))["LSTM's"]["verdict"] == "holds"
     # The hidden-size claim, and the flatness claim for runs that learned nothing.
     rows = floored({("a", "lstm", 8): [1.3, 1.31], ("a", "lstm", 16): [1.25, 1.251]}, 1.2)
-    assert by_claim(claims(rows))["loss"]["verdict"] == "not decided: nothing beat the floor"
+    assert by_claim(claims(rows))["loss"]["verdict"] == "not decided: nothing beat the best floor"
     flat = [{**r, "flatness": f} for r, f in zip(floored({("a", "lstm", 8): [1.3, 1.31], ("a", "gru", 8): [1.3, 1.31]}, 1.2),
                                                  (0.1, 0.11, 0.5, 0.51))]
-    assert by_claim(claims(flat))["GRU's"]["verdict"] == "not decided: nothing beat the floor"
+    assert by_claim(claims(flat))["GRU's"]["verdict"] == "not decided: nothing beat the best floor"
     # Mixed: one artist decided, another below no floor: the claim still holds on the evidence it has.
     rows = floored({("a", "lstm", 8): [1.0, 1.01], ("a", "gru", 8): [1.1, 1.11]}, 1.2) + \
         floored({("b", "lstm", 8): [1.3, 1.31], ("b", "gru", 8): [1.4, 1.41]}, 1.2)
     c = by_claim(claims(rows))["LSTM's"]
-    assert [x["verdict"] for x in c["comparisons"]] == ["holds", "nothing beat the floor"] and c["verdict"] == "inconclusive"
+    assert [x["verdict"] for x in c["comparisons"]] == ["holds", "nothing beat the best floor"] and c["verdict"] == "inconclusive"
 
 
 def test_the_claims_table_links_to_the_floor_section(tmp_path):
@@ -157,4 +159,55 @@ def test_the_claims_table_links_to_the_floor_section(tmp_path):
         r.update(group=r["name"][:-3], state="COMPLETED", epochs_done=1, epochs=1, error="")
         r.update({k: r.get(k) for k in page_columns()})
     page = write_html(tmp_path, [], rows, claims(rows), {}, {}, {}, {}, [], {"c": {"dev_loss": 1.2, "dev_clips": 2}}).read_text()
-    assert "href='#floor'" in page and "id='floor'" in page and "not decided: nothing beat the floor" in page
+    assert "href='#floor'" in page and "id='floor'" in page and "not decided: nothing beat the best floor" in page
+
+
+def test_a_claim_is_decided_only_against_the_best_floor():
+    """Below the train mean but not below persistence: nothing beat the best floor."""
+    rows = [{**r, "persistence_dev_loss": 0.9, "linear_dev_loss": 0.95}
+            for r in floored({("a", "lstm", 8): [1.00, 1.01], ("a", "gru", 8): [1.10, 1.11]}, 1.2)]
+    c = by_claim(claims(rows))["LSTM's"]
+    assert c["comparisons"][0]["verdict"] == "nothing beat the best floor"
+    assert c["verdict"] == "not decided: nothing beat the best floor"
+    # With the paired per-clip intervals in the rows, they decide: every seed of a side beats it.
+    per_clip = [{**r, "beats_floor": "True" if r["cell"] == "lstm" else "False"} for r in rows]
+    assert by_claim(claims(per_clip))["LSTM's"]["verdict"] == "holds"
+    one_seed_fails = [{**r, "beats_floor": r["cell"] == "lstm" and r["seed"] == 0} for r in rows]
+    assert by_claim(claims(one_seed_fails))["LSTM's"]["verdict"] == "not decided: nothing beat the best floor"
+
+
+def test_a_difference_just_past_its_threshold_is_marginal():
+    """Beyond the t-test's threshold by less than MARGIN x: decided on one machine's kernels and
+    not on another's, so it decides nothing."""
+    from gruv_hpc.analysis.claims import MARGIN
+    a = [1.00, 1.02]
+    thr = compare(a, [x + 1 for x in a], "<")["threshold"]  # the same spread on both sides: one threshold
+    shifted = lambda k: [x + k * thr for x in a]  # noqa: E731
+    assert compare(a, shifted(0.9), "<")["verdict"] == "within noise"
+    near = compare(a, shifted(1.2), "<")
+    assert near["threshold"] == pytest.approx(thr) and near["verdict"] == "marginal"
+    assert compare(a, shifted(1.1 * MARGIN), "<")["verdict"] == "holds"
+    assert compare(shifted(1.2), a, "<")["verdict"] == "marginal"  # either sign: never a "contradicts" either
+    c = lstm_vs_gru(a, shifted(1.2))
+    assert c["verdict"] == "inconclusive" and "1 marginal" in c["why"]
+
+
+def test_a_difference_within_the_numerical_noise_is_never_decided():
+    c = compare([1.00, 1.0001], [1.10, 1.1001], "<")
+    assert c["verdict"] == "holds"
+    assert compare([1.00, 1.0001], [1.10, 1.1001], "<", noise=0.2)["verdict"] == "within numerical noise"
+    rows = rows_of({("a", "lstm", 8): [1.00, 1.0001], ("a", "gru", 8): [1.10, 1.1001]})
+    c = by_claim(claims(rows, noise=0.2))["LSTM's"]
+    assert c["verdict"] == "inconclusive" and "within the numerical noise" in c["why"]
+
+
+def test_report_links_are_url_quoted(tmp_path):
+    """A run named with '#', '?' or '%' (issue 32 L3): each audio and image path is URL-quoted, then
+    HTML-escaped, so the browser asks for the file that exists."""
+    from gruv_hpc.analysis.report import write_html
+    name = "a#b?c%d&e"
+    clip = {"seed_index": 0, "wav": f"audio/{name}/seed0.wav", "seed_wav": f"audio/{name}/seed0_seed.wav",
+            "png": f"audio/{name}/seed0.png", "words": "w"}
+    page = write_html(tmp_path, [], [], [], {}, {}, {}, {name: {"clips": [clip]}}, [], {}).read_text()
+    assert "src='audio/a%23b%3Fc%25d%26e/seed0.wav'" in page and "src='audio/a%23b%3Fc%25d%26e/seed0.png'" in page
+    assert "a#b?c%d&amp;e" in page  # the name itself, as text, only escaped

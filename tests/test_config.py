@@ -36,3 +36,59 @@ def test_a_wrong_element_is_named(values, msg):
 def test_a_wrong_element_on_the_command_line_is_named():
     with pytest.raises(ConfigError, match="sizes: expected a list of int, got element 'big'"):
         build(Lists, overrides={"sizes": "1,big"})
+
+
+def test_the_optimizers_are_a_registry(monkeypatch):
+    """TrainConfig's optimizer key is checked against the registry (training/optim.py), and an
+    optimizer registered there is built by make_optimizer: no string switch to extend."""
+    import torch
+
+    from gruv_hpc.training import optim
+    from gruv_hpc.training.config import TrainConfig
+    with pytest.raises(ConfigError, match="optimizer: 'lion' is not one of rmsprop, adam, sgd"):
+        build(TrainConfig, {"optimizer": "lion"})
+    built = []
+    monkeypatch.setitem(optim.OPTIMIZERS, "lion", optim.OptimizerSpec(
+        "lion", lambda params, lr, cuda, capturable: built.append((lr, cuda, capturable)) or torch.optim.SGD(params, lr=lr),
+        capturable=False))
+    cfg = build(TrainConfig, {"optimizer": "lion", "lr": 0.01})
+    p = torch.nn.Parameter(torch.zeros(2))
+    assert isinstance(optim.make_optimizer(cfg, [p], capturable=True), torch.optim.SGD)
+    assert built == [(0.01, False, False)]  # no capturable form: asked for one, built without
+    rms = optim.make_optimizer(build(TrainConfig, {}), [p])
+    assert isinstance(rms, torch.optim.RMSprop) and rms.defaults["alpha"] == 0.9 and rms.defaults["eps"] == 1e-7
+
+
+# --- Issue 32 L4/L5: values that were taken silently, a message that blamed another key ----------
+
+def test_a_shell_line_on_the_command_line_is_never_cut_at_its_commas():
+    from gruv_hpc.cluster.config import SlurmConfig
+    assert build(SlurmConfig, overrides={"setup": "export CUDA_VISIBLE_DEVICES=0,1"}).setup == \
+        ["export CUDA_VISIBLE_DEVICES=0,1"]
+    assert build(SlurmConfig, overrides={"setup": "['module load cuda', 'export X=0,1']"}).setup == \
+        ["module load cuda", "export X=0,1"]
+    assert build(Lists, overrides={"names": "x,y", "sizes": "[1, 2]"}).names == ["x", "y"]  # others still split
+    with pytest.raises(ConfigError, match="setup: .* is not a TOML array"):
+        build(SlurmConfig, overrides={"setup": "['unclosed"})
+
+
+@pytest.mark.parametrize("values,msg", [({"mem_gb": True}, "mem_gb: expected float, got true"),
+                                        ({"time_min": False}, "time_min: expected int, got false"),
+                                        ({"mem_gb": 0}, "slurm.mem_gb: must be a number of GB above 0, got 0"),
+                                        ({"gpus_per_node": -1}, "slurm.gpus_per_node: must be >= 0, got -1")])
+def test_a_bool_is_not_a_number_and_each_bad_resource_is_named(values, msg):
+    from gruv_hpc.cluster.config import SlurmConfig
+    with pytest.raises(ConfigError, match=msg):
+        build(SlurmConfig, values).validate()
+
+
+@pytest.mark.parametrize("value,skips", [("1", True), ("true", True), ("0", False), ("", False), ("no", False),
+                                         ("maybe", None)])
+def test_the_resource_check_is_skipped_only_when_asked(monkeypatch, value, skips):
+    from gruv_hpc.cluster.slurm import SKIP_CHECK_ENV, skip_check
+    monkeypatch.setenv(SKIP_CHECK_ENV, value)
+    if skips is None:
+        with pytest.raises(ConfigError, match=f"{SKIP_CHECK_ENV}='maybe': set it to 1"):
+            skip_check()
+    else:
+        assert skip_check() is skips

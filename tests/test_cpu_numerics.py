@@ -68,7 +68,9 @@ def test_gruv_analyze_flushes(tmp_path, flush_calls, monkeypatch):
     from gruv_hpc.analysis import report
     from gruv_hpc.cli import main
     seen = []
-    monkeypatch.setattr(report, "analyze_atomic", lambda sweep, out, **kw: seen.append(list(flush_calls)))
+    import gruv_hpc.cluster.sweep as sweep
+    monkeypatch.setattr(report, "analyze_atomic", lambda sweep, out, listing, **kw: seen.append(list(flush_calls)))
+    monkeypatch.setattr(sweep, "analysis_listing", lambda d: [])
     (tmp_path / "sweep").mkdir()
     assert main(["analyze", str(tmp_path / "sweep"), "--out", str(tmp_path / "report")]) == 0
     assert flush_calls == [1] and seen == [[1]]  # flushed once, before the report started

@@ -57,6 +57,8 @@ def test_a_registered_diagnostic_reaches_every_output(peak_diagnostic, data, tmp
     last = read_jsonl(run / "metrics.jsonl")[-1]
     assert last["generated"]["zz_peak"] > 0
     assert _scalars(run / "tb")["generated/zz_peak"][-1] == pytest.approx(last["generated"]["zz_peak"])
+    # and the rollout hook scored the end of training (the tiny clips fit no horizon: the count only)
+    assert last["rollout"]["rollout_clips"] > 0 and "rollout/rollout_clips" in _scalars(run / "tb")
     # the sidecar, against the WAV itself, and the words
     side = generate(run, tmp_path / "g.wav", seed_seconds=0.32, length_ratio=2, float32=True)
     x, _ = sf.read(tmp_path / "g.wav")

@@ -26,6 +26,9 @@ What is checked, per page (a failure names the page and the line):
   loaded by the real loaders (a pipeline file by `load_pipeline`, a sweep file by `load_sweep`).
 - Modules: every `gruv_hpc.x.y` named in code must import (or be an attribute of one that does),
   and every repository path in inline code (`gruv_hpc/...`, `bench/...`, `tests/...`, ...) must exist.
+- Names: every inline `Class.attr` and `module.function` (a call's parentheses allowed) must
+  exist: our classes found by name in gruv_hpc, our modules by their last name
+  (`distributed.export_env`), torch's, submitit's and numpy's by theirs.
 
 Markdown links are not checked (pages other branches are writing are linked before they land).
 """
@@ -261,6 +264,76 @@ def module_reference(name: str) -> bool:
             if module_error(f"{mod}.{rest}") is None:
                 return True
     return False
+
+
+# Packages outside ours whose classes and functions the pages name (`torch.nn.LSTM`,
+# `Checkpointable.checkpoint`): a name found there is checked there.
+THIRD_PARTY = ("torch", "torch.nn", "torch.optim", "torch.utils.data", "submitit", "submitit.helpers", "numpy", "scipy")
+SPAN_ATTR = re.compile(r"^([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+)(?:\(.*\))?$")
+
+
+def our_classes() -> dict[str, list[str]]:
+    """Every class defined in gruv_hpc: {name: [module, ...]} (read from the source, not imported)."""
+    import ast
+    out: dict[str, list[str]] = {}
+    for f in (ROOT / "gruv_hpc").rglob("*.py"):
+        mod = ".".join(f.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        for node in ast.parse(f.read_text()).body:
+            if isinstance(node, ast.ClassDef):
+                out.setdefault(node.name, []).append(mod)
+    return out
+
+
+def has_attr(cls, attr: str) -> bool:
+    """A class attribute, method, property or dataclass field (a field without a default is no
+    class attribute)."""
+    return hasattr(cls, attr) or attr in getattr(cls, "__dataclass_fields__", {}) or \
+        any(attr in getattr(c, "__annotations__", {}) for c in getattr(cls, "__mro__", ()))
+
+
+def attr_error(span: str) -> str | None:
+    """Why a `Class.attr` or `module.function` span (a call's parentheses allowed) names nothing,
+    or None when it exists or is not ours to judge. Our classes are found by name anywhere in
+    gruv_hpc, our modules by their last name (`distributed.export_env`), other packages'
+    (THIRD_PARTY) by theirs; a lower-case name that is none of these is a variable (`handle.split`)
+    and a dotted file name (`sweep.json`) is a file."""
+    m = SPAN_ATTR.match(span)
+    if not m:
+        return None
+    parts = m.group(1).split(".")
+    if parts[-1] in FILE_SUFFIXES or parts[0] in NAMESPACES:
+        return None  # a file, or a config key (check_span_keys)
+    head, rest = parts[0], parts[1:]
+    if head[0].isupper():
+        for mod in our_classes().get(head, []):
+            obj = getattr(importlib.import_module(mod), head)
+            if has_attr(obj, rest[0]) and (len(rest) == 1 or module_error(f"{mod}.{head}.{'.'.join(rest)}") is None):
+                return None
+        if head in our_classes():
+            return f"{head} ({', '.join(our_classes()[head])}) has no attribute {'.'.join(rest)!r}"
+        for pkg in THIRD_PARTY:
+            try:
+                obj = getattr(importlib.import_module(pkg), head, None)
+            except ImportError:
+                continue
+            if obj is not None:
+                return None if has_attr(obj, rest[0]) else f"{pkg}.{head} has no attribute {rest[0]!r}"
+        return f"no class {head} in gruv_hpc (nor in {', '.join(THIRD_PARTY)})"
+    if module_reference(".".join(parts)):
+        return None
+    ours = [f for f in (ROOT / "gruv_hpc").rglob("*") if f.name in (f"{head}.py", head) and "__pycache__" not in f.parts]
+    if ours:
+        return f"gruv_hpc's {head} ({', '.join(str(f.relative_to(ROOT)) for f in ours)}) has no {'.'.join(rest)!r}"
+    try:
+        found = importlib.util.find_spec(head) is not None
+    except (ImportError, ValueError):
+        found = False
+    return module_error(".".join(parts)) if found else None
+
+
+def check_span_attr(doc: Doc, line: int, span: str) -> None:
+    if why := attr_error(span):
+        doc.fail(line, f"`{span}`", why)
 
 
 MODULE = re.compile(r"\bgruv_hpc(?:\.[A-Za-z_]\w*)+")
@@ -535,6 +608,7 @@ def check_doc(path: Path, scratch: Scratch) -> list[str]:
             check_command(doc, line, words[1:], scratch, {}, inline=True)
         else:
             check_span_keys(doc, line, span)
+            check_span_attr(doc, line, span)
     return doc.errors
 
 
@@ -582,19 +656,24 @@ def test_checker_catches_wrong_commands_and_keys(tmp_path, scratch):
         "```",                                                               # 18
         "`gruv generate RUN_DIR --out OUT.wav [--seed-index K | --seed-start SECONDS] --algorithm refeed` "
         "and `gruv generate RUN_DIR --out OUT.wav --algorithm greedy`",      # 19: a bad choice
+        "`Trainer.train_epoch()`, `distributed.export_env`, `torch.nn.LSTM`, `handle.split`, `os.replace`, "
+        "`cells.PAPER_GRU`, `Checkpointable.checkpoint` (correct), but not `Data.to_xy`, "
+        "`distributed.scontrol_hosts`, `NoSuchClass.run`, `numpy.no_such_fn`, `os.no_such`",  # 20: 5 faults
     ]) + "\n")
     errors = check_doc(page, scratch)
     text = "\n".join(errors)
     where = sorted({int(e.split(":")[1]) for e in errors})
-    assert where == [4, 5, 6, 7, 8, 9, 10, 12, 14, 19], text
+    assert where == [4, 5, 6, 7, 8, 9, 10, 12, 14, 19, 20], text
     for needle in ("--jsno", "trian", "hiden", "partion", "dct", "gruv_hpc.features", "slurm.mem", "lerning_rate", "parse_sbatch", "qso",
-                   "gruv_hpc.data", "bench/nothing.py", "greedy"):
+                   "gruv_hpc.data", "bench/nothing.py", "greedy", "Data.to_xy", "scontrol_hosts", "NoSuchClass",
+                   "no_such_fn", "os.no_such"):
         assert needle in text, (needle, text)
     # The correct constructs must not be what an error is about. Only each error's first line (the
     # page, the line, what is wrong) is searched: the reasons below it list the valid keys, which
     # name correct keys such as std_floor.
     heads = "\n".join(e.splitlines()[0] for e in errors)
     for fine in ("gruv_hpc.dataset.clips", "`cell=lstm`", "`grid.seed`", "tests/test_docs.py", "--seed-index", "torch",
-                 "slurm.conf", "sweep.json", "parse_sacct", "fused", "std_floor", "map_location", "slurm.partition"):
+                 "slurm.conf", "sweep.json", "parse_sacct", "fused", "std_floor", "map_location", "slurm.partition",
+                 "train_epoch", "export_env", "LSTM", "handle.split", "os.replace", "PAPER_GRU", "Checkpointable"):
         assert fine not in heads, (fine, text)
     assert all(e.startswith(f"{page}:") for e in errors), text

@@ -206,6 +206,39 @@ def test_best_run_by_dev_loss_with_its_paths(trained):
     assert r.returncode == 0 and [x["name"] for x in json.loads(r.stdout)["runs"]] == ["lstm-h4"]
 
 
+def test_best_shows_each_runs_floor_and_says_when_the_best_sits_at_it(trained, data, tmp_path):
+    """Each run's floor (the dev loss of predicting its artists' train mean) and whether it beats
+    it; a best checkpoint at the floor is named as such, with the last checkpoint's command line."""
+    from gruv_hpc.analysis.baseline import mean_prediction_loss
+    _, d0 = trained
+    d = tmp_path / "sw"
+    shutil.copytree(d0, d)
+    state = json.loads((d / "sweep.json").read_text())
+    for r in state["runs"].values():
+        r["run_dir"] = r["run_dir"].replace(str(d0), str(d))
+    (d / "sweep.json").write_text(json.dumps(state))
+    from gruv_hpc.training.config import run_config
+    floor = mean_prediction_loss(data, None, std_floor=run_config(state["runs"]["gru-h4"]["config"])["std_floor"])[0]
+    # gru-h4 trained to exactly its floor at epoch 1, then (an epoch 2 written here) went on: the
+    # "best" checkpoint is the near-mean model, the last one is another
+    m = d / "runs" / "gru-h4" / "metrics.jsonl"
+    [line] = [json.loads(ln) for ln in m.read_text().splitlines()]
+    m.write_text(json.dumps({**line, "best_dev_loss": floor, "dev_loss": floor}) + "\n"
+                 + json.dumps({**line, "epoch": 2, "best_dev_loss": floor, "dev_loss": floor * 1.2}) + "\n")
+    res = best_runs(d, top=2)
+    by = {r["name"]: r for r in res["runs"]}
+    assert by["gru-h4"]["floor"] == pytest.approx(floor, rel=1e-12) == by["lstm-h4"]["floor"]
+    assert by["gru-h4"]["beats_floor"] is False and by["gru-h4"]["at_floor"] is True
+    assert by["lstm-h4"]["beats_floor"] == (by["lstm-h4"]["value"] < floor)
+    text = format_best(res)
+    assert f"best_dev_loss {floor:.6g} at epoch 1 of 1 (COMPLETED); floor {floor:.6g} (predicting the train mean): " \
+           "does NOT beat it" in text
+    assert "note: its best checkpoint (epoch 1) sits at or above the floor" in text and "the last checkpoint (epoch 2)" in text
+    assert f"gruv generate {d / 'runs' / 'gru-h4'} --out gru-h4-last.wav --checkpoint last" in text
+    # a metric the floor does not measure gets none
+    assert "floor" not in best_runs(d, by="train_loss")["runs"][0]
+
+
 def test_best_skips_damaged_runs_and_names_bad_options(trained, tmp_path):
     _, d0 = trained
     d = tmp_path / "sw"
@@ -276,3 +309,23 @@ def test_pipeline_dry_run_over_a_built_dataset_changes_nothing(corpus, data, tmp
     assert tree(out) == before
     with pytest.raises(ConfigError, match="hidden"):  # the sweep is checked as a submission checks it
         pipeline.dry_run(f, out, executor="slurm", overrides=["sweep.hidden=0"], say=said.append)
+
+
+def test_best_finds_all_artist_runs_and_recommends_a_checkpoint_that_loads(trained, tmp_path):
+    """Issue 32 L5: --artist A finds the runs trained on all the dataset's artists (A among them), and
+    a best.pt that does not load is not recommended: the newest checkpoint that loads is, said so."""
+    from conftest import copy_sweep
+
+    from gruv_hpc.training.checkpoint import load_checkpoint
+    _, d0 = trained
+    d = copy_sweep(d0, tmp_path / "sw")
+    assert {r["name"] for r in best_runs(d, artist="aurora", top=5)["runs"]} == {"lstm-h4", "gru-h4"}
+    top = best_runs(d)["runs"][0]
+    best = Path(top["checkpoint"])
+    assert best.name == "best.pt" and "note" not in top
+    best.write_bytes(b"a torn copy")
+    again = best_runs(d)["runs"][0]
+    assert again["name"] == top["name"] and again["checkpoint"] != str(best)
+    assert "does not load" in again["note"] and f"--checkpoint {again['checkpoint']}" in again["generate"]
+    assert load_checkpoint(Path(again["checkpoint"]))["model"]  # the one recommended loads
+    assert f"note: {again['note']}" in format_best(best_runs(d))

@@ -3,10 +3,12 @@ checkpoints, another dataset, a full disk and bad values (issue: datasets, runs 
 survive mistakes, races, signals and bad input)."""
 import json
 import os
+import queue
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -61,14 +63,62 @@ def test_stop_signal_writes_checkpoint_and_exits_distinctly(data, tmp_path, sig)
         in again.stdout  # the epoch under way, as the stop line names it
 
 
+def test_a_stopped_resume_never_run_names_the_command_that_resumes(data, tmp_path):
+    """Issue 32 M5: "run the same command again" would start a resume=never run over."""
+    import shlex
+    run = tmp_path / "r"
+    p = start_train(data, run, "epochs=100000", "resume=never")
+    wait_for_epoch(run)
+    os.kill(p.pid, signal.SIGTERM)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == EXIT_STOPPED, err
+    res = json.loads(out.strip().splitlines()[-1])
+    hint = err.strip().splitlines()[-1]
+    assert "resume=never starts over" in hint and "Run the same command again" not in err, err
+    args = shlex.split(hint.partition(": gruv ")[2])
+    assert "resume=auto" in args and "resume=never" not in args
+    args = [a if not a.startswith("epochs=") else f"epochs={res['epoch'] + 1}" for a in args]  # (so that it ends)
+    again = gruv(*args)
+    assert again.returncode == 0 and "resumed from" in again.stdout, again.stderr
+    assert not list(run.glob("discarded-*"))
+
+
 def test_second_signal_aborts(data, tmp_path):
-    """Ctrl-C twice: the second one is not ignored."""
-    p = start_train(data, tmp_path / "r", "epochs=100000", "ckpt_every_min=1e-9")  # a save at every step: slow
-    wait_for_epoch(tmp_path / "r")
+    """Ctrl-C twice: the second one aborts at once (130, KeyboardInterrupt's code), where one
+    alone stops with a checkpoint (EXIT_STOPPED). Two signals sent together reach Python as one,
+    so the second goes once the run has said it saw the first; and so that the run cannot end in
+    between, its stdout is a 4 KiB pipe left unread until it is full: the stop's own output (its
+    line and the result, ~400 bytes) cannot be written, so the run is still there for the second."""
+    import array
+    import fcntl
+    import termios
+    p = start_train(data, tmp_path / "r", "epochs=100000", "limit_train_batches=1")
+    fcntl.fcntl(p.stdout.fileno(), 1031, 4096)  # F_SETPIPE_SZ: the smallest pipe, one page
+    queued = array.array("i", [0])
+    for _ in range(1200):
+        fcntl.ioctl(p.stdout.fileno(), termios.FIONREAD, queued)
+        if queued[0] > 4096 - 400 or p.poll() is not None:
+            break
+        time.sleep(0.1)
+    assert queued[0] > 4096 - 400, f"stdout holds {queued[0]} bytes"
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in iter(p.stderr.readline, "")] + [lines.put("")],
+                     daemon=True).start()
     p.send_signal(signal.SIGINT)
+    seen = []
+    while not seen or "SIGINT received" not in seen[-1]:
+        try:
+            seen.append(lines.get(timeout=60))
+        except queue.Empty:
+            p.kill()
+            raise AssertionError("the run did not say it saw the signal: " + "".join(seen)) from None
+        assert seen[-1], "".join(seen)  # EOF: the run ended without saying it saw the signal
     p.send_signal(signal.SIGINT)
-    p.communicate(timeout=60)
-    assert p.returncode in (EXIT_STOPPED, 130)
+    out = p.stdout.read()
+    p.wait(timeout=60)
+    err = "".join(seen) + "".join(iter(lambda: lines.get(timeout=10), ""))
+    assert p.returncode == 130, err
+    assert "stop signal INT" not in out and "gruv: interrupted" in err  # not the one-signal stop
 
 
 # --- 2. one writer per run directory -------------------------------------------------------------
@@ -220,6 +270,27 @@ def test_full_disk_keeps_last_checkpoint_and_says_why(data, tiny_disk):
         assert (RunPaths(run).ckpt_dir / name).read_bytes() == blob
     assert not list(RunPaths(run).ckpt_dir.glob(".*tmp*"))  # no temp file left filling the disk
     assert torch.load(RunPaths(run).step_ckpts()[0], weights_only=True)["train"]["epoch"] == 1
+
+
+def test_a_disk_that_fills_inside_torch_save_is_a_full_disk_not_unexpected_pos(tmp_path, monkeypatch):
+    """Issue 32 L1: ENOSPC inside torch.save came out as "RuntimeError: ... unexpected pos", which the
+    trainer's full-disk message (above) never saw: a raw traceback."""
+    import errno
+    import io
+    from gruv_hpc import fsio
+    from gruv_hpc.training.checkpoint import atomic_torch_save
+
+    class Full(io.FileIO):  # a disk with 1000 bytes left
+        def write(self, b):
+            if self.tell() + len(b) > 1000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().write(b)
+    monkeypatch.setattr(fsio, "open", lambda path, mode: Full(path, "w"), raising=False)
+    target = tmp_path / "step.pt"
+    with pytest.raises(OSError) as e:
+        atomic_torch_save({"w": torch.zeros(10000)}, target)
+    assert e.value.errno == errno.ENOSPC
+    assert list(tmp_path.iterdir()) == []  # no temp file left
 
 
 # --- 6, 11. generation: a fallback for an unreadable best.pt, one-line errors -------------------
@@ -408,3 +479,23 @@ def test_local_submission_of_failing_runs_exits_nonzero(data, tmp_path):
 def test_analyze_a_directory_that_is_not_a_sweep(tmp_path):
     r = gruv("analyze", tmp_path, "--out", tmp_path / "rep")
     assert r.returncode == 2 and "not a sweep directory" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_generate_on_a_full_disk_leaves_no_truncated_wav(data, tmp_path, tiny_disk):
+    """Issue 32 L6: the WAV is written beside its name and moved into place, so a full disk is one
+    line and the file that was there stays whole (no truncated WAV, no temp file left)."""
+    run = tmp_path / "r"
+    main(tiny_config(data, epochs=1), run)
+    out = tiny_disk / "g.wav"
+    assert gruv("generate", run, "--out", out, "--seed-seconds", "0.16", "--length-ratio", "1").returncode == 0
+    before = out.read_bytes()
+    with open(tiny_disk / "filler", "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+        except OSError:
+            pass
+    r = gruv("generate", run, "--out", out, "--seed-seconds", "0.32", "--length-ratio", "20")
+    assert r.returncode == 2 and "No space left on device" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert out.read_bytes() == before and not list(tiny_disk.glob(".g.wav.tmp*"))

@@ -81,3 +81,15 @@ def test_words_mean_one_thing():
         p.parse_args(["analyze", "sw", "--out", "rep", "--seeds", "3"])
     assert "equal up to float rounding, which a trained\nrecurrent model can amplify" in gen.__doc__
     assert "same blocks" not in gen.__doc__ and "same blocks" not in gen.generate_stateful.__doc__
+
+
+def test_an_artist_name_with_dollars_is_drawn_as_written(tmp_path):
+    """Issue 32 M7: '$...$' in a name was read as math and failed every figure, so every report."""
+    from gruv_hpc.analysis.fig1_loss import fig1
+    from gruv_hpc.analysis.fig2_hidden import fig2
+    name = "Ke$ha_&_A$AP_Rocky"
+    runs = [run(name, c, s, [105.0, 10.0, 0.3]) for c in ("lstm", "gru") for s in (1, 2)]  # a log axis: math ticks
+    d1 = fig1(runs, tmp_path, baseline={name: {"dev_loss": 0.7}})
+    assert d1["log_y"] == [name] and (tmp_path / "fig1_loss.png").stat().st_size > 0
+    fig2(runs, tmp_path, {name: {"dev_loss": 0.7}})
+    assert (tmp_path / "fig2_hidden.png").stat().st_size > 0

@@ -191,14 +191,14 @@ def test_cycle_detection_catches_lazy_and_from_imports(tmp_path):
 
 
 # The layers, lowest first: each may import only from the layers before it (and from its own).
-# The shared machinery (configs, paths, files, locks, errors, progress, plotting, the job's
+# The shared machinery (configs, paths, files, locks, folder swaps, errors, progress, plotting, the job's
 # environment) stands on no package; dataset on it alone; training reads datasets; generation
 # continues trained runs; analysis reads runs (and generates from them); cluster runs all of them
 # as jobs; the applications (the command line, the TensorBoard server) sit on top. Every module
 # has a layer: test_every_module_has_a_layer.
 LAYERS = [
     {f"{PACKAGE}"} | {f"{PACKAGE}.{m}" for m in ("config", "errors", "fsio", "lock", "paths", "plotting", "progress",
-                                                 "jobenv")},
+                                                 "jobenv", "swap")},
     {f"{PACKAGE}.dataset"},
     {f"{PACKAGE}.training"},
     {f"{PACKAGE}.generation"},

@@ -168,9 +168,30 @@ def test_model_shapes_state_and_causality(cell):
     assert torch.allclose(torch.cat([ya, yb], 1), y, atol=1e-5)
 
 
-def test_fused_lstm_is_torch_lstm():
-    m = FusedLSTM(4, 6)
-    assert isinstance(m.rnn, torch.nn.LSTM)
+def test_fused_lstm_is_the_standard_lstm_and_carries_its_state():
+    """lstm-fused is the LSTM without peepholes (torch's gate order i, f, g, o; two biases),
+    written out step by step; its (h, c) state of shape (B, H) continues a sequence exactly where
+    it left off, as generation and truncated sequences use it."""
+    torch.manual_seed(0)
+    m = FusedLSTM(4, 6).double()
+    x = torch.randn(3, 7, 4, dtype=torch.float64)
+    h0, c0 = torch.randn(3, 6, dtype=torch.float64), torch.randn(3, 6, dtype=torch.float64)
+    r = m.rnn
+    h, c, hs = h0, c0, []
+    for t in range(x.shape[1]):
+        i, f, g, o = (x[:, t] @ r.weight_ih_l0.T + r.bias_ih_l0 + h @ r.weight_hh_l0.T + r.bias_hh_l0).chunk(4, dim=1)
+        c = sig(f) * c + sig(i) * torch.tanh(g)
+        h = sig(o) * torch.tanh(c)
+        hs.append(h)
+    y, (hn, cn) = m(x, (h0, c0))
+    torch.testing.assert_close(y, torch.stack(hs, 1))
+    torch.testing.assert_close((hn, cn), (h, c))
+    y1, s1 = m(x[:, :3], (h0, c0))
+    y2, s2 = m(x[:, 3:], s1)
+    torch.testing.assert_close(torch.cat([y1, y2], 1), y)
+    torch.testing.assert_close(s2, (hn, cn))
+    zero, _ = m(x)  # no state: zeros
+    torch.testing.assert_close(zero, m(x, (torch.zeros_like(h0), torch.zeros_like(c0)))[0])
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "lstm-fused"])

@@ -71,6 +71,7 @@ def write(path: Path, tables: dict) -> Path:
     ({"analysis": {"seed": 1}}, "unknown key(s) 'seed' in FILE [analysis]; valid keys: hidden, seed_clips, seed_seconds, max_clips"),
     ({"analysis": {"seed_seconds": -1.0}}, "seed_seconds: must be a finite number > 0"),
     ({"analysis.slurm": {"time_min": 0}}, "slurm.time_min: must be >= 1"),
+    ({"analysis.slurm": {"gpus_per_node": 1}}, "FILE [analysis.slurm]: gpus_per_node=1, but the analysis runs on the CPU"),
 ])
 def test_bad_pipeline_files_name_the_file_and_key(corpus, tmp_path, change, needle):
     f = write(tmp_path / "p.toml", tiny_tables(corpus, **change))
@@ -204,7 +205,7 @@ def test_local_pipeline_end_to_end_and_resubmission(corpus, data, tmp_path):
     shutil.rmtree(paths.report)
     sub = pipeline.submit(f, out, executor="local", overrides=["sweep.epochs=2"], progress=False, say=said.append)
     assert sub["train"]["submitted"] == [] and sub["analysis"] == {"ran": True, "why": "no report yet"}
-    assert paths.report_index.is_file() and not paths.report_staging.exists()
+    assert paths.report_index.is_file() and not list(paths.root.glob(".report.staging*"))
 
     # Another corpus for the same DIR is refused: its runs were trained on this dataset.
     f2 = write(tmp_path / "p2.toml", tiny_tables(corpus, corpus={"aurora": str(corpus / "aurora")}))

@@ -109,6 +109,20 @@ def test_the_local_scheduler_checks_nothing(tmp_path):
 WHEN = '\n[[slurm.when]]\nhidden = 16\nmem_gb = 2.0\ntime_min = 20\n'
 
 
+def test_a_when_rule_the_command_line_empties_is_said_and_grid_data_values_are_checked(data, tmp_path):
+    """Issue 32 L4: a rule emptied by hidden=8 was dropped silently; grid.data= values were not checked."""
+    f = write_sweep(tmp_path / "w.toml", data, {"epochs": 1}, {"hidden": [8, 16]})
+    f.write_text(f.read_text() + WHEN)
+    sw = sweep.load_sweep(f, ["hidden=8"])
+    assert any("[[slurm.when]] rule 1 ({\"hidden\": 16}) selects no run once the command line is applied" in n
+               for n in sw.notes), sw.notes
+    assert not any("slurm.when" in n for n in sweep.load_sweep(f).notes)
+    from gruv_hpc.errors import DatasetError
+    with pytest.raises(DatasetError, match="run .*nowhere: /nowhere: dataset directory does not exist"):
+        sweep.submit(f, tmp_path / "sw", executor="local", dry_run=True, out=lambda *a: None,
+                     overrides=[f"grid.data={data},/nowhere"])
+
+
 def test_when_rules_give_their_points_other_resources_and_arrays(data, tmp_path):
     f = write_sweep(tmp_path / "w.toml", data, {"epochs": 1, "batch_size": 4, "workers": 0, "gen_seconds": 0.0},
                     {"cell": ["lstm", "gru"], "hidden": [8, 16]})
@@ -299,6 +313,10 @@ def test_a_failing_setup_line_fails_the_canary_and_no_run_trains(data, tmp_path)
     assert "gruv canary: setup line failed: false (exit 1)" in err
     st = _wait_ended(runs)
     assert set(st.values()) == {"CANCELLED"}, st  # kill-on-invalid-dep: never started
+    # status says why (issue 32 L2: it read CANCELLED, no reason)
+    for row in sweep.status(d):
+        assert f"cancelled: its canary, job {canary}, ended FAILED" in row["error"], row["error"]
+        assert "setup line failed: false" in row["error"]
     for n in res["submitted"]:
         assert not (d / "runs" / n / "metrics.jsonl").exists() and not list((d / "runs" / n).glob("ckpt*"))
 
@@ -323,6 +341,45 @@ def test_a_passing_canary_lets_the_grid_run(data, tmp_path):
 
 
 @pytest.mark.slurm
+def test_each_resource_set_gets_its_own_canary(data, tmp_path):
+    """Issue 32 M8: a [[slurm.when]] rule's setup lines are proven too. Its canary fails, and only
+    its array is cancelled; the base table's canary passes and its run trains."""
+    f = write_sweep(tmp_path / "c.toml", data, {"epochs": 1, "batch_size": 4, "workers": 0, "gen_seconds": 0.0,
+                                                "hidden": 8, "limit_train_batches": 2},
+                    {"cell": ["lstm", "gru"]}, {"setup": ["echo setting up"]})
+    f.write_text(f.read_text() + '\n[[slurm.when]]\ncell = "gru"\nsetup = ["echo gru node", "false"]\n')
+    d = tmp_path / "sw"
+    printed = []
+    sweep.submit(f, d, executor="slurm", canary=True, dry_run=True, out=printed.append)
+    assert sum("# the canary " in p for p in printed) == 2 and any("setup line failed: false" in p for p in printed)
+    sweep.submit(f, d, executor="slurm", canary=True, out=lambda *a: None)
+    state = json.loads((d / "sweep.json").read_text())
+    base, rule = state["submissions"][-1]["canaries"]
+    jobs = {n: state["runs"][n]["jobs"][-1]["job_id"] for n in ("lstm", "gru")}
+    st = _wait_ended([base, rule, *jobs.values()])
+    assert st == {base: "COMPLETED", rule: "FAILED", jobs["lstm"]: "COMPLETED", jobs["gru"]: "CANCELLED"}, st
+    assert "gruv canary: setup line failed: false (exit 1)" in (d / "logs" / f"{rule}_0_log.err").read_text()
+
+
+@pytest.mark.slurm
+def test_sweep_cancel_cancels_a_queued_canary(data, tmp_path):
+    """Issue 32 L2: `gruv sweep cancel` left the queued canary to run."""
+    from gruv_hpc.cluster.scheduler import Dependency
+    held = subprocess.run(["sbatch", "--hold", "--parsable", "-t", "1", "--wrap", "true"], capture_output=True,
+                          text=True, check=True).stdout.strip().split(";")[0]
+    try:
+        f = write_sweep(tmp_path / "c.toml", data, {"epochs": 1, "batch_size": 4, "workers": 0, "gen_seconds": 0.0,
+                                                    "hidden": 8, "limit_train_batches": 2}, {"cell": ["gru"]})
+        d = tmp_path / "sw"
+        sweep.submit(f, d, executor="slurm", canary=True, out=lambda *a: None, after=Dependency(after_ok=(held,)))
+        canary = json.loads((d / "sweep.json").read_text())["submissions"][-1]["canary"]
+        sweep.cancel(d, out=lambda *a: None)
+        assert _wait_ended([canary])[canary] == "CANCELLED"
+    finally:
+        subprocess.run(["scancel", held])
+
+
+@pytest.mark.slurm
 def test_a_pipeline_canary_holds_every_stage(corpus, tmp_path):
     """A failing setup line in [sweep.slurm]: the canary fails, and the preprocessing, the runs and
     the analysis, all queued behind it, never run."""
@@ -339,6 +396,10 @@ def test_a_pipeline_canary_holds_every_stage(corpus, tmp_path):
     st = _wait_ended(ids)
     assert set(st.values()) == {"CANCELLED"}, st
     assert not (out / "data" / "manifest.json").exists() and not (out / "report").exists()
+    # status blames the canary, not the preprocessing (issue 32 L2)
+    text = pipeline.format_status(pipeline.status(out))
+    assert f"cancelled: its canary, job {sub['canary']}, ended FAILED" in text, text
+    assert "the preprocessing failed" not in text
 
 
 @pytest.mark.slurm

@@ -73,3 +73,34 @@ def test_usr2_requeue_of_a_resume_never_sweep_resumes_on_the_local_slurm(data, t
     assert f"resumed after requeue 1 from step {stop[3]}\n" in log[stop.end():], log
     assert not list(run.root.glob("discarded-*"))  # nothing set aside by the requeue
     assert [h["epoch"] for h in read_jsonl(run.metrics)] == list(range(1, 41))
+
+
+def test_the_start_over_command_a_refusal_names_works(data, tmp_path):
+    """Issue 32 L5: resume=require's error suggested `gruv train --run-dir R resume=never`, which
+    failed (no --data, another config than the run's)."""
+    import shlex
+    import sys
+    run = tmp_path / "r"
+    args = ["train", "--data", str(data), "--run-dir", str(run), "hidden=8", "epochs=1", "batch_size=4", "workers=0",
+            "gen_seconds=0", "limit_train_batches=2", "lr=0.002"]
+    r = subprocess.run([sys.executable, "-m", "gruv_hpc.cli", *args, "resume=require"], capture_output=True, text=True)
+    assert r.returncode == 2 and "it has no checkpoint, and resume=require" in r.stderr, r.stderr
+    cmd = shlex.split(r.stderr.split("start it once by hand: ", 1)[1].split(" (its old files", 1)[0])
+    assert cmd[:2] == ["gruv", "train"] and "resume=never" in cmd and "lr=0.002" in cmd
+    again = subprocess.run([sys.executable, "-m", "gruv_hpc.cli", *cmd[1:]], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert RunPaths(run).config.exists()
+
+
+def test_a_resubmission_with_resume_never_says_that_it_resumes(data, tmp_path):
+    """Issue 32 L5: it resumed silently, where resume=never reads as "start over"."""
+    f = write_sweep(tmp_path / "s.toml", data, {"epochs": 1, "batch_size": 4, "workers": 0, "gen_seconds": 0.0,
+                                                "hidden": 4, "limit_train_batches": 2, "resume": "never"},
+                    {"cell": ["gru"]})
+    said = []
+    assert not sweep.submit(f, tmp_path / "sw", executor="local", progress=False, out=said.append)["failed"]
+    assert not any("resume=never applies" in s for s in said)
+    said.clear()
+    sweep.submit(f, tmp_path / "sw", executor="local", progress=False, out=said.append, overrides=["epochs=2"])
+    assert any("resume=never applies to a run's first start: gru started before, so it resumes" in s for s in said)
+    assert len(read_jsonl(RunPaths(tmp_path / "sw" / "runs" / "gru").metrics)) == 2  # it did resume

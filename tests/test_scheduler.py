@@ -220,8 +220,8 @@ def test_jobenv_reads_the_job():
            "SLURM_PROCID": "2", "SLURM_NTASKS": "4", "SLURM_LOCALID": "0", "SLURM_JOB_NODELIST": "n[1-2]"}
     assert jobenv.job_id(env) == "101" and jobenv.task_job_id(env) == "100_1" and jobenv.in_job(env)
     assert jobenv.task_job_id({"SLURM_JOB_ID": "7"}) == "7" and jobenv.cpus_per_task(env) == 4
-    assert jobenv.tasks(env) == jobenv.Tasks(2, 4, 0, "n[1-2]", 101)
-    assert (jobenv.job_id({}), jobenv.task_job_id({}), jobenv.in_job({}), jobenv.tasks({})) == (None, None, False, None)
+    assert (jobenv.detect(env).rank, jobenv.detect(env).world, jobenv.detect(env).main_address) == (2, 4, "n1")
+    assert (jobenv.job_id({}), jobenv.task_job_id({}), jobenv.in_job({})) == (None, None, False)
     assert [jobenv.cpus_per_task({"SLURM_CPUS_PER_TASK": v}) for v in ("", "0", "x", "2")] == [None, None, None, 2]
 
 
@@ -233,7 +233,7 @@ def test_slurm_variables_are_read_in_one_module():
 
 def test_slurm_commands_are_called_in_one_module():
     callers = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "gruv_hpc").rglob("*.py")
-                     if re.search(r"""["'](sbatch|sacct|squeue|scancel|sinfo)["']""", p.read_text()))
+                     if re.search(r"""["'](sbatch|sacct|squeue|scancel|sinfo|scontrol|srun)["']""", p.read_text()))
     assert callers == ["gruv_hpc/cluster/slurm.py"]
 
 

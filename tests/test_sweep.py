@@ -17,7 +17,7 @@ from gruv_hpc.training.checkpoint import load_checkpoint
 from gruv_hpc.errors import ConfigError
 from gruv_hpc.paths import RunPaths, SweepPaths, read_jsonl
 
-from conftest import wait_for_epoch, write_sweep
+from conftest import wait_for_checkpoint, wait_for_epoch, write_sweep
 
 pytestmark = pytest.mark.slurm
 
@@ -139,11 +139,7 @@ def test_preemption_requeues_resumes_and_matches_uninterrupted(data, tmp_path):
     sweep.submit(fa, a, executor="slurm", out=lambda *x: None)
     sweep.submit(fa, b, executor="slurm", out=lambda *x: None)
     run = RunPaths(a / "runs" / "lstm")
-    for _ in range(600):
-        if run.step_ckpts():
-            break
-        time.sleep(0.1)
-    assert run.step_ckpts(), "no first checkpoint"
+    wait_for_checkpoint(run.root, timeout=60)
     jid = job_of(a, "lstm")
     t0 = time.time()
     subprocess.run(["scancel", "--signal=USR2", jid], check=True)

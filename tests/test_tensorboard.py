@@ -112,7 +112,7 @@ def test_tensorboard_refuses_bad_input_in_one_line(tmp_path):
     busy.listen()  # a port in use (say, by another gruv tensorboard)
     taken = busy.getsockname()[1]
     for args, msg in (([str(tmp_path / "nosuch")], "no runs/ directory"),
-                      ([str(tmp_path / "sw"), "--reload-interval", "0"], "--reload-interval 0: must be more than 0"),
+                      ([str(tmp_path / "sw"), "--reload-interval", "0"], "--reload-interval 0: must be a number of seconds above 0"),
                       ([str(tmp_path / "sw"), "--port", str(taken)], f"--port {taken}: cannot listen on 127.0.0.1")):
         port = [] if "--port" in args else ["--port", str(_free_port())]
         r = subprocess.run([sys.executable, "-m", "gruv_hpc.cli", "tensorboard", *args, *port],
@@ -121,6 +121,35 @@ def test_tensorboard_refuses_bad_input_in_one_line(tmp_path):
         assert r.stderr.strip().splitlines() == [f"gruv: error: {r.stderr.split('error: ', 1)[1].strip()}"]
         assert msg in r.stderr, r.stderr
     busy.close()
+
+
+@pytest.mark.parametrize("port, reload_s, msg", [(-1, 5.0, "--port -1: must be 1 .. 65535"),
+                                                  (99999, 5.0, "--port 99999: must be 1 .. 65535"),
+                                                  (0, 5.0, "--port 0: must be 1 .. 65535"),
+                                                  (6006, float("inf"), "--reload-interval inf: must be a number")])
+def test_ports_and_intervals_out_of_range_are_refused_by_name(tmp_path, port, reload_s, msg):
+    """Issue 32 L1/L5: these were a raw OverflowError, a server that never reloads, or 'localhost:0'."""
+    from gruv_hpc.errors import ConfigError
+    from gruv_hpc.tbserver import serve
+    (tmp_path / "sw" / "runs").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=msg):
+        serve(tmp_path / "sw", "127.0.0.1", port, reload_s=reload_s)
+
+
+def test_a_runs_tb_link_out_of_its_run_is_not_followed(tmp_path):
+    """Issue 32 L9: runs/evil/tb -> /etc was linked and TensorBoard walked /etc."""
+    from gruv_hpc.tbserver import RunLinks
+    runs = tmp_path / "sw" / "runs"
+    (runs / "good" / "tb").mkdir(parents=True)
+    (runs / "evil").mkdir()
+    (runs / "evil" / "tb").symlink_to("/etc", target_is_directory=True)
+    (runs / "loop").mkdir()
+    (runs / "loop" / "tb").symlink_to(runs / "loop" / "tb")
+    links = RunLinks(tmp_path / "sw")
+    try:
+        assert sorted(p.name for p in links.dir.iterdir()) == ["good"]
+    finally:
+        links.close()
 
 
 def test_link_directories_of_killed_servers_are_removed(tmp_path):

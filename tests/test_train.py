@@ -230,7 +230,8 @@ def test_tensorboard_scalars_hparams_and_purge(data, tmp_path):
     from gruv_hpc.paths import metrics_problem
     run = tmp_path / "r"
     main(tiny_config(data, epochs=1), run)
-    main(tiny_config(data, epochs=2, gen_seconds=0.1), run)  # resumed: purge_step keeps curves from doubling back
+    from gruv_hpc.generation.tensorboard import training_hooks  # the audio sample is the entry points' epoch-end hook
+    main(tiny_config(data, epochs=2, gen_seconds=0.1), run, hooks=training_hooks())  # resumed: purge_step keeps curves from doubling back
     ea = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0, "images": 0})
     ea.Reload()
     tags = ea.Tags()["scalars"]

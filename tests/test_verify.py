@@ -167,6 +167,37 @@ def test_deep_verify_catches_damage_the_manifest_was_made_to_agree_with(data, tm
     assert r.returncode == 2 and "hash to" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_deep_verify_is_no_ok_for_songs_without_a_content_hash(data, tmp_path):
+    """Issue 32 L5: a manifest without content_sha256 (older, or edited) verified 'OK' while
+    checking no row; the --quick command the error suggests works."""
+    import shlex
+    d = copy(data, tmp_path)
+    m = json.loads((d / "manifest.json").read_text())
+    for song in m["songs"]:
+        song.pop("content_sha256", None)
+    (d / "manifest.json").write_text(json.dumps(m))
+    r = cli("dataset", "verify", d)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "songs record no content_sha256" in r.stderr
+    quick = shlex.split(r.stderr.split("the files alone: gruv ", 1)[1].split(";", 1)[0])
+    ok = cli(*quick)
+    assert ok.returncode == 0 and ": OK" in ok.stdout, ok.stderr
+
+
+def test_deep_verify_recomputes_the_stats_from_the_rows(data, tmp_path):
+    """Issue 32 L5: stats.npz was checked against its sha256 only, which a rewrite can update too."""
+    d = copy(data, tmp_path)
+    M.verify(d)  # the stats the build pooled agree with the rows, to float64 rounding
+    with np.load(d / "stats.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["mean"] = arrays["mean"] * 1.01
+    np.savez(d / "stats.npz", **arrays)
+    rehash(d)
+    M.verify(d, deep=False)  # its hash agrees now ...
+    with pytest.raises(DatasetError, match="stats.npz: artist .* train statistics .* are not those of its train rows"):
+        M.verify(d)  # ... the rows do not
+
+
 def test_a_non_finite_loss_names_the_damaged_shard(data, tmp_path):
     d = copy(data, tmp_path)
     shard = first_train_shard(d)

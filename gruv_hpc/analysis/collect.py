@@ -5,14 +5,22 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from gruv_hpc.analysis.baseline import FLOORS
 from gruv_hpc.analysis.common import RunInfo, mean_std
+from gruv_hpc.generation.rollout import HORIZONS_S, REFERENCES, horizon_key
 
+# The floors (analysis/baseline.py: the artist's, then the run's best checkpoint against them, clip
+# by clip) and the rollout horizons (analysis/rollout.py).
+FLOOR_COLUMNS = ["persistence_dev_loss", "linear_dev_loss", "best_floor", "best_floor_dev_loss", "eval_dev_loss",
+                 "eval_noise", "floor_diff", "floor_diff_low", "floor_diff_high", "beats_floor", "floor_songs",
+                 "floor_clips", *(f"{k}_diff{s}" for k in FLOORS for s in ("", "_low", "_high")),
+                 *(horizon_key(h, r) for h in HORIZONS_S for r in REFERENCES)]
 # The columns that are not diagnostics; the diagnostics' come from their registry (``columns``).
 RUN_COLUMNS = ["name", "group", "artists", "cell", "hidden", "layers", "seed", "variant", "state", "epochs_done", "epochs",
-               "final_train_loss", "final_dev_loss", "best_train_loss", "best_dev_loss", "baseline_dev_loss", "params",
-               "device", "device_hours", "in_band_energy"]
+               "final_train_loss", "final_dev_loss", "best_train_loss", "best_dev_loss", "baseline_dev_loss", *FLOOR_COLUMNS,
+               "params", "device", "device_hours", "in_band_energy"]
 # The losses a group reports as mean and standard deviation over its seeds (and the registry's ``group`` diagnostics).
-GROUP_LOSSES = ["final_dev_loss", "best_dev_loss", "best_train_loss", "in_band_energy"]
+GROUP_LOSSES = ["final_dev_loss", "best_dev_loss", "floor_diff", "rollout_1s_model", "best_train_loss", "in_band_energy"]
 
 
 def columns() -> list[str]:
@@ -38,8 +46,10 @@ def param_count(config: dict) -> int | None:
     return sum(p.numel() for p in m.parameters())
 
 
-def row_for(run: RunInfo, diagnostics: dict | None = None, band: dict | None = None, baseline: dict | None = None) -> dict:
-    """``baseline``: the dev loss of predicting the train mean, per artist (gruv_hpc/analysis/baseline.py)."""
+def row_for(run: RunInfo, diagnostics: dict | None = None, band: dict | None = None, baseline: dict | None = None,
+            vs_floor: dict | None = None) -> dict:
+    """``baseline``: the floors per artist (gruv_hpc/analysis/baseline.py); ``vs_floor``: each run's
+    per-clip comparison with them and its rollout horizons (report.floor_and_rollout)."""
     h = run.history
     meta = run.meta
     last = h[-1] if h else {}
@@ -61,6 +71,9 @@ def row_for(run: RunInfo, diagnostics: dict | None = None, band: dict | None = N
     row["seeds_converge"] = None if not conv else conv["converged"]
     row["in_band_energy"] = (band or {}).get(run.name, {}).get("in_band_energy")
     row["baseline_dev_loss"] = (baseline or {}).get(run.artist, {}).get("dev_loss")
+    b = (baseline or {}).get(run.artist, {})
+    mine = (vs_floor or {}).get(run.name, {})
+    row.update({k: mine.get(k, b.get(k)) for k in FLOOR_COLUMNS})
     return row
 
 
@@ -72,7 +85,7 @@ def group_rows(rows: list[dict]) -> list[dict]:
         groups.setdefault(r["group"], []).append(r)
     out = []
     for name, rs in groups.items():
-        g = {"group": name, **{k: rs[0][k] for k in ("artists", "cell", "hidden", "layers", "variant", "baseline_dev_loss")},
+        g = {"group": name, **{k: rs[0][k] for k in ("artists", "cell", "hidden", "layers", "variant", "baseline_dev_loss", *FLOOR_COLUMNS[:4])},
              "n_seeds": len(rs), "seeds": sorted(r["seed"] for r in rs), "runs": [r["name"] for r in rs],
              "states": sorted({r["state"] for r in rs})}
         for k in group_numbers():
@@ -82,10 +95,10 @@ def group_rows(rows: list[dict]) -> list[dict]:
 
 
 def collect(runs: list[RunInfo], out_dir, diagnostics: dict | None = None, band: dict | None = None,
-            baseline: dict | None = None) -> list[dict]:
+            baseline: dict | None = None, vs_floor: dict | None = None) -> list[dict]:
     """``band``: Figure 3's in-band energy per run ({name: {"in_band_energy": ...}}); ``baseline``:
     gruv_hpc/analysis/baseline.py's floors per artist."""
-    rows = [row_for(r, diagnostics, band, baseline) for r in runs]
+    rows = [row_for(r, diagnostics, band, baseline, vs_floor) for r in runs]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "results.csv", "w", newline="") as f:

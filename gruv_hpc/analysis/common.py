@@ -177,9 +177,23 @@ def no_offset_ticks(fig) -> None:
                 fmt.set_useOffset(False)
 
 
+def literal_text(fig) -> None:
+    """Titles, axis labels, legends and notes as written: an artist named ``Ke$ha_&_A$AP_Rocky``
+    would otherwise start matplotlib's math mode and fail the figure (and the report). Tick labels
+    keep it: a log axis writes its powers of ten in math."""
+    texts = [t for t in (getattr(fig, "_suptitle", None), *fig.texts) if t is not None]
+    for ax in fig.axes:
+        texts += [ax.title, ax._left_title, ax._right_title, ax.xaxis.label, ax.yaxis.label, *ax.texts]
+        if ax.get_legend() is not None:
+            texts += [ax.get_legend().get_title(), *ax.get_legend().get_texts()]
+    for t in texts:
+        t.set_parse_math(False)
+
+
 def save_fig(fig, out_dir: Path, stem: str) -> list[str]:
-    """PNG for the page, PDF for papers; ticks without offsets."""
+    """PNG for the page, PDF for papers; ticks without offsets; names shown as written."""
     no_offset_ticks(fig)
+    literal_text(fig)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
     for ext in ("png", "pdf"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gruv_hpc.analysis.baseline import draw_floors
 from gruv_hpc.analysis.common import RunInfo, log_y_if_wide, note, save_fig, with_metrics
 from gruv_hpc.training import cells
 
@@ -45,11 +46,7 @@ def fig1(runs: list[RunInfo], out_dir, hidden: int | None = None, baseline: dict
             ax.plot(ep, dv, "-", color=c, alpha=0.8, label=f"{who} dev", **mk)
             data["curves"][r.name] = {"artist": artist, "cell": r.cell, "label": name, "color": c, "seed": r.seed,
                                        "epoch": ep, "train": tr, "dev": dv}
-        floor = (baseline or {}).get(artist, {}).get("dev_loss")
-        if floor is not None:
-            ax.axhline(floor, color="0.4", ls=":", label="dev, predicting the train mean")
-            data.setdefault("baseline", {})[artist] = floor
-            drawn.append(floor)
+        drawn += draw_floors(ax, (baseline or {}).get(artist), data, artist, "dev, ")
         if log_y_if_wide(ax, drawn):
             data.setdefault("log_y", []).append(artist)
         seeds = len({r.seed for r in mine})

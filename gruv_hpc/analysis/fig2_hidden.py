@@ -7,6 +7,7 @@ from pathlib import Path
 
 from gruv_hpc.training import cells
 
+from gruv_hpc.analysis.baseline import draw_floors
 from gruv_hpc.analysis.common import RunInfo, mean_std, note, save_fig
 
 
@@ -40,10 +41,7 @@ def fig2(runs: list[RunInfo], out_dir, baseline: dict | None = None) -> dict:
             ax.errorbar([p["hidden"] for p in pts], [p["mean"] for p in pts], yerr=[p["std"] or 0 for p in pts],
                         fmt="o-", capsize=4, color=cells.color(cell), label=label)
             data["points"][f"{artist}/{cell}" + (f"/{variant}" if variant else "")] = pts
-        floor = (baseline or {}).get(artist, {}).get("dev_loss")
-        if floor is not None:
-            ax.axhline(floor, color="0.4", ls=":", label="predicting the train mean")
-            data.setdefault("baseline", {})[artist] = floor
+        draw_floors(ax, (baseline or {}).get(artist), data, artist)
         hs = sorted({r.hidden for r in mine})
         ax.set_xscale("log", base=2)
         ax.set_xticks(hs)

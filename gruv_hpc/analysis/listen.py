@@ -13,6 +13,7 @@ The WAVs go to REPORT_DIR/listen/; the generated audio itself is gruv_hpc/analys
 from __future__ import annotations
 
 import html
+import urllib.parse
 import random
 from pathlib import Path
 
@@ -66,8 +67,14 @@ def _write(path: Path, audio: np.ndarray, sr: int) -> None:
     sf.write(path, audio, sr, subtype="PCM_16")
 
 
+def _url(rel: str) -> str:
+    """A relative path as a link: quoted (a '#', '?' or '%' in a run's name would cut the URL),
+    then escaped for the attribute."""
+    return html.escape(urllib.parse.quote(rel))
+
+
 def _player(src: str, label: str) -> str:
-    return f"<audio controls preload='metadata' src='{html.escape(src)}' aria-label='{html.escape(label)}'></audio>"
+    return f"<audio controls preload='metadata' src='{_url(src)}' aria-label='{html.escape(label)}'></audio>"
 
 
 def write_listen(out_dir, runs, audio: dict, shuffle_seed: int = 0) -> Path | None:
@@ -116,7 +123,7 @@ def write_listen(out_dir, runs, audio: dict, shuffle_seed: int = 0) -> Path | No
                          f"{len(cont) / sr:.2f} s of continuation; continuation gain {gain:+.1f} dB; {e(where)})"
                          + _player(rel, f"{run.name} seed {c['seed_index']}")
                          + timeline(len(seed) / sr, len(cont) / sr, loop)
-                         + (f"<img class='spec' src='{e(c['png'])}' alt='spectrogram'>" if c.get("png") else "")
+                         + (f"<img class='spec' src='{_url(c['png'])}' alt='spectrogram'>" if c.get("png") else "")
                          + f"<div class='words'>{e(c.get('words') or describe(c, c.get('clipped_samples', 0)))}</div>"
                          "</div>")
     if blind:

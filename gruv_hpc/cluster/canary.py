@@ -137,9 +137,44 @@ def canary_device(run_device: str, gpus: int | None) -> str:
     return "cuda" if gpus > 0 else "cpu"
 
 
-def after_canary(after: Dependency | None, canary: str | None) -> Dependency | None:
-    """``after`` with the canary's job added to its afterok."""
-    if not canary:
+def after_canary(after: Dependency | None, canary: str | list[str] | None) -> Dependency | None:
+    """``after`` with the canary's job (or each of several) added to its afterok."""
+    ids = [canary] if isinstance(canary, str) else [c for c in canary or () if c]
+    if not ids:
         return after
     after = after or Dependency()
-    return Dependency(after_ok=(*after.after_ok, canary), after_any=after.after_any)
+    return Dependency(after_ok=(*after.after_ok, *ids), after_any=after.after_any)
+
+
+def canary_sets(runs: list, resources, sched: Scheduler) -> list[tuple[SlurmConfig, str, object]]:
+    """One canary per distinct resource set of ``runs``: [(resources, device, its first run)].
+    ``resources(run)``: the run's job resources ([slurm] with the [[slurm.when]] rules that select
+    it). A queueing scheduler gets one per set (another partition, other GPUs or setup lines are
+    another node and environment); a foreground one runs every set on this machine, so one per
+    device it trains on."""
+    sets: list[tuple[SlurmConfig, str, object]] = []
+    for run in runs:
+        cfg = resources(run)
+        device = canary_device(run.config.get("device", "auto"), cfg.gpus_per_node if sched.allocates else None)
+        if not any((d == device) if sched.foreground else (c == cfg) for c, d, _ in sets):
+            sets.append((cfg, device, run))
+    return sets
+
+
+def failed_canary(sched: Scheduler, ids: list[str], logs: Path) -> str | None:
+    """The first of ``ids`` (a submission's canaries) that ended without succeeding, in words:
+    which job, how it ended, its log's last line, its log; None when none did (yet). What waits on
+    it was cancelled (kill-on-invalid-dep), and status says this rather than a bare CANCELLED."""
+    ids = [i for i in ids if i]
+    infos = sched.states(ids) if ids else {}
+    from gruv_hpc.cluster.scheduler import ACTIVE
+    bad = [(i, infos[i].state) for i in ids if i in infos and infos[i].state not in (*ACTIVE, "COMPLETED")]
+    if not bad:
+        return None
+    i, st = bad[0]
+    err = Path(logs) / f"{i}_0_log.err"
+    try:
+        last = next((ln.strip() for ln in reversed(err.read_text(errors="replace").splitlines()) if ln.strip()), "")
+    except OSError:
+        last = ""
+    return f"its canary, job {i}, ended {st}" + (f": {last}" if last else "") + f" (its log: {err})"

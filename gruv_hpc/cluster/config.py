@@ -23,15 +23,18 @@ class SlurmConfig:
     signal_delay_s: int = opt(120, "USR2 this many seconds before the time limit: time to checkpoint")
     max_num_timeout: int = opt(1000, "requeues allowed on time limit/preemption (long runs cross many limits)")
     requeue: bool = opt(True, "let Slurm requeue the job on node failure or preemption")
-    setup: list[str] = opt([], "shell lines run before training (module load, conda activate ...)")
+    setup: list[str] = opt([], "shell lines run before training (module load, conda activate ...); on the command "
+                           "line one line, or a TOML array of lines", split=False)
     additional: dict = opt({}, "extra sbatch parameters, e.g. {exclude = 'node7'}")
 
     def validate(self) -> None:
         for k in ("nodes", "tasks_per_node", "cpus_per_task", "array_parallelism", "time_min"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"slurm.{k}: must be >= 1, got {getattr(self, k)}")
-        if self.gpus_per_node < 0 or not (math.isfinite(self.mem_gb) and self.mem_gb > 0):
-            raise ConfigError("slurm.gpus_per_node must be >= 0 and slurm.mem_gb > 0")
+        if self.gpus_per_node < 0:
+            raise ConfigError(f"slurm.gpus_per_node: must be >= 0, got {self.gpus_per_node}")
+        if not (math.isfinite(self.mem_gb) and self.mem_gb > 0):
+            raise ConfigError(f"slurm.mem_gb: must be a number of GB above 0, got {self.mem_gb}")
         if self.gpus_per_node and self.tasks_per_node != self.gpus_per_node:
             raise ConfigError(f"slurm.tasks_per_node ({self.tasks_per_node}) must equal slurm.gpus_per_node "
                               f"({self.gpus_per_node}): one training process per GPU")

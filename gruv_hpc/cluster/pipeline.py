@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import socket
 import time
 from dataclasses import asdict, dataclass
@@ -47,6 +46,7 @@ from pathlib import Path
 from submitit.helpers import Checkpointable
 
 from gruv_hpc.cluster import preprocess as PJ
+from gruv_hpc.dataset.adequacy import planned_manifest
 from gruv_hpc.dataset.config import PreprocessConfig
 from gruv_hpc.cluster.config import SlurmConfig
 from gruv_hpc.cluster.executors import scheduler
@@ -165,6 +165,9 @@ def load_pipeline(path: str | Path, root: str | Path, overrides=()) -> Pipeline:
     acfg = build(AnalysisConfig, an, ov["analysis."], source=f"{path} [analysis]")
     aslurm = build(SlurmConfig, {**ANALYSIS_SLURM_DEFAULTS, **an_slurm}, ov["analysis.slurm."],
                    source=f"{path} [analysis.slurm]")
+    if aslurm.gpus_per_node:  # the analysis runs its models on the CPU: the GPUs would sit idle, and be charged
+        raise ConfigError(f"{path} [analysis.slurm]: gpus_per_node={aslurm.gpus_per_node}, but the analysis runs on "
+                          "the CPU; set it to 0 (or leave it out)")
     return Pipeline(path, text, sources, pcfg, popt, pslurm, sweep, acfg, aslurm)
 
 
@@ -191,6 +194,12 @@ def _load_sweep(raw: dict, path: Path, text: str, paths: PipelinePaths, ov: dict
 
 # ---------------------------------------------------------------------------------------------
 # Submit
+
+def _queued_now(sub: Submission) -> list[str]:
+    """The jobs ``sub`` queued itself (not the live ones of earlier submissions it waits on)."""
+    pre = [j for j in (sub.preprocess.array, sub.preprocess.merge) if j] if sub.preprocess.state == "submitted" else []
+    return [*pre, *(sub.train.job_ids or []), *([sub.analysis.job] if sub.analysis.job and not sub.analysis.skipped else [])]
+
 
 def _nothing_ran(sub: Submission) -> bool:
     """No stage of ``sub`` has recorded anything yet."""
@@ -226,9 +235,14 @@ def submit(pipeline_file, out_dir, executor: str = "auto", overrides=(), max_par
                 return _run_local(pl, paths, state, sub, max_parallel, progress, say, canary).to_json()
             return _submit_slurm(pl, paths, state, sub, prev, say, canary).to_json()
         except BaseException:
-            if _nothing_ran(sub):  # refused before anything ran (sbatch said no): not a submission
-                if sub.canary:
-                    sched.cancel([sub.canary])  # nothing waits for it
+            if _nothing_ran(sub) or not sched.foreground:
+                # Refused (sbatch said no to a later stage): not a submission. What it had queued
+                # already is cancelled, so no half pipeline runs unrecorded (a preprocessing with
+                # no analysis behind it); the next submission queues it all again.
+                queued = [*sub.canaries, *_queued_now(sub)]
+                if queued:
+                    sched.cancel(queued)
+                    say(f"cancelled what this submission had queued: job(s) {', '.join(queued)}")
                 state.submissions.remove(sub)
                 if paths.state.exists():
                     state.save()
@@ -247,17 +261,18 @@ def requests(pl: Pipeline) -> dict[str, SlurmConfig]:
     return {f"{pl.path} [preprocess.slurm]": pl.preprocess_slurm, **runs, f"{pl.path} [analysis.slurm]": pl.analysis_slurm}
 
 
-def _canary(pl: Pipeline, paths: PipelinePaths, pre: dict, sched, say) -> str | None:
-    """The canary with the runs' resources: the corpus folders readable where the dataset is to
-    be built, else the dataset opens (a queueing scheduler: its job id; locally it runs now)."""
-    from gruv_hpc.cluster.canary import CanaryJob, canary_device, submit_canary
-    cfg, first = pl.sweep.slurm, pl.sweep.runs[0].config
-    device = canary_device(first.get("device", "auto"), cfg.gpus_per_node if sched.allocates else None)
+def _canary(pl: Pipeline, paths: PipelinePaths, pre: dict, sched, say) -> list[str]:
+    """A canary per resource set of the runs (``canary_sets``): the corpus folders readable where
+    the dataset is to be built, else the dataset opens (a queueing scheduler: their job ids;
+    locally each runs now)."""
+    from gruv_hpc.cluster.canary import CanaryJob, canary_sets, submit_canary
     build = pre["state"] == "build"
-    job = CanaryJob(None if build else str(paths.data), device, first["cell"],
-                    tuple(str(d) for d in pl.corpus.values()) if build else ())
     paths.logs.mkdir(parents=True, exist_ok=True)
-    return submit_canary(sched, cfg, job, paths.logs, f"gruv-{paths.root.name}", None, say)
+    ids = [submit_canary(sched, cfg, CanaryJob(None if build else str(paths.data), device, run.config["cell"],
+                                               tuple(str(d) for d in pl.corpus.values()) if build else ()),
+                         paths.logs, f"gruv-{paths.root.name}", None, say)
+           for cfg, device, run in canary_sets(pl.sweep.runs, pl.sweep.resources, sched)]
+    return [i for i in ids if i]
 
 
 def _preprocess_plan(pl: Pipeline, paths: PipelinePaths, kind: str, dry: bool = False) -> tuple[dict, dict | None]:
@@ -268,7 +283,8 @@ def _preprocess_plan(pl: Pipeline, paths: PipelinePaths, kind: str, dry: bool = 
     out = paths.data
     live = PJ.live_build(out, cancel_dead=not dry)  # (cancels a merge job that can never start)
     p = plan(pl.corpus, pl.preprocess, pl.options.split_file)  # planned once: the build takes this plan
-    planned = {"params": p.params, "artists": p.artists}
+    # with the songs as their headers give them: the sweep warns of thin data before anything is queued
+    planned = planned_manifest(p)
     if live:
         staged = read_staging_plan(BuildPaths(out).staging)
         ids = ", ".join([*live["tasks"].values(), live["merge"]])
@@ -322,12 +338,13 @@ def _submit_slurm(pl: Pipeline, paths: PipelinePaths, state: PipelineState, sub:
     pre, planned = _preprocess_plan(pl, paths, sched.kind)
     _validate_sweep(pl, paths, sched.kind, planned)
     if canary:
-        sub.canary = _canary(pl, paths, pre, sched, say)
-    pre = sub.preprocess = _preprocess_run(pl, paths, pre, sched.kind, False, say, after_canary(None, sub.canary))
+        sub.canaries = _canary(pl, paths, pre, sched, say)
+        sub.canary = sub.canaries[0] if sub.canaries else None
+    pre = sub.preprocess = _preprocess_run(pl, paths, pre, sched.kind, False, say, after_canary(None, sub.canaries))
     state.save()
     _cancel_dead_dependents(prev, say)
 
-    after = after_canary(Dependency(after_ok=(pre.merge,)) if pre.merge else None, sub.canary)
+    after = after_canary(Dependency(after_ok=(pre.merge,)) if pre.merge else None, sub.canaries)
     res = sw.submit(pl.sweep, paths.sweep.root, executor=sched.kind, progress=False, out=say, after=after, check=False)
     sstate = sw.load_state(paths.sweep.root)
     new_ids = [sstate.runs[n].job.job_id for n in res["submitted"]]
@@ -350,7 +367,7 @@ def _submit_slurm(pl: Pipeline, paths: PipelinePaths, state: PipelineState, sub:
             sched.cancel_and_wait([old])  # it would analyse too early; a new one waits for the new runs
         why = ("runs are training" if live else None) or report_stale(paths)
         if why:
-            dep = Dependency(after_ok=tuple(j for j in (pre.merge, sub.canary) if j),
+            dep = Dependency(after_ok=tuple(j for j in (pre.merge, *sub.canaries) if j),
                              after_any=tuple(sorted({j.split('_')[0] for j in live})))
             an.job, an.dependency, an.why = _submit_analysis(sched, pl, paths, dep), str(dep) or None, why
             say(f"analysis: job {an.job}" + (f" after {an.dependency}" if an.dependency else "")
@@ -527,27 +544,16 @@ def report_stale(paths: PipelinePaths) -> str | None:
 
 
 def run_analysis(paths: PipelinePaths, cfg: AnalysisConfig, log=print) -> dict:
-    """``gruv analyze DIR/sweep --out DIR/report``, written beside and renamed into place whole:
-    an analysis killed half-way leaves the previous report as it was."""
-    from gruv_hpc.analysis.report import analyze
-    from gruv_hpc.fsio import fsync_dir
+    """``gruv analyze DIR/sweep --out DIR/report`` (``analyze_atomic``: written beside and renamed
+    into place whole; an analysis killed half-way leaves the previous report as it was)."""
+    from gruv_hpc.analysis.report import analyze_atomic
     from gruv_hpc.training import distributed
     distributed.flush_denormals()  # side effect, stated: the stage's entry point (here or as AnalyzeJob)
-    report, staging, aside = paths.report, paths.report_staging, paths.report_aside
-    if aside.is_dir():  # a crash between the two renames below
-        if report.exists():
-            shutil.rmtree(aside)
-        else:
-            os.rename(aside, report)
-    shutil.rmtree(staging, ignore_errors=True)
+    # gruv analyze's own path: the same lock on the report, so a user's analysis of it meanwhile
+    # (or an overlapping submission's) fails at once naming this job, never mixes with it
     from gruv_hpc.cluster.sweep import analysis_listing
-    summary = analyze(paths.sweep.root, staging, analysis_listing(paths.sweep.root), hidden=cfg.hidden, n_seed_clips=cfg.seed_clips, seed_seconds=cfg.seed_seconds,
-                      max_clips=cfg.max_clips, log=log)
-    if report.exists():
-        os.rename(report, aside)
-    os.rename(staging, report)
-    fsync_dir(paths.root)
-    shutil.rmtree(aside, ignore_errors=True)
+    summary = analyze_atomic(paths.sweep.root, paths.report, lambda: analysis_listing(paths.sweep.root), hidden=cfg.hidden, n_seed_clips=cfg.seed_clips,
+                             seed_seconds=cfg.seed_seconds, max_clips=cfg.max_clips, log=log)
     return {"report": str(paths.report_index), "runs": len(summary.get("runs", [])), "timings_s": summary.get("timings_s")}
 
 
@@ -611,7 +617,13 @@ def status(out_dir) -> dict:
         an["state"] = an["job_state"] if an["job_state"] != "COMPLETED" else "STALE"
     else:
         an["state"] = "STALE" if an["report_exists"] else "NOT_SUBMITTED"
-    if pre["state"] == "FAILED" and sub.executor == "slurm":
+    from gruv_hpc.cluster.canary import failed_canary
+    canary = failed_canary(sched, sub.canaries, paths.logs) if sub.canaries and not sched.foreground else None
+    if canary:  # every stage waited on it: the preprocessing did not fail, it never ran
+        for stage in (pre, train, an):
+            if stage["state"] != "COMPLETED":
+                stage["note"] = f"cancelled: {canary}; fix that and resubmit the pipeline"
+    elif pre["state"] == "FAILED" and sub.executor == "slurm":
         # What waits on the dataset never runs: Slurm cancels it (--kill-on-invalid-dep), and so
         # does wait() where it has not yet. Say so rather than PENDING / "not yet".
         why = "the preprocessing failed" + (f" (merge job {pre['merge_job']} {pre['merge_state'] or 'never ran'})"
@@ -652,10 +664,11 @@ def format_status(st: dict) -> str:
     note = lambda x: f" ({x['note']})" if x.get("note") else ""  # noqa: E731
     return "\n".join([
         f"pipeline {st['dir']} (submission {st['submissions']}, {when}, {st['executor']})",
-        f"{'preprocess':<11} {pre['state']:<13} tasks {pre['tasks_done']}/{pre['tasks_total']} done{merge}; {pre['dataset']}",
+        f"{'preprocess':<11} {pre['state']:<13} tasks {pre['tasks_done']}/{pre['tasks_total']} done{merge}; {pre['dataset']}"
+        f"{note(pre)}",
         f"{'train':<11} {train['state']:<13} {train['runs']} run(s): {runs}{note(train)}",
         f"{'analysis':<11} {an['state']:<13} {job}report {report}{note(an)}",
-    ])
+    ] + [f"warning: {w}" for w in pre.get("warnings", [])])
 
 
 def wait(out_dir, poll_s: float = 5.0, timeout_s: float | None = None, say=None) -> dict:

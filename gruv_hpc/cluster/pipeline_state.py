@@ -101,12 +101,14 @@ class Submission:
     train: TrainStage = field(default_factory=TrainStage)
     analysis: AnalysisStage = field(default_factory=AnalysisStage)
     canary: str | None = None  # queued: the canary's job, which every stage waits for (afterok)
+    canaries: list[str] = field(default_factory=list)  # all of them: one per resource set of the runs
 
     def to_json(self) -> dict:
         return {"time": self.time, "executor": self.executor, "host": self.host, "pid": self.pid, "file": self.file,
                 "overrides": list(self.overrides), "stage": self.stage, "preprocess": self.preprocess.to_json(),
                 "train": self.train.to_json(), "analysis": self.analysis.to_json(),
-                **({"canary": self.canary} if self.canary else {})}
+                **({"canary": self.canary} if self.canary else {}),
+                **({"canaries": list(self.canaries)} if len(self.canaries) > 1 else {})}
 
     @classmethod
     def from_json(cls, d: dict) -> "Submission":
@@ -115,7 +117,8 @@ class Submission:
                    stage=d.get("stage") or "preprocess",
                    preprocess=_from_json(PreprocessStage, d.get("preprocess") or {}),
                    train=_from_json(TrainStage, d.get("train") or {}),
-                   analysis=AnalysisStage.from_json(d.get("analysis") or {}), canary=d.get("canary"))
+                   analysis=AnalysisStage.from_json(d.get("analysis") or {}), canary=d.get("canary"),
+                   canaries=list(d.get("canaries") or ([d["canary"]] if d.get("canary") else [])))
 
 
 @dataclass

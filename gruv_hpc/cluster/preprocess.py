@@ -35,7 +35,7 @@ from gruv_hpc.cluster.config import SlurmConfig
 from gruv_hpc.cluster.executors import scheduler
 from gruv_hpc.cluster.scheduler import ACTIVE, Dependency, Scheduler, log_path
 from gruv_hpc.config import build as build_config, read_file
-from gruv_hpc.errors import ConfigError, DatasetError, GruvError
+from gruv_hpc.errors import ConfigError, DatasetError, GruvError, plain_warnings
 from gruv_hpc.fsio import atomic_write_json
 from gruv_hpc.lock import Lock, LockedError, pid_alive
 from gruv_hpc.dataset.manifest import MANIFEST, load_manifest
@@ -186,6 +186,7 @@ class TaskJob(Checkpointable):
     task: int
 
     def __call__(self) -> dict:
+        plain_warnings()  # side effect, stated: the job's log holds the same one-line warnings as a terminal
         p, n_tasks = read_plan(Path(self.staging))
         rec = run_task(p, self.task, n_tasks, Path(self.staging))
         return {"task": self.task, "songs": len(rec["songs"]), "shards": len(rec["shards"])}
@@ -198,6 +199,7 @@ class MergeJob(Checkpointable):
     out: str
 
     def __call__(self) -> dict:
+        plain_warnings()  # side effect, stated: the job's log holds the same one-line warnings as a terminal
         out = Path(self.out)
         lock = Lock(BuildPaths(out).lock, f"dataset {out}")
         deadline = time.time() + MERGE_LOCK_WAIT_S
@@ -325,7 +327,9 @@ def build_status(out: str | Path) -> dict:
         res["tasks_total"], res["tasks_done"] = n, sum(task_finished(staging, t, n) for t in range(n))
     elif res["complete"]:
         try:
-            n = int(json.loads((out / MANIFEST).read_text())["summary"].get("tasks", 1))
+            m = json.loads((out / MANIFEST).read_text())
+            n = int(m["summary"].get("tasks", 1))
+            res["warnings"] = list(m.get("warnings", []))  # the merge job's, which went to its log
         except (OSError, ValueError, KeyError, TypeError):
             n = 1
         res["tasks_total"] = res["tasks_done"] = n

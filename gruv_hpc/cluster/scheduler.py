@@ -103,6 +103,14 @@ class Scheduler(ABC):
         """Stop these jobs: a queued one never starts; a running one is told to stop (TERM: it
         checkpoints at its next step boundary) and killed if it does not. Ended ones are left be."""
 
+    def preempt(self, job_id: str) -> str:
+        """Send a running job the preemption signal once, as the scheduler would before
+        preempting it (the run checkpoints and is requeued); return at once with what was done.
+        Raises GruvError where this scheduler has no preemption or the job is not running."""
+        from gruv_hpc.errors import GruvError
+        raise GruvError(f"the {self.kind} executor does not preempt (nothing requeues its jobs); gruv sweep cancel "
+                        "stops a run with a checkpoint, and resubmitting resumes it")
+
     def cancel_and_wait(self, job_ids: Sequence[str], timeout_s: float = 30.0, poll_s: float = 0.5) -> None:
         """``cancel``, then wait until ``states`` no longer shows them active: what reads their
         state next (a sweep's plan, a status) must see them ended."""

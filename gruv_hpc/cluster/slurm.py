@@ -25,7 +25,20 @@ __all__ = ["ACTIVE", "JobInfo", "NodeInfo", "PartitionInfo", "SlurmScheduler", "
            "parse_partitions", "parse_sacct", "parse_squeue", "parse_time_min", "sbatch_parameters", "sbatch_script",
            "scancel", "slurm_available"]
 
-SKIP_CHECK_ENV = "GRUV_SKIP_RESOURCE_CHECK"  # set (to anything): SlurmScheduler.check asks nothing
+SKIP_CHECK_ENV = "GRUV_SKIP_RESOURCE_CHECK"  # =1: SlurmScheduler.check asks nothing
+
+
+def skip_check() -> bool:
+    """Whether ``GRUV_SKIP_RESOURCE_CHECK`` asks to skip the check: 1/true/yes/on; unset, empty,
+    0/false/no/off do not (=0 skipped it before); anything else is refused by name."""
+    from gruv_hpc.errors import ConfigError
+    v = os.environ.get(SKIP_CHECK_ENV, "").strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("", "0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{SKIP_CHECK_ENV}={os.environ[SKIP_CHECK_ENV]!r}: set it to 1 to skip the resource check, "
+                      "or unset it")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,6 +333,32 @@ def scancel(job_ids: list[str]) -> None:
         subprocess.run(["scancel", *job_ids], check=False)
 
 
+# The preemption signal submitit's jobs take (SUBMITIT_PREEMPT_SIGNAL in the job's environment
+# may name another; the sweeps' jobs never set it).
+PREEMPT_SIGNAL = "USR2"
+# scancel --signal to a job in a transitional state (completing, just requeued) does not fail: it
+# retries, 5 s, 6 s, 7 s ..., for about 95 s, and delivers the signal once the job runs again: a
+# second preemption (docs/cluster.md). A job checked RUNNING takes it at once; one that does not
+# within this time is given up on, and scancel is killed before it could deliver anything.
+SIGNAL_WAIT_S = 4.0
+
+
+def signal_once(job_id: str, sig: str) -> str:
+    """``scancel --signal=SIG JOB``, killed unless it returns within SIGNAL_WAIT_S: at most one
+    delivery, and never a late one. Returns what happened, as one line; raises GruvError when
+    nothing was delivered."""
+    from gruv_hpc.errors import GruvError
+    r = _run(["scancel", f"--signal={sig}", job_id], timeout=SIGNAL_WAIT_S)
+    if r is None:
+        raise GruvError(f"scancel --signal={sig} {job_id} did not return within {SIGNAL_WAIT_S:g} s (Slurm retries a "
+                        "job in a transitional state, such as one being requeued) and was stopped: nothing was sent; "
+                        "try again when the run shows RUNNING")
+    if r.returncode:
+        why = (r.stderr.strip().splitlines() or ["no reason given"])[-1]
+        raise GruvError(f"scancel --signal={sig} {job_id} failed: {why}")
+    return f"sent {sig} to job {job_id}"
+
+
 # ---------------------------------------------------------------------------------------------
 # sbatch parameters: the real submission and --dry-run both take them from here
 
@@ -393,11 +432,22 @@ class SlurmScheduler(Scheduler):
     def cancel(self, job_ids: Sequence[str]) -> None:
         scancel(list(job_ids))  # scancel of an ended job does nothing: they are not asked about first
 
+    def preempt(self, job_id: str) -> str:
+        """USR2 to a RUNNING job's steps, once (``signal_once``)."""
+        from gruv_hpc.errors import GruvError
+        info = job_states([job_id]).get(job_id)
+        if info is None or info.state != "RUNNING":
+            state = info.state if info else "unknown to Slurm"
+            then = ("; try again when gruv sweep status shows it RUNNING" if info and info.state in ACTIVE
+                    else "; it has ended" if info else "")
+            raise GruvError(f"job {job_id} is {state}, not RUNNING: only a running job takes the preemption signal{then}")
+        return signal_once(job_id, PREEMPT_SIGNAL)
+
     def check(self, requests: dict) -> str:
         """Each of ``requests`` ({where: SlurmConfig}) against its partition's nodes (one scontrol
         question for all); raises ConfigError naming the first that could never start."""
         from gruv_hpc.errors import ConfigError
-        if os.environ.get(SKIP_CHECK_ENV):  # nodes this cluster starts on demand, unknown to scontrol yet
+        if skip_check():  # nodes this cluster starts on demand, unknown to scontrol yet
             return f"resource check skipped: {SKIP_CHECK_ENV} is set"
         info = cluster_info()
         if info is None:

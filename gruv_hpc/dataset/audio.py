@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +79,22 @@ def to_pcm(audio: np.ndarray, peak: float = 0.0) -> tuple[np.ndarray, int]:
 
 
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int, float32: bool = False, peak: float = 0.0) -> int:
-    """Write mono audio as 16-bit PCM (or 32-bit float); returns the clipped-sample count."""
+    """Write mono audio as 16-bit PCM (or 32-bit float); returns the clipped-sample count. Written
+    to a temp file beside ``path`` and moved into place: a full disk leaves no truncated WAV (and
+    the file that was there, if any, as it was)."""
+    import io
+
+    from gruv_hpc.fsio import temp_name
     audio, clipped = to_pcm(audio, peak)
-    sf.write(str(path), audio, sample_rate, subtype="FLOAT" if float32 else "PCM_16")
+    buf = io.BytesIO()  # encoded in memory, written by Python: a full disk is an OSError that names itself
+    sf.write(buf, audio, sample_rate, subtype="FLOAT" if float32 else "PCM_16", format="WAV")
+    path = Path(path)
+    tmp = temp_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(buf.getbuffer())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return clipped

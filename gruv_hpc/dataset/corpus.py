@@ -47,6 +47,9 @@ def parse_sources(specs: list[str]) -> dict[str, Path]:
             raise DatasetError(f"artist {artist!r} is given twice")
         if any(c in artist for c in "/\\ \t") or artist.startswith("."):
             raise DatasetError(f"artist name {artist!r} must not contain '/', '\\', spaces or tabs")
+        if any(c in artist for c in ",+") or not artist.isprintable():
+            raise DatasetError(f"artist name {artist!r} must not contain ',', '+' or control characters (a newline): "
+                               "artists=A,B and grid values A+B select artists by name; rename it in ARTIST=DIR")
         path = Path(d)
         if not path.is_dir():
             raise DatasetError(f"source {spec!r}: {d} is not a directory")

@@ -7,10 +7,10 @@ A dataset directory (format version 2) holds::
     shards/<artist>-<split>-<task>-<k>.h5
 
 Each shard holds one split of one artist. Its ``blocks`` dataset (n, S) stores each song's block
-sequence once, as the stored half of the spectrum (``features.blocks_to_stored``: S = N values
+sequence once, as the stored half of the spectrum (``transforms.blocks_to_stored``: S = N values
 per block, ``params.storage_dim``, in ``params.dtype``, float32 or float16); the model's features
 (``params.feature_dim`` = D values, 2N for ``fft``) are a gather with signs over it
-(``features.expansion``), done by whoever reads. Clip ``k`` of a segment is the window
+(``Transform.expansion``), done by whoever reads. Clip ``k`` of a segment is the window
 ``blocks[o + k*C : o + k*C + C + 1]`` (x = the first C blocks, y = the last C: the target at step
 t is block t + 1). Segments start on a chunk boundary and the chunk height divides C, so reading
 one clip touches only about one clip's bytes. A segment is ``[song id, first row, clips, first
@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gruv_hpc import swap
 from gruv_hpc.errors import DatasetError  # noqa: F401  (re-exported)
 FORMAT = "gruv-hpc-spectral"
 VERSION = 2
@@ -45,8 +46,7 @@ PARAM_KEYS = ("sample_rate", "block_size", "hop", "clip_blocks", "transform", "f
 
 def aside_path(data_dir: str | Path) -> Path:
     """Where ``gruv preprocess`` moves the dataset it replaces, for the moment of the swap."""
-    data_dir = Path(data_dir)
-    return data_dir.with_name(f".{data_dir.name}.old")
+    return swap.aside_path(Path(data_dir))
 
 
 class RunningStats:
@@ -318,17 +318,43 @@ def verify(data_dir: str | Path, deep: bool = True) -> dict:
         verify_file(data_dir, m, rel)
     songs = 0
     if deep:
-        for song_id, h in song_content_hashes(data_dir, m).items():
+        used = [s for s in m["songs"] if not s.get("skipped")]
+        unhashed = [s for s in used if not s.get("content_sha256")]
+        if unhashed:  # nothing to compare their rows with: not an OK
+            raise DatasetError(f"{data_dir / MANIFEST}: {len(unhashed)} of {len(used)} songs record no content_sha256 "
+                               f"(e.g. {unhashed[0].get('path')}; a manifest from before it, or edited), so their rows "
+                               f"cannot be checked; the files alone: gruv dataset verify --quick {data_dir}; to check "
+                               "the rows, rebuild the dataset (gruv preprocess ... --overwrite)")
+        recomputed = {a: RunningStats(m["params"]["storage_dim"]) for a in m["artists"]}
+        for song_id, h in song_content_hashes(data_dir, m, recomputed).items():
             song = m["songs"][song_id]
             if song.get("content_sha256") and song["content_sha256"] != h:
                 raise DatasetError(f"{data_dir / MANIFEST}: song {song.get('path')}: its rows in the shards hash to "
                                    f"{h[:16]}..., the manifest says {song['content_sha256'][:16]}...")
             songs += 1
+        _check_stats(data_dir, m, recomputed)
     _verified_set(data_dir).update(files)
     return {"files": len(files), "bytes": sum(int(r.get("bytes") or 0) for r in files.values()), "songs": songs}
 
 
-def song_content_hashes(data_dir: str | Path, manifest: dict) -> dict[int, str]:
+def _check_stats(data_dir: Path, manifest: dict, recomputed: dict[str, RunningStats]) -> None:
+    """stats.npz against the train rows it was pooled from (its sha256 only binds it to the
+    manifest, which a rewrite can update too). Counts exactly; mean and M2 to float64 rounding
+    (the tasks pooled them in another order)."""
+    stored = artist_moments(data_dir, manifest)
+    path = Path(data_dir) / manifest["stats"]["file"]
+    for a, r in recomputed.items():
+        st = stored[a]
+        scale = float(np.abs(r.m2).max()) or 1.0
+        if st.n != r.n or not np.allclose(st.mean, r.mean, rtol=1e-6, atol=1e-9) or \
+                not np.allclose(st.m2, r.m2, rtol=1e-6, atol=1e-9 * scale):
+            raise DatasetError(f"{path}: artist {a}'s train statistics (count {st.n}) are not those of its train rows "
+                               f"in the shards (count {r.n}): rewritten or damaged; rebuild the dataset "
+                               "(gruv preprocess ... --overwrite)")
+
+
+def song_content_hashes(data_dir: str | Path, manifest: dict,
+                        moments: dict[str, RunningStats] | None = None) -> dict[int, str]:
     """{song id: sha256 of the song's stored blocks in order}, read back from the shards: its
     segments sorted by first clip, the block a segment shares with the previous one taken once.
     The same bytes ``gruv preprocess`` hashed while writing (``content_sha256``), whatever shards
@@ -336,6 +362,7 @@ def song_content_hashes(data_dir: str | Path, manifest: dict) -> dict[int, str]:
     import h5py
     cb = manifest["params"]["clip_blocks"]
     parts: dict[int, list[tuple[int, str, int, int]]] = {}
+    split_of = {sh["file"]: (sh["split"], sh["artist"]) for sh in manifest["shards"]}
     for sh in manifest["shards"]:
         for song_id, offset, n_clips, first_clip in sh["segments"]:
             parts.setdefault(int(song_id), []).append((int(first_clip), sh["file"], int(offset), int(n_clips)))
@@ -352,6 +379,8 @@ def song_content_hashes(data_dir: str | Path, manifest: dict) -> dict[int, str]:
                         raise DatasetError(f"{Path(data_dir) / rel}: not a readable shard ({e})") from e
                 rows = handles[rel]["blocks"][offset + (1 if first_clip else 0): offset + n_clips * cb + 1]
                 h.update(np.ascontiguousarray(rows).tobytes())
+                if moments is not None and split_of[rel][0] == "train":  # as preprocess pooled them
+                    moments[split_of[rel][1]].update(np.asarray(rows, dtype=np.float64))
             out[song_id] = h.hexdigest()
     finally:
         for f in handles.values():

@@ -12,7 +12,7 @@ batch an on-device gather. No DataLoader, no worker processes, no host-to-device
 
 The resident clips are exactly what streaming yields: the raw stored blocks of each clip, as
 ``ClipDataset.__getitems__`` returns them (they are loaded through it, so their shards were checked
-against the manifest's sha256 as streamed ones are), so ``trainer.Data.to_window``
+against the manifest's sha256 as streamed ones are), so ``data.Data.to_window``
 (normalization, and whatever it does with the stored format) applies to both unchanged. The batches
 are the same clips in the same order: the same ``DistributedSampler`` permutation per epoch, the
 same skip on resume, the same ``drop_last``, the same dev order. On the CPU a run is bitwise equal

@@ -102,6 +102,10 @@ class Transform:
     # True where the stored features hold no phase, so synthesis takes the seed's own audio
     # (``synthesize(..., seed_audio=...)``) to continue it without a seam: generation then decodes it.
     phase_from_seed = False
+    # The feature vector is ``parts`` equal parts that describe the same frequency bins in turn:
+    # 2 for [Re | Im] (feature d and d + D/2 are one bin's complex value); 1 for a real layout
+    # (e.g. a log magnitude). Analysis fits its per-bin floors by it (``analysis.baseline``).
+    parts = 2
     default_frame = 11025  # block_size when a build names none: 0.25 s at 44.1 kHz, the paper's
 
     def __init__(self, frame: int, hop: int | None = None):
@@ -354,6 +358,7 @@ class LogMag(STFT):
 
     name = "logmag"
     phase_from_seed = True
+    parts = 1  # one real value a bin
     help = ("log(|X| + eps) of the rfft of overlapping Hann-windowed frames (block_size default 2048, hop "
             "default block_size/4), N//2 + 1 values; synthesized by Griffin-Lim")
     window = "hann"
@@ -485,6 +490,7 @@ class LogMagIF(LogMag):
     as for ``LogMag``) supplies it, and then the continuation's phases run on from the seed's own."""
 
     name = "logmag_if"
+    parts = 2  # [log magnitude | instantaneous frequency] of the same bins
     help = ("log(|X| + eps) and instantaneous frequency (phase advance minus the bin's own, wrapped) of "
             "overlapping Hann-windowed frames, 2 (N//2 + 1) values; synthesized exactly by integrating the phases")
 

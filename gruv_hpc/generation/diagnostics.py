@@ -133,9 +133,10 @@ def _flatness_words(d: dict) -> str | None:
     if not _finite(d.get("flatness")):
         return None
     band = d.get("flatness_band_hz")
-    where = f" over {band[0]:.0f}-{band[1]:.0f} Hz ({d.get('flatness_band_source', 'seed')}'s band)" if band else ""
+    src = {"seed": "the seed's band", "given": "the band given"}.get(d.get("flatness_band_source"), "")
+    where = f" over {band[0]:.0f}-{band[1]:.0f} Hz{', ' + src if src else ''}" if band else ""
     seed = f" (seed {d['seed_flatness']:.3g})" if _finite(d.get("seed_flatness")) else ""
-    return f"spectral flatness {d['flatness']:.3g}{where}{seed}"
+    return f"spectral flatness {d['flatness']:.3g}{seed}{where}"
 
 
 def _nearest_words(d: dict) -> str | None:

@@ -1,5 +1,6 @@
-"""What training logs about generation: an epoch-end hook (training/hooks.py) that continues the
-first dev clip and writes the audio, its spectrogram and the registered diagnostics to TensorBoard.
+"""What training logs about generation: epoch-end hooks (training/hooks.py). One continues the
+first dev clip and writes the audio, its spectrogram and the registered diagnostics to TensorBoard;
+one scores the model's rollout horizons at the end of training.
 
 The entry points build it (``training_hooks``) and hand it to the trainer; training never imports
 generation.
@@ -16,6 +17,7 @@ from gruv_hpc.dataset.manifest import DatasetError
 from gruv_hpc.errors import GenerationError
 from gruv_hpc.generation.algorithms import generate_stateful
 from gruv_hpc.generation.diagnostics import diagnostics, names
+from gruv_hpc.generation.rollout import dev_clips, rollout_horizons
 from gruv_hpc.generation.run import LoadedRun
 from gruv_hpc.generation.synthesis import seed_and_continuation_audio, seed_features, seed_waveform, to_audio
 
@@ -60,9 +62,27 @@ class AudioSampler:
         return out
 
 
+@dataclass(frozen=True)
+class RolloutScore:
+    """At the end of training: the model's rollout horizons on up to 16 dev clips (``rollout``:
+    teacher-forced for the clip's first part, then free-running; MSE at about 0.25, 1 and 3 s
+    against persistence and the train mean), returned so that the trainer logs them as
+    rollout/<key> and puts them in the last epoch's metrics line. The number that matches
+    generation, where a next-frame dev loss does not. Horizons longer than the clips are left out."""
+    name: str = "rollout"
+
+    def __call__(self, end) -> dict | None:
+        if not end.final:
+            return None
+        clips, fps = dev_clips(end.dev_set.handle)
+        if clips is None:
+            return None
+        return rollout_horizons(end.model, clips.to(end.device), fps)
+
+
 def training_hooks() -> tuple:
     """The hooks every entry point that trains hands to the trainer."""
-    return (AudioSampler(),)
+    return (AudioSampler(), RolloutScore())
 
 
 def sample_spectrogram(run: LoadedRun, seed: np.ndarray, gen: np.ndarray, epoch: int) -> np.ndarray:

@@ -20,9 +20,36 @@ from gruv_hpc.lock import pid_alive
 from gruv_hpc.paths import RunPaths, ckpt_step
 
 
+class _WriteErrors:
+    """A file torch.save writes through, keeping the OSError a write raised: torch reports it as
+    "RuntimeError: ... unexpected pos", which says nothing of a full disk."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, b) -> int:
+        try:
+            return self.f.write(b)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 def atomic_torch_save(obj, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: torch.save(obj, f), mode="wb")
+
+    def write(f):
+        w = _WriteErrors(f)
+        try:
+            torch.save(obj, w)
+        except RuntimeError:
+            if w.error is not None:
+                raise w.error from None  # ENOSPC as itself: the trainer names the path and the last good checkpoint
+            raise
+    atomic_write(path, write, mode="wb")
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:

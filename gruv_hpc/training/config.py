@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from gruv_hpc.config import opt
 from gruv_hpc.errors import ConfigError
 from gruv_hpc.training import cells
+from gruv_hpc.training.optim import OPTIMIZERS
 
 RESUME = ("auto", "require", "never")
 # The largest lr accepted: the optimizers compute in float32, and a larger lr (1e308) overflowed
@@ -29,7 +30,7 @@ STEP_GRAPHS = ("auto", "graph", "eager")
 def graph_unsupported(optimizer: str, lr_schedule: str) -> str | None:
     """Why a training step with this optimizer cannot be replayed from a CUDA graph, or None
     (training/step.py)."""
-    if optimizer == "sgd" and lr_schedule != "constant":
+    if optimizer in OPTIMIZERS and not OPTIMIZERS[optimizer].capturable and lr_schedule != "constant":
         return ("torch's SGD has no capturable form, so a graph would bake its lr in; use lr_schedule=constant, "
                 "another optimizer, or step_graph=eager")
     return None
@@ -110,8 +111,8 @@ class TrainConfig:
         cells.get(self.cell)  # an unknown cell: a ConfigError naming the registered ones
         if self.predict not in PREDICT:
             raise ConfigError(f"predict: {self.predict!r} is not one of {', '.join(PREDICT)}")
-        if self.optimizer not in ("rmsprop", "adam", "sgd"):
-            raise ConfigError(f"optimizer: {self.optimizer!r} is not one of rmsprop, adam, sgd")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer: {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device: {self.device!r} is not one of auto, cpu, cuda")
         if self.resume not in RESUME:
@@ -156,6 +157,9 @@ class TrainConfig:
             v = getattr(self, k)
             if not (math.isfinite(v) and v >= 0):
                 raise ConfigError(f"{k}: must be a finite number >= 0, got {v}")
+        if self.input_noise > MAX_INPUT_NOISE:  # normalized units: 1 is the data's own spread
+            raise ConfigError(f"input_noise: must be at most {MAX_INPUT_NOISE:g} (a sigma in normalized units, where 1 "
+                              f"is the data's own spread), got {self.input_noise:g}")
 
 
 def run_config(saved: dict) -> dict:
@@ -165,6 +169,38 @@ def run_config(saved: dict) -> dict:
 
 
 # Keys that may change between a run's starts without making it a different run.
+def command_line(cfg: "TrainConfig", run_dir, **changes) -> str:
+    """The ``gruv train`` command that gives this config (every key that differs from its default),
+    with ``changes``: what an error tells the user to run, so that it runs."""
+    import shlex
+
+    def word(v) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (list, tuple)):
+            return ",".join(map(str, v))
+        return "none" if v is None else str(v)
+    default = dataclasses.asdict(TrainConfig())
+    vals = {**dataclasses.asdict(cfg), **changes}
+    words = ["gruv", "train", "--run-dir", str(run_dir), "--data", str(vals.pop("data"))]
+    words += [f"{k}={word(v)}" for k, v in vals.items() if k in changes or v != default.get(k)]
+    return shlex.join(words)
+
+
+MAX_INPUT_NOISE = 10.0  # sigmas of noise beyond this drown the inputs: the model would learn the train mean
+
+
+def horizon_note(cfg: "TrainConfig") -> str | None:
+    """A cosine schedule whose horizon ends before ``epochs`` trains the rest at lr * lr_min_ratio:
+    at lr 0 that is epochs of nothing, said (it is allowed: the horizon stays fixed when a
+    resubmission raises ``epochs``)."""
+    if cfg.lr_schedule == "cosine" and cfg.lr_horizon_epochs < cfg.epochs and cfg.lr_min_ratio == 0:
+        return (f"lr_schedule=cosine reaches lr 0 at lr_horizon_epochs={cfg.lr_horizon_epochs}, so epochs "
+                f"{cfg.lr_horizon_epochs + 1}..{cfg.epochs} train at lr 0 (nothing changes); raise "
+                "lr_horizon_epochs or set lr_min_ratio above 0")
+    return None
+
+
 RUNTIME_KEYS = {"data", "epochs", "workers", "device", "resume", "ckpt_every_min", "ckpt_every_epochs", "keep_last",
                 "log_every_steps", "gen_every_epochs", "gen_seconds", "data_on_device", "step_graph"}
 
@@ -187,6 +223,9 @@ def resolve(cfg: TrainConfig, manifest: dict, world_size: int = 1, gpus: int | N
                           f"not {world_size}; use auto or eager")
     if cfg.device == "cuda" and gpus == 0:
         raise ConfigError("device: 'cuda' is asked for, but no GPU is visible")
+    if (note := horizon_note(cfg)) is not None:
+        import warnings
+        warnings.warn(note, stacklevel=2)
     return dataclasses.replace(cfg, **{k: manifest["params"][k] for k in PARAM_KEYS})
 
 

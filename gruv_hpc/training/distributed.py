@@ -2,38 +2,45 @@
 
 A run starts unchanged as one process, under torchrun, under plain ``srun``, or as a submitit job
 with several tasks. torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT;
-under Slurm, ``export_env`` derives the same variables from Slurm's. It writes ``os.environ``, so
-only entry points call it (``gruv train`` and the Slurm launcher), and say so.
+under Slurm, ``export_env`` derives the same variables from Slurm's (``jobenv``: no ``scontrol``).
+It writes ``os.environ``, so only entry points call it (``gruv train`` and ``training.job.TrainJob``),
+and say so.
 """
 from __future__ import annotations
 
 import os
-import subprocess
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from gruv_hpc import jobenv
-
-
-def master_port(job_id: int) -> int:
-    """The rendezvous port of a Slurm job: the same on every node of the job and across its
-    requeues, different for neighbouring jobs (array tasks have job ids of their own)."""
-    return 20000 + job_id % 20000
+from gruv_hpc.errors import TrainingError
 
 
 def export_env(env=os.environ) -> None:
-    """Under Slurm with several tasks (and no torchrun), set torchrun's variables from Slurm's."""
-    t = jobenv.tasks(env)
-    if "RANK" in env or t is None or t.world <= 1:
+    """Under Slurm with several tasks (and no torchrun), set torchrun's variables from Slurm's:
+    RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, GROUP_RANK (the node rank) and, unless set
+    already, MASTER_ADDR (the node list's first name) and MASTER_PORT."""
+    e = jobenv.detect(env)
+    if not isinstance(e, jobenv.Slurm) or e.world <= 1:
         return
-    env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"] = str(t.rank), str(t.world), str(t.local_rank)
-    if "MASTER_ADDR" not in env:
-        nodes = subprocess.run(["scontrol", "show", "hostnames", t.nodelist],
-                               capture_output=True, text=True, check=True).stdout.split()
-        env["MASTER_ADDR"] = nodes[0]
-    env.setdefault("MASTER_PORT", str(master_port(t.job_id)))
+    env.update(RANK=str(e.rank), WORLD_SIZE=str(e.world), LOCAL_RANK=str(e.local_rank),
+               LOCAL_WORLD_SIZE=str(e.local_world), GROUP_RANK=str(e.node_rank))
+    env.setdefault("MASTER_ADDR", e.main_address)
+    env.setdefault("MASTER_PORT", str(e.main_port))
+
+
+def cuda_device(e: jobenv.JobEnv, visible: int) -> int:
+    """The GPU of this process: its local rank, when this node shows at least one GPU per task.
+    More tasks on a node than GPUs would put two ranks on one GPU (slow, or out of memory much
+    later): refused here, at start, naming the node and both counts."""
+    if e.local_world > visible:
+        raise TrainingError(
+            f"node {e.node_name}: {e.local_world} training tasks but {visible} visible GPU(s) "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); give each task its own "
+            "GPU: slurm.gpus_per_node = slurm.tasks_per_node (or fewer torchrun --nproc-per-node)")
+    return e.local_rank
 
 
 def prefer_huge_pages(env=os.environ) -> None:
@@ -100,20 +107,19 @@ class Dist:
 def setup(device: str = "auto", tf32: bool = True) -> Dist:
     """Read the rank from the environment, pick the device, start the process group.
     NCCL on GPUs, gloo on CPUs."""
-    env = os.environ
-    rank, world, local = int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
+    e = jobenv.Torchrun.detect(os.environ) or jobenv.Local.detect(os.environ)  # what the entry point exported
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if use_cuda:
-        torch.cuda.set_device(local % torch.cuda.device_count())
+        torch.cuda.set_device(cuda_device(e, torch.cuda.device_count()))
         dev = torch.device("cuda", torch.cuda.current_device())
         if tf32:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
     else:
         dev = torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world)
-    return Dist(rank, world, local, dev)
+    if e.world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo", rank=e.rank, world_size=e.world)
+    return Dist(e.rank, e.world, e.local_rank, dev)
 
 
 def teardown(d: Dist) -> None:

@@ -18,8 +18,37 @@ import dataclasses
 import signal
 import time
 from dataclasses import dataclass
+from typing import Callable, NoReturn
 
 import submitit
+
+# How long a rank other than 0 waits, after the preemption stop, for rank 0's requeue to end its
+# task: the requeue takes a second or two (scontrol requeue, then Slurm ends every task).
+REQUEUE_WAIT_S = 120.0
+
+
+def after_stop(result: dict, rank: int, sig: signal.Signals, requeue: Callable | None,
+               wait_s: float = REQUEUE_WAIT_S) -> NoReturn:
+    """What a task does once the run stopped with its checkpoint written. On the preemption
+    signal rank 0 calls submitit's handler (``checkpoint()`` -> ``scontrol requeue`` -> exit),
+    which ends every task of the job; the other ranks wait for that, at most ``wait_s``, and then
+    fail naming rank 0: neither a 'success' result for an unfinished run nor a task left waiting
+    until the time limit. A cancel (TERM, INT, HUP) ends every rank at once: resubmitting resumes."""
+    from gruv_hpc.errors import TrainingError
+    from gruv_hpc.training.jobcontrol import stop_line
+    requeues = result["signal"] == sig.name and callable(requeue)
+    if rank == 0:
+        print(stop_line(result, requeue=requeues), flush=True)  # the run's own log says why it ends here
+        if requeues:
+            requeue(sig, None)  # checkpoint() -> requeue -> exit; it returns only if it could not
+    elif requeues:
+        deadline = time.monotonic() + wait_s
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, 1.0))
+        raise TrainingError(f"rank {rank}: stopped by {result['signal']} at step {result['step']} with a checkpoint, "
+                            f"but rank 0 did not requeue the job within {wait_s:.0f} s (its log says why); resubmit "
+                            "to resume")
+    raise TrainingError(f"stopped by {result['signal']} at step {result['step']} with a checkpoint; resubmit to resume")
 
 
 @dataclass(frozen=True)
@@ -36,8 +65,11 @@ class TrainJob(submitit.helpers.Checkpointable):
         from gruv_hpc.training import distributed
         from gruv_hpc.training.config import TrainConfig
         from gruv_hpc.config import build
-        from gruv_hpc.errors import TrainingError
-        from gruv_hpc.training.trainer import StopFlag, main, preempt_signal, stop_line, stop_signals
+        from gruv_hpc.errors import plain_warnings
+        from gruv_hpc.training.jobcontrol import StopFlag, preempt_signal, stop_signals
+        from gruv_hpc.training.trainer import main
+
+        plain_warnings()  # side effect, stated: the job's log holds the same one-line warnings as a terminal
 
         env = submitit.JobEnvironment()
         distributed.export_env()  # side effect, stated: torchrun's variables from Slurm's, for every task
@@ -49,22 +81,11 @@ class TrainJob(submitit.helpers.Checkpointable):
 
         sig = preempt_signal()
         requeue = signal.getsignal(sig)  # submitit's checkpoint-and-requeue handler
-        stop = StopFlag().install(stop_signals())  # every stop signal, the preemption one included
         cfg = build(TrainConfig, self.config)
-        result = main(cfg, self.run_dir, stop=stop, hooks=self.hooks)
-        if result["status"] == "stopped":
-            if env.global_rank != 0:
-                # Rank 0 requeues the whole job, which ends this task too; returning here would
-                # write a 'success' result for a run that is not finished.
-                while True:
-                    time.sleep(60)
-            requeues = result["signal"] == sig.name and callable(requeue)
-            print(stop_line(result, requeue=requeues), flush=True)  # the run's own log says why it ends here
-            if requeues:
-                requeue(sig, None)  # checkpoint() -> requeue -> exit
-            # Cancelled (TERM, INT, HUP): the checkpoint is written; resubmitting resumes.
-            raise TrainingError(f"stopped by {result['signal']} at step {result['step']} with a checkpoint; "
-                                "resubmit to resume")
+        with StopFlag().install(stop_signals()) as stop:  # every stop signal, the preemption one included
+            result = main(cfg, self.run_dir, stop=stop, hooks=self.hooks)
+        if result["status"] == "stopped":  # the handlers before the flag (submitit's) are back
+            after_stop(result, env.global_rank, sig, requeue)
         return result
 
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:

@@ -12,7 +12,7 @@ What makes the step capturable, and what this module does about each:
   given with the batch it was told is full; any other (an epoch's last partial batch) takes the
   eager step, which computes the same update.
 - **A capturable optimizer.** Its step counter and learning rate live on the device
-  (``trainer.make_optimizer(..., capturable=True)``); a scheduled lr is written into that tensor before each step
+  (``optim.make_optimizer(..., capturable=True)``); a scheduled lr is written into that tensor before each step
   (``set_lr``), never baked into the graph. SGD has no capturable form in torch, so SGD with a
   schedule stays eager.
 - **No host sync inside.** The loss comes back as a device tensor; the clip's norm stays there.

@@ -1,374 +1,55 @@
-"""Training: one loop, read top to bottom (``_train``), and the pieces it is made of.
+"""Training: one loop, read top to bottom (``_train``), and the ``Trainer`` it drives.
 
 Runs unchanged as one process, under torchrun, or under srun (rank and world size from the
 standard environment; see ``distributed``). Resumes automatically from the newest loadable
 checkpoint in RUN_DIR: a requeued job just starts again. Only rank 0 writes anything (the
 ``Checkpointer`` and the ``RunLogger`` know which rank they are on; the loop does not).
+
+The pieces live beside it: ``jobcontrol`` (stop signals), ``rundir`` (the run directory's checks,
+records and lock), ``data`` (sampler and loaders), ``runlog`` (metrics, TensorBoard, heartbeat),
+``optim`` (the optimizer registry), ``state`` (``TrainState``), ``step`` (one training step).
+``StopFlag``, ``EXIT_STOPPED``, ``TrainState``, ``ResumableSampler``, ``build_data`` and
+``make_optimizer`` are importable from here too.
 """
 from __future__ import annotations
 
 import dataclasses
 import errno
-import json
 import math
 import os
-import resource
-import signal
 import time
 import traceback
 import warnings
-from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.data import DataLoader, DistributedSampler
 
 from gruv_hpc import jobenv
+from gruv_hpc.config import ConfigError, to_dict
+from gruv_hpc.dataset.clips import DatasetHandle
+from gruv_hpc.dataset.manifest import dataset_id
+from gruv_hpc.errors import TrainingError
+from gruv_hpc.lock import LockedError
+from gruv_hpc.paths import RunPaths
 from gruv_hpc.training import distributed
-from gruv_hpc.dataset import resident
-from gruv_hpc.training.checkpoint import (DATA_ORDER, RANK, Checkpointer, derive_seed, git_info, pack, rng_state,
-                                          seed_everything, set_rng_state, unpack)
-from gruv_hpc.training.config import RUNTIME_KEYS, TrainConfig, available_cpus, resolve, resolve_workers
-from gruv_hpc.config import ConfigError, diff, to_dict
-from gruv_hpc.dataset.clips import ClipDataset, DatasetHandle, Normalizer, batch_collate
+from gruv_hpc.training.checkpoint import (RANK, Checkpointer, derive_seed, git_info, pack, rng_state, seed_everything,
+                                          set_rng_state, unpack)
+from gruv_hpc.training.config import TrainConfig, command_line, resolve
+from gruv_hpc.training.data import ResumableSampler, build_data  # noqa: F401 (ResumableSampler: re-exported)
 from gruv_hpc.training.distributed import Dist
 from gruv_hpc.training.hooks import EpochEnd, EpochHook, run_hooks
+from gruv_hpc.training.jobcontrol import EXIT_STOPPED, StopFlag  # noqa: F401 (EXIT_STOPPED: re-exported)
+from gruv_hpc.training.model import GRUVModel
+from gruv_hpc.training.optim import make_optimizer
+from gruv_hpc.training.rundir import (check_orphan_checkpoints, check_run_dir, lock_run_dir, record_error,
+                                      record_start, reserve_error_space)
+from gruv_hpc.training.runlog import RunLogger, peak_mem_mb
 from gruv_hpc.training.schedule import lr_at
+from gruv_hpc.training.state import TrainState
 from gruv_hpc.training.step import (TrainStep, conform_optimizer, optimizer_flags, set_lr, step_graph_mode,
                                     wants_capturable)
-from gruv_hpc.errors import TrainingError
-from gruv_hpc.fsio import atomic_write_json, atomic_write_text, dumps, temp_name
-from gruv_hpc.lock import Lock, LockedError
-from gruv_hpc.dataset.manifest import DatasetError, dataset_id
-from gruv_hpc.training.model import GRUVModel
-from gruv_hpc.paths import RunPaths
-
-
-# Exit status of a run stopped by a signal after writing its checkpoint: sysexits' EX_TEMPFAIL,
-# "temporary failure, try again" (running the same command again resumes).
-EXIT_STOPPED = 75
-
-
-def stop_line(res: dict, requeue: bool) -> str:
-    """What a stopped run says in its own log (stdout: the job's log file), from ``main``'s
-    "stopped" result: which signal, where in training, the checkpoint written, and whether a
-    requeue follows (the preemption signal under submitit) or the process just exits."""
-    sig = res.get("signal") or "request"
-    sig = sig[3:] if sig.startswith("SIG") else sig
-    return (f"stop signal {sig} at epoch {res['epoch'] + 1} batch {res['pos']}: checkpoint step {res['step']} written, "
-            + ("exiting for requeue" if requeue else "exiting"))
-
-
-def preempt_signal() -> signal.Signals:
-    """The preemption signal: USR2, or what SUBMITIT_PREEMPT_SIGNAL names (as submitit reads it)."""
-    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
-    sig = getattr(signal, "SIG" + name, None)
-    if sig is None:
-        raise ConfigError(f"SUBMITIT_PREEMPT_SIGNAL={name!r} is not a signal name (e.g. USR2)")
-    return sig
-
-
-def stop_signals() -> list[signal.Signals]:
-    """What a job is told to stop with: TERM (scancel, srun, torchrun, kill), INT (Ctrl-C), HUP
-    (a closed terminal) and the preemption signal (Slurm's --signal, submitit's requeue)."""
-    return list(dict.fromkeys([signal.SIGTERM, signal.SIGINT, signal.SIGHUP, preempt_signal()]))
-
-
-class StopFlag:
-    """Set from a signal handler; the loop checks it between optimizer steps, never inside one,
-    so the checkpoint it then writes is always a consistent (model, optimizer, position) state.
-    A second signal of the same kind is passed on to the handler that was there before (a second
-    Ctrl-C aborts at once)."""
-
-    def __init__(self):
-        self.requested = False
-        self.signal: str | None = None
-        self._previous: dict = {}
-
-    def request(self, signum=None, frame=None):
-        if signum is not None and self.signal == signal.Signals(signum).name:
-            previous = self._previous.get(signum, signal.SIG_DFL)
-            signal.signal(signum, previous)
-            if callable(previous):
-                previous(signum, frame)
-            else:
-                os.kill(os.getpid(), signum)
-            return
-        self.requested = True
-        self.signal = signal.Signals(signum).name if signum is not None else "request"
-
-    def install(self, signals=None) -> "StopFlag":
-        for sig in signals or stop_signals():
-            self._previous[sig] = signal.signal(sig, self.request)
-        return self
-
-
-@dataclass
-class TrainState:
-    """Everything but the model and the optimizer that a resumed run needs to go on exactly as if
-    it had never stopped. The one definition of the checkpoint's training state: ``state_dict``
-    and ``load_state_dict`` follow the fields, so a new field is saved and restored by itself."""
-    epoch: int = 0                 # epochs finished
-    step: int = 0                  # optimizer steps taken
-    pos: int = 0                   # batches of the current epoch taken
-    best_dev: float = math.inf
-    history: list = field(default_factory=list)  # one metrics line per finished epoch
-    train_time: float = 0.0        # seconds of training steps (evaluation and checkpoint writes excluded)
-    # This rank's own: every rank saves and restores its own values.
-    loss_sum: float = 0.0          # train loss summed over this epoch's steps so far
-    loss_n: int = 0
-
-    PER_RANK = ("loss_sum", "loss_n")
-
-    def state_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self.PER_RANK}
-
-    def rank_state_dict(self) -> dict:
-        return {k: getattr(self, k) for k in self.PER_RANK}
-
-    def load_state_dict(self, shared: dict) -> None:
-        for f in fields(self):
-            if f.name not in self.PER_RANK:
-                setattr(self, f.name, shared[f.name])
-
-    def load_rank_state_dict(self, mine: dict) -> None:
-        for k in self.PER_RANK:
-            setattr(self, k, mine[k])
-
-
-def make_optimizer(cfg: TrainConfig, params, capturable: bool = False):
-    """The optimizer, with the fewest kernel launches its device allows. On CUDA: the multi-tensor
-    (foreach) update, one launch per op for all parameters instead of one per parameter (torch's
-    RMSprop has no fused kernel; Adam's fused one is one launch in all). On the CPU the
-    per-parameter loop, as it always was (foreach is a GPU optimization there; the CPU runs the
-    bit-for-bit same arithmetic it always did, which the bitwise-resume tests pin).
-
-    ``capturable``: the form a step replayed from a CUDA graph needs (training/step.py): the step
-    counter and the lr (a 0-dim tensor, which ``step.set_lr`` writes) on the device. The same
-    update; torch's capturable RMSprop divides by -lr where the other multiplies by it, so the
-    weights agree to float32 rounding, not bitwise, with the other form. SGD has no capturable
-    form: its lr stays a number (a graph bakes it in, so only a constant lr: config.graph_unsupported)."""
-    params = list(params)
-    cuda = bool(params) and all(p.is_cuda for p in params)
-    lr = torch.tensor(float(cfg.lr), dtype=torch.float32, device=params[0].device) \
-        if capturable and cfg.optimizer != "sgd" else cfg.lr
-    if cfg.optimizer == "rmsprop":
-        # Keras' RMSprop (the original code's): rho 0.9, eps 1e-7. torch's alpha is rho.
-        opt = torch.optim.RMSprop(params, lr=lr, alpha=0.9, eps=1e-7, foreach=cuda or capturable, capturable=capturable)
-    elif cfg.optimizer == "adam":
-        opt = torch.optim.Adam(params, lr=lr, capturable=capturable, **({"fused": True} if cuda else {"foreach": False}))
-    else:
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, foreach=cuda)
-    if capturable:  # its steps outside a capture (the warm-up, a partial batch) are meant: not worth torch's warning
-        opt._warned_capturable_if_run_uncaptured = True
-    return opt
-
-
-# ---------------------------------------------------------------------------------------------
-# Data
-
-class ResumableSampler(DistributedSampler):
-    """DistributedSampler that can skip the samples an interrupted epoch already consumed, and
-    whose shuffle is seeded by ``derive_seed(seed, DATA_ORDER, epoch)``: DistributedSampler's own
-    ``seed + epoch`` gives seed 2's epoch e the permutation of seed 1's epoch e + 1, so the seeds
-    of a grid would not be independent replicates."""
-
-    skip = 0
-
-    def __iter__(self):
-        n = len(self.dataset)
-        if self.shuffle:
-            g = torch.Generator()
-            g.manual_seed(derive_seed(self.seed, DATA_ORDER, self.epoch))
-            order = torch.randperm(n, generator=g).tolist()
-        else:
-            order = list(range(n))
-        if self.drop_last:
-            order = order[: self.total_size]
-        else:  # pad to a multiple of the ranks, as DistributedSampler does
-            order = (order * (-(-self.total_size // max(n, 1))))[: self.total_size]
-        return iter(order[self.rank: self.total_size: self.num_replicas][self.skip:])
-
-    def __len__(self):
-        return self.num_samples - self.skip
-
-
-@dataclass
-class Data:
-    train_loader: DataLoader
-    dev_loader: DataLoader
-    sampler: ResumableSampler
-    local_bs: int
-    steps_per_epoch: int
-    normalize: Normalizer
-    dev_set: ClipDataset  # the TensorBoard sample seeds from it
-    train_set: ClipDataset | None = None  # to name a damaged shard when the loss turns non-finite
-    # The artist (an index into dev_set.artists) of each of this rank's dev clips, in the order
-    # the dev loader yields them: evaluate() splits the dev loss by artist.
-    dev_artist: torch.Tensor | None = None
-
-    def to_window(self, blk: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stored (B, C + 1, S) windows -> the normalized window (B, C + 1, D), whose blocks 0..C-1
-        are the input (the model drops the last after its input affine: ``drop_last``), and the
-        targets y = blocks 1..C (a view)."""
-        win = self.normalize(blk.to(device, non_blocking=True))  # expanded on the device
-        return win, win[:, 1:]
-
-
-def _log(msg: str) -> None:
-    print(msg, flush=True)
-
-
-def build_data(cfg: TrainConfig, d: Dist, dataset: DatasetHandle) -> Data:
-    train_set = dataset.split("train", as_blocks=True)
-    dev_set = dataset.split("dev", as_blocks=True)
-    if len(train_set) == 0:
-        raise DatasetError(f"{cfg.data}: the train split has no clips for artists {cfg.artists or 'all'}")
-    local_bs = cfg.batch_size // d.world
-    sampler = ResumableSampler(train_set, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed, drop_last=True)
-    # Dev: every clip exactly once across ranks (DistributedSampler would pad with repeats).
-    dev_indices = range(d.rank, len(dev_set), d.world)
-    cpus = available_cpus()
-    workers = resolve_workers(cfg.workers, d.device.type, cpus)
-    log = _log if d.is_main else (lambda _: None)
-    log(f"data loading: workers={cfg.workers} -> {workers} per rank (device {d.device.type}, {cpus} CPUs per process)")
-    # The same batches either way: resident in device memory, or streamed by a DataLoader.
-    loaders = resident.build_loaders(cfg.data_on_device, d.device, d.world, train_set, dev_set, dev_indices, sampler,
-                                     local_bs, workers, log=log)
-    if loaders:
-        train_loader, dev_loader = loaders
-    else:
-        kw = dict(num_workers=workers, pin_memory=d.device.type == "cuda", persistent_workers=workers > 0,
-                  collate_fn=batch_collate)
-        train_loader = DataLoader(train_set, batch_size=local_bs, sampler=sampler, drop_last=True, **kw)
-        dev_loader = DataLoader(torch.utils.data.Subset(dev_set, dev_indices), batch_size=local_bs, shuffle=False, **kw)
-    steps = len(sampler) // local_bs
-    if cfg.limit_train_batches:
-        steps = min(steps, cfg.limit_train_batches)
-    if steps == 0:
-        raise DatasetError(f"{cfg.data}: {len(train_set)} train clips give no full batch of {cfg.batch_size}")
-    # Both loaders yield the dev clips in dev_indices' order.
-    dev_artist = torch.from_numpy(dev_set.clip_artists()[list(dev_indices)]).to(d.device)
-    return Data(train_loader, dev_loader, sampler, local_bs, steps, dataset.normalizer(d.device), dev_set, train_set,
-                dev_artist)
-
-
-# ---------------------------------------------------------------------------------------------
-# What a run reports
-
-class RunLogger:
-    """metrics.jsonl, TensorBoard, heartbeat.json and stdout. Rank 0 only: on other ranks every
-    method does nothing."""
-
-    # The heartbeat is rewritten at each log interval, but not more often than this: with a tiny
-    # model a log interval can take milliseconds.
-    HEARTBEAT_MIN_S = 1.0
-
-    def __init__(self, paths: RunPaths, cfg: TrainConfig, enabled: bool):
-        self.paths, self.cfg, self.enabled, self.writer = paths, cfg, enabled, None
-        self._beat = 0.0
-
-    def start(self, state: TrainState, resumed_from: Path | None) -> None:
-        if not self.enabled:
-            return
-        # metrics.jsonl is rebuilt from the checkpoint: no line for work that was lost.
-        atomic_write_text(self.paths.metrics, "".join(dumps(h) + "\n" for h in state.history))
-        from torch.utils.tensorboard import SummaryWriter
-        self.writer = SummaryWriter(str(self.paths.tb), purge_step=state.step + 1 if resumed_from else None)
-        _write_hparams(self.writer, self.cfg)
-        if resumed_from:
-            # the epoch under way, 1-based, as the stop line names it
-            print(f"resumed from {resumed_from} (epoch {state.epoch + 1}, step {state.step}, batch {state.pos} of the "
-                  "epoch)", flush=True)
-        restarts = jobenv.restart_count()
-        if restarts:  # Slurm requeued this job (a preemption, a time limit, a node failure): say so in its own log
-            print(f"resumed after requeue {restarts} from step {state.step}" if resumed_from else
-                  f"restarted after requeue {restarts} with no checkpoint to resume from: training from step 0",
-                  flush=True)
-        self.heartbeat(state, force=True)
-
-    def train_loss(self, loss: float, step: int) -> None:
-        if self.enabled:
-            self.writer.add_scalar("loss/train_step", loss, step)
-
-    def heartbeat(self, state: TrainState, force: bool = False) -> None:
-        """Rewrite heartbeat.json: when training was last seen alive, and where (the epoch under
-        way, 1-based, and the batches done in it). ``gruv sweep status`` shows its age. Not fsynced
-        (a lost heartbeat costs nothing; a checkpoint's write is the one that must survive), and a
-        failed write never stops training: a full disk is reported by the next checkpoint."""
-        now = time.time()
-        if not self.enabled or (not force and now - self._beat < self.HEARTBEAT_MIN_S):
-            return
-        self._beat = now
-        path = self.paths.heartbeat
-        tmp = temp_name(path)
-        try:
-            tmp.write_text(dumps({"time": now, "step": state.step, "epoch": state.epoch + 1, "batch": state.pos,
-                                  "epochs": self.cfg.epochs, "job": jobenv.task_job_id()}))
-            os.replace(tmp, path)
-        except OSError:
-            tmp.unlink(missing_ok=True)
-
-    def epoch(self, line: dict) -> None:
-        """Called after the epoch's checkpoint: a metrics line is never ahead of the saved state."""
-        if not self.enabled:
-            return
-        cfg, w, step, epoch = self.cfg, self.writer, line["step"], line["epoch"]
-        with open(self.paths.metrics, "a") as f:
-            f.write(dumps(line) + "\n")
-        # Per-epoch values on an epoch axis (step = epoch), so runs whose epochs take different
-        # numbers of steps (artists with more or fewer clips, other batch sizes) line up; only
-        # loss/train_step is on the optimizer-step axis. On resume, purge_step (the checkpoint's
-        # step, never below its epoch) cuts nothing the checkpoint holds, and an epoch logged
-        # again after a lost one replaces it (TensorBoard drops a tag's points from a step that
-        # comes again). Each artist's dev loss has its own tag (and chart): losses of 105 and
-        # 0.22 on one linear axis would flatten the smaller.
-        for k in ("train_loss", "dev_loss", "best_dev_loss", "lr", "grad_norm", "frames_per_s", "peak_mem_mb"):
-            w.add_scalar(f"epoch/{k}", line[k], epoch)
-        for artist, v in line.get("dev_loss_by_artist", {}).items():
-            w.add_scalar(f"epoch/dev_loss/{artist}", v, epoch)
-        w.add_scalar("epoch/step", step, epoch)  # where the epoch ends on loss/train_step's axis
-        w.flush()
-        by = line.get("dev_loss_by_artist", {})
-        each = f" ({', '.join(f'{a} {v:.5f}' for a, v in by.items())})" if len(by) > 1 else ""
-        print(f"epoch {epoch}/{cfg.epochs} train {line['train_loss']:.5f} dev {line['dev_loss']:.5f}{each} "
-              f"({line['frames_per_s']:.0f} frames/s)", flush=True)
-
-    def done(self, state: TrainState) -> None:
-        if self.enabled:
-            atomic_write_json(self.paths.done, {"final": state.history[-1] if state.history else {},
-                                                "best_dev_loss": state.best_dev})
-
-    def close(self) -> None:
-        if self.writer:
-            self.writer.close()
-
-
-# The HParams dashboard's metric columns: TensorBoard, given no experiment summary, makes one of
-# every scalar tag of the runs (per-artist dev losses included) and shows each run's last value:
-# epoch/best_dev_loss's last value is the best dev loss, epoch/dev_loss's the last one.
-HPARAMS_METRICS = ("best_dev_loss", "dev_loss", "train_loss")
-
-
-def _write_hparams(writer, cfg: TrainConfig) -> None:
-    """Write the run's hparams into its own event file, so the HParams dashboard lists one row
-    per run (add_hparams would make a separate sub-run). Only the session summaries are written,
-    no experiment summary: TensorBoard then builds the experiment from every run's values and
-    marks the hparams that differ between runs (the grid's axes) as differing."""
-    from torch.utils.tensorboard.summary import hparams
-    hp = {k: (",".join(v) if isinstance(v, list) else v) for k, v in to_dict(cfg).items()
-          if k not in RUNTIME_KEYS and v is not None}
-    _, ssi, sei = hparams(hp, {f"epoch/{k}": 0 for k in HPARAMS_METRICS})
-    for s in (ssi, sei):
-        writer.file_writer.add_summary(s)
-
-
-def _peak_mem_mb(device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # ---------------------------------------------------------------------------------------------
@@ -398,12 +79,13 @@ class Trainer:
         if self.step_mode == "graph" and d.is_main:
             what = (f"the whole training step replayed from one CUDA graph on {d.device}" if d.device.type == "cuda"
                     else "the graph path's buffers, without a capture (the CPU)")
-            _log(f"step: {what} (step_graph={cfg.step_graph}; eager turns it off)")
+            print(f"step: {what} (step_graph={cfg.step_graph}; eager turns it off)", flush=True)
         self.amp = torch.autocast("cuda", dtype=torch.bfloat16) if (d.device.type == "cuda" and cfg.amp) \
             else torch.autocast("cpu", enabled=False)
         self.state = TrainState()
         self.ckpt = Checkpointer(paths, cfg.ckpt_every_epochs, cfg.ckpt_every_min, cfg.keep_last, enabled=d.is_main)
         self.log = RunLogger(paths, cfg, enabled=d.is_main)
+        self.log.effective["amp"] = bool(cfg.amp and d.device.type == "cuda")  # bf16 autocast runs on CUDA only
         self.git = git
         # What a checkpoint holds, by name: each part has state_dict/load_state_dict. New state is
         # one more entry here (and a format version where old checkpoints need upgrading).
@@ -455,8 +137,8 @@ class Trainer:
             why = (f"none of its {len(unreadable)} checkpoint(s) loads (set aside in {self.paths.unreadable})"
                    if unreadable else "it has no checkpoint, and resume=require")
             raise TrainingError(f"{self.paths.root}: {why}. To start this run over, start it once by hand: "
-                                f"gruv train --run-dir {self.paths.root} resume=never (its old files are moved "
-                                "aside, not deleted), or use a new run directory")
+                                f"{command_line(self.cfg, self.paths.root, resume='never')} (its old files are "
+                                "moved aside, not deleted), or use a new run directory")
         return None
 
     def save(self, is_best: bool = False) -> None:
@@ -628,7 +310,7 @@ class Trainer:
         line = {"epoch": st.epoch, "step": st.step, "train_loss": train_loss, "dev_loss": dev_loss,
                 "best_dev_loss": st.best_dev, "dev_loss_by_artist": dev_by_artist or {},
                 "lr": self.lr_now, **stats,
-                "train_time_s": st.train_time, "wall": time.time(), "peak_mem_mb": _peak_mem_mb(self.d.device)}
+                "train_time_s": st.train_time, "wall": time.time(), "peak_mem_mb": peak_mem_mb(self.d.device)}
         st.history.append(line)
         return line, is_best
 
@@ -667,89 +349,6 @@ class _RankParts:
 # ---------------------------------------------------------------------------------------------
 # The run
 
-def check_run_dir(paths: RunPaths, cfg: TrainConfig, dataset: dict) -> dict | None:
-    """A run directory belongs to one config and one dataset; never silently mix two runs.
-    Returns what config.json holds (None for a new run)."""
-    if not paths.config.exists():
-        return None
-    old = json.loads(paths.config.read_text())
-    # A key the run's config predates had its default then (new options are off by default).
-    was = {**{k: v for k, v in to_dict(TrainConfig()).items() if k not in old["config"]}, **old["config"]}
-    d = diff(was, to_dict(cfg), ignore=RUNTIME_KEYS)
-    if d:
-        raise ConfigError(f"{paths.root} holds a run with another config ({'; '.join(d)}); "
-                          "use a new run directory")
-    was = old.get("dataset") or {}
-    if was.get("id") and was["id"] != dataset["id"]:
-        raise DatasetError(f"{paths.root} was trained on dataset {was['id']} ({was.get('path')}), but {cfg.data} "
-                           f"is dataset {dataset['id']} (other songs, split or storage); resuming on it would mix "
-                           "two datasets in one run. Use a new run directory, or the dataset it was trained on")
-    return old
-
-
-def record_start(paths: RunPaths, cfg: TrainConfig, dataset: dict, old: dict | None, d: Dist, git: dict) -> None:
-    """config.json: the resolved config, the dataset's identity and where the code came from, plus
-    one line per start (a requeue, a resume with more epochs or a moved dataset)."""
-    start = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "git": git, "world_size": d.world,
-             "device": d.device.type, "torch": torch.__version__, "host": os.uname().nodename,
-             "slurm_job_id": jobenv.job_id()}
-    rec = {"config": to_dict(cfg), "dataset": dataset, "git": (old or start)["git"], "world_size": d.world,
-           "device": d.device.type, "torch": torch.__version__, "starts": [*(old or {}).get("starts", []), start]}
-    atomic_write_json(paths.config, rec)
-
-
-def record_error(paths: RunPaths, text: str) -> None:
-    """error.txt, even on a full disk: the text goes into blocks reserved while there was space,
-    which are then renamed into place (see reserve_error_space)."""
-    data = text.encode()[-60_000:]
-    try:
-        fd = os.open(paths.error_reserve, os.O_WRONLY)
-    except OSError:
-        fd = None
-    try:
-        if fd is not None:
-            os.pwrite(fd, data, 0)
-            os.ftruncate(fd, len(data))
-            os.fsync(fd)
-            os.close(fd)
-            fd = None
-            os.replace(paths.error_reserve, paths.error)
-        else:
-            paths.error.write_bytes(data)
-    except OSError:
-        pass  # nothing more can be done; the exception itself still reaches the caller
-    finally:
-        if fd is not None:
-            os.close(fd)
-
-
-def reserve_error_space(paths: RunPaths, size: int = 64 * 1024) -> None:
-    if paths.error_reserve.exists():
-        return
-    try:
-        fd = os.open(paths.error_reserve, os.O_WRONLY | os.O_CREAT, 0o644)
-        try:
-            os.posix_fallocate(fd, 0, size)
-        finally:
-            os.close(fd)
-    except OSError:
-        paths.error_reserve.unlink(missing_ok=True)
-
-
-def _lock_run_dir(paths: RunPaths, d: Dist) -> Lock | None:
-    """Rank 0 takes the run directory's lock; if it is held (an old copy of a requeued job is
-    still running, or someone started the run twice) every rank stops before writing anything."""
-    lock, err = (Lock(paths.lock, f"run directory {paths.root}"), None) if d.is_main else (None, None)
-    if lock:
-        try:
-            lock.acquire()
-        except LockedError as e:
-            err = e
-    if d.any(err is not None)[0]:
-        raise err or LockedError(f"run directory {paths.root} is in use (rank 0 could not lock it)")
-    return lock
-
-
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
 
@@ -770,7 +369,7 @@ def main(cfg: TrainConfig, run_dir: str | Path, stop: StopFlag | None = None, ho
         world = int(os.environ.get("WORLD_SIZE", "1"))
         cfg = resolve(cfg, dataset.manifest, world, gpus=torch.cuda.device_count())
         d = distributed.setup(cfg.device, tf32=cfg.amp)
-        lock = _lock_run_dir(paths, d)
+        lock = lock_run_dir(paths, d)
         result = _train(cfg, dataset, paths, d, stop or StopFlag(), tuple(hooks))
     except LockedError:
         raise  # the run directory is another process's: write nothing into it
@@ -792,27 +391,12 @@ def main(cfg: TrainConfig, run_dir: str | Path, stop: StopFlag | None = None, ho
     return result
 
 
-def _check_orphan_checkpoints(paths: RunPaths, cfg: TrainConfig) -> None:
-    """A run directory with checkpoints but no config.json (deleted): the newest checkpoint's own
-    config must be this one, or resuming would fail on the weights' shapes (and config.json,
-    rewritten first, would then refuse the right command)."""
-    from gruv_hpc.training.checkpoint import load_latest
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # an unreadable one is reported by the resume itself
-        sd, path = load_latest(paths)
-    if sd and isinstance(sd.get("config"), dict):
-        d = diff(sd["config"], to_dict(cfg), ignore=RUNTIME_KEYS)
-        if d:
-            raise ConfigError(f"{paths.root} has no config.json, and its checkpoint {path.name} was trained with "
-                              f"another config ({'; '.join(d)}); pass those values, or use a new run directory")
-
-
 def _train(cfg: TrainConfig, dataset: DatasetHandle, paths: RunPaths, d: Dist, stop: StopFlag,
            hooks: tuple = ()) -> dict:
     origin = {"id": dataset_id(dataset.manifest), "path": cfg.data}
     old = check_run_dir(paths, cfg, origin)
     if old is None and cfg.resume != "never" and paths.step_ckpts():
-        _check_orphan_checkpoints(paths, cfg)
+        check_orphan_checkpoints(paths, cfg)
     git = git_info() if d.is_main else None  # saved by rank 0 only
     if d.is_main:
         paths.error.unlink(missing_ok=True)

@@ -133,7 +133,7 @@ def sweep_from_table(raw: dict, path: Path, text: str, overrides: list[str] = ()
                              f"(to sweep other values: grid.{k}=V1,V2)")
             grid[k] = grid[k][:1]
     scfg = build(SlurmConfig, slurm, cli_slurm, source=f"{where} [slurm]")
-    runs, seen = [], {}
+    runs, seen, matched = [], {}, set()
     keys = list(grid)
     for values in itertools.product(*(grid[k] for k in keys)):
         point = dict(zip(keys, values))
@@ -146,7 +146,9 @@ def sweep_from_table(raw: dict, path: Path, text: str, overrides: list[str] = ()
         seen[name] = point
         trains = {k: cfg.__dict__[k] for k in keys}  # the point as it trains, after command-line overrides
         # [[slurm.when]] rules select by what a run trains, so a pinned or replaced axis gets its resources
-        chosen = {k: v for sel, res in when if _selects(sel, trains) for k, v in res.items()}
+        hits = [i for i, (sel, _) in enumerate(when) if _selects(sel, trains)]
+        matched.update(hits)
+        chosen = {k: v for i in hits for k, v in when[i][1].items()}
         rcfg = None
         if chosen:
             try:
@@ -154,6 +156,11 @@ def sweep_from_table(raw: dict, path: Path, text: str, overrides: list[str] = ()
             except ConfigError as e:  # a value of the rule's, or the resources it makes up together
                 raise ConfigError(f"{where} [[slurm.when]] (run {name}): {e}") from None
         runs.append(Run(name, trains, to_dict(cfg), rcfg))
+    for i, (sel, res) in enumerate(when):
+        if i not in matched:  # the grid was changed (grid.KEY=... on the command line): the rule gives nobody its resources
+            notes.append(f"{where} [[slurm.when]] #{i + 1} selects {', '.join(f'{k} = {_toml(v)}' for k, v in sel.items())}"
+                         f", which no run trains: its {', '.join(f'{k} = {_toml(v)}' for k, v in res.items())} go to no "
+                         f"run (to give them to some: slurm.KEY=value on the command line sets every run's)")
     return Sweep(path, text, data, scfg, runs, notes=notes, overrides={k: runs[0].config[k] for k in cli_train} if runs else {})
 
 
@@ -233,13 +240,23 @@ def validate(sweep: Sweep, sweep_dir: Path, executor: str, create: bool = True) 
     # A planned dataset has no id yet (each job checks the built one when it starts).
     sweep.dataset_id = None if sweep.planned else dataset_id(manifest)
     allocates = scheduler(executor).allocates
+    manifests = {sweep.data: manifest}  # a grid over data: each run is checked against its own dataset
     for run in sweep.runs:
         res = sweep.resources(run)
         world, gpus = (res.world_size, res.gpus_per_node) if allocates else (1, None)
+        data = run.config.get("data") or sweep.data
         try:
-            run.config = to_dict(resolve(run.cfg, manifest, world_size=world, gpus=gpus))
+            if data not in manifests:
+                manifests[data] = load_manifest(data)
+            run.config = to_dict(resolve(run.cfg, manifests[data], world_size=world, gpus=gpus))
         except GruvError as e:  # a DatasetError or a ConfigError, named after the run
             raise type(e)(f"run {run.name}: {e}") from None
+    if "songs" in manifest:  # built (a pipeline's planned dataset has no clips yet)
+        from gruv_hpc.dataset.adequacy import data_warnings
+        batches = sorted({(tuple(r.config.get("artists") or ()), r.config["batch_size"]) for r in sweep.runs})
+        for w in data_warnings(manifest, [(list(a), b) for a, b in batches], "the grid's "):
+            if w not in sweep.notes:  # (a pipeline validates its sweep twice)
+                sweep.notes.append(w)
     if not create:
         _check_could_create(sweep_dir)
         return

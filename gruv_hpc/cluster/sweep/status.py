@@ -1,6 +1,7 @@
 """A sweep's runs as rows (state, progress, losses, the traceback tail of failures), cancel, wait."""
 from __future__ import annotations
 
+import json
 import socket
 import time
 from pathlib import Path
@@ -120,6 +121,8 @@ def status(sweep_dir) -> list[dict]:
                "error": None, "damaged": f"{paths.metrics}: {damaged}" if damaged else None}
         if st in ("FAILED", "OUT_OF_MEMORY", "NODE_FAIL", "TIMEOUT", "UNKNOWN", "CANCELLED") or (paths.error.exists() and st not in ACTIVE):
             why = None if paths.error.exists() or st in ACTIVE else ended(job, state.paths.logs)
+            if st == "CANCELLED" and why is None:
+                why = canary_why(state, job)
             row["error"] = "\n".join(filter(None, [why, _error_tail(paths, state.paths.logs, job)])) or None
         rows.append(row)
     return rows
@@ -133,6 +136,15 @@ def analysis_listing(sweep_dir) -> list[dict]:
     return [{"name": row["name"], "state": row["state"], "error": row.get("error"),
              "config": state.runs[row["name"]].config, "grid": state.runs[row["name"]].grid,
              "run_dir": row["run_dir"]} for row in status(sweep_dir)]
+
+
+def canary_why(state, job: JobRecord | None) -> str | None:
+    """Why a run's job was cancelled when its submission's canary did not succeed."""
+    from gruv_hpc.cluster.canary import failed_canary
+    sub = next((s for s in reversed(state.submissions) if job and job.job_id in s.get("job_ids", [])), None)
+    ids = (sub.get("canaries") or [sub.get("canary")]) if sub else []
+    why = failed_canary(scheduler(job.executor), ids, state.paths.logs) if any(ids) else None
+    return f"cancelled: {why}" if why else None
 
 
 def log_path(logs: Path, job: JobRecord | None, err: bool = False) -> str | None:
@@ -232,10 +244,64 @@ def cancel(sweep_dir, run: str | None = None, out=print) -> list[str]:
             cancelled.append(name)
         if live:
             jobs.setdefault(job.executor, []).append(job.job_id)
+    if run is None:  # a queued canary would still run, for nothing, and then fail status's reading of it
+        for sub in state.submissions[-1:]:
+            canaries = sub.get("canaries") or ([sub["canary"]] if sub.get("canary") else [])
+            if canaries and not scheduler(sub["executor"]).foreground:
+                jobs.setdefault(sub["executor"], []).extend(canaries)
     for kind, ids in jobs.items():
         scheduler(kind).cancel(ids)
     out(f"cancelled {len(cancelled)} run(s): {', '.join(cancelled) or '-'}")
     return cancelled
+
+
+def canary_line(sweep_dir) -> str | None:
+    """The last submission's canary, when it had one: its job id and state, what waits on it,
+    and its log (one line, for ``gruv sweep status`` and submit); None without one."""
+    state = load_state(sweep_dir, must_exist=True)
+    sub = state.submissions[-1] if state.submissions else {}
+    jid = sub.get("canary")
+    if not jid:
+        return None
+    st = scheduler(sub.get("executor", "slurm")).states([jid]).get(jid)
+    st = st.state if st else "unknown"
+    waits = (f"the {len(sub.get('job_ids') or [])} run(s) of this submission wait for it (afterok)"
+             if st in ACTIVE else "the runs started after it" if st == "COMPLETED" else
+             "the runs waiting for it never start (Slurm cancels them): read its log, fix, resubmit")
+    return f"canary job {jid}: {st}; {waits}; its log: {job_log_path(state.paths.logs, jid)}"
+
+
+def preempt(sweep_dir, run: str, out=print) -> str:
+    """Send one run's running job the preemption signal once, as a preemption or the time limit
+    would: it checkpoints at its next step boundary and is requeued, then resumes. Returns at
+    once; refuses a run whose job is not running (pending, requeued, ended) or that has none."""
+    state = load_state(sweep_dir, must_exist=True)
+    if run not in state.runs:
+        raise GruvError(f"no run {run!r} in {sweep_dir}; runs: {', '.join(state.runs)}")
+    job = state.runs[run].job
+    if job is None:
+        raise GruvError(f"run {run} of {sweep_dir} has no job: it was never submitted")
+    sched, paths = scheduler(job.executor), state.run_paths(run)
+    # A second call before the first signal's requeue would stop the run again as it checkpoints
+    # (a second signal aborts at once): refused until the job has been requeued since.
+    info = sched.states([job.job_id]).get(job.job_id)
+    try:
+        last = json.loads(paths.preempted.read_text())
+    except (OSError, ValueError):
+        last = {}
+    if info and last.get("job_id") == job.job_id and last.get("requeues") == info.requeues:
+        raise GruvError(f"run {run}: job {job.job_id} was sent the preemption signal at "
+                        f"{time.strftime('%H:%M:%S', time.localtime(last.get('time', 0)))} and has not been requeued "
+                        "since; wait for it (gruv sweep status shows it PENDING, then RUNNING again)")
+    try:
+        said = sched.preempt(job.job_id)
+    except GruvError as e:
+        raise GruvError(f"run {run}: {e}") from None
+    atomic_write_json(paths.preempted, {"job_id": job.job_id, "requeues": info.requeues if info else 0,
+                                        "time": time.time()})
+    out(f"run {run}: {said}; it checkpoints at its next step boundary and is requeued (follow it: gruv sweep "
+        f"status {sweep_dir}; its log: gruv sweep logs {sweep_dir} {run})")
+    return said
 
 
 def mark_cancelled(paths: RunPaths, by: str) -> None:

@@ -18,9 +18,10 @@ from gruv_hpc.config import diff
 from gruv_hpc.errors import ConfigError, DatasetError, GruvError
 from gruv_hpc.fsio import atomic_write_text
 from gruv_hpc.paths import SweepPaths, number, read_jsonl
-from gruv_hpc.cluster.canary import CanaryJob, after_canary, canary_config, canary_device, submit_canary
+from gruv_hpc.cluster.config import SlurmConfig
+from gruv_hpc.cluster.canary import CanaryJob, after_canary, canary_config, canary_sets, submit_canary
 from gruv_hpc.cluster.executors import scheduler
-from gruv_hpc.cluster.scheduler import ACTIVE, Dependency, Scheduler
+from gruv_hpc.cluster.scheduler import ACTIVE, Dependency, Scheduler, log_path
 from gruv_hpc.cluster.sweep.spec import Run, Sweep, load_sweep, validate
 from gruv_hpc.cluster.sweep.state import JobRecord, RunRecord, SweepState, load_state, submit_lock
 from gruv_hpc.cluster.sweep.status import mark_cancelled, run_state, sweep_infos
@@ -147,9 +148,14 @@ def submit(sweep_file, sweep_dir, executor: str = "auto", dry_run: bool = False,
         out(checked)
     if dry_run:
         res = _dry_run(sweep, paths, sched, max_parallel, out, after)
-        if canary and res["todo"] and not sched.foreground:
-            out("# the canary, which the arrays wait for (afterok):")
-            out(sched.script(canary_config(sweep.slurm), paths.logs, f"{sweep.path.stem}-canary", 1))
+        todo = [r for r in sweep.runs if r.name in res["todo"]]
+        if canary and todo and not sched.foreground:
+            sets = canary_sets(todo, sweep.resources, sched)
+            for i, (cfg, _, run) in enumerate(sets):
+                which = f" {i + 1} of {len(sets)}" if len(sets) > 1 else ""
+                whose = f" (the runs with {run.name}'s resources)" if len(sets) > 1 else ""
+                out(f"# the canary{which}, which the arrays wait for (afterok){whose}:")
+                out(sched.script(canary_config(cfg), paths.logs, f"{sweep.path.stem}-canary", 1))
         return res
     validate(sweep, paths.root, kind)
     for note in sweep.notes:
@@ -160,8 +166,8 @@ def submit(sweep_file, sweep_dir, executor: str = "auto", dry_run: bool = False,
         for name, why in skipped.items():
             out(f"skip {name}: {why}")
         # The canary first: a local one runs now (and raises when it fails), before anything is recorded.
-        canary_id = _canary(sweep, sched, paths, todo, after, out) if canary and todo else None
-        after = after_canary(after, canary_id)
+        canaries = _canaries(sweep, sched, paths, todo, after, out) if canary and todo else []
+        canary_ids = [c for _, c in canaries if c]
         atomic_write_text(paths.spec, sweep.text)
         for run in sweep.runs:
             rec = state.runs.setdefault(run.name, RunRecord(run.config, run.grid))
@@ -170,15 +176,22 @@ def submit(sweep_file, sweep_dir, executor: str = "auto", dry_run: bool = False,
         sub = {"time": time.time(), "executor": kind, "runs": [r.name for r in todo], "job_ids": [],
                "host": socket.gethostname(), "pid": os.getpid(),
                "overrides": list(overrides), "file": str(sweep.path), "file_sha256": hashlib.sha256(sweep.text.encode()).hexdigest()}
-        if canary_id:
-            sub["canary"] = canary_id
+        if canary_ids:
+            sub["canary"] = canary_ids[0]
+            if len(canary_ids) > 1:
+                sub["canaries"] = canary_ids  # one per resource set; each array waits for its own
         state.submissions.append(sub)
         state.slurm = dataclasses.asdict(sweep.slurm)
         state.save()
         if not todo:
             out("nothing to submit")
             return {"submitted": [], "skipped": skipped, "executor": kind}
+        first = todo
         todo = [first_start_only(run, state) for run in todo]
+        again = [a.name for a, b in zip(first, todo) if a is not b]
+        if again:  # said, not silent: resume=never would otherwise be read as "start over"
+            out(f"resume=never applies to a run's first start: {', '.join(again)} started before, so it resumes; "
+                f"to start a run over, remove its run directory first ({paths.run(again[0]).root})")
         for run in todo:
             paths.run(run.name).cancelled.unlink(missing_ok=True)  # resubmitted: no longer cancelled
         failed: list[str] = []
@@ -186,32 +199,37 @@ def submit(sweep_file, sweep_dir, executor: str = "auto", dry_run: bool = False,
             try:
                 arrays = job_arrays(todo, sched)
                 todo = [run for runs in arrays for run in runs]  # the order of the jobs: array by array
-                jobs = _submit_queued(sched, arrays, sweep, paths, after)
+                jobs = _submit_queued(sched, arrays, sweep, paths, after, canaries)
             except BaseException:
                 state.submissions.remove(sub)  # refused (sbatch said no): not a submission
                 state.save()
-                if canary_id:
-                    sched.cancel([canary_id])  # nothing waits for it
+                if canary_ids:
+                    sched.cancel(canary_ids)  # nothing waits for them
                 raise
             for run, job in zip(todo, jobs):
                 state.runs[run.name].jobs.append(JobRecord(job.job_id, kind, time.time()))
                 sub["job_ids"].append(job.job_id)
             state.save()
             arrays = sorted({j.job_id.split("_")[0] for j in jobs})
-            out(f"submitted {len(todo)} run(s) as {len(arrays)} job array(s): {', '.join(arrays)}")
+            ids = [c for c in canary_ids if c]
+            out(f"submitted {len(todo)} run(s) as {len(arrays)} job array(s): {', '.join(arrays)}" + (
+                f"; they wait for canary job{'s' if len(ids) > 1 else ''} {', '.join(ids)} (afterok: they start only if "
+                f"it succeeds; log{'s' if len(ids) > 1 else ''}: {', '.join(str(log_path(paths.logs, c)) for c in ids)})"
+                if ids else ""))
         else:
             failed = _run_locally(todo, sweep, paths, sched, state, sub, max_parallel, progress, out)
     return {"submitted": [r.name for r in todo], "skipped": skipped, "executor": kind, "failed": failed}
 
 
-def _canary(sweep: Sweep, sched: Scheduler, paths: SweepPaths, todo: list[Run], after: Dependency | None,
-            out) -> str | None:
-    """Queue the canary with the sweep's [slurm] resources (or, locally, run it and wait)."""
-    cfg, first = sweep.slurm, todo[0].config
-    device = canary_device(first.get("device", "auto"), cfg.gpus_per_node if sched.allocates else None)
+def _canaries(sweep: Sweep, sched: Scheduler, paths: SweepPaths, todo: list[Run], after: Dependency | None,
+              out) -> list[tuple[SlurmConfig, str | None]]:
+    """Queue a canary per resource set of the runs (``canary_sets``: a [[slurm.when]] rule's other
+    setup lines, GPUs or partition are proven too), or, locally, run each and wait. Returns
+    [(resources, job id or None)]."""
     data = None if sweep.planned else sweep.data  # a pipeline's dataset is built after the canary
     paths.logs.mkdir(parents=True, exist_ok=True)
-    return submit_canary(sched, cfg, CanaryJob(data, device, first["cell"]), paths.logs, sweep.path.stem, after, out)
+    return [(cfg, submit_canary(sched, cfg, CanaryJob(data, device, run.config["cell"]), paths.logs, sweep.path.stem,
+                                after, out)) for cfg, device, run in canary_sets(todo, sweep.resources, sched)]
 
 
 def _dry_run(sweep: Sweep, paths: SweepPaths, sched: Scheduler, max_parallel: int, out,
@@ -265,13 +283,16 @@ def _dry_run(sweep: Sweep, paths: SweepPaths, sched: Scheduler, max_parallel: in
 
 
 def _submit_queued(sched: Scheduler, arrays: list[list[Run]], sweep: Sweep, paths: SweepPaths,
-                   after: Dependency | None = None):
+                   after: Dependency | None = None, canaries: list[tuple[SlurmConfig, str | None]] = ()):
+    """One sbatch call per array, each behind ``after`` and the canary of its resources."""
     from gruv_hpc.generation.tensorboard import training_hooks
     from gruv_hpc.training.job import TrainJob
     jobs = []
-    for runs in arrays:  # one sbatch call per array
+    for runs in arrays:
+        res = sweep.resources(runs[0])
+        mine = after_canary(after, [c for cfg, c in canaries if cfg == res])
         jobs += sched.submit([TrainJob(str(paths.run(run.name).root), run.config, hooks=training_hooks()) for run in runs],
-                             sweep.resources(runs[0]), paths.logs, sweep.path.stem, after)
+                             res, paths.logs, sweep.path.stem, mine)
     return jobs
 
 

@@ -42,7 +42,7 @@ from gruv_hpc.dataset.build.swap import recover
 from gruv_hpc.dataset.build.task import run_task
 from gruv_hpc.dataset.config import PreprocessConfig
 from gruv_hpc.dataset.corpus import Plan, assign_splits, format_split, parse_sources, plan, read_split_file, task_songs
-from gruv_hpc.dataset.manifest import FORMAT, MANIFEST, VERSION, DatasetError, RunningStats
+from gruv_hpc.dataset.manifest import FORMAT, MANIFEST, SHARD_DIR, VERSION, DatasetError, RunningStats
 from gruv_hpc.lock import Lock
 from gruv_hpc.paths import BuildPaths
 
@@ -86,9 +86,24 @@ def dataset_diffs(out: Path, p: Plan) -> list[str] | None:
     return diffs
 
 
+def _check_own(out: Path, old: dict) -> None:
+    """Nothing of the user's is lost by rebuilding ``out``: the files beside the dataset's own are
+    carried over (``build.swap.foreign``: a split file kept there, notes), but a file in ``shards/``
+    that the manifest does not list would be replaced with the folder: refused by name. (A split
+    file given to the build is one of the two, or outside ``out``.)"""
+    listed = {Path(sh.get("file", "")).name for sh in old.get("shards", []) if isinstance(sh, dict)}
+    shards = out / SHARD_DIR
+    extra = sorted(f.name for f in shards.iterdir() if f.name not in listed) if shards.is_dir() else []
+    if extra:
+        more = f" (nor {len(extra) - 1} more)" if len(extra) > 1 else ""
+        raise DatasetError(f"{shards / extra[0]}: not a shard of the dataset's manifest{more}; a rebuild replaces "
+                           f"{shards} whole: move it out of {shards} first")
+
+
 def _check_replace(out: Path, p: Plan, overwrite: bool) -> None:
     """What ``out`` holds may be replaced: nothing, or a dataset of the same songs and parameters,
-    or any dataset with ``overwrite``. A folder of other files is never written into."""
+    or any dataset with ``overwrite``. A folder of other files is never written into; the user's
+    files beside a dataset are kept (carried over by the swap)."""
     if not out.is_dir() or not any(out.iterdir()):
         return
     mpath = out / MANIFEST
@@ -98,6 +113,7 @@ def _check_replace(out: Path, p: Plan, overwrite: bool) -> None:
     except (OSError, ValueError, AssertionError):
         raise DatasetError(f"{out} is not empty and holds no gruv dataset ({mpath} is missing or not one); gruv "
                            "preprocess never deletes files it did not write: choose another --out") from None
+    _check_own(out, old)
     if overwrite:
         return
     if old.get("version") != VERSION:

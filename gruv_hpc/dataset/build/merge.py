@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from gruv_hpc import __version__
+from gruv_hpc.dataset.adequacy import build_warnings
 from gruv_hpc.dataset.build.bandwidth import warn_bandwidths
 from gruv_hpc.dataset.build.staging import (
     PLAN,
@@ -31,6 +33,42 @@ from gruv_hpc.dataset.manifest import (
     sha256_file,
 )
 from gruv_hpc.fsio import atomic_write_text, fsync_dir
+
+
+def _content_copies(songs: list[dict], shards: list[dict]) -> None:
+    """Two files whose decoded content is the same (an MP3 with another tag, a WAV saved again as
+    FLAC: other bytes, so the plan's byte check let them through) are one song. Only decoding
+    tells, so it is found here, before the dataset is written. Under two artists: refused. Under
+    one, a copy in dev would score a train song (or the same song twice): the dev copy is excluded
+    (its reason in the manifest, a warning) and its clips taken out of the shards' index; dev
+    blocks are in no train moments, so the stats stay exact. Two copies both in train cannot be
+    taken out of the pooled moments here: refused, naming both."""
+    first: dict[str, dict] = {}
+    dropped: set[int] = set()
+    for s in songs:
+        h = s.get("content_sha256")
+        if s["skipped"] or not h:
+            continue
+        o = first.setdefault(h, s)
+        if o is s:
+            continue
+        if o["artist"] != s["artist"]:
+            raise DatasetError(f"{s['path']} and {o['path']} decode to the same audio (artists {o['artist']} and "
+                               f"{s['artist']}; a song may belong to one artist only): move one of them out of the "
+                               "corpus and run the same command again")
+        drop = s if s["split"] == "dev" else o if o["split"] == "dev" else None
+        if drop is None:
+            raise DatasetError(f"{s['path']} and {o['path']} decode to the same audio, both in artist {s['artist']}'s "
+                               "train split (counted twice in its statistics): move one of them out of the corpus "
+                               "and run the same command again")
+        keep = o if drop is s else s
+        first[h] = keep
+        drop["skipped"] = f"the same audio as {keep['relpath']} (a copy with other bytes)"
+        dropped.add(drop["id"])
+        warnings.warn(f"skipping {drop['path']}: it decodes to the same audio as {keep['path']} (a copy in dev "
+                      "would score a train song)", stacklevel=3)
+    for sh in shards:
+        sh["segments"] = [seg for seg in sh["segments"] if int(seg[0]) not in dropped]
 
 
 def merge(staging: str | Path, out: str | Path) -> dict:
@@ -64,6 +102,7 @@ def merge(staging: str | Path, out: str | Path) -> dict:
         shards += rec["shards"]
 
     songs = [{k: v for k, v in {**s, **results[s["id"]]}.items() if k != "est_s"} for s in p.songs]
+    _content_copies(songs, shards)
     used = [s for s in songs if not s["skipped"]]
     if not used:
         raise DatasetError("every file was skipped; no dataset written. Reasons:\n" +
@@ -75,7 +114,7 @@ def merge(staging: str | Path, out: str | Path) -> dict:
                                "".join(f"\n  {s['path']}: {s['skipped']}" for s in songs
                                        if s["artist"] == a and s["split"] == "train"))
     write_moments(staging / STATS, p.artists, moments)
-    warn_bandwidths(songs, p.artists)
+    bandwidth = warn_bandwidths(songs, p.artists)
     hours = sum(s["duration_s"] for s in used) / 3600
     total_bytes = sum(sh["bytes"] for sh in shards)
     dev = sum(s["clips"] if s["split"] == "dev" else s["dev_clips"] for s in used)
@@ -92,6 +131,12 @@ def merge(staging: str | Path, out: str | Path) -> dict:
             "tasks": n_tasks, "wall_s": time.time() - p.started,
         },
     }
+    # Recorded, not only warned: a merge that ran as a Slurm job warns into its log, and the
+    # commands that show the dataset (and the sweeps trained on it) print these.
+    adequacy = build_warnings(manifest)
+    for w in adequacy:
+        warnings.warn(w, stacklevel=2)
+    manifest["warnings"] = bandwidth + adequacy
     atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=1))
     shutil.rmtree(staging / TASK_DIR)
     (staging / PLAN).unlink()

@@ -1,37 +1,33 @@
-"""Putting a built dataset in place by two renames, and undoing what a crash left between them."""
+"""Putting a built dataset in place (``gruv_hpc.swap``: two renames, the user's files carried over),
+and undoing what a crash left between them."""
 from __future__ import annotations
 
-import os
 import shutil
 import warnings
 from pathlib import Path
 
+from gruv_hpc import swap
 from gruv_hpc.dataset.build.staging import PLAN, SUBMISSION, TASK_DIR
-from gruv_hpc.dataset.manifest import MANIFEST, aside_path
-from gruv_hpc.fsio import fsync_dir
+from gruv_hpc.dataset.manifest import MANIFEST, SHARD_DIR, STATS
 from gruv_hpc.paths import BuildPaths
+
+OWN = (MANIFEST, STATS, SHARD_DIR)  # a dataset's own entries; anything else in its folder is the user's
+
+
+def foreign(d: Path) -> list:
+    """The entries of a dataset folder gruv did not write (a split file, notes): carried over."""
+    return sorted(p.name for p in d.iterdir() if p.name not in OWN) if d.is_dir() else []
 
 
 def swap_in(staging: Path, out: Path) -> None:
-    """Two renames: a crash between them leaves out missing and the old dataset aside (see recover)."""
-    old = aside_path(out)
-    if out.exists():
-        os.rename(out, old)
-    os.rename(staging, out)
-    fsync_dir(out.parent)
-    shutil.rmtree(old, ignore_errors=True)
+    swap.swap_in(staging, out, foreign)
 
 
 def recover(out: Path) -> None:
     """Undo what a crashed run left beside ``out``. Only called with the lock held. (The staging
     directory stays: the next build of the same plan resumes it.)"""
-    old = aside_path(out)
-    if old.is_dir():
-        if out.exists():
-            shutil.rmtree(old)  # the crash came after the new dataset was in place
-        else:
-            os.rename(old, out)  # ... or before: put the previous dataset back
-            warnings.warn(f"{out}: put back the dataset an interrupted run had moved aside", stacklevel=3)
+    if swap.recover(out, foreign) == "put back":
+        warnings.warn(f"{out}: put back the dataset an interrupted run had moved aside", stacklevel=3)
     for d in out.parent.glob(f".{out.name}.staging-*"):  # named after their pid by earlier versions
         shutil.rmtree(d, ignore_errors=True)
     staging = BuildPaths(out).staging

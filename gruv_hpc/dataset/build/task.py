@@ -69,7 +69,11 @@ def _run_task(p: Plan, task: int, n_tasks: int, staging: Path, progress: bool) -
             res["duration_s"] = len(audio) / cfg.sample_rate
             frames = transform.frames(audio)
             n_clips = (len(frames) - 1) // C
-            if n_clips < 1:
+            est = song.get("est_s") or 0.0
+            if est - res["duration_s"] > max(1.0, est / 2):  # (a VBR estimate is off by far less)
+                res["skipped"] = (f"damaged: it decodes to {res['duration_s']:.1f} s of the {est:.1f} s its header "
+                                  "declares (cut short?); repair or re-encode it, or move it out of the corpus")
+            elif n_clips < 1:
                 res["skipped"] = (f"shorter than one clip: {res['duration_s']:.2f} s, needs "
                                   f"{transform.n_samples(C + 1) / cfg.sample_rate:.2f} s")
             elif cfg.dtype == "float16" and transform.stored_bound(float(np.abs(audio).max())) >= FLOAT16_MAX:
