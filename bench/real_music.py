@@ -543,19 +543,90 @@ def markdown(table: dict, meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# -- the pipeline analysis' own floors and rollouts (gruv analyze: results.csv), beside ours --------
+def analysis_rows(out: Path, report: str) -> dict:
+    """Per variant and group (cell, predict): the mean over the seeds of results.csv's floors, the
+    checkpoint's dev loss as the analysis measured it, each floor's paired difference (model minus
+    floor) with the seeds' bootstrap intervals, and the rollout horizons."""
+    import csv
+    table = {}
+    for name in VARIANTS:
+        path = out / name / report / "results.csv"
+        if not path.exists():
+            continue
+        rows = list(csv.DictReader(path.open()))
+        for r in rows:
+            predict = json.loads((out / name / "sweep" / "runs" / r["name"] / "config.json").read_text())["config"].get(
+                "predict", "next")
+            table.setdefault(f"{name} ({r['cell']}, predict={predict})", []).append(r)
+    return table
+
+
+def _f(v):
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def analysis_markdown(table: dict, report: str) -> str:
+    cols = ["baseline_dev_loss", "persistence_dev_loss", "linear_dev_loss", "eval_dev_loss"]
+    lines = ["", f"## D. The same runs by the pipeline's analysis (`gruv analyze`, merged floors branch: `{report}/results.csv`)",
+             "", "Mean over the 3 seeds. Floors and the checkpoint's dev loss (normalized units); for each floor the "
+             "paired per-clip difference model minus floor, mean over seeds, with the lowest low and highest high of the "
+             "seeds' 95% bootstrap intervals (dev songs, then clips), and in how many seeds the whole interval is below 0; "
+             "rollout horizons as the analysis takes them (context: half the clip, so 3 s fits only the logmag clips).",
+             "", "| variant | mean / persistence / linear floor | model | − mean | − persistence | − linear | "
+             + " | ".join(f"{h:g} s: model / persistence / mean" for h in HORIZONS_S) + " |",
+             "|---|---|---|---|---|---|" + "---|" * len(HORIZONS_S)]
+    for g, rows in table.items():
+        m = {c: np.mean([_f(r[c]) for r in rows if _f(r[c]) is not None] or [np.nan]) for c in cols}
+        cells = [f"{m['baseline_dev_loss']:.4f} / {m['persistence_dev_loss']:.4f} / {m['linear_dev_loss']:.4f}",
+                 f"{m['eval_dev_loss']:.4f}"]
+        for k in ("mean", "persistence", "linear"):
+            d = [_f(r[f"{k}_diff"]) for r in rows]
+            lo = [_f(r[f"{k}_diff_low"]) for r in rows]
+            hi = [_f(r[f"{k}_diff_high"]) for r in rows]
+            if any(v is None for v in d + lo + hi):
+                cells.append("–")
+                continue
+            below = sum(h < 0 for h in hi)
+            cells.append(f"{np.mean(d):+.4f} [{min(lo):+.4f}, {max(hi):+.4f}], below in {below} of {len(rows)}")
+        for h in HORIZONS_S:
+            v = [np.mean([_f(r[f"rollout_{h:g}s_{k}"]) for r in rows if _f(r[f"rollout_{h:g}s_{k}"]) is not None] or [np.nan])
+                 for k in ("model", "persistence", "mean")]
+            cells.append("–" if not np.isfinite(v[0]) else " / ".join(f"{x:.3f}" for x in v))
+        lines.append(f"| {g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["prepare", "table"])
+    p.add_argument("what", choices=["prepare", "table", "analysis"])
     p.add_argument("out", type=Path)
     p.add_argument("--results", type=Path, help="write RESULTS.md and RESULTS.json (table)")
     p.add_argument("--wall-s", type=float, default=None, help="the pipelines' wall time, for the record")
     p.add_argument("--seeds", type=int, nargs="+", default=SEEDS, help="prepare: the training seeds")
     p.add_argument("--checkpoint", default="best", help="table: generate from each run's best (on dev) or last checkpoint")
+    p.add_argument("--report", default="report", help="analysis: the report directory of each variant's pipeline "
+                   "(e.g. one rebuilt with `gruv analyze`) whose results.csv is added to RESULTS.md and .json")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="prepare: train keys beside TRAIN's")
     a = p.parse_args()
     if a.what == "prepare":
         from gruv_hpc.config import parse_overrides
         prepare(a.out, {**TRAIN, **{k: _value(v) for k, v in parse_overrides(a.overrides).items()}}, a.seeds)
+        return
+    if a.what == "analysis":
+        rows = analysis_rows(a.out, a.report)
+        md = analysis_markdown(rows, a.report)
+        print(md)
+        if a.results:
+            with a.results.with_suffix(".md").open("a") as f:
+                f.write(md)
+            j = json.loads(a.results.with_suffix(".json").read_text())
+            j["analysis"] = {"report": a.report, "rows": rows}
+            a.results.with_suffix(".json").write_text(json.dumps(j, indent=1, default=str))
         return
     exp = json.loads((a.out / "experiment.json").read_text()) if (a.out / "experiment.json").exists() else \
         {"train": TRAIN, "seeds": SEEDS}
