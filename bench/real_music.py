@@ -108,7 +108,7 @@ def _value(v: str):
 # -- scoring: the floors, the next frame and the rollout, in the model's normalized units -----------
 # Computed here with numpy (and the model's own rollout), per dev clip, so the bootstrap can resample
 # songs and clips and every model and floor is paired clip by clip. The same definitions as the
-# pipeline's analysis (gruv_hpc/analysis/rollout.py on the floors branch): MSE over a frame's
+# pipeline's analysis (gruv_hpc/generation/rollout.py): MSE over a frame's
 # features after the run's normalization; the mean floor predicts 0, persistence the current frame,
 # the linear floor a per-bin map fitted on train (a 2x2 map on (Re, Im) with intercept for [Re | Im]
 # layouts, a scalar with intercept per feature for real ones); at a horizon, persistence repeats

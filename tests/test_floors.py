@@ -1,5 +1,5 @@
 """The three floors (analysis/baseline.py), the paired bootstrap against them, and the rollout
-horizons (analysis/rollout.py): on constructed data with known answers, and on the tiny dataset."""
+horizons (gruv_hpc/generation/rollout.py): on constructed data with known answers, and on the tiny dataset."""
 import numpy as np
 import pytest
 import torch
