@@ -185,6 +185,7 @@ def step_run(mode: dict, work: Path, c: Checks) -> None:
 
     from gruv_hpc.training.checkpoint import load_checkpoint
     from gruv_hpc.paths import RunPaths, read_jsonl
+    from gruv_hpc.generation.tensorboard import training_hooks
     from gruv_hpc.training.trainer import main
     import shutil
     shutil.rmtree(work / "runs", ignore_errors=True)  # a rerun (--only run --work DIR) starts afresh
@@ -194,7 +195,8 @@ def step_run(mode: dict, work: Path, c: Checks) -> None:
     first = read_jsonl(a / "metrics.jsonl")
     t1 = time.time()
     # resumed for a 3rd epoch, streaming this time (a runtime key), with the generated sample at the end
-    res, out2 = _printed(main, _run_cfg(mode, work, epochs=3, data_on_device="false", gen_seconds=mode["seed_s"] / 4), a)
+    res, out2 = _printed(main, _run_cfg(mode, work, epochs=3, data_on_device="false", gen_seconds=mode["seed_s"] / 4), a,
+                         hooks=training_hooks())  # the sample comes from the entry point's hooks, as gruv train's
     t2 = time.time()
     hist = read_jsonl(a / "metrics.jsonl")
     f = c.figures

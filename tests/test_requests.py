@@ -114,8 +114,7 @@ def test_a_when_rule_the_command_line_empties_is_said_and_grid_data_values_are_c
     f = write_sweep(tmp_path / "w.toml", data, {"epochs": 1}, {"hidden": [8, 16]})
     f.write_text(f.read_text() + WHEN)
     sw = sweep.load_sweep(f, ["hidden=8"])
-    assert any("[[slurm.when]] rule 1 ({\"hidden\": 16}) selects no run once the command line is applied" in n
-               for n in sw.notes), sw.notes
+    assert any("[[slurm.when]] #1 selects hidden = 16, which no run trains" in n for n in sw.notes), sw.notes
     assert not any("slurm.when" in n for n in sweep.load_sweep(f).notes)
     from gruv_hpc.errors import DatasetError
     with pytest.raises(DatasetError, match="run .*nowhere: /nowhere: dataset directory does not exist"):
