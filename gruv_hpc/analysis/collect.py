@@ -10,7 +10,7 @@ from gruv_hpc.analysis.common import RunInfo, mean_std
 from gruv_hpc.generation.rollout import HORIZONS_S, REFERENCES, horizon_key
 
 # The floors (analysis/baseline.py: the artist's, then the run's best checkpoint against them, clip
-# by clip) and the rollout horizons (analysis/rollout.py).
+# by clip) and the rollout horizons (generation/rollout.py).
 FLOOR_COLUMNS = ["persistence_dev_loss", "linear_dev_loss", "best_floor", "best_floor_dev_loss", "eval_dev_loss",
                  "eval_noise", "floor_diff", "floor_diff_low", "floor_diff_high", "beats_floor", "floor_songs",
                  "floor_clips", *(f"{k}_diff{s}" for k in FLOORS for s in ("", "_low", "_high")),

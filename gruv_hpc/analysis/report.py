@@ -297,7 +297,7 @@ def rollout_html(rows: list[dict]) -> str:
     return ("<h2 id='rollout'>Rollout horizons</h2><p>Each dev clip's first frames are read, then the model runs "
             "on its own predictions, as in generation; at each horizon (seconds after the last frame it read) its "
             "frame's MSE against the true one, beside repeating the last frame read (persistence) and the train "
-            "mean, on the same frames (<code>analysis/rollout.py</code>; columns <code>rollout_*</code>). Red: "
+            "mean, on the same frames (<code>gruv_hpc/generation/rollout.py</code>; columns <code>rollout_*</code>). Red: "
             "worse than one of them.</p><div class='scroll'><table><tr><th>run</th>" + head + "</tr>"
             + "".join(body) + "</table></div>")
 
