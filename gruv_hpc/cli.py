@@ -139,13 +139,11 @@ def _train(a) -> int:
 
 def _check_generate_args(a, paths) -> None:
     """What generation would fail on deep inside, or overwrite, refused by name first: a damaged
-    config.json, a noise seed numpy cannot take, a sidecar (OUT.json) that would replace a file
+    config.json, a sidecar (OUT.json) that would replace a file
     gruv generate did not write (``--out DATA/manifest.wav`` would replace the dataset's manifest)."""
     from gruv_hpc.paths import read_run_config
     if paths.config.exists():
         read_run_config(paths.config)
-    if not 0 <= a.noise_seed < 2 ** 64:
-        raise ConfigError(f"--noise-seed {a.noise_seed}: must be 0 .. 2**64-1")
     side = Path(a.out).with_suffix(".json")
     if side.exists() or side.is_symlink():
         try:

@@ -392,3 +392,15 @@ def test_loops_are_set_in_seconds_so_overlapping_frames_are_not_loops():
     period = int(round(1.0 / step))
     repeated = np.concatenate([turning[:period]] * 6)
     assert loop_stats(repeated, **loop_steps(step))["loop_onset_step"] == period
+
+
+@pytest.mark.parametrize("value", [str(2 ** 64), str(2 ** 63), "-1"])
+def test_a_noise_seed_the_generator_cannot_take_is_one_line(tmp_path, value):
+    """Issue 32 L1: --noise-seed beyond the generator's range was a traceback; it is one line naming
+    the option, checked once, in generate (which the command and the analysis both call)."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "gruv_hpc.cli", "generate", str(tmp_path / "run"), "--out",
+                        str(tmp_path / "g.wav"), "--noise-seed", value], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == f"gruv: error: --noise-seed must be in [0, 2^63), got {value}"
