@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 from gruv_hpc.training import cells
+from gruv_hpc.training.config import PREDICT
 
 SONGS = Path("/usr/share/games/fretsonfire/data/songs/muldjord")
 SAMPLE_RATE = 16000
@@ -45,9 +46,9 @@ VARIANTS = {  # name: (preprocess keys beside PREPROCESS, train keys beside TRAI
     "fft": ({"transform": "fft", "block_size": 2048, "clip_blocks": 40}, {}, {}),
     "stft": ({"transform": "stft", "block_size": 2048, "hop": 1024, "clip_blocks": 80}, {}, {}),
     "logmag": ({"transform": "logmag", "block_size": 1024, "hop": 256, "clip_blocks": 256}, {},
-               {"predict": ["delta", "next"]}),
+               {"predict": ["delta", "next", "damped"]}),
     "logmag_if": ({"transform": "logmag_if", "block_size": 1024, "hop": 256, "clip_blocks": 256},
-                  {"predict": "delta"}, {}),
+                  {}, {"predict": ["delta", "damped"]}),
 }
 SEED_SECONDS = 2.048  # 16 fft frames, 32 stft frames, 128 logmag frames: the same audio for all
 SEED_CLIPS = 3        # dev seed clips per run
@@ -67,7 +68,7 @@ def _toml(v) -> str:
     return repr(v)
 
 
-def prepare(out: Path, train: dict, seeds: list[int]) -> None:
+def prepare(out: Path, train: dict, seeds: list[int], variants: list[str], predict: list[str] | None = None) -> None:
     import soundfile as sf
     from scipy.signal import resample_poly
     corpus = out / "corpus" / "muldjord"
@@ -78,7 +79,10 @@ def prepare(out: Path, train: dict, seeds: list[int]) -> None:
         g = math.gcd(sr, SAMPLE_RATE)
         sf.write(corpus / f"{song.parent.name}.wav", resample_poly(audio, SAMPLE_RATE // g, sr // g).astype(np.float32),
                  SAMPLE_RATE, subtype="PCM_16")
-    for name, (pre, extra, grid) in VARIANTS.items():
+    for name in variants:
+        pre, extra, grid = VARIANTS[name]
+        if predict and "predict" in grid:  # --predict: this experiment's predict axis
+            grid = {**grid, "predict": predict}
         lines = ["# written by bench/real_music.py prepare", "", "[corpus]", f"muldjord = {_toml(str(corpus))}", "",
                  "[preprocess]"]
         lines += [f"{k} = {_toml(v)}" for k, v in {**PREPROCESS, **pre}.items()]
@@ -91,9 +95,10 @@ def prepare(out: Path, train: dict, seeds: list[int]) -> None:
                   "[analysis]", "seed_clips = 1", f"seed_seconds = {SEED_SECONDS}", "max_clips = 16", "",
                   "[analysis.slurm]", "time_min = 30", "cpus_per_task = 1", "mem_gb = 3.0", ""]
         (out / f"{name}.toml").write_text("\n".join(lines))
-    (out / "experiment.json").write_text(json.dumps({"train": train, "seeds": seeds}))
+    (out / "experiment.json").write_text(json.dumps({"train": train, "seeds": seeds, "variants": variants,
+                                                      "predict": predict}))
     print(f"corpus: {corpus} ({len(list(corpus.glob('*.wav')))} songs); pipelines: "
-          + ", ".join(str(out / f'{n}.toml') for n in VARIANTS))
+          + ", ".join(str(out / f'{n}.toml') for n in variants))
 
 
 def _value(v: str):
@@ -325,7 +330,7 @@ def measure(out: Path, checkpoint: str = "best") -> dict:
     from gruv_hpc.generation import generate, load_run
     from gruv_hpc.paths import read_jsonl
     res = {"floors": {}, "runs": {}}
-    for name in VARIANTS:
+    for name in (n for n in VARIANTS if (out / n / "sweep" / "runs").is_dir()):
         res["runs"][name] = []
         ref = None
         for run_dir in _run_dirs(out, name):
@@ -611,11 +616,16 @@ def main():
     p.add_argument("--checkpoint", default="best", help="table: generate from each run's best (on dev) or last checkpoint")
     p.add_argument("--report", default="report", help="analysis: the report directory of each variant's pipeline "
                    "(e.g. one rebuilt with `gruv analyze`) whose results.csv is added to RESULTS.md and .json")
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                   help="prepare: the variants (pipelines) to write; table measures those that ran")
+    p.add_argument("--predict", nargs="+", choices=list(PREDICT), default=None,
+                   help="prepare: the predict axis of the variants that have one (default: each variant's own)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="prepare: train keys beside TRAIN's")
     a = p.parse_args()
     if a.what == "prepare":
         from gruv_hpc.config import parse_overrides
-        prepare(a.out, {**TRAIN, **{k: _value(v) for k, v in parse_overrides(a.overrides).items()}}, a.seeds)
+        prepare(a.out, {**TRAIN, **{k: _value(v) for k, v in parse_overrides(a.overrides).items()}}, a.seeds,
+                a.variants, a.predict)
         return
     if a.what == "analysis":
         rows = analysis_rows(a.out, a.report)

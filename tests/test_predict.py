@@ -1,6 +1,7 @@
-"""predict = next | delta: a delta model's output is added to the current frame, so with zero
+"""predict = next | delta | damped: a delta model's output is added to the current frame, so with zero
 output weights it is persistence exactly; its free run (GRUVModel.rollout, which generation uses)
-feeds back frame + output, equal to re-feeding every prediction through forward."""
+feeds back frame + output, equal to re-feeding every prediction through forward. A damped model
+adds the output to the current frame times a learned per-dimension gain (1 at the start: delta)."""
 import pytest
 import torch
 
@@ -31,11 +32,14 @@ def test_delta_with_zero_output_weights_is_persistence(cell):
     assert nxt.predict == "next" and torch.equal(nxt(x)[0], torch.zeros_like(x))
 
 
-@pytest.mark.parametrize("predict", ["next", "delta"])
+@pytest.mark.parametrize("predict", ["next", "delta", "damped"])
 def test_rollout_equals_refeeding_forward(predict):
     from gruv_hpc.generation import feedback_noise, generate_refeed, generate_stateful
     torch.manual_seed(1)
     model = GRUVModel(12, 8, "lstm", predict=predict).eval()
+    if predict == "damped":  # a gain that is not 1: the free run must apply it to the fed-back frame
+        with torch.no_grad():
+            model.gain.copy_(torch.linspace(0.5, 1.0, 12))
     seed = torch.randn(9, 12)
     for noise in (None, feedback_noise(15, 12, 0.3, seed=2)):
         a, b = generate_stateful(model, seed, 15, noise), generate_refeed(model, seed, 15, noise)
@@ -50,9 +54,49 @@ def test_predict_is_a_checked_config_key_and_a_grid_axis(data, tmp_path):
     from gruv_hpc.cluster.sweep.spec import name_part
     from gruv_hpc.generation import load_run
     from gruv_hpc.training.trainer import main
-    with pytest.raises(ConfigError, match="predict: 'sideways' is not one of next, delta"):
+    with pytest.raises(ConfigError, match="predict: 'sideways' is not one of next, delta, damped"):
         tiny_config(data, predict="sideways")
     assert name_part("predict", "delta") == "delta"
     run = tmp_path / "run"
     assert main(tiny_config(data, predict="delta", epochs=1, limit_train_batches=2), run)["status"] == "done"
     assert load_run(run).model.predict == "delta"  # generation builds the model the run trained
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_damped_starts_as_persistence_and_forgets_what_is_fed_back(cell):
+    from gruv_hpc.generation import feedback_noise
+    torch.manual_seed(0)
+    x = torch.randn(3, 7, 10)
+    model = zero_output(GRUVModel(10, 6, cell, predict="damped"))
+    assert torch.equal(model.gain, torch.ones(10)) and torch.equal(model(x)[0], x)  # at the start: persistence
+    assert "gain" not in GRUVModel(10, 6, cell, predict="delta").state_dict()  # the other modes' checkpoints as before
+    with torch.no_grad():
+        model.gain.fill_(0.8)
+    assert torch.allclose(model(x)[0], 0.8 * x)
+    # Fed-back noise of std 1 for 400 steps: under delta (gain 1) it adds up (std ~ sqrt(400) = 20);
+    # under gain 0.8 it stays an AR(1) of std 1 / sqrt(1 - 0.64) = 1.67.
+    noise = feedback_noise(400, 10, 1.0, seed=3)
+    delta = zero_output(GRUVModel(10, 6, cell, predict="delta"))
+    seed = torch.zeros(4, 10)
+    assert delta.rollout(seed, 400, noise)[-100:].std() > 8
+    assert model.rollout(seed, 400, noise)[-100:].std() < 3
+
+
+def test_damped_learns_a_gain_below_one_where_the_data_decays():
+    """Trained on AR(1) sequences that decay to their mean (coefficient 0.5), the gain moves from
+    1 towards the decay: what the linear floor knows, learned by the model."""
+    torch.manual_seed(0)
+    model = GRUVModel(8, 4, "lstm", predict="damped")
+    with torch.no_grad():
+        model.out.weight.zero_()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(300):
+        x = [torch.randn(16, 8)]
+        for _ in range(20):
+            x.append(0.5 * x[-1] + 0.5 * torch.randn(16, 8))
+        w = torch.stack(x, 1)
+        loss = (model(w, drop_last=True)[0] - w[:, 1:]).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert 0.3 < float(model.gain.detach().mean()) < 0.75

@@ -22,8 +22,9 @@ RESUME = ("auto", "require", "never")
 # model to divergence with SGD at lr=1e30).
 MAX_LR = 3.4028234663852886e38  # float32 max (this module imports no numpy)
 DATA_ON_DEVICE = ("auto", "true", "false")
-# What the model outputs (training/model.py): the next frame (the paper's), or its change from the current one.
-PREDICT = ("next", "delta")
+# What the model outputs (training/model.py): the next frame (the paper's), its change from the current
+# one, or that change with a learned per-dimension gain on the current frame (a damped delta).
+PREDICT = ("next", "delta", "damped")
 STEP_GRAPHS = ("auto", "graph", "eager")
 
 

@@ -23,6 +23,11 @@ class GRUVModel(nn.Module):
     (all in normalized units), so with zero output weights and bias the model is persistence
     (next = current), the floor a model of log-magnitude music must beat; with "next" (the
     paper's) the bottleneck D -> H -> D has to learn to copy its input before it can do as well.
+    ``predict="damped"``: frame t times a learned per-dimension gain (initialized to 1), plus the
+    output affine's value. It starts as ``delta`` (persistence) and can learn what the linear floor
+    knows: that a bin's deviation from its mean decays (gain < 1). A free run then forgets what
+    was fed back at the rate the gain sets, so noise fed back (``--temperature``) stays bounded
+    instead of adding up as a random walk, as it does under ``delta`` (gain exactly 1).
     Whoever feeds predictions back calls ``forward`` or ``rollout``, which both add the frame."""
 
     def __init__(self, dim: int, hidden: int, cell: str = cells.DEFAULT, layers: int = 1, recurrence: str = "auto",
@@ -34,6 +39,8 @@ class GRUVModel(nn.Module):
         self.inp = nn.Linear(dim, hidden)
         self.rnns = nn.ModuleList(make_cell(cell, hidden, hidden, recurrence) for _ in range(layers))
         self.out = nn.Linear(hidden, dim)
+        if predict == "damped":  # only then: the other modes' parameters (and checkpoints) are as before
+            self.gain = nn.Parameter(torch.ones(dim))
 
     def forward(self, x, state=None, drop_last: bool = False):
         """x: (B, T, D) -> predictions (B, T, D) of the next block, and the final recurrent state.
@@ -45,8 +52,9 @@ class GRUVModel(nn.Module):
         z = self.inp(x)
         h, state = self.recur(z[:, :-1] if drop_last else z, state)
         y = self.out(h)
-        if self.predict == "delta":
-            y = y + (x[:, :-1] if drop_last else x)
+        if self.predict != "next":
+            cur = x[:, :-1] if drop_last else x
+            y = y + (cur * self.gain if self.predict == "damped" else cur)
         return y, state
 
     def recur(self, z, state=None):
@@ -71,6 +79,8 @@ class GRUVModel(nn.Module):
         are the seed's last frame plus the running sum of the outputs (and of the noise fed back).
         The result equals feeding every prediction back through ``forward`` (generation's
         ``generate_refeed``) up to float rounding, which a trained recurrent model can amplify."""
+        if self.predict == "damped":
+            return self._rollout_damped(seed, n, noise)
         z_seed = self.inp(seed.unsqueeze(0))
         h, state = self.recur(z_seed)
         h = h[:, -1:]
@@ -97,3 +107,18 @@ class GRUVModel(nn.Module):
         if noise is not None and n > 1:
             fed[1:] += noise.to(fed.dtype)[: n - 1].cumsum(0)
         return seed[-1] + fed
+
+    def _rollout_damped(self, seed: torch.Tensor, n: int, noise: torch.Tensor | None) -> torch.Tensor:
+        """``rollout`` for ``predict="damped"``: the gain acts on the frame itself, so the frame is
+        kept (D-sized work a step) rather than composed away as for ``next`` and ``delta``."""
+        h, state = self.recur(self.inp(seed.unsqueeze(0)))
+        x, preds = seed[-1:].unsqueeze(0), []
+        for k in range(n):
+            x = self.out(h[:, -1:]) + x * self.gain
+            preds.append(x[0])
+            if k == n - 1:
+                break
+            fed = x if noise is None else x + noise[k].to(x.dtype)
+            h, state = self.recur(self.inp(fed), state)
+            x = fed
+        return torch.cat(preds)
