@@ -268,7 +268,7 @@ def _analyze(a) -> int:
     t = time.time()
     print(f"analyzing {a.sweep_dir}")
     analyze_atomic(a.sweep_dir, a.out, lambda: analysis_listing(a.sweep_dir), hidden=a.hidden, n_seed_clips=a.seed_clips, seed_seconds=a.seed_seconds,
-                   max_clips=a.max_clips)
+                   max_clips=a.max_clips, temperature=a.temperature)
     print(f"report ({time.time() - t:.1f} s): {Path(a.out).resolve() / 'index.html'}")
     return 0
 
@@ -456,6 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--seed-seconds", type=float, default=10.0,
                     help="seconds of seed audio each continuation starts from")
     an.add_argument("--max-clips", type=int, default=64, help="dev clips averaged in figure 3")
+    an.add_argument("--temperature", type=float, default=0.0, help="sample the continuations at this temperature "
+                    "(as gruv generate --temperature; 0: the mean prediction, the paper's)")
     an.set_defaults(fn=_analyze)
 
     pl = sub.add_parser("pipeline", help="corpus -> dataset -> trained grid -> report in one submission")

@@ -65,9 +65,10 @@ def generate_audio(runs: list[RunInfo], out_dir, n_seed_clips: int = 2, seed_sec
 
 
 def run_audio(run: RunInfo, lr, out_dir, n_seed_clips: int = 2, seed_seconds: float = 10.0,
-              length_ratio: float = 3.0, band_hz: tuple | None = None) -> dict | None:
+              length_ratio: float = 3.0, band_hz: tuple | None = None, temperature: float = 0.0) -> dict | None:
     """One run's clips and their mean diagnostics, from ``lr``: the run as ``generation.load_run``
-    loaded it. None when its dev split has no clip to seed from."""
+    loaded it. None when its dev split has no clip to seed from. ``temperature`` > 0: each
+    continuation is sampled (``gruv generate --temperature``), its draws seeded by its clip's index."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot  # noqa: F401  (imsave)
@@ -83,13 +84,14 @@ def run_audio(run: RunInfo, lr, out_dir, n_seed_clips: int = 2, seed_seconds: fl
         wav, seed_wav = out / run.name / f"seed{k}.wav", out / run.name / f"seed{k}_seed.wav"
         made: dict = {}  # the audio as arrays: measured from memory, never read back from the WAVs
         side = generate(run.paths.root, wav, seed_seconds=secs, length_ratio=length_ratio, seed_from="dev",
-                        seed_index=k, run=lr, seed_out=seed_wav, band_hz=band_hz, audio_out=made)
+                        seed_index=k, run=lr, seed_out=seed_wav, band_hz=band_hz, audio_out=made,
+                        temperature=temperature, noise_seed=k)
         made_audio.append(made)
         png = wav.with_suffix(".png")
         spectrogram_png(made["seed"], made["continuation"], cfg.sample_rate, png)
         clips.append({"seed_index": k, "wav": str(wav.relative_to(out_dir)), "seed_wav": str(seed_wav.relative_to(out_dir)),
                       "png": str(png.relative_to(out_dir)), **side["diagnostics"],
-                      "clipped_samples": side["clipped_samples"],
+                      "clipped_samples": side["clipped_samples"], "temperature": temperature,
                       "words": describe(side["diagnostics"], side["clipped_samples"])})
     if not clips:
         return None

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gruv_hpc.generation.measures import LOOP_LAG_S, LOOP_RUN_S
 from gruv_hpc.training import cells
 
 MAX_GAIN_DB = 60.0  # a silent continuation stays silent instead of becoming amplified noise
@@ -77,6 +78,17 @@ def _player(src: str, label: str) -> str:
     return f"<audio controls preload='metadata' src='{_url(src)}' aria-label='{html.escape(label)}'></audio>"
 
 
+def _temperature_words(audio: dict) -> str:
+    """What the continuations are: the mean prediction, or samples at a temperature."""
+    temps = sorted({c.get("temperature") or 0.0 for a in audio.values() for c in a.get("clips", [])})
+    if not temps or temps == [0.0]:
+        return ("<p>The continuations are the models' <b>mean predictions</b> (temperature 0, the paper's): "
+                "deterministic, and they tend to settle into a drone or a loop.</p>")
+    return ("<p>The continuations are <b>sampled at temperature " + ", ".join(f"{t:g}" for t in temps) + "</b>: each "
+            "fed-back frame is drawn around the prediction with the model's residual spread on its train clips times "
+            "the temperature (<code>gruv generate --temperature</code>).</p>")
+
+
 def write_listen(out_dir, runs, audio: dict, shuffle_seed: int = 0) -> Path | None:
     """listen.html and its WAVs; None when no run has generated audio."""
     from gruv_hpc.generation import describe
@@ -101,8 +113,9 @@ def write_listen(out_dir, runs, audio: dict, shuffle_seed: int = 0) -> Path | No
              "of it. The continuation is <b>level-matched</b>: its RMS is brought to the seed's, so a quiet "
              "continuation is heard, not missed (the gain is given; the files as generated are in "
              "<code>audio/</code>). The bar under each player is its time line: grey the seed, green the "
-             "continuation, red stripes from where it loops (a frame within cosine 0.95 of an earlier one, 8 in a "
-             "row). <a href='index.html'>Back to the report</a>.</p>"]
+             "continuation, red stripes from where it loops (frames each within cosine 0.95 of one at least "
+             f"{LOOP_LAG_S:g} s earlier, for {LOOP_RUN_S:g} s in a row; the paper's 0.25 s blocks: 8 in a row). "
+             "<a href='index.html'>Back to the report</a>.</p>", _temperature_words(audio)]
     blind = _blind_pairs(groups, by_name, audio)
     if blind:
         parts.append("<p><a href='#blind'>The blinded LSTM-vs-GRU comparison</a> is below the grid points.</p>")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import html
 import json
+import math
 import re
 import time
 from pathlib import Path
@@ -26,7 +27,11 @@ from gruv_hpc.generation.rollout import HORIZONS_S, REFERENCES, dev_clips, horiz
 
 
 def analyze(sweep_dir, out_dir, listing, hidden: int | None = None, n_seed_clips: int = 2, seed_seconds: float = 10.0,
-            max_clips: int = 64, log=print) -> dict:
+            max_clips: int = 64, temperature: float = 0.0, log=print) -> dict:
+    """The report of a sweep into ``out_dir``. ``temperature``: the continuations are sampled at
+    it (``gruv generate --temperature``; 0, the default, is the paper's mean prediction)."""
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ConfigError(f"temperature: must be a finite number >= 0, got {temperature}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     timings = {}
@@ -52,7 +57,7 @@ def analyze(sweep_dir, out_dir, listing, hidden: int | None = None, n_seed_clips
     plan = stage("fig3 truth", prepare_fig3, runs, hidden, max_clips, datasets)
     vs_floor: dict = {}  # {run: its per-clip comparison with the floors, its rollout horizons}
     audio = stage("models (fig3, audio, floors, rollouts)", each_run, runs, plan, out, n_seed_clips, seed_seconds,
-                  per_clip, vs_floor, datasets)
+                  per_clip, vs_floor, datasets, temperature)
     f3 = stage("fig3", draw_fig3, plan, out)
     rows = stage("collect", collect, runs, out, audio, f3.get("band_runs"), floor, vs_floor)
     noise = numerical_noise(rows)
@@ -62,7 +67,8 @@ def analyze(sweep_dir, out_dir, listing, hidden: int | None = None, n_seed_clips
     skipped.update({r.name: f"{r.state}, but it has no checkpoint left in {r.paths.ckpt_dir}" for r in runs
                     if r.state == "COMPLETED" and not r.has_checkpoint and r.name not in skipped})
     summary = {"runs": rows, "groups": groups, "claims": table, "baseline": floor, "numerical_noise": noise, "fig1": f1, "fig2": f2, "fig3": {k: v for k, v in f3.items()},
-               "audio": audio, "skipped_runs": skipped, "timings_s": timings}
+               "audio": audio, "generation": {"temperature": temperature, "seed_clips": n_seed_clips,
+                                               "seed_seconds": seed_seconds}, "skipped_runs": skipped, "timings_s": timings}
     (out / "summary.json").write_text(dumps(json.loads(json.dumps(summary, default=str)), indent=1))  # strict JSON
     stage("listen", write_listen, out, runs, audio)
     stage("html", write_html, out, runs, rows, table, f1, f2, f3, audio, groups, floor, skipped, noise)
@@ -70,7 +76,7 @@ def analyze(sweep_dir, out_dir, listing, hidden: int | None = None, n_seed_clips
 
 
 def each_run(runs, plan: Fig3Plan | None, out: Path, n_seed_clips: int, seed_seconds: float,
-             per_clip: dict | None = None, vs_floor: dict | None = None, datasets=None) -> dict:
+             per_clip: dict | None = None, vs_floor: dict | None = None, datasets=None, temperature: float = 0.0) -> dict:
     """The analysis' one pass over the runs' models: each best checkpoint is loaded once
     (``load_each``), for both of its uses, its Figure 3 prediction (added to ``plan``) and its
     audio (``audio.run_audio``; flatness over the band that holds the artist's music, Figure 3's,
@@ -89,7 +95,8 @@ def each_run(runs, plan: Fig3Plan | None, out: Path, n_seed_clips: int, seed_sec
             plan.add(run, lr)
         if per_clip is not None and vs_floor is not None and run.artist in per_clip:
             vs_floor[run.name] = floor_and_rollout(run, lr, per_clip[run.artist])
-        a = run_audio(run, lr, out, n_seed_clips, seed_seconds, band_hz=plan.band(run.artist) if plan else None)
+        a = run_audio(run, lr, out, n_seed_clips, seed_seconds, band_hz=plan.band(run.artist) if plan else None,
+                      temperature=temperature)
         if a:
             audio[run.name] = a
     return audio

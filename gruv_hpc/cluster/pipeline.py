@@ -25,7 +25,7 @@ command line; ``jobs/pipeline_demo.toml`` is an annotated example)::
     [preprocess.slurm]      # SlurmConfig of the preprocessing jobs
     [sweep]                 # a sweep file's train/grid/slurm tables (no data: the dataset is DIR/data)
     # or, at the top:  sweep = "SWEEP_FILE"   (its data key is replaced by DIR/data)
-    [analysis]              # hidden, seed_clips, seed_seconds, max_clips (as gruv analyze)
+    [analysis]              # hidden, seed_clips, seed_seconds, max_clips, temperature (as gruv analyze)
     [analysis.slurm]        # SlurmConfig of the analysis job
 
 Overrides on the command line name the table: ``corpus.ARTIST=DIR``, ``preprocess.KEY=v``,
@@ -81,6 +81,8 @@ class AnalysisConfig:
     seed_clips: int = opt(2, "dev clips each run continues, for the generated audio (not the grid's random seeds)")
     seed_seconds: float = opt(10.0, "seconds of each seed")
     max_clips: int = opt(64, "dev clips averaged in figure 3")
+    temperature: float = opt(0.0, "sample the continuations at this temperature (gruv generate --temperature); "
+                             "0: the mean prediction, the paper's")
 
     def validate(self) -> None:
         if self.hidden is not None and self.hidden < 1:
@@ -89,6 +91,8 @@ class AnalysisConfig:
             raise ConfigError(f"seed_clips must be >= 0 and max_clips >= 1, got {self.seed_clips} and {self.max_clips}")
         if not (math.isfinite(self.seed_seconds) and self.seed_seconds > 0):
             raise ConfigError(f"seed_seconds: must be a finite number > 0, got {self.seed_seconds}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ConfigError(f"temperature: must be a finite number >= 0, got {self.temperature}")
 
 
 @dataclass
@@ -553,7 +557,7 @@ def run_analysis(paths: PipelinePaths, cfg: AnalysisConfig, log=print) -> dict:
     # (or an overlapping submission's) fails at once naming this job, never mixes with it
     from gruv_hpc.cluster.sweep import analysis_listing
     summary = analyze_atomic(paths.sweep.root, paths.report, lambda: analysis_listing(paths.sweep.root), hidden=cfg.hidden, n_seed_clips=cfg.seed_clips,
-                             seed_seconds=cfg.seed_seconds, max_clips=cfg.max_clips, log=log)
+                             seed_seconds=cfg.seed_seconds, max_clips=cfg.max_clips, temperature=cfg.temperature, log=log)
     return {"report": str(paths.report_index), "runs": len(summary.get("runs", [])), "timings_s": summary.get("timings_s")}
 
 
