@@ -37,6 +37,30 @@ def test_figure_1_draws_and_labels_every_seed_on_a_log_axis_when_the_range_is_wi
     assert len({json.dumps(v["seed"]) for v in data["curves"].values()}) == 2
 
 
+def test_figure_1_tells_runs_of_other_grid_values_apart(tmp_path):
+    """A sweep with another axis (predict = delta and damped): each curve's label names it."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from gruv_hpc.analysis.fig1_loss import fig1
+    runs = []
+    for p in ("delta", "damped"):
+        r = run("a", "lstm", 1, [0.9, 0.8])
+        r.grid["predict"], r.config["predict"], r.name = p, p, f"a-lstm-s1-{p}"
+        runs.append(r)
+    captured = {}
+    real_close = plt.close
+    plt.close = lambda fig=None: captured.setdefault("fig", fig)
+    try:
+        data = fig1(runs, tmp_path)
+    finally:
+        plt.close = real_close
+    labels = captured["fig"].axes[0].get_legend_handles_labels()[1]
+    assert {"LSTM delta seed 1 dev", "LSTM damped seed 1 dev"} <= set(labels) and len(set(labels)) == len(labels)
+    assert sorted(v["variant"] for v in data["curves"].values()) == ["damped", "delta"]
+
+
 def test_no_figure_labels_its_ticks_with_an_offset(tmp_path):
     """Figure 2 read 0.01 .. 0.09 under a '+1.049e2' offset."""
     import matplotlib

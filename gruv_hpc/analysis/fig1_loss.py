@@ -32,6 +32,7 @@ def fig1(runs: list[RunInfo], out_dir, hidden: int | None = None, baseline: dict
             note(ax, f"{artist}, H = {hidden}:\nno run with a finished epoch yet", data)
             continue
         seeds_of = sorted({r.seed for r in mine})
+        variants = sorted({r.variant for r in mine})  # a sweep's other grid values (predict, lr): told apart
         drawn = []
         for r in mine:
             ep = [h["epoch"] for h in r.history]
@@ -40,11 +41,12 @@ def fig1(runs: list[RunInfo], out_dir, hidden: int | None = None, baseline: dict
             drawn += tr + dv
             c, name = cells.color(r.cell), cells.label(r.cell)
             mk = dict(marker=SEED_MARKERS[seeds_of.index(r.seed) % len(SEED_MARKERS)], markersize=4,
-                      markevery=max(1, len(ep) // 8))
-            who = f"{name} seed {r.seed}"
+                      markevery=max(1, len(ep) // 8), linewidth=1.5 if variants.index(r.variant) % 2 == 0 else 0.8)
+            who = f"{name} {r.variant} seed {r.seed}" if r.variant else f"{name} seed {r.seed}"  # e.g. predict
             ax.plot(ep, tr, "--", color=c, alpha=0.8, label=f"{who} train", **mk)
             ax.plot(ep, dv, "-", color=c, alpha=0.8, label=f"{who} dev", **mk)
             data["curves"][r.name] = {"artist": artist, "cell": r.cell, "label": name, "color": c, "seed": r.seed,
+                                       "variant": r.variant,
                                        "epoch": ep, "train": tr, "dev": dv}
         drawn += draw_floors(ax, (baseline or {}).get(artist), data, artist, "dev, ")
         if log_y_if_wide(ax, drawn):
