@@ -641,6 +641,11 @@ def main():
     exp = json.loads((a.out / "experiment.json").read_text()) if (a.out / "experiment.json").exists() else \
         {"train": TRAIN, "seeds": SEEDS}
     train, seeds = exp["train"], exp["seeds"]
+    ran = [n for n in exp.get("variants", VARIANTS) if (a.out / n / "sweep" / "runs").is_dir()]
+
+    def predicts(n):  # what each variant's grid crossed: this experiment's --predict, else the variant's own
+        own = VARIANTS[n][2].get("predict", [VARIANTS[n][1].get("predict", "next")])
+        return exp.get("predict") if exp.get("predict") and "predict" in VARIANTS[n][2] else own
     res = measure(a.out, a.checkpoint)
     table = summarize(res)
     meta = {"date": time.strftime("%Y-%m-%d", time.gmtime()), "songs": SONGS.name, "excerpt_s": EXCERPT,
@@ -653,8 +658,8 @@ def main():
                      "fft block 2048 (40-block clips), stft 2048/hop 1024 (80), logmag and logmag_if frame 1024/hop 256 "
                      f"(256-frame clips: about 5 s, 5 s and 4 s); {' and '.join(c.upper() for c in CELLS)} "
                      f"H={train['hidden']}, {train['epochs']} epochs, {train['optimizer']} lr {train['lr']:g}, "
-                     f"batch {train['batch_size']}, {len(seeds)} training seeds per cell; fft and stft predict the next "
-                     "frame (the paper's), logmag both delta and next, logmag_if delta; "
+                     f"batch {train['batch_size']}, {len(seeds)} training seeds per cell; variants: "
+                     + "; ".join(f"{n} (predict {', '.join(predicts(n))})" for n in ran) + "; "
                      f"{SEED_CLIPS} dev seed clips of {SEED_SECONDS:g} s each continued for {LENGTH_RATIO:g}x that "
                      f"from each run's {a.checkpoint} checkpoint"
                      + (" (best on dev)" if a.checkpoint == "best" else " (the end of training)")

@@ -153,6 +153,27 @@ def test_resubmission_dry_run_says_what_becomes_of_each_run(trained, tmp_path):
     assert tree(d) == before  # nothing written, nothing touched
 
 
+def test_a_run_recorded_before_a_key_existed_goes_on_at_its_default(trained, tmp_path):
+    """A sweep recorded before `predict` existed (its configs lack the key) is resubmitted after the
+    upgrade: the missing key had its default then, so the runs go on; another value still fails."""
+    import shutil
+    f, d = trained
+    old = tmp_path / "old"
+    shutil.copytree(d, old)
+    state = json.loads((old / "sweep.json").read_text())
+    for r in state["runs"].values():
+        r["config"].pop("predict")
+    (old / "sweep.json").write_text(json.dumps(state))
+    for c in (old / "runs").glob("*/config.json"):
+        rec = json.loads(c.read_text())
+        rec["config"].pop("predict")
+        c.write_text(json.dumps(rec))
+    res = sweep.submit(f, old, executor="local", dry_run=True, overrides=["epochs=2"], out=lambda *a: None)
+    assert not res["failing"] and res["plan"]["lstm-h4"]["action"] == "continue"
+    res = sweep.submit(f, old, executor="local", dry_run=True, overrides=["predict=delta"], out=lambda *a: None)
+    assert "predict: 'next' -> 'delta'" in res["failing"]["lstm-h4"]
+
+
 def test_another_dataset_is_flagged_at_dry_run_and_refused_at_submit(trained, other_data):
     from gruv_hpc.dataset.manifest import dataset_id, load_manifest
     f, d = trained

@@ -119,7 +119,7 @@ def compare(a, b, expect: str, noise: float = 0.0, margin: float = MARGIN) -> di
     return res
 
 
-def verdict(comparisons: list[dict]) -> tuple[str, str]:
+def verdict(comparisons: list[dict], margin: float = MARGIN) -> tuple[str, str]:
     """A claim's verdict over its comparisons, and the counts behind it."""
     made = [c for c in comparisons if c["verdict"]]
     n = len(made)
@@ -127,7 +127,7 @@ def verdict(comparisons: list[dict]) -> tuple[str, str]:
          for v in ("holds", "contradicts", "within noise", "one seed", FLOOR, MARGINAL, NUMERICAL)}
     why = (f"{n} comparison(s): {k['holds']} hold, {k['contradicts']} contradict, {k['within noise']} within the noise "
            f"between seeds, {k['one seed']} with one seed"
-           + (f", {k[MARGINAL]} marginal (within {MARGIN:g}x the noise threshold)" if k[MARGINAL] else "")
+           + (f", {k[MARGINAL]} marginal (within {margin:g}x the noise threshold)" if k[MARGINAL] else "")
            + (f", {k[NUMERICAL]} within the numerical noise" if k[NUMERICAL] else "")
            + (f", {k[FLOOR]} where neither side beat the best floor (of the train mean, persistence and a linear "
               "predictor per bin)" if k[FLOOR] else ""))
@@ -171,10 +171,11 @@ def _label(r: dict, *drop: str) -> str:
     return " ".join(str(p) for p in parts)
 
 
-def _claim(text: str, comparison: str, comps: list[dict], name_a: str, name_b: str, missing: str) -> dict:
+def _claim(text: str, comparison: str, comps: list[dict], name_a: str, name_b: str, missing: str,
+           margin: float = MARGIN) -> dict:
     comps = [c for c in comps if c["verdict"]]
     if comps:
-        v, why = verdict(comps)
+        v, why = verdict(comps, margin)
     else:
         v, why = INCONCLUSIVE, missing
     lines = [_evidence(c, name_a, name_b) for c in comps]
@@ -182,7 +183,8 @@ def _claim(text: str, comparison: str, comps: list[dict], name_a: str, name_b: s
             "evidence": "; ".join(lines) or missing}
 
 
-def _cells(rows: list[dict], key: str, a_cell: str, b_cell: str, expect: str, noise: float = 0.0) -> list[dict]:
+def _cells(rows: list[dict], key: str, a_cell: str, b_cell: str, expect: str, noise: float = 0.0,
+           margin: float = MARGIN) -> list[dict]:
     """Cell A against cell B at every (artist, hidden size, other grid values) where both ran."""
     out = []
     groups: dict[tuple, dict[str, list]] = {}
@@ -190,24 +192,25 @@ def _cells(rows: list[dict], key: str, a_cell: str, b_cell: str, expect: str, no
         groups.setdefault(_key(r, "cell"), {}).setdefault(r["cell"], []).append(r)
     for k, by_cell in sorted(groups.items()):
         if a_cell in by_cell and b_cell in by_cell:
-            c = compare([r.get(key) for r in by_cell[a_cell]], [r.get(key) for r in by_cell[b_cell]], expect, noise)
+            c = compare([r.get(key) for r in by_cell[a_cell]], [r.get(key) for r in by_cell[b_cell]], expect, noise, margin)
             if c["verdict"] and not beats_floor(by_cell[a_cell], by_cell[b_cell]):
                 c["verdict"] = FLOOR
             out.append({"label": _label(by_cell[a_cell][0], "cell"), **c})
     return out
 
 
-def claims(rows: list[dict], noise: float = 0.0) -> list[dict]:
+def claims(rows: list[dict], noise: float = 0.0, margin: float = MARGIN) -> list[dict]:
     """rows: results.csv rows (dicts: artists, cell, hidden, variant, seed, best_dev_loss,
     flatness, in_band_energy, the floors' columns); one per run, the seeds of a group as separate
     rows. ``noise``: the numerical noise of a dev loss the analysis measured (report.numerical_noise):
-    smaller dev-loss differences are never decided."""
+    smaller dev-loss differences are never decided. ``margin``: MARGIN unless a study varies it
+    (bench/demo_kernels.py)."""
     lstm, gru = cells.PAPER_LSTM, cells.PAPER_GRU  # the paper's two cells: its claims are about them
     L, G = cells.label(lstm), cells.label(gru)
     out = [_claim(f"The {L}'s dev loss is below the {G}'s (paper: a little lower)",
                   f"best dev loss, {L} minus {G}, at each artist and hidden size (expected D < 0)",
-                  _cells(rows, "best_dev_loss", lstm, gru, "<", noise), L, G,
-                  f"no {L}/{G} pair with a dev loss")]
+                  _cells(rows, "best_dev_loss", lstm, gru, "<", noise, margin), L, G,
+                  f"no {L}/{G} pair with a dev loss", margin)]
     # Dev loss against hidden size: each hidden size against the next smaller one.
     series: dict[tuple, dict[int, list]] = {}
     for r in rows:
@@ -217,7 +220,8 @@ def claims(rows: list[dict], noise: float = 0.0) -> list[dict]:
         hs = sorted(h for h, rs in by_h.items() if finite(r.get("best_dev_loss") for r in rs))
         sizes.add(len(hs))
         for lo, hi in zip(hs, hs[1:]):
-            c = compare([r.get("best_dev_loss") for r in by_h[hi]], [r.get("best_dev_loss") for r in by_h[lo]], "<", noise)
+            c = compare([r.get("best_dev_loss") for r in by_h[hi]], [r.get("best_dev_loss") for r in by_h[lo]], "<", noise,
+                        margin)
             if c["verdict"] and not beats_floor(by_h[hi], by_h[lo]):
                 c["verdict"] = FLOOR
             first = by_h[hi][0]
@@ -226,16 +230,16 @@ def claims(rows: list[dict], noise: float = 0.0) -> list[dict]:
                (f"at most {max(sizes)} with a dev loss" if sizes else "no dev loss yet"))
     out.append(_claim("Dev loss falls as the hidden size grows (Figure 2)",
                       "best dev loss at each hidden size minus the next smaller one, per artist and cell (expected D < 0)",
-                      comps, "larger H", "smaller H", missing))
+                      comps, "larger H", "smaller H", missing, margin))
     out.append(_claim(f"The {G}'s output is flatter (noisier) than the {L}'s (paper: {G} sounds like noise)",
                       f"spectral flatness of generated audio over the band that holds 95% of the music's energy (Figure "
                       f"3's), {G} minus {L}, at each artist and hidden size (expected D > 0)",
-                      _cells(rows, "flatness", gru, lstm, ">"), G, L,
-                      f"no generated audio for an {L}/{G} pair"))
+                      _cells(rows, "flatness", gru, lstm, ">", margin=margin), G, L,
+                      f"no generated audio for an {L}/{G} pair", margin))
     if any(finite([r.get("in_band_energy")]) for r in rows):
         out.append(_claim(f"More of the {G}'s predicted energy lies outside the music's band (Figure 3)",
                           f"share of predicted energy inside the band that holds 95% of the true energy (the band of "
                           f"Figure 3 and of the flatness), {G} minus {L} (expected D < 0)",
-                          _cells(rows, "in_band_energy", gru, lstm, "<"), G, L,
-                          f"no {L}/{G} pair in Figure 3"))
+                          _cells(rows, "in_band_energy", gru, lstm, "<", margin=margin), G, L,
+                          f"no {L}/{G} pair in Figure 3", margin))
     return out

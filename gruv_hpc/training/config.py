@@ -10,7 +10,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from gruv_hpc.config import opt
+from gruv_hpc.config import opt, to_dict
 from gruv_hpc.errors import ConfigError
 from gruv_hpc.training import cells
 from gruv_hpc.training.optim import OPTIMIZERS
@@ -200,6 +200,13 @@ def horizon_note(cfg: "TrainConfig") -> str | None:
                 f"{cfg.lr_horizon_epochs + 1}..{cfg.epochs} train at lr 0 (nothing changes); raise "
                 "lr_horizon_epochs or set lr_min_ratio above 0")
     return None
+
+
+def with_defaults(recorded: dict) -> dict:
+    """A recorded config (config.json, a checkpoint's, a sweep's state) with each key it predates
+    given its default: new options are added at their old behaviour, so a run recorded before a key
+    existed trained with the key's default (e.g. predict = next)."""
+    return {**{k: v for k, v in to_dict(TrainConfig()).items() if k not in recorded}, **recorded}
 
 
 RUNTIME_KEYS = {"data", "epochs", "workers", "device", "resume", "ckpt_every_min", "ckpt_every_epochs", "keep_last",

@@ -16,7 +16,7 @@ from gruv_hpc.dataset.manifest import DatasetError
 from gruv_hpc.fsio import atomic_write_json
 from gruv_hpc.lock import Lock, LockedError
 from gruv_hpc.paths import RunPaths, read_run_config
-from gruv_hpc.training.config import RUNTIME_KEYS, TrainConfig
+from gruv_hpc.training.config import RUNTIME_KEYS, TrainConfig, with_defaults
 from gruv_hpc.training.distributed import Dist
 
 
@@ -26,9 +26,7 @@ def check_run_dir(paths: RunPaths, cfg: TrainConfig, dataset: dict) -> dict | No
     if not paths.config.exists():
         return None
     old = read_run_config(paths.config)
-    # A key the run's config predates had its default then (new options are off by default).
-    was = {**{k: v for k, v in to_dict(TrainConfig()).items() if k not in old["config"]}, **old["config"]}
-    d = diff(was, to_dict(cfg), ignore=RUNTIME_KEYS)
+    d = diff(with_defaults(old["config"]), to_dict(cfg), ignore=RUNTIME_KEYS)
     if d:
         raise ConfigError(f"{paths.root} holds a run with another config ({'; '.join(d)}); "
                           "use a new run directory")
@@ -112,7 +110,7 @@ def check_orphan_checkpoints(paths: RunPaths, cfg: TrainConfig) -> None:
         warnings.simplefilter("ignore")  # an unreadable one is reported by the resume itself
         sd, path = load_latest(paths)
     if sd and isinstance(sd.get("config"), dict):
-        d = diff(sd["config"], to_dict(cfg), ignore=RUNTIME_KEYS)
+        d = diff(with_defaults(sd["config"]), to_dict(cfg), ignore=RUNTIME_KEYS)
         if d:
             raise ConfigError(f"{paths.root} has no config.json, and its checkpoint {path.name} was trained with "
                               f"another config ({'; '.join(d)}); pass those values, or use a new run directory")

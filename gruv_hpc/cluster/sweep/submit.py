@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gruv_hpc.training.config import RUNTIME_KEYS, available_cpus
+from gruv_hpc.training.config import RUNTIME_KEYS, available_cpus, with_defaults
 from gruv_hpc.config import diff
 from gruv_hpc.errors import ConfigError, DatasetError, GruvError
 from gruv_hpc.fsio import atomic_write_text
@@ -85,7 +85,7 @@ def _refusal(run: Run, old: RunRecord | None, rp, sweep: Sweep, state: SweepStat
     another config, or trained on another dataset than ``sweep.data`` (known once ``validate`` has
     read its manifest). Checked here, not only when the job starts hours later in the queue."""
     if old:
-        d = diff(old.config, run.config, ignore=RUNTIME_KEYS)
+        d = diff(with_defaults(old.config), with_defaults(run.config), ignore=RUNTIME_KEYS)
         if d:
             return ConfigError(f"run {run.name} in {state.paths.root} was submitted with another config "
                                f"({'; '.join(d)}); use a new sweep directory, or restore the old values")
