@@ -211,3 +211,26 @@ def test_report_links_are_url_quoted(tmp_path):
     page = write_html(tmp_path, [], [], [], {}, {}, {}, {name: {"clips": [clip]}}, [], {}).read_text()
     assert "src='audio/a%23b%3Fc%25d%26e/seed0.wav'" in page and "src='audio/a%23b%3Fc%25d%26e/seed0.png'" in page
     assert "a#b?c%d&amp;e" in page  # the name itself, as text, only escaped
+
+
+def test_the_demo_verdicts_do_not_flip_between_kernels_and_are_the_docs():
+    """Issue 30, item 5: the demo (5 seeds) run as it comes and under ATEN_CPU_CAPABILITY=default
+    MKL_CBWR=COMPATIBLE (bench/demo_kernels.py --record): the claims recomputed from each recorded
+    results.csv, with the numerical noise each report measured, give the same verdicts, and they are
+    the verdicts docs/reproducing.md prints."""
+    import csv
+    import json
+    import re
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    rec = sorted((root / "bench" / "results").glob("demo_kernels_*/"))[-1]
+    got = {}
+    for name in ("native", "compatible"):
+        rows = list(csv.DictReader((rec / name / "results.csv").open()))
+        assert len({r["seed"] for r in rows}) == 5 and len(rows) == 40  # the demo's grid, 5 seeds
+        noise = json.loads((rec / name / "numerical_noise.json").read_text())["noise"]
+        got[name] = [(c["claim"], c["verdict"]) for c in claims(rows, noise)]
+    assert got["native"] == got["compatible"]
+    docs = (root / "docs" / "reproducing.md").read_text()
+    table = [(m[1], m[2]) for m in re.finditer(r"^\| (The .+?) \| \*\*(.+?)\*\* \(", docs, re.M)]
+    assert table == got["native"], table
