@@ -43,9 +43,10 @@ class TrainConfig:
     cell: str = opt(cells.DEFAULT, f"recurrent cell: {cells.describe()}")
     hidden: int = opt(1024, "hidden size H (the paper goes up to 2048)")
     layers: int = opt(1, "number of stacked recurrent layers (the paper uses 1)")
-    predict: str = opt("next", "what the model outputs: next (the next frame, the paper's) or delta (the change "
+    predict: str = opt("next", "what the model outputs: next (the next frame, the paper's), delta (the change "
                                "from the current frame, added to it in normalized units: zero output weights are "
-                               "persistence, next = current)")
+                               "persistence, next = current) or damped (delta on the current frame times a learned "
+                               "per-dimension gain, 1 at the start: a free run forgets what is fed back)")
     # data
     data: str = opt("", "dataset directory made by `gruv preprocess`")
     artists: list[str] = opt([], "artists of the dataset to train on; empty = all")
