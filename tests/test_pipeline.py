@@ -110,7 +110,7 @@ def test_overrides_and_a_sweep_file(corpus, data, tmp_path):
     assert pl.analysis_slurm.time_min == 10  # from the file; other keys from ANALYSIS_SLURM_DEFAULTS
 
 
-@pytest.mark.parametrize("name, runs", [("pipeline_demo.toml", 24), ("pipeline_paper.toml", 16)])
+@pytest.mark.parametrize("name, runs", [("pipeline_demo.toml", 40), ("pipeline_paper.toml", 16)])
 def test_the_example_pipeline_files_load(tmp_path, monkeypatch, name, runs):
     jobs = Path(__file__).parent.parent / "jobs"
     monkeypatch.chdir(jobs.parent)  # (their relative paths are relative to the current directory)
