@@ -488,7 +488,7 @@ def _m(s: dict, f: str = "{:.2f}") -> str:
 
 
 def markdown(table: dict, meta: dict) -> str:
-    lines = [f"# Real music: fft, stft, logmag and logmag_if, LSTM and GRU, against three floors ({meta['date']})", "",
+    lines = [f"# Real music: {', '.join(meta.get('ran') or VARIANTS)}, LSTM and GRU, against three floors ({meta['date']})", "",
              meta["scale"], "",
              "## A. Against the floors: model MSE over floor MSE (< 1 beats the floor)", "",
              "Mean over the training seeds of (model's mean MSE / floor's mean MSE) on the same dev clips, in the "
@@ -577,7 +577,7 @@ def _f(v):
 
 def analysis_markdown(table: dict, report: str) -> str:
     cols = ["baseline_dev_loss", "persistence_dev_loss", "linear_dev_loss", "eval_dev_loss"]
-    lines = ["", f"## D. The same runs by the pipeline's analysis (`gruv analyze`, merged floors branch: `{report}/results.csv`)",
+    lines = ["", f"## D. The same runs by the pipeline's analysis (`gruv analyze` of each pipeline: `{report}/results.csv`)",
              "", "Mean over the 3 seeds. Floors and the checkpoint's dev loss (normalized units); for each floor the "
              "paired per-clip difference model minus floor, mean over seeds, with the lowest low and highest high of the "
              "seeds' 95% bootstrap intervals (dev songs, then clips), and in how many seeds the whole interval is below 0; "
@@ -652,7 +652,7 @@ def main():
             "preprocess": PREPROCESS, "variants": VARIANTS, "cells": CELLS, "train": train, "seeds": seeds,
             "seed_seconds": SEED_SECONDS, "seed_clips": SEED_CLIPS, "length_ratio": LENGTH_RATIO,
             "temperatures": TEMPERATURES, "horizons_s": HORIZONS_S, "rollout_context_s": ROLLOUT_CONTEXT_S,
-            "pipeline_wall_s": a.wall_s, "checkpoint": a.checkpoint}
+            "pipeline_wall_s": a.wall_s, "checkpoint": a.checkpoint, "ran": ran}
     meta["scale"] = (f"Scale: the 4 songs of fretsonfire-songs-muldjord (the backing track, {EXCERPT[0]:g}-{EXCERPT[1]:g} s "
                      "of each, 16 kHz mono; 1 song held out as dev, so the bootstrap resamples that song's clips); "
                      "fft block 2048 (40-block clips), stft 2048/hop 1024 (80), logmag and logmag_if frame 1024/hop 256 "
