@@ -149,7 +149,12 @@ def test_a_difference_between_models_that_beat_no_floor_is_not_decided():
     rows = floored({("a", "lstm", 8): [1.0, 1.01], ("a", "gru", 8): [1.1, 1.11]}, 1.2) + \
         floored({("b", "lstm", 8): [1.3, 1.31], ("b", "gru", 8): [1.4, 1.41]}, 1.2)
     c = by_claim(claims(rows))["LSTM's"]
-    assert [x["verdict"] for x in c["comparisons"]] == ["holds", "nothing beat the best floor"] and c["verdict"] == "inconclusive"
+    assert [x["verdict"] for x in c["comparisons"]] == ["holds", "nothing beat the best floor"] and c["verdict"] == "holds"
+    # ... but a comparison within the noise among the decided ones leaves no majority: 1 of 2
+    rows += floored({("c", "lstm", 8): [1.0, 1.05], ("c", "gru", 8): [1.01, 1.06]}, 1.2)
+    c = by_claim(claims(rows))["LSTM's"]
+    assert [x["verdict"] for x in c["comparisons"]] == ["holds", "nothing beat the best floor", "within noise"]
+    assert c["verdict"] == "inconclusive"
 
 
 def test_the_claims_table_links_to_the_floor_section(tmp_path):

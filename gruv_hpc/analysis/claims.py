@@ -40,11 +40,15 @@ lands on either side of it from one machine to the next; one that is MARGIN time
 in the demo's runs (docs/reproducing.md). A marginal comparison counts as neither holding nor
 contradicting.
 
-A claim's verdict, over its N comparisons of which H hold and C contradict:
-"not decided: nothing beat the best floor" when no comparison has a side below the best floor;
-"holds" when H > N/2 and C = 0; "does not hold" when C > N/2 and H = 0; "inconclusive"
-otherwise (differences within the noise, single seeds, mixed evidence, or nothing to compare,
-e.g. Figure 2's claim with one hidden size per cell; the table then says what is missing).
+A claim's verdict, over its N comparisons of which H hold, C contradict and F are "nothing beat the
+best floor": "not decided: nothing beat the best floor" when F = N; otherwise, over the M = N - F
+comparisons where a model learned something, "holds" when H > M/2 and C = 0; "does not hold" when
+C > M/2 and H = 0; "inconclusive" otherwise (differences within the noise, marginal, single
+seeds, mixed evidence, or nothing to compare, e.g. Figure 2's claim with one hidden size per cell;
+the table then says what is missing). A comparison where neither side beat the floor is no
+evidence for or against the claim, so it does not count in the majority either: when it did, a
+claim with one such comparison of four held only if all three others did, and one of them sitting
+near its threshold flipped the verdict between machines (docs/reproducing.md).
 """
 from __future__ import annotations
 
@@ -133,9 +137,10 @@ def verdict(comparisons: list[dict], margin: float = MARGIN) -> tuple[str, str]:
               "predictor per bin)" if k[FLOOR] else ""))
     if n and k[FLOOR] == n:
         return NOT_DECIDED, why
-    if k["holds"] > n / 2 and not k["contradicts"]:
+    m = n - k[FLOOR]  # the comparisons where a side learned something: the majority is of these
+    if k["holds"] > m / 2 and not k["contradicts"]:
         return HOLDS, why
-    if k["contradicts"] > n / 2 and not k["holds"]:
+    if k["contradicts"] > m / 2 and not k["holds"]:
         return NOT, why
     return INCONCLUSIVE, why
 
