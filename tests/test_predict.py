@@ -32,12 +32,12 @@ def test_delta_with_zero_output_weights_is_persistence(cell):
     assert nxt.predict == "next" and torch.equal(nxt(x)[0], torch.zeros_like(x))
 
 
-@pytest.mark.parametrize("predict", ["next", "delta", "damped", "local"])
+@pytest.mark.parametrize("predict", ["next", "delta", "damped"])
 def test_rollout_equals_refeeding_forward(predict):
     from gruv_hpc.generation import feedback_noise, generate_refeed, generate_stateful
     torch.manual_seed(1)
     model = GRUVModel(12, 8, "lstm", predict=predict).eval()
-    if predict in ("damped", "local"):  # a gain that is not 1: the free run must apply it to the fed-back frame
+    if predict == "damped":  # a gain that is not 1: the free run must apply it to the fed-back frame
         with torch.no_grad():
             model.gain.copy_(torch.linspace(0.5, 1.0, 12))
     seed = torch.randn(9, 12)
@@ -54,7 +54,7 @@ def test_predict_is_a_checked_config_key_and_a_grid_axis(data, tmp_path):
     from gruv_hpc.cluster.sweep.spec import name_part
     from gruv_hpc.generation import load_run
     from gruv_hpc.training.trainer import main
-    with pytest.raises(ConfigError, match="predict: 'sideways' is not one of next, delta, damped, local"):
+    with pytest.raises(ConfigError, match="predict: 'sideways' is not one of next, delta, damped"):
         tiny_config(data, predict="sideways")
     assert name_part("predict", "delta") == "delta"
     run = tmp_path / "run"
@@ -100,24 +100,3 @@ def test_damped_learns_a_gain_below_one_where_the_data_decays():
         loss.backward()
         opt.step()
     assert 0.3 < float(model.gain.detach().mean()) < 0.75
-
-
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_local_starts_as_persistence_and_settles_at_its_own_songs_level(cell):
-    """predict = local: gain x frame + (1 - gain) x the running mean of the frames seen + output. At
-    the start (gain 1, zero output) persistence; with gain < 1 a free run from a seed that sits away
-    from the train mean (0) stays at the seed's level, where damped decays to the train mean."""
-    from gruv_hpc.training.model import running_mean
-    torch.manual_seed(0)
-    x = torch.randn(3, 7, 10)
-    model = zero_output(GRUVModel(10, 6, cell, predict="local"))
-    assert torch.equal(model(x)[0], x)
-    with torch.no_grad():
-        model.gain.fill_(0.5)
-    assert torch.allclose(model(x)[0], 0.5 * x + 0.5 * running_mean(x), atol=1e-6)
-    damped = zero_output(GRUVModel(10, 6, cell, predict="damped"))
-    with torch.no_grad():
-        damped.gain.fill_(0.5)
-    seed = 3.0 + 0.1 * torch.randn(50, 10)  # a song louder than the train mean
-    assert (model.rollout(seed, 200)[-1] - 3.0).abs().max() < 0.2
-    assert damped.rollout(seed, 200)[-1].abs().max() < 1e-3

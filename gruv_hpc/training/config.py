@@ -23,9 +23,8 @@ RESUME = ("auto", "require", "never")
 MAX_LR = 3.4028234663852886e38  # float32 max (this module imports no numpy)
 DATA_ON_DEVICE = ("auto", "true", "false")
 # What the model outputs (training/model.py): the next frame (the paper's), its change from the current
-# one, that change with a learned per-dimension gain on the current frame (a damped delta), or the same
-# damped towards the frames' own running mean instead of the train mean (local).
-PREDICT = ("next", "delta", "damped", "local")
+# one, or that change with a learned per-dimension gain on the current frame (a damped delta).
+PREDICT = ("next", "delta", "damped")
 STEP_GRAPHS = ("auto", "graph", "eager")
 
 
@@ -46,9 +45,8 @@ class TrainConfig:
     layers: int = opt(1, "number of stacked recurrent layers (the paper uses 1)")
     predict: str = opt("next", "what the model outputs: next (the next frame, the paper's), delta (the change "
                                "from the current frame, added to it in normalized units: zero output weights are "
-                               "persistence, next = current), damped (delta on the current frame times a learned "
-                               "per-dimension gain, 1 at the start: a free run forgets what is fed back) or local "
-                               "(damped towards the running mean of the frames seen, not the train mean)")
+                               "persistence, next = current) or damped (delta on the current frame times a learned "
+                               "per-dimension gain, 1 at the start: a free run forgets what is fed back)")
     # data
     data: str = opt("", "dataset directory made by `gruv preprocess`")
     artists: list[str] = opt([], "artists of the dataset to train on; empty = all")

@@ -28,12 +28,6 @@ class GRUVModel(nn.Module):
     knows: that a bin's deviation from its mean decays (gain < 1). A free run then forgets what
     was fed back at the rate the gain sets, so noise fed back (``--temperature``) stays bounded
     instead of adding up as a random walk, as it does under ``delta`` (gain exactly 1).
-    ``predict="local"``: as damped, but what the gain lets go of is replaced by the running mean of
-    the frames seen so far (``running_mean``: decay LOCAL_DECAY a frame, from the first frame of the
-    sequence), so a free run settles at the level and spectrum of its own song rather than at the
-    train mean: gain x frame + (1 - gain) x running mean + output. Also persistence at the start.
-    The running mean restarts at each ``forward`` call's first frame (the recurrent ``state`` does
-    not hold it): feed a sequence whole, as training, refeed and ``rollout`` do.
     Whoever feeds predictions back calls ``forward`` or ``rollout``, which both add the frame."""
 
     def __init__(self, dim: int, hidden: int, cell: str = cells.DEFAULT, layers: int = 1, recurrence: str = "auto",
@@ -45,7 +39,7 @@ class GRUVModel(nn.Module):
         self.inp = nn.Linear(dim, hidden)
         self.rnns = nn.ModuleList(make_cell(cell, hidden, hidden, recurrence) for _ in range(layers))
         self.out = nn.Linear(hidden, dim)
-        if predict in ("damped", "local"):  # only then: the other modes' parameters (and checkpoints) are as before
+        if predict == "damped":  # only then: the other modes' parameters (and checkpoints) are as before
             self.gain = nn.Parameter(torch.ones(dim))
 
     def forward(self, x, state=None, drop_last: bool = False):
@@ -60,12 +54,7 @@ class GRUVModel(nn.Module):
         y = self.out(h)
         if self.predict != "next":
             cur = x[:, :-1] if drop_last else x
-            if self.predict == "delta":
-                y = y + cur
-            elif self.predict == "damped":
-                y = y + cur * self.gain
-            else:
-                y = y + cur * self.gain + running_mean(cur) * (1 - self.gain)
+            y = y + (cur * self.gain if self.predict == "damped" else cur)
         return y, state
 
     def recur(self, z, state=None):
@@ -90,7 +79,7 @@ class GRUVModel(nn.Module):
         are the seed's last frame plus the running sum of the outputs (and of the noise fed back).
         The result equals feeding every prediction back through ``forward`` (generation's
         ``generate_refeed``) up to float rounding, which a trained recurrent model can amplify."""
-        if self.predict in ("damped", "local"):
+        if self.predict == "damped":
             return self._rollout_damped(seed, n, noise)
         z_seed = self.inp(seed.unsqueeze(0))
         h, state = self.recur(z_seed)
@@ -120,35 +109,16 @@ class GRUVModel(nn.Module):
         return seed[-1] + fed
 
     def _rollout_damped(self, seed: torch.Tensor, n: int, noise: torch.Tensor | None) -> torch.Tensor:
-        """``rollout`` for ``predict="damped"`` and ``"local"``: the gain acts on the frame itself,
-        so the frame is kept (D-sized work a step) rather than composed away as for ``next`` and
-        ``delta``; "local" also carries the running mean on through the frames fed back."""
-        local = self.predict == "local"
+        """``rollout`` for ``predict="damped"``: the gain acts on the frame itself, so the frame is
+        kept (D-sized work a step) rather than composed away as for ``next`` and ``delta``."""
         h, state = self.recur(self.inp(seed.unsqueeze(0)))
         x, preds = seed[-1:].unsqueeze(0), []
-        m = running_mean(seed.unsqueeze(0))[:, -1:] if local else None
         for k in range(n):
-            x = self.out(h[:, -1:]) + x * self.gain + (m * (1 - self.gain) if local else 0)
+            x = self.out(h[:, -1:]) + x * self.gain
             preds.append(x[0])
             if k == n - 1:
                 break
             fed = x if noise is None else x + noise[k].to(x.dtype)
-            if local:
-                m = LOCAL_DECAY * m + (1 - LOCAL_DECAY) * fed
             h, state = self.recur(self.inp(fed), state)
             x = fed
         return torch.cat(preds)
-
-
-LOCAL_DECAY = 0.99  # per frame: a time constant of 100 frames (1.6 s of logmag at 16 kHz, hop 256; 25 s of the paper's blocks)
-
-
-def running_mean(x: torch.Tensor, decay: float = LOCAL_DECAY) -> torch.Tensor:
-    """(B, T, D) -> the running mean of each sequence's frames, m_t = decay m_(t-1) + (1 - decay) x_t
-    from m_0 = x_0, as one (T, T) lower-triangular map (weights decay^t on x_0 and (1 - decay)
-    decay^(t - s) on x_s, each row summing to 1)."""
-    t = x.shape[1]
-    i = torch.arange(t, device=x.device, dtype=torch.float64)
-    w = torch.where(i[:, None] >= i[None, :], (1 - decay) * decay ** (i[:, None] - i[None, :]), torch.zeros((), dtype=torch.float64, device=x.device))
-    w[:, 0] = decay ** i
-    return torch.einsum("ts,bsd->btd", w.to(x.dtype), x)
