@@ -4,10 +4,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
 import pytest
+
+# A shell starts a background job (`bash .ci/run &`, nohup ... &) with SIGINT ignored, and every
+# process it starts inherits that: the tests that send a Ctrl-C to a run, a sweep or a follower
+# would then test an ignored signal. They stand for a terminal's foreground job, so the suite's
+# processes start with Python's own handler. (tests/test_faults.py tests the inherited case itself.)
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 TINY = dict(sample_rate=8000, block_size=64, clip_blocks=8)
 

@@ -26,11 +26,11 @@ def gruv(*args, **kw):
     return subprocess.run([sys.executable, "-m", "gruv_hpc.cli", *map(str, args)], capture_output=True, text=True, **kw)
 
 
-def start_train(data, run, *overrides):
+def start_train(data, run, *overrides, preexec_fn=None):
     return subprocess.Popen([sys.executable, "-m", "gruv_hpc.cli", "train", "--data", str(data), "--run-dir", str(run),
                              "hidden=8", "batch_size=4", "workers=0", "gen_seconds=0", "log_every_steps=5",
                              "ckpt_every_epochs=1000", *overrides],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
 
 
 # --- 4. a stop signal, whoever sends it, stops at a step boundary with a checkpoint -----------------
@@ -83,16 +83,23 @@ def test_a_stopped_resume_never_run_names_the_command_that_resumes(data, tmp_pat
     assert not list(run.glob("discarded-*"))
 
 
-def test_second_signal_aborts(data, tmp_path):
+def _ignore_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a shell's background job (`cmd &`) starts
+
+
+@pytest.mark.parametrize("inherited", ["default", "ignored"])
+def test_second_signal_aborts(data, tmp_path, inherited):
     """Ctrl-C twice: the second one aborts at once (130, KeyboardInterrupt's code), where one
-    alone stops with a checkpoint (EXIT_STOPPED). Two signals sent together reach Python as one,
+    alone stops with a checkpoint (EXIT_STOPPED); also when the run started with INT ignored, as
+    a background job of a shell does (the handler before the run's was "ignore"). Two signals sent together reach Python as one,
     so the second goes once the run has said it saw the first; and so that the run cannot end in
     between, its stdout is a 4 KiB pipe left unread until it is full: the stop's own output (its
     line and the result, ~400 bytes) cannot be written, so the run is still there for the second."""
     import array
     import fcntl
     import termios
-    p = start_train(data, tmp_path / "r", "epochs=100000", "limit_train_batches=1")
+    p = start_train(data, tmp_path / "r", "epochs=100000", "limit_train_batches=1",
+                    preexec_fn=_ignore_sigint if inherited == "ignored" else None)
     fcntl.fcntl(p.stdout.fileno(), 1031, 4096)  # F_SETPIPE_SZ: the smallest pipe, one page
     queued = array.array("i", [0])
     for _ in range(1200):

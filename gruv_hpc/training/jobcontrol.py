@@ -48,7 +48,7 @@ class StopFlag:
     """Set from a signal handler; the loop checks it between optimizer steps, never inside one,
     so the checkpoint it then writes is always a consistent (model, optimizer, position) state.
     A second signal of the same kind is passed on to the handler that was there before (a second
-    Ctrl-C aborts at once)."""
+    Ctrl-C aborts at once), or to the default action when that was "ignore"."""
 
     def __init__(self):
         self.requested = False
@@ -57,7 +57,11 @@ class StopFlag:
 
     def request(self, signum=None, frame=None):
         if signum is not None and self.signal == signal.Signals(signum).name:
-            previous = self._previous.get(signum) or signal.SIG_DFL
+            previous = self._previous.get(signum)
+            if previous in (None, signal.SIG_IGN):
+                # None: not set from Python. SIG_IGN: inherited, as a shell's background job (`cmd &`)
+                # starts with INT ignored. Either way the abort the first message promised happens.
+                previous = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
             signal.signal(signum, previous)
             if callable(previous):
                 previous(signum, frame)
