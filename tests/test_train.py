@@ -494,3 +494,33 @@ def test_a_run_from_before_the_loop_options_resumes(data, tmp_path):
     assert main(tiny_config(data, epochs=2), run)["status"] == "done"
     with pytest.raises(ConfigError, match="input_noise"):
         main(tiny_config(data, epochs=3, input_noise=0.1), run)
+
+
+def test_the_trainer_and_its_model_are_freed_when_training_returns(data, tmp_path, monkeypatch):
+    """No reference cycle keeps the trainer alive after main() returns: under DDP it holds the
+    process group, which must go while the interpreter is whole (teardown), not in its
+    finalization, where gloo's threads abort the process ("terminate called without an active
+    exception", once on rank 1 under srun). The cyclic collector is off, so only plain reference
+    counting may free it. A first run goes before: torch's lazy imports inside the first optimizer
+    leave a collectable cycle of frames once per process (distributed.teardown collects it)."""
+    import gc
+    import weakref
+    from gruv_hpc.training import trainer as T
+    made, init = [], T.Trainer.__init__
+
+    def record(self, *a, **kw):
+        init(self, *a, **kw)
+        made.append((weakref.ref(self), weakref.ref(self.model), weakref.ref(self.optimizer)))
+
+    monkeypatch.setattr(T.Trainer, "__init__", record)
+    main(tiny_config(data, epochs=1), tmp_path / "warm")
+    made.clear()
+    gc.collect()
+    gc.disable()
+    try:
+        res = main(tiny_config(data, epochs=1), tmp_path / "run")
+        assert res["status"] == "done" and len(made) == 1
+        alive = [name for name, ref in zip(("trainer", "model", "optimizer"), made[0]) if ref() is not None]
+    finally:
+        gc.enable()
+    assert alive == [], f"still alive after main() returned, held by a reference cycle: {alive}"

@@ -8,6 +8,7 @@ and say so.
 """
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -127,5 +128,8 @@ def teardown(d: Dist) -> None:
     while a peer's gloo connection is still open can abort that peer ("terminate called without
     an active exception")."""
     if d.world > 1 and dist.is_initialized():
+        # Whatever still holds the group (a DDP reducer in a reference cycle, say) is freed now,
+        # while the interpreter is whole, and not in its finalization after the group is gone.
+        gc.collect()
         dist.barrier()
         dist.destroy_process_group()

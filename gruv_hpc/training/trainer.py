@@ -20,6 +20,7 @@ import os
 import time
 import traceback
 import warnings
+import weakref
 from pathlib import Path
 from typing import Sequence
 
@@ -320,7 +321,11 @@ class _RankParts:
     into a list in a checkpoint; on load each rank takes its own entry."""
 
     def __init__(self, trainer: "Trainer"):
-        self.t = trainer
+        # A proxy, not the trainer: a trainer -> parts -> trainer cycle would keep the trainer, and
+        # with it DDP's reducer and its hold on the process group, alive until the cyclic collector
+        # ran, or until interpreter exit, where gloo's threads then die mid-finalization
+        # ("terminate called without an active exception", seen once on rank 1 under srun).
+        self.t = weakref.proxy(trainer)
 
     def state_dict(self) -> list:
         # The loss summed on the device since the last log flush goes in as it is, not flushed
