@@ -66,7 +66,7 @@ def load_run(run_dir, checkpoint: str = "best", device="cpu", datasets=None, met
     meta = meta if meta is not None else json.loads(paths.config.read_text())
     data = meta.get("config", {}).get("data") or state["config"]["data"]
     cfg = build(TrainConfig, {**run_config(state["config"]), "data": data})
-    model = GRUVModel(cfg.feature_dim, cfg.hidden, cfg.cell, cfg.layers, predict=cfg.predict).to(device)
+    model = GRUVModel.from_config(cfg).to(device)
     model.load_state_dict(state["model"])
     model.eval()
     return LoadedRun(model, cfg, path, _epoch(state), open_dataset(cfg, datasets))

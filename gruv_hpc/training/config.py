@@ -23,8 +23,9 @@ RESUME = ("auto", "require", "never")
 MAX_LR = 3.4028234663852886e38  # float32 max (this module imports no numpy)
 DATA_ON_DEVICE = ("auto", "true", "false")
 # What the model outputs (training/model.py): the next frame (the paper's), its change from the current
-# one, or that change with a learned per-dimension gain on the current frame (a damped delta).
-PREDICT = ("next", "delta", "damped")
+# one, that change with a learned per-dimension gain on the current frame (a damped delta), or the
+# same damped towards the mean of the sequence's first frames (its anchor) instead of the train mean.
+PREDICT = ("next", "delta", "damped", "anchored")
 STEP_GRAPHS = ("auto", "graph", "eager")
 
 
@@ -46,7 +47,11 @@ class TrainConfig:
     predict: str = opt("next", "what the model outputs: next (the next frame, the paper's), delta (the change "
                                "from the current frame, added to it in normalized units: zero output weights are "
                                "persistence, next = current) or damped (delta on the current frame times a learned "
-                               "per-dimension gain, 1 at the start: a free run forgets what is fed back)")
+                               "per-dimension gain, 1 at the start: a free run forgets what is fed back) or "
+                               "anchored (damped towards the mean of the sequence's first anchor_frames frames, "
+                               "e.g. a generation seed's, instead of towards the train mean)")
+    anchor_frames: int = opt(64, "predict=anchored: the anchor is the mean of this many first frames of each clip "
+                                 "(of a generation's seed); before that many, of those seen so far (causal)")
     # data
     data: str = opt("", "dataset directory made by `gruv preprocess`")
     artists: list[str] = opt([], "artists of the dataset to train on; empty = all")
@@ -126,7 +131,8 @@ class TrainConfig:
             raise ConfigError(f"step_graph: graph with optimizer={self.optimizer}, lr_schedule={self.lr_schedule}: {why}")
         if self.data_on_device not in DATA_ON_DEVICE:
             raise ConfigError(f"data_on_device: {self.data_on_device!r} is not one of {', '.join(DATA_ON_DEVICE)}")
-        for k in ("hidden", "layers", "epochs", "batch_size", "keep_last", "ckpt_every_epochs", "log_every_steps"):
+        for k in ("hidden", "layers", "epochs", "batch_size", "keep_last", "ckpt_every_epochs", "log_every_steps",
+                  "anchor_frames"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"{k}: must be >= 1, got {getattr(self, k)}")
         for k in ("seed", "limit_train_batches", "gen_every_epochs", "lr_horizon_epochs", "lr_step_epochs"):

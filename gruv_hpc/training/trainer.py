@@ -62,7 +62,7 @@ class Trainer:
         self.cfg, self.paths, self.d, self.stop = cfg, paths, d, stop
         self.data = build_data(cfg, d, dataset)
         try:
-            self.model = GRUVModel(cfg.feature_dim, cfg.hidden, cfg.cell, cfg.layers, predict=cfg.predict).to(d.device)
+            self.model = GRUVModel.from_config(cfg).to(d.device)
         except (RuntimeError, MemoryError) as e:  # e.g. hidden=100000000: weights beyond any memory
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ConfigError(f"hidden={cfg.hidden}, layers={cfg.layers}: cannot allocate the model on {d.device} "
