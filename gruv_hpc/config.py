@@ -12,12 +12,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import typing
 from dataclasses import field
 from pathlib import Path
 
 from gruv_hpc.errors import ConfigError  # noqa: F401  (re-exported)
+
+def check_number(key: str, value, positive: bool = False) -> None:
+    """A finite number >= 0 (> 0 with ``positive``), or a ConfigError naming ``key``: the one
+    wording of this check for every concern's config (and ``gruv analyze``'s arguments)."""
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and (value > 0 if positive else value >= 0)):
+        raise ConfigError(f"{key}: must be a finite number {'>' if positive else '>='} 0, got {value}")
+
 
 def opt(default, help: str, split: bool = True):
     """A config field. ``split=False`` (a list of shell lines): a command-line value is one element,

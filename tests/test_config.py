@@ -92,3 +92,25 @@ def test_the_resource_check_is_skipped_only_when_asked(monkeypatch, value, skips
             skip_check()
     else:
         assert skip_check() is skips
+
+
+@pytest.mark.parametrize("value, positive, ok", [(0, False, True), (0.0, True, False), (2.5, True, True), (-1, False, False),
+                                                 (float("nan"), False, False), (float("inf"), False, False),
+                                                 ("1", False, False)])
+def test_check_number_is_the_one_wording_of_a_finite_number_check(value, positive, ok):
+    from gruv_hpc.config import ConfigError, check_number
+    if ok:
+        check_number("k", value, positive)
+    else:
+        with pytest.raises(ConfigError, match=f"^k: must be a finite number {'>' if positive else '>='} 0, got "):
+            check_number("k", value, positive)
+
+
+def test_the_configs_say_a_bad_number_in_the_same_words():
+    from gruv_hpc.cluster.pipeline import AnalysisConfig
+    from gruv_hpc.config import ConfigError, build
+    from gruv_hpc.dataset.config import PreprocessConfig
+    from gruv_hpc.training.config import TrainConfig
+    for cls, key in ((TrainConfig, "grad_clip"), (AnalysisConfig, "temperature"), (PreprocessConfig, "shard_mb")):
+        with pytest.raises(ConfigError, match=f"{key}: must be a finite number >=? 0, got -1"):
+            build(cls, {key: -1.0})  # build validates

@@ -4,7 +4,6 @@ from __future__ import annotations
 import errno
 import html
 import json
-import math
 import re
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from gruv_hpc.analysis.collect import collect, group_rows
 from gruv_hpc import swap
 from gruv_hpc.analysis.common import Datasets, finite, load_each, load_runs
 from gruv_hpc.analysis.data_notes import data_notes_html
+from gruv_hpc.config import check_number
 from gruv_hpc.errors import ConfigError, GruvError
 from gruv_hpc.fsio import dumps
 from gruv_hpc.analysis.fig1_loss import fig1
@@ -30,8 +30,7 @@ def analyze(sweep_dir, out_dir, listing, hidden: int | None = None, n_seed_clips
             max_clips: int = 64, temperature: float = 0.0, log=print) -> dict:
     """The report of a sweep into ``out_dir``. ``temperature``: the continuations are sampled at
     it (``gruv generate --temperature``; 0, the default, is the paper's mean prediction)."""
-    if not (math.isfinite(temperature) and temperature >= 0):
-        raise ConfigError(f"temperature: must be a finite number >= 0, got {temperature}")
+    check_number("temperature", temperature)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     timings = {}

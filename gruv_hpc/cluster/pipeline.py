@@ -36,7 +36,6 @@ and ``sweep.slurm.KEY=v``, ``analysis.KEY=v``, ``analysis.slurm.KEY=v``.
 """
 from __future__ import annotations
 
-import math
 import os
 import socket
 import time
@@ -53,7 +52,7 @@ from gruv_hpc.cluster.executors import scheduler
 from gruv_hpc.cluster.pipeline_state import (AnalysisStage, PipelineState, PreprocessStage, Submission, TrainStage,
                                              load_state)
 from gruv_hpc.cluster.scheduler import ACTIVE, Dependency
-from gruv_hpc.config import build, field_names, opt, parse_overrides, read_file, table
+from gruv_hpc.config import build, check_number, field_names, opt, parse_overrides, read_file, table
 from gruv_hpc.errors import ConfigError, DatasetError, GruvError
 from gruv_hpc.fsio import atomic_write_text
 from gruv_hpc.lock import Lock, pid_alive
@@ -89,10 +88,8 @@ class AnalysisConfig:
             raise ConfigError(f"hidden: must be >= 1, got {self.hidden}")
         if self.seed_clips < 0 or self.max_clips < 1:
             raise ConfigError(f"seed_clips must be >= 0 and max_clips >= 1, got {self.seed_clips} and {self.max_clips}")
-        if not (math.isfinite(self.seed_seconds) and self.seed_seconds > 0):
-            raise ConfigError(f"seed_seconds: must be a finite number > 0, got {self.seed_seconds}")
-        if not (math.isfinite(self.temperature) and self.temperature >= 0):
-            raise ConfigError(f"temperature: must be a finite number >= 0, got {self.temperature}")
+        check_number("seed_seconds", self.seed_seconds, positive=True)
+        check_number("temperature", self.temperature)
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from gruv_hpc.config import opt
+from gruv_hpc.config import check_number, opt
 from gruv_hpc.errors import ConfigError
 
 DTYPES = ("float32", "float16")
@@ -42,8 +42,7 @@ class PreprocessConfig:
                 raise ConfigError(f"{k}: must be >= {lo}, got {getattr(self, k)}")
         if not (math.isfinite(self.dev_fraction) and 0 <= self.dev_fraction < 1):
             raise ConfigError(f"dev_fraction: must be in [0, 1), got {self.dev_fraction}")
-        if not (math.isfinite(self.shard_mb) and self.shard_mb > 0):
-            raise ConfigError(f"shard_mb: must be a finite number > 0, got {self.shard_mb}")
+        check_number("shard_mb", self.shard_mb, positive=True)
         if self.shard_clips < 0:
             raise ConfigError(f"shard_clips: must be >= 0, got {self.shard_clips}")
         if self.hop is not None and not 1 <= self.hop <= self.block_size:

@@ -10,7 +10,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from gruv_hpc.config import opt, to_dict
+from gruv_hpc.config import check_number, opt, to_dict
 from gruv_hpc.errors import ConfigError
 from gruv_hpc.training import cells
 from gruv_hpc.training.optim import OPTIMIZERS
@@ -162,9 +162,7 @@ class TrainConfig:
         if not (math.isfinite(self.own_input_prob) and 0 <= self.own_input_prob <= 1):
             raise ConfigError(f"own_input_prob: must be in [0, 1], got {self.own_input_prob}")
         for k in ("grad_clip", "ckpt_every_min", "gen_seconds", "std_floor", "input_noise", "own_input_ramp_epochs"):
-            v = getattr(self, k)
-            if not (math.isfinite(v) and v >= 0):
-                raise ConfigError(f"{k}: must be a finite number >= 0, got {v}")
+            check_number(k, getattr(self, k))
         if self.input_noise > MAX_INPUT_NOISE:  # normalized units: 1 is the data's own spread
             raise ConfigError(f"input_noise: must be at most {MAX_INPUT_NOISE:g} (a sigma in normalized units, where 1 "
                               f"is the data's own spread), got {self.input_noise:g}")
