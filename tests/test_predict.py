@@ -1,8 +1,7 @@
-"""predict = next | delta | damped | anchored: a delta model's output is added to the current frame, so with zero
+"""predict = next | delta | damped: a delta model's output is added to the current frame, so with zero
 output weights it is persistence exactly; its free run (GRUVModel.rollout, which generation uses)
 feeds back frame + output, equal to re-feeding every prediction through forward. A damped model
-adds the output to the current frame times a learned per-dimension gain (1 at the start: delta); an
-anchored one damps towards the mean of the sequence's first frames instead of towards 0."""
+adds the output to the current frame times a learned per-dimension gain (1 at the start: delta)."""
 import pytest
 import torch
 
@@ -33,15 +32,12 @@ def test_delta_with_zero_output_weights_is_persistence(cell):
     assert nxt.predict == "next" and torch.equal(nxt(x)[0], torch.zeros_like(x))
 
 
-@pytest.mark.parametrize("predict, anchor_frames", [("next", 64), ("delta", 64), ("damped", 64), ("anchored", 4),
-                                                    ("anchored", 13)])
-def test_rollout_equals_refeeding_forward(predict, anchor_frames):
-    """anchored with 4 frames: the anchor is the seed's first 4; with 13: the 9 of the seed and
-    then the first 4 frames fed back."""
+@pytest.mark.parametrize("predict", ["next", "delta", "damped"])
+def test_rollout_equals_refeeding_forward(predict):
     from gruv_hpc.generation import feedback_noise, generate_refeed, generate_stateful
     torch.manual_seed(1)
-    model = GRUVModel(12, 8, "lstm", predict=predict, anchor_frames=anchor_frames).eval()
-    if predict in ("damped", "anchored"):  # a gain that is not 1: the free run must apply it to the fed-back frame
+    model = GRUVModel(12, 8, "lstm", predict=predict).eval()
+    if predict == "damped":  # a gain that is not 1: the free run must apply it to the fed-back frame
         with torch.no_grad():
             model.gain.copy_(torch.linspace(0.5, 1.0, 12))
     seed = torch.randn(9, 12)
@@ -58,7 +54,7 @@ def test_predict_is_a_checked_config_key_and_a_grid_axis(data, tmp_path):
     from gruv_hpc.cluster.sweep.spec import name_part
     from gruv_hpc.generation import load_run
     from gruv_hpc.training.trainer import main
-    with pytest.raises(ConfigError, match="predict: 'sideways' is not one of next, delta, damped, anchored"):
+    with pytest.raises(ConfigError, match="predict: 'sideways' is not one of next, delta, damped"):
         tiny_config(data, predict="sideways")
     assert name_part("predict", "delta") == "delta"
     run = tmp_path / "run"
@@ -106,42 +102,42 @@ def test_damped_learns_a_gain_below_one_where_the_data_decays():
     assert 0.3 < float(model.gain.detach().mean()) < 0.75
 
 
-def test_anchored_is_causal_and_damps_towards_the_sequence_not_the_train_mean():
-    from gruv_hpc.generation import feedback_noise
-    torch.manual_seed(0)
-    x = torch.randn(2, 10, 6)
-    model = zero_output(GRUVModel(6, 5, "gru", predict="anchored", anchor_frames=3))
-    assert torch.allclose(model(x)[0], x, atol=1e-6)  # gain 1 at the start: persistence (to rounding: a + (x - a))
-    with torch.no_grad():
-        model.gain.zero_()  # the prediction is then the anchor itself
-    a = model(x)[0]
-    assert torch.allclose(a[:, 0], x[:, 0]) and torch.allclose(a[:, 1], x[:, :2].mean(1))
-    assert torch.allclose(a[:, 2:], x[:, :3].mean(1, keepdim=True).expand(-1, 8, -1))
-    later = x.clone()
-    later[:, 2] += 100.0  # step t sees no frame after t: steps 0 and 1 unchanged, the anchor from 2 on moves
-    b = model(later)[0]
-    assert torch.equal(b[:, :2], a[:, :2]) and not torch.allclose(b[:, 2:], a[:, 2:])
-    with pytest.raises(ValueError, match="whole sequences"):
-        model(x, state=[None])
-    # A seed around 5: with fed-back noise, anchored stays near 5 where damped falls to 0 (the train mean).
-    seed = 5.0 + 0.1 * torch.randn(8, 6)
-    noise = feedback_noise(300, 6, 1.0, seed=4)
-    damped = zero_output(GRUVModel(6, 5, "gru", predict="damped"))
-    with torch.no_grad():
-        model.gain.fill_(0.8)
-        damped.gain.fill_(0.8)
-    tail_a, tail_d = model.rollout(seed, 300, noise)[-200:], damped.rollout(seed, 300, noise)[-200:]
-    assert abs(float(tail_a.mean()) - 5.0) < 0.5 and abs(float(tail_d.mean())) < 0.5
-    assert float(tail_a.std()) < 3  # bounded, as damped: the anchor is fixed, it does not follow the free run
+@pytest.mark.parametrize("predict", ["next", "delta", "damped"])
+def test_training_on_the_free_run_feeds_back_as_generation_does(predict):
+    """rollout_frames: forward(free=n) predicts the last n frames from the model's own free run:
+    its last n + 1 predictions are the model's rollout from the first T - n frames, and the
+    feedback carries gradients (the last prediction's gradient reaches the output bias through
+    every fed-back step, not only directly)."""
+    torch.manual_seed(2)
+    model = GRUVModel(6, 5, "lstm", predict=predict)
+    if predict == "damped":
+        with torch.no_grad():
+            model.gain.fill_(0.7)
+    x = torch.randn(1, 12, 6)
+    y, _ = model(x, free=4)
+    assert y.shape == (1, 12, 6)
+    assert torch.equal(y[:, :8], model(x[:, :8])[0])  # the teacher-forced part as forward gives it
+    assert (y[0, 7:] - model.rollout(x[0, :8], 5)).abs().max() < 1e-5
+    assert torch.equal(model(x, free=4, drop_last=True)[0], model(x[:, :-1], free=4)[0])
+    assert torch.equal(model(x, free=50)[0][:, :1], model(x[:, :1])[0])  # at most T - 1: one data frame starts it
+    bias = model.out.bias
+    g_free = torch.autograd.grad(y[0, -1].sum(), bias)[0]
+    g_tf = torch.autograd.grad(model(x)[0][0, -1].sum(), bias)[0]
+    if predict == "next":
+        assert torch.allclose(g_tf, torch.ones(6))  # teacher forced: only the direct path
+    assert (g_free - g_tf).abs().max() > 1e-3  # free: the fed-back path as well
 
 
-def test_anchored_trains_and_generation_builds_it_with_its_anchor(data, tmp_path):
-    from gruv_hpc.generation import load_run
+def test_rollout_frames_is_checked_against_the_clip_and_trains(data, tmp_path):
+    import json
     from gruv_hpc.training.trainer import main
-    with pytest.raises(ConfigError, match="anchor_frames: must be >= 1"):
-        tiny_config(data, predict="anchored", anchor_frames=0)
-    run = tmp_path / "run"
-    assert main(tiny_config(data, predict="anchored", anchor_frames=3, epochs=1, limit_train_batches=2),
-                run)["status"] == "done"
-    m = load_run(run).model
-    assert (m.predict, m.anchor_frames) == ("anchored", 3) and "gain" in m.state_dict()
+    clip = json.loads((data / "manifest.json").read_text())["params"]["clip_blocks"]
+    with pytest.raises(ConfigError, match=f"rollout_frames: {clip} must be below the dataset's {clip} frames"):
+        main(tiny_config(data, rollout_frames=clip, epochs=1), tmp_path / "too_long")
+    with pytest.raises(ConfigError, match="rollout_frames: must be >= 0"):
+        tiny_config(data, rollout_frames=-1)
+    a = main(tiny_config(data, predict="damped", rollout_frames=clip - 2, epochs=1, limit_train_batches=3), tmp_path / "free")
+    b = main(tiny_config(data, predict="damped", epochs=1, limit_train_batches=3), tmp_path / "forced")
+    assert a["status"] == b["status"] == "done"
+    assert a["train_loss"] != b["train_loss"]  # the free run's loss is what it trained on
+    assert a["dev_loss"] != b["dev_loss"]

@@ -23,9 +23,8 @@ RESUME = ("auto", "require", "never")
 MAX_LR = 3.4028234663852886e38  # float32 max (this module imports no numpy)
 DATA_ON_DEVICE = ("auto", "true", "false")
 # What the model outputs (training/model.py): the next frame (the paper's), its change from the current
-# one, that change with a learned per-dimension gain on the current frame (a damped delta), or the
-# same damped towards the mean of the sequence's first frames (its anchor) instead of the train mean.
-PREDICT = ("next", "delta", "damped", "anchored")
+# one, or that change with a learned per-dimension gain on the current frame (a damped delta).
+PREDICT = ("next", "delta", "damped")
 STEP_GRAPHS = ("auto", "graph", "eager")
 
 
@@ -47,11 +46,7 @@ class TrainConfig:
     predict: str = opt("next", "what the model outputs: next (the next frame, the paper's), delta (the change "
                                "from the current frame, added to it in normalized units: zero output weights are "
                                "persistence, next = current) or damped (delta on the current frame times a learned "
-                               "per-dimension gain, 1 at the start: a free run forgets what is fed back) or "
-                               "anchored (damped towards the mean of the sequence's first anchor_frames frames, "
-                               "e.g. a generation seed's, instead of towards the train mean)")
-    anchor_frames: int = opt(64, "predict=anchored: the anchor is the mean of this many first frames of each clip "
-                                 "(of a generation's seed); before that many, of those seen so far (causal)")
+                               "per-dimension gain, 1 at the start: a free run forgets what is fed back)")
     # data
     data: str = opt("", "dataset directory made by `gruv preprocess`")
     artists: list[str] = opt([], "artists of the dataset to train on; empty = all")
@@ -86,6 +81,10 @@ class TrainConfig:
                                      "previous prediction instead of the data (Bengio et al. 2015); 0 = off")
     own_input_ramp_epochs: float = opt(0.0, "ramp own_input_prob up linearly from 0 over this many epochs; "
                                             "0 = the full probability from the start")
+    rollout_frames: int = opt(0, "train on the model's own free run as well: the last N predictions of each clip come "
+                                 "from feeding back its own previous predictions (gradients through the feedback), "
+                                 "so the drift of a free run is in the loss; at most clip_blocks - 1; 0 = off "
+                                 "(teacher forcing throughout, the paper's)")
     limit_train_batches: int = opt(0, "stop each epoch after this many batches; 0 = the whole split")
     # checkpoints and logging
     ckpt_every_min: float = opt(10.0, "also checkpoint mid-epoch after this many minutes of training")
@@ -131,11 +130,11 @@ class TrainConfig:
             raise ConfigError(f"step_graph: graph with optimizer={self.optimizer}, lr_schedule={self.lr_schedule}: {why}")
         if self.data_on_device not in DATA_ON_DEVICE:
             raise ConfigError(f"data_on_device: {self.data_on_device!r} is not one of {', '.join(DATA_ON_DEVICE)}")
-        for k in ("hidden", "layers", "epochs", "batch_size", "keep_last", "ckpt_every_epochs", "log_every_steps",
-                  "anchor_frames"):
+        for k in ("hidden", "layers", "epochs", "batch_size", "keep_last", "ckpt_every_epochs", "log_every_steps"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"{k}: must be >= 1, got {getattr(self, k)}")
-        for k in ("seed", "limit_train_batches", "gen_every_epochs", "lr_horizon_epochs", "lr_step_epochs"):
+        for k in ("seed", "limit_train_batches", "gen_every_epochs", "lr_horizon_epochs", "lr_step_epochs",
+                  "rollout_frames"):
             if getattr(self, k) < 0:
                 raise ConfigError(f"{k}: must be >= 0, got {getattr(self, k)}")
         if self.seed >= 2**32:  # numpy's and the sampler's seeds are 32-bit
@@ -234,6 +233,10 @@ def resolve(cfg: TrainConfig, manifest: dict, world_size: int = 1, gpus: int | N
     if cfg.step_graph == "graph" and world_size > 1:
         raise ConfigError(f"step_graph: graph needs one training process (DDP's all-reduce is not captured), "
                           f"not {world_size}; use auto or eager")
+    clip = manifest["params"]["clip_blocks"]
+    if cfg.rollout_frames >= clip:
+        raise ConfigError(f"rollout_frames: {cfg.rollout_frames} must be below the dataset's {clip} frames a clip "
+                          "(one frame of data starts the free run)")
     if cfg.device == "cuda" and gpus == 0:
         raise ConfigError("device: 'cuda' is asked for, but no GPU is visible")
     if (note := horizon_note(cfg)) is not None:

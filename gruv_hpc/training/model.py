@@ -28,62 +28,62 @@ class GRUVModel(nn.Module):
     knows: that a bin's deviation from its mean decays (gain < 1). A free run then forgets what
     was fed back at the rate the gain sets, so noise fed back (``--temperature``) stays bounded
     instead of adding up as a random walk, as it does under ``delta`` (gain exactly 1).
-    ``predict="anchored"``: ``damped`` around the sequence's anchor a, the mean of its first
-    ``anchor_frames`` input frames (of those seen so far before then: causal), instead of around 0
-    (the train mean): next = a + gain * (frame - a) + out. A free run from a seed then forgets
-    towards the seed's own mean spectrum, not towards the train songs' (damped continuations of a
-    dev song settled 2-5 dB above its spectrum). The anchor is fixed once its frames are in, so
-    unlike a running mean it cannot drift with what is fed back.
     Whoever feeds predictions back calls ``forward`` or ``rollout``, which both add the frame."""
 
     def __init__(self, dim: int, hidden: int, cell: str = cells.DEFAULT, layers: int = 1, recurrence: str = "auto",
-                 predict: str = "next", anchor_frames: int = 64):
+                 predict: str = "next"):
         super().__init__()
         if predict not in PREDICT:
             raise ValueError(f"predict: {predict!r} is not one of {', '.join(PREDICT)}")
         self.dim, self.hidden, self.cell, self.layers, self.predict = dim, hidden, cell, layers, predict
-        self.anchor_frames = int(anchor_frames)
         self.inp = nn.Linear(dim, hidden)
         self.rnns = nn.ModuleList(make_cell(cell, hidden, hidden, recurrence) for _ in range(layers))
         self.out = nn.Linear(hidden, dim)
-        if predict in ("damped", "anchored"):  # only then: the other modes' parameters (and checkpoints) are as before
+        if predict == "damped":  # only then: the other modes' parameters (and checkpoints) are as before
             self.gain = nn.Parameter(torch.ones(dim))
 
     @classmethod
     def from_config(cls, cfg) -> "GRUVModel":
         """The model a TrainConfig (with its feature_dim resolved) describes: training and
         generation build it here alike."""
-        return cls(cfg.feature_dim, cfg.hidden, cfg.cell, cfg.layers, predict=cfg.predict,
-                   anchor_frames=cfg.anchor_frames)
+        return cls(cfg.feature_dim, cfg.hidden, cfg.cell, cfg.layers, predict=cfg.predict)
 
-    def anchor(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) input frames -> (B, T, D): at step t the mean of frames 0..min(t, K - 1),
-        K = ``anchor_frames``; from step K on, the mean of the first K. Sees no later frame."""
-        k = min(self.anchor_frames, x.shape[1])
-        counts = torch.arange(1, k + 1, device=x.device, dtype=x.dtype).view(1, k, 1)
-        a = x[:, :k].cumsum(1) / counts
-        return torch.cat([a, a[:, -1:].expand(-1, x.shape[1] - k, -1)], 1) if x.shape[1] > k else a
-
-    def forward(self, x, state=None, drop_last: bool = False):
+    def forward(self, x, state=None, drop_last: bool = False, free: int = 0):
         """x: (B, T, D) -> predictions (B, T, D) of the next block, and the final recurrent state.
 
         ``drop_last``: x is a whole (B, T + 1, D) window and its last step is dropped after the
         input affine. Training passes its contiguous batch so: x = window[:, :-1] is a strided
         view that the input GEMM would first copy (a batch-sized buffer), while one more row per
-        clip in that GEMM costs 1/T of it."""
-        if self.predict == "anchored" and state is not None:  # the anchor is the sequence's: a continued call lacks its start
-            raise ValueError("predict=anchored: forward takes whole sequences from their start (state=None)")
+        clip in that GEMM costs 1/T of it.
+
+        ``free`` (training's ``rollout_frames``): the last ``free`` predictions come from the
+        model's own free run instead: after the first T - free input frames, each prediction is
+        fed back as the next input, with gradients through the feedback, as generation runs."""
+        if free > 0:
+            return self._forward_free(x[:, :-1] if drop_last else x, free, state)
         z = self.inp(x)
         h, state = self.recur(z[:, :-1] if drop_last else z, state)
+        return self._head(h, x[:, :-1] if drop_last else x), state
+
+    def _head(self, h, cur):
+        """The prediction from the top layer's hidden state ``h`` and the current frame ``cur``."""
         y = self.out(h)
         if self.predict != "next":
-            cur = x[:, :-1] if drop_last else x
-            if self.predict == "anchored":
-                a = self.anchor(cur)
-                y = y + a + (cur - a) * self.gain
-            else:
-                y = y + (cur * self.gain if self.predict == "damped" else cur)
-        return y, state
+            y = y + (cur * self.gain if self.predict == "damped" else cur)
+        return y
+
+    def _forward_free(self, x, free: int, state=None):
+        """``forward`` with its last ``free`` predictions from a free run (at most T - 1: one frame
+        of data starts it)."""
+        t = x.shape[1]
+        free = min(int(free), t - 1)
+        y, state = self.forward(x[:, : t - free], state)
+        preds, cur = [y], y[:, -1:]
+        for _ in range(free):
+            h, state = self.recur(self.inp(cur), state)
+            cur = self._head(h, cur)
+            preds.append(cur)
+        return torch.cat(preds, 1), state
 
     def recur(self, z, state=None):
         """The recurrent layers alone: (B, T, H) -> top layer's hidden sequence, new state."""
@@ -107,7 +107,7 @@ class GRUVModel(nn.Module):
         are the seed's last frame plus the running sum of the outputs (and of the noise fed back).
         The result equals feeding every prediction back through ``forward`` (generation's
         ``generate_refeed``) up to float rounding, which a trained recurrent model can amplify."""
-        if self.predict in ("damped", "anchored"):
+        if self.predict == "damped":
             return self._rollout_damped(seed, n, noise)
         z_seed = self.inp(seed.unsqueeze(0))
         h, state = self.recur(z_seed)
@@ -137,27 +137,16 @@ class GRUVModel(nn.Module):
         return seed[-1] + fed
 
     def _rollout_damped(self, seed: torch.Tensor, n: int, noise: torch.Tensor | None) -> torch.Tensor:
-        """``rollout`` for ``predict="damped"`` and ``"anchored"``: the gain acts on the frame itself,
-        so the frame is kept (D-sized work a step) rather than composed away as for ``next`` and
-        ``delta``. Anchored: the anchor's sum and count run on while fewer than K frames are in
-        (a seed shorter than K takes fed-back frames into it, as ``forward`` does)."""
-        anchored = self.predict == "anchored"
+        """``rollout`` for ``predict="damped"``: the gain acts on the frame itself, so the frame is
+        kept (D-sized work a step) rather than composed away as for ``next`` and ``delta``."""
         h, state = self.recur(self.inp(seed.unsqueeze(0)))
         x, preds = seed[-1:].unsqueeze(0), []
-        if anchored:
-            total, count = seed[: self.anchor_frames].sum(0), min(len(seed), self.anchor_frames)
         for k in range(n):
-            if anchored:
-                a = total / count
-                x = self.out(h[:, -1:]) + a + (x - a) * self.gain
-            else:
-                x = self.out(h[:, -1:]) + x * self.gain
+            x = self.out(h[:, -1:]) + x * self.gain
             preds.append(x[0])
             if k == n - 1:
                 break
             fed = x if noise is None else x + noise[k].to(x.dtype)
-            if anchored and count < self.anchor_frames:
-                total, count = total + fed[0, 0], count + 1
             h, state = self.recur(self.inp(fed), state)
             x = fed
         return torch.cat(preds)

@@ -131,8 +131,10 @@ class TrainStep:
     and benchmarks."""
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, mode: str, device,
-                 grad_clip: float = 0.0, amp: bool = False, full_batch: int | None = None, forward=None):
+                 grad_clip: float = 0.0, amp: bool = False, full_batch: int | None = None, forward=None,
+                 free: int = 0):
         self.optimizer, self.mode = optimizer, mode
+        self.free = {"free": free} if free else {}  # rollout_frames: passed only when on (the paper's call as it was)
         self.forward = forward or model
         self.device = torch.device(device)
         self.grad_clip, self.full_batch = grad_clip, full_batch
@@ -152,7 +154,7 @@ class TrainStep:
     # -- the step itself, as both paths compute it ------------------------------------------
     def _compute(self, inp, y, drop_last: bool, cache: bool, zero_grad: bool):
         with self._amp(cache):
-            pred, _ = self.forward(inp, drop_last=drop_last)
+            pred, _ = self.forward(inp, drop_last=drop_last, **self.free)
         loss = F.mse_loss(pred.float(), y)  # eq. 1, in normalized units
         if zero_grad:  # here, after the forward, as the eager loop always did (a capture has none: see _build)
             self.optimizer.zero_grad(set_to_none=True)

@@ -76,7 +76,8 @@ class Trainer:
         self.ddp = DDP(self.model, device_ids=[d.device.index] if d.device.type == "cuda" else None) \
             if d.world > 1 else self.model
         self.train_step = TrainStep(self.model, self.optimizer, mode=self.step_mode, device=d.device,
-                                    grad_clip=cfg.grad_clip, amp=cfg.amp, full_batch=self.data.local_bs, forward=self.ddp)
+                                    grad_clip=cfg.grad_clip, amp=cfg.amp, full_batch=self.data.local_bs, forward=self.ddp,
+                                    free=cfg.rollout_frames)
         if self.step_mode == "graph" and d.is_main:
             what = (f"the whole training step replayed from one CUDA graph on {d.device}" if d.device.type == "cuda"
                     else "the graph path's buffers, without a capture (the CPU)")
