@@ -85,6 +85,9 @@ class TrainConfig:
                                  "from feeding back its own previous predictions (gradients through the feedback), "
                                  "so the drift of a free run is in the loss; at most clip_blocks - 1; 0 = off "
                                  "(teacher forcing throughout, the paper's)")
+    rollout_noise: float = opt(0.0, "rollout_frames: Gaussian noise of this sigma (normalized units) added to each "
+                                    "prediction fed back, as sampled generation (--temperature) feeds back draws; "
+                                    "0 = none")
     limit_train_batches: int = opt(0, "stop each epoch after this many batches; 0 = the whole split")
     # checkpoints and logging
     ckpt_every_min: float = opt(10.0, "also checkpoint mid-epoch after this many minutes of training")
@@ -160,7 +163,8 @@ class TrainConfig:
                               f"float32), got {self.lr}")
         if not (math.isfinite(self.own_input_prob) and 0 <= self.own_input_prob <= 1):
             raise ConfigError(f"own_input_prob: must be in [0, 1], got {self.own_input_prob}")
-        for k in ("grad_clip", "ckpt_every_min", "gen_seconds", "std_floor", "input_noise", "own_input_ramp_epochs"):
+        for k in ("grad_clip", "ckpt_every_min", "gen_seconds", "std_floor", "input_noise", "own_input_ramp_epochs",
+                  "rollout_noise"):
             check_number(k, getattr(self, k))
         if self.input_noise > MAX_INPUT_NOISE:  # normalized units: 1 is the data's own spread
             raise ConfigError(f"input_noise: must be at most {MAX_INPUT_NOISE:g} (a sigma in normalized units, where 1 "

@@ -132,9 +132,10 @@ class TrainStep:
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, mode: str, device,
                  grad_clip: float = 0.0, amp: bool = False, full_batch: int | None = None, forward=None,
-                 free: int = 0):
+                 free: int = 0, free_noise: float = 0.0):
         self.optimizer, self.mode = optimizer, mode
-        self.free = {"free": free} if free else {}  # rollout_frames: passed only when on (the paper's call as it was)
+        # rollout_frames and rollout_noise: passed only when on (the paper's call as it was)
+        self.free = {"free": free, "free_noise": free_noise} if free else {}
         self.forward = forward or model
         self.device = torch.device(device)
         self.grad_clip, self.full_batch = grad_clip, full_batch
