@@ -144,18 +144,19 @@ def test_rollout_frames_is_checked_against_the_clip_and_trains(data, tmp_path):
 
 
 def test_rollout_noise_feeds_back_draws_and_resumes_from_the_saved_generator():
-    """rollout_noise: the fed-back frames carry Gaussian draws of that sigma from torch's
-    generator (what a checkpoint's RNG state restores): the same generator state, the same
-    step; another, another; sigma 0 is the noiseless free run."""
+    """rollout_noise: the fed-back frames carry Gaussian draws of that sigma from the generator
+    given (the trainer's, seeded by the step): the same seed, the same step; another, another;
+    sigma 0 is the noiseless free run."""
     torch.manual_seed(3)
     model = GRUVModel(6, 5, "gru", predict="damped")
     x = torch.randn(2, 10, 6)
     quiet = model(x, free=5)[0]
     assert torch.equal(model(x, free=5, free_noise=0.0)[0], quiet)
-    state = torch.get_rng_state()
-    a = model(x, free=5, free_noise=0.5)[0]
-    b = model(x, free=5, free_noise=0.5)[0]
-    torch.set_rng_state(state)
-    assert torch.equal(model(x, free=5, free_noise=0.5)[0], a) and not torch.equal(a, b)
+
+    def g(seed):
+        return torch.Generator().manual_seed(seed)
+    a = model(x, free=5, free_noise=0.5, generator=g(1))[0]
+    b = model(x, free=5, free_noise=0.5, generator=g(2))[0]
+    assert torch.equal(model(x, free=5, free_noise=0.5, generator=g(1))[0], a) and not torch.equal(a, b)
     assert torch.equal(a[:, :5], quiet[:, :5])  # the teacher-forced part draws nothing
     assert (a[:, 5:] - quiet[:, 5:]).abs().min() > 0

@@ -464,8 +464,9 @@ def test_own_input_prob_mixes_and_ramps(data, tmp_path, monkeypatch):
     assert sum(frac) / len(frac) < 0.4
 
 
-@pytest.mark.parametrize("opts", [{"input_noise": 0.3}, {"own_input_prob": 0.7, "own_input_ramp_epochs": 1.5}],
-                         ids=["input_noise", "own_input_prob"])
+@pytest.mark.parametrize("opts", [{"input_noise": 0.3}, {"own_input_prob": 0.7, "own_input_ramp_epochs": 1.5},
+                                  {"predict": "damped", "rollout_frames": 4, "rollout_noise": 0.5}],
+                         ids=["input_noise", "own_input_prob", "rollout_noise"])
 def test_bitwise_resume_with_loop_options(data, tmp_path, opts):
     a, b = tmp_path / "a", tmp_path / "b"
     main(tiny_config(data, epochs=2, **opts), a)
@@ -479,7 +480,8 @@ def test_bitwise_resume_with_loop_options(data, tmp_path, opts):
 
 
 def test_loop_option_values_are_checked():
-    for bad in ({"own_input_prob": 1.5}, {"input_noise": -1.0}, {"own_input_ramp_epochs": float("nan")}):
+    for bad in ({"own_input_prob": 1.5}, {"input_noise": -1.0}, {"own_input_ramp_epochs": float("nan")},
+                {"rollout_noise": -0.1}, {"rollout_frames": -1}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             build(TrainConfig, bad).validate()
 

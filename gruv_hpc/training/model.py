@@ -48,7 +48,8 @@ class GRUVModel(nn.Module):
         generation build it here alike."""
         return cls(cfg.feature_dim, cfg.hidden, cfg.cell, cfg.layers, predict=cfg.predict)
 
-    def forward(self, x, state=None, drop_last: bool = False, free: int = 0, free_noise: float = 0.0):
+    def forward(self, x, state=None, drop_last: bool = False, free: int = 0, free_noise: float = 0.0,
+                generator: torch.Generator | None = None):
         """x: (B, T, D) -> predictions (B, T, D) of the next block, and the final recurrent state.
 
         ``drop_last``: x is a whole (B, T + 1, D) window and its last step is dropped after the
@@ -59,10 +60,11 @@ class GRUVModel(nn.Module):
         ``free`` (training's ``rollout_frames``): the last ``free`` predictions come from the
         model's own free run instead: after the first T - free input frames, each prediction is
         fed back as the next input, with gradients through the feedback, as generation runs.
-        ``free_noise`` (``rollout_noise``): Gaussian noise of that sigma (torch's generator, which
-        checkpoints save) added to each prediction fed back, as sampled generation feeds back draws."""
+        ``free_noise`` (``rollout_noise``): Gaussian noise of that sigma, from ``generator`` (the
+        trainer's, seeded by the step), added to each prediction fed back, as sampled generation
+        feeds back draws."""
         if free > 0:
-            return self._forward_free(x[:, :-1] if drop_last else x, free, state, free_noise)
+            return self._forward_free(x[:, :-1] if drop_last else x, free, state, free_noise, generator)
         z = self.inp(x)
         h, state = self.recur(z[:, :-1] if drop_last else z, state)
         return self._head(h, x[:, :-1] if drop_last else x), state
@@ -74,7 +76,7 @@ class GRUVModel(nn.Module):
             y = y + (cur * self.gain if self.predict == "damped" else cur)
         return y
 
-    def _forward_free(self, x, free: int, state=None, noise: float = 0.0):
+    def _forward_free(self, x, free: int, state=None, noise: float = 0.0, generator=None):
         """``forward`` with its last ``free`` predictions from a free run (at most T - 1: one frame
         of data starts it)."""
         t = x.shape[1]
@@ -82,7 +84,8 @@ class GRUVModel(nn.Module):
         y, state = self.forward(x[:, : t - free], state)
         preds, cur = [y], y[:, -1:]
         for _ in range(free):
-            fed = cur + noise * torch.randn_like(cur) if noise > 0 else cur
+            draw = torch.randn(cur.shape, generator=generator, device=cur.device) if noise > 0 else None
+            fed = cur + noise * draw.to(cur.dtype) if draw is not None else cur
             h, state = self.recur(self.inp(fed), state)
             cur = self._head(h, fed)
             preds.append(cur)

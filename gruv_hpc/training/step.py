@@ -153,9 +153,9 @@ class TrainStep:
         self.failed = False      # a capture failed: every step eager from then on
 
     # -- the step itself, as both paths compute it ------------------------------------------
-    def _compute(self, inp, y, drop_last: bool, cache: bool, zero_grad: bool):
+    def _compute(self, inp, y, drop_last: bool, cache: bool, zero_grad: bool, **kw):
         with self._amp(cache):
-            pred, _ = self.forward(inp, drop_last=drop_last, **self.free)
+            pred, _ = self.forward(inp, drop_last=drop_last, **self.free, **kw)
         loss = F.mse_loss(pred.float(), y)  # eq. 1, in normalized units
         if zero_grad:  # here, after the forward, as the eager loop always did (a capture has none: see _build)
             self.optimizer.zero_grad(set_to_none=True)
@@ -164,13 +164,15 @@ class TrainStep:
         self.optimizer.step()
         return loss.detach(), norm
 
-    def eager(self, inp, y, drop_last: bool):
-        return self._compute(inp, y, drop_last, cache=True, zero_grad=True)
+    def eager(self, inp, y, drop_last: bool, **kw):
+        return self._compute(inp, y, drop_last, cache=True, zero_grad=True, **kw)
 
     # -- the graph path ------------------------------------------------------------------------
-    def __call__(self, inp, y, drop_last: bool):
-        if self.mode != "graph" or self.failed:
-            return self.eager(inp, y, drop_last)
+    def __call__(self, inp, y, drop_last: bool, **kw):
+        """``kw``: more for the model's forward this step (rollout_noise's generator); a step with
+        any runs eagerly (a graph replays fixed inputs)."""
+        if self.mode != "graph" or self.failed or kw:
+            return self.eager(inp, y, drop_last, **kw)
         key = (tuple(inp.shape), tuple(y.shape), drop_last, inp.dtype)
         if self.static is None and key != self.key and (self.full_batch is None or inp.shape[0] == self.full_batch):
             # a full batch's shape, until the graph is built: a shape that changes early (own_input_prob

@@ -214,7 +214,9 @@ class Trainer:
             if cfg.lr_schedule != "constant":  # constant leaves the lr as built: the paper's step, untouched
                 self.lr_now = lr_at(cfg, st.step, data.steps_per_epoch)  # a pure function of the checkpointed step
                 set_lr(self.optimizer, self.lr_now)
-            loss, norm = self.train_step(inp, y, drop_last)  # forward, backward, clip, update: one graph or eager
+            # rollout_noise's draws: from a generator of (seed, rank, step), another stream than _inputs'
+            free_kw = {"generator": self._generator(stream=1)} if cfg.rollout_frames and cfg.rollout_noise > 0 else {}
+            loss, norm = self.train_step(inp, y, drop_last, **free_kw)  # forward, backward, clip, update: one graph or eager
             if norm is not None:
                 grad_norm = norm
             elif st.pos + 1 == data.steps_per_epoch:  # logged once an epoch: no norm over every gradient per step
@@ -238,11 +240,13 @@ class Trainer:
         done = self.state.epoch + self.state.pos / self.data.steps_per_epoch
         return cfg.own_input_prob * min(1.0, done / cfg.own_input_ramp_epochs)
 
-    def _generator(self) -> torch.Generator:
-        """A generator seeded by (seed, rank, step) alone: the noise and the choices of a step are
-        the same on a resumed run, whatever else drew random numbers before it."""
+    def _generator(self, stream: int = 0) -> torch.Generator:
+        """A generator seeded by (seed, rank, step) alone (and ``stream``, for draws of another
+        purpose): the noise and the choices of a step are the same on a resumed run, whatever else
+        drew random numbers before it."""
         import numpy as np
-        seed = int(np.random.SeedSequence([self.cfg.seed, self.d.rank, self.state.step]).generate_state(1)[0])
+        key = [self.cfg.seed, self.d.rank, self.state.step] + ([stream] if stream else [])
+        seed = int(np.random.SeedSequence(key).generate_state(1)[0])
         return torch.Generator(device=self.d.device).manual_seed(seed)
 
     @torch.no_grad()
