@@ -317,6 +317,30 @@ def dev_reference_spectrum(run) -> np.ndarray:
     return np.concatenate(spectra).mean(0)
 
 
+def truth_clips(run, ref: np.ndarray) -> list[dict]:
+    """The reference every continuation is held to: for each seed clip the tables use, the dev song's
+    own audio after the seed (as long as a continuation), decoded from the corpus file and measured by
+    this script's own measures against the seed's own audio. What the checks give the music itself."""
+    import soundfile as sf
+    from gruv_hpc.analysis.audio import seed_indices
+    from gruv_hpc.generation.synthesis import seed_features
+    sr = run.cfg.sample_rate
+    out = []
+    n_dev = len(run.data.split("dev", normalize=False))
+    for k in seed_indices(n_dev, SEED_CLIPS):
+        _, info = seed_features(run, "dev", k, SEED_SECONDS)
+        audio = sf.read(info["song"], dtype="float64")[0]
+        a = int(round(info["start_s"] * sr))
+        n_seed, n_gen = int(round(info["seconds"] * sr)), int(round(info["seconds"] * LENGTH_RATIO * sr))
+        seed, truth = audio[a: a + n_seed], audio[a + n_seed: a + n_seed + n_gen]
+        out.append({"seed_index": k, "start_s": info["start_s"], "generated_s": len(truth) / sr,
+                    "own_level_change_db": own_level_db(truth, seed), "own_click_ratio": own_click_ratio(truth, run.transform.hop),
+                    "own_seed_click_ratio": own_click_ratio(seed, run.transform.hop),
+                    "own_spectral_distance": own_spectral_distance(truth, seed, ref), **own_loops(truth, sr),
+                    **{"own_seed_" + k2[4:]: v for k2, v in own_loops(seed, sr).items()}})
+    return out
+
+
 # -- measuring every run ----------------------------------------------------------------------------
 def _run_dirs(out: Path, name: str) -> list[Path]:
     return sorted(p for p in (out / name / "sweep" / "runs").glob("*") if (p / "config.json").exists())
@@ -329,7 +353,7 @@ def measure(out: Path, checkpoint: str = "best") -> dict:
     from gruv_hpc.analysis.audio import convergence, seed_indices
     from gruv_hpc.generation import generate, load_run
     from gruv_hpc.paths import read_jsonl
-    res = {"floors": {}, "runs": {}}
+    res = {"floors": {}, "runs": {}, "truth": {}}
     for name in (n for n in VARIANTS if (out / n / "sweep" / "runs").is_dir()):
         res["runs"][name] = []
         ref = None
@@ -349,6 +373,7 @@ def measure(out: Path, checkpoint: str = "best") -> dict:
             if name not in res["floors"]:
                 res["floors"][name] = floor_scores(lr)
                 ref = dev_reference_spectrum(lr)
+                res["truth"][name] = truth_clips(lr, ref)
             row["scores"] = model_scores(lr)
             n_dev = len(lr.data.split("dev", normalize=False))
             for temp in TEMPERATURES:
@@ -430,6 +455,18 @@ def summarize(res: dict) -> dict:
                 per["runs_converging"] = sum(bool(c and c.get("converged")) for c in conv)
                 t["continuations"][f"T{temp:g}"] = per
             table[f"{name} ({g})"] = t
+    for name, truth in res.get("truth", {}).items():
+        if truth:  # the dev song's own continuation: one "run", the same at every temperature
+            own = [k for k in CONT_KEYS if k.startswith("own_")]  # the diagnostics need a run: none here
+            per = {k: _stat([np.mean([float(v) for v in (_clip_value(c, k) for c in truth) if v is not None])
+                             if k in own and any(_clip_value(c, k) is not None for c in truth) else None])
+                   for k in CONT_KEYS}
+            per["own_goals"] = {g2: sum(bool(fn(c)) for c in truth) for g2, fn in OWN_GOALS.items()}
+            per["own_goals_all"] = sum(all(fn(c) for fn in OWN_GOALS.values()) for c in truth)
+            per["clips"] = len(truth)
+            per["per_clip_own_spectral_distance"] = [c.get("own_spectral_distance") for c in truth]
+            table[f"{name} (the dev song's own continuation)"] = {"truth": True, "continuations": {
+                f"T{temp:g}": per for temp in TEMPERATURES}}
     return table
 
 
@@ -499,7 +536,7 @@ def markdown(table: dict, meta: dict) -> str:
              "| variant (cell, predict) | best dev loss (training) / next-frame MSE (here) | next: / mean | next: / persistence | next: / linear | "
              + " | ".join(f"{h:g} s: / persistence | {h:g} s: / mean" for h in HORIZONS_S) + " |",
              "|---|" + "---|" * (4 + 2 * len(HORIZONS_S))]
-    for name, t in table.items():
+    for name, t in ((n, t) for n, t in table.items() if not t.get("truth")):
         cells = [_m(t["best_dev_loss"], "{:.4f}") + " / " + _m(t["next_model_mse"], "{:.4f}"), _r(t["next"]["mean"]), _r(t["next"]["persistence"]),
                  _r(t["next"]["linear"])]
         for h in HORIZONS_S:
@@ -511,7 +548,7 @@ def markdown(table: dict, meta: dict) -> str:
               + " | ".join(f"{h:g} s: persistence / mean / linear" for h in HORIZONS_S) + " |",
               "|---|---|---|---|---|" + "---|" * len(HORIZONS_S)]
     seen = set()
-    for name, t in table.items():
+    for name, t in ((n, t) for n, t in table.items() if not t.get("truth")):
         v = name.split(" (")[0]
         if v in seen:
             continue
@@ -528,7 +565,9 @@ def markdown(table: dict, meta: dict) -> str:
                   + (" (the mean prediction, the paper's)" if temp == 0 else " (sampled at the model's train residual spread)"),
                   "", f"{SEED_CLIPS} dev seed clips of {SEED_SECONDS:g} s per run, continued for {LENGTH_RATIO:g}x that. "
                   "Mean ± std over the seeds of each run's clip mean; 'diag' is the project's diagnostic, 'own' this "
-                  "script's own measure of the WAV read back (loop onset: a continuation that never loops counts at its end).",
+                  "script's own measure of the WAV read back (loop onset: a continuation that never loops counts at its end). "
+                  "'the dev song's own continuation': the song's real audio after each seed, by this script's measures "
+                  "(what the checks give the music itself; no diagnostics, which need a run).",
                   "", "| variant | level change dB (diag / own) | loop onset s (diag / own) | loop fraction (diag / own; "
                   "own seed) | click ratio (diag / own; seed diag / own) | nearest-train / dev-train | spectral distance "
                   "(diag / own) | goals met, diag (clips) | goals met, own (clips) |",
@@ -537,7 +576,8 @@ def markdown(table: dict, meta: dict) -> str:
             c = t["continuations"].get(f"T{temp:g}")
             if not c:
                 continue
-            goals = "; ".join(f"{k}: {v}" for k, v in c["goals"].items()) + f"; **all: {c['goals_all']} of {c['clips']}**"
+            goals = ("– (no diagnostics: not a run)" if t.get("truth") else
+                     "; ".join(f"{k}: {v}" for k, v in c["goals"].items()) + f"; **all: {c['goals_all']} of {c['clips']}**")
             own = "; ".join(f"{k}: {v}" for k, v in c["own_goals"].items()) + f"; **all: {c['own_goals_all']} of {c['clips']}**"
             lines.append(f"| {name} | {_m(c['level_change_db'], '{:+.1f}')} / {_m(c['own_level_change_db'], '{:+.1f}')} | "
                          f"{_m(c['loop_onset_s'])} / {_m(c['own_loop_onset_s'])} | {_m(c['loop_fraction'])} / "

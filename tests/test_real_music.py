@@ -66,3 +66,19 @@ def test_own_measures_of_a_wav():
     assert real_music.own_spectral_distance(noise[:SR], noise[SR:2 * SR], ref) == pytest.approx(1.0, rel=0.3)
     tone = 0.1 * np.sin(2 * np.pi * 440 * np.arange(SR) / SR)  # a drone, far from the noise's spectrum
     assert real_music.own_spectral_distance(tone, noise[:SR], ref) > 5
+
+
+def test_the_true_continuation_row_is_summarized_by_own_measures_only():
+    """The dev song's own continuation: a reference row at every temperature, with this script's
+    measures and goals and no diagnostics (which need a run)."""
+    clips = [{"seed_index": 0, "generated_s": 6.0, "own_level_change_db": 1.0, "own_click_ratio": 1.0,
+              "own_spectral_distance": 0.5, "own_loops_whole": False, "own_loop_onset_s": None},
+             {"seed_index": 1, "generated_s": 6.0, "own_level_change_db": 9.0, "own_click_ratio": 1.0,
+              "own_spectral_distance": 3.0, "own_loops_whole": False, "own_loop_onset_s": None}]
+    tab = real_music.summarize({"floors": {}, "runs": {}, "truth": {"logmag": clips}})
+    row = tab["logmag (the dev song's own continuation)"]
+    c = row["continuations"]["T1"]
+    assert c["own_goals_all"] == 1 and c["clips"] == 2 and c["own_spectral_distance"]["mean"] == 1.75
+    assert c["level_change_db"]["mean"] is None and c["loop_onset_s"]["mean"] is None
+    md = real_music.markdown(tab, {"date": "d", "scale": "s", "ran": ["logmag"]})
+    assert md.count("| logmag (the dev song's own continuation) |") == 2 and "all: 1 of 2" in md

@@ -1,0 +1,83 @@
+"""What training on the model's own free run costs a step (``rollout_frames``, ``rollout_noise``).
+
+    python bench/free_run.py [--free 0 16 64] [--noise 0 0.5] [--hidden 128] [--dim 513] [--T 256]
+                             [--batch 5] [--steps 8] [--repeats 5] [--cell lstm gru] [--out FILE.json]
+
+The real-music runs' shape by default (logmag at 1024/256 has D = 513; 256 frames a clip; H = 128,
+batch 5, predict = damped): the whole model trained on in-memory tensors with training's own step
+(training/step.py's TrainStep, eager on the CPU), ``--repeats`` runs of ``--steps`` timed steps each
+after warm-up steps, and the median of the steps per second. ``free`` = 0 is teacher forcing; the
+free run's N steps go one frame at a time through the recurrent layer, the input affine and the
+output affine, with the gradient through them, so their cost does not batch over time as the
+teacher-forced frames' does.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from gruv_hpc.training.config import TrainConfig
+from gruv_hpc.training.model import GRUVModel
+from gruv_hpc.training.optim import make_optimizer
+from gruv_hpc.training.step import TrainStep
+
+
+def steps_per_s(cell: str, dim: int, hidden: int, batch: int, T: int, free: int, noise: float, steps: int,
+                warmup: int = 3) -> float:
+    torch.manual_seed(0)
+    model = GRUVModel(dim, hidden, cell, predict="damped")
+    opt = make_optimizer(TrainConfig(optimizer="adam"), model.parameters())
+    step = TrainStep(model, opt, mode="eager", device="cpu", free=free, free_noise=noise)
+    win = torch.randn(batch, T + 1, dim)
+    kw = {"generator": torch.Generator().manual_seed(0)} if free and noise > 0 else {}
+    for i in range(warmup + steps):
+        if i == warmup:
+            t0 = time.perf_counter()
+        step(win, win[:, 1:], True, **kw)
+    return steps / (time.perf_counter() - t0)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--free", type=int, nargs="+", default=[0, 16, 64])
+    p.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.5])
+    p.add_argument("--cell", nargs="+", default=["lstm", "gru"])
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--dim", type=int, default=513)
+    p.add_argument("--T", type=int, default=256)
+    p.add_argument("--batch", type=int, default=5)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--out", type=Path)
+    a = p.parse_args(argv)
+    rows = []
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; D={a.dim} H={a.hidden} T={a.T} "
+          f"batch {a.batch}; median of {a.repeats} runs of {a.steps} steps")
+    print("| cell | rollout_frames | rollout_noise | steps/s | x teacher forcing |")
+    print("|---|---|---|---|---|")
+    for cell in a.cell:
+        base = None
+        for free in a.free:
+            for noise in (a.noise if free else [0.0]):
+                runs = [steps_per_s(cell, a.dim, a.hidden, a.batch, a.T, free, noise, a.steps) for _ in range(a.repeats)]
+                med = statistics.median(runs)
+                base = med if free == 0 else base
+                rel = med / base if base else float("nan")
+                rows.append({"cell": cell, "rollout_frames": free, "rollout_noise": noise, "steps_per_s": med,
+                             "runs": runs, "relative": rel})
+                print(f"| {cell} | {free} | {noise:g} | {med:.2f} | {rel:.2f} |", flush=True)
+    out = {"torch": torch.__version__, "threads": torch.get_num_threads(), "args": {k: v for k, v in vars(a).items()
+                                                                                       if k != "out"}, "rows": rows}
+    if a.out:
+        a.out.write_text(json.dumps(out, indent=1))
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main() and 0)
