@@ -20,6 +20,7 @@ from pathlib import Path
 
 from gruv_hpc.errors import ConfigError  # noqa: F401  (re-exported)
 
+
 def check_number(key: str, value, positive: bool = False) -> None:
     """A finite number >= 0 (> 0 with ``positive``), or a ConfigError naming ``key``: the one
     wording of this check for every concern's config (and ``gruv analyze``'s arguments)."""
