@@ -136,6 +136,8 @@ def test_rollout_frames_is_checked_against_the_clip_and_trains(data, tmp_path):
         main(tiny_config(data, rollout_frames=clip, epochs=1), tmp_path / "too_long")
     with pytest.raises(ConfigError, match="rollout_frames: must be >= 0"):
         tiny_config(data, rollout_frames=-1)
+    with pytest.warns(UserWarning, match="rollout_noise=0.5 does nothing with rollout_frames=0"):
+        main(tiny_config(data, rollout_noise=0.5, epochs=1, limit_train_batches=1), tmp_path / "noise_alone")
     a = main(tiny_config(data, predict="damped", rollout_frames=clip - 2, epochs=1, limit_train_batches=3), tmp_path / "free")
     b = main(tiny_config(data, predict="damped", epochs=1, limit_train_batches=3), tmp_path / "forced")
     assert a["status"] == b["status"] == "done"

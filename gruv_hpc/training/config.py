@@ -246,6 +246,10 @@ def resolve(cfg: TrainConfig, manifest: dict, world_size: int = 1, gpus: int | N
     if (note := horizon_note(cfg)) is not None:
         import warnings
         warnings.warn(note, stacklevel=2)
+    if cfg.rollout_noise > 0 and cfg.rollout_frames == 0:  # a grid may pair them so: said, not refused
+        import warnings
+        warnings.warn(f"rollout_noise={cfg.rollout_noise:g} does nothing with rollout_frames=0 (no free run to feed "
+                      "draws into)", stacklevel=2)
     return dataclasses.replace(cfg, **{k: manifest["params"][k] for k in PARAM_KEYS})
 
 
