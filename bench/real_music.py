@@ -30,7 +30,11 @@ import numpy as np
 from gruv_hpc.training import cells
 from gruv_hpc.training.config import PREDICT
 
-SONGS = Path("/usr/share/games/fretsonfire/data/songs/muldjord")
+# The corpora `prepare --songs` offers: name -> (Debian package, glob of its songs). One artist each.
+CORPORA = {
+    "muldjord": ("fretsonfire-songs-muldjord", "/usr/share/games/fretsonfire/data/songs/muldjord/*/song.ogg"),
+    "hyperrogue": ("hyperrogue-music", "/usr/share/hyperrogue/music/hr3-*.ogg"),
+}
 SAMPLE_RATE = 16000
 EXCERPT = (10.0, 100.0)  # seconds of each song: past the intro, 90 s
 
@@ -68,22 +72,31 @@ def _toml(v) -> str:
     return repr(v)
 
 
-def prepare(out: Path, train: dict, seeds: list[int], variants: list[str], predict: list[str] | None = None) -> None:
+def _song_files(songs: str) -> list[Path]:
+    package, pattern = CORPORA[songs]
+    files = sorted(Path("/").glob(pattern.lstrip("/")))
+    if not files:
+        raise SystemExit(f"--songs {songs}: no file matches {pattern} (apt-get install {package})")
+    return files
+
+
+def prepare(out: Path, train: dict, seeds: list[int], variants: list[str], predict: list[str] | None = None,
+            songs: str = "muldjord") -> None:
     import soundfile as sf
     from scipy.signal import resample_poly
-    corpus = out / "corpus" / "muldjord"
+    corpus = out / "corpus" / songs
     corpus.mkdir(parents=True, exist_ok=True)
-    for song in sorted(SONGS.glob("*/song.ogg")):
+    for song in _song_files(songs):
         audio, sr = sf.read(song, dtype="float32", always_2d=True)
         audio = audio.mean(axis=1)[int(EXCERPT[0] * sr): int(EXCERPT[1] * sr)]
         g = math.gcd(sr, SAMPLE_RATE)
-        sf.write(corpus / f"{song.parent.name}.wav", resample_poly(audio, SAMPLE_RATE // g, sr // g).astype(np.float32),
+        sf.write(corpus / f"{song.parent.name if song.stem == 'song' else song.stem}.wav", resample_poly(audio, SAMPLE_RATE // g, sr // g).astype(np.float32),
                  SAMPLE_RATE, subtype="PCM_16")
     for name in variants:
         pre, extra, grid = VARIANTS[name]
         if predict and "predict" in grid:  # --predict: this experiment's predict axis
             grid = {**grid, "predict": predict}
-        lines = ["# written by bench/real_music.py prepare", "", "[corpus]", f"muldjord = {_toml(str(corpus))}", "",
+        lines = ["# written by bench/real_music.py prepare", "", "[corpus]", f"{songs} = {_toml(str(corpus))}", "",
                  "[preprocess]"]
         lines += [f"{k} = {_toml(v)}" for k, v in {**PREPROCESS, **pre}.items()]
         lines += ["", "[preprocess.slurm]", "time_min = 20", "cpus_per_task = 1", "mem_gb = 2.0", "",
@@ -96,7 +109,7 @@ def prepare(out: Path, train: dict, seeds: list[int], variants: list[str], predi
                   "[analysis.slurm]", "time_min = 30", "cpus_per_task = 1", "mem_gb = 3.0", ""]
         (out / f"{name}.toml").write_text("\n".join(lines))
     (out / "experiment.json").write_text(json.dumps({"train": train, "seeds": seeds, "variants": variants,
-                                                      "predict": predict}))
+                                                      "predict": predict, "songs": songs}))
     print(f"corpus: {corpus} ({len(list(corpus.glob('*.wav')))} songs); pipelines: "
           + ", ".join(str(out / f'{n}.toml') for n in variants))
 
@@ -660,12 +673,14 @@ def main():
                    help="prepare: the variants (pipelines) to write; table measures those that ran")
     p.add_argument("--predict", nargs="+", choices=list(PREDICT), default=None,
                    help="prepare: the predict axis of the variants that have one (default: each variant's own)")
+    p.add_argument("--songs", choices=list(CORPORA), default="muldjord",
+                   help="prepare: the corpus (one artist; its Debian package must be installed)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="prepare: train keys beside TRAIN's")
     a = p.parse_args()
     if a.what == "prepare":
         from gruv_hpc.config import parse_overrides
         prepare(a.out, {**TRAIN, **{k: _value(v) for k, v in parse_overrides(a.overrides).items()}}, a.seeds,
-                a.variants, a.predict)
+                a.variants, a.predict, a.songs)
         return
     if a.what == "analysis":
         rows = analysis_rows(a.out, a.report)
@@ -688,13 +703,17 @@ def main():
         return exp.get("predict") if exp.get("predict") and "predict" in VARIANTS[n][2] else own
     res = measure(a.out, a.checkpoint)
     table = summarize(res)
-    meta = {"date": time.strftime("%Y-%m-%d", time.gmtime()), "songs": SONGS.name, "excerpt_s": EXCERPT,
+    songs = exp.get("songs", "muldjord")
+    n_songs = len(list((a.out / "corpus" / songs).glob("*.wav")))
+    meta = {"date": time.strftime("%Y-%m-%d", time.gmtime()), "songs": songs, "excerpt_s": EXCERPT,
             "preprocess": PREPROCESS, "variants": VARIANTS, "cells": CELLS, "train": train, "seeds": seeds,
             "seed_seconds": SEED_SECONDS, "seed_clips": SEED_CLIPS, "length_ratio": LENGTH_RATIO,
             "temperatures": TEMPERATURES, "horizons_s": HORIZONS_S, "rollout_context_s": ROLLOUT_CONTEXT_S,
             "pipeline_wall_s": a.wall_s, "checkpoint": a.checkpoint, "ran": ran}
-    meta["scale"] = (f"Scale: the 4 songs of fretsonfire-songs-muldjord (the backing track, {EXCERPT[0]:g}-{EXCERPT[1]:g} s "
-                     "of each, 16 kHz mono; 1 song held out as dev, so the bootstrap resamples that song's clips); "
+    meta["scale"] = (f"Scale: the {n_songs} songs of {CORPORA[songs][0]}"
+                     f"{' (the backing track' if songs == 'muldjord' else ' (' + CORPORA[songs][1]}, "
+                     f"{EXCERPT[0]:g}-{EXCERPT[1]:g} s of each, 16 kHz mono; {PREPROCESS['dev_fraction']:g} of the songs "
+                     "held out as dev, and the bootstrap resamples the dev songs and their clips); "
                      "fft block 2048 (40-block clips), stft 2048/hop 1024 (80), logmag and logmag_if frame 1024/hop 256 "
                      f"(256-frame clips: about 5 s, 5 s and 4 s); {' and '.join(c.upper() for c in CELLS)} "
                      f"H={train['hidden']}, {train['epochs']} epochs, {train['optimizer']} lr {train['lr']:g}, "
