@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from gruv_hpc.training import cells
 from gruv_hpc.training.config import TrainConfig
 from gruv_hpc.training.model import GRUVModel
 from gruv_hpc.training.optim import make_optimizer
@@ -47,7 +48,7 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--free", type=int, nargs="+", default=[0, 16, 64])
     p.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.5])
-    p.add_argument("--cell", nargs="+", default=["lstm", "gru"])
+    p.add_argument("--cell", nargs="+", default=[cells.PAPER_LSTM, cells.PAPER_GRU])
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--dim", type=int, default=513)
     p.add_argument("--T", type=int, default=256)
