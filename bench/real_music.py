@@ -8,9 +8,11 @@ pipeline on Slurm, each judged against three floors and by its continuations.
     done; wait
     python3 bench/real_music.py table OUT --results bench/results/real_music_DATE
 
-``prepare`` cuts an excerpt of each song of a Debian music package (fretsonfire-songs-muldjord:
-Lars Muldjord's songs, the backing track ``song.ogg`` of each) and writes it as 16 kHz mono WAV:
-the corpus of one artist. Every variant gets its own pipeline (its own dataset: the transform is
+``prepare`` cuts an excerpt of each song of a Debian music package and writes it as 16 kHz mono
+WAV: the corpus of one artist. ``--songs muldjord`` (the default; fretsonfire-songs-muldjord: Lars
+Muldjord's 4 songs, the backing track ``song.ogg`` of each) or ``--songs hyperrogue``
+(hyperrogue-music: its 11 ``hr3-*`` tracks, one composer). The dev song's own audio after each
+seed is measured as a reference row. Every variant gets its own pipeline (its own dataset: the transform is
 a dataset parameter) with the same songs, the same split and the same training settings; its grid
 crosses the cell, the training seed and, for logmag, ``predict``. ``table`` scores each run's best
 checkpoint on every dev clip against three floors fitted on train (the mean, persistence, linear
