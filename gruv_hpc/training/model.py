@@ -84,8 +84,9 @@ class GRUVModel(nn.Module):
         y, state = self.forward(x[:, : t - free], state)
         preds, cur = [y], y[:, -1:]
         for _ in range(free):
-            draw = torch.randn(cur.shape, generator=generator, device=cur.device) if noise > 0 else None
-            fed = cur + noise * draw.to(cur.dtype) if draw is not None else cur
+            fed = cur
+            if noise > 0:
+                fed = cur + noise * torch.randn(cur.shape, generator=generator, device=cur.device).to(cur.dtype)
             h, state = self.recur(self.inp(fed), state)
             cur = self._head(h, fed)
             preds.append(cur)
@@ -148,7 +149,7 @@ class GRUVModel(nn.Module):
         h, state = self.recur(self.inp(seed.unsqueeze(0)))
         x, preds = seed[-1:].unsqueeze(0), []
         for k in range(n):
-            x = self.out(h[:, -1:]) + x * self.gain
+            x = self._head(h[:, -1:], x)
             preds.append(x[0])
             if k == n - 1:
                 break
