@@ -340,11 +340,13 @@ def truth_clips(run, ref: np.ndarray) -> list[dict]:
     from gruv_hpc.analysis.audio import seed_indices
     from gruv_hpc.generation.synthesis import seed_features
     sr = run.cfg.sample_rate
-    out = []
-    n_dev = len(run.data.split("dev", normalize=False))
-    for k in seed_indices(n_dev, SEED_CLIPS):
-        _, info = seed_features(run, "dev", k, SEED_SECONDS)
-        audio = sf.read(info["song"], dtype="float64")[0]
+    out, songs = [], {}
+    dev = run.data.split("dev", normalize=False)
+    for k in seed_indices(len(dev), SEED_CLIPS):
+        _, info = seed_features(run, "dev", k, SEED_SECONDS, split=dev)
+        if info["song"] not in songs:  # each song decoded once, however many seeds it holds
+            songs[info["song"]] = sf.read(info["song"], dtype="float64")[0]
+        audio = songs[info["song"]]
         a = int(round(info["start_s"] * sr))
         n_seed, n_gen = int(round(info["seconds"] * sr)), int(round(info["seconds"] * LENGTH_RATIO * sr))
         seed, truth = audio[a: a + n_seed], audio[a + n_seed: a + n_seed + n_gen]
@@ -451,19 +453,11 @@ def summarize(res: dict) -> dict:
                 t["horizons"][f"{h:g}s"]["floor_mse"] = {f: float(np.mean(v)) if v else None for f, v in floors.items()}
             t["continuations"] = {}
             for temp in TEMPERATURES:
-                per = {}
-                for k in CONT_KEYS:
-                    vals = []
-                    for r in ok:
-                        cs = [_clip_value(c, k) for c in r["clips"] if c["temperature"] == temp]
-                        cs = [float(v) for v in cs if v is not None and math.isfinite(float(v))]
-                        vals.append(float(np.mean(cs)) if cs else None)
-                    per[k] = _stat(vals)
+                per = {k: _stat([_clip_mean([c for c in r["clips"] if c["temperature"] == temp], k) for r in ok])
+                       for k in CONT_KEYS}
                 clips = [c for r in ok for c in r["clips"] if c["temperature"] == temp]
-                per["goals"] = {g2: sum(bool(fn(c)) for c in clips) for g2, fn in GOALS.items()}
-                per["goals_all"] = sum(all(fn(c) for fn in GOALS.values()) for c in clips)
-                per["own_goals"] = {g2: sum(bool(fn(c)) for c in clips) for g2, fn in OWN_GOALS.items()}
-                per["own_goals_all"] = sum(all(fn(c) for fn in OWN_GOALS.values()) for c in clips)
+                per["goals"], per["goals_all"] = _goal_counts(clips, GOALS)
+                per["own_goals"], per["own_goals_all"] = _goal_counts(clips, OWN_GOALS)
                 per["clips"] = len(clips)
                 per["clips_without_loop"] = sum(c.get("loop_onset_s") is None for c in clips)
                 conv = [r["convergence"].get(f"T{temp:g}") for r in ok if r.get("convergence")]
@@ -472,12 +466,9 @@ def summarize(res: dict) -> dict:
             table[f"{name} ({g})"] = t
     for name, truth in res.get("truth", {}).items():
         if truth:  # the dev song's own continuation: one "run", the same at every temperature
-            own = [k for k in CONT_KEYS if k.startswith("own_")]  # the diagnostics need a run: none here
-            per = {k: _stat([np.mean([float(v) for v in (_clip_value(c, k) for c in truth) if v is not None])
-                             if k in own and any(_clip_value(c, k) is not None for c in truth) else None])
-                   for k in CONT_KEYS}
-            per["own_goals"] = {g2: sum(bool(fn(c)) for c in truth) for g2, fn in OWN_GOALS.items()}
-            per["own_goals_all"] = sum(all(fn(c) for fn in OWN_GOALS.values()) for c in truth)
+            # this script's own measures only: the diagnostics need a run, and there is none here
+            per = {k: _stat([_clip_mean(truth, k) if k.startswith("own_") else None]) for k in CONT_KEYS}
+            per["own_goals"], per["own_goals_all"] = _goal_counts(truth, OWN_GOALS)
             per["clips"] = len(truth)
             per["per_clip_own_spectral_distance"] = [c.get("own_spectral_distance") for c in truth]
             table[f"{name} (the dev song's own continuation)"] = {"truth": True, "continuations": {
@@ -490,6 +481,18 @@ def _stat(xs: list) -> dict:
     if not xs:
         return {"mean": None, "std": None, "n": 0}
     return {"mean": float(np.mean(xs)), "std": float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0, "n": len(xs)}
+
+
+def _clip_mean(clips: list[dict], key: str) -> float | None:
+    """The mean of ``key`` over ``clips`` (finite values only), or None when none has one."""
+    vals = [float(v) for v in (_clip_value(c, key) for c in clips) if v is not None and math.isfinite(float(v))]
+    return float(np.mean(vals)) if vals else None
+
+
+def _goal_counts(clips: list[dict], goals: dict) -> tuple[dict, int]:
+    """How many ``clips`` meet each of ``goals``, and how many meet all of them."""
+    return ({g: sum(bool(fn(c)) for c in clips) for g, fn in goals.items()},
+            sum(all(fn(c) for fn in goals.values()) for c in clips))
 
 
 def _clip_value(c: dict, key: str):
