@@ -4,12 +4,12 @@
                              [--batch 5] [--steps 8] [--repeats 5] [--cell lstm gru] [--out FILE.json]
 
 The real-music runs' shape by default (logmag at 1024/256 has D = 513; 256 frames a clip; H = 128,
-batch 5, predict = damped): the whole model trained on in-memory tensors with training's own step
-(training/step.py's TrainStep, eager on the CPU), ``--repeats`` runs of ``--steps`` timed steps each
-after warm-up steps, and the median of the steps per second. ``free`` = 0 is teacher forcing; the
-free run's N steps go one frame at a time through the recurrent layer, the input affine and the
-output affine, with the gradient through them, so their cost does not batch over time as the
-teacher-forced frames' does.
+batch 5, predict = damped), trained on in-memory tensors with training's own step (bench/train.py's
+``bare_loop``: RMSprop, the paper's; eager on the CPU; denormals flushed as training's entry points
+do), ``--repeats`` runs of ``--steps`` timed steps each after warm-up steps, and the median of the
+steps per second. ``free`` = 0 is teacher forcing; the free run's N steps go one frame at a time
+through the recurrent layer, the input affine and the output affine, with the gradient through
+them, so their cost does not batch over time as the teacher-forced frames' does.
 """
 from __future__ import annotations
 
@@ -17,31 +17,14 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gruv_hpc.training import cells
-from gruv_hpc.training.config import TrainConfig
-from gruv_hpc.training.model import GRUVModel
-from gruv_hpc.training.optim import make_optimizer
-from gruv_hpc.training.step import TrainStep
+import torch  # noqa: E402
 
-
-def steps_per_s(cell: str, dim: int, hidden: int, batch: int, T: int, free: int, noise: float, steps: int,
-                warmup: int = 3) -> float:
-    torch.manual_seed(0)
-    model = GRUVModel(dim, hidden, cell, predict="damped")
-    opt = make_optimizer(TrainConfig(optimizer="adam"), model.parameters())
-    step = TrainStep(model, opt, mode="eager", device="cpu", free=free, free_noise=noise)
-    win = torch.randn(batch, T + 1, dim)
-    kw = {"generator": torch.Generator().manual_seed(0)} if free and noise > 0 else {}
-    for i in range(warmup + steps):
-        if i == warmup:
-            t0 = time.perf_counter()
-        step(win, win[:, 1:], True, **kw)
-    return steps / (time.perf_counter() - t0)
+import train  # noqa: E402  (bench/train.py: its bare_loop)
+from gruv_hpc.training import cells  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -66,15 +49,16 @@ def main(argv=None) -> dict:
         base = None
         for free in a.free:
             for noise in (a.noise if free else [0.0]):
-                runs = [steps_per_s(cell, a.dim, a.hidden, a.batch, a.T, free, noise, a.steps) for _ in range(a.repeats)]
+                runs = [train.bare_loop(cell, a.dim, a.hidden, a.batch, a.T, a.steps, warmup=3, predict="damped",
+                                        free=free, free_noise=noise) / (a.batch * a.T) for _ in range(a.repeats)]
                 med = statistics.median(runs)
                 base = med if free == 0 else base
                 rel = med / base if base else float("nan")
                 rows.append({"cell": cell, "rollout_frames": free, "rollout_noise": noise, "steps_per_s": med,
                              "runs": runs, "relative": rel})
                 print(f"| {cell} | {free} | {noise:g} | {med:.2f} | {rel:.2f} |", flush=True)
-    out = {"torch": torch.__version__, "threads": torch.get_num_threads(), "args": {k: v for k, v in vars(a).items()
-                                                                                       if k != "out"}, "rows": rows}
+    out = {"torch": torch.__version__, "threads": torch.get_num_threads(), "optimizer": "rmsprop",
+           "args": {k: v for k, v in vars(a).items() if k != "out"}, "rows": rows}
     if a.out:
         a.out.write_text(json.dumps(out, indent=1))
     return out

@@ -106,21 +106,25 @@ def _sync():
 
 
 def bare_loop(cell: str, dim: int, hidden: int, batch: int, T: int, steps: int, warmup: int = 4,
-              recurrence: str = "auto", step_graph: str = "auto") -> float:
+              recurrence: str = "auto", step_graph: str = "auto", predict: str = "next", free: int = 0,
+              free_noise: float = 0.0) -> float:
     """The whole model trained on in-memory tensors with training's own step (training/step.py):
-    on CUDA, by default, replayed from one CUDA graph (its capture is in the warm-up)."""
+    on CUDA, by default, replayed from one CUDA graph (its capture is in the warm-up). ``free`` and
+    ``free_noise``: training's rollout_frames and rollout_noise (bench/free_run.py)."""
     torch.manual_seed(0)
-    model = GRUVModel(dim, hidden, cell, recurrence=recurrence).to(DEVICE)
+    model = GRUVModel(dim, hidden, cell, recurrence=recurrence, predict=predict).to(DEVICE)
     cfg = TrainConfig()  # the training default: RMSprop as in the paper's code
     mode = step_graph_mode(step_graph, DEVICE, 1, cfg.optimizer, cfg.lr_schedule)
     opt = make_optimizer(cfg, model.parameters(), capturable=wants_capturable(mode, DEVICE))
-    step = TrainStep(model, opt, mode=mode, device=DEVICE, amp=True, full_batch=batch)
+    step = TrainStep(model, opt, mode=mode, device=DEVICE, amp=True, full_batch=batch, free=free, free_noise=free_noise)
     win = torch.randn(batch, T + 1, dim, device=DEVICE)
+    # as the trainer passes rollout_noise's generator (a step with one runs eagerly)
+    kw = {"generator": torch.Generator(device=DEVICE).manual_seed(0)} if free and free_noise > 0 else {}
     for i in range(warmup + steps):
         if i == warmup:
             _sync()
             t0 = time.perf_counter()
-        step(win, win[:, 1:], True)
+        step(win, win[:, 1:], True, **kw)
     _sync()
     fps = steps * batch * T / (time.perf_counter() - t0)
     # how the step was taken, so that a figure is never labelled with a path it did not take
