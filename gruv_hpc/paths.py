@@ -210,7 +210,7 @@ def name_part(key: str, value) -> str:
     short = {"hidden": "h", "layers": "l", "batch_size": "b", "lr": "lr", "seed": "s", "epochs": "e"}
     if key == "artists":
         return "+".join(value) if value else "all"
-    if key in ("cell", "optimizer", "transform", "predict"):
+    if key in ("cell", "optimizer", "transform", "predict", "head"):
         return str(value)
     if key == "data":
         return Path(value).name

@@ -42,7 +42,8 @@ def param_count(config: dict) -> int | None:
     if not config.get("feature_dim"):
         return None
     with torch.device("meta"):
-        m = GRUVModel(config["feature_dim"], config["hidden"], config["cell"], config.get("layers", 1))
+        m = GRUVModel(config["feature_dim"], config["hidden"], config["cell"], config.get("layers", 1),
+                      predict=config.get("predict", "next"), head=config.get("head", "mean"))
     return sum(p.numel() for p in m.parameters())
 
 

@@ -62,3 +62,22 @@ def generate_refeed(model, seed: torch.Tensor, n: int, noise: torch.Tensor | Non
         preds.append(pred[0, -1:])
         seq = torch.cat([seq, preds[-1] if noise is None or k == n - 1 else preds[-1] + noise[k]])
     return torch.cat(preds)
+
+
+# A gaussian head (``head = gaussian``) samples at its own spread, frame by frame: the draws are
+# standard normal times the temperature, and the model scales each by its predicted std.
+@torch.no_grad()
+def sample_stateful(model, seed: torch.Tensor, n: int, draws: torch.Tensor) -> torch.Tensor:
+    """seed (T0, D) normalized -> n sampled frames (n, D), each fed back (``GRUVModel.sample``)."""
+    return model.sample(seed, n, draws)
+
+
+@torch.no_grad()
+def sample_refeed(model, seed: torch.Tensor, n: int, draws: torch.Tensor) -> torch.Tensor:
+    """``sample_stateful`` by the paper's algorithm: the whole sequence re-run for every frame."""
+    seq, frames = seed, []
+    for k in range(n):
+        pred, logvar, _ = model(seq.unsqueeze(0), logvar=True)
+        frames.append(pred[0, -1:] + (0.5 * logvar[0, -1:]).exp() * draws[k].to(pred.dtype))
+        seq = torch.cat([seq, frames[-1]])
+    return torch.cat(frames)

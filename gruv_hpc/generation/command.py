@@ -16,7 +16,7 @@ from gruv_hpc.dataset.audio import write_wav
 from gruv_hpc.errors import GenerationError
 from gruv_hpc.fsio import atomic_write_json
 from gruv_hpc.generation.algorithms import (feedback_noise, generate_refeed, generate_stateful, residual_std,
-                                            sampling_noise)
+                                            sample_refeed, sample_stateful, sampling_noise)
 from gruv_hpc.generation.diagnostics import diagnostics
 from gruv_hpc.generation.run import LoadedRun, check_device, load_run
 from gruv_hpc.generation.synthesis import seed_and_continuation_audio, seed_features, seed_waveform
@@ -35,8 +35,9 @@ def generate(run_dir, out_wav, seed_seconds: float = 10.0, length_ratio: float =
     Gaussian noise (normalized units) added to each prediction before it is fed back, against
     generation loops (0: off). ``temperature``: sample each frame from a Gaussian around the
     prediction, per dimension temperature x the model's residual std on the train set
-    (``train_residual_std``); the sample is what is fed back and heard (0: the mean prediction,
-    the paper's, bitwise). ``noise_seed`` seeds either's draws. ``audio_out``: a dict that gets the
+    (``train_residual_std``), or with a gaussian head (``head = gaussian``) x the model's own std
+    for that frame; the sample is what is fed back and heard (0: the mean prediction, the paper's,
+    bitwise). ``noise_seed`` seeds either's draws. ``audio_out``: a dict that gets the
     seed's and the continuation's audio as arrays (``seed``, ``continuation``; float, before the
     WAV's quantization), for callers that measure them further without reading the WAVs back."""
     split = seed_from in ("dev", "train")
@@ -70,7 +71,12 @@ def generate(run_dir, out_wav, seed_seconds: float = 10.0, length_ratio: float =
     n = max(1, int(round(length_ratio * len(seed))))
     t0 = time.time()
     fn = generate_stateful if algorithm == "stateful" else generate_refeed
-    if temperature > 0:
+    gaussian = temperature > 0 and run.model.head == "gaussian"
+    if gaussian:  # the model's own spread, frame by frame
+        draws = sampling_noise(n, torch.full((seed.shape[1],), float(temperature)), noise_seed, device)
+        sample = sample_stateful if algorithm == "stateful" else sample_refeed
+        gen = sample(run.model, torch.from_numpy(seed).to(device), n, draws).float().cpu().numpy()
+    elif temperature > 0:
         # the sample is the prediction plus its draw, fed back and kept: draw k perturbs frame k
         draws = sampling_noise(n, temperature * train_residual_std(run), noise_seed, device)
         gen = (fn(run.model, torch.from_numpy(seed).to(device), n, draws[:-1]).float() + draws.float()).cpu().numpy()
@@ -102,7 +108,8 @@ def generate(run_dir, out_wav, seed_seconds: float = 10.0, length_ratio: float =
             "hidden": run.cfg.hidden, "seed": info, "generated_blocks": n, "generated_s": tf.seconds(n, sr),
             "length_ratio": length_ratio, "with_seed": with_seed, "algorithm": algorithm, "wall_s": wall,
             "noise": noise, "temperature": temperature, "noise_seed": noise_seed if noise > 0 or temperature > 0 else None,
-            "residual_std_mean": float(train_residual_std(run).mean()) if temperature > 0 else None,
+            "spread": ("the model's own (head = gaussian)" if gaussian else "train residual std") if temperature > 0 else None,
+            "residual_std_mean": float(train_residual_std(run).mean()) if temperature > 0 and not gaussian else None,
             "sample_rate": sr, "format": "float32" if float32 else "pcm16", "peak_normalized": normalize,
             "clipped_samples": clipped, "diagnostics": diag}
     atomic_write_json(out_wav.with_suffix(".json"), side)  # strict JSON: a silent output's -inf dB is null

@@ -25,6 +25,9 @@ DATA_ON_DEVICE = ("auto", "true", "false")
 # What the model outputs (training/model.py): the next frame (the paper's), its change from the current
 # one, or that change with a learned per-dimension gain on the current frame (a damped delta).
 PREDICT = ("next", "delta", "damped")
+# What the model's output says of the next frame (training/model.py): its mean alone, trained on eq. 1's L2
+# loss (the paper's), or a Gaussian, mean and per-dimension log-variance, trained on its negative log-likelihood.
+HEADS = ("mean", "gaussian")
 STEP_GRAPHS = ("auto", "graph", "eager")
 
 
@@ -47,6 +50,10 @@ class TrainConfig:
                                "from the current frame, added to it in normalized units: zero output weights are "
                                "persistence, next = current) or damped (delta on the current frame times a learned "
                                "per-dimension gain, 1 at the start: a free run forgets what is fed back)")
+    head: str = opt("mean", "the output head: mean (the prediction alone, eq. 1's L2 loss, the paper's) or gaussian "
+                            "(the mean and a per-dimension log-variance from a second affine H->D, trained on the "
+                            "Gaussian negative log-likelihood; --temperature then samples at the model's own spread, "
+                            "frame by frame, instead of its train residual std)")
     # data
     data: str = opt("", "dataset directory made by `gruv preprocess`")
     artists: list[str] = opt([], "artists of the dataset to train on; empty = all")
@@ -120,6 +127,8 @@ class TrainConfig:
         cells.get(self.cell)  # an unknown cell: a ConfigError naming the registered ones
         if self.predict not in PREDICT:
             raise ConfigError(f"predict: {self.predict!r} is not one of {', '.join(PREDICT)}")
+        if self.head not in HEADS:
+            raise ConfigError(f"head: {self.head!r} is not one of {', '.join(HEADS)}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer: {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
         if self.device not in ("auto", "cpu", "cuda"):

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from gruv_hpc.training import cells
-from gruv_hpc.training.config import PREDICT
+from gruv_hpc.training.config import HEADS, PREDICT
 
 
 def make_cell(cell: str, input_size: int, hidden: int, recurrence: str = "auto") -> nn.Module:
@@ -28,28 +28,41 @@ class GRUVModel(nn.Module):
     knows: that a bin's deviation from its mean decays (gain < 1). A free run then forgets what
     was fed back at the rate the gain sets, so noise fed back (``--temperature``) stays bounded
     instead of adding up as a random walk, as it does under ``delta`` (gain exactly 1).
-    Whoever feeds predictions back calls ``forward`` or ``rollout``, which both add the frame."""
+    Whoever feeds predictions back calls ``forward`` or ``rollout``, which both add the frame.
+
+    ``head="gaussian"``: a second affine H->D gives each prediction a per-dimension log-variance
+    (``forward(..., logvar=True)``), trained on the Gaussian negative log-likelihood; ``sample``
+    then draws each fed-back frame at the model's own spread for that frame. The prediction itself
+    (the mean) is computed as with ``head="mean"`` (the paper's), whose parameters and checkpoints
+    are as before."""
 
     def __init__(self, dim: int, hidden: int, cell: str = cells.DEFAULT, layers: int = 1, recurrence: str = "auto",
-                 predict: str = "next"):
+                 predict: str = "next", head: str = "mean"):
         super().__init__()
         if predict not in PREDICT:
             raise ValueError(f"predict: {predict!r} is not one of {', '.join(PREDICT)}")
-        self.dim, self.hidden, self.cell, self.layers, self.predict = dim, hidden, cell, layers, predict
+        if head not in HEADS:
+            raise ValueError(f"head: {head!r} is not one of {', '.join(HEADS)}")
+        self.dim, self.hidden, self.cell, self.layers, self.predict, self.head = dim, hidden, cell, layers, predict, head
         self.inp = nn.Linear(dim, hidden)
         self.rnns = nn.ModuleList(make_cell(cell, hidden, hidden, recurrence) for _ in range(layers))
         self.out = nn.Linear(hidden, dim)
         if predict == "damped":  # only then: the other modes' parameters (and checkpoints) are as before
             self.gain = nn.Parameter(torch.ones(dim))
+        if head == "gaussian":  # made last: the other parameters draw the same initial values as the mean head's
+            # zero weights and bias: variance 1 at the start, the normalized data's own spread
+            self.logvar = nn.Linear(hidden, dim)
+            nn.init.zeros_(self.logvar.weight)
+            nn.init.zeros_(self.logvar.bias)
 
     @classmethod
     def from_config(cls, cfg) -> "GRUVModel":
         """The model a TrainConfig (with its feature_dim resolved) describes: training and
         generation build it here alike."""
-        return cls(cfg.feature_dim, cfg.hidden, cfg.cell, cfg.layers, predict=cfg.predict)
+        return cls(cfg.feature_dim, cfg.hidden, cfg.cell, cfg.layers, predict=cfg.predict, head=cfg.head)
 
     def forward(self, x, state=None, drop_last: bool = False, free: int = 0, free_noise: float = 0.0,
-                generator: torch.Generator | None = None):
+                generator: torch.Generator | None = None, logvar: bool = False):
         """x: (B, T, D) -> predictions (B, T, D) of the next block, and the final recurrent state.
 
         ``drop_last``: x is a whole (B, T + 1, D) window and its last step is dropped after the
@@ -62,12 +75,19 @@ class GRUVModel(nn.Module):
         fed back as the next input, with gradients through the feedback, as generation runs.
         ``free_noise`` (``rollout_noise``): Gaussian noise of that sigma, from ``generator`` (the
         trainer's, seeded by the step), added to each prediction fed back, as sampled generation
-        feeds back draws."""
+        feeds back draws.
+
+        ``logvar`` (a gaussian head only): also return each prediction's per-dimension
+        log-variance (B, T, D), as (predictions, log-variances, state)."""
+        if logvar and self.head != "gaussian":
+            raise ValueError(f"logvar: the model's head is {self.head!r}, which has no variance")
         if free > 0:
-            return self._forward_free(x[:, :-1] if drop_last else x, free, state, free_noise, generator)
-        z = self.inp(x)
-        h, state = self.recur(z[:, :-1] if drop_last else z, state)
-        return self._head(h, x[:, :-1] if drop_last else x), state
+            y, h, state = self._forward_free(x[:, :-1] if drop_last else x, free, state, free_noise, generator)
+        else:
+            z = self.inp(x)
+            h, state = self.recur(z[:, :-1] if drop_last else z, state)
+            y = self._head(h, x[:, :-1] if drop_last else x)
+        return (y, self.logvar(h), state) if logvar else (y, state)
 
     def _head(self, h, cur):
         """The prediction from the top layer's hidden state ``h`` and the current frame ``cur``."""
@@ -78,11 +98,12 @@ class GRUVModel(nn.Module):
 
     def _forward_free(self, x, free: int, state=None, noise: float = 0.0, generator=None):
         """``forward`` with its last ``free`` predictions from a free run (at most T - 1: one frame
-        of data starts it)."""
+        of data starts it): the predictions, the top layer's hidden states and the final state."""
         t = x.shape[1]
         free = min(int(free), t - 1)
-        y, state = self.forward(x[:, : t - free], state)
-        preds, cur = [y], y[:, -1:]
+        h, state = self.recur(self.inp(x[:, : t - free]), state)
+        y = self._head(h, x[:, : t - free])
+        preds, hs, cur = [y], [h], y[:, -1:]
         for _ in range(free):
             fed = cur
             if noise > 0:
@@ -90,7 +111,8 @@ class GRUVModel(nn.Module):
             h, state = self.recur(self.inp(fed), state)
             cur = self._head(h, fed)
             preds.append(cur)
-        return torch.cat(preds, 1), state
+            hs.append(h)
+        return torch.cat(preds, 1), torch.cat(hs, 1), state
 
     def recur(self, z, state=None):
         """The recurrent layers alone: (B, T, H) -> top layer's hidden sequence, new state."""
@@ -157,3 +179,22 @@ class GRUVModel(nn.Module):
             h, state = self.recur(self.inp(fed), state)
             x = fed
         return torch.cat(preds)
+
+    @torch.no_grad()
+    def sample(self, seed: torch.Tensor, n: int, draws: torch.Tensor) -> torch.Tensor:
+        """A gaussian head's sampled free run: seed (T0, D) normalized -> n frames (n, D), frame k
+        drawn as the prediction plus exp(logvar / 2) * ``draws[k]`` (standard normal draws times
+        the temperature) and fed back as the next input. The spread is the model's own for that
+        frame, where ``--temperature`` with a mean head uses one train residual std for all."""
+        if self.head != "gaussian":
+            raise ValueError(f"sample: the model's head is {self.head!r}, which has no variance (use rollout's noise)")
+        h, state = self.recur(self.inp(seed.unsqueeze(0)))
+        x, frames = seed[-1:].unsqueeze(0), []
+        for k in range(n):
+            top = h[:, -1:]
+            x = self._head(top, x) + (0.5 * self.logvar(top)).exp() * draws[k].to(x.dtype)
+            frames.append(x[0])
+            if k == n - 1:
+                break
+            h, state = self.recur(self.inp(x), state)
+        return torch.cat(frames)
