@@ -378,6 +378,7 @@ def measure(out: Path, checkpoint: str = "best") -> dict:
             hist = read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
             meta = json.loads((run_dir / "config.json").read_text()).get("config", {})
             row = {"run": run_dir.name, "cell": meta.get("cell"), "predict": meta.get("predict", "next"),
+                   "head": meta.get("head", "mean"),
                    "seed": meta.get("seed"), "epochs": len(hist), "checkpoint": checkpoint,
                    "best_dev_loss": min((h["dev_loss"] for h in hist), default=None), "clips": []}
             try:
@@ -421,7 +422,8 @@ def measure(out: Path, checkpoint: str = "best") -> dict:
 
 
 def _group(row: dict) -> str:
-    return f"{row['cell']}, predict={row['predict']}"
+    head = row.get("head", "mean")
+    return f"{row['cell']}, predict={row['predict']}" + ("" if head == "mean" else f", head={head}")
 
 
 def summarize(res: dict) -> dict:
@@ -580,7 +582,7 @@ def markdown(table: dict, meta: dict) -> str:
                      f"{f['linear']:.3f} | " + " | ".join(hs) + " |")
     for temp in TEMPERATURES:
         lines += ["", f"## {'B' if temp == 0 else 'C'}. Continuations, temperature {temp:g}"
-                  + (" (the mean prediction, the paper's)" if temp == 0 else " (sampled at the model's train residual spread)"),
+                  + (" (the mean prediction, the paper's)" if temp == 0 else " (sampled: at the model's train residual spread, or a gaussian head's own)"),
                   "", f"{SEED_CLIPS} dev seed clips of {SEED_SECONDS:g} s per run, continued for {LENGTH_RATIO:g}x that. "
                   "Mean ± std over the seeds of each run's clip mean; 'diag' is the project's diagnostic, 'own' this "
                   "script's own measure of the WAV read back (loop onset: a continuation that never loops counts at its end). "
@@ -619,9 +621,9 @@ def analysis_rows(out: Path, report: str) -> dict:
             continue
         rows = list(csv.DictReader(path.open()))
         for r in rows:
-            predict = json.loads((out / name / "sweep" / "runs" / r["name"] / "config.json").read_text())["config"].get(
-                "predict", "next")
-            table.setdefault(f"{name} ({r['cell']}, predict={predict})", []).append(r)
+            cfg = json.loads((out / name / "sweep" / "runs" / r["name"] / "config.json").read_text())["config"]
+            group = _group({"cell": r["cell"], "predict": cfg.get("predict", "next"), "head": cfg.get("head", "mean")})
+            table.setdefault(f"{name} ({group})", []).append(r)
     return table
 
 
