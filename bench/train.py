@@ -107,16 +107,17 @@ def _sync():
 
 def bare_loop(cell: str, dim: int, hidden: int, batch: int, T: int, steps: int, warmup: int = 4,
               recurrence: str = "auto", step_graph: str = "auto", predict: str = "next", free: int = 0,
-              free_noise: float = 0.0) -> float:
+              free_noise: float = 0.0, head: str = "mean") -> float:
     """The whole model trained on in-memory tensors with training's own step (training/step.py):
     on CUDA, by default, replayed from one CUDA graph (its capture is in the warm-up). ``free`` and
-    ``free_noise``: training's rollout_frames and rollout_noise (bench/free_run.py)."""
+    ``free_noise``: training's rollout_frames and rollout_noise, ``head`` training's head (bench/free_run.py)."""
     torch.manual_seed(0)
-    model = GRUVModel(dim, hidden, cell, recurrence=recurrence, predict=predict).to(DEVICE)
+    model = GRUVModel(dim, hidden, cell, recurrence=recurrence, predict=predict, head=head).to(DEVICE)
     cfg = TrainConfig()  # the training default: RMSprop as in the paper's code
     mode = step_graph_mode(step_graph, DEVICE, 1, cfg.optimizer, cfg.lr_schedule)
     opt = make_optimizer(cfg, model.parameters(), capturable=wants_capturable(mode, DEVICE))
-    step = TrainStep(model, opt, mode=mode, device=DEVICE, amp=True, full_batch=batch, free=free, free_noise=free_noise)
+    step = TrainStep(model, opt, mode=mode, device=DEVICE, amp=True, full_batch=batch, free=free, free_noise=free_noise,
+                     gaussian=head == "gaussian")
     win = torch.randn(batch, T + 1, dim, device=DEVICE)
     # as the trainer passes rollout_noise's generator (a step with one runs eagerly)
     kw = {"generator": torch.Generator(device=DEVICE).manual_seed(0)} if free and free_noise > 0 else {}
