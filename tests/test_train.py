@@ -465,8 +465,9 @@ def test_own_input_prob_mixes_and_ramps(data, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("opts", [{"input_noise": 0.3}, {"own_input_prob": 0.7, "own_input_ramp_epochs": 1.5},
-                                  {"predict": "damped", "rollout_frames": 4, "rollout_noise": 0.5}],
-                         ids=["input_noise", "own_input_prob", "rollout_noise"])
+                                  {"predict": "damped", "rollout_frames": 4, "rollout_noise": 0.5},
+                                  {"predict": "damped", "head": "gaussian", "rollout_frames": 4}],
+                         ids=["input_noise", "own_input_prob", "rollout_noise", "gaussian_head"])
 def test_bitwise_resume_with_loop_options(data, tmp_path, opts):
     a, b = tmp_path / "a", tmp_path / "b"
     main(tiny_config(data, epochs=2, **opts), a)
