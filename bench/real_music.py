@@ -60,6 +60,7 @@ SEED_SECONDS = 2.048  # 16 fft frames, 32 stft frames, 128 logmag frames: the sa
 SEED_CLIPS = 3        # dev seed clips per run
 LENGTH_RATIO = 3.0
 TEMPERATURES = [0.0, 1.0]  # the mean prediction (the paper's) and a sample at the model's own residual spread
+DRAW_SEED_STRIDE = 1000  # table --draws K: draw d of seed clip k is seeded k + d * this (draw 0: k, as one draw was)
 HORIZONS_S = [0.25, 1.0, 3.0]  # rollout horizons, after a teacher-forced start of ROLLOUT_CONTEXT_S
 ROLLOUT_CONTEXT_S = 1.0
 
@@ -363,9 +364,11 @@ def _run_dirs(out: Path, name: str) -> list[Path]:
     return sorted(p for p in (out / name / "sweep" / "runs").glob("*") if (p / "config.json").exists())
 
 
-def measure(out: Path, checkpoint: str = "best") -> dict:
+def measure(out: Path, checkpoint: str = "best", draws: int = 1) -> dict:
     """Every run of every variant: its best dev loss, its per-clip next-frame and rollout scores, and
-    its continuations' diagnostics and this script's own measures of them; and each variant's floors."""
+    its continuations' diagnostics and this script's own measures of them; and each variant's floors.
+    ``draws``: sampled continuations (temperature > 0) per seed clip, each with its own draws: one
+    sample says little of a sampler, and the checks' verdicts on it vary from draw to draw."""
     import soundfile as sf
     from gruv_hpc.analysis.audio import convergence, seed_indices
     from gruv_hpc.generation import generate, load_run
@@ -396,12 +399,12 @@ def measure(out: Path, checkpoint: str = "best") -> dict:
             n_dev = len(lr.data.split("dev", normalize=False))
             for temp in TEMPERATURES:
                 audios = []
-                for k in seed_indices(n_dev, SEED_CLIPS):
-                    wav = out / f"generated-{checkpoint}" / name / run_dir.name / f"T{temp:g}_seed{k}.wav"
+                for k, d in ((k, d) for k in seed_indices(n_dev, SEED_CLIPS) for d in range(draws if temp > 0 else 1)):
+                    wav = out / f"generated-{checkpoint}" / name / run_dir.name / f"T{temp:g}_seed{k}{f'_d{d}' if d else ''}.wav"
                     aud = {}
                     side = generate(run_dir, wav, seed_seconds=SEED_SECONDS, length_ratio=LENGTH_RATIO, seed_from="dev",
                                     seed_index=k, run=lr, seed_out=wav.with_name(f"T{temp:g}_seed{k}_seed.wav"),
-                                    temperature=temp, noise_seed=k, audio_out=aud)
+                                    temperature=temp, noise_seed=k + d * DRAW_SEED_STRIDE, audio_out=aud)
                     gen_w = sf.read(wav, dtype="float64")[0]  # the WAV as written, read back
                     seed_w = sf.read(wav.with_name(f"T{temp:g}_seed{k}_seed.wav"), dtype="float64")[0]
                     sr, hop = lr.cfg.sample_rate, lr.transform.hop
@@ -410,10 +413,11 @@ def measure(out: Path, checkpoint: str = "best") -> dict:
                            "own_seed_click_ratio": own_click_ratio(seed_w, hop),
                            "own_spectral_distance": own_spectral_distance(gen_w, seed_w, ref),
                            **own_loops(gen_w, sr), **{"own_seed_" + k2[4:]: v for k2, v in own_loops(seed_w, sr).items()}}
-                    row["clips"].append({"temperature": temp, "seed_index": k, "wav": str(wav),
+                    row["clips"].append({"temperature": temp, "seed_index": k, "draw": d, "wav": str(wav),
                                          "generated_s": side["generated_s"], "clipped_samples": side["clipped_samples"],
                                          **side["diagnostics"], **own})
-                    audios.append((aud["continuation"], aud["seed"]))
+                    if d == 0:  # convergence: do continuations from different seed clips meet (one draw each)
+                        audios.append((aud["continuation"], aud["seed"]))
                 row.setdefault("convergence", {})[f"T{temp:g}"] = convergence(lr, [a for a, _ in audios],
                                                                              [s for _, s in audios])
             res["runs"][name].append(row)
@@ -462,6 +466,7 @@ def summarize(res: dict) -> dict:
                 per["own_goals"], per["own_goals_all"] = _goal_counts(clips, OWN_GOALS)
                 per["clips"] = len(clips)
                 per["clips_without_loop"] = sum(c.get("loop_onset_s") is None for c in clips)
+                per["goals_all_by_seed_clip"] = goals_by_seed_clip(clips)
                 conv = [r["convergence"].get(f"T{temp:g}") for r in ok if r.get("convergence")]
                 per["runs_converging"] = sum(bool(c and c.get("converged")) for c in conv)
                 t["continuations"][f"T{temp:g}"] = per
@@ -489,6 +494,14 @@ def _clip_mean(clips: list[dict], key: str) -> float | None:
     """The mean of ``key`` over ``clips`` (finite values only), or None when none has one."""
     vals = [float(v) for v in (_clip_value(c, key) for c in clips) if v is not None and math.isfinite(float(v))]
     return float(np.mean(vals)) if vals else None
+
+
+def goals_by_seed_clip(clips: list[dict], goals: dict | None = None) -> dict:
+    """{seed clip: [continuations meeting all of ``goals`` (default GOALS), continuations]}, over
+    the runs and draws: whether the failures are spread or one seed clip's."""
+    goals = GOALS if goals is None else goals
+    return {str(k): [_goal_counts([c for c in clips if c["seed_index"] == k], goals)[1],
+                     sum(c["seed_index"] == k for c in clips)] for k in sorted({c["seed_index"] for c in clips})}
 
 
 def _goal_counts(clips: list[dict], goals: dict) -> tuple[dict, int]:
@@ -596,8 +609,10 @@ def markdown(table: dict, meta: dict) -> str:
             c = t["continuations"].get(f"T{temp:g}")
             if not c:
                 continue
+            by_clip = ", ".join(f"clip {k}: {a} of {n}" for k, (a, n) in c.get("goals_all_by_seed_clip", {}).items())
             goals = ("– (no diagnostics: not a run)" if t.get("truth") else
-                     "; ".join(f"{k}: {v}" for k, v in c["goals"].items()) + f"; **all: {c['goals_all']} of {c['clips']}**")
+                     "; ".join(f"{k}: {v}" for k, v in c["goals"].items()) + f"; **all: {c['goals_all']} of {c['clips']}**"
+                     + (f" (by seed clip: {by_clip})" if by_clip else ""))
             own = "; ".join(f"{k}: {v}" for k, v in c["own_goals"].items()) + f"; **all: {c['own_goals_all']} of {c['clips']}**"
             lines.append(f"| {name} | {_m(c['level_change_db'], '{:+.1f}')} / {_m(c['own_level_change_db'], '{:+.1f}')} | "
                          f"{_m(c['loop_onset_s'])} / {_m(c['own_loop_onset_s'])} | {_m(c['loop_fraction'])} / "
@@ -674,6 +689,8 @@ def main():
     p.add_argument("--wall-s", type=float, default=None, help="the pipelines' wall time, for the record")
     p.add_argument("--seeds", type=int, nargs="+", default=SEEDS, help="prepare: the training seeds")
     p.add_argument("--checkpoint", default="best", help="table: generate from each run's best (on dev) or last checkpoint")
+    p.add_argument("--draws", type=int, default=1, help="table: sampled continuations per seed clip at temperature > 0, "
+                   "each with its own draws (the first seeded as a single draw is)")
     p.add_argument("--report", default="report", help="analysis: the report directory of each variant's pipeline "
                    "(e.g. one rebuilt with `gruv analyze`) whose results.csv is added to RESULTS.md and .json")
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
@@ -708,7 +725,7 @@ def main():
     def predicts(n):  # what each variant's grid crossed: this experiment's --predict, else the variant's own
         own = VARIANTS[n][2].get("predict", [VARIANTS[n][1].get("predict", "next")])
         return exp.get("predict") if exp.get("predict") and "predict" in VARIANTS[n][2] else own
-    res = measure(a.out, a.checkpoint)
+    res = measure(a.out, a.checkpoint, a.draws)
     table = summarize(res)
     songs = exp.get("songs", "muldjord")
     n_songs = len(list((a.out / "corpus" / songs).glob("*.wav")))
@@ -716,7 +733,9 @@ def main():
             "preprocess": PREPROCESS, "variants": VARIANTS, "cells": CELLS, "train": train, "seeds": seeds,
             "seed_seconds": SEED_SECONDS, "seed_clips": SEED_CLIPS, "length_ratio": LENGTH_RATIO,
             "temperatures": TEMPERATURES, "horizons_s": HORIZONS_S, "rollout_context_s": ROLLOUT_CONTEXT_S,
-            "pipeline_wall_s": a.wall_s, "checkpoint": a.checkpoint, "ran": ran}
+            "pipeline_wall_s": a.wall_s, "checkpoint": a.checkpoint, "ran": ran, "draws": a.draws}
+    said = ("hidden", "epochs", "optimizer", "lr", "batch_size")  # in the line below already
+    extra = {k: v for k, v in train.items() if k not in said and TRAIN.get(k) != v}  # prepare's KEY=VALUE train keys
     meta["scale"] = (f"Scale: the {n_songs} songs of {CORPORA[songs][0]}"
                      f"{' (the backing track' if songs == 'muldjord' else ' (' + CORPORA[songs][1]}, "
                      f"{EXCERPT[0]:g}-{EXCERPT[1]:g} s of each, 16 kHz mono; {PREPROCESS['dev_fraction']:g} of the songs "
@@ -724,12 +743,15 @@ def main():
                      "fft block 2048 (40-block clips), stft 2048/hop 1024 (80), logmag and logmag_if frame 1024/hop 256 "
                      f"(256-frame clips: about 5 s, 5 s and 4 s); {' and '.join(c.upper() for c in CELLS)} "
                      f"H={train['hidden']}, {train['epochs']} epochs, {train['optimizer']} lr {train['lr']:g}, "
-                     f"batch {train['batch_size']}, {len(seeds)} training seeds per cell; variants: "
+                     f"batch {train['batch_size']}"
+                     + "".join(f", {k}={v}" for k, v in extra.items())
+                     + f", {len(seeds)} training seeds per cell; variants: "
                      + "; ".join(f"{n} (predict {', '.join(predicts(n))})" for n in ran) + "; "
                      f"{SEED_CLIPS} dev seed clips of {SEED_SECONDS:g} s each continued for {LENGTH_RATIO:g}x that "
                      f"from each run's {a.checkpoint} checkpoint"
                      + (" (best on dev)" if a.checkpoint == "best" else " (the end of training)")
-                     + f" at temperature {' and '.join(f'{t:g}' for t in TEMPERATURES)}; "
+                     + f" at temperature {' and '.join(f'{t:g}' for t in TEMPERATURES)}"
+                     + (f" ({a.draws} draws per seed clip when sampled)" if a.draws > 1 else "") + "; "
                      "through `gruv pipeline submit --executor slurm` on the local 2-core Slurm, shared with other work. "
                      "Far below the issue's scale (an hour, more music, H up to 256, 100+ epochs)."
                      + (f" Pipelines' wall time: {a.wall_s / 60:.1f} min." if a.wall_s else ""))

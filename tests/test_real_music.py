@@ -82,3 +82,13 @@ def test_the_true_continuation_row_is_summarized_by_own_measures_only():
     assert c["level_change_db"]["mean"] is None and c["loop_onset_s"]["mean"] is None
     md = real_music.markdown(tab, {"date": "d", "scale": "s", "ran": ["logmag"]})
     assert md.count("| logmag (the dev song's own continuation) |") == 2 and "all: 1 of 2" in md
+
+
+def test_goals_are_counted_by_seed_clip_over_runs_and_draws():
+    """With several draws per seed clip (table --draws), the count of continuations meeting all
+    the checks is also given per seed clip: a failure that is one clip's shows as such."""
+    def clip(k, d, level):
+        return {"seed_index": k, "draw": d, "generated_s": 6.0, "own_level_change_db": level, "own_click_ratio": 1.0,
+                "own_spectral_distance": 0.5, "own_loops_whole": False, "own_loop_onset_s": None}
+    clips = [clip(0, d, 12.0) for d in range(3)] + [clip(24, d, 1.0 + 4 * d) for d in range(3)]
+    assert real_music.goals_by_seed_clip(clips, real_music.OWN_GOALS) == {"0": [0, 3], "24": [2, 3]}
