@@ -43,7 +43,8 @@ class GRUVModel(nn.Module):
             raise ValueError(f"predict: {predict!r} is not one of {', '.join(PREDICT)}")
         if head not in HEADS:
             raise ValueError(f"head: {head!r} is not one of {', '.join(HEADS)}")
-        self.dim, self.hidden, self.cell, self.layers, self.predict, self.head = dim, hidden, cell, layers, predict, head
+        self.dim, self.hidden, self.cell, self.layers = dim, hidden, cell, layers
+        self.predict, self.head = predict, head
         self.inp = nn.Linear(dim, hidden)
         self.rnns = nn.ModuleList(make_cell(cell, hidden, hidden, recurrence) for _ in range(layers))
         self.out = nn.Linear(hidden, dim)

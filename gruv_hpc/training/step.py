@@ -1,9 +1,10 @@
 """One training step, eager or replayed from one CUDA graph (``TrainStep``).
 
-A step is the forward pass, eq. 1's L2 loss (a gaussian head: its negative log-likelihood), the backward pass, the optional gradient clip and the
-optimizer's update. At the paper's shape (D = 22050, H = 2048, batch 5) it moves about 3.5 GB of
-memory, 0.75 ms on an H200, yet took 7.4 ms eagerly: the rest was the launch of a few hundred
-small kernels from Python (issue 23). Replayed from one CUDA graph, they are launched at once.
+A step is the forward pass, eq. 1's L2 loss (a gaussian head: its negative log-likelihood), the
+backward pass, the optional gradient clip and the optimizer's update. At the paper's shape
+(D = 22050, H = 2048, batch 5) it moves about 3.5 GB of memory, 0.75 ms on an H200, yet took
+7.4 ms eagerly: the rest was the launch of a few hundred small kernels from Python (issue 23).
+Replayed from one CUDA graph, they are launched at once.
 
 What makes the step capturable, and what this module does about each:
 
@@ -156,7 +157,8 @@ class TrainStep:
     # -- the step itself, as both paths compute it ------------------------------------------
     def _compute(self, inp, y, drop_last: bool, cache: bool, zero_grad: bool, **kw):
         with self._amp(cache):
-            out = self.forward(inp, drop_last=drop_last, **self.free, **kw, **({"logvar": True} if self.gaussian else {}))
+            head = {"logvar": True} if self.gaussian else {}  # the mean head's call as it was
+            out = self.forward(inp, drop_last=drop_last, **self.free, **kw, **head)
         if self.gaussian:
             pred, logvar, _ = out
             # The Gaussian NLL per dimension (torch's, without its constant) is what is minimized; the loss
