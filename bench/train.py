@@ -116,8 +116,7 @@ def bare_loop(cell: str, dim: int, hidden: int, batch: int, T: int, steps: int, 
     cfg = TrainConfig()  # the training default: RMSprop as in the paper's code
     mode = step_graph_mode(step_graph, DEVICE, 1, cfg.optimizer, cfg.lr_schedule)
     opt = make_optimizer(cfg, model.parameters(), capturable=wants_capturable(mode, DEVICE))
-    step = TrainStep(model, opt, mode=mode, device=DEVICE, amp=True, full_batch=batch, free=free, free_noise=free_noise,
-                     gaussian=head == "gaussian")
+    step = TrainStep(model, opt, mode=mode, device=DEVICE, amp=True, full_batch=batch, free=free, free_noise=free_noise)
     win = torch.randn(batch, T + 1, dim, device=DEVICE)
     # as the trainer passes rollout_noise's generator (a step with one runs eagerly)
     kw = {"generator": torch.Generator(device=DEVICE).manual_seed(0)} if free and free_noise > 0 else {}

@@ -72,7 +72,7 @@ def test_the_nll_learns_each_dimensions_spread():
     torch.manual_seed(0)
     m = GRUVModel(8, 6, "lstm", head="gaussian")
     opt = torch.optim.Adam(m.parameters(), lr=3e-2)
-    step = TrainStep(m, opt, mode="eager", device="cpu", gaussian=True)
+    step = TrainStep(m, opt, mode="eager", device="cpu")  # the step asks the model for its head
     sigma = torch.tensor([0.2] * 4 + [1.0] * 4)
     g = torch.Generator().manual_seed(0)
     for _ in range(300):

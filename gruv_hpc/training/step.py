@@ -133,11 +133,13 @@ class TrainStep:
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, mode: str, device,
                  grad_clip: float = 0.0, amp: bool = False, full_batch: int | None = None, forward=None,
-                 free: int = 0, free_noise: float = 0.0, gaussian: bool = False):
+                 free: int = 0, free_noise: float = 0.0):
         self.optimizer, self.mode = optimizer, mode
         # rollout_frames and rollout_noise: passed only when on (the paper's call as it was)
         self.free = {"free": free, "free_noise": free_noise} if free else {}
-        self.gaussian = gaussian  # head = gaussian: the objective is the negative log-likelihood
+        # the model's head = gaussian: the objective is the negative log-likelihood (asked of the model, which
+        # knows its head, so a caller cannot pair a gaussian model with the mean head's loss)
+        self.gaussian = getattr(model, "head", "mean") == "gaussian"
         self.forward = forward or model
         self.device = torch.device(device)
         self.grad_clip, self.full_batch = grad_clip, full_batch

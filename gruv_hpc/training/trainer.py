@@ -77,8 +77,7 @@ class Trainer:
             if d.world > 1 else self.model
         self.train_step = TrainStep(self.model, self.optimizer, mode=self.step_mode, device=d.device,
                                     grad_clip=cfg.grad_clip, amp=cfg.amp, full_batch=self.data.local_bs, forward=self.ddp,
-                                    free=cfg.rollout_frames, free_noise=cfg.rollout_noise,
-                                    gaussian=cfg.head == "gaussian")
+                                    free=cfg.rollout_frames, free_noise=cfg.rollout_noise)
         if self.step_mode == "graph" and d.is_main:
             what = (f"the whole training step replayed from one CUDA graph on {d.device}" if d.device.type == "cuda"
                     else "the graph path's buffers, without a capture (the CPU)")
